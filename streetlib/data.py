@@ -1,0 +1,418 @@
+"""Loading street images: the Street10 `.npy` format and folders of photos, validated, as uint8 arrays.
+
+Street10 format: a directory with one ``<class>.npy`` per class, each ``(n, H, W, 3)``, uint8 or float in [0, 1].
+Optional beside them: ``classes.yaml`` (the class spec), ``dataset.json`` (name, whether it is synthetic, how it was
+made) and ``masks/<class>.npy`` (per-image cue masks, ``(n, H, W)`` uint8 0/1, written by the synthetic generator).
+
+Image folders: ``root/<class>/*.{jpg,jpeg,png,webp,bmp}``. Every image becomes RGB uint8 at one size; the resize
+policy is explicit (see `fit_image`).
+
+Whatever the source, images are held as one uint8 array: 4,151 images at 224 px take 625 MB, where the original
+stacked float64 copies of about 5 GB. Float files are read memory-mapped and converted a chunk at a time.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from streetlib.classes import STREET10, get_class_spec
+from streetlib.paths import atomic_path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+RESIZE_POLICIES = ("crop", "pad", "stretch")
+ON_ERROR = ("raise", "skip")
+# Float chunks are converted this many bytes at a time, so a float64 file never needs a full float copy.
+_CHUNK_BYTES = 64 * 2**20
+
+
+class DataError(ValueError):
+    """A dataset file or folder is missing, malformed or inconsistent with the class spec."""
+
+
+@dataclass
+class StreetData:
+    """Images with their city and region labels.
+
+    Attributes:
+        images: uint8 `(n, H, W, 3)`, RGB.
+        city: int64 `(n,)`, the class index of each image in ``spec.classes``.
+        spec: the `ClassSpec` giving class and region names.
+        name: str, dataset name used in split files, histories and figure titles.
+        source: str, where the data was loaded from.
+        synthetic: bool, True for the generated demo data (figures must say so).
+        masks: optional uint8 `(n, H, W)` in {0, 1}: the region cue pixels of synthetic images.
+        files: list of str `(n,)`, where each image came from (``"london.npy[12]"`` or a file path).
+        skipped: list of (path, reason) for images left out with ``on_error="skip"``.
+        meta: dict, the contents of ``dataset.json`` if any.
+    """
+
+    images: np.ndarray
+    city: np.ndarray
+    spec: object
+    name: str
+    source: str = ""
+    synthetic: bool = False
+    masks: np.ndarray = None
+    files: list = None
+    skipped: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise DataError(
+                f"`images` must be uint8 of shape (n, H, W, 3). Received dtype={self.images.dtype}, "
+                f"shape={self.images.shape}."
+            )
+        self.city = np.asarray(self.city, dtype=np.int64)
+        if self.city.shape != (len(self.images),):
+            raise DataError(f"`city` must have shape ({len(self.images)},). Received {self.city.shape}.")
+        if self.masks is not None and self.masks.shape != self.images.shape[:3]:
+            raise DataError(f"`masks` must have shape {self.images.shape[:3]}. Received {self.masks.shape}.")
+        self._hashes = None
+
+    def __len__(self):
+        return len(self.images)
+
+    @property
+    def region(self):
+        """int64 `(n,)`: the region index of each image in ``spec.region_names``."""
+        return self.spec.region_of_class[self.city]
+
+    @property
+    def image_size(self):
+        """(H, W) in pixels."""
+        return tuple(self.images.shape[1:3])
+
+    @property
+    def label(self):
+        """A short label for titles: the dataset name and whether it is synthetic."""
+        return f"{self.name} (synthetic demo data)" if self.synthetic else self.name
+
+    def content_hashes(self):
+        """SHA-1 hex digest of each image's pixels (list of str `(n,)`), computed once."""
+        if self._hashes is None:
+            self._hashes = [content_hash(img) for img in self.images]
+        return self._hashes
+
+    def counts(self):
+        """Images per class: dict class name -> int, in spec order."""
+        n = np.bincount(self.city, minlength=self.spec.num_classes)
+        return dict(zip(self.spec.classes, n.tolist()))
+
+
+def content_hash(image):
+    """SHA-1 hex digest of an image array's shape and bytes; identical pixels give identical hashes."""
+    image = np.ascontiguousarray(image)
+    h = hashlib.sha1(str(image.shape).encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _resolve_spec(root, classes):
+    if classes is not None:
+        return get_class_spec(classes)
+    if (root / "classes.yaml").is_file():
+        return get_class_spec(root / "classes.yaml")
+    return STREET10
+
+
+def _read_meta(root):
+    path = root / "dataset.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _check_root(root, what):
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{what} directory not found: {root}. Check the path (relative paths start at {Path.cwd()}).")
+    return root
+
+
+def _open_npy(path, cls):
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise DataError(
+                f"{path} holds pickled Python objects, which streetlib never loads (unsafe). "
+                f"Re-save class {cls!r} as a plain numeric array: np.save(path, np.asarray(images, np.uint8))."
+            ) from err
+        raise DataError(f"{path} is not a valid .npy array file ({err}). Re-create it with np.save.") from err
+
+
+def _check_array(arr, path):
+    if arr.ndim != 4:
+        raise DataError(f"{path} has shape {arr.shape}: expected rank 4 (n, H, W, 3).")
+    if arr.shape[-1] != 3:
+        raise DataError(f"{path} has {arr.shape[-1]} channels (shape {arr.shape}): expected 3 (RGB).")
+    if not (arr.dtype == np.uint8 or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"{path} has dtype {arr.dtype}: expected uint8, or float in [0, 1].")
+
+
+def _copy_as_uint8(src, dst, path):
+    """Copy ``src`` (uint8 or float in [0, 1], possibly memory-mapped) into the uint8 array ``dst`` by chunks."""
+    if src.dtype == np.uint8:
+        dst[...] = src
+        return
+    step = max(1, _CHUNK_BYTES // max(1, src[0].nbytes))
+    for start in range(0, len(src), step):
+        chunk = np.asarray(src[start : start + step], dtype=np.float32)
+        lo, hi = float(chunk.min()), float(chunk.max())
+        if not np.isfinite(lo + hi) or lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"{path} has float values outside [0, 1] (min {lo:g}, max {hi:g} in images {start}-"
+                f"{start + len(chunk) - 1}). Save floats scaled to [0, 1], or save uint8 in [0, 255]."
+            )
+        dst[start : start + len(chunk)] = np.rint(chunk * 255.0).astype(np.uint8)
+
+
+def load_street10(root, *, classes=None, name=None):
+    """Load a Street10-format directory: one ``<class>.npy`` per class.
+
+    Args:
+        root: str or Path, the directory.
+        classes: a `ClassSpec`, 'street10', 'synth10' or a YAML path. Default: ``root/classes.yaml`` if present,
+            else the Street10 cities.
+        name: str, dataset name. Default: ``dataset.json``'s name, else the directory name.
+
+    Returns:
+        `StreetData` with uint8 images; cue masks when ``root/masks/`` has them.
+
+    Raises:
+        DataError: a missing or empty class, a pickled file, a wrong rank or channel count, floats outside
+            [0, 1], or classes of different image sizes.
+    """
+    root = _check_root(root, "Street10")
+    spec = _resolve_spec(root, classes)
+    meta = _read_meta(root)
+    found = sorted(p.name for p in root.glob("*.npy"))
+    missing = [c for c in spec.classes if not (root / f"{c}.npy").is_file()]
+    if missing:
+        raise DataError(
+            f"Class file(s) {[m + '.npy' for m in missing]} not found in {root}. Found: {found or 'no .npy files'}. "
+            f"Put one <class>.npy per class there, or pass classes= a YAML spec naming your classes."
+        )
+    arrays = []
+    for cls in spec.classes:
+        path = root / f"{cls}.npy"
+        arr = _open_npy(path, cls)
+        _check_array(arr, path)
+        if len(arr) == 0:
+            raise DataError(f"Class {cls!r} is empty: {path} holds 0 images. Add images or drop the class.")
+        arrays.append(arr)
+    sizes = {a.shape[1:3] for a in arrays}
+    if len(sizes) > 1:
+        detail = {c: a.shape[1:3] for c, a in zip(spec.classes, arrays)}
+        raise DataError(f"Classes in {root} have different image sizes {detail}: resize them to one size.")
+    images = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=np.uint8)
+    city, files, start = [], [], 0
+    for idx, (cls, arr) in enumerate(zip(spec.classes, arrays)):
+        _copy_as_uint8(arr, images[start : start + len(arr)], root / f"{cls}.npy")
+        city += [idx] * len(arr)
+        files += [f"{cls}.npy[{i}]" for i in range(len(arr))]
+        start += len(arr)
+    return StreetData(
+        images=images,
+        city=np.array(city),
+        spec=spec,
+        name=name or meta.get("name", root.name),
+        source=str(root),
+        synthetic=bool(meta.get("synthetic", False)),
+        masks=_load_masks(root, spec, arrays),
+        files=files,
+        meta=meta,
+    )
+
+
+def _load_masks(root, spec, arrays):
+    mask_dir = root / "masks"
+    if not mask_dir.is_dir():
+        return None
+    masks = []
+    for cls, arr in zip(spec.classes, arrays):
+        path = mask_dir / f"{cls}.npy"
+        if not path.is_file():
+            raise DataError(f"{mask_dir} exists but has no mask file for class {cls!r} ({path}).")
+        m = _open_npy(path, cls)
+        if m.shape != arr.shape[:3]:
+            raise DataError(f"{path} has shape {m.shape}: expected {arr.shape[:3]} to match {cls}.npy.")
+        masks.append(np.asarray(m, dtype=np.uint8))
+    return np.concatenate(masks)
+
+
+def fit_image(image, size, *, policy="crop"):
+    """Bring a PIL image to ``size`` without silent aspect distortion.
+
+    Args:
+        image: `PIL.Image` in RGB.
+        size: int or (height, width) in pixels.
+        policy: 'crop' (default: scale so the image covers the target, then cut the centre), 'pad' (scale so the
+            image fits inside, then pad with black, centred) or 'stretch' (resize straight to the target, distorting
+            the aspect ratio, as the original study did; only when asked).
+
+    Returns:
+        uint8 `(height, width, 3)`.
+    """
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if policy == "stretch":
+        out = image.resize((w, h), Image.Resampling.BICUBIC)
+    elif policy == "crop":
+        out = ImageOps.fit(image, (w, h), method=Image.Resampling.BICUBIC)
+    elif policy == "pad":
+        out = ImageOps.pad(image, (w, h), method=Image.Resampling.BICUBIC, color=(0, 0, 0))
+    else:
+        raise ValueError(f"Invalid `policy`. Expected one of {RESIZE_POLICIES}. Received: policy={policy!r}")
+    return np.asarray(out, dtype=np.uint8)
+
+
+def to_rgb(image):
+    """Convert a PIL image of any mode to RGB, upright: EXIF orientation applied, alpha composited on white,
+    16-bit and 32-bit grayscale scaled to 8 bits."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).round().astype(np.uint8), mode="L")
+    if image.mode == "P" or image.mode == "LA" or image.mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def read_image(path, *, size=None, policy="crop"):
+    """Read one image file as RGB uint8.
+
+    Args:
+        path: str or Path.
+        size: None (keep the image's own size), int or (height, width).
+        policy: resize policy, see `fit_image`.
+
+    Returns:
+        uint8 `(H, W, 3)`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: the file is not a readable image, or is truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"Cannot read image {path}: {err}. Replace or remove the file (or use on_error='skip').") from err
+    return np.asarray(rgb, dtype=np.uint8) if size is None else fit_image(rgb, size, policy=policy)
+
+
+def load_image_folder(root, *, classes=None, size=224, policy="crop", on_error="raise", name=None):
+    """Load ``root/<class>/*.{jpg,jpeg,png,webp,bmp}`` as RGB uint8 at one size.
+
+    Args:
+        root: str or Path.
+        classes: a `ClassSpec`, built-in name or YAML path. Default: ``root/classes.yaml`` if present, else Street10.
+        size: int or (height, width), the target size in pixels. Default 224.
+        policy: 'crop', 'pad' or 'stretch', see `fit_image`.
+        on_error: 'raise' (default) stops at the first unreadable image; 'skip' leaves it out and records it in
+            ``StreetData.skipped`` as (path, reason).
+        name: dataset name. Default: the directory name.
+
+    Returns:
+        `StreetData`, images in class order then file-name order.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"Invalid `on_error`. Expected one of {ON_ERROR}. Received: on_error={on_error!r}")
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"Invalid `policy`. Expected one of {RESIZE_POLICIES}. Received: policy={policy!r}")
+    root = _check_root(root, "Image folder")
+    spec = _resolve_spec(root, classes)
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    missing = [c for c in spec.classes if not (root / c).is_dir()]
+    if missing:
+        raise DataError(
+            f"Class folder(s) {missing} not found in {root}. Found folders: {found or 'none'}. "
+            f"Expected root/<class>/ for each class, or pass classes= a YAML spec naming your classes."
+        )
+    images, city, files, skipped = [], [], [], []
+    for idx, cls in enumerate(spec.classes):
+        paths = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not paths:
+            raise DataError(f"Class {cls!r} is empty: no {'/'.join(IMAGE_EXTENSIONS)} files in {root / cls}.")
+        kept = 0
+        for path in paths:
+            try:
+                images.append(read_image(path, size=size, policy=policy))
+            except DataError as err:
+                if on_error == "raise":
+                    raise
+                skipped.append((str(path), str(err.__cause__ or err)))
+                continue
+            city.append(idx)
+            files.append(str(path))
+            kept += 1
+        if kept == 0:
+            raise DataError(f"Class {cls!r} is empty: all {len(paths)} images in {root / cls} were unreadable.")
+    return StreetData(
+        images=np.stack(images),
+        city=np.array(city),
+        spec=spec,
+        name=name or root.name,
+        source=str(root),
+        files=files,
+        skipped=skipped,
+    )
+
+
+def load_dataset(path, *, classes=None, **kwargs):
+    """Load a Street10-format directory (it holds ``.npy`` files) or an image folder (it holds class folders).
+
+    Keyword arguments go to `load_street10` or `load_image_folder`.
+    """
+    root = _check_root(path, "Dataset")
+    if any(root.glob("*.npy")):
+        return load_street10(root, classes=classes, **kwargs)
+    return load_image_folder(root, classes=classes, **kwargs)
+
+
+def write_street10(out_dir, images_by_class, *, spec, masks_by_class=None, meta=None, overwrite=False):
+    """Write a Street10-format directory: ``<class>.npy`` (uint8), ``classes.yaml``, ``dataset.json`` and,
+    if given, ``masks/<class>.npy``. Each file is written atomically.
+
+    Args:
+        out_dir: str or Path.
+        images_by_class: dict class name -> uint8 `(n, H, W, 3)`, one entry per class of ``spec``.
+        spec: the `ClassSpec`.
+        masks_by_class: optional dict class name -> uint8 `(n, H, W)` in {0, 1}.
+        meta: optional dict for ``dataset.json`` (for example ``{"name": ..., "synthetic": True}``).
+        overwrite: bool. If False (default), refuse to write into a directory that already has class files.
+
+    Returns:
+        Path of ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    if not overwrite and any(out_dir.glob("*.npy")):
+        raise FileExistsError(f"{out_dir} already holds a dataset. Choose another --out or pass overwrite=True.")
+    missing = [c for c in spec.classes if c not in images_by_class]
+    if missing:
+        raise ValueError(f"`images_by_class` has no images for classes {missing}.")
+    for cls in spec.classes:
+        arr = np.asarray(images_by_class[cls])
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"Images of class {cls!r} must be uint8 (n, H, W, 3). Received {arr.dtype} {arr.shape}.")
+        with atomic_path(out_dir / f"{cls}.npy") as tmp:
+            np.save(tmp, arr)
+        if masks_by_class is not None:
+            with atomic_path(out_dir / "masks" / f"{cls}.npy") as tmp:
+                np.save(tmp, np.asarray(masks_by_class[cls], dtype=np.uint8))
+    with atomic_path(out_dir / "classes.yaml") as tmp:
+        spec.to_yaml(tmp)
+    with atomic_path(out_dir / "dataset.json") as tmp:
+        tmp.write_text(json.dumps({"name": out_dir.name, **(meta or {})}, indent=2))
+    return out_dir

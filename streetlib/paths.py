@@ -1,0 +1,76 @@
+"""Where things go: every default path in streetlib comes from here.
+
+The output root is the repository root unless ``STREETLIB_ROOT`` is set (on Colab, a Drive folder), so
+notebooks and the CLI never hold literal paths.
+"""
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+
+def root():
+    """Output root: ``$STREETLIB_ROOT`` if set, else the repository root. Returns a `Path`."""
+    return Path(os.environ.get("STREETLIB_ROOT", REPO_ROOT)).expanduser()
+
+
+def data_dir():
+    return root() / "data"
+
+
+def demo_data_dir():
+    """Default location of the synthetic demo dataset."""
+    return data_dir() / "synth-demo"
+
+
+def splits_dir():
+    return data_dir() / "splits"
+
+
+def features_dir():
+    return data_dir() / "features"
+
+
+def hists_dir():
+    return root() / "hists"
+
+
+def figs_dir():
+    return root() / "figs"
+
+
+def models_dir():
+    return root() / "models"
+
+
+def notebooks_dir():
+    return REPO_ROOT / "notebooks"
+
+
+class atomic_path:
+    """Context manager giving a temporary sibling path that replaces ``path`` only on success.
+
+    Writers use it so that an interrupted run never leaves a half-written file where a good one was::
+
+        with atomic_path(out / "cats.npy") as tmp:
+            np.save(tmp, array)
+
+    The temporary name keeps the final suffix, so libraries that pick a format from the suffix still work.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}{self.path.suffix}")
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False

@@ -1,0 +1,220 @@
+"""Multi-output `tf.data` pipelines: ``(image, {"region": ..., "city": ...})`` batches for Keras.
+
+Images stay uint8 in memory until a batch is gathered; resizing, train-time augmentation (Keras 3 preprocessing
+layers) and normalisation then run inside the pipeline, in parallel, with prefetching. The label keys are the model's
+output names.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+OUTPUTS = ("region", "city")
+
+# Per-channel means in BGR order, 0-255 scale.
+_CAFFE_MEAN_KERAS = (103.939, 116.779, 123.68)  # keras.applications.vgg16.preprocess_input
+_CAFFE_MEAN_BVLC = (104.00699, 116.66877, 122.67892)  # the BVLC Caffe models: HED and the Places365 port
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+NORMALIZATIONS = {
+    "samplewise": "x/255, then per-image centre and scale to unit std (the original study's, for every backbone)",
+    "caffe": "RGB->BGR minus Keras's ImageNet means (what Keras's VGG16/ResNet50 ImageNet weights expect)",
+    "caffe-bvlc": "RGB->BGR minus the BVLC Caffe means (HED and the Places365 VGG16 port)",
+    "torch": "x/255 minus ImageNet mean, divided by ImageNet std",
+    "unit": "x/255, in [0, 1]",
+    "raw": "x as float in [0, 255] (for keras.applications models that rescale inside, e.g. EfficientNetV2, ConvNeXt)",
+}
+
+# The original study's augmentation (Keras 2 ImageDataGenerator arguments). Its shear_range was in degrees.
+DEFAULT_AUGMENTATION = {
+    "rotation": 20.0,  # degrees
+    "shift": 0.15,  # fraction of width and height
+    "zoom": 0.15,  # fraction
+    "shear": 0.15,  # degrees, as ImageDataGenerator's shear_range
+    "flip": True,  # horizontal
+}
+
+
+def normalize(images, mode):
+    """Normalise a batch of images.
+
+    Args:
+        images: float32 tensor `(batch, H, W, 3)`, RGB in [0, 255].
+        mode: one of `NORMALIZATIONS`.
+
+    Returns:
+        float32 tensor `(batch, H, W, 3)`.
+    """
+    x = tf.cast(images, tf.float32)
+    if mode == "samplewise":
+        x = x / 255.0
+        mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
+        std = tf.math.reduce_std(x, axis=(1, 2, 3), keepdims=True)
+        return (x - mean) / (std + 1e-6)
+    if mode in ("caffe", "caffe-bvlc"):
+        mean = _CAFFE_MEAN_KERAS if mode == "caffe" else _CAFFE_MEAN_BVLC
+        return x[..., ::-1] - tf.constant(mean, tf.float32)
+    if mode == "torch":
+        return (x / 255.0 - tf.constant(_TORCH_MEAN)) / tf.constant(_TORCH_STD)
+    if mode == "unit":
+        return x / 255.0
+    if mode == "raw":
+        return x
+    raise ValueError(f"Invalid `normalization`. Expected one of {sorted(NORMALIZATIONS)}. Received: {mode!r}")
+
+
+def check_normalization(mode):
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"Invalid `normalization`. Expected one of {sorted(NORMALIZATIONS)}. Received: {mode!r}")
+    return mode
+
+
+def augmentation(*, rotation=20.0, shift=0.15, zoom=0.15, shear=0.15, flip=True, seed=0):
+    """Train-time augmentation as a Keras model of preprocessing layers.
+
+    Args:
+        rotation: float, maximum rotation in degrees (either way). Default 20.
+        shift: float, maximum translation as a fraction of width and height. Default 0.15.
+        zoom: float, maximum zoom in or out as a fraction. Default 0.15.
+        shear: float, maximum shear angle in degrees, as Keras 2's ``shear_range`` (the original's 0.15 is a
+            near-invisible 0.15 degrees; it is kept for fidelity). Default 0.15.
+        flip: bool, random horizontal flips. Default True.
+        seed: int.
+
+    Returns:
+        `keras.Sequential` mapping float32 `(batch, H, W, 3)` in [0, 255] to the same shape; call with
+        ``training=True``. Empty areas are filled with the nearest pixel, as ImageDataGenerator did.
+    """
+    layers = []
+    if flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if rotation:
+        layers.append(keras.layers.RandomRotation(rotation / 360.0, fill_mode="nearest", seed=seed + 1))
+    if shift:
+        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 2))
+    if zoom:
+        layers.append(keras.layers.RandomZoom(zoom, zoom, fill_mode="nearest", seed=seed + 3))
+    if shear:
+        factor = math.tan(math.radians(shear))
+        layers.append(keras.layers.RandomShear(factor, factor, fill_mode="nearest", seed=seed + 4))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def sample_weights(data, indices, *, outputs=OUTPUTS):
+    """Balanced per-image weights for each output: ``n / (n_classes * count(class))``, as scikit-learn's
+    ``class_weight="balanced"``.
+
+    Returns:
+        dict output name -> float32 `(len(indices),)`.
+    """
+    labels = {"region": data.region[indices], "city": data.city[indices]}
+    out = {}
+    for name in outputs:
+        y = labels[name]
+        counts = np.bincount(y)
+        present = np.count_nonzero(counts)
+        out[name] = (len(y) / (present * counts[y])).astype(np.float32)
+    return out
+
+
+def make_dataset(
+    data,
+    indices=None,
+    *,
+    batch_size=32,
+    training=False,
+    augment=None,
+    normalization="samplewise",
+    image_size=None,
+    shuffle=None,
+    seed=0,
+    cache=False,
+    weights=None,
+):
+    """A `tf.data.Dataset` of ``(images, {"region": r, "city": c})`` batches.
+
+    Args:
+        data: `StreetData`.
+        indices: int array of the images to use (a split), default all.
+        batch_size: int, default 32.
+        training: bool. True shuffles each epoch and (by default) augments.
+        augment: None (augment exactly when ``training``), False, True, or a dict of `augmentation` arguments.
+            Augmentation is refused when ``training`` is False: evaluation data is never augmented.
+        normalization: one of `NORMALIZATIONS`. Default 'samplewise' (the original's); weight sources say theirs.
+        image_size: None (the data's own) or int or (H, W); images are resized (bilinear, antialiased).
+        shuffle: bool, default ``training``.
+        seed: int, for the shuffle order and the augmentation.
+        cache: False, True (in memory) or a file path: caches resized images before augmentation.
+        weights: None or 'balanced': add per-output sample weights as a third element.
+
+    Returns:
+        `tf.data.Dataset` yielding float32 `(batch, H, W, 3)` images and int32 `(batch,)` labels per output
+        (and float32 `(batch,)` weights per output with ``weights='balanced'``).
+    """
+    check_normalization(normalization)
+    if augment and not training:
+        raise ValueError("`augment` needs `training=True`: validation and test data are never augmented.")
+    if weights not in (None, "balanced"):
+        raise ValueError(f"Invalid `weights`. Expected None or 'balanced'. Received: weights={weights!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Invalid `batch_size`. Expected an int >= 1. Received: batch_size={batch_size!r}")
+    indices = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
+        raise ValueError("`indices` is empty: there are no images to feed.")
+    augment = training if augment is None else augment
+    shuffle = training if shuffle is None else shuffle
+    height, width = data.image_size if image_size is None else (
+        (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    )
+
+    images = data.images
+    region = tf.constant(data.region.astype(np.int32))
+    city = tf.constant(data.city.astype(np.int32))
+
+    def gather(idx):
+        # Fancy indexing of the uint8 array copies only this batch.
+        x = tf.numpy_function(lambda i: images[i], [idx], tf.uint8, stateful=False)
+        x = tf.ensure_shape(x, (None, *data.image_size, 3))
+        x = tf.cast(x, tf.float32)
+        if (height, width) != data.image_size:
+            x = tf.image.resize(x, (height, width), antialias=True)
+        return idx, x
+
+    ds = tf.data.Dataset.from_tensor_slices(indices)
+    if cache:
+        # Cache the decoded, resized images once, in a fixed order; shuffle batches of indices afterwards.
+        ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.cache() if cache is True else ds.cache(str(cache))
+        ds = ds.unbatch()
+        if shuffle:
+            ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size)
+    else:
+        if shuffle:
+            ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+
+    if augment:
+        aug = augmentation(**({} if augment is True else augment), seed=seed)
+        ds = ds.map(lambda idx, x: (idx, aug(x, training=True)), num_parallel_calls=tf.data.AUTOTUNE)
+
+    weight_table = None
+    if weights:
+        # Look-up tables indexed by image index, so weights follow the images through shuffling.
+        weight_table = {}
+        for name, values in sample_weights(data, indices).items():
+            table = np.zeros(len(data), dtype=np.float32)
+            table[indices] = values
+            weight_table[name] = tf.constant(table)
+
+    def finish(idx, x):
+        labels = {"region": tf.gather(region, idx), "city": tf.gather(city, idx)}
+        x = normalize(x, normalization)
+        if weight_table is None:
+            return x, labels
+        return x, labels, {k: tf.gather(v, idx) for k, v in weight_table.items()}
+
+    return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+

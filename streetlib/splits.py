@@ -1,0 +1,180 @@
+"""Reproducible train / validation / test splits, keyed by image content.
+
+A split is stratified per class and seeded, and saved to ``data/splits/<dataset>-seed<N>.json`` as lists of content
+hashes (not indices), so the same split comes back on any machine and whatever order the files were listed in.
+Identical images (same hash) always land in the same split; they are reported, never counted twice.
+
+Sizes follow scikit-learn's ``train_test_split``, which the original study used per class: the test set takes
+``ceil(test_size * n)`` of a class, validation ``ceil(val_size * rest)``. On Street10 that gives the original's
+3166 / 564 / 421 images.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streetlib import paths
+from streetlib.paths import atomic_path
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """Index arrays into a `StreetData`.
+
+    Attributes:
+        train, val, test: int64 index arrays, sorted.
+        seed: int.
+        test_size, val_size: float fractions.
+        path: Path of the saved split file, or None.
+        duplicates: list of lists of int: groups of indices holding identical images (each group in one split).
+        cross_class_duplicates: the groups among ``duplicates`` whose images carry different classes.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    seed: int
+    test_size: float
+    val_size: float
+    path: Path = None
+    duplicates: list = field(default_factory=list)
+    cross_class_duplicates: list = field(default_factory=list)
+
+    def __getitem__(self, name):
+        if name not in SPLIT_NAMES:
+            raise KeyError(f"Unknown split {name!r}. Expected one of {SPLIT_NAMES}.")
+        return getattr(self, name)
+
+    def table(self, data):
+        """Images per class and split: a pandas DataFrame indexed by class, columns train/val/test/total."""
+        import pandas as pd
+
+        rows = {s: np.bincount(data.city[self[s]], minlength=data.spec.num_classes) for s in SPLIT_NAMES}
+        df = pd.DataFrame(rows, index=pd.Index(data.spec.classes, name="class"))
+        df["total"] = df.sum(axis=1)
+        df.loc["all"] = df.sum()
+        return df
+
+
+def _check_fraction(value, name):
+    if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ValueError(f"Invalid `{name}`. Expected a float in (0, 1). Received: {name}={value!r}")
+
+
+def _groups(data):
+    """Groups of indices with identical content, as {hash: [indices]} in first-seen order."""
+    groups = {}
+    for i, h in enumerate(data.content_hashes()):
+        groups.setdefault(h, []).append(i)
+    return groups
+
+
+def _assign(data, groups, *, seed, test_size, val_size):
+    """Assign each content hash to a split: per class (the class of its first image), seeded, in hash order."""
+    by_class = {}
+    for h, members in groups.items():
+        by_class.setdefault(int(data.city[members[0]]), []).append(h)
+    assignment = {}
+    for cls in sorted(by_class):
+        hashes = sorted(by_class[cls])
+        # One generator per class, seeded by (seed, class name): adding a class never reshuffles another.
+        name_key = int.from_bytes(data.spec.classes[cls].encode()[:8].ljust(8, b"\0"), "little")
+        order = np.random.default_rng([seed, name_key]).permutation(len(hashes))
+        n_test = math.ceil(test_size * len(hashes))
+        n_val = math.ceil(val_size * (len(hashes) - n_test))
+        for rank, j in enumerate(order):
+            assignment[hashes[j]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return assignment
+
+
+def split_path(data, seed, directory=None):
+    """Where the split of ``data`` for ``seed`` is saved: ``<directory>/<dataset>-seed<N>.json``."""
+    return Path(directory or paths.splits_dir()) / f"{data.name}-seed{seed}.json"
+
+
+def make_split(data, *, seed=42, test_size=0.10, val_size=0.15, directory=None, save=True):
+    """Make (or reload) the stratified split of ``data`` for one seed.
+
+    Args:
+        data: `StreetData`.
+        seed: int, default 42 (the original study's).
+        test_size: float in (0, 1), fraction of each class for test. Default 0.10.
+        val_size: float in (0, 1), fraction of the rest for validation. Default 0.15.
+        directory: where split files live. Default ``data/splits/``.
+        save: bool. If True (default), reuse the saved split when present, else save the new one.
+
+    Returns:
+        `Split`.
+
+    Raises:
+        ValueError: a saved split was made with other fractions, or does not match the data's content.
+    """
+    _check_fraction(test_size, "test_size")
+    _check_fraction(val_size, "val_size")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"Invalid `seed`. Expected an int. Received: seed={seed!r}")
+    groups = _groups(data)
+    path = split_path(data, seed, directory)
+    if save and path.is_file():
+        assignment = _read_split(path, groups, data, test_size=test_size, val_size=val_size)
+    else:
+        assignment = _assign(data, groups, seed=seed, test_size=test_size, val_size=val_size)
+    index = {s: [] for s in SPLIT_NAMES}
+    for h, members in groups.items():
+        index[assignment[h]] += members
+    duplicates = [m for m in groups.values() if len(m) > 1]
+    split = Split(
+        *(np.array(sorted(index[s]), dtype=np.int64) for s in SPLIT_NAMES),
+        seed=int(seed),
+        test_size=test_size,
+        val_size=val_size,
+        path=path if save else None,
+        duplicates=duplicates,
+        cross_class_duplicates=[m for m in duplicates if len(set(data.city[m].tolist())) > 1],
+    )
+    if save and not path.is_file():
+        _write_split(split, data, groups, assignment)
+    return split
+
+
+def make_splits(data, *, seeds, **kwargs):
+    """`make_split` for each seed in ``seeds`` (repeated experiments). Returns a list of `Split`."""
+    return [make_split(data, seed=s, **kwargs) for s in seeds]
+
+
+def _write_split(split, data, groups, assignment):
+    files = data.files or [str(i) for i in range(len(data))]
+    doc = {
+        "dataset": data.name,
+        "classes": list(data.spec.classes),
+        "seed": split.seed,
+        "test_size": split.test_size,
+        "val_size": split.val_size,
+        "counts": {s: int(len(split[s])) for s in SPLIT_NAMES},
+        "hashes": {s: sorted(h for h, a in assignment.items() if a == s) for s in SPLIT_NAMES},
+        "duplicates": [[files[i] for i in m] for m in split.duplicates],
+    }
+    with atomic_path(split.path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
+
+
+def _read_split(path, groups, data, *, test_size, val_size):
+    doc = json.loads(Path(path).read_text())
+    if (doc["test_size"], doc["val_size"]) != (test_size, val_size):
+        raise ValueError(
+            f"Saved split {path} was made with test_size={doc['test_size']}, val_size={doc['val_size']}, not "
+            f"test_size={test_size}, val_size={val_size}. Pass the saved fractions, another seed, or another directory."
+        )
+    assignment = {h: s for s in SPLIT_NAMES for h in doc["hashes"][s]}
+    unknown = [h for h in groups if h not in assignment]
+    if unknown:
+        raise ValueError(
+            f"Saved split {path} does not match dataset {data.name!r}: {len(unknown)} of its images are not in the "
+            f"split file (the data changed). Delete {path.name} to make a new split, or give the dataset a new name."
+        )
+    return assignment
