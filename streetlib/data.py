@@ -136,7 +136,7 @@ def _open_npy(path, cls):
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
-        if "pickle" in str(err):
+        if "pickle" in str(err) or "Python objects" in str(err):
             raise DataError(
                 f"{path} holds pickled Python objects, which streetlib never loads (unsafe). "
                 f"Re-save class {cls!r} as a plain numeric array: np.save(path, np.asarray(images, np.uint8))."

@@ -1,0 +1,31 @@
+# The two set-up commands of the README: `make demo` (the main job) and `make test`.
+# Both create .venv if missing and install the pinned dependencies once (re-done when they change).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export MPLBACKEND := Agg
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: demo test install clean-demo
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(INSTALLED)
+	$(BIN)/streetlib data synth --per-class 100 --size 64 --seed 0 --out data/synth-demo --if-missing
+	$(BIN)/python -m papermill notebooks/01_data_exploration.ipynb notebooks/executed/demo/01_data_exploration.ipynb \
+		-p data_dir data/synth-demo --cwd notebooks
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf data/synth-demo notebooks/executed/demo

@@ -1,0 +1,87 @@
+"""The ``streetlib`` command: a thin layer over the modules.
+
+Each subcommand parses its arguments, calls one function and prints a short result; errors in user input end the
+command with one line on stderr and exit status 2.
+"""
+
+import argparse
+import sys
+
+from streetlib import paths
+
+
+def _cmd_synth(args):
+    import json
+    from pathlib import Path
+
+    from streetlib import synth
+
+    meta_path = Path(args.out) / "dataset.json"
+    if args.if_missing and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        asked = {"per_class": args.per_class, "size": args.size, "seed": args.seed}
+        made = {k: meta.get(k) for k in asked}
+        if made != asked:
+            raise FileExistsError(
+                f"{args.out} holds a dataset made with {made}, not {asked}. Use another --out, or --overwrite."
+            )
+        print(f"Reusing the synthetic dataset in {args.out} ({made})")
+        return
+    out = synth.generate(args.out, per_class=args.per_class, size=args.size, seed=args.seed, overwrite=args.overwrite)
+    print(f"Wrote synthetic street dataset to {out}")
+
+
+def _cmd_split(args):
+    from streetlib.data import load_dataset
+    from streetlib.splits import make_split
+
+    data = load_dataset(args.data, classes=args.classes)
+    for seed in args.seed:
+        split = make_split(data, seed=seed, test_size=args.test_size, val_size=args.val_size)
+        print(f"seed {seed}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)} -> {split.path}")
+        if split.duplicates:
+            print(f"  {len(split.duplicates)} groups of identical images kept together in one split each")
+
+
+def _add_data_commands(sub):
+    data = sub.add_parser("data", help="make, build and split datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    p = data_sub.add_parser("synth", help="generate the synthetic street demo dataset (Street10 format + cue masks)")
+    p.add_argument("--out", default=str(paths.demo_data_dir()), help="output directory (default: %(default)s)")
+    p.add_argument("--per-class", type=int, default=100, help="images per class (default: %(default)s)")
+    p.add_argument("--size", type=int, default=64, help="image size in pixels, >= 32 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p.add_argument("--if-missing", action="store_true", help="reuse a dataset already in --out made with the same options")
+    p.set_defaults(func=_cmd_synth)
+
+    p = data_sub.add_parser("split", help="make (or reload) the saved train/val/test splits of a dataset")
+    p.add_argument("data", help="a Street10-format directory or an image folder")
+    p.add_argument("--classes", default=None, help="'street10', 'synth10' or a class-spec YAML file")
+    p.add_argument("--seed", type=int, nargs="+", default=[42], help="one or more split seeds (default: 42)")
+    p.add_argument("--test-size", type=float, default=0.10)
+    p.add_argument("--val-size", type=float, default=0.15)
+    p.set_defaults(func=_cmd_split)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="streetlib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``streetlib`` console script. Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status = args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"streetlib {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

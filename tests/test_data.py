@@ -1,0 +1,251 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streetlib.classes import ClassSpec
+from streetlib.data import (
+    DataError,
+    StreetData,
+    content_hash,
+    fit_image,
+    load_dataset,
+    load_image_folder,
+    load_street10,
+    read_image,
+    write_street10,
+)
+
+SPEC = ClassSpec.from_dict({"name": "tiny", "regions": {"west": ["aa", "bb"], "east": ["cc"]}})
+
+
+def _arrays(n=4, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return {c: rng.integers(0, 256, (n + i, size, size, 3), dtype=np.uint8) for i, c in enumerate(SPEC.classes)}
+
+
+def _save_npy(root, arrays):
+    root.mkdir(parents=True, exist_ok=True)
+    for cls, arr in arrays.items():
+        np.save(root / f"{cls}.npy", arr)
+    SPEC.to_yaml(root / "classes.yaml")
+
+
+# --- Street10 format ---------------------------------------------------------------------------------------------
+
+
+def test_street10_uint8_round_trip(tmp_path):
+    arrays = _arrays()
+    masks = {c: (a[..., 0] > 128).astype(np.uint8) for c, a in arrays.items()}
+    write_street10(tmp_path / "ds", arrays, spec=SPEC, masks_by_class=masks, meta={"synthetic": True})
+    data = load_street10(tmp_path / "ds")
+    assert data.spec == SPEC and data.synthetic and data.name == "ds"
+    np.testing.assert_array_equal(data.images, np.concatenate(list(arrays.values())))
+    np.testing.assert_array_equal(data.city, [0] * 4 + [1] * 5 + [2] * 6)
+    np.testing.assert_array_equal(data.region, [0] * 9 + [1] * 6)
+    np.testing.assert_array_equal(data.masks, np.concatenate(list(masks.values())))
+    assert data.files[4] == "bb.npy[0]"
+    assert "synthetic" in data.label
+
+
+def test_street10_float_is_converted_exactly_without_float64_copies(tmp_path, monkeypatch):
+    arrays = _arrays()
+    floats = {c: a.astype(np.float64) / 255.0 for c, a in arrays.items()}
+    _save_npy(tmp_path / "ds", floats)
+    # Force several chunks per class, so chunked conversion is what is tested.
+    monkeypatch.setattr("streetlib.data._CHUNK_BYTES", 8 * 8 * 3 * 8 * 2)
+    data = load_street10(tmp_path / "ds")
+    assert data.images.dtype == np.uint8
+    np.testing.assert_array_equal(data.images, np.concatenate(list(arrays.values())))
+
+
+def test_street10_is_memory_mapped(tmp_path, monkeypatch):
+    _save_npy(tmp_path / "ds", _arrays())
+    modes = []
+    real_load = np.load
+
+    def spy(path, *args, **kwargs):
+        modes.append((kwargs.get("mmap_mode"), kwargs.get("allow_pickle")))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy)
+    load_street10(tmp_path / "ds")
+    assert modes and all(m == ("r", False) for m in modes)
+
+
+def test_missing_class_lists_what_was_found(tmp_path):
+    arrays = _arrays()
+    del arrays["cc"]
+    _save_npy(tmp_path / "ds", arrays)
+    with pytest.raises(DataError, match=r"\['cc.npy'\] not found in .*ds.*Found: \['aa.npy', 'bb.npy'\]"):
+        load_street10(tmp_path / "ds")
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(DataError, match="Street10 directory not found: .*nowhere"):
+        load_street10(tmp_path / "nowhere")
+
+
+def test_empty_class(tmp_path):
+    arrays = _arrays()
+    arrays["bb"] = arrays["bb"][:0]
+    _save_npy(tmp_path / "ds", arrays)
+    with pytest.raises(DataError, match="Class 'bb' is empty"):
+        load_street10(tmp_path / "ds")
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((2, 8, 8), np.uint8), "expected rank 4"),
+        (np.zeros((2, 8, 8, 4), np.uint8), "4 channels"),
+        (np.full((2, 8, 8, 3), 1.5, np.float32), r"outside \[0, 1\].*max 1.5"),
+        (np.full((2, 8, 8, 3), -0.1, np.float64), r"outside \[0, 1\]"),
+        (np.zeros((2, 8, 8, 3), np.int16), "dtype int16"),
+    ],
+)
+def test_bad_arrays_name_the_file(tmp_path, bad, match):
+    arrays = _arrays()
+    arrays["bb"] = bad
+    _save_npy(tmp_path / "ds", arrays)
+    with pytest.raises(DataError, match=f"bb.npy.*{match}|{match}.*bb.npy|bb.npy"):
+        load_street10(tmp_path / "ds")
+    with pytest.raises(DataError, match=match):
+        load_street10(tmp_path / "ds")
+
+
+def test_pickled_npy_is_refused(tmp_path):
+    arrays = _arrays()
+    _save_npy(tmp_path / "ds", arrays)
+    obj = np.empty(2, dtype=object)
+    obj[:] = [arrays["bb"][0], arrays["bb"][1]]
+    np.save(tmp_path / "ds" / "bb.npy", obj, allow_pickle=True)
+    with pytest.raises(DataError, match="bb.npy holds pickled Python objects"):
+        load_street10(tmp_path / "ds")
+
+
+def test_classes_of_different_sizes(tmp_path):
+    arrays = _arrays()
+    arrays["cc"] = np.zeros((2, 16, 16, 3), np.uint8)
+    _save_npy(tmp_path / "ds", arrays)
+    with pytest.raises(DataError, match="different image sizes"):
+        load_street10(tmp_path / "ds")
+
+
+def test_write_refuses_to_overwrite(tmp_path):
+    write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
+    with pytest.raises(FileExistsError, match="already holds a dataset"):
+        write_street10(tmp_path / "ds", _arrays(seed=1), spec=SPEC)
+    np.testing.assert_array_equal(load_street10(tmp_path / "ds").images[:4], _arrays()["aa"])
+
+
+# --- Image folders -----------------------------------------------------------------------------------------------
+
+
+def _save(path, image, fmt=None, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt, **kwargs)
+    return path
+
+
+def test_modes_become_rgb(tmp_path):
+    rgba = Image.new("RGBA", (10, 6), (255, 0, 0, 0))  # fully transparent red: composited on white
+    gray = Image.new("L", (10, 6), 100)
+    palette = Image.new("RGB", (10, 6), (0, 0, 255)).convert("P")
+    deep = Image.fromarray(np.full((6, 10), 65535 // 2, np.uint16))
+    cases = {"rgba.png": (rgba, (255, 255, 255)), "gray.png": (gray, (100, 100, 100)),
+             "pal.png": (palette, (0, 0, 255)), "deep.png": (deep, (128, 128, 128))}
+    for name, (img, expected) in cases.items():
+        out = read_image(_save(tmp_path / name, img))
+        assert out.shape == (6, 10, 3) and out.dtype == np.uint8, name
+        np.testing.assert_allclose(out[3, 5], expected, atol=1, err_msg=name)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (20, 10), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 10, 10))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = _save(tmp_path / "rot.jpg", img, exif=exif.tobytes(), quality=95)
+    out = read_image(path)
+    assert out.shape == (20, 10, 3)  # portrait once upright
+    assert out[:5].mean() > 200 and out[-5:].mean() < 50  # the white half is now on top
+
+
+def test_resize_policies_keep_or_distort_aspect():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (10, 0, 30, 20))  # white centre band, half the width
+    crop = fit_image(img, 20, policy="crop")  # scale to 40x20 already tall enough: centre 20x20 is all white
+    pad = fit_image(img, 20, policy="pad")  # 20x10 image, padded top and bottom with black
+    stretch = fit_image(img, 20, policy="stretch")
+    assert crop.shape == pad.shape == stretch.shape == (20, 20, 3)
+    assert crop.mean() > 250
+    assert pad[:4].max() == 0 and pad[-4:].max() == 0 and pad[10, 10].min() > 250
+    assert stretch[10, :4].max() < 10 and stretch[10, 8:12].min() > 240
+    with pytest.raises(ValueError, match="Invalid `policy`.*Received: policy='squash'"):
+        fit_image(img, 20, policy="squash")
+
+
+def _folder(tmp_path, per_class=2):
+    root = tmp_path / "photos"
+    for ci, cls in enumerate(SPEC.classes):
+        for i in range(per_class):
+            _save(root / cls / f"{i}.png", Image.new("RGB", (30, 20), (ci * 100, i * 50, 0)))
+    SPEC.to_yaml(root / "classes.yaml")
+    return root
+
+
+def test_image_folder_loads_in_class_then_name_order(tmp_path):
+    root = _folder(tmp_path)
+    (root / "aa" / "notes.txt").write_text("not an image")
+    data = load_dataset(root, size=16)
+    assert data.images.shape == (6, 16, 16, 3)
+    np.testing.assert_array_equal(data.city, [0, 0, 1, 1, 2, 2])
+    assert data.images[2, 8, 8, 0] == 100 and data.images[3, 8, 8, 1] == 50
+    assert data.files[0].endswith("aa/0.png")
+
+
+def test_corrupt_image_raises_or_is_skipped(tmp_path):
+    root = _folder(tmp_path, per_class=3)
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(good, format="JPEG")
+    (root / "bb" / "9-truncated.jpg").write_bytes(good.getvalue()[:200])
+    (root / "cc" / "9-garbage.png").write_bytes(b"definitely not a png")
+    with pytest.raises(DataError, match="Cannot read image .*9-truncated.jpg.*on_error='skip'"):
+        load_image_folder(root, size=16)
+    data = load_image_folder(root, size=16, on_error="skip")
+    assert len(data) == 9
+    assert sorted(p.split("/")[-1] for p, _ in data.skipped) == ["9-garbage.png", "9-truncated.jpg"]
+    assert all(reason for _, reason in data.skipped)
+
+
+def test_image_folder_errors(tmp_path):
+    root = _folder(tmp_path)
+    with pytest.raises(ValueError, match="Invalid `on_error`.*Received: on_error='ignore'"):
+        load_image_folder(root, on_error="ignore")
+    for p in (root / "cc").iterdir():
+        p.unlink()
+    with pytest.raises(DataError, match="Class 'cc' is empty"):
+        load_image_folder(root)
+    (root / "cc").rmdir()
+    with pytest.raises(DataError, match=r"Class folder\(s\) \['cc'\] not found.*Found folders: \['aa', 'bb'\]"):
+        load_image_folder(root)
+    with pytest.raises(FileNotFoundError, match="Image not found"):
+        read_image(root / "nope.jpg")
+
+
+def test_content_hash_is_pixel_identity():
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy()
+    assert content_hash(a) == content_hash(b)
+    b[0, 0, 0] = 1
+    assert content_hash(a) != content_hash(b)
+    assert content_hash(a) != content_hash(np.zeros((2, 8, 3), np.uint8))
+
+
+def test_streetdata_validates_shapes():
+    with pytest.raises(DataError, match="uint8 of shape"):
+        StreetData(images=np.zeros((2, 4, 4, 3), np.float32), city=[0, 1], spec=SPEC, name="x")
+    with pytest.raises(DataError, match="`city` must have shape"):
+        StreetData(images=np.zeros((2, 4, 4, 3), np.uint8), city=[0], spec=SPEC, name="x")

@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+
+from streetlib.classes import STREET10
+from streetlib.data import StreetData
+from streetlib.pipeline import OUTPUTS, augmentation, make_dataset, normalize, sample_weights
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    city = np.repeat(np.arange(10), [6, 2, 3, 3, 3, 3, 3, 3, 3, 4])
+    # A smooth image per item (a gradient plus a class colour), so augmentation visibly moves pixels.
+    yy, xx = np.mgrid[0:16, 0:16]
+    base = np.stack([xx * 15, yy * 15, (xx + yy) * 7], axis=-1)
+    images = np.stack([(base + rng.integers(0, 20)) % 256 for _ in city]).astype(np.uint8)
+    return StreetData(images=images, city=city, spec=STREET10, name="toy")
+
+
+def _collect(ds):
+    xs, ys = [], {k: [] for k in OUTPUTS}
+    for x, y in ds:
+        xs.append(x.numpy())
+        for k in OUTPUTS:
+            ys[k].append(y[k].numpy())
+    return np.concatenate(xs), {k: np.concatenate(v) for k, v in ys.items()}
+
+
+def test_labels_follow_the_class_spec(data):
+    idx = np.array([5, 6, 7, 30, 1])
+    x, y = _collect(make_dataset(data, idx, batch_size=2, normalization="unit"))
+    assert set(y) == {"region", "city"}
+    np.testing.assert_array_equal(y["city"], data.city[idx])
+    np.testing.assert_array_equal(y["region"], STREET10.region_of_class[data.city[idx]])
+    np.testing.assert_allclose(x, data.images[idx] / 255.0, atol=1e-6)
+
+
+def test_evaluation_is_never_augmented(data):
+    ds = make_dataset(data, batch_size=8, training=False, normalization="raw")
+    a, _ = _collect(ds)
+    b, _ = _collect(ds)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, data.images.astype(np.float32))
+    with pytest.raises(ValueError, match="never augmented"):
+        make_dataset(data, training=False, augment=True)
+
+
+def test_training_augments_and_shuffles_with_a_seed(data):
+    def run(seed):
+        return _collect(make_dataset(data, batch_size=8, training=True, seed=seed, normalization="raw"))
+
+    (x1, y1), (x2, y2) = run(3), run(3)
+    np.testing.assert_array_equal(y1["city"], y2["city"])  # same seed, same order
+    assert not np.array_equal(y1["city"], data.city)  # but shuffled
+    assert sorted(y1["city"]) == sorted(data.city)
+    unchanged = sum((data.images == img).all(axis=(1, 2, 3)).any() for img in x1)
+    assert unchanged < len(x1) // 2  # most images were changed by augmentation
+    plain = _collect(make_dataset(data, batch_size=8, training=True, augment=False, seed=3, normalization="raw"))
+    np.testing.assert_array_equal(plain[1]["city"], y1["city"])
+
+
+def test_reshuffles_each_epoch(data):
+    ds = make_dataset(data, batch_size=40, training=True, augment=False, seed=0)
+    first, second = (next(iter(ds))[1]["city"].numpy() for _ in range(2))
+    assert not np.array_equal(first, second)
+
+
+def test_cache_and_resize_give_the_same_batches(data):
+    plain = _collect(make_dataset(data, batch_size=4, image_size=8, normalization="unit"))
+    cached_ds = make_dataset(data, batch_size=4, image_size=8, normalization="unit", cache=True)
+    cached = _collect(cached_ds)
+    again = _collect(cached_ds)
+    assert plain[0].shape == (len(data), 8, 8, 3)
+    np.testing.assert_allclose(cached[0], plain[0], atol=1e-6)
+    np.testing.assert_allclose(again[0], plain[0], atol=1e-6)
+
+
+def test_normalization_modes():
+    import keras
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(normalize(x, "caffe"), keras.applications.vgg16.preprocess_input(x.copy()), atol=1e-4)
+    s = normalize(x, "samplewise").numpy()
+    np.testing.assert_allclose(s.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(s.std(axis=(1, 2, 3)), 1, atol=1e-4)
+    bvlc = normalize(x, "caffe-bvlc").numpy()
+    np.testing.assert_allclose(bvlc[..., 0], x[..., 2] - 104.00699, atol=1e-4)
+    flat = normalize(np.full((1, 4, 4, 3), 7.0, np.float32), "samplewise").numpy()
+    assert np.isfinite(flat).all()  # a constant image must not divide by zero
+    with pytest.raises(ValueError, match="Invalid `normalization`.*Received: 'imagenet'"):
+        normalize(x, "imagenet")
+
+
+def test_balanced_weights(data):
+    idx = np.arange(len(data))
+    w = sample_weights(data, idx)
+    for name, labels in (("city", data.city), ("region", data.region)):
+        totals = [w[name][labels == c].sum() for c in np.unique(labels)]
+        np.testing.assert_allclose(totals, totals[0])  # every class weighs the same in total
+        np.testing.assert_allclose(w[name].mean(), 1.0, rtol=1e-6)
+    ds = make_dataset(data, idx, batch_size=64, training=True, augment=False, weights="balanced")
+    _, y, sw = next(iter(ds))
+    lookup = dict(zip(data.city.tolist(), w["city"].tolist()))
+    np.testing.assert_allclose(sw["city"].numpy(), [lookup[c] for c in y["city"].numpy()], rtol=1e-6)
+
+
+def test_augmentation_layers_follow_the_original():
+    aug = augmentation()
+    names = [type(layer).__name__ for layer in aug.layers]
+    assert names == ["RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom", "RandomShear"]
+    rotation = aug.layers[1]
+    assert rotation.factor == (-20 / 360, 20 / 360) or tuple(rotation.factor) == (-20 / 360, 20 / 360)
+    assert [type(layer).__name__ for layer in augmentation(flip=False, shear=0).layers] == [
+        "RandomRotation", "RandomTranslation", "RandomZoom"]
+
+
+@pytest.mark.parametrize("kwargs, match", [({"batch_size": 0}, "Invalid `batch_size`"),
+                                           ({"weights": "inverse"}, "Invalid `weights`"),
+                                           ({"indices": []}, "`indices` is empty")])
+def test_invalid_arguments(data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_dataset(data, **kwargs)

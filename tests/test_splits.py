@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pytest
+
+from streetlib.classes import STREET10
+from streetlib.data import StreetData
+from streetlib.splits import make_split, make_splits
+
+STREET10_COUNTS = [482, 379, 503, 436, 354, 434, 553, 353, 275, 382]
+
+
+def _data(counts, *, seed=0, size=3, name="toy", spec=STREET10):
+    rng = np.random.default_rng(seed)
+    n = sum(counts)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    city = np.repeat(np.arange(len(counts)), counts)
+    return StreetData(images=images, city=city, spec=spec, name=name)
+
+
+def _hash_sets(data, split):
+    h = data.content_hashes()
+    return {s: {h[i] for i in split[s]} for s in ("train", "val", "test")}
+
+
+def test_street10_sizes_match_the_original(tmp_path):
+    data = _data(STREET10_COUNTS)
+    split = make_split(data, seed=42, directory=tmp_path)
+    assert (len(split.train), len(split.val), len(split.test)) == (3166, 564, 421)
+    table = split.table(data)
+    assert table.loc["london", "test"] == 49 and table.loc["london", "val"] == 65
+    assert table.loc["all", "total"] == 4151
+
+
+def test_split_is_a_partition_and_stratified(tmp_path):
+    data = _data([40, 20, 60, 30, 30, 30, 30, 30, 30, 30])
+    split = make_split(data, seed=3, directory=tmp_path)
+    everything = np.concatenate([split.train, split.val, split.test])
+    assert sorted(everything.tolist()) == list(range(len(data)))
+    for cls, n in enumerate([40, 20, 60]):
+        n_test = np.sum(data.city[split.test] == cls)
+        assert n_test == int(np.ceil(0.1 * n))
+
+
+def test_same_seed_same_split_in_any_order(tmp_path):
+    data = _data([30] * 10)
+    a = make_split(data, seed=7, directory=tmp_path / "a")
+    order = np.random.default_rng(1).permutation(len(data))
+    shuffled = StreetData(images=data.images[order], city=data.city[order], spec=data.spec, name="toy")
+    b = make_split(shuffled, seed=7, directory=tmp_path / "b")
+    assert _hash_sets(data, a) == _hash_sets(shuffled, b)
+    c = make_split(data, seed=8, directory=tmp_path / "c")
+    assert _hash_sets(data, a)["test"] != _hash_sets(data, c)["test"]
+
+
+def test_saved_split_is_reused(tmp_path):
+    data = _data([20] * 10)
+    first = make_split(data, seed=1, directory=tmp_path)
+    assert first.path == tmp_path / "toy-seed1.json"
+    doc = json.loads(first.path.read_text())
+    # Move one image from test to train in the file: a reload must follow the file, not recompute.
+    moved = doc["hashes"]["test"].pop()
+    doc["hashes"]["train"].append(moved)
+    first.path.write_text(json.dumps(doc))
+    again = make_split(data, seed=1, directory=tmp_path)
+    assert len(again.test) == len(first.test) - 1
+    assert moved in {data.content_hashes()[i] for i in again.train}
+
+
+def test_duplicates_never_cross_splits(tmp_path):
+    data = _data([20] * 10)
+    images = data.images.copy()
+    images[1] = images[0]  # a duplicate within a class
+    images[25] = images[0]  # and one in another class
+    images[60:70] = images[100]  # many copies
+    dup = StreetData(images=images, city=data.city, spec=data.spec, name="dups")
+    split = make_split(dup, seed=0, directory=tmp_path)
+    where = {i: s for s in ("train", "val", "test") for i in split[s]}
+    assert where[0] == where[1] == where[25]
+    assert len({where[i] for i in [100, *range(60, 70)]}) == 1
+    groups = sorted(sorted(g) for g in split.duplicates)
+    assert groups == [[0, 1, 25], [*range(60, 70), 100]]
+    assert sorted(sorted(g) for g in split.cross_class_duplicates) == groups
+    doc = json.loads(split.path.read_text())
+    assert len(doc["duplicates"]) == 2
+    assert sum(doc["counts"].values()) == len(dup)
+
+
+def test_several_seeds(tmp_path):
+    data = _data([20] * 10)
+    splits = make_splits(data, seeds=[0, 1, 2], directory=tmp_path)
+    assert [s.seed for s in splits] == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"toy-seed{i}.json" for i in range(3)]
+    assert len({tuple(s.test) for s in splits}) == 3
+
+
+def test_changed_data_or_fractions_are_refused(tmp_path):
+    data = _data([20] * 10)
+    make_split(data, seed=1, directory=tmp_path)
+    with pytest.raises(ValueError, match="made with test_size=0.1, val_size=0.15, not test_size=0.2"):
+        make_split(data, seed=1, test_size=0.2, directory=tmp_path)
+    other = _data([20] * 10, seed=5)
+    with pytest.raises(ValueError, match="does not match dataset 'toy': 200 of its images.*Delete toy-seed1.json"):
+        make_split(other, seed=1, directory=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"test_size": 0}, "Invalid `test_size`"), ({"val_size": 1.5}, "Invalid `val_size`"),
+     ({"seed": "42"}, "Invalid `seed`")],
+)
+def test_invalid_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_split(_data([5] * 10), directory=tmp_path, **kwargs)
