@@ -370,15 +370,16 @@ def load_image_folder(root, *, classes=None, size=224, policy="crop", on_error="
     )
 
 
-def load_dataset(path, *, classes=None, **kwargs):
+def load_dataset(path, *, classes=None, size=224, policy="crop", on_error="raise", name=None):
     """Load a Street10-format directory (it holds ``.npy`` files) or an image folder (it holds class folders).
 
-    Keyword arguments go to `load_street10` or `load_image_folder`.
+    ``size``, ``policy`` and ``on_error`` apply to image folders (see `load_image_folder`); Street10 files keep
+    their own size (the pipeline resizes at feeding time).
     """
     root = _check_root(path, "Dataset")
     if any(root.glob("*.npy")):
-        return load_street10(root, classes=classes, **kwargs)
-    return load_image_folder(root, classes=classes, **kwargs)
+        return load_street10(root, classes=classes, name=name)
+    return load_image_folder(root, classes=classes, size=size, policy=policy, on_error=on_error, name=name)
 
 
 def write_street10(out_dir, images_by_class, *, spec, masks_by_class=None, meta=None, overwrite=False):

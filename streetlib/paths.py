@@ -74,3 +74,12 @@ class atomic_path:
         else:
             self.tmp.unlink(missing_ok=True)
         return False
+
+
+def resolve(path, default=None):
+    """A user-given path: empty means ``default``; relative paths start at the output root, not the notebook's
+    working directory, so the same parameter works from the CLI, papermill and Colab."""
+    if path in (None, ""):
+        return Path(default)
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else root() / path
