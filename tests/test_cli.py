@@ -1,0 +1,43 @@
+import json
+
+import numpy as np
+import pytest
+
+from streetlib.cli import main
+from streetlib.data import load_street10
+
+
+def test_synth_then_split(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))
+    out = tmp_path / "demo"
+    assert main(["data", "synth", "--out", str(out), "--per-class", "3", "--size", "32", "--seed", "1"]) == 0
+    data = load_street10(out)
+    assert len(data) == 30 and data.synthetic and data.images.shape[1:] == (32, 32, 3)
+    assert json.loads((out / "dataset.json").read_text())["seed"] == 1
+
+    assert main(["data", "synth", "--out", str(out), "--per-class", "3", "--size", "32", "--seed", "1",
+                 "--if-missing"]) == 0
+    assert "Reusing" in capsys.readouterr().out
+    np.testing.assert_array_equal(load_street10(out).images, data.images)
+
+    assert main(["data", "synth", "--out", str(out), "--per-class", "4", "--size", "32", "--if-missing"]) == 2
+    assert "holds a dataset made with" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(out), "--per-class", "3", "--size", "32"]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err
+
+    assert main(["data", "split", str(out), "--seed", "5", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "seed 5: train" in printed and "seed 6: train" in printed
+    assert sorted(p.name for p in (tmp_path / "data" / "splits").iterdir()) == ["demo-seed5.json", "demo-seed6.json"]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["data", "split", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Dataset directory not found" in err
+
+
+def test_unknown_subcommand_is_refused():
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "crawl-everything"])
+    assert exc.value.code == 2
