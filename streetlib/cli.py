@@ -65,10 +65,38 @@ def _add_data_commands(sub):
     p.set_defaults(func=_cmd_split)
 
 
+def _cmd_run(args):
+    from streetlib import runner
+
+    overrides = {name: runner.parse_value(value) for name, value in args.param}
+    results = runner.run(
+        args.notebooks, profile=args.profile, overrides=overrides, grid=args.grid, force=args.force,
+        keep_going=args.keep_going, cell_timeout=args.cell_timeout,
+    )
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        print(f"FAILED {r.output}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_run_command(sub):
+    p = sub.add_parser("run", help="run the numbered notebooks headless with papermill")
+    p.add_argument("notebooks", nargs="*", help="notebook numbers or names (default: all, in order)")
+    p.add_argument("--profile", choices=["smoke", "demo", "full"], default="demo", help="default: %(default)s")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="set a parameter in every notebook that has it (checked against the parameters cells)")
+    p.add_argument("--grid", help="YAML grid file: run one notebook over combinations of parameters")
+    p.add_argument("--force", action="store_true", help="re-run notebooks that already finished")
+    p.add_argument("--keep-going", action="store_true", help="after a failure, run the remaining notebooks")
+    p.add_argument("--cell-timeout", type=int, default=1800, help="seconds per cell (default: %(default)s)")
+    p.set_defaults(func=_cmd_run)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="streetlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
+    _add_run_command(sub)
     return parser
 
 

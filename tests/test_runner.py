@@ -1,0 +1,120 @@
+import json
+
+import nbformat
+import pytest
+
+from streetlib import runner
+
+
+def _notebook(path, params_source, body):
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# test notebook"),
+            nbformat.v4.new_code_cell(params_source, metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(body),
+        ],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture()
+def setup(tmp_path, monkeypatch):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    log = tmp_path / "log.txt"
+    _notebook(nbs / "01_first.ipynb", "size = 8\nname = 'a'  # a comment with 'quotes'\n",
+              f"open({str(log)!r}, 'a').write(f'first {{size}} {{name}}\\n')")
+    _notebook(nbs / "02_second.ipynb", "size = 8\nfail = False\n",
+              f"import os\nif fail or os.path.exists({str(tmp_path / 'boom')!r}):\n    raise RuntimeError('boom at cell')\n"
+              f"open({str(log)!r}, 'a').write(f'second {{size}}\\n')")
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("p:\n  all: {size: 4, unused_elsewhere: 1}\n  notebooks:\n    01_first: {name: b}\n")
+    monkeypatch.setattr(runner, "PROFILES_FILE", profiles)
+    monkeypatch.setattr(runner.paths, "notebooks_dir", lambda: nbs)
+    return nbs, log, tmp_path / "out"
+
+
+def _run(out, **kwargs):
+    return runner.run(profile="p", out_dir=out, progress=False, report=lambda line: None, **kwargs)
+
+
+def test_parameters_cell_is_parsed(setup):
+    nbs, _, _ = setup
+    assert runner.notebook_parameters(nbs / "01_first.ipynb") == {"size": 8, "name": "a"}
+    bad = _notebook(nbs / "09_bad.ipynb", "size = 2 * 4\n", "")
+    with pytest.raises(ValueError, match="'size' is not a plain literal"):
+        runner.notebook_parameters(bad)
+
+
+def test_runs_in_order_then_skips_what_finished(setup):
+    _, log, out = setup
+    results = _run(out)
+    assert [r.status for r in results] == ["done", "done"]
+    assert log.read_text() == "first 4 b\nsecond 4\n"  # profile 'all' then the notebook's own entry
+    assert json.loads((out / "01_first.done.json").read_text())["parameters"] == {"size": 4, "name": "b"}
+    assert [r.status for r in _run(out)] == ["skipped", "skipped"]
+    assert [r.status for r in _run(out, overrides={"size": 5})] == ["done", "done"]  # new parameters re-run
+    assert [r.status for r in _run(out, overrides={"size": 5}, force=True)] == ["done", "done"]
+    assert log.read_text().count("first 5 b") == 2
+
+
+def test_unknown_parameter_is_refused_before_anything_runs(setup):
+    _, log, out = setup
+    with pytest.raises(ValueError, match=r"Unknown parameter\(s\) \['szie'\].*Valid names: \['fail', 'name', 'size'\]"):
+        _run(out, overrides={"szie": 3})
+    assert not log.exists() and not out.exists()
+    with pytest.raises(ValueError, match=r"Unknown parameter\(s\) \['fail'\] for 01_first.ipynb"):
+        _run(out, notebooks=["01"], overrides={"fail": True})
+
+
+def test_failure_keeps_the_executed_copy_and_resume_skips_finished(setup):
+    nbs, log, out = setup
+    (out.parent / "boom").write_text("")
+    results = _run(out)
+    assert [r.status for r in results] == ["done", "failed"]
+    assert "RuntimeError: boom at cell" in results[1].error and "cell" in results[1].error
+    executed = json.loads((out / "02_second.ipynb").read_text())
+    assert any(o.get("ename") == "RuntimeError" for c in executed["cells"] for o in c.get("outputs", []))
+    assert not (out / "02_second.done.json").exists()
+    (out.parent / "boom").unlink()
+    assert [r.status for r in _run(out)] == ["skipped", "done"]  # the interrupted run resumes
+    assert log.read_text().count("first") == 1
+
+
+def test_a_failure_stops_the_rest_unless_keep_going(setup):
+    nbs, log, out = setup
+    _notebook(nbs / "00_zero.ipynb", "fail = True\n", "if fail:\n    raise ValueError('zero failed')\n")
+    lines = []
+    results = runner.run(profile="p", out_dir=out, progress=False, report=lines.append)
+    assert [r.status for r in results] == ["failed"]
+    assert sum("[not run]" in line for line in lines) == 2
+    results = _run(out, keep_going=True)
+    assert [r.status for r in results] == ["failed", "done", "done"]
+
+
+def test_grid_runs_every_combination(setup, tmp_path):
+    _, log, out = setup
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("notebook: '01'\ngrid:\n  size: [1, 2]\n  name: [x, y]\n")
+    results = _run(out, grid=grid)
+    assert [r.output.name for r in results] == [
+        "01_first__size=1__name=x.ipynb", "01_first__size=1__name=y.ipynb",
+        "01_first__size=2__name=x.ipynb", "01_first__size=2__name=y.ipynb"]
+    assert sorted(log.read_text().splitlines()) == ["first 1 x", "first 1 y", "first 2 x", "first 2 y"]
+    grid.write_text("notebook: '01'\ngrid:\n  colour: [red]\n")
+    with pytest.raises(ValueError, match=r"Unknown parameter\(s\) \['colour'\].*\(grid\)"):
+        _run(out, grid=grid)
+
+
+def test_invalid_profile_and_notebook(setup):
+    with pytest.raises(ValueError, match="Invalid `profile`. Expected one of \\['p'\\]"):
+        runner.load_profile("demo")
+    with pytest.raises(ValueError, match="Unknown notebook '07'"):
+        runner.find_notebook("07")
+
+
+def test_parse_value():
+    assert runner.parse_value("3") == 3 and runner.parse_value("0.5") == 0.5
+    assert runner.parse_value("[1, 2]") == [1, 2] and runner.parse_value("hed-bsds500") == "hed-bsds500"
