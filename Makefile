@@ -20,10 +20,7 @@ $(INSTALLED): pyproject.toml requirements.lock
 	touch $@
 
 demo: $(INSTALLED)
-	$(BIN)/streetlib data synth --per-class 100 --size 64 --seed 0 --out data/synth-demo --if-missing
-	mkdir -p notebooks/executed/demo
-	$(BIN)/python -m papermill notebooks/01_data_exploration.ipynb notebooks/executed/demo/01_data_exploration.ipynb \
-		--cwd notebooks
+	$(BIN)/streetlib run --profile demo
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
