@@ -43,6 +43,27 @@ def _cmd_split(args):
             print(f"  {len(split.duplicates)} groups of identical images kept together in one split each")
 
 
+def _cmd_crawl(args):
+    from streetlib.crawl import crawl_cities
+
+    counts = crawl_cities(
+        args.cities, args.out, per_city=args.per_city, engine=args.engine, min_size=args.min_size,
+        timeout=args.timeout, license=None if args.license == "none" else args.license,
+    )
+    for city, n in counts.items():
+        print(f"{city}: {n['after']} files ({n['after'] - n['before']} new)")
+
+
+def _cmd_build(args):
+    from streetlib.build import build_dataset
+
+    report = build_dataset(
+        args.raw, args.out, classes=args.classes, size=args.size, policy=args.policy, margin=args.margin,
+        min_size=args.min_size, threshold=args.threshold, rejects=args.rejects, overwrite=args.overwrite,
+    )
+    print(report.summary())
+
+
 def _add_data_commands(sub):
     data = sub.add_parser("data", help="make, build and split datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -63,6 +84,29 @@ def _add_data_commands(sub):
     p.add_argument("--test-size", type=float, default=0.10)
     p.add_argument("--val-size", type=float, default=0.15)
     p.set_defaults(func=_cmd_split)
+
+    p = data_sub.add_parser("crawl", help="download street photos per city from image search (needs internet)")
+    p.add_argument("--cities", required=True, help="class-spec YAML (optional queries:/exclude:) or 'street10'")
+    p.add_argument("--out", required=True, help="raw photo folder: <out>/<city>/*.jpg plus manifest.csv")
+    p.add_argument("--per-city", type=int, required=True, help="photos wanted per city (a re-run adds the missing)")
+    p.add_argument("--engine", choices=["google", "bing"], default="google")
+    p.add_argument("--license", default="noncommercial,modify", help="licence filter, or 'none' (default: %(default)s)")
+    p.add_argument("--min-size", type=int, default=256, help="smallest width and height in pixels")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    p.set_defaults(func=_cmd_crawl)
+
+    p = data_sub.add_parser("build", help="clean, de-duplicate and package raw photos in the Street10 format")
+    p.add_argument("--raw", required=True, help="raw photo folder (<raw>/<class>/*.jpg)")
+    p.add_argument("--out", required=True, help="output Street10-format folder")
+    p.add_argument("--classes", help="'street10' or a class-spec YAML (default: <raw>/classes.yaml)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--policy", choices=["crop", "pad", "stretch"], default="crop")
+    p.add_argument("--margin", type=float, default=0.05, help="fraction cut off every side (default: %(default)s)")
+    p.add_argument("--min-size", type=int, help="reject photos smaller than this (default: --size)")
+    p.add_argument("--threshold", type=int, default=10, help="perceptual-hash distance for near-duplicates")
+    p.add_argument("--rejects", help="text file of class/file ids to leave out (default: <raw>/rejects.txt)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_build)
 
 
 def _cmd_run(args):
@@ -105,7 +149,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"streetlib {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(status or 0)

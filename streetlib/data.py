@@ -183,10 +183,14 @@ def load_street10(root, *, classes=None, name=None):
         `StreetData` with uint8 images; cue masks when ``root/masks/`` has them.
 
     Raises:
-        DataError: a missing or empty class, a pickled file, a wrong rank or channel count, floats outside
+        DataError: a file that does not match ``SHA256SUMS`` (when present), a missing or empty class, a pickled file, a wrong rank or channel count, floats outside
             [0, 1], or classes of different image sizes.
     """
     root = _check_root(root, "Street10")
+    if (root / "SHA256SUMS").is_file():
+        from streetlib.build import verify_checksums
+
+        verify_checksums(root)
     spec = _resolve_spec(root, classes)
     meta = _read_meta(root)
     found = sorted(p.name for p in root.glob("*.npy"))

@@ -41,3 +41,21 @@ def test_unknown_subcommand_is_refused():
     with pytest.raises(SystemExit) as exc:
         main(["data", "crawl-everything"])
     assert exc.value.code == 2
+
+
+def test_build_packages_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(0)
+    for cls in ("aa", "bb"):
+        (raw / cls).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).resize((96, 72)).save(raw / cls / f"{i}.png")
+    (raw / "classes.yaml").write_text("name: two\nregions:\n  r1: [aa]\n  r2: [bb]\n")
+    assert main(["data", "build", "--raw", str(raw), "--out", str(tmp_path / "out"), "--size", "32"]) == 0
+    data = load_street10(tmp_path / "out")
+    assert data.images.shape == (6, 32, 32, 3) and data.spec.classes == ("aa", "bb")
+    assert main(["data", "build", "--raw", str(raw), "--out", str(tmp_path / "out"), "--size", "32"]) == 2
+    assert "error" in capsys.readouterr().err

@@ -249,3 +249,16 @@ def test_streetdata_validates_shapes():
         StreetData(images=np.zeros((2, 4, 4, 3), np.float32), city=[0, 1], spec=SPEC, name="x")
     with pytest.raises(DataError, match="`city` must have shape"):
         StreetData(images=np.zeros((2, 4, 4, 3), np.uint8), city=[0], spec=SPEC, name="x")
+
+
+def test_checksums_are_verified_on_load(tmp_path):
+    from streetlib.build import write_checksums
+
+    root = write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
+    write_checksums(root, ["aa.npy", "bb.npy", "cc.npy"])
+    assert len(load_street10(root)) == 15
+    arr = np.load(root / "bb.npy")
+    arr[0, 0, 0, 0] ^= 1
+    np.save(root / "bb.npy", arr)
+    with pytest.raises(DataError, match="bb.npy does not match its checksum"):
+        load_street10(root)
