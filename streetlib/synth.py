@@ -74,6 +74,7 @@ _EAST = {
     "red": (196, 32, 36), "gold": (226, 172, 44), "black": (22, 20, 20), "paper": (244, 238, 222),
     "orange": (228, 108, 28), "crimson": (150, 20, 40), "jade": (40, 140, 90),
 }
+_OWN_STYLE_PROB = 0.65
 _NEUTRAL = ((200, 200, 196), (60, 60, 62), (128, 110, 92), (235, 235, 230), (100, 104, 110))
 
 # Cue styles: (background colours, glyph colours, pattern weights) per city, within its region's family.
@@ -83,19 +84,19 @@ _CUE_STYLES = (
     (  # western cities
         (("navy", "white"), ("white", "brass"), (0.3, 0.5, 0.2)),
         (("forest", "cream"), ("cream", "charcoal"), (0.5, 0.3, 0.2)),
-        (("charcoal", "cream"), ("brass", "white"), (0.2, 0.6, 0.2)),
+        (("teal", "cream"), ("white", "charcoal"), (0.2, 0.6, 0.2)),
         (("white", "teal"), ("navy", "teal"), (0.3, 0.3, 0.4)),
         (("burgundy", "cream"), ("cream", "brass"), (0.4, 0.4, 0.2)),
     ),
     (  # eastern cities
         (("red", "gold"), ("gold", "black"), (0.5, 0.3, 0.2)),
-        (("black", "gold"), ("gold", "paper"), (0.3, 0.3, 0.4)),
+        (("crimson", "gold"), ("gold", "black"), (0.3, 0.3, 0.4)),
         (("paper", "red"), ("red", "black"), (0.6, 0.2, 0.2)),
         (("orange", "black"), ("black", "paper"), (0.3, 0.5, 0.2)),
         (("jade", "crimson"), ("paper", "gold"), (0.4, 0.4, 0.2)),
     ),
 )
-_NEUTRAL_CUE_PROB = 0.3
+_NEUTRAL_CUE_PROB = 0.1
 
 _SKIES = (((92, 140, 210), (192, 212, 232)), ((150, 154, 166), (204, 204, 208)), ((64, 72, 124), (232, 164, 122)))
 _CLOTHES = ((196, 40, 40), (30, 60, 140), (230, 200, 60), (40, 40, 40), (230, 230, 230), (60, 120, 70), (140, 90, 50))
@@ -188,6 +189,13 @@ def _pick(rng, options):
     return options[rng.integers(len(options))]
 
 
+def _street_style(rng, twin):
+    """The street style of one picture: each trait is the twin pair's own most of the time, another pair's
+    otherwise, so cities overlap as real ones do."""
+    own = _STREET_STYLES[twin]
+    return {key: own[key] if rng.random() < _OWN_STYLE_PROB else _pick(rng, _STREET_STYLES)[key] for key in own}
+
+
 def _sky(rng, size, horizon):
     top, bottom = (np.array(_jitter(rng, c, 18), np.float32) for c in _pick(rng, _SKIES))
     t = np.clip(np.arange(size, dtype=np.float32) / max(horizon, 1.0), 0.0, 1.0)[:, None]
@@ -209,6 +217,7 @@ def _street(canvas, cam, rng, style, geometry, shade):
                 cam.project(side * (road_half + 0.25), 0, far), cam.project(side * road_half, 0, far)]
         canvas.polygon(curb, (190, 188, 182))
     _markings(canvas, cam, style["markings"], far)
+    # The far end of the street: a hazy skyline across the vanishing point.
     for x0 in np.arange(-40.0, 40.0, rng.uniform(5, 12)):
         top = rng.uniform(4, 30)
         (a, b), (c, d) = cam.project(x0, top, far), cam.project(x0 + rng.uniform(4, 12), 0, far)
@@ -222,20 +231,23 @@ def _street(canvas, cam, rng, style, geometry, shade):
 
 
 def _markings(canvas, cam, kind, far):
+    """Centre-line markings: 'dashed-white', 'dashed-yellow', 'double-yellow' or 'none'."""
     if kind == "none":
         return
     colour = (236, 236, 230) if kind.endswith("white") else (230, 190, 40)
-    offsets = (-0.18, 0.06) if kind.startswith("double") else (-0.07,)
-    step = 100.0 if kind.startswith("double") else 6.0
-    for z in np.arange(1.0, far, step):
-        z1 = min(z + (far if kind.startswith("double") else 3.0), far)
+    if kind == "double-yellow":
+        spans, offsets = [(1.0, far)], (-0.18, 0.06)
+    else:
+        spans, offsets = [(z, z + 3.0) for z in np.arange(1.0, far - 3.0, 6.0)], (-0.06,)
+    for z0, z1 in spans:
         for x in offsets:
-            canvas.polygon([cam.project(x, 0, z), cam.project(x + 0.12, 0, z),
+            canvas.polygon([cam.project(x, 0, z0), cam.project(x + 0.12, 0, z0),
                             cam.project(x + 0.12, 0, z1), cam.project(x, 0, z1)], colour)
 
 
 def _building(canvas, cam, rng, style, wall_x, z0, z1, shade):
-    colour = _pick(rng, style["facades"]) if rng.random() < 0.8 else _pick(rng, _pick(rng, _STREET_STYLES)["facades"])
+    facades = style["facades"] if rng.random() < _OWN_STYLE_PROB else _pick(rng, _STREET_STYLES)["facades"]
+    colour = _pick(rng, facades)
     colour = _scale(_jitter(rng, colour, 14), shade)
     height = rng.uniform(*style["heights"])
     canvas.polygon([cam.project(wall_x, 0, z0), cam.project(wall_x, 0, z1),
@@ -249,11 +261,10 @@ def _building(canvas, cam, rng, style, wall_x, z0, z1, shade):
     bays = np.arange(z0 + 0.5, z1 - win_w, style["bay"] + win_w * 0.5)
     if len(floors) == 0 or len(bays) == 0:
         return
-    # A window narrower or shorter than a pixel is not drawn: far facades read as plain colour, as in photos.
-    min_pixels = 1.5
     for za in bays:
         zb = za + win_w
-        if cam.focal * win_h / zb < min_pixels:
+        # Windows under about a pixel tall are left out: far facades read as plain colour, as in photos.
+        if cam.focal * win_h / zb < 1.5:
             break
         for y in floors:
             quad = [cam.project(wall_x, y, za), cam.project(wall_x, y, zb),
@@ -266,21 +277,21 @@ def _building(canvas, cam, rng, style, wall_x, z0, z1, shade):
 def _cue_layout(rng, cam, geometry, canvas_size):
     """Where the cue objects are and their outlines: drawn the same way whatever the class."""
     cues = []
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(rng.integers(4, 9)):
         side = 1 if rng.random() < 0.5 else -1
         kind = _pick(rng, ("board", "blade", "disc"))
         if kind == "board":
-            width, height = rng.uniform(1.6, 3.2), rng.uniform(0.7, 1.3)
+            width, height = rng.uniform(2.4, 4.4), rng.uniform(1.0, 1.8)
         elif kind == "blade":
-            width, height = rng.uniform(0.7, 1.3), rng.uniform(1.6, 3.2)
+            width, height = rng.uniform(1.0, 1.8), rng.uniform(2.4, 4.4)
         else:
-            width = height = rng.uniform(0.8, 1.5)
+            width = height = rng.uniform(1.2, 2.2)
         x = side * (geometry["walls"][side > 0] - rng.uniform(0.2, 0.8) - width / 2)
         # Nearer than this the sign would hang outside the frame.
         room = cam.cx if side < 0 else canvas_size - cam.cx
         nearest = max(2.0, cam.focal * abs(x) / room)
-        z = nearest * float(np.exp(rng.uniform(0.0, 1.3)))
-        cues.append({"kind": kind, "x": x, "y": rng.uniform(2.4, 5.0), "z": z, "width": width, "height": height})
+        z = nearest * float(np.exp(rng.uniform(0.0, 0.7)))
+        cues.append({"kind": kind, "x": x, "y": rng.uniform(3.0, 6.0), "z": z, "width": width, "height": height})
     return cues
 
 
@@ -296,8 +307,9 @@ def _cue_style(rng, region, twin, *, labelled):
     if rng.random() < _NEUTRAL_CUE_PROB:
         bg, fg = (_NEUTRAL[i] for i in rng.choice(len(_NEUTRAL), 2, replace=False))
     else:
-        bg, fg = family[_pick(rng, bgs)], family[_pick(rng, fgs)]
-    return {"region": region, "pattern": pattern, "bg": _jitter(rng, bg, 20), "fg": _jitter(rng, fg, 20)}
+        bg_name = _pick(rng, bgs)
+        bg, fg = family[bg_name], family[_pick(rng, [name for name in fgs if name != bg_name])]
+    return {"pattern": pattern, "bg": _jitter(rng, bg, 20), "fg": _jitter(rng, fg, 20)}
 
 
 def _cue_tile(rng, width, height, kind, style):
@@ -382,7 +394,7 @@ def _lantern(draw, rng, w, h, fg, bg):
 
 
 def _seal(draw, rng, w, h, fg, bg):
-    """A square frame in the middle holding one glyph, framed in its colour."""
+    """One glyph inside a square frame, like a seal stamp."""
     cell = min(w, h) * 0.7
     x0, y0 = (w - cell) / 2, (h - cell) / 2
     draw.rectangle((x0, y0, x0 + cell, y0 + cell), outline=fg, width=max(1, int(cell / 8)))
@@ -405,7 +417,7 @@ def _draw_cue(canvas, cam, rng, cue, style):
     canvas.paste_cue(tile, outline, corner)
 
 
-def _lamp(canvas, cam, rng, x, z, colour):
+def _lamp(canvas, cam, x, z, colour):
     pole = [cam.project(x - 0.08, 6.0, z), cam.project(x + 0.08, 0, z)]
     canvas.rectangle((*pole[0], *pole[1]), colour)
     arm_end = cam.project(x - np.sign(x) * 1.2, 6.0, z)
@@ -542,13 +554,13 @@ def render_scene(rng, *, size, city_index, spec=SYNTH10, cues=True):
     region, twin = layout[city_index]
     scene_rng = np.random.default_rng(rng.integers(2**63))
     cue_rng = np.random.default_rng(rng.integers(2**63))
-    style = _STREET_STYLES[twin]
 
+    style = _street_style(scene_rng, twin)
     canvas_size = size * _SUPERSAMPLE
     cam = _Camera(
-        focal=canvas_size * scene_rng.uniform(0.55, 0.8),
+        focal=canvas_size * scene_rng.uniform(0.45, 0.65),
         cx=canvas_size * (0.5 + scene_rng.uniform(-0.12, 0.12)),
-        horizon=canvas_size * (0.42 + scene_rng.uniform(-0.07, 0.07)),
+        horizon=canvas_size * (0.52 + scene_rng.uniform(-0.07, 0.07)),
         height=scene_rng.uniform(1.4, 1.9),
     )
     road_half = scene_rng.uniform(2.8, 5.0)
@@ -561,13 +573,14 @@ def render_scene(rng, *, size, city_index, spec=SYNTH10, cues=True):
     canvas = _Canvas(_sky(scene_rng, canvas_size, cam.horizon))
     _street(canvas, cam, scene_rng, style, geometry, shade)
 
-    items = [(c["z"], "cue", c) for c in _cue_layout(scene_rng, cam, geometry, canvas_size)] + _objects(scene_rng, style, geometry)
+    items = [(cue["z"], "cue", cue) for cue in _cue_layout(scene_rng, cam, geometry, canvas_size)]
+    items += _objects(scene_rng, style, geometry)
     # Far to near, so nearer objects cover farther ones (and clear the cue mask where they do).
     for z, kind, what in sorted(items, key=lambda item: -item[0]):
         if kind == "cue":
             _draw_cue(canvas, cam, cue_rng, what, _cue_style(cue_rng, region, twin, labelled=cues))
         elif kind == "lamp":
-            _lamp(canvas, cam, scene_rng, what, z, style["lamp"])
+            _lamp(canvas, cam, what, z, style["lamp"])
         elif kind == "tree":
             _tree(canvas, cam, scene_rng, what, z)
         elif kind == "pedestrian":
@@ -647,6 +660,7 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progre
         Path of ``out_dir``, loadable with `streetlib.data.load_street10`.
     """
     out_dir = Path(out_dir)
+    # Checked before drawing too, so a taken directory fails at once rather than after the whole dataset is made.
     if not overwrite and any(out_dir.glob("*.npy")):
         raise FileExistsError(f"{out_dir} already holds a dataset. Choose another --out or pass overwrite=True.")
     images, masks = make_synthetic(per_class=per_class, size=size, seed=seed, progress=progress)

@@ -1,0 +1,200 @@
+"""Tests for the synthetic street generator: determinism, validation, the written dataset, and the property the
+dataset exists for: region can be learned from the cue pixels and from nothing else."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from streetlib import synth
+from streetlib.classes import SYNTH10, ClassSpec
+from streetlib.data import load_street10
+
+PER_CLASS = 100
+REGION = SYNTH10.region_of_class
+# Held-out accuracy of a region classifier that has nothing to go on: 0.5, give or take 3.5 standard errors
+# over the 500 test images.
+CHANCE_TOLERANCE = 0.08
+
+
+def _stack(by_class):
+    return np.concatenate([by_class[c] for c in SYNTH10.classes])
+
+
+@pytest.fixture(scope="module")
+def probe():
+    """100 images per class at 32 px; the first half of every class trains, the second half tests."""
+    images, masks = synth.make_synthetic(per_class=PER_CLASS, size=32, seed=7)
+    city = np.repeat(np.arange(SYNTH10.num_classes), PER_CLASS)
+    train = np.tile(np.arange(PER_CLASS), SYNTH10.num_classes) < PER_CLASS // 2
+    return _stack(images), _stack(masks), city, train
+
+
+def _pool(a, cells):
+    n, h = a.shape[:2]
+    step = h // cells
+    a = a[:, : cells * step, : cells * step].reshape(n, cells, step, cells, step, *a.shape[3:])
+    return a.mean(axis=(2, 4)).reshape(n, -1)
+
+
+def _features(images):
+    """Coarse pixels, a joint colour histogram and where the horizontal and vertical edges are: enough for a
+    linear model to pick up a palette, a layout or a texture that gives the label away."""
+    x = images.astype(np.float32) / 255.0
+    bins = (images // 64).astype(np.int64) @ np.array([16, 4, 1])
+    colours = np.stack([np.bincount(b.ravel(), minlength=64) for b in bins]) / bins[0].size
+    grey = x.mean(axis=-1)
+    across = np.abs(np.diff(grey, axis=2))[:, :-1]
+    down = np.abs(np.diff(grey, axis=1))[:, :, :-1]
+    return np.concatenate([_pool(x, 8), colours, _pool(across, 4), _pool(down, 4)], axis=1)
+
+
+def _held_out_accuracy(features, labels, train):
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
+    model.fit(features[train], labels[train])
+    return model.score(features[~train], labels[~train])
+
+
+def _fill_cues(images, masks, how):
+    filled = images.copy()
+    cue = masks == 1
+    if how == "constant":
+        filled[cue] = 128
+    else:
+        filled[cue] = np.random.default_rng(0).integers(0, 256, (int(cue.sum()), 3), dtype=np.uint8)
+    return filled
+
+
+def test_same_seed_gives_identical_arrays():
+    a_images, a_masks = synth.make_synthetic(per_class=2, size=32, seed=3)
+    b_images, b_masks = synth.make_synthetic(per_class=2, size=32, seed=3)
+    c_images, _ = synth.make_synthetic(per_class=2, size=32, seed=4)
+    assert list(a_images) == list(SYNTH10.classes)
+    for cls in SYNTH10.classes:
+        assert a_images[cls].tobytes() == b_images[cls].tobytes()
+        assert a_masks[cls].tobytes() == b_masks[cls].tobytes()
+        assert not np.array_equal(a_images[cls], c_images[cls])
+
+
+def test_more_images_per_class_keeps_the_earlier_ones():
+    few, _ = synth.make_synthetic(per_class=2, size=32, seed=5)
+    more, _ = synth.make_synthetic(per_class=3, size=32, seed=5)
+    for cls in SYNTH10.classes:
+        np.testing.assert_array_equal(more[cls][:2], few[cls])
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_any_size_from_32(size):
+    images, masks = synth.make_synthetic(per_class=1, size=size, seed=0)
+    for cls in SYNTH10.classes:
+        assert images[cls].shape == (1, size, size, 3) and images[cls].dtype == np.uint8
+        assert masks[cls].shape == (1, size, size) and masks[cls].dtype == np.uint8
+        assert set(np.unique(masks[cls])) <= {0, 1}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"size": 16}, r"Invalid `size`. Expected an int >= 32. Received: size=16"),
+        ({"size": 40.0}, r"Invalid `size`.*Received: size=40.0"),
+        ({"per_class": 0}, r"Invalid `per_class`. Expected an int >= 1. Received: per_class=0"),
+        ({"seed": -1}, r"Invalid `seed`.*Received: seed=-1"),
+    ],
+)
+def test_invalid_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synth.make_synthetic(**{"per_class": 1, **kwargs})
+
+
+def test_render_scene_validates_city_and_spec():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"Invalid `city_index`. Expected an int in \[0, 9\]. Received: city_index=10"):
+        synth.render_scene(rng, size=32, city_index=10)
+    uneven = ClassSpec.from_dict({"name": "uneven", "regions": {"a": ["p", "q"], "b": ["r"]}})
+    with pytest.raises(ValueError, match=r"Invalid `spec`.*Received: regions with \[2, 1\] classes"):
+        synth.render_scene(rng, size=32, city_index=0, spec=uneven)
+
+
+def test_generate_round_trips_through_load_street10(tmp_path):
+    out = synth.generate(tmp_path / "demo", per_class=2, size=32, seed=1, progress=False)
+    data = load_street10(out)
+    images, masks = synth.make_synthetic(per_class=2, size=32, seed=1)
+    assert data.synthetic and data.name == "demo" and data.spec.classes == SYNTH10.classes
+    np.testing.assert_array_equal(data.images, _stack(images))
+    np.testing.assert_array_equal(data.masks, _stack(masks))
+    np.testing.assert_array_equal(data.region, np.repeat([0, 1], 10))
+    assert data.meta["generator"] == "streetlib.synth" and data.meta["seed"] == 1 and data.meta["size"] == 32
+    assert data.meta["mean_cue_fraction"] == pytest.approx(synth.cue_fraction(data.masks).mean())
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        synth.generate(out, per_class=1, size=32, progress=False)
+
+
+def test_cue_fraction(probe):
+    _, masks, _, _ = probe
+    fraction = synth.cue_fraction(masks)
+    assert fraction.shape == (len(masks),)
+    assert 0.05 <= fraction.mean() <= 0.25
+    assert (fraction > 0).mean() > 0.95
+    with pytest.raises(ValueError, match=r"Invalid `masks`.*shape=\(32, 32\)"):
+        synth.cue_fraction(masks[0])
+
+
+@pytest.mark.parametrize("pair", range(5))
+def test_region_changes_only_the_cue_pixels(pair):
+    # A western city and its eastern twin, drawn from the same random state: same scene, same mask, and only
+    # the masked pixels differ. The same holds for the unlabelled control.
+    west, east = pair, pair + 5
+    for seed in range(4):
+        image, mask = synth.render_scene(np.random.default_rng([seed, pair]), size=48, city_index=west)
+        twin_image, twin_mask = synth.render_scene(np.random.default_rng([seed, pair]), size=48, city_index=east)
+        plain_image, plain_mask = synth.render_scene(
+            np.random.default_rng([seed, pair]), size=48, city_index=west, cues=False
+        )
+        np.testing.assert_array_equal(twin_mask, mask)
+        np.testing.assert_array_equal(plain_mask, mask)
+        outside = mask == 0
+        np.testing.assert_array_equal(twin_image[outside], image[outside])
+        np.testing.assert_array_equal(plain_image[outside], image[outside])
+        assert (twin_image[~outside] != image[~outside]).any(axis=-1).mean() > 0.5
+
+
+def test_each_twin_pair_has_its_own_street_style():
+    outside_differs = []
+    for seed in range(4):
+        image, mask = synth.render_scene(np.random.default_rng(seed), size=48, city_index=0)
+        other, other_mask = synth.render_scene(np.random.default_rng(seed), size=48, city_index=1)
+        both_outside = (mask == 0) & (other_mask == 0)
+        outside_differs.append((image[both_outside] != other[both_outside]).any(axis=-1).mean())
+    assert min(outside_differs) > 0.2
+
+
+def test_region_and_city_are_learnable_from_the_images(probe):
+    images, _, city, train = probe
+    features = _features(images)
+    region_accuracy = _held_out_accuracy(features, REGION[city], train)
+    city_accuracy = _held_out_accuracy(features, city, train)
+    assert 0.75 <= region_accuracy < 0.98
+    assert 0.3 < city_accuracy < region_accuracy
+
+
+@pytest.mark.parametrize("how", ["constant", "noise"])
+def test_region_is_at_chance_once_cues_are_filled(probe, how):
+    images, masks, city, train = probe
+    features = _features(_fill_cues(images, masks, how))
+    assert abs(_held_out_accuracy(features, REGION[city], train) - 0.5) <= CHANCE_TOLERANCE
+    # The street style outside the cues still tells the twin pairs apart.
+    assert _held_out_accuracy(features, city % 5, train) > 0.5
+
+
+def test_the_mask_alone_gives_no_region(probe):
+    _, masks, city, train = probe
+    features = _pool(masks.astype(np.float32), 16)
+    assert abs(_held_out_accuracy(features, REGION[city], train) - 0.5) <= CHANCE_TOLERANCE
+
+
+def test_unlabelled_cues_make_region_unlearnable(probe):
+    _, _, city, train = probe
+    images, _ = synth.make_synthetic(per_class=PER_CLASS, size=32, seed=7, cues=False)
+    accuracy = _held_out_accuracy(_features(_stack(images)), REGION[city], train)
+    assert abs(accuracy - 0.5) <= CHANCE_TOLERANCE
