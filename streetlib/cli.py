@@ -136,11 +136,20 @@ def _add_run_command(sub):
     p.set_defaults(func=_cmd_run)
 
 
+def _add_analyze_command(sub):
+    from streetlib import analyze
+
+    p = sub.add_parser("analyze", help="classify street photos and explain them with Grad-CAM")
+    analyze.add_arguments(p)
+    p.set_defaults(func=analyze.main)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="streetlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
     _add_run_command(sub)
+    _add_analyze_command(sub)
     return parser
 
 

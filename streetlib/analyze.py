@@ -1,0 +1,394 @@
+"""``streetlib analyze``: which city is this street in, and what in the picture says so?
+
+For each image file or URL: the region probabilities and the top-K cities, and a figure of Grad-CAM / Guided
+Grad-CAM maps for both outputs (or, with ``--only-cam``, the CAMs at the image's own resolution).
+
+The model file is loaded with Keras's safe mode. What the model expects comes from a sidecar JSON beside it,
+``<model path without suffix>.json`` (for ``models/demo.keras``, ``models/demo.json``), if present, with the keys:
+
+- ``normalization``: one of `streetlib.pipeline.NORMALIZATIONS`;
+- ``classes``: the class spec as ``ClassSpec.to_dict()`` (``{"name": ..., "regions": {region: [city, ...]}}``);
+- ``image_size``: int or [height, width], used when the model accepts any input size.
+
+``--classes`` and ``--normalization`` override it; without either, the defaults are 'street10' and 'samplewise'.
+
+Bad input (a missing file, a file that is not an image, an unreachable URL or one that does not serve an image)
+gets one line on stderr and the other inputs are still analysed; the exit status is then 1. A model that cannot be
+loaded or lacks the ``region`` and ``city`` outputs stops the command with status 2.
+
+Keras, TensorFlow and the attribution code are imported inside the functions that use them, so that mounting these
+options in the ``streetlib`` command costs no TensorFlow start-up.
+"""
+
+import argparse
+import io
+import json
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+from zipfile import BadZipFile
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from streetlib import paths
+from streetlib.classes import ClassSpec, get_class_spec
+from streetlib.data import RESIZE_POLICIES, DataError, fit_image, read_image, to_rgb
+
+DEFAULT_MODEL = paths.models_dir() / "street10.keras"
+DEFAULT_NORMALIZATION = "samplewise"
+DEFAULT_CLASSES = "street10"
+OUTPUTS = ("region", "city")
+URL_TIMEOUT = 10.0  # seconds
+MAX_DOWNLOAD_BYTES = 20 * 2**20
+BATCH_SIZE = 16
+# PIL's own decoding failures; DecompressionBombError (an absurd pixel count) derives from Exception only.
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class InputError(ValueError):
+    """One input cannot be analysed; the message is the line shown to the user."""
+
+
+class ModelError(ValueError):
+    """The model (or its sidecar) cannot be used: the command stops."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis.
+
+    Attributes:
+        model: the `keras.Model`.
+        spec: the `ClassSpec` naming its outputs' classes.
+        normalization: str, how its inputs are normalised.
+        image_size: (height, width) of its inputs.
+        path: `Path` of the model file.
+    """
+
+    model: object
+    spec: ClassSpec
+    normalization: str
+    image_size: tuple
+    path: Path
+
+
+def sidecar_path(model_path):
+    """Where the sidecar of a model file lives: the same path with the suffix ``.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def read_sidecar(model_path):
+    """The sidecar dict of a model file ({} when there is none).
+
+    Raises:
+        ModelError: the sidecar is not a JSON object.
+    """
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"Model sidecar {path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ModelError(f"Model sidecar {path} must hold a JSON object. Received {type(meta).__name__}.")
+    return meta
+
+
+def _image_size(value, source):
+    size = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if size is None or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ModelError(f"Invalid `image_size` in {source}: expected an int or [height, width]. Received: {value!r}")
+    return size
+
+
+def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
+    """Load a model for analysis (Keras safe mode) and check that it has the outputs and classes expected.
+
+    Args:
+        path: str or Path of a ``.keras`` file. Default `DEFAULT_MODEL`.
+        classes: None (the sidecar's, else 'street10'), a built-in spec name or a YAML path.
+        normalization: None (the sidecar's, else 'samplewise') or one of `streetlib.pipeline.NORMALIZATIONS`.
+
+    Returns:
+        `LoadedModel`.
+
+    Raises:
+        ModelError: the file is missing or not a loadable model, the sidecar is malformed, the model has no
+            ``region``/``city`` logits, or their sizes do not match the class spec.
+    """
+    import keras
+
+    from streetlib.attribution import logits_tensor, model_input_size
+    from streetlib.pipeline import check_normalization
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Model file not found: {path}. Train one first, or pass --model PATH.")
+    meta = read_sidecar(path)
+    try:
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, OSError, BadZipFile, KeyError, TypeError) as err:
+        raise ModelError(f"Cannot load model {path} (Keras safe mode): {err}") from err
+    try:
+        if classes is not None:
+            spec = get_class_spec(classes)
+        elif "classes" in meta:
+            spec = ClassSpec.from_dict(meta["classes"], source=str(sidecar_path(path)))
+        else:
+            spec = get_class_spec(DEFAULT_CLASSES)
+        normalization = check_normalization(normalization or meta.get("normalization", DEFAULT_NORMALIZATION))
+    except (ValueError, FileNotFoundError) as err:
+        raise ModelError(str(err)) from err
+    sizes = {}
+    for output, expected in zip(OUTPUTS, (spec.num_regions, spec.num_classes)):
+        try:
+            sizes[output] = int(logits_tensor(model, output).shape[-1])
+        except ValueError as err:
+            raise ModelError(f"Model {path} lacks the expected {output!r} output: {err}") from err
+        if sizes[output] != expected:
+            raise ModelError(
+                f"Model {path} has {sizes[output]} {output} classes but class spec {spec.name!r} has {expected}. "
+                f"Pass the model's classes with --classes."
+            )
+    size = model_input_size(model) or _image_size(meta.get("image_size", 224), sidecar_path(path))
+    return LoadedModel(model=model, spec=spec, normalization=normalization, image_size=size, path=path)
+
+
+def is_url(source):
+    """True for http:// and https:// addresses."""
+    return urlparse(str(source)).scheme in ("http", "https")
+
+
+def fetch_url(url, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
+    """Download an image: bytes, after checking the content type and the size.
+
+    Args:
+        url: str, http or https.
+        timeout: float, seconds for the connection and each read. Default 10.
+        max_bytes: int, the largest body accepted. Default 20 MiB.
+
+    Raises:
+        InputError: unreachable, an HTTP error, a timeout, a content type other than image/*, or too large.
+    """
+    request = urllib.request.Request(url, headers={"User-Agent": "streetlib-analyze"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            kind = response.headers.get_content_type()
+            if not kind.startswith("image/"):
+                raise InputError(f"{url}: served {kind!r}, not an image (expected an image/* content type).")
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise InputError(f"{url}: {int(length)} bytes is over the {max_bytes}-byte limit.")
+            body = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as err:
+        raise InputError(f"{url}: HTTP {err.code} {err.reason}.") from err
+    except urllib.error.URLError as err:
+        raise InputError(f"{url}: unreachable ({err.reason}).") from err
+    except TimeoutError as err:
+        raise InputError(f"{url}: no answer within {timeout:g} s.") from err
+    if len(body) > max_bytes:
+        raise InputError(f"{url}: the body is over the {max_bytes}-byte limit.")
+    return body
+
+
+def read_input(source, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
+    """Read an image file or URL as RGB uint8 `(H, W, 3)` at its own size (EXIF orientation applied).
+
+    Raises:
+        InputError: the file is missing or unreadable, or the URL fails (see `fetch_url`).
+    """
+    if not is_url(source):
+        try:
+            return read_image(source)
+        except (FileNotFoundError, DataError) as err:
+            raise InputError(str(err)) from err
+        except Image.DecompressionBombError as err:
+            raise InputError(f"Cannot read image {source}: {err}") from err
+    body = fetch_url(source, timeout=timeout, max_bytes=max_bytes)
+    try:
+        with Image.open(io.BytesIO(body)) as img:
+            img.load()
+            return np.asarray(to_rgb(img), dtype=np.uint8)
+    except _DECODE_ERRORS as err:
+        raise InputError(f"{source}: the download is not a readable image ({err}).") from err
+
+
+def _class_entry(names, probs, k):
+    return {"class": names[k], "probability": round(float(probs[k]), 4)}
+
+
+def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", guided=True):
+    """Classify and explain a batch of images in one call.
+
+    Args:
+        images: list of uint8 `(H, W, 3)` RGB, any sizes.
+        loaded: `LoadedModel`.
+        rank: int, explain the class of this rank (1: the prediction); capped at the number of regions for the
+            region output.
+        top: int, cities listed per image.
+        layer: str or None, the Grad-CAM layer.
+        policy: how images are fitted to the model input ('crop', 'pad', 'stretch').
+        guided: bool, also compute Guided Backprop / Guided Grad-CAM.
+
+    Returns:
+        (results, fitted, explanations): a list of dicts (``region``: {name: probability}, ``cities``: top-K
+        [{class, probability}], ``explained``: {output: {class, probability, rank}}), the fitted uint8 images
+        `(n, h, w, 3)`, and dict output -> `Explanation`.
+    """
+    from streetlib.attribution import class_names, explain, model_inputs
+
+    n_cities = loaded.spec.num_classes
+    if not 1 <= rank <= n_cities:
+        raise ValueError(f"Invalid `rank`: expected an int in [1, {n_cities}]. Received: rank={rank!r}")
+    if not 1 <= top <= n_cities:
+        raise ValueError(f"Invalid `top`: expected an int in [1, {n_cities}]. Received: top={top!r}")
+    fitted = np.stack([fit_image(Image.fromarray(im), loaded.image_size, policy=policy) for im in images])
+    x = model_inputs(fitted, normalization=loaded.normalization)
+    explanations = explain(x, loaded.model, outputs=OUTPUTS, layer=layer, rank=rank, guided=guided)
+    names = {o: class_names(loaded.spec, o) for o in OUTPUTS}
+    results = []
+    for i in range(len(fitted)):
+        probs = {o: explanations[o].probs[i] for o in OUTPUTS}
+        targets = {o: int(explanations[o].target[i]) for o in OUTPUTS}
+        order = np.argsort(-probs["city"], kind="stable")[:top]
+        results.append(
+            {
+                "region": {n: round(float(p), 4) for n, p in zip(names["region"], probs["region"])},
+                "cities": [_class_entry(names["city"], probs["city"], k) for k in order],
+                "explained": {
+                    o: {**_class_entry(names[o], probs[o], t), "rank": int(np.sum(probs[o] > probs[o][t])) + 1}
+                    for o, t in targets.items()
+                },
+            }
+        )
+    return results, fitted, explanations
+
+
+def _figure_name(source, used):
+    stem = Path(urlparse(str(source)).path).stem or "image"
+    name, k = stem, 2
+    while name in used:
+        name, k = f"{stem}-{k}", k + 1
+    used.add(name)
+    return name
+
+
+def _save_figure(fig, path):
+    with paths.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    return path
+
+
+def _print_result(record):
+    print(f"{record['input']} ({record['size'][0]}x{record['size'][1]})")
+    print("  region: " + ", ".join(f"{n} {p:.3f}" for n, p in record["region"].items()))
+    cities = "  ".join(f"{k}. {c['class']} {c['probability']:.3f}" for k, c in enumerate(record["cities"], 1))
+    print(f"  top {len(record['cities'])} cities: {cities}")
+    explained = ", ".join(f"{o} {e['class']} (rank {e['rank']})" for o, e in record["explained"].items())
+    print(f"  explained: {explained}")
+    if record["figure"]:
+        print(f"  figure: {record['figure']}")
+
+
+def add_arguments(parser):
+    """Add the ``analyze`` options to an `argparse.ArgumentParser`."""
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_URL", help="image files or http(s) URLs")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a .keras model file (default: %(default)s)")
+    parser.add_argument("--classes", default=None,
+                        help="'street10', 'synth10' or a class-spec YAML file (default: the sidecar's, else street10)")
+    parser.add_argument("--normalization", default=None,
+                        help="input normalisation (default: the model's sidecar, else samplewise)")
+    parser.add_argument("--layer", default=None, help="Grad-CAM layer (default: the backbone's last convolution)")
+    parser.add_argument("--policy", choices=RESIZE_POLICIES, default="crop",
+                        help="how images are fitted to the model input (default: %(default)s)")
+    parser.add_argument("--only-cam", action="store_true",
+                        help="draw only the Grad-CAMs, at the image's own resolution")
+    parser.add_argument("--rank", type=_positive_int, default=1,
+                        help="explain the class of this rank: 1 the prediction, 2 the runner-up... (default: 1)")
+    parser.add_argument("--top", type=_positive_int, default=3, help="cities listed per image (default: 3)")
+    parser.add_argument("--out", default=str(paths.figs_dir() / "analyze"),
+                        help="figure directory (default: %(default)s)")
+    parser.add_argument("--no-save", action="store_true", help="write no figures")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
+    parser.add_argument("--timeout", type=float, default=URL_TIMEOUT, help="seconds per URL (default: %(default)s)")
+    parser.add_argument("--max-bytes", type=_positive_int, default=MAX_DOWNLOAD_BYTES,
+                        help="largest URL download accepted (default: %(default)s)")
+    return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def main(args):
+    """Run the analyzer on parsed arguments (see `add_arguments`). Returns the exit status: 0 when every input
+    was analysed, 1 when some could not be, 2 when the model or an option is unusable."""
+    from streetlib.attribution import plot_cam_only, plot_explanation
+
+    try:
+        loaded = load_model(args.model, classes=args.classes, normalization=args.normalization)
+        if args.rank > loaded.spec.num_classes or args.top > loaded.spec.num_classes:
+            raise ValueError(
+                f"--rank and --top must be at most {loaded.spec.num_classes} (the number of cities). "
+                f"Received: --rank {args.rank}, --top {args.top}."
+            )
+    except ValueError as err:
+        print(f"streetlib analyze: error: {err}", file=sys.stderr)
+        return 2
+    records, readable = [], []
+    for source in args.inputs:
+        try:
+            readable.append((len(records), read_input(source, timeout=args.timeout, max_bytes=args.max_bytes)))
+            records.append({"input": source, "ok": True})
+        except InputError as err:
+            print(f"streetlib analyze: error: {err}", file=sys.stderr)
+            records.append({"input": source, "ok": False, "error": str(err)})
+    used = set()
+    for start in range(0, len(readable), BATCH_SIZE):
+        batch = readable[start : start + BATCH_SIZE]
+        try:
+            results, fitted, explanations = analyze_images(
+                [image for _, image in batch], loaded, rank=args.rank, top=args.top, layer=args.layer,
+                policy=args.policy, guided=not args.only_cam,
+            )
+        except ValueError as err:
+            print(f"streetlib analyze: error: {err}", file=sys.stderr)
+            return 2
+        for i, ((k, original), result) in enumerate(zip(batch, results)):
+            record = records[k]
+            record.update(size=[int(original.shape[1]), int(original.shape[0])], **result, figure=None)
+            if args.no_save:
+                continue
+            name = _figure_name(record["input"], used)
+            title = f"{Path(urlparse(record['input']).path).name} - {loaded.path.name}"
+            if args.only_cam:
+                fig = plot_cam_only(original, explanations, i, spec=loaded.spec, policy=args.policy, title=title)
+                path = Path(args.out) / f"{name}_cam.png"
+            else:
+                fig = plot_explanation(fitted[i], explanations, i, spec=loaded.spec,
+                                       normalization=loaded.normalization, title=title)
+                path = Path(args.out) / f"{name}_gradcam.png"
+            record["figure"] = str(_save_figure(fig, path))
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        for record in records:
+            if record["ok"]:
+                _print_result(record)
+    return 0 if all(r["ok"] for r in records) else 1
+
+
+if __name__ == "__main__":
+    _parser = add_arguments(argparse.ArgumentParser(prog="streetlib analyze", description=__doc__.splitlines()[0]))
+    sys.exit(main(_parser.parse_args()))

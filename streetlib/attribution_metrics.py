@@ -1,0 +1,410 @@
+"""Is the map right? Measurements of attribution maps, and what they show over a whole dataset.
+
+- Localisation against the synthetic data's cue masks: the pointing game (Zhang et al. 2018) and the energy-based
+  pointing game (Wang et al. 2020), with random maps as the floor.
+- Faithfulness: deletion and insertion curves (Petsiuk et al. 2018) and their areas.
+- Sanity: the cascading model-parameter randomisation check (Adebayo et al. 2018), as rank correlations between the
+  maps of the trained model and of models whose layers are randomised from the top down.
+- Beyond one image: per-class mean CAMs and most-attributed patches, and the four-quadrant trick.
+
+Maps are float `(n, H, W)`, non-negative, at the resolution of the images and masks they are compared with (see
+`streetlib.attribution.attribution_maps`).
+"""
+
+import keras
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage, stats
+
+from streetlib.attribution import (
+    METHODS,
+    all_layers,
+    attribution_maps,
+    clone_with_weights,
+    explain,
+    explainer,
+    find_layer_path,
+    logits_tensor,
+    model_input_size,
+    model_inputs,
+)
+from streetlib.data import fit_image
+
+
+def _check_maps(maps, masks=None, *, name="maps"):
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"`{name}` must have shape (n, H, W). Received shape {maps.shape}.")
+    if not np.isfinite(maps).all() or maps.min() < 0:
+        raise ValueError(f"`{name}` must be finite and non-negative (take abs or a ReLU first). Min: {maps.min()}.")
+    if masks is None:
+        return maps
+    masks = np.asarray(masks) > 0
+    if masks.shape != maps.shape:
+        raise ValueError(f"`masks` must match `{name}`: expected shape {maps.shape}. Received shape {masks.shape}.")
+    return maps, masks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Localisation
+
+
+def pointing_game(maps, masks, *, tolerance=0):
+    """Does the map's maximum fall on the cue?
+
+    A map scores the fraction of its maximal pixels that lie in the mask: 1 or 0 when the maximum is unique (the
+    usual pointing game, as Quantus's ``PointingGame``), and the chance level for a constant map, which points
+    nowhere.
+
+    Args:
+        maps: float `(n, H, W)`, non-negative.
+        masks: `(n, H, W)`, non-zero on the cue pixels.
+        tolerance: int >= 0, pixels by which the mask is widened (a disk), as Zhang et al.'s 15 px at 224 px.
+            Default 0.
+
+    Returns:
+        float32 `(n,)` in [0, 1]; NaN for an image whose mask is empty.
+    """
+    maps, masks = _check_maps(maps, masks)
+    if not isinstance(tolerance, (int, np.integer)) or tolerance < 0:
+        raise ValueError(f"Invalid `tolerance`: expected an int >= 0 (pixels). Received: tolerance={tolerance!r}")
+    if tolerance:
+        yy, xx = np.mgrid[-tolerance : tolerance + 1, -tolerance : tolerance + 1]
+        disk = (yy**2 + xx**2) <= tolerance**2
+        masks = np.stack([ndimage.binary_dilation(m, structure=disk) for m in masks])
+    top = maps == maps.max(axis=(1, 2), keepdims=True)
+    scores = (top & masks).sum(axis=(1, 2)) / top.sum(axis=(1, 2))
+    return np.where(masks.any(axis=(1, 2)), scores, np.nan).astype(np.float32)
+
+
+def energy_pointing_game(maps, masks):
+    """The share of a map's mass that lies on the cue: ``sum(map * mask) / sum(map)``.
+
+    An all-zero map is counted as uniform (its score is the mask's area fraction, the chance level).
+
+    Args:
+        maps: float `(n, H, W)`, non-negative.
+        masks: `(n, H, W)`, non-zero on the cue pixels.
+
+    Returns:
+        float32 `(n,)` in [0, 1]; NaN for an image whose mask is empty.
+    """
+    maps, masks = _check_maps(maps, masks)
+    total = maps.sum(axis=(1, 2))
+    inside = (maps * masks).sum(axis=(1, 2))
+    area = masks.mean(axis=(1, 2))
+    scores = np.divide(inside, total, out=area.astype(np.float64), where=total > 0)
+    return np.where(masks.any(axis=(1, 2)), scores, np.nan).astype(np.float32)
+
+
+def random_maps(shape, *, seed=0):
+    """The floor: independent uniform noise, float32 of ``shape`` in [0, 1)."""
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def localization_table(maps, masks, *, tolerance=0, seed=0):
+    """Pointing game and energy pointing game per method, with random maps as the floor.
+
+    Args:
+        maps: dict method name -> float `(n, H, W)`.
+        masks: `(n, H, W)` cue masks.
+        tolerance: int, see `pointing_game`.
+        seed: int, for the random maps.
+
+    Returns:
+        `pandas.DataFrame`, one row per method and a last row 'random': columns ``method``, ``pointing_game``
+        and ``energy_pointing_game`` (means over images with a cue), ``chance`` (mean mask area fraction, what a
+        map that knows nothing scores on average) and ``images``.
+    """
+    if not maps:
+        raise ValueError("`maps` is empty: pass a dict method name -> maps.")
+    masks = np.asarray(masks)
+    shape = next(iter(maps.values())).shape
+    rows = []
+    for method, m in {**maps, "random": random_maps(shape, seed=seed)}.items():
+        point = pointing_game(m, masks, tolerance=tolerance)
+        energy = energy_pointing_game(m, masks)
+        has_cue = ~np.isnan(point)
+        rows.append(
+            {
+                "method": method,
+                "pointing_game": float(np.mean(point[has_cue])),
+                "energy_pointing_game": float(np.mean(energy[has_cue])),
+                "chance": float((masks[has_cue] > 0).mean()),
+                "images": int(has_cue.sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deletion and insertion
+
+
+def _class_probability(images, model, *, output, target, normalization, batch_size):
+    """Softmax probability of ``target`` for uint8-range float images, in batches: float32 `(n,)`."""
+    ex = explainer(model)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = model_inputs(images[start : start + batch_size], normalization=normalization)
+        z = ex.logits(x, output=output)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        out.append(p[np.arange(len(p)), target[start : start + batch_size]])
+    return np.concatenate(out).astype(np.float32)
+
+
+def perturbation_curves(images, maps, model, *, output, target, normalization, steps=16, batch_size=64, seed=0):
+    """Deletion and insertion curves: remove (add) pixels in order of attribution and watch the class probability.
+
+    Deletion replaces pixels by the image's mean colour (so the score drops for lost information, not for a change
+    of overall brightness); insertion starts from a strongly blurred copy and puts the original pixels back. A
+    faithful map gives a low deletion area and a high insertion area. Ties in a map are broken at random.
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB, at the model's input size.
+        maps: float `(n, H, W)`, non-negative.
+        model: the `keras.Model`.
+        output: str, the output whose probability is watched ('region' or 'city').
+        target: int `(n,)`, the class of each image whose probability is watched.
+        normalization: the model's normalisation (see `streetlib.pipeline.NORMALIZATIONS`).
+        steps: int >= 1, the curve has ``steps + 1`` points from 0 to all pixels. Default 16.
+        batch_size: int, images per model call. Default 64.
+        seed: int, for breaking ties.
+
+    Returns:
+        dict with ``fractions`` float32 `(steps + 1,)` in [0, 1], ``deletion`` and ``insertion`` float32
+        `(n, steps + 1)` probabilities, and ``deletion_auc`` and ``insertion_auc`` float32 `(n,)` in [0, 1].
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"`images` must be uint8 of shape (n, H, W, 3). Received {images.dtype} {images.shape}.")
+    maps = _check_maps(maps)
+    if maps.shape != images.shape[:3]:
+        raise ValueError(f"`maps` must have shape {images.shape[:3]} to match `images`. Received {maps.shape}.")
+    target = np.asarray(target, dtype=np.int64)
+    if target.shape != (len(images),):
+        raise ValueError(f"`target` must have shape ({len(images)},). Received shape {target.shape}.")
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"Invalid `steps`: expected an int >= 1. Received: steps={steps!r}")
+    n, H, W = maps.shape
+    fractions = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32)
+    counts = np.rint(fractions * H * W).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    sigma = max(H, W) / 32
+    curves = {"deletion": np.zeros((n, steps + 1), np.float32), "insertion": np.zeros((n, steps + 1), np.float32)}
+    for i in range(n):
+        image = images[i].astype(np.float32)
+        # lexsort: last key first, so pixels go by decreasing map value, ties in random order.
+        order = np.lexsort((rng.random(H * W), -maps[i].ravel()))
+        rank = np.empty(H * W, np.int64)
+        rank[order] = np.arange(H * W)
+        chosen = (rank[None, :] < counts[:, None]).reshape(steps + 1, H, W, 1)
+        grey = image.mean(axis=(0, 1), keepdims=True)
+        blurred = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
+        for kind, batch in (
+            ("deletion", np.where(chosen, grey, image)),
+            ("insertion", np.where(chosen, image, blurred)),
+        ):
+            curves[kind][i] = _class_probability(
+                batch, model, output=output, target=np.full(steps + 1, target[i]), normalization=normalization,
+                batch_size=batch_size,
+            )
+    return {
+        "fractions": fractions,
+        **curves,
+        "deletion_auc": np.trapezoid(curves["deletion"], fractions, axis=1).astype(np.float32),
+        "insertion_auc": np.trapezoid(curves["insertion"], fractions, axis=1).astype(np.float32),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model-parameter randomisation
+
+
+def rank_correlation(a, b):
+    """Spearman rank correlation of each pair of maps (ties get average ranks).
+
+    Args:
+        a, b: float `(n, ...)`, the same shape.
+
+    Returns:
+        float32 `(n,)` in [-1, 1]; 0 where either map is constant (it ranks nothing).
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    if a.shape != b.shape:
+        raise ValueError(f"`a` and `b` must have the same shape. Received {a.shape} and {b.shape}.")
+    ra, rb = stats.rankdata(a, axis=1), stats.rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denom = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    return np.divide((ra * rb).sum(axis=1), denom, out=np.zeros(len(a)), where=denom > 0).astype(np.float32)
+
+
+def randomization_layers(model, *, output=None):
+    """Names of the layers the randomisation check randomises, from the output towards the input: every layer
+    with a kernel (convolutions, dense layers), nested models expanded.
+
+    Args:
+        model: the `keras.Model`.
+        output: None (all such layers) or an output name: only layers that feed it.
+    """
+    scope = model if output is None else keras.Model(model.inputs[0], logits_tensor(model, output))
+    return [layer.name for layer in reversed(all_layers(scope)) if hasattr(layer, "kernel")]
+
+
+def randomization_check(inputs, model, *, methods=METHODS, output="city", layer=None, target=None, seed=0):
+    """The cascading model-parameter randomisation check (Adebayo et al. 2018).
+
+    A copy of the model has its layers re-initialised one more at a time, from the output down; after each, the
+    maps are recomputed and compared with the trained model's. A map that explains the model must change (low rank
+    correlation) once the weights it depends on are random. The user's model is never changed. Each kernel and bias
+    is redrawn from a normal distribution with the standard deviation of the trained values, so activations keep
+    their scale; batch normalisation statistics are left as they are.
+
+    Args:
+        inputs: float32 `(n, H, W, C)`, normalised model inputs.
+        model: the `keras.Model`.
+        methods: sequence of methods from `streetlib.attribution.METHODS`. Default all three.
+        output: str, the output explained. Default 'city'.
+        layer: str or None, the Grad-CAM layer (default: the backbone's last convolution).
+        target: None (the trained model's predicted classes, kept fixed throughout) or int `(n,)`.
+        seed: int.
+
+    Returns:
+        dict with ``layers`` (list of str, in randomisation order) and ``spearman`` (dict method -> float32
+        `(len(layers), n)`, the rank correlation after randomising each layer and all above it).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or isinstance(methods, str):
+        raise ValueError(f"Invalid `methods`. Expected a sequence of {METHODS}. Received: methods={methods!r}")
+    if target is None:
+        target = np.argmax(explainer(model, layer=layer).logits(inputs, output=output), axis=1)
+    kwargs = dict(output=output, layer=layer, target=target)
+    original = {m: attribution_maps(inputs, model, method=m, **kwargs) for m in methods}
+    clone, _ = clone_with_weights(model)
+    rng = np.random.default_rng(seed)
+    names = randomization_layers(clone, output=output)
+    spearman = {m: np.zeros((len(names), len(inputs)), np.float32) for m in methods}
+    for i, name in enumerate(names):
+        randomized = find_layer_path(clone, name)[-1]
+        for var in (randomized.kernel, getattr(randomized, "bias", None)):
+            if var is not None:
+                values = keras.ops.convert_to_numpy(var)
+                var.assign(rng.normal(0.0, values.std(), values.shape).astype(values.dtype))
+        for m in methods:
+            maps = attribution_maps(inputs, clone, method=m, **kwargs)
+            spearman[m][i] = rank_correlation(original[m], maps)
+    return {"layers": names, "spearman": spearman}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beyond one image
+
+
+def _best_window(cam, size):
+    """Top-left corner and mean value of the ``size`` x ``size`` window (stride size // 2) with the highest mean."""
+    H, W = cam.shape
+    stride = max(1, size // 2)
+    integral = np.pad(cam.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    ys = np.arange(0, H - size + 1, stride)
+    xs = np.arange(0, W - size + 1, stride)
+    y, x = np.meshgrid(ys, xs, indexing="ij")
+    sums = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
+    k = np.argmax(sums)
+    return int(y.flat[k]), int(x.flat[k]), float(sums.flat[k]) / size**2
+
+
+def street_features(images, cams, labels, predicted, *, num_classes, patch_size=None, top=8):
+    """What the model looks at, per class: the mean CAM over correctly classified images and the most attributed
+    image patches.
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB.
+        cams: float `(n, H, W)` in [0, 1], the Grad-CAM of each image's predicted class.
+        labels: int `(n,)`, true classes.
+        predicted: int `(n,)`, predicted classes.
+        num_classes: int.
+        patch_size: int, the patch side in pixels. Default ``H // 4``.
+        top: int, patches kept per class (one per image at most, the best window of each). Default 8.
+
+    Returns:
+        dict with ``mean_cams`` float32 `(num_classes, H, W)` (zeros for a class with no correct image),
+        ``counts`` int64 `(num_classes,)`, ``patches`` (list per class of uint8 `(k, p, p, 3)`, k <= top, best first)
+        and ``patch_info`` (list per class of dicts with ``index`` int `(k,)` into ``images``, ``yx`` int `(k, 2)`
+        top-left corners and ``score`` float32 `(k,)`, the window's mean CAM).
+    """
+    images = np.asarray(images)
+    cams = _check_maps(cams, name="cams")
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if cams.shape != images.shape[:3] or labels.shape != (len(images),) or predicted.shape != (len(images),):
+        raise ValueError(
+            f"`cams`, `labels` and `predicted` must match `images` {images.shape}: received {cams.shape}, "
+            f"{labels.shape}, {predicted.shape}."
+        )
+    H, W = cams.shape[1:]
+    size = patch_size or H // 4
+    if not 1 <= size <= min(H, W):
+        raise ValueError(
+            f"Invalid `patch_size`: expected an int in [1, {min(H, W)}]. Received: patch_size={patch_size!r}"
+        )
+    mean_cams = np.zeros((num_classes, H, W), np.float32)
+    counts = np.zeros(num_classes, np.int64)
+    patches, info = [], []
+    for k in range(num_classes):
+        members = np.flatnonzero((labels == k) & (predicted == k))
+        counts[k] = len(members)
+        if len(members):
+            mean_cams[k] = cams[members].mean(axis=0)
+        windows = [_best_window(cams[i], size) for i in members]
+        best = np.argsort([-w[2] for w in windows], kind="stable")[:top]
+        yx = np.array([windows[j][:2] for j in best], np.int64).reshape(-1, 2)
+        index = members[best]
+        patches.append(
+            np.stack([images[i, y : y + size, x : x + size] for i, (y, x) in zip(index, yx)])
+            if len(index)
+            else np.zeros((0, size, size, 3), np.uint8)
+        )
+        info.append({"index": index, "yx": yx, "score": np.array([windows[j][2] for j in best], np.float32)})
+    return {"mean_cams": mean_cams, "counts": counts, "patches": patches, "patch_info": info}
+
+
+def quadrant_images(image, *, size, policy="crop"):
+    """The four quadrants of an image (top left, top right, bottom left, bottom right), each fitted to ``size``.
+
+    Args:
+        image: uint8 `(H, W, 3)` RGB, H and W >= 2.
+        size: int or (height, width).
+        policy: resize policy of `streetlib.data.fit_image`. Default 'crop'.
+
+    Returns:
+        uint8 `(4, height, width, 3)`.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 2:
+        raise ValueError(f"`image` must be uint8 RGB (H, W, 3) with H, W >= 2. Received {image.dtype} {image.shape}.")
+    H, W = image.shape[:2]
+    h, w = H // 2, W // 2
+    parts = (image[:h, :w], image[:h, w:], image[h:, :w], image[h:, w:])
+    return np.stack([fit_image(Image.fromarray(p), size, policy=policy) for p in parts])
+
+
+def explain_quadrants(image, model, *, normalization, policy="crop", layer=None, outputs=("region", "city")):
+    """Classify and explain the four quadrants of an image, each as a whole input (the seed tutorial's trick).
+
+    Args:
+        image: uint8 `(H, W, 3)` RGB, any size.
+        model: the `keras.Model`; quadrants are fitted to its input size (224 when it accepts any).
+        normalization: the model's normalisation.
+        policy: resize policy for the quadrants. Default 'crop'.
+        layer: str or None, the Grad-CAM layer.
+        outputs: sequence of output names. Default ('region', 'city').
+
+    Returns:
+        (quadrants uint8 `(4, h, w, 3)`, dict output -> `Explanation` of the 4-image batch, without guided maps).
+    """
+    quads = quadrant_images(image, size=model_input_size(model) or (224, 224), policy=policy)
+    x = model_inputs(quads, normalization=normalization)
+    return quads, explain(x, model, outputs=outputs, layer=layer, guided=False)

@@ -1,0 +1,339 @@
+"""Tests of streetlib.analyze: the analyzer on real street photos, every bad-input case (files, URLs served by a
+local HTTP server on 127.0.0.1, models), and that one bad input never stops the others."""
+
+import argparse
+import http.server
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+from test_attribution import convention_model  # noqa: E402
+
+from streetlib import analyze  # noqa: E402
+from streetlib.classes import STREET10, SYNTH10  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "street-samples"
+SAMPLE_FILES = [SAMPLES / f"{name}.jpg" for name in ("tokyo", "vancouver", "demo-street")]
+needs_samples = pytest.mark.skipif(not all(p.is_file() for p in SAMPLE_FILES), reason="shared/street-samples missing")
+
+
+def save_model(model, path, *, classes=STREET10, normalization="samplewise", image_size=None):
+    model.save(path)
+    meta = {"normalization": normalization, "classes": classes.to_dict()}
+    if image_size is not None:
+        meta["image_size"] = image_size
+    analyze.sidecar_path(path).write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(models_dir):
+    return save_model(convention_model(32), models_dir / "tiny.keras")
+
+
+@pytest.fixture(scope="module")
+def vgg_model(models_dir):
+    return save_model(convention_model(64, backbone="vgg16"), models_dir / "vgg16-standin.keras")
+
+
+def jpeg_bytes(size=(48, 36), colour=(200, 120, 40)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def good_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "street.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    big = jpeg_bytes((300, 300))
+
+    def _send(self, status, kind, body, *, length=True):
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/street.jpg":
+            self._send(200, "image/jpeg", jpeg_bytes())
+        elif self.path == "/page.html":
+            self._send(200, "text/html; charset=utf-8", b"<html>not an image</html>")
+        elif self.path == "/big.jpg":
+            self._send(200, "image/jpeg", self.big)
+        elif self.path == "/stream.jpg":
+            self._send(200, "image/jpeg", self.big, length=False)  # HTTP/1.0: the body ends when the socket closes
+        elif self.path == "/garbage.jpg":
+            self._send(200, "image/jpeg", b"this is not a JPEG")
+        elif self.path == "/slow.jpg":
+            time.sleep(2.0)
+            self._send(200, "image/jpeg", jpeg_bytes())
+        else:
+            self._send(404, "text/plain", b"missing")
+
+    def log_message(self, *args):
+        pass
+
+    def handle_one_request(self):
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up first (the timeout and size-cap cases): expected
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def run(argv, capsys):
+    args = analyze.add_arguments(argparse.ArgumentParser()).parse_args([str(a) for a in argv])
+    status = analyze.main(args)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real street photographs
+
+
+@needs_samples
+def test_street_samples_are_analysed(vgg_model, tmp_path, capsys):
+    status, out, err = run([*SAMPLE_FILES, "--model", vgg_model, "--out", tmp_path], capsys)
+    assert status == 0, err
+    print(out)  # kept in the test log: the analyzer's output on the three samples
+    for path, size in zip(SAMPLE_FILES, ("700x525", "2272x1704", "750x463")):
+        assert f"{path} ({size})" in out
+        assert (tmp_path / f"{path.stem}_gradcam.png").stat().st_size > 10_000
+    assert out.count("  region: western ") == 3 and out.count("  top 3 cities: 1. ") == 3
+
+
+@needs_samples
+def test_only_cam_json_rank_and_top(vgg_model, tmp_path, capsys):
+    status, out, _ = run(
+        [SAMPLE_FILES[2], "--model", vgg_model, "--out", tmp_path, "--only-cam", "--rank", "3", "--top", "5", "--json"],
+        capsys,
+    )
+    assert status == 0
+    (record,) = json.loads(out)
+    assert record["ok"] and record["size"] == [750, 463]
+    assert sum(record["region"].values()) == pytest.approx(1.0, abs=1e-3)
+    probs = [c["probability"] for c in record["cities"]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+    assert record["explained"]["city"] == {**record["cities"][2], "rank": 3}
+    assert record["explained"]["region"]["rank"] == 2  # capped: two regions
+    assert Path(record["figure"]) == tmp_path / "demo-street_cam.png" and Path(record["figure"]).is_file()
+
+
+def test_no_save_writes_nothing_and_names_do_not_collide(tiny_model, good_image, tmp_path, capsys):
+    argv = [good_image, good_image, "--model", tiny_model, "--out", tmp_path / "figs", "--no-save"]
+    status, out, _ = run(argv, capsys)
+    assert status == 0 and "figure:" not in out and not (tmp_path / "figs").exists()
+    status, out, _ = run([good_image, good_image, "--model", tiny_model, "--out", tmp_path, "--only-cam"], capsys)
+    assert status == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["street-2_cam.png", "street_cam.png"]
+
+
+def test_python_dash_m_entry_point(tiny_model, good_image, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streetlib.analyze", str(good_image), str(tmp_path / "nope.jpg"), "--model",
+         str(tiny_model), "--no-save"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert f"{good_image} (70x40)" in proc.stdout
+    assert f"error: Image not found: {tmp_path / 'nope.jpg'}" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs: one clear line each, and the other images are still analysed
+
+
+def bad_file(tmp_path, kind):
+    if kind == "missing":
+        return tmp_path / "missing.jpg"
+    if kind == "text":
+        path = tmp_path / "notes.jpg"
+        path.write_text("not an image")
+        return path
+    if kind == "directory":
+        return tmp_path
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("missing", "Image not found"),
+        ("text", "Cannot read image"),
+        ("directory", "Image not found"),
+    ],
+)
+def test_bad_files_are_reported_and_the_rest_analysed(kind, expected, tiny_model, good_image, tmp_path, capsys):
+    status, out, err = run([bad_file(tmp_path, kind), good_image, "--model", tiny_model, "--no-save"], capsys)
+    assert status == 1
+    assert err.count("\n") == 1 and "streetlib analyze: error: " in err and expected in err
+    assert f"{good_image} (70x40)" in out
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://127.0.0.1:9/x.jpg", "unreachable"),
+        ("{server}/page.html", "served 'text/html', not an image"),
+        ("{server}/big.jpg", "bytes is over the 2000-byte limit"),
+        ("{server}/stream.jpg", "the body is over the 2000-byte limit"),
+        ("{server}/garbage.jpg", "the download is not a readable image"),
+        ("{server}/missing.jpg", "HTTP 404"),
+        ("{server}/slow.jpg", "no answer within 0.5 s"),
+    ],
+)
+def test_bad_urls_are_reported_and_the_rest_analysed(url, expected, server, tiny_model, good_image, capsys):
+    url = url.format(server=server)
+    argv = [url, good_image, f"{server}/street.jpg", "--model", tiny_model, "--no-save", "--timeout", "0.5",
+            "--max-bytes", "2000", "--json"]
+    status, out, err = run(argv, capsys)
+    assert status == 1
+    assert err.count("\n") == 1 and url in err and expected in err
+    bad, local, remote = json.loads(out)
+    assert not bad["ok"] and expected in bad["error"]
+    assert local["ok"] and local["size"] == [70, 40]
+    assert remote["ok"] and remote["size"] == [48, 36]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unusable models and options stop the command with status 2
+
+
+def flat_model(outputs):
+    inp = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inp))
+    return keras.Model(inp, {name: keras.layers.Dense(n, name=name)(x) for name, n in outputs.items()})
+
+
+def test_model_without_expected_outputs(models_dir, good_image, capsys):
+    path = save_model(flat_model({"scores": 10}), models_dir / "scores.keras")
+    status, _, err = run([good_image, "--model", path], capsys)
+    assert status == 2
+    assert "lacks the expected 'region' output" in err and err.count("\n") == 1
+
+
+def test_class_spec_must_match_the_model(models_dir, good_image, capsys):
+    path = save_model(flat_model({"region_logits": 2, "city_logits": 5}), models_dir / "five.keras")
+    status, _, err = run([good_image, "--model", path], capsys)
+    assert status == 2 and "has 5 city classes but class spec 'street10' has 10" in err
+
+
+def test_unsafe_model_is_refused_by_safe_mode(models_dir, good_image, capsys):
+    inp = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(inp)
+    path = models_dir / "lambda.keras"
+    keras.Model(inp, x).save(path)
+    status, _, err = run([good_image, "--model", path], capsys)
+    assert status == 2 and "Cannot load model" in err and "safe" in err.lower()
+
+
+@pytest.mark.parametrize(
+    "setup, extra, expected",
+    [
+        ("missing", [], "Model file not found"),
+        ("not-a-model", [], "Cannot load model"),
+        ("bad-sidecar", [], "is not valid JSON"),
+        ("list-sidecar", [], "must hold a JSON object"),
+        ("ok", ["--normalization", "imagenet"], "Invalid `normalization`"),
+        ("ok", ["--classes", "cities.txt"], "Invalid `classes`"),
+        ("ok", ["--rank", "11"], "--rank and --top must be at most 10"),
+        ("ok", ["--layer", "block9_conv1"], "no layer named 'block9_conv1'"),
+    ],
+)
+def test_unusable_model_or_option(setup, extra, expected, tiny_model, good_image, tmp_path, capsys):
+    path = tiny_model
+    if setup == "missing":
+        path = tmp_path / "none.keras"
+    elif setup == "not-a-model":
+        path = tmp_path / "fake.keras"
+        path.write_text("not a zip")
+    elif setup in ("bad-sidecar", "list-sidecar"):
+        path = tmp_path / "model.keras"
+        path.write_bytes(Path(tiny_model).read_bytes())
+        analyze.sidecar_path(path).write_text("{broken" if setup == "bad-sidecar" else "[1, 2]")
+    status, _, err = run([good_image, "--model", path, "--no-save", *extra], capsys)
+    assert status == 2
+    assert expected in err and err.count("\n") == 1
+
+
+def test_sidecar_sets_classes_and_options_override_it(models_dir, good_image, capsys):
+    path = save_model(convention_model(32, seed=1), models_dir / "synth.keras", classes=SYNTH10, normalization="unit")
+    loaded = analyze.load_model(path)
+    assert loaded.spec == SYNTH10 and loaded.normalization == "unit" and loaded.image_size == (32, 32)
+    status, out, _ = run([good_image, "--model", path, "--no-save", "--json"], capsys)
+    (record,) = json.loads(out)
+    assert status == 0 and set(record["region"]) == {"synth-west", "synth-east"}
+    status, out, _ = run([good_image, "--model", path, "--no-save", "--json", "--classes", "street10"], capsys)
+    assert set(json.loads(out)[0]["region"]) == {"western", "eastern"}
+
+
+def test_image_size_of_a_model_that_accepts_any_size(models_dir):
+    inp = keras.Input((None, None, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inp))
+    logits = {n: keras.layers.Dense(k, name=f"{n}_logits")(x) for n, k in (("region", 2), ("city", 10))}
+    model = keras.Model(inp, logits)
+    path = save_model(model, models_dir / "any.keras", image_size=[48, 40])
+    assert analyze.load_model(path).image_size == (48, 40)
+    analyze.sidecar_path(path).write_text(json.dumps({"image_size": "big"}))
+    with pytest.raises(analyze.ModelError, match="Invalid `image_size`"):
+        analyze.load_model(path)
+
+
+def test_decompression_bombs_are_refused(tiny_model, good_image, server, monkeypatch, capsys):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # our 70x40 and 48x36 images now count as bombs
+    status, out, err = run([good_image, f"{server}/street.jpg", "--model", tiny_model, "--no-save"], capsys)
+    assert status == 1 and out == ""
+    assert err.count("decompression bomb") == 2 and "Cannot read image" in err and "not a readable image" in err
+
+
+def test_rank_and_top_are_checked(tiny_model, good_image):
+    loaded = analyze.load_model(tiny_model)
+    image = np.asarray(Image.open(good_image))
+    with pytest.raises(ValueError, match=r"Invalid `rank`: expected an int in \[1, 10\]"):
+        analyze.analyze_images([image], loaded, rank=0)
+    with pytest.raises(ValueError, match=r"Invalid `top`: expected an int in \[1, 10\]"):
+        analyze.analyze_images([image], loaded, top=11)
+    parser = analyze.add_arguments(argparse.ArgumentParser())
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["x.jpg", "--rank", bad])
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a positive integer, received 'two'"):
+        analyze._positive_int("two")
