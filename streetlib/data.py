@@ -153,14 +153,29 @@ def _check_array(arr, path):
         raise DataError(f"{path} has dtype {arr.dtype}: expected uint8, or float in [0, 1].")
 
 
-def _copy_as_uint8(src, dst, path):
-    """Copy ``src`` (uint8 or float in [0, 1], possibly memory-mapped) into the uint8 array ``dst`` by chunks."""
-    if src.dtype == np.uint8:
-        dst[...] = src
-        return
+def _chunks(src):
+    """Yield (start, chunk) over a memory-mapped array, each chunk in its own short-lived mapping.
+
+    One mapping over the whole file would keep every page it touched resident, so loading a 2.5 GB float file
+    would cost 2.5 GB of memory on top of the uint8 copy; mapping chunk by chunk bounds that to one chunk.
+    """
     step = max(1, _CHUNK_BYTES // max(1, src[0].nbytes))
+    row_bytes = src[0].nbytes
     for start in range(0, len(src), step):
-        chunk = np.asarray(src[start : start + step], dtype=np.float32)
+        count = min(step, len(src) - start)
+        chunk = np.memmap(src.filename, dtype=src.dtype, mode="r", offset=src.offset + start * row_bytes,
+                          shape=(count, *src.shape[1:]), order="C")
+        yield start, chunk
+        del chunk
+
+
+def _copy_as_uint8(src, dst, path):
+    """Copy ``src`` (a memory-mapped ``.npy``, uint8 or float in [0, 1]) into the uint8 array ``dst`` by chunks."""
+    for start, chunk in _chunks(src):
+        if src.dtype == np.uint8:
+            dst[start : start + len(chunk)] = chunk
+            continue
+        chunk = np.asarray(chunk, dtype=np.float32)
         lo, hi = float(chunk.min()), float(chunk.max())
         if not np.isfinite(lo + hi) or lo < 0.0 or hi > 1.0:
             raise DataError(
