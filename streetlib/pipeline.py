@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import tensorflow as tf
-import keras
 
 OUTPUTS = ("region", "city")
 
@@ -71,35 +70,70 @@ def check_normalization(mode):
     return mode
 
 
-def augmentation(*, rotation=20.0, shift=0.15, zoom=0.15, shear=0.15, flip=True, seed=0):
-    """Train-time augmentation as a Keras model of preprocessing layers.
+def augmentation(
+    *,
+    rotation=DEFAULT_AUGMENTATION["rotation"],
+    shift=DEFAULT_AUGMENTATION["shift"],
+    zoom=DEFAULT_AUGMENTATION["zoom"],
+    shear=DEFAULT_AUGMENTATION["shear"],
+    flip=DEFAULT_AUGMENTATION["flip"],
+):
+    """Train-time augmentation: one random affine warp per image (flip, rotation, shift, zoom, shear composed).
+
+    Keras's preprocessing layers (RandomRotation, RandomTranslation, RandomZoom, RandomShear) resample the image
+    once each and draw from a shared stateful generator, which parallel ``tf.data`` maps call in no fixed order.
+    Composing the transforms into one matrix resamples once (about 4x less work at 224 px) and, with stateless
+    random draws seeded per batch, gives the same augmented batches for the same seed on any run.
 
     Args:
         rotation: float, maximum rotation in degrees (either way). Default 20.
         shift: float, maximum translation as a fraction of width and height. Default 0.15.
-        zoom: float, maximum zoom in or out as a fraction. Default 0.15.
+        zoom: float, maximum zoom in or out as a fraction, drawn per axis as ImageDataGenerator did. Default 0.15.
         shear: float, maximum shear angle in degrees, as Keras 2's ``shear_range`` (the original's 0.15 is a
             near-invisible 0.15 degrees; it is kept for fidelity). Default 0.15.
         flip: bool, random horizontal flips. Default True.
-        seed: int.
 
     Returns:
-        `keras.Sequential` mapping float32 `(batch, H, W, 3)` in [0, 255] to the same shape; call with
-        ``training=True``. Empty areas are filled with the nearest pixel, as ImageDataGenerator did.
+        A function ``(images, seed) -> images``: float32 `(batch, H, W, 3)` and an int64 `(2,)` seed to the same
+        shape. Areas moved in from outside the image take the nearest edge pixel, as ImageDataGenerator did.
     """
-    layers = []
-    if flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if rotation:
-        layers.append(keras.layers.RandomRotation(rotation / 360.0, fill_mode="nearest", seed=seed + 1))
-    if shift:
-        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 2))
-    if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, zoom, fill_mode="nearest", seed=seed + 3))
-    if shear:
-        factor = math.tan(math.radians(shear))
-        layers.append(keras.layers.RandomShear(factor, factor, fill_mode="nearest", seed=seed + 4))
-    return keras.Sequential(layers, name="augmentation")
+    for name, value in (("rotation", rotation), ("shift", shift), ("zoom", zoom), ("shear", shear)):
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"Invalid `{name}`. Expected a number >= 0. Received: {name}={value!r}")
+    if zoom >= 1:
+        raise ValueError(f"Invalid `zoom`. Expected a fraction below 1. Received: zoom={zoom!r}")
+
+    def apply(images, seed):
+        batch = tf.shape(images)[0]
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        seeds = tf.random.experimental.stateless_split(seed, num=6)
+
+        def draw(i, limit):
+            return tf.random.stateless_uniform([batch], seed=seeds[i], minval=-limit, maxval=limit)
+
+        theta = draw(0, math.radians(rotation))
+        phi = draw(1, math.radians(shear))
+        zx, zy = 1.0 + draw(2, zoom), 1.0 + draw(3, zoom)
+        w, h = tf.cast(width, tf.float32), tf.cast(height, tf.float32)
+        tx, ty = draw(4, shift) * w, draw(5, shift) * h
+        sign = tf.ones([batch])
+        if flip:
+            sign = tf.where(tf.random.stateless_uniform([batch], seed=seeds[5] + 1) < 0.5, -1.0, 1.0)
+        cos, sin = tf.cos(theta), tf.sin(theta)
+        # M = rotation @ shear @ zoom @ flip, mapping output to input coordinates around the image centre.
+        m00 = cos * zx * sign
+        m01 = (-cos * tf.sin(phi) - sin * tf.cos(phi)) * zy
+        m10 = sin * zx * sign
+        m11 = (-sin * tf.sin(phi) + cos * tf.cos(phi)) * zy
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        transforms = tf.stack(
+            [m00, m01, cx + tx - m00 * cx - m01 * cy, m10, m11, cy + ty - m10 * cx - m11 * cy,
+             tf.zeros([batch]), tf.zeros([batch])], axis=1)
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=tf.stack([height, width]),
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+
+    return apply
 
 
 def sample_weights(data, indices, *, outputs=OUTPUTS):
@@ -140,7 +174,8 @@ def make_dataset(
         indices: int array of the images to use (a split), default all.
         batch_size: int, default 32.
         training: bool. True shuffles each epoch and (by default) augments.
-        augment: None (augment exactly when ``training``), False, True, or a dict of `augmentation` arguments.
+        augment: None (augment exactly when ``training``), False, True, or a dict of `augmentation` arguments
+            (default: the original's rotation 20 degrees, shifts 0.15, zoom 0.15, shear 0.15, horizontal flip).
             Augmentation is refused when ``training`` is False: evaluation data is never augmented.
         normalization: one of `NORMALIZATIONS`. Default 'samplewise' (the original's); weight sources say theirs.
         image_size: None (the data's own) or int or (H, W); images are resized (bilinear, antialiased).
@@ -197,8 +232,12 @@ def make_dataset(
         ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
     if augment:
-        aug = augmentation(**({} if augment is True else augment), seed=seed)
-        ds = ds.map(lambda idx, x: (idx, aug(x, training=True)), num_parallel_calls=tf.data.AUTOTUNE)
+        aug = augmentation(**({} if augment is True else augment))
+        # One stateless seed per batch, new each epoch and the same for the same `seed`.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, s: (batch[0], aug(batch[1], s)), num_parallel_calls=tf.data.AUTOTUNE
+        )
 
     weight_table = None
     if weights:

@@ -51,6 +51,7 @@ def test_training_augments_and_shuffles_with_a_seed(data):
 
     (x1, y1), (x2, y2) = run(3), run(3)
     np.testing.assert_array_equal(y1["city"], y2["city"])  # same seed, same order
+    np.testing.assert_array_equal(x1, x2)  # and the same augmented pixels
     assert not np.array_equal(y1["city"], data.city)  # but shuffled
     assert sorted(y1["city"]) == sorted(data.city)
     unchanged = sum((data.images == img).all(axis=(1, 2, 3)).any() for img in x1)
@@ -104,14 +105,39 @@ def test_balanced_weights(data):
     np.testing.assert_allclose(sw["city"].numpy(), [lookup[c] for c in y["city"].numpy()], rtol=1e-6)
 
 
-def test_augmentation_layers_follow_the_original():
-    aug = augmentation()
-    names = [type(layer).__name__ for layer in aug.layers]
-    assert names == ["RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom", "RandomShear"]
-    rotation = aug.layers[1]
-    assert rotation.factor == (-20 / 360, 20 / 360) or tuple(rotation.factor) == (-20 / 360, 20 / 360)
-    assert [type(layer).__name__ for layer in augmentation(flip=False, shear=0).layers] == [
-        "RandomRotation", "RandomTranslation", "RandomZoom"]
+def test_augmentation_identity_flip_and_reproducibility(data):
+    import tensorflow as tf
+
+    x = tf.constant(data.images[:8].astype(np.float32))
+    seed = tf.constant([3, 0], tf.int64)
+    identity = augmentation(rotation=0, shift=0, zoom=0, shear=0, flip=False)
+    np.testing.assert_allclose(identity(x, seed), x, atol=1e-3)
+    flipped = augmentation(rotation=0, shift=0, zoom=0, shear=0)(x, seed).numpy()
+    mirrored = [np.allclose(f, img[:, ::-1], atol=1e-3) for f, img in zip(flipped, x.numpy())]
+    kept = [np.allclose(f, img, atol=1e-3) for f, img in zip(flipped, x.numpy())]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+    full = augmentation()
+    np.testing.assert_array_equal(full(x, seed), full(x, seed))
+    assert not np.allclose(full(x, seed), full(x, tf.constant([4, 0], tf.int64)))
+
+
+def test_augmentation_stays_within_the_original_ranges():
+    import tensorflow as tf
+
+    # A centred bright square: a 20-degree rotation, 15% shift and 15% zoom keep it near the centre.
+    img = np.zeros((1, 64, 64, 3), np.float32)
+    img[:, 24:40, 24:40] = 255.0
+    out = augmentation(flip=False)(tf.constant(np.repeat(img, 64, axis=0)), tf.constant([1, 2], tf.int64)).numpy()
+    ys, xs = np.mgrid[0:64, 0:64]
+    for o in out:
+        mass = o[..., 0] / o[..., 0].sum()
+        cy, cx = (mass * ys).sum(), (mass * xs).sum()
+        assert abs(cy - 31.5) <= 0.15 * 64 * 1.2 + 1 and abs(cx - 31.5) <= 0.15 * 64 * 1.2 + 1
+        assert 0.6 < o[..., 0].sum() / img[0, ..., 0].sum() < 1.6  # zoom within +-15% per axis
+    with pytest.raises(ValueError, match="Invalid `rotation`.*Received: rotation=-1"):
+        augmentation(rotation=-1)
+    with pytest.raises(ValueError, match="Invalid `zoom`"):
+        augmentation(zoom=1.5)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"batch_size": 0}, "Invalid `batch_size`"),
