@@ -144,12 +144,45 @@ def _add_analyze_command(sub):
     p.set_defaults(func=analyze.main)
 
 
+def _cmd_report(args):
+    from streetlib.report import write_reports
+
+    for path in write_reports():
+        print(f"Wrote {path}")
+
+
+def _cmd_bench(args):
+    from pathlib import Path
+
+    from streetlib import bench
+    from streetlib.paths import atomic_path
+
+    results = bench.run_all(quick=args.quick)
+    command = "streetlib bench" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
+    out = Path(args.out or paths.REPO_ROOT / "BENCHMARKS.md")
+    with atomic_path(out) as tmp:
+        tmp.write_text(bench.to_markdown(results, command=command))
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(bench.to_json(results))
+    print(f"Wrote {out}")
+
+
+def _add_results_commands(sub):
+    p = sub.add_parser("report", help="write hists/README.md and figs/README.md from the files there")
+    p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("bench", help="side-by-side benchmarks against the references; writes BENCHMARKS.md")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (minutes)")
+    p.add_argument("--out", help="output Markdown file (default: BENCHMARKS.md in the repository)")
+    p.set_defaults(func=_cmd_bench)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="streetlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(sub)
     _add_run_command(sub)
     _add_analyze_command(sub)
+    _add_results_commands(sub)
     return parser
 
 
