@@ -1,0 +1,379 @@
+"""Evaluating trained runs: accuracy, top-3, per-class scores, confusion, calibration and city similarity.
+
+`evaluate_run` scores one model (best or final weights) on one subset and writes:
+
+- ``hists/<experiment>/<run>.eval.csv``: tidy rows ``dataset, weights, experiment, run, checkpoint, subset,
+  output, metric, class, predicted, value`` (re-evaluating a checkpoint and subset replaces its rows);
+- ``figs/<experiment>/<run>.<checkpoint>.<subset>.<figure>.png``: normalised confusion matrices (region and city),
+  a reliability diagram, and a dendrogram of city similarity.
+
+`compare_seeds` and `paired_comparison` summarise runs repeated over split seeds (named ``<config>-seed<N>``,
+as `streetlib.train.run_seeds` names them).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from streetlib import figures, models, paths, pipeline
+from streetlib.paths import atomic_path
+from streetlib.train import images_only
+
+CHECKPOINTS = ("best", "final")
+SIMILARITY = ("confusion", "embedding")
+COLUMNS = ["dataset", "weights", "experiment", "run", "checkpoint", "subset", "output", "metric", "class",
+           "predicted", "value"]
+_SEED_RUN = re.compile(r"^(?P<config>.+)-seed(?P<seed>\d+)$")
+
+
+# -- metrics ------------------------------------------------------------------------------------------------------
+
+
+def top_k_accuracy(y_true, probs, k):
+    """Fraction of samples whose true class is among the ``k`` highest probabilities.
+
+    Args:
+        y_true: int `(n,)`.
+        probs: float `(n, classes)`.
+        k: int >= 1.
+
+    Returns:
+        float in [0, 1]. Ties are broken towards the lower class index.
+    """
+    probs = np.asarray(probs)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(order == np.asarray(y_true)[:, None], axis=1)))
+
+
+def reliability(y_true, probs, *, n_bins=10):
+    """Confidence bins for calibration: equal-width bins of the top probability over (0, 1].
+
+    Args:
+        y_true: int `(n,)`.
+        probs: float `(n, classes)`.
+        n_bins: int, default 10. Bin ``b`` holds confidences in ``(b/n_bins, (b+1)/n_bins]``.
+
+    Returns:
+        pandas DataFrame, one row per bin: ``lower``, ``upper``, ``count`` (int), ``confidence`` (mean top
+        probability) and ``accuracy`` (NaN for an empty bin).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    index = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        members = index == b
+        count = int(members.sum())
+        rows.append({
+            "lower": b / n_bins,
+            "upper": (b + 1) / n_bins,
+            "count": count,
+            "confidence": float(confidence[members].mean()) if count else np.nan,
+            "accuracy": float(correct[members].mean()) if count else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(y_true, probs, *, n_bins=10):
+    """Expected calibration error: sum over bins of ``count / n * |accuracy - confidence|``. Returns float."""
+    table = reliability(y_true, probs, n_bins=n_bins)
+    filled = table[table["count"] > 0]
+    return float((filled["count"] * (filled["accuracy"] - filled["confidence"]).abs()).sum() / table["count"].sum())
+
+
+def confusion(y_true, y_pred, num_classes):
+    """Confusion counts, int64 `(num_classes, num_classes)`: rows true classes, columns predictions."""
+    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes)).astype(np.int64)
+
+
+def confusion_distances(cm):
+    """City distances from confusion: ``1 - (C[i, j] + C[j, i]) / 2`` on the row-normalised matrix, 0 on the
+    diagonal. Cities often mistaken for each other are close. Returns float64 `(n, n)` in [0, 1]."""
+    rates = figures.normalize_rows(cm)
+    distances = 1.0 - (rates + rates.T) / 2.0
+    np.fill_diagonal(distances, 0.0)
+    return distances
+
+
+def centroid_distances(embeddings, y_true, num_classes):
+    """Cosine distances between the classes' mean embeddings. Returns float64 `(n, n)`; a class with no samples
+    gets distance 1 to every other."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    centroids = np.zeros((num_classes, embeddings.shape[1]))
+    for c in range(num_classes):
+        if np.any(y_true == c):
+            centroids[c] = embeddings[y_true == c].mean(axis=0)
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    unit = np.divide(centroids, norms, out=np.zeros_like(centroids), where=norms > 1e-12)
+    distances = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    np.fill_diagonal(distances, 0.0)
+    return distances
+
+
+def metric_rows(y_true, probs, class_names, *, output, n_bins=10):
+    """Tidy metric rows for one output.
+
+    Args:
+        y_true: int `(n,)`.
+        probs: float `(n, classes)`.
+        class_names: list of str.
+        output: str, 'region' or 'city'.
+        n_bins: int, calibration bins. Default 10.
+
+    Returns:
+        list of dict with ``output``, ``metric``, ``class`` (None for overall metrics), ``predicted`` (for
+        confusion rows) and ``value``. Metrics: accuracy, top3 (more than 3 classes), ece, n, per-class precision,
+        recall, f1, support, and ``confusion`` counts.
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(probs).argmax(axis=1)
+    n = len(class_names)
+    rows = [("accuracy", None, None, float(np.mean(y_pred == y_true)))]
+    if n > 3:
+        rows.append(("top3", None, None, top_k_accuracy(y_true, probs, 3)))
+    rows += [("ece", None, None, expected_calibration_error(y_true, probs, n_bins=n_bins)),
+             ("n", None, None, float(len(y_true)))]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(n), zero_division=0
+    )
+    for name, values in (("precision", precision), ("recall", recall), ("f1", f1), ("support", support)):
+        rows += [(name, class_names[c], None, float(values[c])) for c in range(n)]
+    cm = confusion(y_true, y_pred, n)
+    rows += [("confusion", class_names[i], class_names[j], float(cm[i, j])) for i in range(n) for j in range(n)]
+    return [{"output": output, "metric": m, "class": c, "predicted": p, "value": v} for m, c, p, v in rows]
+
+
+# -- one run ------------------------------------------------------------------------------------------------------
+
+
+def predict(model, data, indices, *, normalization, image_size, batch_size=32):
+    """Probabilities of both outputs and the ``fc2_relu`` embedding (the 128-d layer before the outputs).
+
+    Returns:
+        dict: ``region`` float32 `(n, num_regions)`, ``city`` float32 `(n, num_classes)`, ``embedding`` float32
+        `(n, 128)`, in the order of ``indices``.
+    """
+    probe = keras.Model(
+        model.input, {**{o: model.get_layer(o).output for o in models.OUTPUTS},
+                      "embedding": model.get_layer("fc2_relu").output}
+    )
+    ds = pipeline.make_dataset(
+        data, indices, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
+    )
+    out = probe.predict(ds.map(images_only), verbose=0)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def evaluate_run(
+    model,
+    data,
+    split,
+    *,
+    experiment,
+    run,
+    checkpoint="best",
+    subset="test",
+    normalization=None,
+    image_size=None,
+    weights_label=None,
+    similarity="confusion",
+    n_bins=10,
+    batch_size=32,
+    hists_dir=None,
+    figs_dir=None,
+):
+    """Score a model on one subset, append the rows to the run's eval CSV and draw its figures.
+
+    Args:
+        model: a `keras.Model` or a path to a ``.keras`` file (loaded in safe mode).
+        data: `StreetData`.
+        split: `Split`.
+        experiment, run: str, the run's names (files go under ``<experiment>/``).
+        checkpoint: str, which weights these are: 'best' (default) or 'final'.
+        subset: 'test' (default), 'val' or 'train'.
+        normalization, image_size, weights_label: default from the run's manifest
+            (``hists/<experiment>/<run>.json``); needed when it does not exist.
+        similarity: 'confusion' (default: cities the model mixes up are close) or 'embedding' (cosine distance
+            between the cities' mean ``fc2_relu`` embeddings).
+        n_bins: int, calibration bins. Default 10.
+        batch_size: int. Default 32.
+        hists_dir, figs_dir: output roots. Default `streetlib.paths.hists_dir()` and `figs_dir()`.
+
+    Returns:
+        pandas DataFrame of this evaluation's rows (columns `COLUMNS`).
+    """
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"Invalid `checkpoint`. Expected one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
+    if similarity not in SIMILARITY:
+        raise ValueError(f"Invalid `similarity`. Expected one of {SIMILARITY}. Received: similarity={similarity!r}")
+    indices = split[subset]
+    hists = Path(hists_dir or paths.hists_dir()) / experiment
+    config = _manifest_config(hists / f"{run}.json")
+    normalization = normalization or config.get("normalization")
+    weights_label = weights_label or config.get("weights_label")
+    if normalization is None or weights_label is None:
+        raise ValueError(
+            f"No manifest at {hists / f'{run}.json'}: pass `normalization` and `weights_label` (what the weights are)."
+        )
+    if not isinstance(model, keras.Model):
+        model = keras.models.load_model(model, safe_mode=True, compile=False)
+    image_size = image_size or int(model.input.shape[1])
+
+    out = predict(model, data, indices, normalization=normalization, image_size=image_size, batch_size=batch_size)
+    truth = {"region": data.region[indices], "city": data.city[indices]}
+    names = {"region": list(data.spec.region_names), "city": list(data.spec.classes)}
+    rows = []
+    for output in models.OUTPUTS:
+        rows += metric_rows(truth[output], out[output], names[output], output=output, n_bins=n_bins)
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "subset", subset)
+    frame.insert(0, "checkpoint", checkpoint)
+    frame.insert(0, "run", run)
+    frame.insert(0, "experiment", experiment)
+    frame.insert(0, "weights", weights_label)
+    frame.insert(0, "dataset", data.label)
+    frame = frame[COLUMNS]
+    _append_eval(hists / f"{run}.eval.csv", frame, checkpoint=checkpoint, subset=subset)
+
+    figs = Path(figs_dir or paths.figs_dir()) / experiment
+    stem = f"{run}.{checkpoint}.{subset}"
+    label = {"data_label": data.label, "weights_label": weights_label}
+    what = f"{run} ({checkpoint} weights, {subset} set, n={len(indices)})"
+    for output in models.OUTPUTS:
+        cm = confusion(truth[output], out[output].argmax(axis=1), len(names[output]))
+        fig = figures.plot_confusion(cm, class_names=names[output],
+                                     title=figures.title(f"{output} confusion: {what}", **label))
+        figures.save(fig, figs / f"{stem}.confusion-{output}.png")
+    table = reliability(truth["city"], out["city"], n_bins=n_bins)
+    ece = expected_calibration_error(truth["city"], out["city"], n_bins=n_bins)
+    figures.save(figures.plot_reliability(table, ece=ece, title=figures.title(f"city calibration: {what}", **label)),
+                 figs / f"{stem}.reliability.png")
+    if similarity == "confusion":
+        distances = confusion_distances(confusion(truth["city"], out["city"].argmax(axis=1), len(names["city"])))
+    else:
+        distances = centroid_distances(out["embedding"], truth["city"], len(names["city"]))
+    palette = dict(zip(data.spec.region_names, ("#1f4e9c", "#b2182b", "#2ca02c", "#7f3c8d")))
+    colors = {c: palette.get(r, "black") for c, r in zip(data.spec.classes, data.spec.regions)}
+    figures.save(
+        figures.plot_dendrogram(distances, labels=names["city"], label_colors=colors,
+                                title=figures.title(f"city similarity ({similarity}): {what}", **label)),
+        figs / f"{stem}.similarity.png",
+    )
+    return frame
+
+
+def evaluate_checkpoints(data, split, *, experiment, run, checkpoints=CHECKPOINTS, models_dir=None, **kwargs):
+    """`evaluate_run` on the run's saved best and final models. Returns the concatenated DataFrame."""
+    saved = Path(models_dir or paths.models_dir()) / experiment
+    frames = []
+    for checkpoint in checkpoints:
+        path = saved / f"{run}.{checkpoint}.keras"
+        if not path.is_file():
+            raise FileNotFoundError(f"No {checkpoint} model for run {run!r}: {path} does not exist. Train it first.")
+        frames.append(evaluate_run(path, data, split, experiment=experiment, run=run, checkpoint=checkpoint,
+                                   **kwargs))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _manifest_config(path):
+    return json.loads(Path(path).read_text())["config"] if Path(path).is_file() else {}
+
+
+def _append_eval(path, frame, *, checkpoint, subset):
+    """Write ``frame`` into the run's eval CSV, replacing earlier rows of the same checkpoint and subset."""
+    if path.is_file():
+        old = pd.read_csv(path)
+        old = old[~((old["checkpoint"] == checkpoint) & (old["subset"] == subset))]
+        frame = pd.concat([old, frame], ignore_index=True)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def read_evals(experiment, runs=None, *, hists_dir=None):
+    """The eval CSVs of an experiment's runs (all runs with one by default), concatenated. Returns a DataFrame."""
+    hists = Path(hists_dir or paths.hists_dir()) / experiment
+    files = sorted(hists.glob("*.eval.csv")) if runs is None else [hists / f"{r}.eval.csv" for r in runs]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing or not files:
+        raise FileNotFoundError(f"No evaluation results: missing {missing or hists / '*.eval.csv'}. Run evaluate_run.")
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+# -- repeated runs ------------------------------------------------------------------------------------------------
+
+
+def seed_scores(frame, *, metric="accuracy", output="city", checkpoint="best", subset="test"):
+    """One score per run named ``<config>-seed<N>``. Returns a DataFrame with columns config, seed, value."""
+    rows = frame[(frame["metric"] == metric) & (frame["output"] == output) & (frame["checkpoint"] == checkpoint)
+                 & (frame["subset"] == subset) & frame["class"].isna()]
+    if rows.empty:
+        raise ValueError(
+            f"No rows for metric={metric!r}, output={output!r}, checkpoint={checkpoint!r}, subset={subset!r}."
+        )
+    parsed = rows["run"].str.extract(_SEED_RUN)
+    if parsed["seed"].isna().any():
+        bad = sorted(rows.loc[parsed["seed"].isna(), "run"].unique())
+        raise ValueError(f"Runs {bad} are not named '<config>-seed<N>' (as train.run_seeds names them).")
+    return pd.DataFrame({"config": parsed["config"], "seed": parsed["seed"].astype(int),
+                         "value": rows["value"].astype(float)}).reset_index(drop=True)
+
+
+def compare_seeds(frame, **kwargs):
+    """Mean and spread of a metric over split seeds, per configuration.
+
+    Args:
+        frame: eval rows (see `read_evals`), runs named ``<config>-seed<N>``.
+        **kwargs: metric, output, checkpoint, subset, as in `seed_scores`.
+
+    Returns:
+        DataFrame indexed by config: ``n``, ``mean``, ``std`` (sample, ddof=1), ``min``, ``max``.
+    """
+    scores = seed_scores(frame, **kwargs)
+    return scores.groupby("config")["value"].agg(n="count", mean="mean", std="std", min="min", max="max")
+
+
+def paired_comparison(frame, *, a, b, **kwargs):
+    """Compare two configurations on the seeds they share (same split per seed): differences ``b - a``.
+
+    Args:
+        frame: eval rows, runs named ``<config>-seed<N>``.
+        a, b: str, the two configuration names.
+        **kwargs: metric, output, checkpoint, subset, as in `seed_scores`.
+
+    Returns:
+        dict: ``n`` (shared seeds), ``mean_difference``, ``std_difference`` (ddof=1), ``t`` and ``p_value`` of the
+        paired t-test (NaN with fewer than 2 seeds), and ``per_seed`` (DataFrame: seed, a, b, difference).
+    """
+    from scipy import stats
+
+    scores = seed_scores(frame, **kwargs)
+    wide = scores.pivot_table(index="seed", columns="config", values="value")
+    for name in (a, b):
+        if name not in wide:
+            raise ValueError(f"Configuration {name!r} has no runs. Found: {sorted(wide.columns)}")
+    paired = wide[[a, b]].dropna()
+    if paired.empty:
+        raise ValueError(f"Configurations {a!r} and {b!r} share no seed: a paired comparison needs the same splits.")
+    per_seed = pd.DataFrame({"seed": paired.index, "a": paired[a].to_numpy(), "b": paired[b].to_numpy()})
+    per_seed["difference"] = per_seed["b"] - per_seed["a"]
+    n = len(per_seed)
+    if n >= 2 and per_seed["difference"].std() > 0:
+        t, p = stats.ttest_rel(per_seed["b"], per_seed["a"])
+    else:
+        t, p = np.nan, np.nan
+    return {
+        "a": a,
+        "b": b,
+        "n": n,
+        "mean_difference": float(per_seed["difference"].mean()),
+        "std_difference": float(per_seed["difference"].std()) if n >= 2 else np.nan,
+        "t": float(t),
+        "p_value": float(p),
+        "per_seed": per_seed,
+    }

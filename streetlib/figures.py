@@ -1,0 +1,187 @@
+"""One plotting style for streetlib's figures: confusion matrices, reliability diagrams, dendrograms, histories.
+
+Figures are built on `matplotlib.figure.Figure` (no pyplot state, nothing to close) and returned; `save` writes them
+atomically. Every title says which data and which weights produced the figure (`title`), so a figure of the
+synthetic demo data can never pass for one of Street10.
+"""
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from streetlib.paths import atomic_path
+
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+}
+CMAP = "Blues"  # the original's confusion matrices
+
+
+def title(what, *, data_label, weights_label):
+    """A figure title naming the data and the weights: ``"<what>\\n<data_label> - weights: <weights_label>"``."""
+    return f"{what}\n{data_label} - weights: {weights_label}"
+
+
+def normalize_rows(cm):
+    """Each row divided by its sum (rows summing to 0 stay 0). Returns float64 array of ``cm``'s shape."""
+    cm = np.asarray(cm, dtype=np.float64)
+    totals = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+
+
+def plot_confusion(cm, *, class_names, title=None, normalize=True, ax=None, cmap=CMAP):
+    """Draw a confusion matrix as the original study did: true classes as rows, a blue scale, values in the cells.
+
+    Args:
+        cm: array `(n, n)`, counts (or rates); rows are true classes, columns predicted classes.
+        class_names: list of str `(n,)`.
+        title: str or None.
+        normalize: bool. True (default) divides each row by its sum, so the diagonal is per-class recall.
+        ax: a matplotlib Axes to draw on, or None for a new figure.
+        cmap: str, matplotlib colormap. Default 'Blues'.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(class_names):
+        raise ValueError(
+            f"`cm` must be square with one row per class ({len(class_names)}). Received shape {cm.shape}."
+        )
+    values = normalize_rows(cm) if normalize else cm
+    n = len(class_names)
+    with matplotlib.rc_context(STYLE):
+        if ax is None:
+            size = max(3.5, 0.5 * n + 1.5)
+            ax = Figure(figsize=(size + 0.8, size)).add_subplot()
+        image = ax.imshow(values, interpolation="nearest", cmap=cmap, vmin=0, vmax=1 if normalize else None)
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(n), class_names)
+        threshold = values.max() / 2.0
+        for i in range(n):
+            for j in range(n):
+                text = f"{values[i, j]:.2f}" if normalize else f"{values[i, j]:g}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] > threshold else "black")
+        ax.set_ylabel("True label")
+        ax.set_xlabel("Predicted label")
+        if title:
+            ax.set_title(title)
+    return ax.figure
+
+
+def plot_reliability(table, *, ece, title=None, ax=None):
+    """A reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration.
+
+    Args:
+        table: pandas DataFrame with one row per bin: ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``
+            (see `streetlib.evaluate.reliability`).
+        ece: float, the expected calibration error, written on the plot.
+        title: str or None.
+        ax: Axes or None.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    with matplotlib.rc_context(STYLE):
+        if ax is None:
+            ax = Figure(figsize=(4.2, 4.2)).add_subplot()
+        filled = table[table["count"] > 0]
+        width = (table["upper"] - table["lower"]).to_numpy()
+        ax.bar(table["lower"], table["accuracy"].fillna(0), width=width, align="edge", color="#4c72b0",
+               edgecolor="black", linewidth=0.5, label="accuracy")
+        ax.bar(filled["lower"], filled["confidence"] - filled["accuracy"], bottom=filled["accuracy"],
+               width=(filled["upper"] - filled["lower"]).to_numpy(), align="edge", color="#dd8452", alpha=0.5,
+               edgecolor="#dd8452", label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("Confidence (top probability)")
+        ax.set_ylabel("Accuracy")
+        ax.text(0.04, 0.92, f"ECE = {ece:.3f}", transform=ax.transAxes)
+        ax.legend(loc="lower right", fontsize=7)
+        if title:
+            ax.set_title(title)
+    return ax.figure
+
+
+def plot_dendrogram(distances, *, labels, title=None, label_colors=None, ax=None):
+    """Average-linkage dendrogram of classes from a distance matrix.
+
+    Args:
+        distances: symmetric array `(n, n)` with zero diagonal.
+        labels: list of str `(n,)`.
+        title: str or None.
+        label_colors: dict label -> colour for the tick labels (e.g. by region), or None.
+        ax: Axes or None.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    from scipy.cluster.hierarchy import dendrogram, linkage
+    from scipy.spatial.distance import squareform
+
+    distances = np.asarray(distances, dtype=np.float64)
+    condensed = squareform((distances + distances.T) / 2.0, checks=False)
+    with matplotlib.rc_context(STYLE):
+        if ax is None:
+            ax = Figure(figsize=(5.5, 0.3 * len(labels) + 1.5)).add_subplot()
+        dendrogram(linkage(condensed, method="average"), labels=list(labels), orientation="left", ax=ax,
+                   color_threshold=0, above_threshold_color="#4c72b0")
+        if label_colors:
+            for tick in ax.get_yticklabels():
+                tick.set_color(label_colors.get(tick.get_text(), "black"))
+        ax.set_xlabel("Distance")
+        if title:
+            ax.set_title(title)
+    return ax.figure
+
+
+def plot_history(history, *, title=None):
+    """Training curves: loss and accuracy of both outputs, training and validation, per epoch.
+
+    Args:
+        history: pandas DataFrame indexed by epoch with Keras's columns (``city_loss``, ``val_city_accuracy``...).
+        title: str or None.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(8, 5.5))
+        axes = fig.subplots(2, 2, sharex=True)
+        for row, metric in enumerate(("loss", "accuracy")):
+            for col, output in enumerate(("region", "city")):
+                ax = axes[row, col]
+                for prefix, style in (("", "-"), ("val_", "--")):
+                    key = f"{prefix}{output}_{metric}"
+                    if key in history:
+                        ax.plot(history.index, history[key], style, label="validation" if prefix else "training")
+                ax.set_title(f"{output} {metric}")
+                ax.legend(fontsize=7)
+        for ax in axes[1]:
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+    return fig
+
+
+def save(fig, path):
+    """Write a figure to ``path`` (format from the suffix), atomically. Returns the `Path`."""
+    path = Path(path)
+    with matplotlib.rc_context(STYLE), atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    return path

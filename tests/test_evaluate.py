@@ -1,0 +1,189 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streetlib import evaluate, figures, models
+
+# Six predictions over four classes, worked out by hand below.
+Y = np.array([0, 0, 1, 1, 2, 3])
+P = np.array([
+    [0.72, 0.10, 0.10, 0.08],  # right, confidence .72
+    [0.25, 0.55, 0.15, 0.05],  # wrong (1), true class 2nd: in the top 3
+    [0.07, 0.83, 0.06, 0.04],  # right, .83
+    [0.04, 0.07, 0.64, 0.25],  # wrong (2), true class 3rd
+    [0.14, 0.05, 0.30, 0.51],  # wrong (3), true class 2nd
+    [0.93, 0.04, 0.02, 0.01],  # wrong (0), true class last: outside the top 3
+])
+NAMES = ["a", "b", "c", "d"]
+
+
+def test_accuracy_top3_and_calibration_by_hand():
+    rows = pd.DataFrame(evaluate.metric_rows(Y, P, NAMES, output="city"))
+    overall = rows[rows["class"].isna()].set_index("metric")["value"]
+    assert overall["accuracy"] == pytest.approx(2 / 6)
+    assert overall["top3"] == pytest.approx(5 / 6)
+    assert overall["n"] == 6
+    # Bins of width .1: (.5, .6] holds .55 and .51 (both wrong), then .64 wrong, .72 right, .83 right, .93 wrong.
+    ece = (2 * 0.53 + 0.64 + (1 - 0.72) + (1 - 0.83) + 0.93) / 6
+    assert overall["ece"] == pytest.approx(ece)  # 0.5133
+    assert evaluate.top_k_accuracy(Y, P, 1) == pytest.approx(2 / 6)
+    assert evaluate.top_k_accuracy(Y, P, 4) == 1.0
+
+    table = evaluate.reliability(Y, P, n_bins=10)
+    assert table["count"].tolist() == [0, 0, 0, 0, 0, 2, 1, 1, 1, 1]
+    assert table.loc[5, "confidence"] == pytest.approx(0.53) and table.loc[5, "accuracy"] == 0.0
+    assert np.isnan(table.loc[0, "accuracy"])
+
+    per_class = rows[rows["class"].notna() & rows["predicted"].isna()].pivot(index="class", columns="metric",
+                                                                             values="value")
+    assert per_class.loc["a"].to_dict() == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert per_class.loc["c"].to_dict() == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
+
+    cm = evaluate.confusion(Y, P.argmax(axis=1), 4)
+    np.testing.assert_array_equal(cm, [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0]])
+    confusion_rows = rows[rows["metric"] == "confusion"]
+    assert confusion_rows.set_index(["class", "predicted"]).loc[("b", "c"), "value"] == 1
+
+
+def test_region_rows_have_no_top3():
+    rows = pd.DataFrame(evaluate.metric_rows([0, 1, 1], [[0.9, 0.1], [0.4, 0.6], [0.8, 0.2]], ["w", "e"],
+                                             output="region"))
+    assert "top3" not in set(rows["metric"])
+    assert rows[(rows["metric"] == "accuracy")]["value"].item() == pytest.approx(2 / 3)
+
+
+def test_city_distances_by_hand():
+    cm = np.array([[8, 2, 0], [2, 8, 0], [0, 0, 10]])
+    d = evaluate.confusion_distances(cm)
+    np.testing.assert_allclose(d, [[0, 0.8, 1], [0.8, 0, 1], [1, 1, 0]])
+
+    embeddings = np.array([[1, 0], [3, 0], [0, 2], [0, 4], [1, 1]], dtype=float)
+    d = evaluate.centroid_distances(embeddings, np.array([0, 0, 1, 1, 2]), 4)
+    assert d[0, 1] == pytest.approx(1.0) and d[0, 2] == pytest.approx(1 - np.sqrt(0.5))
+    assert d[3, 0] == pytest.approx(1.0)  # a class with no samples is far from all
+    np.testing.assert_allclose(np.diag(d), 0)
+
+
+def test_confusion_figure_is_row_normalised_and_titled():
+    fig = figures.plot_confusion([[3, 1], [0, 0]], class_names=["x", "y"],
+                                 title=figures.title("city", data_label="toy (synthetic demo data)",
+                                                     weights_label="HED"))
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25], [0, 0]])
+    assert ax.get_title() == "city\ntoy (synthetic demo data) - weights: HED"
+    assert [t.get_text() for t in ax.texts] == ["0.75", "0.25", "0.00", "0.00"]
+    with pytest.raises(ValueError, match=r"`cm` must be square with one row per class \(3\)"):
+        figures.plot_confusion(np.eye(2), class_names=["x", "y", "z"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(toy_data):
+    return models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, seed=0)
+
+
+def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_data_split, out_dirs, monkeypatch):
+    drawn, save = {}, figures.save
+
+    def save_and_keep(fig, path):
+        drawn[path.name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "save", save_and_keep)
+    kwargs = dict(experiment="ev", run="r", normalization="samplewise", weights_label="random init",
+                  hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
+
+    frame = evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="embedding", **kwargs)
+
+    assert list(frame.columns) == evaluate.COLUMNS
+    assert set(frame["output"]) == {"region", "city"} and set(frame["checkpoint"]) == {"best"}
+    assert (frame["dataset"] == "toy (synthetic demo data)").all() and (frame["weights"] == "random init").all()
+    probs = evaluate.predict(tiny_model, toy_data, toy_data_split.test, normalization="samplewise", image_size=32)
+    expected = np.mean(probs["city"].argmax(axis=1) == toy_data.city[toy_data_split.test])
+    city = frame[(frame["output"] == "city") & frame["class"].isna()].set_index("metric")["value"]
+    assert city["accuracy"] == pytest.approx(expected) and city["n"] == len(toy_data_split.test)
+    assert probs["embedding"].shape == (len(toy_data_split.test), 128)
+
+    names = {"r.best.test.confusion-city.png", "r.best.test.confusion-region.png", "r.best.test.reliability.png",
+             "r.best.test.similarity.png"}
+    assert {p.name for p in (out_dirs["figs_dir"] / "ev").iterdir()} == names
+    for fig in drawn.values():
+        title = fig.axes[0].get_title()
+        assert "toy (synthetic demo data)" in title and "weights: random init" in title
+
+    evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="final", **kwargs)
+    evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="final", **kwargs)  # replaces its rows
+    saved = pd.read_csv(out_dirs["hists_dir"] / "ev" / "r.eval.csv")
+    assert saved.groupby("checkpoint").size().to_dict() == {"best": len(frame), "final": len(frame)}
+
+
+def test_evaluate_checkpoints_reads_the_manifest(tiny_model, toy_data, toy_data_split, out_dirs):
+    saved = out_dirs["models_dir"] / "ev"
+    saved.mkdir(parents=True)
+    tiny_model.save(saved / "r.best.keras")
+    tiny_model.save(saved / "r.final.keras")
+    manifest = {"config": {"normalization": "samplewise", "weights_label": "random init"}}
+    (out_dirs["hists_dir"] / "ev").mkdir(parents=True)
+    (out_dirs["hists_dir"] / "ev" / "r.json").write_text(json.dumps(manifest))
+
+    frame = evaluate.evaluate_checkpoints(toy_data, toy_data_split, experiment="ev", run="r", **out_dirs)
+
+    assert set(frame["checkpoint"]) == {"best", "final"}
+    best = frame[frame["checkpoint"] == "best"].reset_index(drop=True)
+    final = frame[frame["checkpoint"] == "final"].reset_index(drop=True)
+    np.testing.assert_allclose(best["value"], final["value"])  # the same weights give the same numbers
+    assert len(evaluate.read_evals("ev", hists_dir=out_dirs["hists_dir"])) == len(frame)
+
+
+def test_evaluate_errors_are_named(tiny_model, toy_data, toy_data_split, out_dirs):
+    common = dict(experiment="ev", run="none", hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
+    with pytest.raises(ValueError, match="No manifest at .*none.json: pass `normalization` and `weights_label`"):
+        evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, **common)
+    with pytest.raises(ValueError, match=r"Invalid `checkpoint`.*Received: checkpoint='last'"):
+        evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="last", **common)
+    with pytest.raises(ValueError, match=r"Invalid `similarity`.*Received: similarity='pixels'"):
+        evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="pixels", **common)
+    with pytest.raises(FileNotFoundError, match="No best model for run 'none'"):
+        evaluate.evaluate_checkpoints(toy_data, toy_data_split, experiment="ev", run="none",
+                                      models_dir=out_dirs["models_dir"])
+    with pytest.raises(FileNotFoundError, match="No evaluation results"):
+        evaluate.read_evals("ev", hists_dir=out_dirs["hists_dir"])
+
+
+def _seed_frame(scores):
+    """Eval rows for runs ``<config>-seed<N>`` with the given city test accuracies."""
+    return pd.DataFrame([
+        {"run": f"{config}-seed{seed}", "checkpoint": "best", "subset": "test", "output": "city",
+         "metric": "accuracy", "class": np.nan, "value": value}
+        for config, values in scores.items() for seed, value in values.items()
+    ])
+
+
+def test_seed_summary_and_paired_comparison_by_hand():
+    frame = _seed_frame({"A": {1: 0.50, 2: 0.60, 3: 0.55}, "B": {1: 0.60, 2: 0.65, 3: 0.65, 4: 0.7}})
+
+    summary = evaluate.compare_seeds(frame)
+    assert summary.loc["A", "n"] == 3 and summary.loc["A", "mean"] == pytest.approx(0.55)
+    assert summary.loc["A", "std"] == pytest.approx(0.05) and summary.loc["B", "max"] == 0.7
+
+    result = evaluate.paired_comparison(frame, a="A", b="B")
+    assert result["n"] == 3  # seed 4 has no partner
+    assert result["mean_difference"] == pytest.approx(0.25 / 3)
+    assert result["std_difference"] == pytest.approx(np.std([0.1, 0.05, 0.1], ddof=1))
+    assert result["t"] == pytest.approx(5.0)  # mean / (std / sqrt(3)) = 0.08333 / 0.016667
+    assert result["p_value"] == pytest.approx(0.0377, abs=1e-4)
+    assert result["per_seed"]["difference"].tolist() == pytest.approx([0.1, 0.05, 0.1])
+
+
+def test_repeated_run_errors_are_named():
+    frame = _seed_frame({"A": {1: 0.5}, "B": {2: 0.6}})
+    with pytest.raises(ValueError, match="'A' and 'B' share no seed"):
+        evaluate.paired_comparison(frame, a="A", b="B")
+    with pytest.raises(ValueError, match=r"Configuration 'C' has no runs. Found: \['A', 'B'\]"):
+        evaluate.paired_comparison(frame, a="A", b="C")
+    with pytest.raises(ValueError, match=r"No rows for metric='top3'"):
+        evaluate.compare_seeds(frame, metric="top3")
+    frame.loc[0, "run"] = "A-run1"
+    with pytest.raises(ValueError, match=r"Runs \['A-run1'\] are not named '<config>-seed<N>'"):
+        evaluate.compare_seeds(frame)

@@ -1,0 +1,170 @@
+import keras
+import numpy as np
+import pytest
+
+from streetlib import models, weights
+from streetlib.classes import STREET10, SYNTH10
+
+VGG16_LAYERS = [
+    "block1_conv1", "block1_conv2", "block1_pool", "block2_conv1", "block2_conv2", "block2_pool",
+    "block3_conv1", "block3_conv2", "block3_conv3", "block3_pool", "block4_conv1", "block4_conv2", "block4_conv3",
+    "block4_pool", "block5_conv1", "block5_conv2", "block5_conv3", "block5_pool",
+]
+HEAD = ["fc1", "fc1_bn", "fc2", "fc2_bn", "city_logits", "region_logits"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.build_model(input_shape=(32, 32, 3), spec=STREET10, seed=0)
+
+
+def test_layout_follows_the_convention(model):
+    assert model.input.name.startswith("image") and model.layers[0].name == "image"
+    backbone = model.get_layer("backbone")
+    assert isinstance(backbone, keras.Model)
+    assert [layer.name for layer in backbone.layers[1:]] == VGG16_LAYERS
+    names = [layer.name for layer in model.layers]
+    assert names[:11] == ["image", "backbone", *models.HEAD_LAYERS]
+    assert {"region_logits", "city_logits", "region", "city"} <= set(names)
+    assert model.get_layer("fc1").units == 512 and model.get_layer("fc2").units == 128
+    assert model.get_layer("fc1_dropout").rate == 0.5
+
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    probs = model(x)
+    assert sorted(probs) == ["city", "region"]
+    assert probs["region"].shape == (3, 2) and probs["city"].shape == (3, 10)
+    np.testing.assert_allclose(np.sum(probs["city"], axis=1), 1.0, rtol=1e-5)
+
+    logits = models.logits_model(model)(x)
+    assert sorted(logits) == ["city", "region"]
+    np.testing.assert_allclose(keras.ops.softmax(logits["city"]), probs["city"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(logits["city"], probs["city"])
+
+
+def test_head_sizes_follow_the_class_spec():
+    small = models.build_model(input_shape=(32, 32, 3), spec=SYNTH10, pooling="max", units=64, dropout=0.25)
+    assert small.get_layer("pool").__class__.__name__ == "GlobalMaxPooling2D"
+    assert small.get_layer("fc1").units == 64 and small.get_layer("fc2_dropout").rate == 0.25
+    assert small.output["city"].shape[-1] == SYNTH10.num_classes
+
+    flat = models.build_model(input_shape=(64, 64, 3), pooling="flatten")
+    assert flat.get_layer("fc1").units == 4096  # the original's Flatten-4096 variant
+    assert flat.get_layer("fc1").kernel.shape == (2 * 2 * 512, 4096)
+
+
+def test_freezing_counts_match_the_original(model):
+    # The original's counts: 15,047,116 parameters, 331,148 trainable in transfer, 7,410,572 with block5 fine-tuned.
+    assert models.count_params(model)["total"] == 15_047_116
+
+    models.freeze(model, through="backbone")
+    assert models.count_params(model)["trainable"] == 331_148
+    assert models.trainable_layers(model) == HEAD
+
+    models.freeze(model, through="block4_pool")
+    assert models.count_params(model)["trainable"] == 7_410_572
+    assert models.trainable_layers(model) == ["block5_conv1", "block5_conv2", "block5_conv3", *HEAD]
+
+    models.freeze(model, through="block3_pool")
+    assert models.trainable_layers(model) == [f"block{b}_conv{c}" for b in (4, 5) for c in (1, 2, 3)] + HEAD
+
+    models.freeze(model, through=None)
+    assert len(models.trainable_layers(model)) == 13 + len(HEAD)
+    assert models.count_params(model)["non_trainable"] == 2 * (512 + 128)  # BatchNorm moving statistics
+
+    with pytest.raises(ValueError, match=r"Invalid `through`.*Received: through='block6_pool'"):
+        models.freeze(model, through="block6_pool")
+
+
+def test_saved_model_loads_in_safe_mode(model, tmp_path):
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded(x)["city"], model(x)["city"], rtol=1e-6)
+    assert [layer.name for layer in loaded.get_layer("backbone").layers[1:]] == VGG16_LAYERS
+
+
+@pytest.mark.parametrize("through", ["backbone", "block4_pool"])
+def test_split_model_shares_layers_and_computes_the_same(model, through):
+    frozen, rest = models.split_model(model, through=through)
+    x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(rest(frozen(x))["city"], model(x)["city"], rtol=1e-5, atol=1e-7)
+    assert rest.get_layer("fc1") is model.get_layer("fc1")
+    expected_shape = (1, 1, 512) if through == "backbone" else (2, 2, 512)
+    assert tuple(rest.input.shape[1:]) == expected_shape
+    with pytest.raises(ValueError, match="Invalid `through`"):
+        models.split_model(model, through="no_such_layer")
+
+
+def test_modern_backbones_build_and_refuse_cuts_across_skips():
+    resnet = models.build_model(backbone="ResNet50", input_shape=(32, 32, 3))
+    assert resnet.get_layer("backbone").get_layer("conv1_conv") is not None
+    inner = [layer.name for layer in resnet.get_layer("backbone").layers]
+    with pytest.raises(ValueError, match="are not a single chain"):
+        models.split_model(resnet, through=inner[-5])
+    frozen, _ = models.split_model(resnet, through="backbone")
+    assert frozen.name == "backbone"
+
+
+def test_imagenet_download_failure_of_another_backbone_names_the_path(monkeypatch):
+    from keras.src.utils import file_utils
+
+    url = "http://127.0.0.1:9/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+    def unreachable(*args, **kwargs):
+        raise Exception(f"URL fetch failure on {url}: None -- [Errno 111] Connection refused")
+
+    monkeypatch.setattr(file_utils, "get_file", unreachable)
+    expected = weights.cache_dir() / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    with pytest.raises(weights.WeightsDownloadError, match=f"put it at exactly {expected} "):
+        models.build_backbone("resnet50", weights="imagenet", input_shape=(32, 32, 3))
+
+    def broken(*args, **kwargs):
+        raise Exception("disk full")
+
+    monkeypatch.setattr(file_utils, "get_file", broken)
+    with pytest.raises(Exception, match="disk full"):
+        models.build_backbone("resnet50", weights="imagenet", input_shape=(32, 32, 3))
+
+
+def test_invalid_arguments_are_named():
+    with pytest.raises(ValueError, match=r"Invalid `backbone`. Expected one of .*'vgg16'.* Received: backbone='vgg61'"):
+        models.build_model(backbone="vgg61")
+    with pytest.raises(ValueError, match=r"Invalid `pooling`. Expected one of \('avg', 'max', 'flatten'\)"):
+        models.build_model(pooling="mean", input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match=r"Invalid `dropout`.*Received: dropout=1.0"):
+        models.build_model(dropout=1.0, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match=r"Invalid `units`.*Received: units=0"):
+        models.build_model(units=0, input_shape=(32, 32, 3))
+    assert models.get_backbone("EfficientNetV2B0").normalization == "raw"
+
+
+def _documented_args(doc):
+    """Argument names of a Google-style ``Args:`` section ("a, b: ..." documents both)."""
+    names, inside = [], False
+    for line in (doc or "").splitlines():
+        stripped = line.strip()
+        if stripped == "Args:":
+            inside = True
+            continue
+        if inside and (stripped.endswith(":") and " " not in stripped or not stripped and names):
+            break
+        head = stripped.split(":", 1)[0]
+        if inside and ":" in stripped and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            names += [n.strip().lstrip("*") for n in head.split(",")]
+    return names
+
+
+@pytest.mark.parametrize("module_name", ["weights", "models", "train", "evaluate", "figures"])
+def test_docstrings_name_every_argument(module_name):
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"streetlib.{module_name}")
+    checked = 0
+    for name, func in inspect.getmembers(module, inspect.isfunction):
+        if name.startswith("_") or func.__module__ != module.__name__ or "Args:" not in (func.__doc__ or ""):
+            continue
+        params = [p for p in inspect.signature(func).parameters if p not in ("self",)]
+        assert _documented_args(func.__doc__) == params, f"{module_name}.{name}"
+        checked += 1
+    assert checked >= 2

@@ -1,0 +1,323 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from streetlib import train
+from streetlib.evaluate import predict
+
+TESTS = Path(__file__).resolve().parent
+SMALL = {"image_size": 32, "batch_size": 16, "verbose": 0}
+
+
+@pytest.fixture(scope="module")
+def transfer_runs(toy_data, toy_data_split, tmp_path_factory):
+    """The same transfer run (2 epochs, no augmentation) on the plain path and on cached features."""
+    root = tmp_path_factory.mktemp("transfer")
+    dirs = {"hists_dir": root / "hists", "models_dir": root / "models"}
+    return {
+        cache: train.run_phase(toy_data, toy_data_split, experiment="eq", run=f"transfer-{cache}", epochs=2,
+                               augment=False, cache=cache, **SMALL, **dirs)
+        for cache in ("none", "features")
+    }, dirs
+
+
+def _weights(model, name):
+    backbone = model.get_layer("backbone")
+    layer = backbone.get_layer(name) if name.startswith("block") else model.get_layer(name)
+    return layer.get_weights()
+
+
+def _assert_same_training(a, b):
+    assert list(a.history.columns) == list(b.history.columns)
+    np.testing.assert_allclose(a.history.to_numpy(), b.history.to_numpy(), rtol=1e-4, atol=1e-5)
+    for name in ("fc1", "fc1_bn", "fc2", "city_logits", "block5_conv3"):
+        for wa, wb in zip(_weights(a.model, name), _weights(b.model, name)):
+            np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
+
+
+def test_cached_features_train_exactly_like_the_plain_path(transfer_runs, toy_data, toy_data_split):
+    runs, dirs = transfer_runs
+    assert runs["none"].manifest["cache_plan"]["mode"] == "none"
+    assert runs["features"].manifest["cache_plan"] == {
+        "mode": "features", "copies": 1, "bytes": (40 + 10) * 512 * 4, "reason": "no augmentation: exact"
+    }
+    # The head really trained (so agreeing is not two untouched models agreeing).
+    assert runs["none"].history["city_loss"].iloc[-1] != runs["none"].history["city_loss"].iloc[0]
+    _assert_same_training(runs["none"], runs["features"])
+
+    finetuned = {
+        cache: train.run_phase(toy_data, toy_data_split, experiment="eq", run=f"finetune-{cache}", phase="finetune",
+                               init_from=runs["features"], epochs=2, augment=False, cache=cache, **SMALL, **dirs)
+        for cache in ("none", "features")
+    }
+    assert finetuned["features"].manifest["cache_plan"]["bytes"] == (40 + 10) * 2 * 2 * 512 * 4  # block4_pool output
+    assert finetuned["none"].manifest["config"]["weights"] == "hed-bsds500"  # the source of init_from
+    _assert_same_training(finetuned["none"], finetuned["features"])
+    block5 = finetuned["none"].model.get_layer("backbone").get_layer("block5_conv1").get_weights()[0]
+    block4 = finetuned["none"].model.get_layer("backbone").get_layer("block4_conv3").get_weights()[0]
+    start = runs["features"].model.get_layer("backbone")
+    assert not np.allclose(block5, start.get_layer("block5_conv1").get_weights()[0])  # block5 trained
+    np.testing.assert_array_equal(block4, start.get_layer("block4_conv3").get_weights()[0])  # block4 frozen
+
+
+def test_a_run_writes_history_manifest_and_models(transfer_runs, toy_data, toy_data_split):
+    runs, dirs = transfer_runs
+    result = runs["features"]
+    files = result.paths
+    assert files["history"] == dirs["hists_dir"] / "eq" / "transfer-features.csv"
+    assert files["best_model"] == dirs["models_dir"] / "eq" / "transfer-features.best.keras"
+    assert not files["backup"].exists()  # removed once the run finished
+
+    history = pd.read_csv(files["history"])
+    assert history["epoch"].tolist() == [0, 1]
+    assert {"city_accuracy", "city_top3", "region_loss", "val_city_accuracy", "val_city_loss", "learning_rate"} <= set(
+        history.columns
+    )
+
+    manifest = json.loads(files["manifest"].read_text())
+    assert manifest["status"] == "complete" and manifest["epochs_done"] == 2
+    config = manifest["config"]
+    assert config["weights"] == "hed-bsds500" and config["normalization"] == "caffe-bvlc"
+    assert config["optimizer"] == {"name": "nadam", "learning_rate": 0.002}
+    assert config["loss_weights"] == {"region": 0.5, "city": 1.0} and config["frozen_through"] == "backbone"
+    assert manifest["dataset"]["label"] == "toy (synthetic demo data)" and len(manifest["dataset"]["hash"]) == 40
+    assert manifest["split"]["sizes"] == {"train": 40, "val": 10, "test": 10} and len(manifest["split"]["hash"]) == 40
+    assert manifest["environment"]["packages"]["keras"] == keras.__version__
+    assert manifest["environment"]["replicas"] == 1 and "commit" in manifest["environment"]["git"]
+    assert manifest["wall_time_s"] > 0 and manifest["params"]["trainable"] == 331_148
+
+    best = keras.models.load_model(files["best_model"], safe_mode=True)
+    keras.models.load_model(files["final_model"], safe_mode=True)
+    probs = predict(best, toy_data, toy_data_split.val, normalization="caffe-bvlc", image_size=32)["city"]
+    accuracy = np.mean(probs.argmax(axis=1) == toy_data.city[toy_data_split.val])
+    assert accuracy == pytest.approx(history["val_city_accuracy"].max())
+    assert manifest["best_val_city_accuracy"] == pytest.approx(history["val_city_accuracy"].max())
+
+
+def test_finished_runs_are_never_overwritten(transfer_runs, toy_data, toy_data_split):
+    runs, dirs = transfer_runs
+    kwargs = dict(experiment="eq", run="transfer-none", epochs=1, augment=False, cache="none", **SMALL, **dirs)
+    with pytest.raises(FileExistsError, match="'transfer-none' of experiment 'eq' already has results"):
+        train.run_phase(toy_data, toy_data_split, **kwargs)
+    redone = train.run_phase(toy_data, toy_data_split, force=True, **kwargs)
+    assert redone.history.index.tolist() == [0]
+    assert json.loads(redone.paths["manifest"].read_text())["config"]["epochs"] == 1
+
+
+KILL_SCRIPT = """
+import os, sys
+import numpy as np, keras
+sys.path.insert(0, {tests!r})
+from conftest import make_toy_data, toy_split
+from streetlib import train
+
+class KillAtEpoch2(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            np.save({dump!r}, self.model.get_layer("fc1").get_weights()[0])
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            os._exit(17)  # a hard kill: no exception handler, no on_train_end, no clean-up
+
+data = make_toy_data()
+train.run_phase(data, toy_split(data), experiment="resume", run="r", epochs=4, image_size=32, batch_size=16,
+                augment=False, cache="none", verbose=0, callbacks=[KillAtEpoch2()],
+                hists_dir={hists!r}, models_dir={models!r})
+"""
+
+
+class _FirstEpoch(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.epoch is None:
+            self.epoch = epoch
+            self.fc1 = self.model.get_layer("fc1").get_weights()[0]
+            self.iterations = int(self.model.optimizer.iterations.numpy())
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_split):
+    dirs = {"hists_dir": str(tmp_path / "hists"), "models_dir": str(tmp_path / "models")}
+    dump = tmp_path / "fc1_after_epoch1.npy"
+    script = KILL_SCRIPT.format(tests=str(TESTS), dump=str(dump), **{k[:-4]: v for k, v in dirs.items()})
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert killed.returncode == 17, killed.stderr[-3000:]
+
+    csv = tmp_path / "hists" / "resume" / "r.csv"
+    manifest = json.loads((tmp_path / "hists" / "resume" / "r.json").read_text())
+    backup = tmp_path / "models" / "resume" / "r.backup"
+    before = pd.read_csv(csv)
+    assert before["epoch"].tolist() == [0, 1]
+    assert manifest["status"] == "running" and manifest["epochs_done"] == 2
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 2
+    # A kill between an epoch's CSV row and its backup leaves a row that will be redone: resuming must drop it.
+    with open(csv, "a") as f:
+        f.write(",".join(["2"] + ["0.5"] * (len(before.columns) - 1)) + "\n")
+
+    with pytest.raises(FileExistsError, match="was interrupted. Pass resume=True"):
+        train.run_phase(toy_data, toy_data_split, experiment="resume", run="r", epochs=4, augment=False,
+                        cache="none", resume=False, **SMALL, **dirs)
+    with pytest.raises(ValueError, match=r"Cannot resume run 'r' with different parameters \(seed: 0 -> 1\)"):
+        train.run_phase(toy_data, toy_data_split, experiment="resume", run="r", epochs=4, augment=False,
+                        cache="none", seed=1, **SMALL, **dirs)
+
+    first = _FirstEpoch()
+    result = train.run_phase(toy_data, toy_data_split, experiment="resume", run="r", epochs=4, augment=False,
+                             cache="none", callbacks=[first], **SMALL, **dirs)
+
+    assert first.epoch == 2  # training continued at the epoch it was killed in
+    np.testing.assert_array_equal(first.fc1, np.load(dump))  # from the weights it had reached
+    assert first.iterations == 2 * 3  # and the optimizer state: 2 epochs of 3 steps (40 images, batch 16)
+    after = pd.read_csv(csv)
+    assert after["epoch"].tolist() == [0, 1, 2, 3]  # every epoch exactly once
+    pd.testing.assert_frame_equal(after.iloc[:2], before)  # the epochs before the kill are kept as they were
+    assert after.loc[2, "city_loss"] != 0.5
+    assert result.manifest["status"] == "complete" and result.manifest["resumed_at_epochs"] == [2]
+    best = int(after["val_city_accuracy"].idxmax())
+    assert result.manifest["best_epoch"] == best
+    assert result.manifest["best_val_city_accuracy"] == pytest.approx(after["val_city_accuracy"].max())
+    assert result.manifest["wall_time_s"] > manifest["wall_time_s"]
+    assert not backup.exists()
+
+
+DISTRIBUTED_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {tests!r})
+from conftest import make_toy_data, toy_split
+from streetlib import train
+
+data = make_toy_data()
+out = {{}}
+for cache in ("none", "features"):
+    result = train.run_phase(data, toy_split(data), experiment="dist", run=cache, epochs=1, image_size=32,
+                             batch_size=16, augment=False, cache=cache, strategy="mirrored", verbose=0,
+                             hists_dir={root!r} + "/hists", models_dir={root!r} + "/models")
+    out[cache] = {{"env": result.manifest["environment"], "loss": float(result.history["loss"].iloc[-1]),
+                  "epochs": result.history.index.tolist()}}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_training_under_mirrored_strategy_on_two_cpus(tmp_path):
+    script = DISTRIBUTED_SCRIPT.format(tests=str(TESTS), root=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.split("RESULT")[-1])
+    for cache in ("none", "features"):
+        env = out[cache]["env"]
+        assert env["strategy"] == "MirroredStrategy" and env["replicas"] == 2
+        assert out[cache]["epochs"] == [0] and np.isfinite(out[cache]["loss"])
+    assert (tmp_path / "models" / "dist" / "none.best.keras").is_file()
+
+
+def test_a_best_model_saved_in_a_redone_epoch_is_stale():
+    previous = {"best_epoch": 1, "best_val_city_accuracy": 0.4}
+    assert train._saved_best(previous, 2) == {"best": 0.4, "best_epoch": 1}
+    # Saved in epoch 2, killed before epoch 2's backup: epoch 2 is redone and its best file must be replaced.
+    assert train._saved_best({"best_epoch": 2, "best_val_city_accuracy": 0.4}, 2) == {"best": None, "best_epoch": None}
+    assert train._saved_best(None, 0) == {"best": None, "best_epoch": None}
+
+
+def test_augmented_cache_cycles_through_copies():
+    n, copies = 5, 3
+    features = np.stack([np.full((n, 1), c, np.float32) for c in range(copies)])
+    features[:, :, 0] += np.arange(n) / 10.0  # each row says (copy, position)
+    labels = {"region": np.zeros(n, np.int32), "city": np.arange(n, dtype=np.int32)}
+    ds = train._feature_dataset(features, labels, batch_size=2, shuffle=True, seed=0, initial_epoch=1)
+    batches = list(ds.take(3 * 4))  # 4 epochs of 3 batches
+    for e in range(4):
+        x = np.concatenate([b[0].numpy()[:, 0] for b in batches[3 * e: 3 * e + 3]])
+        city = np.concatenate([b[1]["city"].numpy() for b in batches[3 * e: 3 * e + 3]])
+        assert np.all(np.floor(x + 1e-6) == (e + 1) % copies)  # epoch e uses copy e mod K (starting at epoch 1)
+        assert sorted(city.tolist()) == list(range(n))  # every image once per epoch
+        np.testing.assert_allclose((x - np.floor(x + 1e-6)) * 10, city, atol=1e-4)  # labels follow their features
+
+
+def test_cache_plan_states_its_choice(toy_data):
+    from streetlib import models
+
+    model = models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec)
+    common = {"n_train": 40, "n_val": 10, "max_bytes": 10**6}
+    plan = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **common)
+    assert plan == {"mode": "features", "copies": 4, "bytes": (4 * 40 + 10) * 2048,
+                    "reason": "4 augmented copies of the frozen part's output"}
+    small = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **{**common, "max_bytes": 10})
+    assert small["mode"] == "none" and "max_cache_bytes=10" in small["reason"]
+    assert train.plan_cache("auto", model, through=None, augment=False, copies=1, **common)["reason"] == (
+        "nothing is frozen"
+    )
+    with pytest.raises(ValueError, match="cache='features' needs a frozen part"):
+        train.plan_cache("features", model, through=None, augment=False, copies=1, **common)
+
+
+def test_invalid_arguments_are_named(toy_data, toy_data_split, tmp_path):
+    def run(**kwargs):
+        args = {"experiment": "bad", "run": "r", "hists_dir": tmp_path, "models_dir": tmp_path, **kwargs}
+        return train.run_phase(toy_data, toy_data_split, **args)
+
+    with pytest.raises(ValueError, match=r"Invalid `phase`.*Received: phase='fine-tune'"):
+        run(phase="fine-tune")
+    with pytest.raises(ValueError, match=r"Invalid `run`. Expected a plain file name.*Received: run='a/b'"):
+        run(run="a/b")
+    with pytest.raises(ValueError, match=r"Invalid `cache`.*Received: cache='yes'"):
+        run(cache="yes")
+    with pytest.raises(ValueError, match=r"Invalid `epochs`. Expected an int >= 1. Received: epochs=0"):
+        run(epochs=0)
+    with pytest.raises(ValueError, match=r"Invalid `optimizer`.*Received: optimizer='adagrad'"):
+        run(optimizer="adagrad")
+    with pytest.raises(ValueError, match=r"Invalid `learning_rate`. Expected a float > 0. Received: learning_rate=-1"):
+        run(learning_rate=-1)
+    with pytest.raises(ValueError, match=r"Invalid `augment`.*Received: augment=\{'spin': 5\}"):
+        run(augment={"spin": 5})
+    with pytest.raises(ValueError, match=r"Invalid `seed`. Expected an int >= 0"):
+        run(seed=1.5)
+    with pytest.raises(ValueError, match=r"Invalid `pooling`"):
+        run(pooling="sum")
+    assert not any(tmp_path.iterdir())  # invalid arguments fail before anything is written
+    with pytest.raises(ValueError, match="`momentum` applies to optimizer='sgd' only"):
+        run(momentum=0.5)
+    with pytest.raises(ValueError, match=r"Invalid `loss_weights`.*Received: \{'city': 1.0\}"):
+        run(loss_weights={"city": 1.0})
+    with pytest.raises(ValueError, match="`init_from` is for phase='finetune'"):
+        run(init_from=tmp_path / "m.keras")
+    with pytest.raises(ValueError, match="phase='finetune' needs `init_from`"):
+        run(phase="finetune")
+    with pytest.raises(ValueError, match=r"Invalid `init_from`. Expected a RunResult or an existing .keras file"):
+        run(phase="finetune", init_from=tmp_path / "missing.keras")
+    (tmp_path / "m.keras").write_bytes(b"")
+    with pytest.raises(ValueError, match="pass `weights=` the weight source of that transfer run"):
+        run(phase="finetune", init_from=tmp_path / "m.keras")
+    with pytest.raises(ValueError, match=r"Invalid `strategy`.*Received: strategy='gpu'"):
+        train.choose_strategy("gpu")
+    with pytest.raises(ValueError, match="`mixed_precision=True` needs a GPU or TPU"):
+        with train._precision(True, tf.distribute.get_strategy()):
+            pass
+    with pytest.raises(ValueError, match=r"Invalid `optimizer`.*Received: 'adagrad'"):
+        train.make_optimizer("adagrad", learning_rate=0.1)
+    assert isinstance(train.choose_strategy(None), tf.distribute.Strategy)
+
+
+def test_run_seeds_names_runs_by_seed(toy_data, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "run_phase", lambda data, split, **kw: calls.append((split.seed, kw)) or kw["run"])
+    out = train.run_seeds(toy_data, seeds=[3, 4], experiment="e", run="cfg", epochs=1,
+                          split_kwargs={"test_size": 0.15, "val_size": 0.2, "save": False})
+    assert out == {3: "cfg-seed3", 4: "cfg-seed4"}
+    assert [(s, kw["seed"]) for s, kw in calls] == [(3, 3), (4, 4)]
+    with pytest.raises(ValueError, match=r"`init_from` must map every seed \[3, 4\]"):
+        train.run_seeds(toy_data, seeds=[3, 4], experiment="e", run="cfg", init_from={3: "a"})

