@@ -248,6 +248,12 @@ def run_phase(
     if initial_epoch:
         manifest["resumed_at_epochs"] = [*manifest.get("resumed_at_epochs", []), initial_epoch]
     _write_json(run_files["manifest"], manifest)
+    # What a user of a saved model needs to feed it (read by `streetlib analyze`): a sidecar beside each file.
+    sidecar = {"normalization": normalization, "image_size": image_size, "classes": data.spec.to_dict(),
+               "weights": str(weights), "weights_label": config["weights_label"], "data": data.label,
+               "manifest": str(run_files["manifest"])}
+    for key in ("best_model", "final_model"):
+        _write_json(run_files[key].with_suffix(".json"), sidecar)
 
     started = time.monotonic()
     with _precision(mixed_precision, strategy), strategy.scope():

@@ -1,0 +1,162 @@
+"""The study's experiments, as the notebooks run them: which starting point (weight source) is best for transfer,
+what fine-tuning adds, and all results side by side.
+
+Each function runs `streetlib.train.run_phase` over split seeds and evaluates the saved checkpoints with
+`streetlib.evaluate`, so a notebook is parameters plus one call per step.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from streetlib import evaluate, figures, paths, train
+from streetlib import weights as weights_lib
+
+OUTPUTS = ("region", "city")
+
+
+def available_sources(sources):
+    """Split weight sources into those usable here and those that are not.
+
+    Sources with a download (``imagenet``, ``places365``) are fetched into the Keras cache, or found there.
+
+    Returns:
+        (list of available names, dict name -> reason for each unavailable one).
+    """
+    available, missing = [], {}
+    for source in sources:
+        weights_lib.check_weights(source)
+        if weights_lib.WEIGHT_SOURCES.get(source) is not None and weights_lib.WEIGHT_SOURCES[source].url:
+            try:
+                weights_lib.fetch(source)
+            except weights_lib.WeightsDownloadError as err:
+                missing[source] = str(err)
+                continue
+        available.append(source)
+    return available, missing
+
+
+def _evaluate_seeds(data, results, *, experiment, run, split_kwargs=None):
+    from streetlib.splits import make_split
+
+    frames = []
+    for seed, result in results.items():
+        split = make_split(data, seed=seed, **(split_kwargs or {}))
+        frames.append(evaluate.evaluate_checkpoints(data, split, experiment=experiment, run=f"{run}-seed{seed}"))
+        del result.model
+    return frames
+
+
+def run_transfer(data, *, sources, seeds, experiment, scratch_epochs=0, split_kwargs=None, **run_kwargs):
+    """Transfer learning from each weight source, over split seeds, then evaluation.
+
+    ``random`` as a source means a frozen random backbone (the floor of what features alone give). With
+    ``scratch_epochs`` > 0, a ``scratch`` run (random init, everything trains: the original's "random" arm) is
+    added.
+
+    Args:
+        data: `StreetData`.
+        sources: list of weight sources, all available (see `available_sources`).
+        seeds: list of int split seeds.
+        experiment: str, the experiment name (folder under hists/, models/, figs/).
+        scratch_epochs: int, epochs of the from-scratch run; 0 skips it.
+        split_kwargs: dict of `make_split` arguments.
+        **run_kwargs: `run_phase` arguments (image_size, epochs, batch_size, pooling, augment, ...).
+
+    Returns:
+        DataFrame of every evaluation row (see `streetlib.evaluate.evaluate_run`).
+    """
+    frames = []
+    for source in sources:
+        results = train.run_seeds(data, seeds=seeds, experiment=experiment, run=f"{source}-transfer",
+                                  phase="transfer", weights=source, split_kwargs=split_kwargs, **run_kwargs)
+        frames += _evaluate_seeds(data, results, experiment=experiment, run=f"{source}-transfer",
+                                  split_kwargs=split_kwargs)
+    if scratch_epochs:
+        kwargs = {**run_kwargs, "epochs": scratch_epochs}
+        results = train.run_seeds(data, seeds=seeds, experiment=experiment, run="random-scratch", phase="scratch",
+                                  weights="random", split_kwargs=split_kwargs, **kwargs)
+        frames += _evaluate_seeds(data, results, experiment=experiment, run="random-scratch",
+                                  split_kwargs=split_kwargs)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_finetune(data, *, sources, seeds, experiment, transfer_experiment, finetune_from="block4_pool",
+                 split_kwargs=None, models_dir=None, **run_kwargs):
+    """Fine-tune each source's best transfer model (per seed), then evaluate.
+
+    Args:
+        transfer_experiment: str, where `run_transfer` saved the models (``<source>-transfer-seed<N>``).
+        finetune_from: str, the backbone layer frozen through ('block4_pool': block5 and the head train;
+            'block3_pool': block4 too).
+        Other arguments as in `run_transfer`.
+
+    Returns:
+        DataFrame of every evaluation row.
+    """
+    saved = Path(models_dir or paths.models_dir()) / transfer_experiment
+    frames = []
+    tag = finetune_from.split("_")[0]
+    for source in sources:
+        init = {s: saved / f"{source}-transfer-seed{s}.best.keras" for s in seeds}
+        missing = [str(p) for p in init.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"No best transfer model for {source!r}: {missing}. Run the transfer phase first (notebook 03)."
+            )
+        run = f"{source}-finetune-{tag}"
+        results = train.run_seeds(data, seeds=seeds, experiment=experiment, run=run, phase="finetune",
+                                  weights=source, init_from=init, finetune_from=finetune_from,
+                                  split_kwargs=split_kwargs, models_dir=models_dir, **run_kwargs)
+        frames += _evaluate_seeds(data, results, experiment=experiment, run=run, split_kwargs=split_kwargs)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary(frame, *, checkpoint="best", subset="test"):
+    """Mean, spread and count over seeds of accuracy (both outputs) and top-3 city accuracy, per configuration.
+
+    Returns:
+        DataFrame indexed by config with columns ``<output> <metric>`` mean and std, and ``seeds``.
+    """
+    parts = {}
+    for output, metric in (("region", "accuracy"), ("city", "accuracy"), ("city", "top3")):
+        stats = evaluate.compare_seeds(frame, metric=metric, output=output, checkpoint=checkpoint, subset=subset)
+        parts[f"{output} {metric} mean"] = stats["mean"]
+        parts[f"{output} {metric} std"] = stats["std"]
+        parts["seeds"] = stats["n"]
+    return pd.DataFrame(parts)
+
+
+def histories(experiments, *, hists_dir=None):
+    """Every run's history of the given experiments, long format: experiment, run, epoch and the CSV's columns."""
+    hists = Path(hists_dir or paths.hists_dir())
+    frames = []
+    for experiment in experiments:
+        for path in sorted((hists / experiment).glob("*.csv")):
+            if path.name.endswith(".eval.csv"):
+                continue
+            frame = train.read_history(path).reset_index()
+            frame.insert(0, "run", path.stem)
+            frame.insert(0, "experiment", experiment)
+            frames.append(frame)
+    if not frames:
+        raise FileNotFoundError(f"No histories under {hists} for experiments {list(experiments)}.")
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_learning_curves(history, *, output, data_label):
+    """Validation accuracy of every run over epochs, for one output, on one figure. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if output not in OUTPUTS:
+        raise ValueError(f"Invalid `output`. Expected one of {OUTPUTS}. Received: output={output!r}")
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for (experiment, run), runs in history.groupby(["experiment", "run"], sort=False):
+        ax.plot(runs["epoch"] + 1, runs[f"val_{output}_accuracy"], label=f"{experiment}/{run}", linewidth=1)
+    ax.set_xlabel("epoch (of each phase)")
+    ax.set_ylabel(f"validation {output} accuracy")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(figures.title(f"learning curves, {output}", data_label=data_label,
+                               weights_label="all runs (weights in the run names)"))
+    fig.tight_layout()
+    return fig
