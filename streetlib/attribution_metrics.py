@@ -408,3 +408,104 @@ def explain_quadrants(image, model, *, normalization, policy="crop", layer=None,
     quads = quadrant_images(image, size=model_input_size(model) or (224, 224), policy=policy)
     x = model_inputs(quads, normalization=normalization)
     return quads, explain(x, model, outputs=outputs, layer=layer, guided=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# All measurements of one model, for notebook 05
+
+
+def method_maps(inputs, model, *, output="region", layer=None, target=None):
+    """The map of every method for one output: dict method -> float32 `(n, H, W)` in [0, 1]."""
+    return {m: attribution_maps(inputs, model, method=m, output=output, layer=layer, target=target) for m in METHODS}
+
+
+def score_methods(images, masks, model, *, normalization, output="region", layer=None, steps=16, seed=0):
+    """Localisation (against cue masks) and faithfulness (deletion / insertion) of every method, with a random
+    map as the floor, for the predicted class of one output.
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB at the model's input size.
+        masks: `(n, H, W)` cue masks in {0, 1}.
+        model: the `keras.Model`.
+        normalization: the model's input normalisation.
+        output: str, the output explained. Default 'region' (the cues decide the region).
+        layer: str or None, the Grad-CAM layer.
+        steps: int, points of the deletion and insertion curves. Default 16.
+        seed: int, for the random maps and tie-breaking.
+
+    Returns:
+        dict with ``maps`` (method -> maps, 'random' included), ``target`` int `(n,)`, ``localization`` and
+        ``perturbation`` DataFrames (one row per method: means over images; perturbation has ``deletion_auc`` and
+        ``insertion_auc`` with their standard deviations), and ``curves`` (method -> `perturbation_curves` dict).
+    """
+    inputs = model_inputs(images, normalization=normalization)
+    target = np.argmax(explainer(model, layer=layer).logits(inputs, output=output), axis=1)
+    maps = method_maps(inputs, model, output=output, layer=layer, target=target)
+    localization = localization_table(maps, masks, seed=seed)
+    maps["random"] = random_maps(maps["grad_cam"].shape, seed=seed)
+    curves, rows = {}, []
+    for method, m in maps.items():
+        curves[method] = perturbation_curves(images, m, model, output=output, target=target,
+                                             normalization=normalization, steps=steps, seed=seed)
+        rows.append({"method": method,
+                     "deletion_auc": float(curves[method]["deletion_auc"].mean()),
+                     "deletion_auc_std": float(curves[method]["deletion_auc"].std()),
+                     "insertion_auc": float(curves[method]["insertion_auc"].mean()),
+                     "insertion_auc_std": float(curves[method]["insertion_auc"].std()),
+                     "images": len(images)})
+    return {"maps": maps, "target": target, "localization": localization,
+            "perturbation": pd.DataFrame(rows), "curves": curves}
+
+
+def randomization_table(check):
+    """`randomization_check` results as a tidy DataFrame: method, step, layer, mean and std rank correlation."""
+    rows = []
+    for method, values in check["spearman"].items():
+        for step, (layer, corr) in enumerate(zip(check["layers"], values), start=1):
+            rows.append({"method": method, "step": step, "layer": layer,
+                         "spearman_mean": float(np.nanmean(corr)), "spearman_std": float(np.nanstd(corr))})
+    return pd.DataFrame(rows)
+
+
+def plot_perturbation(curves, *, title=None):
+    """Mean deletion and insertion curves per method, side by side. Returns a `matplotlib.figure.Figure`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for method, c in curves.items():
+        for ax, kind in zip(axes, ("deletion", "insertion")):
+            ax.plot(c["fractions"], c[kind].mean(axis=0),
+                    label=f"{method} (area {c[f'{kind}_auc'].mean():.3f})",
+                    linestyle="--" if method == "random" else "-")
+    for ax, kind in zip(axes, ("deletion", "insertion")):
+        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'restored'}, most attributed first")
+        ax.set_ylabel("probability of the explained class")
+        ax.set_title(f"{kind} (lower area is better)" if kind == "deletion" else f"{kind} (higher area is better)")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_randomization(table, *, title=None):
+    """Rank correlation with the trained model's maps as layers are randomised from the top down, per method.
+    Returns a `matplotlib.figure.Figure`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
+    for method, rows in table.groupby("method", sort=False):
+        ax.errorbar(rows["step"], rows["spearman_mean"], yerr=rows["spearman_std"], marker="o", capsize=2,
+                    label=method)
+    layers = table.drop_duplicates("step")
+    ax.set_xticks(layers["step"], layers["layer"], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("Spearman rank correlation with the trained model's maps")
+    ax.set_xlabel("randomised down to (cumulative, from the output)")
+    ax.axhline(0, color="gray", linewidth=0.5)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -6,7 +6,6 @@ Every figure title names the dataset (`StreetData.label` says when it is synthet
 import numpy as np
 import pandas as pd
 
-from streetlib.paths import atomic_path
 
 
 def class_table(data):
@@ -68,16 +67,6 @@ def duplicate_table(data, split):
             }
         )
     return pd.DataFrame(rows, columns=["group", "split", "files", "classes", "cross_class"])
-
-
-def save_figure(fig, path, *, dpi=120):
-    """Save a matplotlib figure atomically as PNG and close it. Returns the path."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
 
 
 def plot_class_counts(data):

@@ -180,8 +180,12 @@ def plot_history(history, *, title=None):
 
 
 def save(fig, path):
-    """Write a figure to ``path`` (format from the suffix), atomically. Returns the `Path`."""
+    """Write a figure to ``path`` (format from the suffix), atomically, and close it. Returns the `Path`."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     with matplotlib.rc_context(STYLE), atomic_path(path) as tmp:
         fig.savefig(tmp)
+    # A pyplot figure stays in pyplot's registry (and memory) until closed; other figures are unaffected.
+    plt.close(fig)
     return path

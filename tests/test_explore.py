@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from streetlib import explore
+from streetlib import explore, figures
 from streetlib.classes import SYNTH10
 from streetlib.data import StreetData
 from streetlib.splits import make_split
@@ -50,7 +50,7 @@ def test_duplicate_table(data, tmp_path):
 def test_figures_name_the_dataset(data, tmp_path):
     fig = explore.plot_samples(data, per_class=2, show_masks=True)
     assert "toy (synthetic demo data)" in fig._suptitle.get_text()
-    path = explore.save_figure(fig, tmp_path / "a" / "samples.png")
+    path = figures.save(fig, tmp_path / "a" / "samples.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["samples.png"]  # no temporary file left behind
     counts = explore.plot_class_counts(data)
