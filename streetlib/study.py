@@ -160,3 +160,79 @@ def plot_learning_curves(history, *, output, data_label):
                                weights_label="all runs (weights in the run names)"))
     fig.tight_layout()
     return fig
+
+
+# -- all results side by side (notebook 06) -------------------------------------------------------------------------
+
+# The original study's test accuracies on Street10 (its own splits; region, city), for reference lines only.
+ORIGINAL_RESULTS = pd.DataFrame(
+    [
+        ("fine-tuned Places365, block5", 0.8290, 0.6010),
+        ("fine-tuned ImageNet, block5", 0.8242, 0.5748),
+        ("transfer Places365, avg", 0.8195, 0.5582),
+        ("random init, from scratch", 0.7340, 0.3729),
+        ("SVM on pooled Places365 features", 0.8118, 0.5288),
+    ],
+    columns=["run", "region", "city"],
+)
+
+
+def cnn_scores(experiments, *, checkpoint="best", subset="test", hists_dir=None):
+    """Per-seed test accuracy of every CNN run of the given experiments, tidy: family, config, seed, output, value."""
+    frames = []
+    for experiment in experiments:
+        evals = evaluate.read_evals(experiment, hists_dir=hists_dir)
+        for output in OUTPUTS:
+            scores = evaluate.seed_scores(evals, output=output, checkpoint=checkpoint, subset=subset)
+            frames.append(scores.assign(family=f"CNN ({experiment})", output=output))
+    return pd.concat(frames, ignore_index=True)[["family", "config", "seed", "output", "value"]]
+
+
+def baseline_scores(path, *, classifier="svm-rbf"):
+    """Per-seed test accuracy of the baselines in ``path`` (notebook 02's CSV), same columns as `cnn_scores`."""
+    table = pd.read_csv(path)
+    table = table[table["classifier"] == classifier]
+    if table.empty:
+        raise ValueError(f"No {classifier!r} rows in {path}.")
+    config = table["weights"].astype(str) + " " + table["pooling"].astype(str) + " features, " + classifier
+    return pd.DataFrame({"family": "baseline (02-baselines)", "config": config, "seed": table["seed"],
+                         "output": table["output"], "value": table["test_acc"]})
+
+
+def side_by_side(scores):
+    """Mean, std and number of seeds per family, config and output, one column pair per output."""
+    stats = scores.groupby(["family", "config", "output"], sort=False)["value"].agg(["mean", "std", "count"])
+    wide = stats.unstack("output")
+    wide.columns = [f"{output} {stat}" for stat, output in wide.columns]
+    ordered = [f"{o} {s}" for o in OUTPUTS for s in ("mean", "std")] + [f"{OUTPUTS[-1]} count"]
+    return wide[ordered].rename(columns={f"{OUTPUTS[-1]} count": "seeds"})
+
+
+def plot_side_by_side(scores, *, data_label, reference=None):
+    """Test accuracy per configuration (mean and seed spread, seeds as dots), one panel per output, with the
+    original study's numbers as reference lines when ``reference`` is given. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    configs = scores[["family", "config"]].drop_duplicates().reset_index(drop=True)
+    labels = [f"{f}: {c}" for f, c in configs.itertuples(index=False)]
+    fig, axes = plt.subplots(1, len(OUTPUTS), figsize=(13, 0.4 * len(labels) + 2), sharey=True)
+    for ax, output in zip(axes, OUTPUTS):
+        for i, (family, config) in enumerate(configs.itertuples(index=False)):
+            values = scores.loc[(scores["family"] == family) & (scores["config"] == config)
+                                & (scores["output"] == output), "value"].to_numpy()
+            ax.barh(i, values.mean(), xerr=values.std(ddof=1) if len(values) > 1 else 0, alpha=0.6, capsize=2,
+                    color="#4c72b0" if family.startswith("CNN") else "#dd8452")
+            ax.plot(values, [i] * len(values), "k.", markersize=3)
+        if reference is not None:
+            for _, row in reference.iterrows():
+                ax.axvline(row[output], linestyle=":", linewidth=0.8, color="gray")
+                ax.text(row[output], -0.6, row["run"], rotation=90, fontsize=5, va="top", color="gray")
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"test {output} accuracy (mean ± std over split seeds; dots: seeds)")
+    fig.suptitle(figures.title("all results side by side", data_label=data_label,
+                               weights_label="per configuration (in the labels)")
+                 + ("\ndotted: the original study on Street10 (its own splits)" if reference is not None else ""))
+    fig.tight_layout()
+    return fig
