@@ -191,7 +191,8 @@ def cnn_scores(experiments, *, checkpoint="best", subset="test", hists_dir=None)
 def baseline_scores(path, *, classifier="svm-rbf"):
     """Per-seed test accuracy of the baselines in ``path`` (notebook 02's CSV), same columns as `cnn_scores`."""
     table = pd.read_csv(path)
-    table = table[table["classifier"] == classifier]
+    # The plain configuration of each weight source and pooling: no augmented copies, no search.
+    table = table[(table["classifier"] == classifier) & (table["augment_copies"] == 0) & ~table["search"].astype(bool)]
     if table.empty:
         raise ValueError(f"No {classifier!r} rows in {path}.")
     config = table["weights"].astype(str) + " " + table["pooling"].astype(str) + " features, " + classifier

@@ -37,3 +37,71 @@ def test_01_writes_its_figures(smoke):
     names = sorted(p.name for p in (root / "figs" / "01-data").iterdir())
     assert names == ["synth-smoke-class-counts.png", "synth-smoke-colour-stats.png",
                      "synth-smoke-samples-cue-masks.png", "synth-smoke-samples.png"]
+
+
+def _eval_rows(root, experiment, run):
+    import pandas as pd
+
+    return pd.read_csv(root / "hists" / experiment / f"{run}.eval.csv")
+
+
+def test_03_and_04_train_evaluate_and_record(smoke):
+    import pandas as pd
+
+    root, results = smoke
+    for experiment, runs in (("03-pretrained", ["hed-bsds500-transfer-seed42", "random-transfer-seed42"]),
+                             ("04-finetune", ["hed-bsds500-finetune-block4-seed42", "random-finetune-block4-seed42"])):
+        for run in runs:
+            history = pd.read_csv(root / "hists" / experiment / f"{run}.csv")
+            assert history["epoch"].tolist() == [0]
+            assert {"val_region_accuracy", "val_city_accuracy", "val_city_top3"} <= set(history.columns)
+            manifest = json.loads((root / "hists" / experiment / f"{run}.json").read_text())
+            assert manifest["status"] == "complete" and manifest["dataset"]["synthetic"] is True
+            rows = _eval_rows(root, experiment, run)
+            overall = rows[(rows["metric"] == "accuracy") & rows["class"].isna()]
+            assert set(overall["checkpoint"]) == {"best", "final"} and set(overall["output"]) == {"region", "city"}
+            assert (root / "models" / experiment / f"{run}.best.keras").is_file()
+            assert (root / "figs" / experiment / f"{run}.best.test.confusion-city.png").is_file()
+    executed = (root / "executed" / "03_pretrained_comparison.ipynb").read_text()
+    assert "Unavailable: imagenet" in executed and "Unavailable: places365" in executed  # offline, said so
+
+
+def test_05_scores_the_maps(smoke):
+    import pandas as pd
+
+    root, _ = smoke
+    localization = pd.read_csv(root / "hists" / "05-attribution" / "localization.csv")
+    assert localization["method"].tolist() == ["grad_cam", "guided_backprop", "guided_grad_cam", "random"]
+    assert localization["pointing_game"].between(0, 1).all()
+    perturbation = pd.read_csv(root / "hists" / "05-attribution" / "perturbation.csv")
+    assert set(perturbation["method"]) == {"grad_cam", "guided_backprop", "guided_grad_cam", "random"}
+    randomization = pd.read_csv(root / "hists" / "05-attribution" / "randomization.csv")
+    assert randomization["layer"].iloc[0] == "city_logits" and "block1_conv1" in set(randomization["layer"])
+    figs = {p.name for p in (root / "figs" / "05-attribution").iterdir()}
+    assert {"deletion-insertion.png", "randomization.png", "mean-cams.png", "patch-gallery.png", "quadrants.png",
+            "grid-synth-west.png", "grid-synth-east.png", "photo-tokyo.png"} <= figs
+
+
+def test_06_puts_results_side_by_side_and_indexes_them(smoke):
+    import pandas as pd
+
+    root, _ = smoke
+    table = pd.read_csv(root / "hists" / "06-results" / "side-by-side.csv")
+    assert {"hed-bsds500-transfer", "random-finetune-block4"} <= set(table["config"])
+    assert table["family"].str.startswith("baseline").any()
+    assert {"learning-curves-region.png", "side-by-side.png"} <= {p.name for p in (root / "figs" / "06-results").iterdir()}
+    hists_readme = (root / "hists" / "README.md").read_text()
+    assert "hed-bsds500-finetune-block4-seed42" in hists_readme
+    assert "](05-attribution/quadrants.png)" in (root / "figs" / "README.md").read_text()
+
+
+def test_02_writes_the_baselines(smoke):
+    import pandas as pd
+
+    root, _ = smoke
+    table = pd.read_csv(root / "hists" / "02-baselines" / "synth-smoke.csv")
+    assert set(table["weights"]) == {"hed-bsds500", "random"} and set(table["output"]) == {"region", "city"}
+    assert set(table["seed"]) == {42, 43}
+    assert table[["train_acc", "val_acc", "test_acc"]].stack().between(0, 1).all()
+    assert (root / "figs" / "02-baselines" / "synth-smoke-summary.png").is_file()
+    assert any((root / "data" / "features" / "synth-smoke").glob("*.npy"))

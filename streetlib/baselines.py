@@ -1,0 +1,461 @@
+"""Cheap baselines on backbone features, on exactly the CNNs' splits: scikit-learn classifiers, records, figures.
+
+Each classifier is a pipeline ``StandardScaler -> classifier`` fitted on the training split only; an optional
+hyper-parameter search fits one pipeline per candidate on the training split and keeps the best on the validation
+split. The test split is only ever predicted.
+
+`run_grid` writes:
+
+- ``hists/<experiment>/<dataset>.csv``: one tidy row per backbone x weights x layer x pooling x augmented copies x
+  classifier x seed x output (`COLUMNS`), with train, validation and test accuracy and, for the city output, test
+  top-3 accuracy. Rerunning a configuration replaces its rows.
+- ``figs/<experiment>/<dataset>-<run>.test.confusion-<output>.png``: normalised test confusion matrices, drawn by
+  `streetlib.figures.plot_confusion` as the CNNs' are.
+"""
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import ParameterGrid
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from threadpoolctl import threadpool_limits
+
+from streetlib import figures, paths
+from streetlib import weights as weights_lib
+from streetlib.evaluate import confusion, top_k_accuracy
+from streetlib.features import FeatureExtractor, check_poolings
+
+CLASSIFIERS = ("svm-rbf", "linear-svm", "logreg")
+OUTPUTS = ("region", "city")
+# Candidates for the optional search on the validation split; C=1 (the original's SVM) is in every grid.
+SEARCH_GRIDS = {
+    "svm-rbf": {"C": [0.1, 1.0, 10.0]},
+    "linear-svm": {"C": [0.001, 0.01, 0.1, 1.0]},
+    "logreg": {"C": [0.01, 0.1, 1.0, 10.0]},
+}
+CONFIG = ["data", "backbone", "weights", "layer", "pooling", "image_size", "normalization", "augment_copies",
+          "classifier", "search"]
+COLUMNS = [*CONFIG, "params", "seed", "output", "dim", "train_acc", "val_acc", "test_acc", "test_top3", "n_train",
+           "n_val", "n_test", "seconds"]
+
+
+def _check_classifier(name):
+    if name not in CLASSIFIERS:
+        raise ValueError(f"Invalid `classifier`. Expected one of {CLASSIFIERS}. Received: classifier={name!r}")
+    return name
+
+
+def make_classifier(name, *, seed=0, **params):
+    """A scikit-learn pipeline ``StandardScaler -> classifier`` (steps named ``scaler`` and ``clf``).
+
+    Args:
+        name: 'svm-rbf' (SVC, RBF kernel, C=1, as the original's SVM), 'linear-svm' (LinearSVC, one-vs-rest) or
+            'logreg' (multinomial LogisticRegression).
+        seed: int, the classifier's random_state. Default 0.
+        **params: overrides of the classifier's parameters, e.g. ``C=10.0``.
+
+    Returns:
+        an unfitted `sklearn.pipeline.Pipeline`.
+    """
+    if name == "svm-rbf":
+        clf = SVC(kernel="rbf", C=1.0, gamma="scale", random_state=seed)
+    elif name == "linear-svm":
+        # The dual solver: several times faster than the primal one that dual='auto' picks when n > d.
+        clf = LinearSVC(C=1.0, dual=True, max_iter=20000, random_state=seed)
+    elif name == "logreg":
+        clf = LogisticRegression(C=1.0, max_iter=5000)
+    else:
+        raise ValueError(f"Invalid `classifier`. Expected one of {CLASSIFIERS}. Received: classifier={name!r}")
+    clf.set_params(**params)
+    return Pipeline([("scaler", StandardScaler()), ("clf", clf)])
+
+
+def class_scores(model, x, num_classes):
+    """Per-class scores of a fitted pipeline: probabilities when it has them, else decision values.
+
+    Top-k accuracy only needs the order of the scores, so SVMs' decision values rank as well as probabilities (and
+    spare SVC's five-fold Platt scaling). Classes absent from training get -inf.
+
+    Returns:
+        float64 `(len(x), num_classes)`.
+    """
+    raw = model.predict_proba(x) if hasattr(model, "predict_proba") else model.decision_function(x)
+    if raw.ndim == 1:  # a binary decision function: the score of classes_[1]
+        raw = np.stack([-raw, raw], axis=1)
+    scores = np.full((len(x), num_classes), -np.inf)
+    scores[:, model.classes_] = raw
+    return scores
+
+
+def _check_search(search, classifier):
+    """The candidate grid for ``classifier``: None without search."""
+    if search is False:
+        return None
+    if search is True:
+        return SEARCH_GRIDS[classifier]
+    if isinstance(search, dict) and classifier in search:
+        return search[classifier]
+    raise ValueError(
+        f"Invalid `search`. Expected False, True or a dict classifier -> {{param: [values]}} with an entry for "
+        f"{classifier!r}. Received: search={search!r}"
+    )
+
+
+@dataclass
+class Fit:
+    """One fitted baseline and its scores.
+
+    Attributes:
+        model: the fitted `Pipeline` (the search's best when searching).
+        params: dict, the classifier parameters chosen by the search (empty without search).
+        train_acc, val_acc, test_acc: float in [0, 1], on the non-augmented images of each split.
+        test_top3: float in [0, 1], top-3 accuracy from `class_scores`; NaN with 3 classes or fewer.
+        test_pred: int64 `(n_test,)`, the test predictions.
+        seconds: float, the wall time of fitting (all search candidates included).
+    """
+
+    model: Pipeline
+    params: dict
+    train_acc: float
+    val_acc: float
+    test_acc: float
+    test_top3: float
+    test_pred: np.ndarray = field(repr=False)
+    seconds: float
+
+
+def fit_baseline(features, labels, split, *, classifier="svm-rbf", search=False, augmented=None, seed=0,
+                 threads=1):
+    """Fit one classifier on a split's training features and score it on every split.
+
+    Args:
+        features: float `(n, d)`, one vector per image of the dataset (indexed by the split).
+        labels: int `(n,)`, the class of each image.
+        split: `streetlib.splits.Split` (or any object with int ``train``, ``val``, ``test`` index arrays).
+        classifier: str, one of `CLASSIFIERS`. Default 'svm-rbf'.
+        search: False (default: the classifier's defaults), True (`SEARCH_GRIDS`) or a dict classifier ->
+            ``{param: [values]}``. Each candidate is fitted on the training split and the best validation accuracy
+            wins (the first on ties); validation and test data are never fitted on.
+        augmented: None or float `(copies, len(split.train), d)`: augmented training features, fitted on together
+            with the plain ones (and their labels repeated).
+        seed: int, the classifier's random_state. Default 0.
+        threads: int or None, BLAS threads while fitting. Default 1: these problems are small, and on a busy CPU
+            competing BLAS threads made logistic regression tens of times slower. None leaves the library default.
+
+    Returns:
+        `Fit`.
+    """
+    grid = _check_search(search, _check_classifier(classifier))
+    features = np.asarray(features)
+    labels = np.asarray(labels)
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError(f"`features` must be (n, d) with one row per label ({len(labels)}). Received shape "
+                         f"{features.shape}.")
+    x_train, y_train = features[split.train], labels[split.train]
+    if augmented is not None:
+        augmented = np.asarray(augmented)
+        if augmented.shape[1:] != x_train.shape:
+            raise ValueError(f"`augmented` must have shape (copies, {len(split.train)}, {features.shape[1]}). "
+                             f"Received {augmented.shape}.")
+        x_fit = np.concatenate([x_train, augmented.reshape(-1, features.shape[1])])
+        y_fit = np.concatenate([y_train, np.tile(y_train, len(augmented))])
+    else:
+        x_fit, y_fit = x_train, y_train
+    x_val, y_val = features[split.val], labels[split.val]
+    start = time.perf_counter()
+    best, best_params, best_val = None, {}, -1.0
+    with threadpool_limits(limits=threads):
+        for params in ParameterGrid(grid) if grid else [{}]:
+            model = make_classifier(classifier, seed=seed, **params).fit(x_fit, y_fit)
+            val_acc = float(np.mean(model.predict(x_val) == y_val))
+            if val_acc > best_val:
+                best, best_params, best_val = model, params, val_acc
+    seconds = time.perf_counter() - start
+    x_test, y_test = features[split.test], labels[split.test]
+    test_pred = best.predict(x_test)
+    num_classes = int(labels.max()) + 1
+    top3 = top_k_accuracy(y_test, class_scores(best, x_test, num_classes), 3) if num_classes > 3 else np.nan
+    return Fit(
+        model=best,
+        params=best_params,
+        train_acc=float(np.mean(best.predict(x_train) == y_train)),
+        val_acc=best_val,
+        test_acc=float(np.mean(test_pred == y_test)),
+        test_top3=top3,
+        test_pred=np.asarray(test_pred, dtype=np.int64),
+        seconds=seconds,
+    )
+
+
+def run_name(*, backbone, weights, layer, pooling, classifier, augment_copies=0, search=False, seed):
+    """The name of one baseline run, for figure files: ``<backbone>-<weights>-<layer>-<pooling>[-aug<K>]
+    [-search]-<classifier>-seed<N>``."""
+    weights = Path(weights).stem if isinstance(weights, Path) else weights
+    aug = f"-aug{augment_copies}" if augment_copies else ""
+    tuned = "-search" if search else ""
+    return f"{backbone}-{weights}-{layer}-{pooling}{aug}{tuned}-{classifier}-seed{seed}"
+
+
+@dataclass
+class GridResult:
+    """What `run_grid` produced.
+
+    Attributes:
+        table: pandas DataFrame with `COLUMNS`, the rows of this call.
+        unavailable: dict weight source -> why it could not be used (its download error).
+        path: `Path` of the results CSV (it also keeps rows of earlier calls with other configurations).
+        figures: list of `Path`, the confusion figures written.
+    """
+
+    table: pd.DataFrame
+    unavailable: dict
+    path: Path
+    figures: list
+
+
+def run_grid(data, splits, *, weights=("hed-bsds500", "random"), poolings=("avg", "flatten"),
+             classifiers=CLASSIFIERS, outputs=OUTPUTS, search=False, augment_copies=(0,), extractor=None,
+             figure_seeds=None, experiment="02-baselines", cache_dir=None, hists_dir=None, figs_dir=None,
+             progress=True):
+    """Baselines for every weight source x pooling x augmented copies x classifier x split x output.
+
+    Features are extracted once per weight source for all images (cached, see `streetlib.features`), then indexed
+    by each split; augmented training copies are extracted per split.
+
+    Args:
+        data: `StreetData`.
+        splits: list of `streetlib.splits.Split` (those of the CNNs: `streetlib.splits.make_splits`).
+        weights: list of weight sources (names or file paths). A source that cannot be downloaded is skipped and
+            reported in ``unavailable``. Default ('hed-bsds500', 'random').
+        poolings: list of `streetlib.features.POOLINGS`. Default ('avg', 'flatten').
+        classifiers: list of `CLASSIFIERS`. Default all.
+        outputs: list of 'region' and 'city'. Default both.
+        search: the validation-split search, see `fit_baseline`. Default False.
+        augment_copies: list of int >= 0: 0 fits on the plain training images, K > 0 adds K augmented copies.
+            Default (0,).
+        extractor: dict of `FeatureExtractor` arguments other than ``weights`` (backbone, layer, image_size,
+            normalization, init_seed, batch_size). Default: VGG16's output at the data's size.
+        figure_seeds: None (confusion figures for every split) or a list of split seeds to draw.
+        experiment: str, the folder under ``hists/`` and ``figs/``. Default '02-baselines'.
+        cache_dir, hists_dir, figs_dir: output roots. Default `streetlib.paths`'s.
+        progress: bool, progress bars while extracting. Default True.
+
+    Returns:
+        `GridResult`.
+    """
+    poolings = check_poolings(poolings)
+    for name in classifiers:
+        _check_classifier(name)
+    bad = [o for o in outputs if o not in OUTPUTS]
+    if bad or not outputs:
+        raise ValueError(f"Invalid `outputs`. Expected a non-empty list of {OUTPUTS}. Received: outputs={outputs!r}")
+    bad = [k for k in augment_copies if not isinstance(k, int) or isinstance(k, bool) or k < 0]
+    if bad or not augment_copies:
+        raise ValueError(f"Invalid `augment_copies`. Expected a non-empty list of ints >= 0. Received: "
+                         f"augment_copies={augment_copies!r}")
+    for classifier in classifiers:
+        _check_search(search, classifier)
+    figs = Path(figs_dir or paths.figs_dir()) / experiment
+    rows, unavailable, written = [], {}, []
+    for source in weights:
+        try:
+            fx = FeatureExtractor(weights=source, **(extractor or {}))
+        except weights_lib.WeightsDownloadError as err:
+            unavailable[str(source)] = str(err)
+            continue
+        plain = fx.features(data, poolings=poolings, cache_dir=cache_dir, progress=progress)
+        for copies in augment_copies:
+            for split in splits:
+                augmented = (fx.augmented(data, split, copies=copies, seed=split.seed, poolings=poolings,
+                                          cache_dir=cache_dir, progress=progress) if copies else {})
+                draw = figs if figure_seeds is None or split.seed in figure_seeds else None
+                for pooling, classifier, output in itertools.product(poolings, classifiers, outputs):
+                    row, figure = _run_one(data, split, plain[pooling], augmented.get(pooling), fx, pooling=pooling,
+                                           classifier=classifier, augment_copies=copies, search=search,
+                                           output=output, figs=draw)
+                    rows.append(row)
+                    written += [figure] if figure else []
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    path = results_path(data, experiment=experiment, hists_dir=hists_dir)
+    save_results(table, path)
+    return GridResult(table=table, unavailable=unavailable, path=path, figures=written)
+
+
+def _run_one(data, split, features, augmented, fx, *, pooling, classifier, augment_copies, search, output, figs):
+    """Fit and score one baseline; draw its test confusion into ``figs`` unless None. Returns (row, figure path)."""
+    labels = {"region": data.region, "city": data.city}[output]
+    names = {"region": list(data.spec.region_names), "city": list(data.spec.classes)}[output]
+    fit = fit_baseline(features, labels, split, classifier=classifier, search=search, augmented=augmented,
+                       seed=split.seed)
+    layer, size = fx.layer_name(data), fx.size_for(data)
+    row = {
+        "data": data.label, "backbone": fx.backbone, "weights": fx.weights_name, "layer": layer, "pooling": pooling,
+        "image_size": f"{size[0]}x{size[1]}", "normalization": fx.normalization, "augment_copies": augment_copies,
+        "classifier": classifier, "search": bool(search), "params": json.dumps(fit.params, sort_keys=True),
+        "seed": split.seed, "output": output, "dim": features.shape[1], "train_acc": fit.train_acc,
+        "val_acc": fit.val_acc, "test_acc": fit.test_acc, "test_top3": fit.test_top3, "n_train": len(split.train),
+        "n_val": len(split.val), "n_test": len(split.test), "seconds": fit.seconds,
+    }
+    if figs is None:
+        return row, None
+    run = run_name(backbone=fx.backbone, weights=fx.weights, layer=layer, pooling=pooling, classifier=classifier,
+                   augment_copies=augment_copies, search=bool(search), seed=split.seed)
+    cm = confusion(labels[split.test], fit.test_pred, len(names))
+    heading = figures.title(f"{output} confusion: {run} (test set, n={len(split.test)})", data_label=data.label,
+                            weights_label=weights_lib.describe(fx.weights))
+    fig = figures.plot_confusion(cm, class_names=names, title=heading)
+    return row, figures.save(fig, figs / f"{data.name}-{run}.test.confusion-{output}.png")
+
+
+def results_path(data, *, experiment="02-baselines", hists_dir=None):
+    """Where a dataset's baseline results go: ``hists/<experiment>/<dataset>.csv``. Returns a `Path`."""
+    return Path(hists_dir or paths.hists_dir()) / experiment / f"{data.name}.csv"
+
+
+def save_results(table, path):
+    """Write baseline rows to a CSV, replacing earlier rows of the same configuration, seed and output, and keeping
+    the others. Written atomically. Returns the `Path`."""
+    path = Path(path)
+    if path.is_file():
+        old = pd.read_csv(path)
+        keys = [*CONFIG, "seed", "output"]
+        # Compare as text: the CSV round trip turns bools and ints into their own types, the new rows are Python's.
+        new_keys = set(map(tuple, table[keys].astype(str).to_numpy()))
+        kept = old[[tuple(k) not in new_keys for k in old[keys].astype(str).to_numpy()]]
+        table = pd.concat([kept, table], ignore_index=True) if len(kept) else table
+    with paths.atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path
+
+
+def summarize(table, *, metric="test_acc"):
+    """Mean and spread of a metric over split seeds, per configuration and output.
+
+    Returns:
+        pandas DataFrame indexed by the configuration columns that vary plus ``output``, with ``n`` (seeds),
+        ``mean``, ``std`` (sample, ddof=1; NaN for one seed), ``min`` and ``max``.
+    """
+    keys = [c for c in CONFIG if table[c].nunique() > 1] + ["output"]
+    return table.groupby(keys)[metric].agg(n="count", mean="mean", std="std", min="min", max="max")
+
+
+def compare(table, *, column, a, b, metric="test_acc"):
+    """Paired comparison of two values of one configuration column, on the split seeds both have.
+
+    For every configuration that differs only in ``column`` (e.g. ``column="weights"``, ``a="random"``,
+    ``b="hed-bsds500"``), the same seeds mean the same splits, so the per-seed differences ``b - a`` are paired.
+    Columns that follow from ``column`` (the normalisation of each weight source) are not matched on.
+
+    Returns:
+        pandas DataFrame, one row per configuration and output: the other varying configuration columns,
+        ``output``, ``n`` (shared seeds), ``mean_a``, ``std_a``, ``mean_b``, ``std_b``, ``mean_diff``, ``std_diff``
+        (ddof=1), ``b_wins`` and ``a_wins`` (seeds where b, or a, scores strictly higher).
+    """
+    if column not in CONFIG:
+        raise ValueError(f"Invalid `column`. Expected one of {CONFIG}. Received: column={column!r}")
+    values = set(table[column].astype(str))
+    missing = [v for v in (a, b) if str(v) not in values]
+    if missing:
+        raise ValueError(f"No rows with {column}={missing[0]!r}. Found: {sorted(values)}.")
+    # Columns that follow from the compared one (the normalisation of a weight source) are not part of the pairing.
+    within = table.groupby(column)
+    keys = [c for c in CONFIG if c != column and table[c].nunique() > 1 and within[c].nunique().max() > 1]
+    keys.append("output")
+    wide = (table.assign(_side=table[column].astype(str))
+            .pivot_table(index=[*keys, "seed"], columns="_side", values=metric)[[str(a), str(b)]].dropna())
+    if wide.empty:
+        raise ValueError(f"{column}={a!r} and {column}={b!r} share no configuration and seed: nothing to pair.")
+    wide["diff"] = wide[str(b)] - wide[str(a)]
+    grouped = wide.groupby(level=keys)
+    out = pd.DataFrame({
+        "n": grouped["diff"].count(),
+        "mean_a": grouped[str(a)].mean(), "std_a": grouped[str(a)].std(),
+        "mean_b": grouped[str(b)].mean(), "std_b": grouped[str(b)].std(),
+        "mean_diff": grouped["diff"].mean(), "std_diff": grouped["diff"].std(),
+        "b_wins": grouped["diff"].apply(lambda d: int((d > 0).sum())),
+        "a_wins": grouped["diff"].apply(lambda d: int((d < 0).sum())),
+    })
+    return out.reset_index()
+
+
+def verdicts(comparison, *, a, b):
+    """One sentence per row of a `compare` table: both scores with their seed spread, the paired difference, and
+    whether every seed agrees.
+
+    Returns:
+        list of str.
+    """
+    keys = list(comparison.columns[: list(comparison.columns).index("n")])
+    lines = []
+    for row in comparison.to_dict("records"):
+        n = row["n"]
+        if row["b_wins"] == n:
+            verdict = f"{b} higher on all {n} seeds"
+        elif row["a_wins"] == n:
+            verdict = f"{a} higher on all {n} seeds"
+        else:
+            verdict = f"{b} higher on {row['b_wins']}, {a} on {row['a_wins']} of {n} seeds: within the seed spread"
+        lines.append(
+            f"{', '.join(str(row[k]) for k in keys)}: {b} {row['mean_b']:.3f} ± {row['std_b']:.3f} vs {a} "
+            f"{row['mean_a']:.3f} ± {row['std_a']:.3f}, difference {row['mean_diff']:+.3f} ± {row['std_diff']:.3f} "
+            f"({verdict})"
+        )
+    return lines
+
+
+def seed_table(table, *, metric="test_acc"):
+    """`summarize` as text for reading: ``"mean ± std"`` per configuration, one column per output.
+
+    Returns:
+        pandas DataFrame of str, indexed by the configuration columns that vary.
+    """
+    summary = summarize(table, metric=metric)
+    text = summary["mean"].map("{:.3f}".format) + " ± " + summary["std"].map("{:.3f}".format)
+    text = text.rename(metric)
+    return text.unstack("output") if summary.index.nlevels > 1 else text.to_frame().T
+
+
+def plot_summary(table, *, metric="test_acc", title=None):
+    """Mean and seed spread of a metric per configuration, one panel per output; each seed is a dot.
+
+    Args:
+        table: baseline rows (`COLUMNS`).
+        metric: str, a score column. Default 'test_acc'.
+        title: str or None, the figure title (see `streetlib.figures.title`).
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    keys = [c for c in CONFIG if table[c].nunique() > 1]
+    outputs = [o for o in OUTPUTS if o in set(table["output"])]
+    configs = table[keys].drop_duplicates().reset_index(drop=True) if keys else pd.DataFrame(index=[0])
+    labels = [" / ".join(str(v) for v in row) for row in configs.itertuples(index=False)] if keys else ["all"]
+    with matplotlib.rc_context(figures.STYLE):
+        fig = Figure(figsize=(4.5 * len(outputs) + 2, 0.35 * len(labels) + 1.5))
+        axes = fig.subplots(1, len(outputs), sharey=True, squeeze=False)[0]
+        for ax, output in zip(axes, outputs):
+            rows = table[table["output"] == output]
+            for i, config in enumerate(configs.to_dict("records")):
+                scores = rows.loc[(rows[list(config)] == pd.Series(config)).all(axis=1), metric].to_numpy()
+                ax.barh(i, scores.mean(), xerr=scores.std(ddof=1) if len(scores) > 1 else 0, color="#4c72b0",
+                        alpha=0.6, capsize=2)
+                ax.plot(scores, np.full(len(scores), i), "k.", markersize=3)
+            ax.set_yticks(range(len(labels)), labels)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel(f"{output} {metric} (mean ± std over seeds; dots: seeds)")
+            ax.invert_yaxis()
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+    return fig

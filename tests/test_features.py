@@ -1,0 +1,242 @@
+import json
+
+import numpy as np
+import pytest
+
+from streetlib import features, weights
+from streetlib.data import StreetData
+from streetlib.features import FeatureExtractor
+
+from conftest import make_toy_data, toy_split
+
+
+@pytest.fixture(scope="module")
+def data():
+    """20 toy images of 32 px (2 per city): enough for a split, cheap for VGG16."""
+    return make_toy_data(per_class=2, size=32, seed=3)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return FeatureExtractor(weights="random")
+
+
+class CountingExtractor(FeatureExtractor):
+    """Counts the forward passes, so a test can tell a cache hit from a recompute."""
+
+    calls = 0
+
+    def extract(self, *args, **kwargs):
+        CountingExtractor.calls += 1
+        return super().extract(*args, **kwargs)
+
+
+def _changed(data):
+    """The same images with one pixel changed."""
+    images = data.images.copy()
+    images[0, 0, 0, 0] ^= 1
+    return StreetData(images=images, city=data.city, spec=data.spec, name=data.name, synthetic=True)
+
+
+def test_features_shapes_and_poolings(data, extractor):
+    out = extractor.extract(data, poolings=["avg", "max", "flatten"], progress=False)
+    assert {p: a.shape for p, a in out.items()} == {"avg": (20, 512), "max": (20, 512), "flatten": (20, 512)}
+    assert all(a.dtype == np.float32 for a in out.values())
+    # At 32 px block5_pool is 1x1: every pooling of a 1x1 map is the map itself.
+    np.testing.assert_array_equal(out["avg"], out["flatten"])
+
+
+def test_intermediate_layer_flattens_the_whole_map(data, extractor):
+    fx = FeatureExtractor(weights="random", layer="block4_pool")
+    out = fx.extract(data, [0, 1], poolings=["avg", "flatten"], progress=False)
+    assert fx.layer_name(data) == "block4_pool"
+    assert out["flatten"].shape == (2, 2 * 2 * 512)
+    np.testing.assert_allclose(out["avg"], out["flatten"].reshape(2, 4, 512).mean(axis=1), rtol=1e-5)
+
+
+def test_one_image_is_identical_through_the_cache_and_without(tmp_path, data):
+    first = CountingExtractor(weights="random").features(data, poolings=["avg"], cache_dir=tmp_path, progress=False)
+    again = FeatureExtractor(weights="random").features(data, poolings=["avg"], cache_dir=tmp_path, progress=False)
+    alone = FeatureExtractor(weights="random").extract(data, [7], poolings=["avg"], progress=False)
+
+    np.testing.assert_array_equal(again["avg"], first["avg"])
+    np.testing.assert_array_equal(again["avg"][7], alone["avg"][0])
+
+
+def test_second_run_reads_the_cache(tmp_path, data):
+    CountingExtractor.calls = 0
+    CountingExtractor(weights="random").features(data, poolings=["avg", "flatten"], cache_dir=tmp_path,
+                                                 progress=False)
+    CountingExtractor(weights="random").features(data, poolings=["flatten", "avg"], cache_dir=tmp_path,
+                                                 progress=False)
+    assert CountingExtractor.calls == 1
+    assert len(list((tmp_path / data.name).glob("*.npy"))) == 2
+
+
+@pytest.mark.parametrize("change", [
+    {"weights": "hed-bsds500"},
+    {"layer": "block4_pool"},
+    {"image_size": 48},
+    {"normalization": "unit"},
+    {"init_seed": 1},
+])
+def test_a_changed_parameter_means_a_recompute(tmp_path, data, change):
+    base = {"weights": "random"}
+    CountingExtractor.calls = 0
+    CountingExtractor(**base).features(data, cache_dir=tmp_path, progress=False)
+    out = CountingExtractor(**{**base, **change}).features(data, cache_dir=tmp_path, progress=False)
+    assert CountingExtractor.calls == 2
+    assert len(list((tmp_path / data.name).glob("*.npy"))) == 2
+    assert out["avg"].shape[0] == len(data)
+
+
+def test_changed_pooling_or_data_means_a_recompute(tmp_path, data):
+    CountingExtractor.calls = 0
+    fx = CountingExtractor(weights="random")
+    fx.features(data, poolings=["avg"], cache_dir=tmp_path, progress=False)
+    fx.features(data, poolings=["max"], cache_dir=tmp_path, progress=False)
+    fx.features(_changed(data), poolings=["avg"], cache_dir=tmp_path, progress=False)
+    assert CountingExtractor.calls == 3
+
+
+def test_key_covers_every_parameter(data, extractor):
+    split = toy_split(make_toy_data(per_class=6, size=32))
+    base = extractor.key(data, pooling="avg")
+    variants = [
+        extractor.key(data, pooling="max"),
+        extractor.key(_changed(data), pooling="avg"),
+        FeatureExtractor(weights="random", init_seed=5).key(data, pooling="avg"),
+        FeatureExtractor(weights="random", normalization="caffe").key(data, pooling="avg"),
+        FeatureExtractor(weights="random", image_size=40).key(data, pooling="avg"),
+        FeatureExtractor(weights="hed-bsds500").key(data, pooling="avg"),
+        FeatureExtractor(weights="random", layer="block5_conv3").key(data, pooling="avg"),
+    ]
+    toy = make_toy_data(per_class=6, size=32)
+    aug = extractor.key(toy, pooling="avg", split=split, copies=2, seed=0)
+    aug_variants = [
+        extractor.key(toy, pooling="avg", split=split, copies=3, seed=0),
+        extractor.key(toy, pooling="avg", split=split, copies=2, seed=1),
+        extractor.key(toy, pooling="avg", split=split, copies=2, seed=0, augment={"rotation": 5.0}),
+        extractor.key(toy, pooling="avg", split=toy_split(toy, seed=1), copies=2, seed=0),
+    ]
+    hashes = [k["hash"] for k in (base, *variants, aug, *aug_variants)]
+    assert len(set(hashes)) == len(hashes)
+    assert extractor.key(data, pooling="avg") == base
+    # A pretrained source is keyed by its file's content, not only its name.
+    assert FeatureExtractor(weights="hed-bsds500").fingerprint.startswith("hed-bsds500 sha1:")
+
+
+def test_weights_file_keyed_by_content(tmp_path):
+    path = tmp_path / "mine.weights.h5"
+    path.write_bytes(b"one")
+    first = features.weights_fingerprint(path)
+    path.write_bytes(b"two")
+    assert features.weights_fingerprint(path) != first
+    assert "mine.weights.h5" in first
+
+
+def test_stale_cache_is_never_read(tmp_path, data):
+    fx = FeatureExtractor(weights="random")
+    fresh = fx.features(data, cache_dir=tmp_path, progress=False)["avg"]
+    path = fx.cache_path(fx.key(data, pooling="avg"), cache_dir=tmp_path)
+    # A file at the right name whose stored key differs (another version wrote it) must be recomputed.
+    np.save(path, np.zeros_like(fresh))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["key"]["version"] = -1
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+    again = fx.features(data, cache_dir=tmp_path, progress=False)["avg"]
+
+    np.testing.assert_array_equal(again, fresh)
+    assert json.loads(path.with_suffix(".json").read_text())["key"]["version"] == features.CACHE_VERSION
+
+
+def test_array_without_key_file_is_recomputed(tmp_path, data):
+    fx = FeatureExtractor(weights="random")
+    path = fx.cache_path(fx.key(data, pooling="avg"), cache_dir=tmp_path)
+    path.parent.mkdir(parents=True)
+    np.save(path, np.zeros((len(data), 512), np.float32))
+    out = fx.features(data, cache_dir=tmp_path, progress=False)["avg"]
+    assert np.abs(out).sum() > 0
+
+
+def test_augmented_copies_are_cached_per_split(tmp_path):
+    toy = make_toy_data(per_class=6, size=32)
+    split = toy_split(toy)
+    CountingExtractor.calls = 0
+    fx = CountingExtractor(weights="random")
+    out = fx.augmented(toy, split, copies=2, seed=0, cache_dir=tmp_path, progress=False)["avg"]
+    again = fx.augmented(toy, split, copies=2, seed=0, cache_dir=tmp_path, progress=False)["avg"]
+    plain = fx.extract(toy, split.train, progress=False)["avg"]
+
+    assert out.shape == (2, len(split.train), 512)
+    np.testing.assert_array_equal(again, out)
+    assert CountingExtractor.calls == 3  # two copies, then the plain pass: the second call read the cache
+    assert not np.allclose(out[0], out[1]) and not np.allclose(out[0], plain)
+
+
+def test_fingerprint_refuses_a_source_it_does_not_know(monkeypatch):
+    monkeypatch.setitem(weights.WEIGHT_SOURCES, "new", weights.WeightSource(name="new", label="new source"))
+    with pytest.raises(ValueError, match="Invalid `weights`.*'new'"):
+        features.weights_fingerprint("new")
+
+
+def test_unavailable_weights_fail_when_the_extractor_is_made(monkeypatch):
+    def offline(source):
+        raise weights.WeightsDownloadError(f"Could not download the {source!r} weights")
+
+    monkeypatch.setattr(weights, "fetch", offline)
+    with pytest.raises(weights.WeightsDownloadError, match="Could not download the 'places365'"):
+        FeatureExtractor(weights="places365")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"weights": "place365"}, "Invalid `weights`"),
+    ({"backbone": "vgg17"}, "Invalid `backbone`"),
+    ({"normalization": "bgr"}, "Invalid `normalization`"),
+    ({"image_size": (32,)}, r"Invalid `image_size`.*\(32,\)"),
+    ({"batch_size": 0}, "Invalid `batch_size`.*batch_size=0"),
+    ({"init_seed": "0"}, "Invalid `init_seed`"),
+])
+def test_invalid_extractor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeatureExtractor(**kwargs)
+
+
+def test_invalid_layer_names_the_pools(data):
+    with pytest.raises(ValueError, match=r"Invalid `layer`.*block5_pool.*layer='block6_pool'"):
+        FeatureExtractor(weights="random", layer="block6_pool").layer_name(data)
+
+
+@pytest.mark.parametrize("poolings, match", [
+    ("avg", "non-empty list"),
+    ([], "non-empty list"),
+    (["avg", "mean"], r"values in \('avg', 'max', 'flatten'\).*'mean'"),
+])
+def test_invalid_poolings(data, extractor, poolings, match):
+    with pytest.raises(ValueError, match=match):
+        extractor.extract(data, poolings=poolings, progress=False)
+
+
+def test_invalid_pooling_in_key(data, extractor):
+    with pytest.raises(ValueError, match="Invalid `pooling`.*pooling='mean'"):
+        extractor.key(data, pooling="mean")
+    with pytest.raises(ValueError, match="Invalid `pooling`.*pooling='sum'"):
+        features._pool(np.zeros((1, 1, 1, 2), np.float32), "sum")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"copies": 0}, "Invalid `copies`.*copies=0"),
+    ({"copies": 1, "augment": "yes"}, "Invalid `augment`.*augment='yes'"),
+])
+def test_invalid_augmented_arguments(extractor, kwargs, match):
+    toy = make_toy_data(per_class=6, size=32)
+    with pytest.raises(ValueError, match=match):
+        extractor.augmented(toy, toy_split(toy), **kwargs)
+
+
+def test_progress_bar_while_extracting(data, extractor, capsys):
+    extractor.extract(data, [0, 1, 2], progress=True)
+    assert "3/3" in capsys.readouterr().err
+    extractor.extract(data, [0, 1, 2], progress=False)
+    assert capsys.readouterr().err == ""
