@@ -32,7 +32,6 @@ This module imports no TensorFlow, so `verify_checksums` is cheap to call from t
 """
 
 import csv
-import hashlib
 import io
 import itertools
 import re
@@ -45,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from streetlib.classes import get_class_spec
 from streetlib.data import RESIZE_POLICIES, DataError, fit_image, to_rgb, write_street10
-from streetlib.paths import atomic_path
+from streetlib.paths import atomic_path, file_digest
 
 RAW_MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = ("file", "city", "url", "keyword", "engine", "filters")
@@ -253,7 +252,7 @@ def contact_sheet(images, labels, *, columns=10, thumb=128, title=None):
 def write_checksums(root, names):
     """Write ``root/SHA256SUMS`` (the ``sha256sum`` format) for the files ``names``, relative to ``root``."""
     root = Path(root)
-    lines = [f"{_sha256(root / name)}  {name}\n" for name in names]
+    lines = [f"{file_digest(root / name)}  {name}\n" for name in names]
     with atomic_path(root / CHECKSUMS) as tmp:
         tmp.write_text("".join(lines))
     return root / CHECKSUMS
@@ -279,7 +278,7 @@ def verify_checksums(root):
         digest, name = match.groups()
         if not (root / name).is_file():
             raise DataError(f"{root / name} is listed in {path} but missing. Restore it or rebuild the dataset.")
-        if _sha256(root / name) != digest:
+        if file_digest(root / name) != digest:
             raise DataError(
                 f"{root / name} does not match its checksum in {path}: the file is corrupt or was changed after "
                 f"packaging. Download it again or rebuild the dataset."
@@ -548,11 +547,3 @@ def _write_csv(path, header, rows):
     writer.writerows(rows)
     with atomic_path(path) as tmp:
         tmp.write_text(buffer.getvalue())
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

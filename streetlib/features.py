@@ -26,20 +26,12 @@ from tqdm.auto import tqdm
 
 from streetlib import models, paths, pipeline
 from streetlib import weights as weights_lib
-from streetlib.paths import atomic_path
+from streetlib.paths import atomic_path, file_digest
 
 POOLINGS = ("avg", "max", "flatten")
 # Bump when the way features are computed changes, so older cache files stop matching.
 CACHE_VERSION = 1
 
-
-def file_sha1(path):
-    """SHA-1 hex digest of a file's bytes, read in 1 MiB chunks. Returns str."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_fingerprint(weights, *, backbone="vgg16"):
@@ -58,13 +50,13 @@ def weights_fingerprint(weights, *, backbone="vgg16"):
     backbone = models.get_backbone(backbone).name
     weights = weights_lib.check_weights(weights, backbone=backbone)
     if isinstance(weights, Path):
-        return f"file {weights.name} sha1:{file_sha1(weights)}"
+        return f"file {weights.name} sha1:{file_digest(weights, 'sha1')}"
     if weights == "random":
         return "random"
     if weights == "hed-bsds500":
-        return f"hed-bsds500 sha1:{file_sha1(weights_lib.hed_file())}"
+        return f"hed-bsds500 sha1:{file_digest(weights_lib.hed_file(), 'sha1')}"
     if weights in ("imagenet", "places365") and backbone == "vgg16":
-        return f"{weights} sha1:{file_sha1(weights_lib.fetch(weights))}"
+        return f"{weights} sha1:{file_digest(weights_lib.fetch(weights), 'sha1')}"
     if weights == "imagenet":
         # keras.applications downloads these itself; its version pins which file it fetches.
         return f"imagenet keras.applications {keras.__version__}"

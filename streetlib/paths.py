@@ -4,6 +4,7 @@ The output root is the repository root unless ``STREETLIB_ROOT`` is set (on Cola
 notebooks and the CLI never hold literal paths.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -83,3 +84,12 @@ def resolve(path, default=None):
         return Path(default)
     path = Path(path).expanduser()
     return path if path.is_absolute() else root() / path
+
+
+def file_digest(path, algorithm="sha256"):
+    """Hex digest of a file's bytes (``algorithm`` as in `hashlib.new`), read in 1 MiB chunks. Returns str."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

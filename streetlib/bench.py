@@ -1,0 +1,492 @@
+"""Side-by-side benchmarks against the references, re-created here and run in the same process.
+
+Each comparison times our way and the reference way on the same inputs, repeats each measurement (median and
+spread), checks that both compute the same thing (so a ratio cannot come from doing less work) and reports the ratio
+against its target. `write_markdown` turns the results into ``BENCHMARKS.md``.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+STREET10_COUNTS = (482, 379, 503, 436, 354, 434, 553, 353, 275, 382)
+
+
+@dataclass
+class Comparison:
+    """One side-by-side measurement.
+
+    Attributes:
+        name: what is compared.
+        ours, reference: dict label -> list of measured values (seconds, images/s or bytes).
+        unit: 's' (lower is better), 'img/s' (higher is better) or 'MB' (lower is better).
+        target: float, the ratio to reach (ours over reference, in the "better" direction).
+        check: str, how we checked both compute the same thing, with its outcome.
+        notes: str.
+    """
+
+    name: str
+    ours: dict
+    reference: dict
+    unit: str
+    target: float
+    check: str = ""
+    notes: str = ""
+    ratios: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        ours = statistics.median(next(iter(self.ours.values())))
+        for label, values in self.reference.items():
+            ref = statistics.median(values)
+            self.ratios[label] = ref / ours if self.unit in ("s", "MB") else ours / ref
+
+
+def timed(fn, *, repeats, warmup=1):
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed. Returns a list of seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _summary(values):
+    med = statistics.median(values)
+    spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+    return med, spread
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Training input pipeline: tf.data versus ImageDataGenerator
+
+
+def _street_data(n, size, seed=0):
+    """``n`` synthetic street images at ``size`` px as `StreetData` (classes in turn)."""
+    from streetlib.classes import SYNTH10
+    from streetlib.data import StreetData
+    from streetlib.synth import make_synthetic
+
+    per_class = -(-n // 10)
+    images, _ = make_synthetic(per_class=per_class, size=size, seed=seed)
+    return StreetData(images=np.concatenate(list(images.values()))[:n], city=np.repeat(np.arange(10), per_class)[:n],
+                      spec=SYNTH10, name=f"bench-{size}px", synthetic=True)
+
+
+def legacy_generator(data, indices, *, batch_size, augment=True, seed=0):
+    """The original study's input path: Keras 2's ImageDataGenerator (rescale 1/255, samplewise centring and
+    scaling, the original's augmentation) over float images, wrapped into a two-output generator.
+
+    Yields ``(x float32 (batch, H, W, 3), {"region": one-hot, "city": one-hot})`` forever, like the original.
+    """
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    options = dict(rotation_range=20, width_shift_range=0.15, height_shift_range=0.15, shear_range=0.15,
+                   zoom_range=0.15, horizontal_flip=True) if augment else {}
+    gen = ImageDataGenerator(rescale=1 / 255.0, samplewise_center=True, samplewise_std_normalization=True,
+                             **options)
+    # The original held the whole set as floats in memory.
+    x = data.images[indices].astype(np.float32)
+    labels = np.stack([data.region[indices], data.city[indices]], axis=1)
+    flow = gen.flow(x, labels, batch_size=batch_size, shuffle=augment, seed=seed)
+    eye_r, eye_c = np.eye(data.spec.num_regions, dtype=np.float32), np.eye(data.spec.num_classes, dtype=np.float32)
+    while True:
+        xb, yb = next(flow)
+        yield xb, {"region": eye_r[yb[:, 0]], "city": eye_c[yb[:, 1]]}
+
+
+def bench_input_pipeline(*, n=512, size=224, batch_size=32, batches=12, repeats=3):
+    """Images/s of the training input path, 224 px, the original's augmentation, two outputs."""
+    from streetlib.pipeline import make_dataset
+
+    data = _street_data(n, size)
+    idx = np.arange(n)
+    ours_ds = make_dataset(data, idx, batch_size=batch_size, training=True, normalization="samplewise")
+    ours_it = iter(ours_ds.repeat())
+    ref_it = legacy_generator(data, idx, batch_size=batch_size)
+
+    def consume(it):
+        return lambda: [next(it) for _ in range(batches)]
+
+    images = batches * batch_size
+    ours = [images / t for t in timed(consume(ours_it), repeats=repeats)]
+    ref = [images / t for t in timed(consume(ref_it), repeats=repeats)]
+    # Same computation without augmentation: identical labels and pixels up to float rounding.
+    plain = next(iter(make_dataset(data, idx[:batch_size], batch_size=batch_size, normalization="samplewise")))
+    ref_plain = next(legacy_generator(data, idx[:batch_size], batch_size=batch_size, augment=False))
+    diff = float(np.max(np.abs(plain[0].numpy() - ref_plain[0])))
+    same_labels = bool(np.array_equal(plain[1]["city"].numpy(), ref_plain[1]["city"].argmax(1)))
+    return Comparison(
+        "Training input pipeline, 224 px, original augmentation, two outputs",
+        {"tf.data pipeline": ours}, {"ImageDataGenerator, two-output generator": ref}, "img/s", 5.0,
+        check=f"without augmentation: max |difference| {diff:.1e}, labels identical: {same_labels}",
+        notes=f"{n} images, batch {batch_size}, {batches} batches per measurement",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Transfer phase: cached features versus the frozen backbone every epoch
+
+
+def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
+    """Wall time of a transfer phase (frozen VGG16, no augmentation): cached features versus plain ``fit``."""
+    from streetlib.splits import make_split
+    from streetlib.train import run_phase
+
+    data = _street_data(per_class * 10, size) if data is None else data
+    out = Path(tempfile.mkdtemp(prefix="streetlib-bench-"))
+    split = make_split(data, seed=42, directory=out / "splits")
+    results = {}
+
+    def run(cache, k):
+        result = run_phase(data, split, experiment="bench", run=f"{cache}-{k}", phase="transfer",
+                           weights="hed-bsds500", image_size=size, epochs=epochs, augment=False, cache=cache,
+                           seed=0, hists_dir=out / "hists", models_dir=out / "models", verbose=0)
+        results[cache] = result.history
+
+    times = {c: [] for c in ("features", "none")}
+    for k in range(repeats):
+        for cache in times:
+            start = time.perf_counter()
+            run(cache, k)
+            times[cache].append(time.perf_counter() - start)
+    a, b = results["features"], results["none"]
+    diff = float(np.max(np.abs(a["val_city_accuracy"].to_numpy() - b["val_city_accuracy"].to_numpy())))
+    loss = float(np.max(np.abs(a["loss"].to_numpy() - b["loss"].to_numpy())))
+    return Comparison(
+        f"Transfer phase, frozen VGG16 (hed-bsds500), {epochs} epochs, no augmentation, demo data",
+        {"cached features": times["features"]}, {"plain fit through the frozen backbone": times["none"]}, "s", 8.0,
+        check=f"same seed, per-epoch histories: max |val city accuracy diff| {diff:.4f}, max |loss diff| {loss:.1e}",
+        notes=f"{len(data)} images at {size} px ({len(split.train)} train / {len(split.val)} val)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Grad-CAM: batched and compiled versus one image at a time, and versus tf-keras-vis
+
+
+def _flat_vgg16(size, num_classes=10, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(base.output)
+    logits = keras.layers.Dense(num_classes, name="city_logits")(x)
+    probs = keras.layers.Activation("softmax", name="city")(logits)
+    return keras.Model(base.input, probs, name="flat_vgg16")
+
+
+def original_grad_cam(model, images, targets, *, layer="block5_conv3"):
+    """The original study's way: one image at a time, a new gradient computation each, on the class probability,
+    divided by the max. Returns float32 ``(n, h, w)`` maps at feature resolution."""
+    import keras
+    import tensorflow as tf
+
+    maps = []
+    for image, target in zip(images, targets):
+        grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
+        with tf.GradientTape() as tape:
+            conv, probs = grad_model(image[None])
+            score = probs[:, int(target)]
+        grads = tape.gradient(score, conv)
+        weights = tf.reduce_mean(grads, axis=(1, 2))
+        cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", conv, weights))[0].numpy()
+        maps.append(cam / max(float(cam.max()), 1e-12))
+    return np.stack(maps)
+
+
+def _minmax(maps):
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    return (maps - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def bench_grad_cam(*, size=224, batch=32, repeats=3):
+    """Grad-CAM for a batch: ours versus the original's per-image loop and versus tf-keras-vis."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from streetlib.attribution import Explainer
+
+    model = _flat_vgg16(size)
+    x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+    explainer = Explainer(model, layer="block5_conv3")
+    targets = np.argmax(model.predict(x, verbose=0), axis=1)
+    gradcam = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
+
+    def ours():
+        return explainer.grad_cam(x, output="city", target=targets, upsample=False).cam
+
+    def peer():
+        return gradcam(CategoricalScore(targets.tolist()), x, penultimate_layer="block5_conv3", expand_cam=False)
+
+    ours_t = timed(ours, repeats=repeats)
+    peer_t = timed(peer, repeats=repeats)
+    orig_t = timed(lambda: original_grad_cam(model, x, targets), repeats=max(1, repeats - 1), warmup=0)
+    diff = float(np.max(np.abs(_minmax(np.asarray(ours())) - _minmax(np.asarray(peer())))))
+    return Comparison(
+        f"Grad-CAM, batch of {batch}, VGG16 at {size} px",
+        {"batched, compiled": [batch / t for t in ours_t]},
+        {"original: one image at a time": [batch / t for t in orig_t],
+         "tf-keras-vis Gradcam (flat model)": [batch / t for t in peer_t]},
+        "img/s", 4.0,
+        check=f"maps at feature resolution, min-max normalised: max |ours - tf-keras-vis| {diff:.1e}",
+        notes="target 4x the original's loop and 3x tf-keras-vis; the original differentiates the probability, "
+        "ours and tf-keras-vis the logit",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. End-to-end prediction from memory-mapped uint8 data
+
+
+def bench_predict(*, n=256, size=224, batch_size=32, repeats=3):
+    """Images/s of prediction: our pipeline from memory-mapped uint8 files versus ``model.predict`` on the same
+    images already in memory as normalised float32."""
+    from streetlib.data import load_street10, write_street10
+    from streetlib.models import build_model
+    from streetlib.pipeline import make_dataset, normalize
+
+    data = _street_data(n, size)
+    root = Path(tempfile.mkdtemp(prefix="streetlib-bench-")) / "ds"
+    write_street10(root, {c: data.images[data.city == i] for i, c in enumerate(data.spec.classes)}, spec=data.spec)
+    loaded = load_street10(root)
+    model = build_model(weights="random", input_shape=(size, size, 3), spec=loaded.spec)
+    in_memory = normalize(loaded.images.astype(np.float32), "samplewise").numpy()
+
+    def ours():
+        return model.predict(make_dataset(loaded, batch_size=batch_size, normalization="samplewise"), verbose=0)
+
+    def ref():
+        return model.predict(in_memory, batch_size=batch_size, verbose=0)
+
+    ours_t, ref_t = timed(ours, repeats=repeats), timed(ref, repeats=repeats)
+    a, b = ours(), ref()
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in ("region", "city"))
+    return Comparison(
+        f"End-to-end prediction, {n} images at {size} px", {"pipeline from memory-mapped uint8": [n / t for t in ours_t]},
+        {"model.predict on in-memory float32": [n / t for t in ref_t]}, "img/s", 0.9,
+        check=f"same predictions: max |probability difference| {diff:.1e}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. Peak memory loading a Street10-sized set
+
+_MEMORY_SCRIPT = """
+import resource, sys
+from streetlib.data import load_street10
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = load_street10(sys.argv[1])
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024, data.images.nbytes)
+"""
+
+
+def make_street10_like(root, *, size=224, counts=STREET10_COUNTS, dtype="float32"):
+    """Write a Street10-sized dataset of random images (float in [0, 1], as the original files) to ``root``."""
+    from streetlib.classes import STREET10
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for cls, n in zip(STREET10.classes, counts):
+        arr = np.lib.format.open_memmap(root / f"{cls}.npy", mode="w+", dtype=dtype, shape=(n, size, size, 3))
+        for start in range(0, n, 64):
+            stop = min(n, start + 64)
+            arr[start:stop] = rng.integers(0, 256, (stop - start, size, size, 3)).astype(dtype) / 255.0
+        arr.flush()
+        del arr
+    return root
+
+
+def bench_memory(*, size=224, counts=STREET10_COUNTS, repeats=2):
+    """Peak memory (growth of the maximum resident set) of loading a Street10-sized set from float32 files,
+    each in a fresh process, against the size of the data as uint8 and the original's float64 stack."""
+    root = make_street10_like(Path(tempfile.mkdtemp(prefix="streetlib-bench-")) / "street10", size=size,
+                              counts=counts)
+    peaks, nbytes = [], 0
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(root)], capture_output=True, text=True,
+                             check=True)
+        peak, nbytes = (int(v) for v in out.stdout.split())
+        peaks.append(peak / 2**20)
+    uint8 = nbytes / 2**20
+    return Comparison(
+        f"Peak memory loading a Street10-sized set ({sum(counts)} x {size} x {size} x 3, float32 files)",
+        {"our loader": peaks}, {"size of the data as uint8 (computed)": [uint8], "the original's float64 stack (computed)": [uint8 * 8]}, "MB",
+        1 / 1.3,
+        check=f"loaded array: uint8, {uint8:.0f} MB",
+        notes="target: at most 1.3x the uint8 size (ratio >= 0.77 in the 'better' direction)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. VGG16 throughput and the fraction of the CPU's peak
+
+
+def vgg16_flops(size):
+    """Multiply-adds x 2 of VGG16's 13 conv layers for one ``size`` x ``size`` image (the head is negligible)."""
+    convs = [(64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
+             (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    blocks = [2, 2, 3, 3, 3]
+    flops, layer, s = 0, 0, size
+    for count in blocks:
+        for _ in range(count):
+            cout, cin = convs[layer]
+            flops += 2 * s * s * cin * cout * 9
+            layer += 1
+        s //= 2
+    return flops
+
+
+def measured_peak_flops(*, n=2048, repeats=3):
+    """FLOP/s of a large float32 matrix product on this machine: the achievable peak the CPU offers TensorFlow."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    matmul = tf.function(lambda: tf.linalg.matmul(a, b))
+    times = timed(lambda: matmul().numpy(), repeats=repeats)
+    return 2 * n**3 / min(times)
+
+
+def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
+    """VGG16 forward and training images/s per size, and the fraction of the measured matmul peak."""
+    import keras
+
+    from streetlib.models import build_model
+
+    peak = measured_peak_flops()
+    rows = []
+    for size in sizes:
+        model = build_model(weights="random", input_shape=(size, size, 3))
+        model.compile(optimizer="sgd", loss={"region": "sparse_categorical_crossentropy",
+                                             "city": "sparse_categorical_crossentropy"})
+        x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+        y = {"region": np.zeros(batch, np.int32), "city": np.zeros(batch, np.int32)}
+        fwd = timed(lambda: model.predict_on_batch(x), repeats=repeats)
+        train = timed(lambda: model.train_on_batch(x, y), repeats=repeats)
+        flops = vgg16_flops(size)
+        f_ips, t_ips = batch / statistics.median(fwd), batch / statistics.median(train)
+        rows.append({"size": size, "forward_img_s": f_ips, "train_img_s": t_ips,
+                     "forward_peak_fraction": f_ips * flops / peak,
+                     # Training is about 3x the forward work (forward, gradient w.r.t. inputs and weights).
+                     "train_peak_fraction": t_ips * 3 * flops / peak})
+        keras.backend.clear_session()
+    return {"peak_flops": peak, "rows": rows, "batch": batch}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running and writing
+
+
+def environment():
+    """Machine, date and versions, for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {p: metadata.version(p) for p in ("tensorflow", "keras", "numpy", "tf-keras-vis")}
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
+            "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions}
+
+
+def run_all(*, quick=False, report=print):
+    """Run every comparison; ``quick`` shrinks sizes and repeats to finish in minutes. Returns a dict."""
+    results = {"environment": environment(), "quick": quick, "comparisons": []}
+    steps = [
+        ("input pipeline", lambda: bench_input_pipeline(n=128 if quick else 512, batches=4 if quick else 12,
+                                                        repeats=2 if quick else 3)),
+        ("transfer", lambda: bench_transfer(per_class=30 if quick else 100, epochs=3 if quick else 10,
+                                            repeats=1 if quick else 2)),
+        ("grad-cam", lambda: bench_grad_cam(size=112 if quick else 224, batch=8 if quick else 32,
+                                            repeats=2 if quick else 3)),
+        ("predict", lambda: bench_predict(n=64 if quick else 256, repeats=2 if quick else 3)),
+        ("memory", lambda: bench_memory(counts=tuple(c // 4 for c in STREET10_COUNTS) if quick else STREET10_COUNTS,
+                                        repeats=1 if quick else 2)),
+    ]
+    for label, step in steps:
+        report(f"[bench] {label} ...")
+        start = time.perf_counter()
+        comparison = step()
+        results["comparisons"].append(comparison)
+        report(f"[bench] {label}: {comparison.ratios} ({time.perf_counter() - start:.0f} s)")
+    report("[bench] VGG16 throughput ...")
+    results["vgg16"] = bench_vgg16(sizes=(64,) if quick else (64, 128, 224), batch=8 if quick else 16,
+                                   repeats=2 if quick else 3)
+    return results
+
+
+def _fmt(values, unit):
+    med, spread = _summary(values)
+    precision = 0 if unit == "MB" else 1 if unit == "s" else 2 if med < 10 else 1
+    return f"{med:.{precision}f} ± {spread:.{precision}f} {unit}"
+
+
+def to_markdown(results, *, command):
+    """The ``BENCHMARKS.md`` text for ``run_all`` results."""
+    env = results["environment"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores visible), Python {env['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
+        f"Command: `{command}`{' (quick mode: smaller sizes, fewer repeats)' if results['quick'] else ''}.",
+        "Each value is the median of the repeats ± half their range. Ratios are ours over the reference in the "
+        "direction where higher is better.",
+        "",
+        "| comparison | ours | reference | ratio | target | met | same computation? |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in results["comparisons"]:
+        (our_label, our_values), = c.ours.items()
+        for label, values in c.reference.items():
+            ratio = c.ratios[label]
+            target = c.target
+            lines.append(
+                f"| {c.name} | {our_label}: {_fmt(our_values, c.unit)} | {label}: {_fmt(values, c.unit)} | "
+                f"{ratio:.2f}x | {target:.2f}x | {'yes' if ratio >= target else 'no'} | {c.check} |"
+            )
+    vgg = results["vgg16"]
+    lines += [
+        "",
+        f"## VGG16 on this CPU (batch {vgg['batch']})",
+        "",
+        f"Peak: the float32 FLOP/s of a 2048 x 2048 matrix product in TensorFlow here, "
+        f"{vgg['peak_flops'] / 1e9:.0f} GFLOP/s. VGG16's work per image is counted from its 13 conv layers "
+        "(2 x multiply-adds); training is taken as 3x the forward work.",
+        "",
+        "| size | forward img/s | training img/s | forward, fraction of peak | training, fraction of peak |",
+        "|---|---|---|---|---|",
+    ]
+    for r in vgg["rows"]:
+        lines.append(f"| {r['size']} px | {r['forward_img_s']:.1f} | {r['train_img_s']:.1f} | "
+                     f"{r['forward_peak_fraction']:.0%} | {r['train_peak_fraction']:.0%} |")
+    notes = [f"- {c.name}: {c.notes}" for c in results["comparisons"] if c.notes]
+    return "\n".join(lines + (["", "## Notes", "", *notes] if notes else [])) + "\n"
+
+
+def to_json(results):
+    """A JSON-serialisable copy of ``run_all`` results."""
+    out = dict(results)
+    out["comparisons"] = [c.__dict__ for c in results["comparisons"]]
+    return json.dumps(out, indent=1, default=str)
