@@ -38,7 +38,8 @@ from streetlib import paths
 from streetlib.classes import ClassSpec, get_class_spec
 from streetlib.data import RESIZE_POLICIES, DataError, fit_image, read_image, to_rgb
 
-DEFAULT_MODEL = paths.models_dir() / "street10.keras"
+# The model `make demo` trains (synthetic classes); pass --model for one trained on Street10 or your cities.
+DEFAULT_MODEL = paths.models_dir() / "04-finetune" / "hed-bsds500-finetune-block3-seed42.best.keras"
 DEFAULT_NORMALIZATION = "samplewise"
 DEFAULT_CLASSES = "street10"
 OUTPUTS = ("region", "city")

@@ -420,7 +420,7 @@ def run_all(*, quick=False, report=print):
                                             repeats=1 if quick else 2)),
         ("grad-cam", lambda: bench_grad_cam(size=112 if quick else 224, batch=8 if quick else 32,
                                             repeats=2 if quick else 3)),
-        ("predict", lambda: bench_predict(n=64 if quick else 256, repeats=2 if quick else 3)),
+        ("predict", lambda: bench_predict(n=32 if quick else 96, repeats=2 if quick else 3)),
         ("memory", lambda: bench_memory(counts=tuple(c // 4 for c in STREET10_COUNTS) if quick else STREET10_COUNTS,
                                         repeats=1 if quick else 2)),
     ]

@@ -3,6 +3,7 @@
 Profiles live in ``streetlib/profiles.yaml`` (``smoke`` for CI, ``demo`` the main job, ``full`` Street10 on a GPU).
 Executed notebooks go to ``notebooks/executed/<profile>/``; beside each, a ``.done.json`` records the parameters of a
 finished run, so an interrupted ``streetlib run`` resumes by skipping what already finished with the same parameters.
+Once a notebook of the sequence runs, every later one runs too, since it reads what the earlier ones wrote.
 """
 
 import ast
@@ -199,7 +200,8 @@ def run(notebooks=None, *, profile="demo", overrides=None, grid=None, force=Fals
         profile: 'smoke', 'demo' or 'full' (see ``profiles.yaml``).
         overrides: dict of parameters for every notebook that has them; each name must exist in at least one.
         grid: optional path of a grid file: run its notebook once per combination.
-        force: bool, re-run notebooks that already finished with the same parameters.
+        force: bool, re-run notebooks that already finished with the same parameters. Without it, notebooks are
+            skipped up to the first one that must run; from there on, all run.
         keep_going: bool, after a failure go on with the rest (default: skip the rest).
         out_dir: where executed notebooks go. Default ``notebooks/executed/<profile>/``.
         cell_timeout: int, seconds per cell.
@@ -221,15 +223,19 @@ def run(notebooks=None, *, profile="demo", overrides=None, grid=None, force=Fals
         _check_names(nb, variant, notebook_parameters(nb), "grid")
     plans = [(nb, variant, {**resolve_parameters(nb, prof, overrides), **variant}) for nb, variant in jobs]
     out_dir = Path(out_dir or paths.notebooks_dir() / "executed" / profile)
-    results, failed = [], False
+    results, failed, upstream_ran = [], False, False
     for nb, variant, params in plans:
         output = out_dir / _output_name(nb, variant)
         if failed and not keep_going:
             report(f"[not run] {output.name}: an earlier notebook failed")
             continue
         report(f"[running] {output.name} {params}")
-        result = execute(nb, output, params, force=force, cell_timeout=cell_timeout, progress=progress)
+        # Notebooks read what earlier ones wrote: once one runs, the rest of the sequence runs too (not grids,
+        # whose points are independent).
+        result = execute(nb, output, params, force=force or (upstream_ran and not grid), cell_timeout=cell_timeout,
+                         progress=progress)
         results.append(result)
         report(f"[{result.status}] {output.name} ({result.seconds:.0f} s){' - ' + result.error if result.error else ''}")
         failed = failed or result.status == "failed"
+        upstream_ran = upstream_ran or result.status == "done"
     return results

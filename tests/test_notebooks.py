@@ -75,6 +75,9 @@ def test_05_scores_the_maps(smoke):
     assert localization["pointing_game"].between(0, 1).all()
     perturbation = pd.read_csv(root / "hists" / "05-attribution" / "perturbation.csv")
     assert set(perturbation["method"]) == {"grad_cam", "guided_backprop", "guided_grad_cam", "random"}
+    by_layer = pd.read_csv(root / "hists" / "05-attribution" / "localization-by-layer.csv")
+    assert by_layer["layer"].tolist() == ["block5_conv3", "block4_conv3", "block3_conv3", "random"]
+    assert by_layer["grid"].tolist()[:3] == ["2x2", "4x4", "8x8"]  # 32 px smoke images: finer grids earlier
     randomization = pd.read_csv(root / "hists" / "05-attribution" / "randomization.csv")
     assert randomization["layer"].iloc[0] == "city_logits" and "block1_conv1" in set(randomization["layer"])
     figs = {p.name for p in (root / "figs" / "05-attribution").iterdir()}

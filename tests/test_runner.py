@@ -58,6 +58,10 @@ def test_runs_in_order_then_skips_what_finished(setup):
     assert [r.status for r in _run(out, overrides={"size": 5})] == ["done", "done"]  # new parameters re-run
     assert [r.status for r in _run(out, overrides={"size": 5}, force=True)] == ["done", "done"]
     assert log.read_text().count("first 5 b") == 2
+    # Only the first notebook's parameters change: the second reads its outputs, so it runs again too.
+    assert [r.status for r in _run(out, overrides={"size": 5, "name": "c"})] == ["done", "done"]
+    assert log.read_text().endswith("first 5 c\nsecond 5\n")
+    assert [r.status for r in _run(out, overrides={"size": 5, "name": "c"})] == ["skipped", "skipped"]
 
 
 def test_unknown_parameter_is_refused_before_anything_runs(setup):
