@@ -2,7 +2,9 @@
 what fine-tuning adds, and all results side by side.
 
 Each function runs `streetlib.train.run_phase` over split seeds and evaluates the saved checkpoints with
-`streetlib.evaluate`, so a notebook is parameters plus one call per step.
+`streetlib.evaluate`, so a notebook is parameters plus one call per step. A run that already finished with the same
+parameters is reused, not trained again (``reuse=True``); one whose model files are missing, as in a fresh clone of
+the committed demo results, is trained again with a warning.
 """
 
 from pathlib import Path
@@ -69,13 +71,14 @@ def run_transfer(data, *, sources, seeds, experiment, scratch_epochs=0, split_kw
     frames = []
     for source in sources:
         results = train.run_seeds(data, seeds=seeds, experiment=experiment, run=f"{source}-transfer",
-                                  phase="transfer", weights=source, split_kwargs=split_kwargs, **run_kwargs)
+                                  phase="transfer", weights=source, split_kwargs=split_kwargs, reuse=True,
+                                  **run_kwargs)
         frames += _evaluate_seeds(data, results, experiment=experiment, run=f"{source}-transfer",
                                   split_kwargs=split_kwargs)
     if scratch_epochs:
         kwargs = {**run_kwargs, "epochs": scratch_epochs}
         results = train.run_seeds(data, seeds=seeds, experiment=experiment, run="random-scratch", phase="scratch",
-                                  weights="random", split_kwargs=split_kwargs, **kwargs)
+                                  weights="random", split_kwargs=split_kwargs, reuse=True, **kwargs)
         frames += _evaluate_seeds(data, results, experiment=experiment, run="random-scratch",
                                   split_kwargs=split_kwargs)
     return pd.concat(frames, ignore_index=True)
@@ -107,7 +110,7 @@ def run_finetune(data, *, sources, seeds, experiment, transfer_experiment, finet
         run = f"{source}-finetune-{tag}"
         results = train.run_seeds(data, seeds=seeds, experiment=experiment, run=run, phase="finetune",
                                   weights=source, init_from=init, finetune_from=finetune_from,
-                                  split_kwargs=split_kwargs, models_dir=models_dir, **run_kwargs)
+                                  split_kwargs=split_kwargs, models_dir=models_dir, reuse=True, **run_kwargs)
         frames += _evaluate_seeds(data, results, experiment=experiment, run=run, split_kwargs=split_kwargs)
     return pd.concat(frames, ignore_index=True)
 

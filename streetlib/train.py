@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -128,6 +129,7 @@ def run_phase(
     early_stopping=None,
     resume=True,
     force=False,
+    reuse=False,
     hists_dir=None,
     models_dir=None,
     strategy=None,
@@ -167,6 +169,9 @@ def run_phase(
         early_stopping: None (default) or int patience on the validation city loss.
         resume: bool. True (default) resumes an interrupted run of this name.
         force: bool. True deletes this run's earlier results and starts over. Default False.
+        reuse: bool. True returns a run that already finished with the same parameters instead of refusing it
+            (its final model is loaded); if that run's model files are missing (a fresh clone of committed
+            results), it is trained again and its records replaced, with a warning. Default False.
         hists_dir, models_dir: output roots. Default `streetlib.paths.hists_dir()` and `models_dir()`.
         strategy: None or 'auto' (TPU, several GPUs, one GPU or CPU, whichever is there), 'default', 'mirrored',
             'tpu', or a `tf.distribute.Strategy`.
@@ -231,6 +236,14 @@ def run_phase(
         "xla": bool(xla),
         "monitor": MONITOR,
     }
+    if reuse and not force:
+        state = _finished_state(run_files, config)
+        if state == "reuse":
+            return _load_finished(run_files)
+        if state == "retrain":
+            warnings.warn(f"Run {run!r} of experiment {experiment!r} finished before but its model files are missing "
+                          f"({run_files['best_model'].parent}): training it again and replacing its records.")
+            force = True
     initial_epoch, previous = _prepare_outputs(run_files, config, resume=resume, force=force)
     _truncate_history(run_files["history"], initial_epoch)
 
@@ -495,6 +508,30 @@ def _prepare_outputs(run_files, config, *, resume, force):
     metadata_path = run_files["backup"] / "training_metadata.json"
     epoch = json.loads(metadata_path.read_text())["epoch"] if metadata_path.is_file() else 0
     return int(epoch), previous
+
+
+def _finished_state(run_files, config):
+    """'reuse' (finished with the same parameters, models present), 'retrain' (finished with the same parameters,
+    models missing) or None (anything else: `_prepare_outputs` decides)."""
+    path = run_files["manifest"]
+    if not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+
+    def comparable(c):
+        # The starting model is compared by file name: a clone of the repository elsewhere has other absolute paths.
+        return {**c, "init_from": Path(c["init_from"]).name if c.get("init_from") else None}
+
+    if previous.get("status") != "complete" or comparable(previous.get("config", {})) != comparable(config):
+        return None
+    return "reuse" if run_files["best_model"].is_file() and run_files["final_model"].is_file() else "retrain"
+
+
+def _load_finished(run_files):
+    """The `RunResult` of a finished run, its final model loaded in safe mode."""
+    model = keras.models.load_model(run_files["final_model"], safe_mode=True)
+    return RunResult(history=read_history(run_files["history"]), manifest=json.loads(run_files["manifest"].read_text()),
+                     paths=run_files, model=model)
 
 
 def read_history(path):

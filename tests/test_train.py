@@ -326,3 +326,22 @@ def test_run_seeds_names_runs_by_seed(toy_data, tmp_path, monkeypatch):
     assert [(s, kw["seed"]) for s, kw in calls] == [(3, 3), (4, 4)]
     with pytest.raises(ValueError, match=r"`init_from` must map every seed \[3, 4\]"):
         train.run_seeds(toy_data, seeds=[3, 4], experiment="e", run="cfg", init_from={3: "a"})
+
+
+def test_reuse_returns_a_finished_run_and_retrains_one_whose_models_are_gone(toy_data, toy_data_split, out_dirs):
+    kwargs = dict(experiment="reuse", run="r", epochs=1, augment=False, hists_dir=out_dirs["hists_dir"],
+                  models_dir=out_dirs["models_dir"], **SMALL)
+    first = train.run_phase(toy_data, toy_data_split, **kwargs)
+    finished_at = first.manifest["finished_at"]
+    again = train.run_phase(toy_data, toy_data_split, reuse=True, **kwargs)
+    assert again.manifest["finished_at"] == finished_at  # not trained again
+    np.testing.assert_array_equal(again.model.get_layer("city_logits").get_weights()[0],
+                                  first.model.get_layer("city_logits").get_weights()[0])
+    with pytest.raises(FileExistsError, match="already has results"):
+        train.run_phase(toy_data, toy_data_split, reuse=True, **{**kwargs, "epochs": 2})  # other parameters
+    for key in ("best_model", "final_model"):
+        first.paths[key].unlink()
+    with pytest.warns(UserWarning, match="model files are missing.*training it again"):
+        retrained = train.run_phase(toy_data, toy_data_split, reuse=True, **kwargs)
+    assert retrained.manifest["finished_at"] != finished_at and retrained.paths["best_model"].is_file()
+    assert retrained.history.index.tolist() == [0]  # the old history was replaced, not appended to
