@@ -80,9 +80,12 @@ def _street_data(n, size, seed=0):
     from streetlib.data import StreetData
     from streetlib.synth import make_synthetic
 
-    per_class = -(-n // 10)
+    if n % SYNTH10.num_classes:
+        raise ValueError(f"Invalid `n`. Expected a multiple of {SYNTH10.num_classes} (every class the same). Received: n={n}")
+    per_class = n // SYNTH10.num_classes
     images, _ = make_synthetic(per_class=per_class, size=size, seed=seed)
-    return StreetData(images=np.concatenate(list(images.values()))[:n], city=np.repeat(np.arange(10), per_class)[:n],
+    return StreetData(images=np.concatenate(list(images.values())),
+                      city=np.repeat(np.arange(SYNTH10.num_classes), per_class),
                       spec=SYNTH10, name=f"bench-{size}px", synthetic=True)
 
 
@@ -108,7 +111,7 @@ def legacy_generator(data, indices, *, batch_size, augment=True, seed=0):
         yield xb, {"region": eye_r[yb[:, 0]], "city": eye_c[yb[:, 1]]}
 
 
-def bench_input_pipeline(*, n=512, size=224, batch_size=32, batches=12, repeats=3):
+def bench_input_pipeline(*, n=500, size=224, batch_size=32, batches=12, repeats=3):
     """Images/s of the training input path, 224 px, the original's augmentation, two outputs."""
     from streetlib.pipeline import make_dataset
 
@@ -254,7 +257,7 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
 # 4. End-to-end prediction from memory-mapped uint8 data
 
 
-def bench_predict(*, n=256, size=224, batch_size=32, repeats=3):
+def bench_predict(*, n=100, size=224, batch_size=32, repeats=3):
     """Images/s of prediction: our pipeline from memory-mapped uint8 files versus ``model.predict`` on the same
     images already in memory as normalised float32."""
     from streetlib.data import load_street10, write_street10
@@ -288,12 +291,19 @@ def bench_predict(*, n=256, size=224, batch_size=32, repeats=3):
 # 5. Peak memory loading a Street10-sized set
 
 _MEMORY_SCRIPT = """
-import resource, sys
+import sys
+from pathlib import Path
 from streetlib.data import load_street10
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1]) * 1024
+
+# Reset the peak resident size to the current one (Linux), so the peak below is the loader's alone.
+Path("/proc/self/clear_refs").write_text("5")
+before = status("VmRSS:")
 data = load_street10(sys.argv[1])
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) * 1024, data.images.nbytes)
+print(status("VmHWM:") - before, data.images.nbytes)
 """
 
 
@@ -365,6 +375,17 @@ def measured_peak_flops(*, n=2048, repeats=3):
     return 2 * n**3 / min(times)
 
 
+def theoretical_peak_flops(*, flops_per_cycle=32):
+    """Cores x clock x float32 FLOP per cycle (32: two 256-bit FMA units, as on AMD Zen 4 and recent Intel cores).
+    Returns FLOP/s, or None when the clock cannot be read."""
+    try:
+        mhz = next(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("cpu MHz"))
+    except (OSError, StopIteration):
+        return None
+    return len(os.sched_getaffinity(0)) * mhz * 1e6 * flops_per_cycle
+
+
 def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
     """VGG16 forward and training images/s per size, and the fraction of the measured matmul peak."""
     import keras
@@ -372,6 +393,7 @@ def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
     from streetlib.models import build_model
 
     peak = measured_peak_flops()
+    theoretical = theoretical_peak_flops()
     rows = []
     for size in sizes:
         model = build_model(weights="random", input_shape=(size, size, 3))
@@ -388,7 +410,7 @@ def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
                      # Training is about 3x the forward work (forward, gradient w.r.t. inputs and weights).
                      "train_peak_fraction": t_ips * 3 * flops / peak})
         keras.backend.clear_session()
-    return {"peak_flops": peak, "rows": rows, "batch": batch}
+    return {"peak_flops": peak, "theoretical_flops": theoretical, "rows": rows, "batch": batch}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -407,20 +429,20 @@ def environment():
         pass
     versions = {p: metadata.version(p) for p in ("tensorflow", "keras", "numpy", "tf-keras-vis")}
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
-            "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions}
+            "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "versions": versions}
 
 
 def run_all(*, quick=False, report=print):
     """Run every comparison; ``quick`` shrinks sizes and repeats to finish in minutes. Returns a dict."""
     results = {"environment": environment(), "quick": quick, "comparisons": []}
     steps = [
-        ("input pipeline", lambda: bench_input_pipeline(n=128 if quick else 512, batches=4 if quick else 12,
+        ("input pipeline", lambda: bench_input_pipeline(n=120 if quick else 500, batches=4 if quick else 12,
                                                         repeats=2 if quick else 3)),
         ("transfer", lambda: bench_transfer(per_class=30 if quick else 100, epochs=3 if quick else 10,
                                             repeats=1 if quick else 2)),
         ("grad-cam", lambda: bench_grad_cam(size=112 if quick else 224, batch=8 if quick else 32,
                                             repeats=2 if quick else 3)),
-        ("predict", lambda: bench_predict(n=32 if quick else 96, repeats=2 if quick else 3)),
+        ("predict", lambda: bench_predict(n=40 if quick else 100, repeats=2 if quick else 3)),
         ("memory", lambda: bench_memory(counts=tuple(c // 4 for c in STREET10_COUNTS) if quick else STREET10_COUNTS,
                                         repeats=1 if quick else 2)),
     ]
@@ -472,8 +494,11 @@ def to_markdown(results, *, command):
         f"## VGG16 on this CPU (batch {vgg['batch']})",
         "",
         f"Peak: the float32 FLOP/s of a 2048 x 2048 matrix product in TensorFlow here, "
-        f"{vgg['peak_flops'] / 1e9:.0f} GFLOP/s. VGG16's work per image is counted from its 13 conv layers "
-        "(2 x multiply-adds); training is taken as 3x the forward work.",
+        f"{vgg['peak_flops'] / 1e9:.0f} GFLOP/s"
+        + (f" (the theoretical peak, cores x clock x 32 FLOP/cycle for two 256-bit FMA units, is "
+           f"{vgg['theoretical_flops'] / 1e9:.0f} GFLOP/s)" if vgg.get("theoretical_flops") else "")
+        + ". VGG16's work per image is counted from its 13 conv layers (2 x multiply-adds); training is taken as 3x "
+        "the forward work.",
         "",
         "| size | forward img/s | training img/s | forward, fraction of peak | training, fraction of peak |",
         "|---|---|---|---|---|",

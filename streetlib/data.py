@@ -26,7 +26,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 RESIZE_POLICIES = ("crop", "pad", "stretch")
 ON_ERROR = ("raise", "skip")
 # Float chunks are converted this many bytes at a time, so a float64 file never needs a full float copy.
-_CHUNK_BYTES = 64 * 2**20
+_CHUNK_BYTES = 16 * 2**20
 
 
 class DataError(ValueError):
@@ -175,14 +175,16 @@ def _copy_as_uint8(src, dst, path):
         if src.dtype == np.uint8:
             dst[start : start + len(chunk)] = chunk
             continue
-        chunk = np.asarray(chunk, dtype=np.float32)
         lo, hi = float(chunk.min()), float(chunk.max())
         if not np.isfinite(lo + hi) or lo < 0.0 or hi > 1.0:
             raise DataError(
                 f"{path} has float values outside [0, 1] (min {lo:g}, max {hi:g} in images {start}-"
                 f"{start + len(chunk) - 1}). Save floats scaled to [0, 1], or save uint8 in [0, 255]."
             )
-        dst[start : start + len(chunk)] = np.rint(chunk * 255.0).astype(np.uint8)
+        # In place in one float32 buffer: the only temporary is one chunk.
+        scaled = np.multiply(chunk, 255.0, dtype=np.float32)
+        np.rint(scaled, out=scaled)
+        dst[start : start + len(chunk)] = scaled
 
 
 def load_street10(root, *, classes=None, name=None):
