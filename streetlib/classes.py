@@ -84,6 +84,7 @@ class ClassSpec:
                 raise ValueError(f"Invalid class spec in {source}: region {region!r} must list at least one class.")
             classes += [str(m) for m in members]
             regions += [str(region)] * len(members)
+        _check_listed_once(classes, regions, source)
         return cls(
             name=str(d.get("name", Path(str(source)).stem)),
             classes=tuple(classes),
@@ -93,13 +94,63 @@ class ClassSpec:
 
     @classmethod
     def from_yaml(cls, path):
+        """Read a class spec YAML file (see the module docstring).
+
+        Args:
+            path: str or Path.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is not valid YAML (the message gives the line and column when YAML does), or not
+                a valid class spec.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Class spec file not found: {path}. Pass an existing YAML file or 'street10'.")
-        return cls.from_dict(yaml.safe_load(path.read_text()), source=str(path))
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"Invalid class spec file {path}: {_describe_yaml_error(err)}. Fix the YAML (indent with spaces, not "
+                f"tabs; plain mappings and lists, no '!!' tags), or use the built-in spec 'street10' or 'synth10'."
+            ) from err
+        return cls.from_dict(doc, source=str(path))
 
     def to_yaml(self, path):
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _check_listed_once(classes, regions, source):
+    """Raise a ValueError naming ``source``, every class listed more than once and the regions it is listed under.
+
+    Args:
+        classes: list of str, class names in listing order.
+        regions: list of str, the region each entry of ``classes`` is listed under.
+        source: str, where the spec came from (a file path, or "dict").
+    """
+    listed = {}
+    for c, r in zip(classes, regions):
+        listed.setdefault(c, []).append(r)
+    repeated = {c: rs for c, rs in listed.items() if len(rs) > 1}
+    if not repeated:
+        return
+    detail = ", ".join(f"{c!r} (under {', '.join(map(repr, rs))})" for c, rs in repeated.items())
+    raise ValueError(
+        f"Invalid class spec in {source}: class names must be unique. Listed more than once: {detail}. List each "
+        f"class once, under the one region it belongs to."
+    )
+
+
+def _describe_yaml_error(err):
+    """'line L, column C: problem (context)' from a YAML error, without the excerpt of its input that YAML appends
+    (it names "<unicode string>", not the file)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if problem is None:
+        return str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(err, "context", None)
+    return where + problem + (f" ({context})" if context else "")
 
 
 STREET10 = ClassSpec.from_dict(

@@ -1,8 +1,9 @@
 """Loading street images: the Street10 `.npy` format and folders of photos, validated, as uint8 arrays.
 
-Street10 format: a directory with one ``<class>.npy`` per class, each ``(n, H, W, 3)``, uint8 or float in [0, 1].
-Optional beside them: ``classes.yaml`` (the class spec), ``dataset.json`` (name, whether it is synthetic, how it was
-made) and ``masks/<class>.npy`` (per-image cue masks, ``(n, H, W)`` uint8 0/1, written by the synthetic generator).
+Street10 format: a directory with one ``<class>.npy`` per class, each ``(n, H, W, 3)``, uint8 or float in [0, 1],
+in C or Fortran order. Optional beside them: ``classes.yaml`` (the class spec), ``dataset.json`` (name, whether it
+is synthetic, how it was made) and ``masks/<class>.npy`` (per-image cue masks, ``(n, H, W)`` uint8 0/1, written by
+the synthetic generator).
 
 Image folders: ``root/<class>/*.{jpg,jpeg,png,webp,bmp}``. Every image becomes RGB uint8 at one size; the resize
 policy is explicit (see `fit_image`).
@@ -13,6 +14,7 @@ stacked float64 copies of about 5 GB. Float files are read memory-mapped and con
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +135,15 @@ def _check_root(root, what):
 
 
 def _open_npy(path, cls):
+    with open(path, "rb") as f:
+        head = f.read(len(np.lib.format.MAGIC_PREFIX))
+    # Without the signature np.load would try the file as a pickle and report "pickled data" for any stray file.
+    if head != np.lib.format.MAGIC_PREFIX:
+        found = "it is empty" if not head else f"it starts with {head!r}, not the .npy signature"
+        raise DataError(
+            f"{path} is not a NumPy .npy file ({found}). Re-save class {cls!r} with np.save, or rebuild the "
+            f"dataset (`streetlib data build`, or `streetlib data synth` for the demo data)."
+        )
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
@@ -153,38 +164,67 @@ def _check_array(arr, path):
         raise DataError(f"{path} has dtype {arr.dtype}: expected uint8, or float in [0, 1].")
 
 
+def _blocks(shape, itemsize):
+    """Split a C-ordered array into contiguous blocks of at most about `_CHUNK_BYTES`.
+
+    Blocks run along the outermost axis whose single steps fit in `_CHUNK_BYTES` (the last axis if none does), so
+    images that are large, or stored pixel-major, still come in small pieces.
+
+    Args:
+        shape: tuple of int, the array's shape.
+        itemsize: int, bytes per element.
+
+    Yields:
+        (index, offset, block shape): ``index`` a tuple of one slice per axis, ``offset`` the position of the
+        block's first element, in elements.
+    """
+    steps = [math.prod(shape[axis + 1 :]) for axis in range(len(shape))]
+    axis = next(a for a, n in enumerate(steps) if n * itemsize <= _CHUNK_BYTES or a == len(shape) - 1)
+    count = max(1, _CHUNK_BYTES // (steps[axis] * itemsize))
+    rest = (slice(None),) * (len(shape) - axis - 1)
+    for outer in np.ndindex(*shape[:axis]):
+        lead = tuple(slice(i, i + 1) for i in outer)
+        base = sum(i * n for i, n in zip(outer, steps))
+        for start in range(0, shape[axis], count):
+            stop = min(start + count, shape[axis])
+            block = (*(1,) * axis, stop - start, *shape[axis + 1 :])
+            yield (*lead, slice(start, stop), *rest), base + start * steps[axis], block
+
+
 def _chunks(src):
-    """Yield (start, chunk) over a memory-mapped array, each chunk in its own short-lived mapping.
+    """Yield (index, chunk) over a memory-mapped ``.npy`` array, ``chunk`` equal to ``src[index]`` and read
+    through its own short-lived mapping.
 
     One mapping over the whole file would keep every page it touched resident, so loading a 2.5 GB float file
     would cost 2.5 GB of memory on top of the uint8 copy; mapping chunk by chunk bounds that to one chunk.
     """
-    step = max(1, _CHUNK_BYTES // max(1, src[0].nbytes))
-    row_bytes = src[0].nbytes
-    for start in range(0, len(src), step):
-        count = min(step, len(src) - start)
-        chunk = np.memmap(src.filename, dtype=src.dtype, mode="r", offset=src.offset + start * row_bytes,
-                          shape=(count, *src.shape[1:]), order="C")
-        yield start, chunk
+    # A Fortran-ordered file holds the C-ordered transpose: chunk that, then transpose back.
+    fortran = np.isfortran(src)
+    shape = src.shape[::-1] if fortran else src.shape
+    for index, offset, block in _blocks(shape, src.itemsize):
+        chunk = np.memmap(src.filename, dtype=src.dtype, mode="r", offset=src.offset + offset * src.itemsize,
+                          shape=block, order="C")
+        yield (index[::-1], chunk.T) if fortran else (index, chunk)
         del chunk
 
 
 def _copy_as_uint8(src, dst, path):
     """Copy ``src`` (a memory-mapped ``.npy``, uint8 or float in [0, 1]) into the uint8 array ``dst`` by chunks."""
-    for start, chunk in _chunks(src):
+    for index, chunk in _chunks(src):
         if src.dtype == np.uint8:
-            dst[start : start + len(chunk)] = chunk
+            dst[index] = chunk
             continue
         lo, hi = float(chunk.min()), float(chunk.max())
         if not np.isfinite(lo + hi) or lo < 0.0 or hi > 1.0:
+            images = range(len(src))[index[0]]
             raise DataError(
-                f"{path} has float values outside [0, 1] (min {lo:g}, max {hi:g} in images {start}-"
-                f"{start + len(chunk) - 1}). Save floats scaled to [0, 1], or save uint8 in [0, 255]."
+                f"{path} has float values outside [0, 1] (min {lo:g}, max {hi:g} in images {images[0]}-"
+                f"{images[-1]}). Save floats scaled to [0, 1], or save uint8 in [0, 255]."
             )
         # In place in one float32 buffer: the only temporary is one chunk.
         scaled = np.multiply(chunk, 255.0, dtype=np.float32)
         np.rint(scaled, out=scaled)
-        dst[start : start + len(chunk)] = scaled
+        dst[index] = scaled
 
 
 def load_street10(root, *, classes=None, name=None):
@@ -200,8 +240,9 @@ def load_street10(root, *, classes=None, name=None):
         `StreetData` with uint8 images; cue masks when ``root/masks/`` has them.
 
     Raises:
-        DataError: a file that does not match ``SHA256SUMS`` (when present), a missing or empty class, a pickled file, a wrong rank or channel count, floats outside
-            [0, 1], or classes of different image sizes.
+        DataError: a file that does not match ``SHA256SUMS`` (when present), a missing or empty class, a file that
+            is not ``.npy`` or is pickled, a wrong rank or channel count, floats outside [0, 1], or classes of
+            different image sizes.
     """
     root = _check_root(root, "Street10")
     if (root / "SHA256SUMS").is_file():
@@ -329,7 +370,7 @@ def read_image(path, *, size=None, policy="crop"):
             img.load()
             rgb = to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"Cannot read image {path}: {err}. Replace or remove the file (or use on_error='skip').") from err
+        raise DataError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
     return np.asarray(rgb, dtype=np.uint8) if size is None else fit_image(rgb, size, policy=policy)
 
 
@@ -372,7 +413,11 @@ def load_image_folder(root, *, classes=None, size=224, policy="crop", on_error="
                 images.append(read_image(path, size=size, policy=policy))
             except DataError as err:
                 if on_error == "raise":
-                    raise
+                    # Callers include `streetlib data split`, which has no on_error: say what works from both.
+                    raise DataError(
+                        f"{err} Or package the folder with `streetlib data build`, which leaves unreadable images "
+                        f"out (in Python, on_error='skip' skips them and lists them in `skipped`)."
+                    ) from err.__cause__
                 skipped.append((str(path), str(err.__cause__ or err)))
                 continue
             city.append(idx)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import yaml
 
 from streetlib.classes import STREET10, SYNTH10, ClassSpec, get_class_spec
 
@@ -31,7 +32,7 @@ def test_yaml_round_trip_keeps_order(tmp_path):
 @pytest.mark.parametrize(
     "doc, match",
     [
-        ({"name": "x", "regions": {"a": ["p", "p"]}}, "unique"),
+        ({"name": "x", "regions": {"a": ["p", "p"]}}, "unique.*'p' \\(under 'a', 'a'\\)"),
         ({"name": "x", "regions": {"a": ["p"]}}, "at least 2 classes"),
         ({"name": "x", "regions": {"a": []}}, "at least one class"),
         ({"name": "x"}, "regions"),
@@ -54,3 +55,35 @@ def test_classes_in_region():
     assert STREET10.classes_in("eastern")[0] == "beijing"
     with pytest.raises(ValueError, match="Unknown region 'asia'"):
         STREET10.classes_in("asia")
+
+
+@pytest.mark.parametrize(
+    "text, where, problem",
+    [
+        ("name: x\nregions:\n\twestern: [a, b]\n", "line 3, column 1", "found character '\\t'"),
+        ("name: x\nregions: {western: [a, b]\n", "line 3, column 1", "expected ',' or '}'"),
+        ("!!python/object:os.system\nname: x\n", "line 1, column 1", "python/object"),
+    ],
+)
+def test_malformed_yaml_names_the_file_line_and_fix(tmp_path, text, where, problem):
+    path = tmp_path / "classes.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        get_class_spec(path)
+    assert not isinstance(info.value, yaml.YAMLError)
+    message = str(info.value)
+    assert message.startswith(f"Invalid class spec file {path}: {where}: ")
+    assert problem in message and "\n" not in message
+    assert "Fix the YAML" in message and "'street10' or 'synth10'" in message
+
+
+def test_class_listed_twice_names_file_class_and_regions(tmp_path):
+    path = tmp_path / "cities.yaml"
+    path.write_text("name: mine\nregions:\n  west: [paris, oslo]\n  east: [hanoi, paris, oslo, oslo]\n")
+    with pytest.raises(ValueError) as info:
+        ClassSpec.from_yaml(path)
+    message = str(info.value)
+    assert message.startswith(f"Invalid class spec in {path}: ")
+    assert "'oslo' (under 'west', 'east', 'east')" in message
+    assert "'paris' (under 'west', 'east')" in message
+    assert "'hanoi'" not in message

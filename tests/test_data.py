@@ -60,6 +60,25 @@ def test_street10_float_is_converted_exactly_without_float64_copies(tmp_path, mo
     np.testing.assert_array_equal(data.images, np.concatenate(list(arrays.values())))
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 8 * 8 * 3 * 8 * 2, 40])
+@pytest.mark.parametrize("as_float", [False, True])
+def test_fortran_ordered_npy_is_read_like_np_load(tmp_path, monkeypatch, chunk_bytes, as_float):
+    arrays = _arrays()
+    saved = {c: a.astype(np.float64) / 255.0 if as_float else a for c, a in arrays.items()}
+    # Only bb is Fortran-ordered: its neighbours show that C-ordered files still load as before.
+    saved["bb"] = np.asfortranarray(saved["bb"])
+    _save_npy(tmp_path / "ds", saved)
+    assert np.load(tmp_path / "ds" / "bb.npy", mmap_mode="r").flags.f_contiguous
+    if chunk_bytes is not None:  # Several chunks per class, down to a few pixels each.
+        monkeypatch.setattr("streetlib.data._CHUNK_BYTES", chunk_bytes)
+    data = load_street10(tmp_path / "ds")
+    expected = [np.load(tmp_path / "ds" / f"{c}.npy") for c in SPEC.classes]
+    if as_float:
+        expected = [np.rint(e * 255.0).astype(np.uint8) for e in expected]
+    np.testing.assert_array_equal(data.images, np.concatenate(expected))
+    np.testing.assert_array_equal(data.images[4:9], arrays["bb"])
+
+
 def test_street10_is_memory_mapped(tmp_path, monkeypatch):
     _save_npy(tmp_path / "ds", _arrays())
     modes = []
@@ -123,6 +142,18 @@ def test_pickled_npy_is_refused(tmp_path):
     np.save(tmp_path / "ds" / "bb.npy", obj, allow_pickle=True)
     with pytest.raises(DataError, match="bb.npy holds pickled Python objects"):
         load_street10(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("content", [b"city,url\nparis,https://example.org/1.jpg\n", b""])
+def test_non_npy_file_is_named_and_not_called_pickled(tmp_path, content):
+    _save_npy(tmp_path / "ds", _arrays())
+    (tmp_path / "ds" / "bb.npy").write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_street10(tmp_path / "ds")
+    message = str(info.value)
+    assert str(tmp_path / "ds" / "bb.npy") in message
+    assert "is not a NumPy .npy file" in message and "pickled" not in message
+    assert "streetlib data build" in message and "streetlib data synth" in message
 
 
 def test_classes_of_different_sizes(tmp_path):
@@ -214,6 +245,11 @@ def test_corrupt_image_raises_or_is_skipped(tmp_path):
     (root / "cc" / "9-garbage.png").write_bytes(b"definitely not a png")
     with pytest.raises(DataError, match="Cannot read image .*9-truncated.jpg.*on_error='skip'"):
         load_image_folder(root, size=16)
+    # read_image has no on_error: its own message must not offer one.
+    with pytest.raises(DataError) as info:
+        read_image(root / "cc" / "9-garbage.png")
+    assert "9-garbage.png" in str(info.value) and "Replace or remove the file" in str(info.value)
+    assert "on_error" not in str(info.value)
     data = load_image_folder(root, size=16, on_error="skip")
     assert len(data) == 9
     assert sorted(p.split("/")[-1] for p, _ in data.skipped) == ["9-garbage.png", "9-truncated.jpg"]

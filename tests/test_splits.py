@@ -2,8 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from streetlib.classes import STREET10
+from streetlib.cli import main
 from streetlib.data import StreetData
 from streetlib.splits import make_split, make_splits
 
@@ -112,3 +114,35 @@ def test_changed_data_or_fractions_are_refused(tmp_path):
 def test_invalid_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_split(_data([5] * 10), directory=tmp_path, **kwargs)
+
+
+def _cli_error(capsys, argv):
+    """Run ``streetlib`` with ``argv``; check it failed with status 2 and return its one stderr line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("via_option", [False, True])
+def test_data_split_cli_names_a_malformed_classes_yaml(tmp_path, capsys, via_option):
+    root = tmp_path / "ds"
+    root.mkdir()
+    for cls in STREET10.classes:
+        np.save(root / f"{cls}.npy", np.zeros((2, 4, 4, 3), np.uint8))
+    spec_path = (tmp_path if via_option else root) / "classes.yaml"
+    spec_path.write_text("name: x\nregions:\n\twestern: [london, paris]\n")
+    err = _cli_error(capsys, ["data", "split", str(root)] + (["--classes", str(spec_path)] if via_option else []))
+    assert err.startswith(f"streetlib data: error: Invalid class spec file {spec_path}: line 3, column 1: ")
+    assert "Fix the YAML" in err
+
+
+def test_data_split_cli_says_what_to_do_with_an_unreadable_image(tmp_path, capsys):
+    root = tmp_path / "photos"
+    for cls in STREET10.classes:
+        (root / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(root / cls / "0.png")
+    (root / "paris" / "1-broken.jpg").write_bytes(b"not a jpeg")
+    err = _cli_error(capsys, ["data", "split", str(root)])
+    assert err.startswith(f"streetlib data: error: Cannot read image {root / 'paris' / '1-broken.jpg'}: ")
+    assert "Replace or remove the file" in err and "streetlib data build" in err
