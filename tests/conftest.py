@@ -33,6 +33,23 @@ def make_toy_data(*, per_class=6, size=32, seed=0):
     return StreetData(images=np.stack(images).astype(np.uint8), city=city, spec=SYNTH10, name="toy", synthetic=True)
 
 
+# Float32 has a unit roundoff of 2**-24 (6e-8). A VGG16 feature is 13 convolutions deep, each a sum of up to
+# 3 * 3 * 512 = 4,608 products whose order oneDNN chooses by instruction set (AVX2 or AVX-512), thread count and batch
+# shape. Rounding errors of a sum grow about as sqrt(n) per layer, so the same image through a different kernel
+# differs by about 13 * sqrt(4608) * 6e-8 ~ 5e-5 of the feature scale (measured: 3e-6 between a batch of 20 and one
+# image on AVX2). Relative to each element that bound means nothing for elements near zero, so the tolerance is taken
+# relative to the largest magnitude in the array.
+SAME_COMPUTATION_RTOL = 1e-4
+
+
+def assert_same_computation(actual, desired, *, rtol=SAME_COMPUTATION_RTOL):
+    """Assert two float arrays are one computation run through different kernels: equal within ``rtol`` of the
+    largest magnitude of ``desired`` (see `SAME_COMPUTATION_RTOL` for why), and not both zero."""
+    scale = float(np.max(np.abs(desired)))
+    assert scale > 0, "both arrays are all zero: the comparison would prove nothing"
+    np.testing.assert_allclose(actual, desired, rtol=0, atol=rtol * scale)
+
+
 def toy_split(data, *, seed=0):
     """The split the training tests use: per class 1 test, 1 validation and 4 training images (of 6)."""
     return make_split(data, seed=seed, test_size=0.15, val_size=0.2, save=False)
