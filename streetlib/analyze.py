@@ -12,31 +12,34 @@ The model file is loaded with Keras's safe mode. What the model expects comes fr
 
 ``--classes`` and ``--normalization`` override it; without either, the defaults are 'street10' and 'samplewise'.
 
-Bad input (a missing file, a file that is not an image, an unreachable URL or one that does not serve an image)
-gets one line on stderr and the other inputs are still analysed; the exit status is then 1. A model that cannot be
-loaded or lacks the ``region`` and ``city`` outputs stops the command with status 2.
+Bad input (a missing file, a file that is not an image, a malformed or unreachable URL, one that does not serve an
+image or not within ``--timeout`` seconds) gets one line on stderr and the other inputs are still analysed; the exit
+status is then 1. A model that cannot be loaded or lacks the ``region`` and ``city`` outputs stops the command with
+status 2.
 
 Keras, TensorFlow and the attribution code are imported inside the functions that use them, so that mounting these
 options in the ``streetlib`` command costs no TensorFlow start-up.
 """
 
 import argparse
+import http.client
 import io
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
-from zipfile import BadZipFile
+from urllib.parse import urlparse, urlsplit
+from zipfile import BadZipFile, is_zipfile
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streetlib import paths
 from streetlib.classes import ClassSpec, get_class_spec
-from streetlib.data import RESIZE_POLICIES, DataError, fit_image, read_image, to_rgb
+from streetlib.data import RESIZE_POLICIES, fit_image, to_rgb
 
 # The model `make demo` trains (synthetic classes); pass --model for one trained on Street10 or your cities.
 DEFAULT_MODEL = paths.models_dir() / "04-finetune" / "hed-bsds500-finetune-block3-seed42.best.keras"
@@ -45,9 +48,11 @@ DEFAULT_CLASSES = "street10"
 OUTPUTS = ("region", "city")
 URL_TIMEOUT = 10.0  # seconds
 MAX_DOWNLOAD_BYTES = 20 * 2**20
+CHUNK_BYTES = 64 * 2**10
 BATCH_SIZE = 16
-# PIL's own decoding failures; DecompressionBombError (an absurd pixel count) derives from Exception only.
-_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# PIL's failures on damaged data (a truncated file, a broken stream), besides UnidentifiedImageError (not an image
+# it reads) and DecompressionBombError (an absurd pixel count), which get messages of their own.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError)
 
 
 class InputError(ValueError):
@@ -130,6 +135,12 @@ def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"Model file not found: {path}. Train one first, or pass --model PATH.")
+    # Keras reports any .keras file that is not a zip as "File not found", which sends users looking for the file.
+    if path.suffix == ".keras" and not is_zipfile(path):
+        raise ModelError(
+            f"Cannot load model {path}: the file exists but is not a Keras model archive (a .keras file is a zip "
+            f"written by `model.save()`). Pass the .keras file that training wrote, or save the model again."
+        )
     meta = read_sidecar(path)
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
@@ -161,21 +172,44 @@ def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
 
 
 def is_url(source):
-    """True for http:// and https:// addresses."""
-    return urlparse(str(source)).scheme in ("http", "https")
+    """True for http:// and https:// addresses, malformed ones included (so that they are reported as URLs)."""
+    return str(source).lower().startswith(("http://", "https://"))
 
 
-def fetch_url(url, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
-    """Download an image: bytes, after checking the content type and the size.
+def _check_url(url):
+    """Check that an address names a host, and a port if any, that can be requested.
 
     Args:
         url: str, http or https.
-        timeout: float, seconds for the connection and each read. Default 10.
+
+    Raises:
+        InputError: no host, a malformed IPv6 host, or a port that is not a number in [0, 65535].
+    """
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port parses the port, raising ValueError on a bad one
+    except ValueError as err:
+        raise InputError(f"{url}: invalid URL ({err}). Check the host and port.") from err
+    if not host:
+        raise InputError(f"{url}: invalid URL (no host name). Expected http(s)://HOST[:PORT]/PATH.")
+
+
+def fetch_url(url, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
+    """Download an image: bytes, after checking the address, the content type and the size.
+
+    Args:
+        url: str, http or https.
+        timeout: float, seconds for the whole download. Default 10. A server silent that long fails at once; one
+            that keeps sending, too slowly, is cut off at the first chunk of the body past the deadline (so within
+            twice the timeout).
         max_bytes: int, the largest body accepted. Default 20 MiB.
 
     Raises:
-        InputError: unreachable, an HTTP error, a timeout, a content type other than image/*, or too large.
+        InputError: a malformed address, unreachable, an HTTP error, a timeout, a content type other than image/*,
+            too large, or a connection broken off.
     """
+    _check_url(url)
+    deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"User-Agent": "streetlib-analyze"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -185,38 +219,101 @@ def fetch_url(url, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
                 raise InputError(f"{url}: {int(length)} bytes is over the {max_bytes}-byte limit.")
-            body = response.read(max_bytes + 1)
+            return _read_body(response, url, deadline=deadline, timeout=timeout, max_bytes=max_bytes)
     except urllib.error.HTTPError as err:
         raise InputError(f"{url}: HTTP {err.code} {err.reason}.") from err
     except urllib.error.URLError as err:
+        if isinstance(err.reason, TimeoutError):
+            raise InputError(f"{url}: no answer within {timeout:g} s.") from err
         raise InputError(f"{url}: unreachable ({err.reason}).") from err
     except TimeoutError as err:
         raise InputError(f"{url}: no answer within {timeout:g} s.") from err
-    if len(body) > max_bytes:
-        raise InputError(f"{url}: the body is over the {max_bytes}-byte limit.")
-    return body
+    except (http.client.InvalidURL, UnicodeEncodeError) as err:
+        # http.client sends the path as it is given: it refuses spaces, control and non-ASCII characters.
+        raise InputError(
+            f"{url}: invalid URL ({err}). Percent-encode spaces and non-ASCII characters (a space is %20)."
+        ) from err
+    except (http.client.HTTPException, OSError) as err:
+        raise InputError(f"{url}: the connection broke off ({type(err).__name__}: {err}). Try again later.") from err
+
+
+def _read_body(response, url, *, deadline, timeout, max_bytes):
+    """Read a response body chunk by chunk as it arrives.
+
+    Args:
+        response: the open `http.client.HTTPResponse`.
+        url: str, named in the errors.
+        deadline: float, the `time.monotonic` time by which the body must have arrived.
+        timeout: float, the seconds that deadline stands for, named in the error.
+        max_bytes: int, the largest body accepted.
+
+    Raises:
+        InputError: the body is over ``max_bytes``, or still arriving at the deadline.
+    """
+    chunks, size = [], 0
+    # read1 returns after one socket read, so a server that sends a byte at a time cannot hold a read open.
+    while chunk := response.read1(CHUNK_BYTES):
+        size += len(chunk)
+        if size > max_bytes:
+            raise InputError(f"{url}: the body is over the {max_bytes}-byte limit.")
+        if time.monotonic() > deadline:
+            raise InputError(
+                f"{url}: not downloaded within the {timeout:g} s timeout ({size} bytes received): the server is "
+                f"too slow. Try again later, or raise --timeout."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def read_input(source, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
     """Read an image file or URL as RGB uint8 `(H, W, 3)` at its own size (EXIF orientation applied).
 
+    Args:
+        source: str or Path, an image file or an http(s) URL.
+        timeout: float, seconds for a URL's whole download (see `fetch_url`).
+        max_bytes: int, the largest download accepted.
+
     Raises:
-        InputError: the file is missing or unreadable, or the URL fails (see `fetch_url`).
+        InputError: the file is missing, cannot be opened or is not a readable image, or the URL fails (see
+            `fetch_url`) or does not serve a readable image.
     """
-    if not is_url(source):
-        try:
-            return read_image(source)
-        except (FileNotFoundError, DataError) as err:
-            raise InputError(str(err)) from err
-        except Image.DecompressionBombError as err:
-            raise InputError(f"Cannot read image {source}: {err}") from err
-    body = fetch_url(source, timeout=timeout, max_bytes=max_bytes)
+    if is_url(source):
+        body = fetch_url(str(source), timeout=timeout, max_bytes=max_bytes)
+        return _decode(io.BytesIO(body), f"{source}: the download is not a readable image",
+                       "Check that the URL serves the image itself.")
+    path = Path(source)
     try:
-        with Image.open(io.BytesIO(body)) as img:
+        if not path.is_file():
+            raise InputError(f"Image not found: {path}")
+        with path.open("rb") as file:
+            return _decode(file, f"Cannot read image {path}",
+                           "Replace it with a readable JPEG, PNG, WebP or BMP file, or leave it out.")
+    except OSError as err:
+        reason = err.strerror or err
+        raise InputError(f"Cannot open image {path}: {reason}. Check the path and its permissions.") from err
+
+
+def _decode(file, failure, advice):
+    """Decode an image as RGB uint8 `(H, W, 3)` (EXIF orientation applied).
+
+    Args:
+        file: a binary file object.
+        failure: str, the start of the error message, naming the input.
+        advice: str, what to do, ending the error message.
+
+    Raises:
+        InputError: the data is not an image, is damaged, or has an absurd pixel count.
+    """
+    try:
+        with Image.open(file) as img:
             img.load()
             return np.asarray(to_rgb(img), dtype=np.uint8)
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{failure}: {err} Use a smaller image.") from err
+    except UnidentifiedImageError as err:
+        raise InputError(f"{failure}: not an image, or in a format Pillow cannot read. {advice}") from err
     except _DECODE_ERRORS as err:
-        raise InputError(f"{source}: the download is not a readable image ({err}).") from err
+        raise InputError(f"{failure}: the image data is damaged ({err}). {advice}") from err
 
 
 def _class_entry(names, probs, k):
@@ -316,7 +413,8 @@ def add_arguments(parser):
                         help="figure directory (default: %(default)s)")
     parser.add_argument("--no-save", action="store_true", help="write no figures")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
-    parser.add_argument("--timeout", type=float, default=URL_TIMEOUT, help="seconds per URL (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=URL_TIMEOUT,
+                        help="seconds for each URL's whole download (default: %(default)s)")
     parser.add_argument("--max-bytes", type=_positive_int, default=MAX_DOWNLOAD_BYTES,
                         help="largest URL download accepted (default: %(default)s)")
     return parser

@@ -240,7 +240,8 @@ def load_source(backbone_model, weights, *, backbone="vgg16"):
 
     Raises:
         WeightsDownloadError: 'imagenet' or 'places365' could not be downloaded.
-        ValueError: a file whose layer shapes do not fit, or that shares no layer name with the backbone.
+        ValueError: a file that is not a Keras weights file, whose layer shapes do not fit, or that lacks weights
+            for some layer of the backbone (which would stay random). The backbone is then partly loaded: discard it.
     """
     weights = check_weights(weights, backbone=backbone)
     if weights == "random":
@@ -256,11 +257,36 @@ def load_source(backbone_model, weights, *, backbone="vgg16"):
     else:
         raise ValueError(f"Invalid `weights`. Expected one of {list(WEIGHT_SOURCES)} or a file. Received: {weights!r}")
     loaded = load_by_name(backbone_model, path)
-    if backbone == "vgg16" and isinstance(weights, str):
-        missing = [n for n in VGG16_CONV_LAYERS if n not in loaded]
-        if missing:
-            raise ValueError(f"{path} has no weights for VGG16 layers {missing}: it is not a {weights!r} VGG16 file.")
+    _check_complete(backbone_model, loaded, path, weights=weights, backbone=backbone)
     return loaded
+
+
+def _check_complete(backbone_model, loaded, path, *, weights, backbone):
+    """Refuse a weights file that leaves layers of the backbone at their random initial weights.
+
+    Args:
+        backbone_model: the `keras.Model` the file was loaded into.
+        loaded: list of str, the layers loaded from it.
+        path: `Path` of the file.
+        weights: the weight source: a `WEIGHT_SOURCES` name or the file's `Path`.
+        backbone: str, the backbone's registry name.
+
+    Raises:
+        ValueError: naming the missing layers and the file, and what to use instead.
+    """
+    # Imported here: models builds backbones with this module, so it cannot be imported at module level.
+    from streetlib.models import get_backbone
+
+    missing = [layer.name for layer in leaf_layers(backbone_model) if layer.weights and layer.name not in loaded]
+    if not missing:
+        return
+    label = get_backbone(backbone).constructor
+    kind = f"{weights!r} {label}" if isinstance(weights, str) else label
+    raise ValueError(
+        f"{path} has no weights for {label} layers {missing}, which would stay random: it is not a complete {kind} "
+        f"weights file (it has {len(loaded)} of the {len(loaded) + len(missing)} layers). Use a complete {label} "
+        f"weights file, such as one written by `save_weights()` of a {label} backbone or model."
+    )
 
 
 def _attr_list(group, name):
@@ -325,6 +351,26 @@ def _read_h5(h5, source):
     )
 
 
+def _open_h5(file, source):
+    """Open an HDF5 file for reading.
+
+    Args:
+        file: str, Path or binary file object.
+        source: what to name in the error: the file's path, or the archive member.
+
+    Raises:
+        ValueError: the file is not HDF5 (a web page or a partial download saved under the name), or is damaged.
+    """
+    try:
+        return h5py.File(file, "r")
+    except OSError as err:
+        raise ValueError(
+            f"Invalid weights file {source}: it cannot be read as HDF5 ({err}). Expected a Keras weights file in "
+            f"HDF5 (.h5 or .weights.h5, from `save_weights()` or Keras 2 `model.save()`); if it is a web page or an "
+            f"interrupted download, download it or save it again."
+        ) from err
+
+
 def read_weights(path):
     """Read a Keras weights file by layer name.
 
@@ -334,15 +380,25 @@ def read_weights(path):
     Returns:
         dict layer name -> list of numpy arrays, in the layer's weight order (kernel, bias; BatchNorm gamma, beta,
         moving mean, moving variance). Layers without weights are left out.
+
+    Raises:
+        ValueError: the file is not a Keras weights file of its kind (not HDF5, a .keras that is not a zip), or is
+            damaged; the message names the file and what to do.
+        FileNotFoundError: the file does not exist.
     """
     path = _check_file(path)
     if path.suffix.lower() == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"Invalid weights file {path}: it is not a zip archive, so not a Keras .keras file. Save the model "
+                f"again with `model.save()`, or pass its weights as a .h5 / .weights.h5 file."
+            )
         with zipfile.ZipFile(path) as archive:
             if "model.weights.h5" not in archive.namelist():
                 raise ValueError(f"{path} is not a Keras 3 .keras archive: it holds no model.weights.h5.")
-            with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
+            with _open_h5(io.BytesIO(archive.read("model.weights.h5")), f"{path} (model.weights.h5)") as h5:
                 return _read_h5(h5, path)
-    with h5py.File(path, "r") as h5:
+    with _open_h5(path, path) as h5:
         return _read_h5(h5, path)
 
 

@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 from test_attribution import convention_model  # noqa: E402
 
-from streetlib import analyze  # noqa: E402
+from streetlib import analyze, cli  # noqa: E402
 from streetlib.classes import STREET10, SYNTH10  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "street-samples"
@@ -93,8 +93,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/slow.jpg":
             time.sleep(2.0)
             self._send(200, "image/jpeg", jpeg_bytes())
+        elif self.path == "/drip.jpg":
+            self._drip(jpeg_bytes())
         else:
             self._send(404, "text/plain", b"missing")
+
+    def _drip(self, body, *, interval=0.1, most=60):
+        """Send the headers, then one byte every ``interval`` s: no single read waits long, but the body is slow.
+        Bounded: after ``most`` bytes the handler stops by itself, leaving the body incomplete."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for byte in body[:most]:
+            self.wfile.write(bytes([byte]))
+            time.sleep(interval)
 
     def log_message(self, *args):
         pass
@@ -120,6 +133,13 @@ def server():
 def run(argv, capsys):
     args = analyze.add_arguments(argparse.ArgumentParser()).parse_args([str(a) for a in argv])
     status = analyze.main(args)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def run_cli(argv, capsys):
+    """``streetlib analyze ARGV`` through the command's entry point: (status, stdout, stderr)."""
+    status = cli.main(["analyze", *(str(a) for a in argv)])
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -190,6 +210,8 @@ def bad_file(tmp_path, kind):
         return path
     if kind == "directory":
         return tmp_path
+    if kind == "long-name":
+        return tmp_path / ("x" * 300 + ".jpg")
     raise ValueError(kind)
 
 
@@ -199,10 +221,11 @@ def bad_file(tmp_path, kind):
         ("missing", "Image not found"),
         ("text", "Cannot read image"),
         ("directory", "Image not found"),
+        ("long-name", "File name too long. Check the path"),
     ],
 )
 def test_bad_files_are_reported_and_the_rest_analysed(kind, expected, tiny_model, good_image, tmp_path, capsys):
-    status, out, err = run([bad_file(tmp_path, kind), good_image, "--model", tiny_model, "--no-save"], capsys)
+    status, out, err = run_cli([bad_file(tmp_path, kind), good_image, "--model", tiny_model, "--no-save"], capsys)
     assert status == 1
     assert err.count("\n") == 1 and "streetlib analyze: error: " in err and expected in err
     assert f"{good_image} (70x40)" in out
@@ -218,19 +241,73 @@ def test_bad_files_are_reported_and_the_rest_analysed(kind, expected, tiny_model
         ("{server}/garbage.jpg", "the download is not a readable image"),
         ("{server}/missing.jpg", "HTTP 404"),
         ("{server}/slow.jpg", "no answer within 0.5 s"),
+        ("{server}/drip.jpg", "not downloaded within the 0.5 s timeout"),
     ],
 )
 def test_bad_urls_are_reported_and_the_rest_analysed(url, expected, server, tiny_model, good_image, capsys):
     url = url.format(server=server)
     argv = [url, good_image, f"{server}/street.jpg", "--model", tiny_model, "--no-save", "--timeout", "0.5",
             "--max-bytes", "2000", "--json"]
-    status, out, err = run(argv, capsys)
+    status, out, err = run_cli(argv, capsys)
     assert status == 1
     assert err.count("\n") == 1 and url in err and expected in err
     bad, local, remote = json.loads(out)
     assert not bad["ok"] and expected in bad["error"]
     assert local["ok"] and local["size"] == [70, 40]
     assert remote["ok"] and remote["size"] == [48, 36]
+
+
+@pytest.mark.parametrize(
+    "url, reason, advice",
+    [
+        ("http://127.0.0.1:abc/x.jpg", "Port could not be cast to integer value as 'abc'", "Check the host and port."),
+        ("http://127.0.0.1:99999/x.jpg", "Port out of range 0-65535", "Check the host and port."),
+        ("http://[::1/x.jpg", "Invalid IPv6 URL", "Check the host and port."),
+        ("http:///x.jpg", "no host name", "Expected http(s)://HOST[:PORT]/PATH."),
+        ("{server}/a street.jpg", "URL can't contain control characters.", "Percent-encode spaces and non-ASCII"),
+        ("{server}/straße.jpg", "'ascii' codec can't encode character", "Percent-encode spaces and non-ASCII"),
+    ],
+)
+def test_malformed_urls_are_reported_and_the_rest_analysed(url, reason, advice, server, tiny_model, good_image,
+                                                           capsys):
+    url = url.format(server=server)
+    with pytest.raises(analyze.InputError) as err:
+        analyze.read_input(url)
+    message = str(err.value)
+    assert message.startswith(f"{url}: invalid URL ({reason}") and advice in message and "\n" not in message
+
+    status, out, err = run_cli([good_image, url, f"{server}/street.jpg", "--model", tiny_model, "--no-save"], capsys)
+    assert status == 1
+    assert err == f"streetlib analyze: error: {message}\n"
+    assert f"{good_image} (70x40)" in out and f"{server}/street.jpg (48x36)" in out
+
+
+def test_download_time_is_bounded_as_a_whole(server):
+    url = f"{server}/drip.jpg"  # a byte every 0.1 s: each read gets data in time, the whole would take 6 s
+    start = time.monotonic()
+    with pytest.raises(analyze.InputError) as err:
+        analyze.fetch_url(url, timeout=0.5)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.5, f"the download went on for {elapsed:.1f} s with a 0.5 s timeout"
+    message = str(err.value)
+    assert message.startswith(f"{url}: not downloaded within the 0.5 s timeout (") and "bytes received" in message
+    assert "raise --timeout" in message
+    assert analyze.fetch_url(f"{server}/street.jpg", timeout=0.5) == jpeg_bytes()  # a prompt server still serves
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_unreadable_image_message_fits_the_command(kind, tiny_model, good_image, tmp_path, capsys):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"not an image" if kind == "text" else jpeg_bytes((64, 64))[:300])
+    with pytest.raises(analyze.InputError) as err:
+        analyze.read_input(path)
+    message = str(err.value)
+    assert message.startswith(f"Cannot read image {path}: ")
+    assert "Replace it with a readable JPEG, PNG, WebP or BMP file, or leave it out." in message
+    assert "on_error" not in message
+    status, out, err = run_cli([path, good_image, "--model", tiny_model, "--no-save"], capsys)
+    assert status == 1 and err == f"streetlib analyze: error: {message}\n"
+    assert f"{good_image} (70x40)" in out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,6 +369,19 @@ def test_unusable_model_or_option(setup, extra, expected, tiny_model, good_image
     status, _, err = run([good_image, "--model", path, "--no-save", *extra], capsys)
     assert status == 2
     assert expected in err and err.count("\n") == 1
+
+
+def test_a_text_file_named_keras_is_not_reported_missing(good_image, tmp_path, capsys):
+    path = tmp_path / "notes.keras"
+    path.write_text("weights: see the shared drive")
+    with pytest.raises(analyze.ModelError) as err:
+        analyze.load_model(path)
+    message = str(err.value)
+    assert "not found" not in message.lower()
+    assert f"Cannot load model {path}: the file exists but is not a Keras model archive" in message
+    assert "save the model again" in message
+    status, out, err = run_cli([good_image, "--model", path, "--no-save"], capsys)
+    assert status == 2 and out == "" and err == f"streetlib analyze: error: {message}\n"
 
 
 def test_sidecar_sets_classes_and_options_override_it(models_dir, good_image, capsys):

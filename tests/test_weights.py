@@ -237,3 +237,49 @@ def test_a_weights_file_gets_the_backbones_imagenet_normalization(tmp_path):
     path = _write_keras2(tmp_path / "mine.h5", {"block1_conv1": [np.zeros((3, 3, 3, 64), np.float32)]})
     assert weights.normalization_for(path) == "caffe"
     assert weights.describe(path) == "weights file mine.h5"
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("vgg16.h5", "text"),
+        ("vgg16.weights.h5", "truncated"),
+        ("vgg16.keras", "text"),
+    ],
+)
+def test_a_file_of_the_wrong_format_is_named_with_what_to_do(tmp_path, backbone, name, kind):
+    path = tmp_path / name
+    if kind == "text":
+        path.write_text("<html>404 Not Found</html>")
+    else:
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="fc1")]).save_weights(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # an interrupted download
+    expected = (
+        "is not a zip archive, so not a Keras .keras file. Save the model again with `model.save()`"
+        if name.endswith(".keras")
+        else "cannot be read as HDF5 ("
+    )
+    with pytest.raises(ValueError) as err:
+        weights.read_weights(path)
+    message = str(err.value)
+    assert message.startswith(f"Invalid weights file {path}: ") and expected in message
+    if not name.endswith(".keras"):
+        assert "Expected a Keras weights file in HDF5" in message and "download it or save it again" in message
+    with pytest.raises(ValueError) as err:
+        models.build_backbone("vgg16", weights=path, input_shape=(32, 32, 3))
+    assert str(err.value) == message
+
+
+def test_a_legacy_file_missing_a_conv_layer_is_refused(tmp_path, backbone):
+    present = [n for n in weights.VGG16_CONV_LAYERS if n != "block5_conv3"]
+    path = _write_keras2(tmp_path / "vgg16_partial.h5", _fake_weights(backbone, present))
+    with pytest.raises(ValueError) as err:
+        models.build_backbone("vgg16", weights=path, input_shape=(32, 32, 3))
+    message = str(err.value)
+    assert message.startswith(f"{path} has no weights for VGG16 layers ['block5_conv3'], which would stay random")
+    assert "it has 12 of the 13 layers" in message and "Use a complete VGG16 weights file" in message
+
+    full = _fake_weights(backbone, weights.VGG16_CONV_LAYERS, seed=3)
+    complete = _write_keras2(tmp_path / "vgg16_full.h5", full)
+    built = models.build_backbone("vgg16", weights=complete, input_shape=(32, 32, 3))
+    np.testing.assert_array_equal(built.get_layer("block5_conv3").get_weights()[0], full["block5_conv3"][0])
