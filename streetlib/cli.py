@@ -117,22 +117,26 @@ def _cmd_run(args):
         args.notebooks, profile=args.profile, overrides=overrides, grid=args.grid, force=args.force,
         keep_going=args.keep_going, cell_timeout=args.cell_timeout,
     )
-    failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        print(f"FAILED {r.output}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    for r in results:
+        if r.status in ("failed", "interrupted"):
+            print(f"{r.status.upper()} {r.output.name}: {r.error}", file=sys.stderr)
+    if any(r.status == "interrupted" for r in results):
+        print("Stopped. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 def _add_run_command(sub):
     p = sub.add_parser("run", help="run the numbered notebooks headless with papermill")
     p.add_argument("notebooks", nargs="*", help="notebook numbers or names (default: all, in order)")
-    p.add_argument("--profile", choices=["smoke", "demo", "full"], default="demo", help="default: %(default)s")
+    p.add_argument("--profile", default="demo", help="a profile of streetlib/profiles.yaml: smoke, demo (default) or full")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="set a parameter in every notebook that has it (checked against the parameters cells)")
     p.add_argument("--grid", help="YAML grid file: run one notebook over combinations of parameters")
     p.add_argument("--force", action="store_true", help="re-run notebooks that already finished")
     p.add_argument("--keep-going", action="store_true", help="after a failure, run the remaining notebooks")
-    p.add_argument("--cell-timeout", type=int, default=1800, help="seconds per cell (default: %(default)s)")
+    p.add_argument("--cell-timeout", type=int, default=None,
+                   help="stop a cell after this many seconds (default: no limit; training cells run for hours)")
     p.set_defaults(func=_cmd_run)
 
 
@@ -194,6 +198,10 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"streetlib {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"streetlib {args.command}: interrupted (Ctrl-C). Files are written atomically: nothing finished was "
+              f"lost.", file=sys.stderr)
+        return 130
     return int(status or 0)
 
 

@@ -44,6 +44,7 @@ import tensorflow as tf
 from streetlib import models, paths, pipeline
 from streetlib import weights as weights_lib
 from streetlib.paths import atomic_path
+from streetlib.progress import EpochProgress
 from streetlib.splits import make_split
 
 # Phase presets, after the original study. The original's from-scratch settings are not published: 'scratch'
@@ -305,7 +306,8 @@ def run_phase(
         epochs=epochs,
         steps_per_epoch=steps,
         shuffle=False,  # the datasets shuffle themselves, seeded
-        callbacks=_callbacks(run_files, saver, record, early_stopping=early_stopping, extra=callbacks),
+        callbacks=_callbacks(run_files, saver, record, early_stopping=early_stopping, extra=callbacks,
+                             progress=EpochProgress(f"{experiment}/{run}", epochs)),
         verbose=verbose,
     )
     with atomic_path(run_files["final_model"]) as tmp:
@@ -451,7 +453,7 @@ def _compile(model, optimizer_config, loss_weights, *, xla):
     )
 
 
-def _callbacks(run_files, saver, record, *, early_stopping, extra):
+def _callbacks(run_files, saver, record, *, early_stopping, extra, progress):
     """The callbacks of a run, in the order that keeps its records consistent if it is killed between two."""
     stopping = [keras.callbacks.EarlyStopping(monitor="val_city_loss", mode="min", patience=early_stopping)]
     return [
@@ -463,6 +465,7 @@ def _callbacks(run_files, saver, record, *, early_stopping, extra):
         record,
         # Last of ours: an epoch is backed up only after its row, best model and manifest are written.
         keras.callbacks.BackupAndRestore(str(run_files["backup"])),
+        progress,
         *(extra or []),
     ]
 

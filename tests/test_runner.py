@@ -122,3 +122,120 @@ def test_invalid_profile_and_notebook(setup):
 def test_parse_value():
     assert runner.parse_value("3") == 3 and runner.parse_value("0.5") == 0.5
     assert runner.parse_value("[1, 2]") == [1, 2] and runner.parse_value("hed-bsds500") == "hed-bsds500"
+
+
+def test_parameter_types_are_checked_before_anything_runs(setup):
+    nbs, log, out = setup
+    _notebook(nbs / "03_typed.ipynb", "seeds = [42]\nrate = 0.5\nflag = False\nanything = None\n", "")
+    typed = nbs / "03_typed.ipynb"
+    runner.check_types(typed, {"seeds": [1, 2], "rate": 1, "flag": True, "anything": "x"})
+    cases = [
+        ({"size": "abc"}, r"Invalid parameter 'size' for 01_first.ipynb. Expected an int, like its default 8. "
+                          r"Received: size='abc'"),
+        ({"size": True}, "Expected an int"),
+        ({"size": 2.5}, "Expected an int"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _run(out, overrides=overrides)
+    assert not log.exists() and not out.exists()
+    with pytest.raises(ValueError, match=r"'seeds' for 03_typed.ipynb. Expected a list of int, like its default "
+                                         r"\[42\]. Received: seeds=42"):
+        runner.check_types(typed, {"seeds": 42})
+    with pytest.raises(ValueError, match="Expected a list of int"):
+        runner.check_types(typed, {"seeds": [1, "2"]})
+    with pytest.raises(ValueError, match=r"Expected a bool \(True or False\)"):
+        runner.check_types(typed, {"flag": 1})
+
+
+def test_cli_refuses_a_wrongly_typed_parameter_in_one_line(capsys):
+    """On the real notebooks and profiles: refused before a kernel starts (the notebook has never run)."""
+    from streetlib import cli
+
+    status = cli.main(["run", "--profile", "smoke", "01", "-p", "samples_per_class", "abc"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and "'samples_per_class'" in err and "Expected an int" in err and "'abc'" in err
+
+
+def test_no_cell_time_limit_unless_asked_and_a_timeout_names_the_cell(setup, capfd):
+    nbs, log, out = setup
+    _notebook(nbs / "01_first.ipynb", "seconds = 0.0\nname = 'a'\n", "import time\ntime.sleep(seconds)")
+    _notebook(nbs / "02_second.ipynb", "size = 8\n", "")
+    results = _run(out, overrides={"seconds": 4.0}, cell_timeout=1)
+    assert [r.status for r in results] == ["failed"]
+    assert results[0].error.startswith("cell [3] (`import time`): no result after the cell time limit of 1 s")
+    assert "Traceback" not in capfd.readouterr().err  # the stopped kernel's noise goes to its log
+    assert (out / "01_first.kernel.log").is_file()
+    # Without a limit the same cell finishes; the next run resumes with the notebook that did not finish.
+    assert [r.status for r in _run(out, overrides={"seconds": 4.0})] == ["done", "done"]
+
+
+def test_a_dead_kernel_ends_as_one_line(setup):
+    nbs, log, out = setup
+    _notebook(nbs / "02_second.ipynb", "size = 8\n", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    results = _run(out)
+    assert [r.status for r in results] == ["done", "failed"]
+    assert results[1].error.startswith("cell [3] (`import os, signal`): the kernel died")
+    assert str(out / "02_second.kernel.log") in results[1].error
+
+
+def test_training_progress_is_reported_while_the_notebook_runs(setup, tmp_path):
+    """The kernel appends a line to the progress file, then waits until the runner has reported it: the line must
+    reach the terminal while the cell still runs, not when the notebook ends."""
+    nbs, log, out = setup
+    seen = tmp_path / "seen"
+    _notebook(nbs / "01_first.ipynb", "name = 'a'\n",
+              "import os, pathlib, time\n"
+              "open(os.environ['STREETLIB_PROGRESS'], 'a').write('exp/run: epoch 1/3, 2 s elapsed\\n')\n"
+              f"deadline = time.monotonic() + 60\n"
+              f"while not pathlib.Path({str(seen)!r}).exists() and time.monotonic() < deadline:\n"
+              "    time.sleep(0.1)\n"
+              f"assert pathlib.Path({str(seen)!r}).exists()")
+    lines = []
+
+    def report(line):
+        lines.append(line)
+        if "epoch 1/3" in line:
+            seen.write_text("")
+
+    results = runner.run(["01"], profile="p", out_dir=out, progress=False, report=report)
+    assert [r.status for r in results] == ["done"]
+    assert "  exp/run: epoch 1/3, 2 s elapsed" in lines
+
+
+INTERRUPT_SCRIPT = """
+import sys
+from streetlib import cli, runner
+runner.PROFILES_FILE = {profiles!r}
+runner.paths.notebooks_dir = lambda: __import__("pathlib").Path({nbs!r})
+sys.exit(cli.main(["run", "--profile", "p"]))
+"""
+
+
+def test_ctrl_c_ends_as_one_line_and_the_next_run_resumes(setup, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nbs, log, out = setup
+    started = tmp_path / "started"
+    _notebook(nbs / "02_second.ipynb", "size = 8\n",
+              f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('')\ntime.sleep(60)")
+    script = INTERRUPT_SCRIPT.format(profiles=str(tmp_path / "profiles.yaml"), nbs=str(nbs))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the runner (the kernel runs in a session of its own)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "INTERRUPTED 02_second.ipynb: cell [3] (`import pathlib, time`): stopped by Ctrl-C" in stderr
+    assert "[done] 01_first.ipynb" in stdout
+    _notebook(nbs / "02_second.ipynb", "size = 8\n", "")
+    assert [r.status for r in _run(nbs / "executed" / "p")] == ["skipped", "done"]
+    assert os.path.exists(nbs / "executed" / "p" / "02_second.done.json")
