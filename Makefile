@@ -22,7 +22,11 @@ $(INSTALLED): pyproject.toml requirements.lock
 demo: $(INSTALLED)
 	$(BIN)/streetlib run --profile demo
 
+# Lint, formatting and the import-layer contracts (pyproject.toml) first: they take seconds, the tests minutes.
 test: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean-demo:

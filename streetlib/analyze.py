@@ -157,7 +157,7 @@ def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
     except (ValueError, FileNotFoundError) as err:
         raise ModelError(str(err)) from err
     sizes = {}
-    for output, expected in zip(OUTPUTS, (spec.num_regions, spec.num_classes)):
+    for output, expected in zip(OUTPUTS, (spec.num_regions, spec.num_classes), strict=True):
         try:
             sizes[output] = int(logits_tensor(model, output).shape[-1])
         except ValueError as err:
@@ -279,15 +279,21 @@ def read_input(source, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
     """
     if is_url(source):
         body = fetch_url(str(source), timeout=timeout, max_bytes=max_bytes)
-        return _decode(io.BytesIO(body), f"{source}: the download is not a readable image",
-                       "Check that the URL serves the image itself.")
+        return _decode(
+            io.BytesIO(body),
+            f"{source}: the download is not a readable image",
+            "Check that the URL serves the image itself.",
+        )
     path = Path(source)
     try:
         if not path.is_file():
             raise InputError(f"Image not found: {path}")
         with path.open("rb") as file:
-            return _decode(file, f"Cannot read image {path}",
-                           "Replace it with a readable JPEG, PNG, WebP or BMP file, or leave it out.")
+            return _decode(
+                file,
+                f"Cannot read image {path}",
+                "Replace it with a readable JPEG, PNG, WebP or BMP file, or leave it out.",
+            )
     except OSError as err:
         reason = err.strerror or err
         raise InputError(f"Cannot open image {path}: {reason}. Check the path and its permissions.") from err
@@ -356,7 +362,7 @@ def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", 
         order = np.argsort(-probs["city"], kind="stable")[:top]
         results.append(
             {
-                "region": {n: round(float(p), 4) for n, p in zip(names["region"], probs["region"])},
+                "region": {n: round(float(p), 4) for n, p in zip(names["region"], probs["region"], strict=True)},
                 "cities": [_class_entry(names["city"], probs["city"], k) for k in order],
                 "explained": {
                     o: {**_class_entry(names[o], probs[o], t), "rank": int(np.sum(probs[o] > probs[o][t])) + 1}
@@ -397,26 +403,48 @@ def add_arguments(parser):
     """Add the ``analyze`` options to an `argparse.ArgumentParser`."""
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_URL", help="image files or http(s) URLs")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a .keras model file (default: %(default)s)")
-    parser.add_argument("--classes", default=None,
-                        help="'street10', 'synth10' or a class-spec YAML file (default: the sidecar's, else street10)")
-    parser.add_argument("--normalization", default=None,
-                        help="input normalisation (default: the model's sidecar, else samplewise)")
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="'street10', 'synth10' or a class-spec YAML file (default: the sidecar's, else street10)",
+    )
+    parser.add_argument(
+        "--normalization", default=None, help="input normalisation (default: the model's sidecar, else samplewise)"
+    )
     parser.add_argument("--layer", default=None, help="Grad-CAM layer (default: the backbone's last convolution)")
-    parser.add_argument("--policy", choices=RESIZE_POLICIES, default="crop",
-                        help="how images are fitted to the model input (default: %(default)s)")
-    parser.add_argument("--only-cam", action="store_true",
-                        help="draw only the Grad-CAMs, at the image's own resolution")
-    parser.add_argument("--rank", type=_positive_int, default=1,
-                        help="explain the class of this rank: 1 the prediction, 2 the runner-up... (default: 1)")
+    parser.add_argument(
+        "--policy",
+        choices=RESIZE_POLICIES,
+        default="crop",
+        help="how images are fitted to the model input (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--only-cam", action="store_true", help="draw only the Grad-CAMs, at the image's own resolution"
+    )
+    parser.add_argument(
+        "--rank",
+        type=_positive_int,
+        default=1,
+        help="explain the class of this rank: 1 the prediction, 2 the runner-up... (default: 1)",
+    )
     parser.add_argument("--top", type=_positive_int, default=3, help="cities listed per image (default: 3)")
-    parser.add_argument("--out", default=str(paths.figs_dir() / "analyze"),
-                        help="figure directory (default: %(default)s)")
+    parser.add_argument(
+        "--out", default=str(paths.figs_dir() / "analyze"), help="figure directory (default: %(default)s)"
+    )
     parser.add_argument("--no-save", action="store_true", help="write no figures")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
-    parser.add_argument("--timeout", type=float, default=URL_TIMEOUT,
-                        help="seconds for each URL's whole download (default: %(default)s)")
-    parser.add_argument("--max-bytes", type=_positive_int, default=MAX_DOWNLOAD_BYTES,
-                        help="largest URL download accepted (default: %(default)s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=URL_TIMEOUT,
+        help="seconds for each URL's whole download (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=MAX_DOWNLOAD_BYTES,
+        help="largest URL download accepted (default: %(default)s)",
+    )
     return parser
 
 
@@ -458,13 +486,18 @@ def main(args):
         batch = readable[start : start + BATCH_SIZE]
         try:
             results, fitted, explanations = analyze_images(
-                [image for _, image in batch], loaded, rank=args.rank, top=args.top, layer=args.layer,
-                policy=args.policy, guided=not args.only_cam,
+                [image for _, image in batch],
+                loaded,
+                rank=args.rank,
+                top=args.top,
+                layer=args.layer,
+                policy=args.policy,
+                guided=not args.only_cam,
             )
         except ValueError as err:
             print(f"streetlib analyze: error: {err}", file=sys.stderr)
             return 2
-        for i, ((k, original), result) in enumerate(zip(batch, results)):
+        for i, ((k, original), result) in enumerate(zip(batch, results, strict=True)):
             record = records[k]
             record.update(size=[int(original.shape[1]), int(original.shape[0])], **result, figure=None)
             if args.no_save:
@@ -475,8 +508,9 @@ def main(args):
                 fig = plot_cam_only(original, explanations, i, spec=loaded.spec, policy=args.policy, title=title)
                 path = Path(args.out) / f"{name}_cam.png"
             else:
-                fig = plot_explanation(fitted[i], explanations, i, spec=loaded.spec,
-                                       normalization=loaded.normalization, title=title)
+                fig = plot_explanation(
+                    fitted[i], explanations, i, spec=loaded.spec, normalization=loaded.normalization, title=title
+                )
                 path = Path(args.out) / f"{name}_gradcam.png"
             record["figure"] = str(_save_figure(fig, path))
     if args.json:

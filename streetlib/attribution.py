@@ -193,7 +193,8 @@ def clone_with_weights(model, *, clone_function=None):
         (clone, pairs): the `keras.Model` and the list of (clone variable, model variable) pairs.
     """
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    pairs = list(zip(clone.weights, model.weights))
+    # Not strict: a length mismatch is refused just below, with a message that says what it means.
+    pairs = list(zip(clone.weights, model.weights, strict=False))
     if len(clone.weights) != len(model.weights) or any(c.shape != m.shape for c, m in pairs):
         raise ValueError(f"The clone of {model.name!r} does not have the model's weights; it cannot stand in for it.")
     for clone_var, model_var in pairs:
@@ -262,7 +263,7 @@ class Explainer:
         self.layer = default_layer(model) if layer is None else layer
         path = find_layer_path(model, self.layer)
         containers = [model] + path[:-1]
-        nodes = [_node_in(c, child) for c, child in zip(containers, path)]
+        nodes = [_node_in(c, child) for c, child in zip(containers, path, strict=True)]
         shape = nodes[-1].output_tensors[0].shape
         if len(shape) != 4:
             raise ValueError(
@@ -273,7 +274,7 @@ class Explainer:
             # pre[i]: container i's input -> the nested model's input (or, innermost, the layer's output).
             self._pre = [
                 keras.Model(_single(c.inputs, c.name), _single(n.input_tensors, n.operation.name))
-                for c, n in zip(containers[:-1], nodes[:-1])
+                for c, n in zip(containers[:-1], nodes[:-1], strict=True)
             ]
             innermost = containers[-1]
             self._pre.append(keras.Model(_single(innermost.inputs, innermost.name), nodes[-1].output_tensors[0]))
@@ -281,7 +282,7 @@ class Explainer:
             # tensor); the outer model's part, per output, is built in `_cam_fn`.
             self._post = [
                 keras.Model(n.output_tensors[0], out)
-                for c, n in zip(containers[1:], nodes[1:])
+                for c, n in zip(containers[1:], nodes[1:], strict=True)
                 if (out := _single(c.outputs, f"Nested model {c.name!r} output")) is not n.output_tensors[0]
             ]
         except ValueError as err:
@@ -560,8 +561,6 @@ def model_input_size(model):
     return None if h is None or w is None else (int(h), int(w))
 
 
-
-
 def normalize_maps(maps):
     """Divide each non-negative map by its maximum; all-zero maps stay zero (no NaN).
 
@@ -738,8 +737,11 @@ def plot_explanation(image, explanations, i=0, *, spec, normalization, title=Non
     _show(axes[0, 1], overlay(image, region.cam[i]), region_title)
     _show(axes[0, 2], rgb["region"], "Guided Grad-CAM region")
     city_name = class_names(spec, "city")[city.target[i]]
-    _show(axes[1, 0], gradient_to_rgb(city.guided[i : i + 1], normalization=normalization)[0],
-          f"guided backprop ({city_name})")
+    _show(
+        axes[1, 0],
+        gradient_to_rgb(city.guided[i : i + 1], normalization=normalization)[0],
+        f"guided backprop ({city_name})",
+    )
     _show(axes[1, 1], overlay(image, city.cam[i]), f"Grad-CAM city: {_label(class_names(spec, 'city'), city, i)}")
     _show(axes[1, 2], rgb["city"], "Guided Grad-CAM city")
     if title:
@@ -767,7 +769,7 @@ def plot_cam_only(original, explanations, i=0, *, spec, policy, title=None):
     fig = Figure(figsize=(12, 4 * H / W + 0.6))
     axes = fig.subplots(1, 3)
     _show(axes[0], original, f"input {W}x{H}")
-    for ax, output in zip(axes[1:], ("region", "city")):
+    for ax, output in zip(axes[1:], ("region", "city"), strict=True):
         e = explanations[output]
         cam = map_to_original(e.cam[i], (H, W), policy=policy)
         _show(ax, overlay(original, cam), f"Grad-CAM {output}: {_label(class_names(spec, output), e, i)}")
@@ -829,8 +831,10 @@ def plot_mean_cams(mean_cams, counts, *, spec, title=None, cmap="viridis"):
     """
     n = spec.num_classes
     if len(mean_cams) != n or len(counts) != n:
-        raise ValueError(f"`mean_cams` and `counts` need one entry per class of {spec.name!r} ({n}). "
-                         f"Received {len(mean_cams)} and {len(counts)}.")
+        raise ValueError(
+            f"`mean_cams` and `counts` need one entry per class of {spec.name!r} ({n}). "
+            f"Received {len(mean_cams)} and {len(counts)}."
+        )
     cols = min(n, 5)
     rows = -(-n // cols)
     fig = Figure(figsize=(2.4 * cols, 2.6 * rows))
@@ -856,8 +860,9 @@ def plot_patch_gallery(patches, *, spec, title=None):
         `matplotlib.figure.Figure`.
     """
     if len(patches) != spec.num_classes:
-        raise ValueError(f"`patches` needs one entry per class of {spec.name!r} ({spec.num_classes}). "
-                         f"Received {len(patches)}.")
+        raise ValueError(
+            f"`patches` needs one entry per class of {spec.name!r} ({spec.num_classes}). Received {len(patches)}."
+        )
     cols = max(1, max(len(p) for p in patches))
     fig = Figure(figsize=(1.3 * cols + 1, 1.4 * len(patches)))
     axes = fig.subplots(len(patches), cols, squeeze=False)

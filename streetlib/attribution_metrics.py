@@ -208,7 +208,11 @@ def perturbation_curves(images, maps, model, *, output, target, normalization, s
             ("insertion", np.where(chosen, image, blurred)),
         ):
             curves[kind][i] = _class_probability(
-                batch, model, output=output, target=np.full(steps + 1, target[i]), normalization=normalization,
+                batch,
+                model,
+                output=output,
+                target=np.full(steps + 1, target[i]),
+                normalization=normalization,
                 batch_size=batch_size,
             )
     return {
@@ -363,7 +367,7 @@ def street_features(images, cams, labels, predicted, *, num_classes, patch_size=
         yx = np.array([windows[j][:2] for j in best], np.int64).reshape(-1, 2)
         index = members[best]
         patches.append(
-            np.stack([images[i, y : y + size, x : x + size] for i, (y, x) in zip(index, yx)])
+            np.stack([images[i, y : y + size, x : x + size] for i, (y, x) in zip(index, yx, strict=True)])
             if len(index)
             else np.zeros((0, size, size, 3), np.uint8)
         )
@@ -445,25 +449,42 @@ def score_methods(images, masks, model, *, normalization, output="region", layer
     maps["random"] = random_maps(maps["grad_cam"].shape, seed=seed)
     curves, rows = {}, []
     for method, m in maps.items():
-        curves[method] = perturbation_curves(images, m, model, output=output, target=target,
-                                             normalization=normalization, steps=steps, seed=seed)
-        rows.append({"method": method,
-                     "deletion_auc": float(curves[method]["deletion_auc"].mean()),
-                     "deletion_auc_std": float(curves[method]["deletion_auc"].std()),
-                     "insertion_auc": float(curves[method]["insertion_auc"].mean()),
-                     "insertion_auc_std": float(curves[method]["insertion_auc"].std()),
-                     "images": len(images)})
-    return {"maps": maps, "target": target, "localization": localization,
-            "perturbation": pd.DataFrame(rows), "curves": curves}
+        curves[method] = perturbation_curves(
+            images, m, model, output=output, target=target, normalization=normalization, steps=steps, seed=seed
+        )
+        rows.append(
+            {
+                "method": method,
+                "deletion_auc": float(curves[method]["deletion_auc"].mean()),
+                "deletion_auc_std": float(curves[method]["deletion_auc"].std()),
+                "insertion_auc": float(curves[method]["insertion_auc"].mean()),
+                "insertion_auc_std": float(curves[method]["insertion_auc"].std()),
+                "images": len(images),
+            }
+        )
+    return {
+        "maps": maps,
+        "target": target,
+        "localization": localization,
+        "perturbation": pd.DataFrame(rows),
+        "curves": curves,
+    }
 
 
 def randomization_table(check):
     """`randomization_check` results as a tidy DataFrame: method, step, layer, mean and std rank correlation."""
     rows = []
     for method, values in check["spearman"].items():
-        for step, (layer, corr) in enumerate(zip(check["layers"], values), start=1):
-            rows.append({"method": method, "step": step, "layer": layer,
-                         "spearman_mean": float(np.nanmean(corr)), "spearman_std": float(np.nanstd(corr))})
+        for step, (layer, corr) in enumerate(zip(check["layers"], values, strict=True), start=1):
+            rows.append(
+                {
+                    "method": method,
+                    "step": step,
+                    "layer": layer,
+                    "spearman_mean": float(np.nanmean(corr)),
+                    "spearman_std": float(np.nanstd(corr)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -474,11 +495,14 @@ def plot_perturbation(curves, *, title=None):
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for method, c in curves.items():
-        for ax, kind in zip(axes, ("deletion", "insertion")):
-            ax.plot(c["fractions"], c[kind].mean(axis=0),
-                    label=f"{method} (area {c[f'{kind}_auc'].mean():.3f})",
-                    linestyle="--" if method == "random" else "-")
-    for ax, kind in zip(axes, ("deletion", "insertion")):
+        for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
+            ax.plot(
+                c["fractions"],
+                c[kind].mean(axis=0),
+                label=f"{method} (area {c[f'{kind}_auc'].mean():.3f})",
+                linestyle="--" if method == "random" else "-",
+            )
+    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
         ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'restored'}, most attributed first")
         ax.set_ylabel("probability of the explained class")
         ax.set_title(f"{kind} (lower area is better)" if kind == "deletion" else f"{kind} (higher area is better)")
@@ -497,8 +521,7 @@ def plot_randomization(table, *, title=None):
     fig = Figure(figsize=(10, 4.5))
     ax = fig.subplots()
     for method, rows in table.groupby("method", sort=False):
-        ax.errorbar(rows["step"], rows["spearman_mean"], yerr=rows["spearman_std"], marker="o", capsize=2,
-                    label=method)
+        ax.errorbar(rows["step"], rows["spearman_mean"], yerr=rows["spearman_std"], marker="o", capsize=2, label=method)
     layers = table.drop_duplicates("step")
     ax.set_xticks(layers["step"], layers["layer"], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("Spearman rank correlation with the trained model's maps")
@@ -527,10 +550,12 @@ def layer_localization(images, masks, model, *, layers, normalization, output="r
         ex = explainer(model, layer=layer)
         target = np.argmax(ex.logits(inputs, output=output), axis=1)
         coarse = ex.grad_cam(inputs, output=output, target=target, upsample=False).cam
-        table = localization_table({"grad_cam": ex.grad_cam(inputs, output=output, target=target).cam}, masks,
-                                   seed=seed)
-        rows.append({"layer": layer, "grid": f"{coarse.shape[1]}x{coarse.shape[2]}",
-                     **table.iloc[0].drop("method").to_dict()})
+        table = localization_table(
+            {"grad_cam": ex.grad_cam(inputs, output=output, target=target).cam}, masks, seed=seed
+        )
+        rows.append(
+            {"layer": layer, "grid": f"{coarse.shape[1]}x{coarse.shape[2]}", **table.iloc[0].drop("method").to_dict()}
+        )
         floor = table.iloc[-1]
     rows.append({"layer": "random", "grid": "", **floor.drop("method").to_dict()})
     return pd.DataFrame(rows)

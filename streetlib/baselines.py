@@ -41,10 +41,33 @@ SEARCH_GRIDS = {
     "linear-svm": {"C": [0.001, 0.01, 0.1, 1.0]},
     "logreg": {"C": [0.01, 0.1, 1.0, 10.0]},
 }
-CONFIG = ["data", "backbone", "weights", "layer", "pooling", "image_size", "normalization", "augment_copies",
-          "classifier", "search"]
-COLUMNS = [*CONFIG, "params", "seed", "output", "dim", "train_acc", "val_acc", "test_acc", "test_top3", "n_train",
-           "n_val", "n_test", "seconds"]
+CONFIG = [
+    "data",
+    "backbone",
+    "weights",
+    "layer",
+    "pooling",
+    "image_size",
+    "normalization",
+    "augment_copies",
+    "classifier",
+    "search",
+]
+COLUMNS = [
+    *CONFIG,
+    "params",
+    "seed",
+    "output",
+    "dim",
+    "train_acc",
+    "val_acc",
+    "test_acc",
+    "test_top3",
+    "n_train",
+    "n_val",
+    "n_test",
+    "seconds",
+]
 
 
 def _check_classifier(name):
@@ -132,8 +155,7 @@ class Fit:
     seconds: float
 
 
-def fit_baseline(features, labels, split, *, classifier="svm-rbf", search=False, augmented=None, seed=0,
-                 threads=1):
+def fit_baseline(features, labels, split, *, classifier="svm-rbf", search=False, augmented=None, seed=0, threads=1):
     """Fit one classifier on a split's training features and score it on every split.
 
     Args:
@@ -157,14 +179,17 @@ def fit_baseline(features, labels, split, *, classifier="svm-rbf", search=False,
     features = np.asarray(features)
     labels = np.asarray(labels)
     if features.ndim != 2 or len(features) != len(labels):
-        raise ValueError(f"`features` must be (n, d) with one row per label ({len(labels)}). Received shape "
-                         f"{features.shape}.")
+        raise ValueError(
+            f"`features` must be (n, d) with one row per label ({len(labels)}). Received shape {features.shape}."
+        )
     x_train, y_train = features[split.train], labels[split.train]
     if augmented is not None:
         augmented = np.asarray(augmented)
         if augmented.shape[1:] != x_train.shape:
-            raise ValueError(f"`augmented` must have shape (copies, {len(split.train)}, {features.shape[1]}). "
-                             f"Received {augmented.shape}.")
+            raise ValueError(
+                f"`augmented` must have shape (copies, {len(split.train)}, {features.shape[1]}). "
+                f"Received {augmented.shape}."
+            )
         x_fit = np.concatenate([x_train, augmented.reshape(-1, features.shape[1])])
         y_fit = np.concatenate([y_train, np.tile(y_train, len(augmented))])
     else:
@@ -221,10 +246,24 @@ class GridResult:
     figures: list
 
 
-def run_grid(data, splits, *, weights=("hed-bsds500", "random"), poolings=("avg", "flatten"),
-             classifiers=CLASSIFIERS, outputs=OUTPUTS, search=False, augment_copies=(0,), extractor=None,
-             figure_seeds=None, experiment="02-baselines", cache_dir=None, hists_dir=None, figs_dir=None,
-             progress=True):
+def run_grid(
+    data,
+    splits,
+    *,
+    weights=("hed-bsds500", "random"),
+    poolings=("avg", "flatten"),
+    classifiers=CLASSIFIERS,
+    outputs=OUTPUTS,
+    search=False,
+    augment_copies=(0,),
+    extractor=None,
+    figure_seeds=None,
+    experiment="02-baselines",
+    cache_dir=None,
+    hists_dir=None,
+    figs_dir=None,
+    progress=True,
+):
     """Baselines for every weight source x pooling x augmented copies x classifier x split x output.
 
     Features are extracted once per weight source for all images (cached, see `streetlib.features`), then indexed
@@ -259,8 +298,10 @@ def run_grid(data, splits, *, weights=("hed-bsds500", "random"), poolings=("avg"
         raise ValueError(f"Invalid `outputs`. Expected a non-empty list of {OUTPUTS}. Received: outputs={outputs!r}")
     bad = [k for k in augment_copies if not isinstance(k, int) or isinstance(k, bool) or k < 0]
     if bad or not augment_copies:
-        raise ValueError(f"Invalid `augment_copies`. Expected a non-empty list of ints >= 0. Received: "
-                         f"augment_copies={augment_copies!r}")
+        raise ValueError(
+            f"Invalid `augment_copies`. Expected a non-empty list of ints >= 0. Received: "
+            f"augment_copies={augment_copies!r}"
+        )
     for classifier in classifiers:
         _check_search(search, classifier)
     figs = Path(figs_dir or paths.figs_dir()) / experiment
@@ -274,13 +315,34 @@ def run_grid(data, splits, *, weights=("hed-bsds500", "random"), poolings=("avg"
         plain = fx.features(data, poolings=poolings, cache_dir=cache_dir, progress=progress)
         for copies in augment_copies:
             for split in splits:
-                augmented = (fx.augmented(data, split, copies=copies, seed=split.seed, poolings=poolings,
-                                          cache_dir=cache_dir, progress=progress) if copies else {})
+                augmented = (
+                    fx.augmented(
+                        data,
+                        split,
+                        copies=copies,
+                        seed=split.seed,
+                        poolings=poolings,
+                        cache_dir=cache_dir,
+                        progress=progress,
+                    )
+                    if copies
+                    else {}
+                )
                 draw = figs if figure_seeds is None or split.seed in figure_seeds else None
                 for pooling, classifier, output in itertools.product(poolings, classifiers, outputs):
-                    row, figure = _run_one(data, split, plain[pooling], augmented.get(pooling), fx, pooling=pooling,
-                                           classifier=classifier, augment_copies=copies, search=search,
-                                           output=output, figs=draw)
+                    row, figure = _run_one(
+                        data,
+                        split,
+                        plain[pooling],
+                        augmented.get(pooling),
+                        fx,
+                        pooling=pooling,
+                        classifier=classifier,
+                        augment_copies=copies,
+                        search=search,
+                        output=output,
+                        figs=draw,
+                    )
                     rows.append(row)
                     written += [figure] if figure else []
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -293,24 +355,52 @@ def _run_one(data, split, features, augmented, fx, *, pooling, classifier, augme
     """Fit and score one baseline; draw its test confusion into ``figs`` unless None. Returns (row, figure path)."""
     labels = {"region": data.region, "city": data.city}[output]
     names = {"region": list(data.spec.region_names), "city": list(data.spec.classes)}[output]
-    fit = fit_baseline(features, labels, split, classifier=classifier, search=search, augmented=augmented,
-                       seed=split.seed)
+    fit = fit_baseline(
+        features, labels, split, classifier=classifier, search=search, augmented=augmented, seed=split.seed
+    )
     layer, size = fx.layer_name(data), fx.size_for(data)
     row = {
-        "data": data.label, "backbone": fx.backbone, "weights": fx.weights_name, "layer": layer, "pooling": pooling,
-        "image_size": f"{size[0]}x{size[1]}", "normalization": fx.normalization, "augment_copies": augment_copies,
-        "classifier": classifier, "search": bool(search), "params": json.dumps(fit.params, sort_keys=True),
-        "seed": split.seed, "output": output, "dim": features.shape[1], "train_acc": fit.train_acc,
-        "val_acc": fit.val_acc, "test_acc": fit.test_acc, "test_top3": fit.test_top3, "n_train": len(split.train),
-        "n_val": len(split.val), "n_test": len(split.test), "seconds": fit.seconds,
+        "data": data.label,
+        "backbone": fx.backbone,
+        "weights": fx.weights_name,
+        "layer": layer,
+        "pooling": pooling,
+        "image_size": f"{size[0]}x{size[1]}",
+        "normalization": fx.normalization,
+        "augment_copies": augment_copies,
+        "classifier": classifier,
+        "search": bool(search),
+        "params": json.dumps(fit.params, sort_keys=True),
+        "seed": split.seed,
+        "output": output,
+        "dim": features.shape[1],
+        "train_acc": fit.train_acc,
+        "val_acc": fit.val_acc,
+        "test_acc": fit.test_acc,
+        "test_top3": fit.test_top3,
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "seconds": fit.seconds,
     }
     if figs is None:
         return row, None
-    run = run_name(backbone=fx.backbone, weights=fx.weights, layer=layer, pooling=pooling, classifier=classifier,
-                   augment_copies=augment_copies, search=bool(search), seed=split.seed)
+    run = run_name(
+        backbone=fx.backbone,
+        weights=fx.weights,
+        layer=layer,
+        pooling=pooling,
+        classifier=classifier,
+        augment_copies=augment_copies,
+        search=bool(search),
+        seed=split.seed,
+    )
     cm = confusion(labels[split.test], fit.test_pred, len(names))
-    heading = figures.title(f"{output} confusion: {run} (test set, n={len(split.test)})", data_label=data.label,
-                            weights_label=weights_lib.describe(fx.weights))
+    heading = figures.title(
+        f"{output} confusion: {run} (test set, n={len(split.test)})",
+        data_label=data.label,
+        weights_label=weights_lib.describe(fx.weights),
+    )
     fig = figures.plot_confusion(cm, class_names=names, title=heading)
     return row, figures.save(fig, figs / f"{data.name}-{run}.test.confusion-{output}.png")
 
@@ -369,20 +459,28 @@ def compare(table, *, column, a, b, metric="test_acc"):
     within = table.groupby(column)
     keys = [c for c in CONFIG if c != column and table[c].nunique() > 1 and within[c].nunique().max() > 1]
     keys.append("output")
-    wide = (table.assign(_side=table[column].astype(str))
-            .pivot_table(index=[*keys, "seed"], columns="_side", values=metric)[[str(a), str(b)]].dropna())
+    wide = (
+        table.assign(_side=table[column].astype(str))
+        .pivot_table(index=[*keys, "seed"], columns="_side", values=metric)[[str(a), str(b)]]
+        .dropna()
+    )
     if wide.empty:
         raise ValueError(f"{column}={a!r} and {column}={b!r} share no configuration and seed: nothing to pair.")
     wide["diff"] = wide[str(b)] - wide[str(a)]
     grouped = wide.groupby(level=keys)
-    out = pd.DataFrame({
-        "n": grouped["diff"].count(),
-        "mean_a": grouped[str(a)].mean(), "std_a": grouped[str(a)].std(),
-        "mean_b": grouped[str(b)].mean(), "std_b": grouped[str(b)].std(),
-        "mean_diff": grouped["diff"].mean(), "std_diff": grouped["diff"].std(),
-        "b_wins": grouped["diff"].apply(lambda d: int((d > 0).sum())),
-        "a_wins": grouped["diff"].apply(lambda d: int((d < 0).sum())),
-    })
+    out = pd.DataFrame(
+        {
+            "n": grouped["diff"].count(),
+            "mean_a": grouped[str(a)].mean(),
+            "std_a": grouped[str(a)].std(),
+            "mean_b": grouped[str(b)].mean(),
+            "std_b": grouped[str(b)].std(),
+            "mean_diff": grouped["diff"].mean(),
+            "std_diff": grouped["diff"].std(),
+            "b_wins": grouped["diff"].apply(lambda d: int((d > 0).sum())),
+            "a_wins": grouped["diff"].apply(lambda d: int((d < 0).sum())),
+        }
+    )
     return out.reset_index()
 
 
@@ -444,12 +542,18 @@ def plot_summary(table, *, metric="test_acc", title=None):
     with matplotlib.rc_context(figures.STYLE):
         fig = Figure(figsize=(4.5 * len(outputs) + 2, 0.35 * len(labels) + 1.5))
         axes = fig.subplots(1, len(outputs), sharey=True, squeeze=False)[0]
-        for ax, output in zip(axes, outputs):
+        for ax, output in zip(axes, outputs, strict=True):
             rows = table[table["output"] == output]
             for i, config in enumerate(configs.to_dict("records")):
                 scores = rows.loc[(rows[list(config)] == pd.Series(config)).all(axis=1), metric].to_numpy()
-                ax.barh(i, scores.mean(), xerr=scores.std(ddof=1) if len(scores) > 1 else 0, color="#4c72b0",
-                        alpha=0.6, capsize=2)
+                ax.barh(
+                    i,
+                    scores.mean(),
+                    xerr=scores.std(ddof=1) if len(scores) > 1 else 0,
+                    color="#4c72b0",
+                    alpha=0.6,
+                    capsize=2,
+                )
                 ax.plot(scores, np.full(len(scores), i), "k.", markersize=3)
             ax.set_yticks(range(len(labels)), labels)
             ax.set_xlim(0, 1)

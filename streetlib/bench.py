@@ -5,6 +5,7 @@ spread), checks that both compute the same thing (so a ratio cannot come from do
 against its target. `write_markdown` turns the results into ``BENCHMARKS.md``.
 """
 
+import functools
 import json
 import os
 import platform
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -82,12 +83,18 @@ def _street_data(n, size, seed=0):
     from streetlib.synth import make_synthetic
 
     if n % SYNTH10.num_classes:
-        raise ValueError(f"Invalid `n`. Expected a multiple of {SYNTH10.num_classes} (every class the same). Received: n={n}")
+        raise ValueError(
+            f"Invalid `n`. Expected a multiple of {SYNTH10.num_classes} (every class the same). Received: n={n}"
+        )
     per_class = n // SYNTH10.num_classes
     images, _ = make_synthetic(per_class=per_class, size=size, seed=seed)
-    return StreetData(images=np.concatenate(list(images.values())),
-                      city=np.repeat(np.arange(SYNTH10.num_classes), per_class),
-                      spec=SYNTH10, name=f"bench-{size}px", synthetic=True)
+    return StreetData(
+        images=np.concatenate(list(images.values())),
+        city=np.repeat(np.arange(SYNTH10.num_classes), per_class),
+        spec=SYNTH10,
+        name=f"bench-{size}px",
+        synthetic=True,
+    )
 
 
 def legacy_generator(data, indices, *, batch_size, augment=True, seed=0):
@@ -98,10 +105,19 @@ def legacy_generator(data, indices, *, batch_size, augment=True, seed=0):
     """
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
-    options = dict(rotation_range=20, width_shift_range=0.15, height_shift_range=0.15, shear_range=0.15,
-                   zoom_range=0.15, horizontal_flip=True) if augment else {}
-    gen = ImageDataGenerator(rescale=1 / 255.0, samplewise_center=True, samplewise_std_normalization=True,
-                             **options)
+    options = (
+        dict(
+            rotation_range=20,
+            width_shift_range=0.15,
+            height_shift_range=0.15,
+            shear_range=0.15,
+            zoom_range=0.15,
+            horizontal_flip=True,
+        )
+        if augment
+        else {}
+    )
+    gen = ImageDataGenerator(rescale=1 / 255.0, samplewise_center=True, samplewise_std_normalization=True, **options)
     # The original held the whole set as floats in memory.
     x = data.images[indices].astype(np.float32)
     labels = np.stack([data.region[indices], data.city[indices]], axis=1)
@@ -135,7 +151,10 @@ def bench_input_pipeline(*, n=500, size=224, batch_size=32, batches=12, repeats=
     same_labels = bool(np.array_equal(plain[1]["city"].numpy(), ref_plain[1]["city"].argmax(1)))
     return Comparison(
         "Training input pipeline, 224 px, original augmentation, two outputs",
-        {"tf.data pipeline": ours}, {"ImageDataGenerator, two-output generator": ref}, "img/s", 5.0,
+        {"tf.data pipeline": ours},
+        {"ImageDataGenerator, two-output generator": ref},
+        "img/s",
+        5.0,
         check=f"without augmentation: max |difference| {diff:.1e}, labels identical: {same_labels}",
         notes=f"{n} images, batch {batch_size}, {batches} batches per measurement. Ours runs on both cores (parallel "
         "tf.data maps), ImageDataGenerator on one; most of our time is the one bilinear warp per image "
@@ -158,9 +177,22 @@ def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
     results = {}
 
     def run(cache, k):
-        result = run_phase(data, split, experiment="bench", run=f"{cache}-{k}", phase="transfer",
-                           weights="hed-bsds500", image_size=size, epochs=epochs, augment=False, cache=cache,
-                           seed=0, hists_dir=out / "hists", models_dir=out / "models", verbose=0)
+        result = run_phase(
+            data,
+            split,
+            experiment="bench",
+            run=f"{cache}-{k}",
+            phase="transfer",
+            weights="hed-bsds500",
+            image_size=size,
+            epochs=epochs,
+            augment=False,
+            cache=cache,
+            seed=0,
+            hists_dir=out / "hists",
+            models_dir=out / "models",
+            verbose=0,
+        )
         results[cache] = result.history
 
     times = {c: [] for c in ("features", "none")}
@@ -174,7 +206,10 @@ def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
     loss = float(np.max(np.abs(a["loss"].to_numpy() - b["loss"].to_numpy())))
     return Comparison(
         f"Transfer phase, frozen VGG16 (hed-bsds500), {epochs} epochs, no augmentation, demo data at {size} px",
-        {"cached features": times["features"]}, {"plain fit through the frozen backbone": times["none"]}, "s", 8.0,
+        {"cached features": times["features"]},
+        {"plain fit through the frozen backbone": times["none"]},
+        "s",
+        8.0,
         check=f"same seed, per-epoch histories: max |val city accuracy diff| {diff:.4f}, max |loss diff| {loss:.1e}",
         notes=f"{len(data)} images at {size} px ({len(split.train)} train / {len(split.val)} val). Both paths pay the "
         "same fixed costs (building and tracing the model, saving the full VGG16 .keras file, about 0.5 s, at each "
@@ -206,7 +241,7 @@ def original_grad_cam(model, images, targets, *, layer="block5_conv3"):
     import tensorflow as tf
 
     maps = []
-    for image, target in zip(images, targets):
+    for image, target in zip(images, targets, strict=True):
         grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
         with tf.GradientTape() as tape:
             conv, probs = grad_model(image[None])
@@ -251,9 +286,12 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
     return Comparison(
         f"Grad-CAM, batch of {batch}, VGG16 at {size} px",
         {"batched, compiled": [batch / t for t in ours_t]},
-        {"original: one image at a time": [batch / t for t in orig_t],
-         "tf-keras-vis Gradcam (flat model)": [batch / t for t in peer_t]},
-        "img/s", {"original: one image at a time": 4.0, "tf-keras-vis Gradcam (flat model)": 3.0},
+        {
+            "original: one image at a time": [batch / t for t in orig_t],
+            "tf-keras-vis Gradcam (flat model)": [batch / t for t in peer_t],
+        },
+        "img/s",
+        {"original: one image at a time": 4.0, "tf-keras-vis Gradcam (flat model)": 3.0},
         check=f"maps at feature resolution, min-max normalised: max |ours - tf-keras-vis| {diff:.1e}",
         notes="the original differentiates the probability, ours and tf-keras-vis the logit; tf-keras-vis runs its "
         "gradient eagerly, ours is one compiled function per model, layer and output",
@@ -288,8 +326,11 @@ def bench_predict(*, n=100, size=224, batch_size=32, repeats=3):
     a, b = ours(), ref()
     diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in ("region", "city"))
     return Comparison(
-        f"End-to-end prediction, {n} images at {size} px", {"pipeline from memory-mapped uint8": [n / t for t in ours_t]},
-        {"model.predict on in-memory float32": [n / t for t in ref_t]}, "img/s", 0.9,
+        f"End-to-end prediction, {n} images at {size} px",
+        {"pipeline from memory-mapped uint8": [n / t for t in ours_t]},
+        {"model.predict on in-memory float32": [n / t for t in ref_t]},
+        "img/s",
+        0.9,
         check=f"same predictions: max |probability difference| {diff:.1e}",
     )
 
@@ -321,7 +362,7 @@ def make_street10_like(root, *, size=224, counts=STREET10_COUNTS, dtype="float32
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    for cls, n in zip(STREET10.classes, counts):
+    for cls, n in zip(STREET10.classes, counts, strict=True):
         arr = np.lib.format.open_memmap(root / f"{cls}.npy", mode="w+", dtype=dtype, shape=(n, size, size, 3))
         for start in range(0, n, 64):
             stop = min(n, start + 64)
@@ -334,18 +375,20 @@ def make_street10_like(root, *, size=224, counts=STREET10_COUNTS, dtype="float32
 def bench_memory(*, size=224, counts=STREET10_COUNTS, repeats=2):
     """Peak memory (growth of the maximum resident set) of loading a Street10-sized set from float32 files,
     each in a fresh process, against the size of the data as uint8 and the original's float64 stack."""
-    root = make_street10_like(Path(tempfile.mkdtemp(prefix="streetlib-bench-")) / "street10", size=size,
-                              counts=counts)
+    root = make_street10_like(Path(tempfile.mkdtemp(prefix="streetlib-bench-")) / "street10", size=size, counts=counts)
     peaks, nbytes = [], 0
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(root)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_SCRIPT, str(root)], capture_output=True, text=True, check=True
+        )
         peak, nbytes = (int(v) for v in out.stdout.split())
         peaks.append(peak / 2**20)
     uint8 = nbytes / 2**20
     return Comparison(
         f"Peak memory loading a Street10-sized set ({sum(counts)} x {size} x {size} x 3, float32 files)",
-        {"our loader": peaks}, {"size of the data as uint8 (computed)": [uint8], "the original's float64 stack (computed)": [uint8 * 8]}, "MB",
+        {"our loader": peaks},
+        {"size of the data as uint8 (computed)": [uint8], "the original's float64 stack (computed)": [uint8 * 8]},
+        "MB",
         1 / 1.3,
         check=f"loaded array: uint8, {uint8:.0f} MB",
         notes="peak growth of the resident set (VmHWM after resetting it) in a fresh process; the reference sizes "
@@ -359,8 +402,21 @@ def bench_memory(*, size=224, counts=STREET10_COUNTS, repeats=2):
 
 def vgg16_flops(size):
     """Multiply-adds x 2 of VGG16's 13 conv layers for one ``size`` x ``size`` image (the head is negligible)."""
-    convs = [(64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
-             (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    convs = [
+        (64, 3),
+        (64, 64),
+        (128, 64),
+        (128, 128),
+        (256, 128),
+        (256, 256),
+        (256, 256),
+        (512, 256),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+    ]
     blocks = [2, 2, 3, 3, 3]
     flops, layer, s = 0, 0, size
     for count in blocks:
@@ -393,18 +449,26 @@ def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
     rows = []
     for size in sizes:
         model = build_model(weights="random", input_shape=(size, size, 3))
-        model.compile(optimizer="sgd", loss={"region": "sparse_categorical_crossentropy",
-                                             "city": "sparse_categorical_crossentropy"})
+        model.compile(
+            optimizer="sgd",
+            loss={"region": "sparse_categorical_crossentropy", "city": "sparse_categorical_crossentropy"},
+        )
         x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
         y = {"region": np.zeros(batch, np.int32), "city": np.zeros(batch, np.int32)}
-        fwd = timed(lambda: model.predict_on_batch(x), repeats=repeats)
-        train = timed(lambda: model.train_on_batch(x, y), repeats=repeats)
+        fwd = timed(functools.partial(model.predict_on_batch, x), repeats=repeats)
+        train = timed(functools.partial(model.train_on_batch, x, y), repeats=repeats)
         flops = vgg16_flops(size)
         f_ips, t_ips = batch / statistics.median(fwd), batch / statistics.median(train)
-        rows.append({"size": size, "forward_img_s": f_ips, "train_img_s": t_ips,
-                     "forward_peak_fraction": f_ips * flops / peak,
-                     # Training is about 3x the forward work (forward, gradient w.r.t. inputs and weights).
-                     "train_peak_fraction": t_ips * 3 * flops / peak})
+        rows.append(
+            {
+                "size": size,
+                "forward_img_s": f_ips,
+                "train_img_s": t_ips,
+                "forward_peak_fraction": f_ips * flops / peak,
+                # Training is about 3x the forward work (forward, gradient w.r.t. inputs and weights).
+                "train_peak_fraction": t_ips * 3 * flops / peak,
+            }
+        )
         keras.backend.clear_session()
     return {"peak_flops": peak, "rows": rows, "batch": batch}
 
@@ -424,27 +488,49 @@ def environment():
     except OSError:
         pass
     versions = {p: metadata.version(p) for p in ("tensorflow", "keras", "numpy", "tf-keras-vis")}
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
-            "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "versions": versions}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
 
 
 def run_all(*, quick=False, report=print):
     """Run every comparison; ``quick`` shrinks sizes and repeats to finish in minutes. Returns a dict."""
     results = {"environment": environment(), "quick": quick, "comparisons": []}
     steps = [
-        ("input pipeline", lambda: bench_input_pipeline(n=120 if quick else 500, batches=4 if quick else 12,
-                                                        repeats=2 if quick else 3)),
-        ("transfer", lambda: bench_transfer(per_class=30 if quick else 100, epochs=3 if quick else 10,
-                                            repeats=1 if quick else 2)),
+        (
+            "input pipeline",
+            lambda: bench_input_pipeline(
+                n=120 if quick else 500, batches=4 if quick else 12, repeats=2 if quick else 3
+            ),
+        ),
+        (
+            "transfer",
+            lambda: bench_transfer(
+                per_class=30 if quick else 100, epochs=3 if quick else 10, repeats=1 if quick else 2
+            ),
+        ),
         # The same at 128 px (4x the backbone's work per image, the same fixed costs), to show how the ratio grows
         # with the share of the frozen backbone in an epoch.
-        *([] if quick else [("transfer 128 px", lambda: bench_transfer(per_class=100, size=128, epochs=10,
-                                                                         repeats=1))]),
-        ("grad-cam", lambda: bench_grad_cam(size=112 if quick else 224, batch=8 if quick else 32,
-                                            repeats=2 if quick else 3)),
+        *(
+            []
+            if quick
+            else [("transfer 128 px", lambda: bench_transfer(per_class=100, size=128, epochs=10, repeats=1))]
+        ),
+        (
+            "grad-cam",
+            lambda: bench_grad_cam(size=112 if quick else 224, batch=8 if quick else 32, repeats=2 if quick else 3),
+        ),
         ("predict", lambda: bench_predict(n=40 if quick else 100, repeats=2 if quick else 3)),
-        ("memory", lambda: bench_memory(counts=tuple(c // 4 for c in STREET10_COUNTS) if quick else STREET10_COUNTS,
-                                        repeats=1 if quick else 2)),
+        (
+            "memory",
+            lambda: bench_memory(
+                counts=tuple(c // 4 for c in STREET10_COUNTS) if quick else STREET10_COUNTS, repeats=1 if quick else 2
+            ),
+        ),
     ]
     for label, step in steps:
         report(f"[bench] {label} ...")
@@ -453,8 +539,9 @@ def run_all(*, quick=False, report=print):
         results["comparisons"].append(comparison)
         report(f"[bench] {label}: {comparison.ratios} ({time.perf_counter() - start:.0f} s)")
     report("[bench] VGG16 throughput ...")
-    results["vgg16"] = bench_vgg16(sizes=(64,) if quick else (64, 128, 224), batch=8 if quick else 16,
-                                   repeats=2 if quick else 3)
+    results["vgg16"] = bench_vgg16(
+        sizes=(64,) if quick else (64, 128, 224), batch=8 if quick else 16, repeats=2 if quick else 3
+    )
     return results
 
 
@@ -471,7 +558,8 @@ def to_markdown(results, *, command):
         "# Benchmarks",
         "",
         f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores visible), Python {env['python']}, "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        + ".",
         f"Command: `{command}`{' (quick mode: smaller sizes, fewer repeats)' if results['quick'] else ''}.",
         "Each value is the median of the repeats ± half their range. Speed ratios are ours over the reference "
         "(higher is better); memory is ours as a multiple of the reference (lower is better).",
@@ -480,7 +568,7 @@ def to_markdown(results, *, command):
         "|---|---|---|---|---|---|---|",
     ]
     for c in results["comparisons"]:
-        (our_label, our_values), = c.ours.items()
+        ((our_label, our_values),) = c.ours.items()
         for label, values in c.reference.items():
             ratio = c.ratios[label]
             target = c.target[label] if isinstance(c.target, dict) else c.target
@@ -507,8 +595,10 @@ def to_markdown(results, *, command):
         "|---|---|---|---|---|",
     ]
     for r in vgg["rows"]:
-        lines.append(f"| {r['size']} px | {r['forward_img_s']:.1f} | {r['train_img_s']:.1f} | "
-                     f"{r['forward_peak_fraction']:.0%} | {r['train_peak_fraction']:.0%} |")
+        lines.append(
+            f"| {r['size']} px | {r['forward_img_s']:.1f} | {r['train_img_s']:.1f} | "
+            f"{r['forward_peak_fraction']:.0%} | {r['train_peak_fraction']:.0%} |"
+        )
     notes = [f"- {c.name}: {c.notes}" for c in results["comparisons"] if c.notes]
     return "\n".join(lines + (["", "## Notes", "", *notes] if notes else [])) + "\n"
 

@@ -14,7 +14,7 @@ Output::
     out/rejected.csv          one row per file left out: id, reason, detail
     out/duplicates.csv        near-duplicates found in more than one class, for a person to resolve
     out/contact_sheets/       <class>-NN.png thumbnail grids labelled with file ids; duplicates-NN.png
-    out/SHA256SUMS            checksums of the .npy files, classes.yaml and manifest.csv (`verify_checksums`)
+    out/SHA256SUMS            checksums of the .npy files, classes.yaml and manifest.csv, verified on load
 
 Cleaning, in order: ids in rejects.txt are left out; unreadable or truncated files, files whose shorter side is
 below ``min_size`` and non-photos (animations, images of fewer than 32 colours: drawings, logos, placeholders) are
@@ -27,14 +27,11 @@ Near-duplicates are found by content, not by colour histogram (the original's me
 resized, grayscale and cropped copies (up to about 10% a side) are caught (`find_duplicates`). Within a class
 one copy is kept; a group spanning several classes is left out of every class and listed in duplicates.csv, because
 keeping it would put one photo under two labels and across train/test splits.
-
-This module imports no TensorFlow, so `verify_checksums` is cheap to call from the loaders.
 """
 
 import csv
 import io
 import itertools
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +40,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from streetlib.classes import get_class_spec
-from streetlib.data import RESIZE_POLICIES, DataError, fit_image, to_rgb, write_street10
-from streetlib.paths import atomic_path, file_digest
+from streetlib.data import CHECKSUMS, RESIZE_POLICIES, DataError, fit_image, to_rgb, write_checksums, write_street10
+from streetlib.paths import atomic_path
 
 RAW_MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = ("file", "city", "url", "keyword", "engine", "filters")
 REJECTS = "rejects.txt"
-CHECKSUMS = "SHA256SUMS"
 SHEETS = "contact_sheets"
 REJECT_REASONS = ("marked", "unreadable", "too-small", "not-a-photo", "duplicate", "cross-class-duplicate")
 # Every side trimmed by 0, 7 or 14% (81 windows): a copy cropped by up to ~10% a side lands within a few bits of
@@ -202,7 +198,7 @@ def find_duplicates(images, *, threshold=10, min_correlation=0.7):
     for start in range(0, n, step):
         dist = np.bitwise_count(hashes[start : start + step, 0, None, None] ^ hashes[None, :, :])
         best = dist.argmin(axis=2)
-        for i, j in zip(*np.nonzero(dist.min(axis=2) <= threshold)):
+        for i, j in zip(*np.nonzero(dist.min(axis=2) <= threshold), strict=True):
             i, j = int(i) + start, int(j)
             if root(i) == root(j):
                 continue
@@ -240,49 +236,13 @@ def contact_sheet(images, labels, *, columns=10, thumb=128, title=None):
     draw = ImageDraw.Draw(sheet)
     if title:
         draw.text((pad, 3), title, fill="black", font=font)
-    for k, (image, label) in enumerate(zip(images, labels)):
+    for k, (image, label) in enumerate(zip(images, labels, strict=True)):
         x, y = pad + (k % columns) * cell_w, title_h + pad + (k // columns) * cell_h
         sheet.paste(ImageOps.contain(Image.fromarray(np.asarray(image, dtype=np.uint8)), (thumb, thumb)), (x, y))
         while len(label) > 1 and draw.textlength(label, font=font) > thumb:
             label = "…" + label.lstrip("…")[1:]
         draw.text((x, y + thumb + 1), label, fill="black", font=font)
     return sheet
-
-
-def write_checksums(root, names):
-    """Write ``root/SHA256SUMS`` (the ``sha256sum`` format) for the files ``names``, relative to ``root``."""
-    root = Path(root)
-    lines = [f"{file_digest(root / name)}  {name}\n" for name in names]
-    with atomic_path(root / CHECKSUMS) as tmp:
-        tmp.write_text("".join(lines))
-    return root / CHECKSUMS
-
-
-def verify_checksums(root):
-    """Check every file listed in ``root/SHA256SUMS`` against its SHA-256.
-
-    Raises:
-        DataError: the checksum file is missing or malformed, or a listed file is missing or differs; the message
-            names the file.
-    """
-    root = Path(root)
-    path = root / CHECKSUMS
-    if not path.is_file():
-        raise DataError(f"No {CHECKSUMS} in {root}: this dataset was not packaged with checksums.")
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        match = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
-        if not match or ".." in Path(match[2]).parts or Path(match[2]).is_absolute():
-            raise DataError(f"{path} line {number} is malformed: expected '<sha256 hex>  <relative file name>'.")
-        digest, name = match.groups()
-        if not (root / name).is_file():
-            raise DataError(f"{root / name} is listed in {path} but missing. Restore it or rebuild the dataset.")
-        if file_digest(root / name) != digest:
-            raise DataError(
-                f"{root / name} does not match its checksum in {path}: the file is corrupt or was changed after "
-                f"packaging. Download it again or rebuild the dataset."
-            )
 
 
 def build_dataset(
@@ -433,9 +393,7 @@ def _list_class_files(raw, spec):
         )
     return {
         cls: [
-            (f"{cls}/{p.name}", p)
-            for p in sorted((raw / cls).iterdir())
-            if p.is_file() and not p.name.startswith(".")
+            (f"{cls}/{p.name}", p) for p in sorted((raw / cls).iterdir()) if p.is_file() and not p.name.startswith(".")
         ]
         for cls in spec.classes
     }
@@ -507,7 +465,7 @@ def _window(image, trims):
 
 def _window_hashes(thumb):
     """uint64 `(81,)`: the pHash of each window of `_WINDOWS`, the whole frame first."""
-    import imagehash  # deferred so that importing this module (for `verify_checksums`) stays light
+    import imagehash  # deferred: crawl imports this module only for the manifest format, and needs no hashing
 
     bits = np.stack([imagehash.phash(_window(thumb, trims)).hash.reshape(-1) for trims in _WINDOWS])
     return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)

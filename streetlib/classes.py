@@ -66,7 +66,7 @@ class ClassSpec:
         """Class names of one region, in label order."""
         if region not in self.region_names:
             raise ValueError(f"Unknown region {region!r}. Expected one of {list(self.region_names)}.")
-        return [c for c, r in zip(self.classes, self.regions) if r == region]
+        return [c for c, r in zip(self.classes, self.regions, strict=True) if r == region]
 
     def to_dict(self):
         return {"name": self.name, "regions": {r: self.classes_in(r) for r in self.region_names}}
@@ -129,7 +129,7 @@ def _check_listed_once(classes, regions, source):
         source: str, where the spec came from (a file path, or "dict").
     """
     listed = {}
-    for c, r in zip(classes, regions):
+    for c, r in zip(classes, regions, strict=True):
         listed.setdefault(c, []).append(r)
     repeated = {c: rs for c, rs in listed.items() if len(rs) > 1}
     if not repeated:

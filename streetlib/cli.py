@@ -47,8 +47,13 @@ def _cmd_crawl(args):
     from streetlib.crawl import crawl_cities
 
     counts = crawl_cities(
-        args.cities, args.out, per_city=args.per_city, engine=args.engine, min_size=args.min_size,
-        timeout=args.timeout, license=None if args.license == "none" else args.license,
+        args.cities,
+        args.out,
+        per_city=args.per_city,
+        engine=args.engine,
+        min_size=args.min_size,
+        timeout=args.timeout,
+        license=None if args.license == "none" else args.license,
     )
     for city, n in counts.items():
         print(f"{city}: {n['after']} files ({n['after'] - n['before']} new)")
@@ -58,8 +63,16 @@ def _cmd_build(args):
     from streetlib.build import build_dataset
 
     report = build_dataset(
-        args.raw, args.out, classes=args.classes, size=args.size, policy=args.policy, margin=args.margin,
-        min_size=args.min_size, threshold=args.threshold, rejects=args.rejects, overwrite=args.overwrite,
+        args.raw,
+        args.out,
+        classes=args.classes,
+        size=args.size,
+        policy=args.policy,
+        margin=args.margin,
+        min_size=args.min_size,
+        threshold=args.threshold,
+        rejects=args.rejects,
+        overwrite=args.overwrite,
     )
     print(report.summary())
 
@@ -74,7 +87,9 @@ def _add_data_commands(sub):
     p.add_argument("--size", type=int, default=64, help="image size in pixels, >= 32 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
-    p.add_argument("--if-missing", action="store_true", help="reuse a dataset already in --out made with the same options")
+    p.add_argument(
+        "--if-missing", action="store_true", help="reuse a dataset already in --out made with the same options"
+    )
     p.set_defaults(func=_cmd_synth)
 
     p = data_sub.add_parser("split", help="make (or reload) the saved train/val/test splits of a dataset")
@@ -114,8 +129,13 @@ def _cmd_run(args):
 
     overrides = {name: runner.parse_value(value) for name, value in args.param}
     results = runner.run(
-        args.notebooks, profile=args.profile, overrides=overrides, grid=args.grid, force=args.force,
-        keep_going=args.keep_going, cell_timeout=args.cell_timeout,
+        args.notebooks,
+        profile=args.profile,
+        overrides=overrides,
+        grid=args.grid,
+        force=args.force,
+        keep_going=args.keep_going,
+        cell_timeout=args.cell_timeout,
     )
     for r in results:
         if r.status in ("failed", "interrupted"):
@@ -129,14 +149,27 @@ def _cmd_run(args):
 def _add_run_command(sub):
     p = sub.add_parser("run", help="run the numbered notebooks headless with papermill")
     p.add_argument("notebooks", nargs="*", help="notebook numbers or names (default: all, in order)")
-    p.add_argument("--profile", default="demo", help="a profile of streetlib/profiles.yaml: smoke, demo (default) or full")
-    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="set a parameter in every notebook that has it (checked against the parameters cells)")
+    p.add_argument(
+        "--profile", default="demo", help="a profile of streetlib/profiles.yaml: smoke, demo (default) or full"
+    )
+    p.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter in every notebook that has it (checked against the parameters cells)",
+    )
     p.add_argument("--grid", help="YAML grid file: run one notebook over combinations of parameters")
     p.add_argument("--force", action="store_true", help="re-run notebooks that already finished")
     p.add_argument("--keep-going", action="store_true", help="after a failure, run the remaining notebooks")
-    p.add_argument("--cell-timeout", type=int, default=None,
-                   help="stop a cell after this many seconds (default: no limit; training cells run for hours)")
+    p.add_argument(
+        "--cell-timeout",
+        type=int,
+        default=None,
+        help="stop a cell after this many seconds (default: no limit; training cells run for hours)",
+    )
     p.set_defaults(func=_cmd_run)
 
 
@@ -199,8 +232,10 @@ def main(argv=None):
         print(f"streetlib {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"streetlib {args.command}: interrupted (Ctrl-C). Files are written atomically: nothing finished was "
-              f"lost.", file=sys.stderr)
+        print(
+            f"streetlib {args.command}: interrupted (Ctrl-C). Files are written atomically: nothing finished was lost.",
+            file=sys.stderr,
+        )
         return 130
     return int(status or 0)
 

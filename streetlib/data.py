@@ -2,8 +2,9 @@
 
 Street10 format: a directory with one ``<class>.npy`` per class, each ``(n, H, W, 3)``, uint8 or float in [0, 1],
 in C or Fortran order. Optional beside them: ``classes.yaml`` (the class spec), ``dataset.json`` (name, whether it
-is synthetic, how it was made) and ``masks/<class>.npy`` (per-image cue masks, ``(n, H, W)`` uint8 0/1, written by
-the synthetic generator).
+is synthetic, how it was made), ``masks/<class>.npy`` (per-image cue masks, ``(n, H, W)`` uint8 0/1, written by
+the synthetic generator) and ``SHA256SUMS`` (checksums of the files, verified on load: `write_checksums`,
+`verify_checksums`).
 
 Image folders: ``root/<class>/*.{jpg,jpeg,png,webp,bmp}``. Every image becomes RGB uint8 at one size; the resize
 policy is explicit (see `fit_image`).
@@ -15,6 +16,7 @@ stacked float64 copies of about 5 GB. Float files are read memory-mapped and con
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +24,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from streetlib.classes import STREET10, get_class_spec
-from streetlib.paths import atomic_path
+from streetlib.paths import atomic_path, file_digest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 RESIZE_POLICIES = ("crop", "pad", "stretch")
 ON_ERROR = ("raise", "skip")
+CHECKSUMS = "SHA256SUMS"
 # Float chunks are converted this many bytes at a time, so a float64 file never needs a full float copy.
 _CHUNK_BYTES = 16 * 2**20
 
@@ -103,7 +106,7 @@ class StreetData:
     def counts(self):
         """Images per class: dict class name -> int, in spec order."""
         n = np.bincount(self.city, minlength=self.spec.num_classes)
-        return dict(zip(self.spec.classes, n.tolist()))
+        return dict(zip(self.spec.classes, n.tolist(), strict=True))
 
 
 def content_hash(image):
@@ -184,7 +187,7 @@ def _blocks(shape, itemsize):
     rest = (slice(None),) * (len(shape) - axis - 1)
     for outer in np.ndindex(*shape[:axis]):
         lead = tuple(slice(i, i + 1) for i in outer)
-        base = sum(i * n for i, n in zip(outer, steps))
+        base = sum(i * n for i, n in zip(outer, steps[:axis], strict=True))
         for start in range(0, shape[axis], count):
             stop = min(start + count, shape[axis])
             block = (*(1,) * axis, stop - start, *shape[axis + 1 :])
@@ -202,8 +205,9 @@ def _chunks(src):
     fortran = np.isfortran(src)
     shape = src.shape[::-1] if fortran else src.shape
     for index, offset, block in _blocks(shape, src.itemsize):
-        chunk = np.memmap(src.filename, dtype=src.dtype, mode="r", offset=src.offset + offset * src.itemsize,
-                          shape=block, order="C")
+        chunk = np.memmap(
+            src.filename, dtype=src.dtype, mode="r", offset=src.offset + offset * src.itemsize, shape=block, order="C"
+        )
         yield (index[::-1], chunk.T) if fortran else (index, chunk)
         del chunk
 
@@ -245,9 +249,7 @@ def load_street10(root, *, classes=None, name=None):
             different image sizes.
     """
     root = _check_root(root, "Street10")
-    if (root / "SHA256SUMS").is_file():
-        from streetlib.build import verify_checksums
-
+    if (root / CHECKSUMS).is_file():
         verify_checksums(root)
     spec = _resolve_spec(root, classes)
     meta = _read_meta(root)
@@ -268,11 +270,11 @@ def load_street10(root, *, classes=None, name=None):
         arrays.append(arr)
     sizes = {a.shape[1:3] for a in arrays}
     if len(sizes) > 1:
-        detail = {c: a.shape[1:3] for c, a in zip(spec.classes, arrays)}
+        detail = {c: a.shape[1:3] for c, a in zip(spec.classes, arrays, strict=True)}
         raise DataError(f"Classes in {root} have different image sizes {detail}: resize them to one size.")
     images = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=np.uint8)
     city, files, start = [], [], 0
-    for idx, (cls, arr) in enumerate(zip(spec.classes, arrays)):
+    for idx, (cls, arr) in enumerate(zip(spec.classes, arrays, strict=True)):
         _copy_as_uint8(arr, images[start : start + len(arr)], root / f"{cls}.npy")
         city += [idx] * len(arr)
         files += [f"{cls}.npy[{i}]" for i in range(len(arr))]
@@ -295,7 +297,7 @@ def _load_masks(root, spec, arrays):
     if not mask_dir.is_dir():
         return None
     masks = []
-    for cls, arr in zip(spec.classes, arrays):
+    for cls, arr in zip(spec.classes, arrays, strict=True):
         path = mask_dir / f"{cls}.npy"
         if not path.is_file():
             raise DataError(f"{mask_dir} exists but has no mask file for class {cls!r} ({path}).")
@@ -483,3 +485,39 @@ def write_street10(out_dir, images_by_class, *, spec, masks_by_class=None, meta=
     with atomic_path(out_dir / "dataset.json") as tmp:
         tmp.write_text(json.dumps({"name": out_dir.name, **(meta or {})}, indent=2))
     return out_dir
+
+
+def write_checksums(root, names):
+    """Write ``root/SHA256SUMS`` (the ``sha256sum`` format) for the files ``names``, relative to ``root``."""
+    root = Path(root)
+    lines = [f"{file_digest(root / name)}  {name}\n" for name in names]
+    with atomic_path(root / CHECKSUMS) as tmp:
+        tmp.write_text("".join(lines))
+    return root / CHECKSUMS
+
+
+def verify_checksums(root):
+    """Check every file listed in ``root/SHA256SUMS`` against its SHA-256.
+
+    Raises:
+        DataError: the checksum file is missing or malformed, or a listed file is missing or differs; the message
+            names the file.
+    """
+    root = Path(root)
+    path = root / CHECKSUMS
+    if not path.is_file():
+        raise DataError(f"No {CHECKSUMS} in {root}: this dataset was not packaged with checksums.")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
+        if not match or ".." in Path(match[2]).parts or Path(match[2]).is_absolute():
+            raise DataError(f"{path} line {number} is malformed: expected '<sha256 hex>  <relative file name>'.")
+        digest, name = match.groups()
+        if not (root / name).is_file():
+            raise DataError(f"{root / name} is listed in {path} but missing. Restore it or rebuild the dataset.")
+        if file_digest(root / name) != digest:
+            raise DataError(
+                f"{root / name} does not match its checksum in {path}: the file is corrupt or was changed after "
+                f"packaging. Download it again or rebuild the dataset."
+            )

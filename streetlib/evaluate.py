@@ -22,12 +22,22 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from streetlib import figures, models, paths, pipeline
 from streetlib.paths import atomic_path
-from streetlib.train import images_only
 
 CHECKPOINTS = ("best", "final")
 SIMILARITY = ("confusion", "embedding")
-COLUMNS = ["dataset", "weights", "experiment", "run", "checkpoint", "subset", "output", "metric", "class",
-           "predicted", "value"]
+COLUMNS = [
+    "dataset",
+    "weights",
+    "experiment",
+    "run",
+    "checkpoint",
+    "subset",
+    "output",
+    "metric",
+    "class",
+    "predicted",
+    "value",
+]
 _SEED_RUN = re.compile(r"^(?P<config>.+)-seed(?P<seed>\d+)$")
 
 
@@ -70,13 +80,15 @@ def reliability(y_true, probs, *, n_bins=10):
     for b in range(n_bins):
         members = index == b
         count = int(members.sum())
-        rows.append({
-            "lower": b / n_bins,
-            "upper": (b + 1) / n_bins,
-            "count": count,
-            "confidence": float(confidence[members].mean()) if count else np.nan,
-            "accuracy": float(correct[members].mean()) if count else np.nan,
-        })
+        rows.append(
+            {
+                "lower": b / n_bins,
+                "upper": (b + 1) / n_bins,
+                "count": count,
+                "confidence": float(confidence[members].mean()) if count else np.nan,
+                "accuracy": float(correct[members].mean()) if count else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -137,8 +149,10 @@ def metric_rows(y_true, probs, class_names, *, output, n_bins=10):
     rows = [("accuracy", None, None, float(np.mean(y_pred == y_true)))]
     if n > 3:
         rows.append(("top3", None, None, top_k_accuracy(y_true, probs, 3)))
-    rows += [("ece", None, None, expected_calibration_error(y_true, probs, n_bins=n_bins)),
-             ("n", None, None, float(len(y_true)))]
+    rows += [
+        ("ece", None, None, expected_calibration_error(y_true, probs, n_bins=n_bins)),
+        ("n", None, None, float(len(y_true))),
+    ]
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=np.arange(n), zero_division=0
     )
@@ -160,13 +174,13 @@ def predict(model, data, indices, *, normalization, image_size, batch_size=32):
         `(n, 128)`, in the order of ``indices``.
     """
     probe = keras.Model(
-        model.input, {**{o: model.get_layer(o).output for o in models.OUTPUTS},
-                      "embedding": model.get_layer("fc2_relu").output}
+        model.input,
+        {**{o: model.get_layer(o).output for o in models.OUTPUTS}, "embedding": model.get_layer("fc2_relu").output},
     )
     ds = pipeline.make_dataset(
         data, indices, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
     )
-    out = probe.predict(ds.map(images_only), verbose=0)
+    out = probe.predict(ds.map(pipeline.images_only), verbose=0)
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -247,22 +261,30 @@ def evaluate_run(
     what = f"{run} ({checkpoint} weights, {subset} set, n={len(indices)})"
     for output in models.OUTPUTS:
         cm = confusion(truth[output], out[output].argmax(axis=1), len(names[output]))
-        fig = figures.plot_confusion(cm, class_names=names[output],
-                                     title=figures.title(f"{output} confusion: {what}", **label))
+        fig = figures.plot_confusion(
+            cm, class_names=names[output], title=figures.title(f"{output} confusion: {what}", **label)
+        )
         figures.save(fig, figs / f"{stem}.confusion-{output}.png")
     table = reliability(truth["city"], out["city"], n_bins=n_bins)
     ece = expected_calibration_error(truth["city"], out["city"], n_bins=n_bins)
-    figures.save(figures.plot_reliability(table, ece=ece, title=figures.title(f"city calibration: {what}", **label)),
-                 figs / f"{stem}.reliability.png")
+    figures.save(
+        figures.plot_reliability(table, ece=ece, title=figures.title(f"city calibration: {what}", **label)),
+        figs / f"{stem}.reliability.png",
+    )
     if similarity == "confusion":
         distances = confusion_distances(confusion(truth["city"], out["city"].argmax(axis=1), len(names["city"])))
     else:
         distances = centroid_distances(out["embedding"], truth["city"], len(names["city"]))
-    palette = dict(zip(data.spec.region_names, ("#1f4e9c", "#b2182b", "#2ca02c", "#7f3c8d")))
-    colors = {c: palette.get(r, "black") for c, r in zip(data.spec.classes, data.spec.regions)}
+    # Not strict: regions beyond the four colours are drawn in black.
+    palette = dict(zip(data.spec.region_names, ("#1f4e9c", "#b2182b", "#2ca02c", "#7f3c8d"), strict=False))
+    colors = {c: palette.get(r, "black") for c, r in zip(data.spec.classes, data.spec.regions, strict=True)}
     figures.save(
-        figures.plot_dendrogram(distances, labels=names["city"], label_colors=colors,
-                                title=figures.title(f"city similarity ({similarity}): {what}", **label)),
+        figures.plot_dendrogram(
+            distances,
+            labels=names["city"],
+            label_colors=colors,
+            title=figures.title(f"city similarity ({similarity}): {what}", **label),
+        ),
         figs / f"{stem}.similarity.png",
     )
     return frame
@@ -276,8 +298,7 @@ def evaluate_checkpoints(data, split, *, experiment, run, checkpoints=CHECKPOINT
         path = saved / f"{run}.{checkpoint}.keras"
         if not path.is_file():
             raise FileNotFoundError(f"No {checkpoint} model for run {run!r}: {path} does not exist. Train it first.")
-        frames.append(evaluate_run(path, data, split, experiment=experiment, run=run, checkpoint=checkpoint,
-                                   **kwargs))
+        frames.append(evaluate_run(path, data, split, experiment=experiment, run=run, checkpoint=checkpoint, **kwargs))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -310,8 +331,13 @@ def read_evals(experiment, runs=None, *, hists_dir=None):
 
 def seed_scores(frame, *, metric="accuracy", output="city", checkpoint="best", subset="test"):
     """One score per run named ``<config>-seed<N>``. Returns a DataFrame with columns config, seed, value."""
-    rows = frame[(frame["metric"] == metric) & (frame["output"] == output) & (frame["checkpoint"] == checkpoint)
-                 & (frame["subset"] == subset) & frame["class"].isna()]
+    rows = frame[
+        (frame["metric"] == metric)
+        & (frame["output"] == output)
+        & (frame["checkpoint"] == checkpoint)
+        & (frame["subset"] == subset)
+        & frame["class"].isna()
+    ]
     if rows.empty:
         raise ValueError(
             f"No rows for metric={metric!r}, output={output!r}, checkpoint={checkpoint!r}, subset={subset!r}."
@@ -320,8 +346,9 @@ def seed_scores(frame, *, metric="accuracy", output="city", checkpoint="best", s
     if parsed["seed"].isna().any():
         bad = sorted(rows.loc[parsed["seed"].isna(), "run"].unique())
         raise ValueError(f"Runs {bad} are not named '<config>-seed<N>' (as train.run_seeds names them).")
-    return pd.DataFrame({"config": parsed["config"], "seed": parsed["seed"].astype(int),
-                         "value": rows["value"].astype(float)}).reset_index(drop=True)
+    return pd.DataFrame(
+        {"config": parsed["config"], "seed": parsed["seed"].astype(int), "value": rows["value"].astype(float)}
+    ).reset_index(drop=True)
 
 
 def compare_seeds(frame, **kwargs):

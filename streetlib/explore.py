@@ -7,13 +7,10 @@ import numpy as np
 import pandas as pd
 
 
-
 def class_table(data):
     """Images per class with its region: DataFrame with columns class, region, images, share."""
     counts = data.counts()
-    df = pd.DataFrame(
-        {"class": list(counts), "region": list(data.spec.regions), "images": list(counts.values())}
-    )
+    df = pd.DataFrame({"class": list(counts), "region": list(data.spec.regions), "images": list(counts.values())})
     df["share"] = df["images"] / df["images"].sum()
     return df
 
@@ -99,7 +96,7 @@ def plot_samples(data, *, per_class=6, seed=0, show_masks=False):
         picks = rng.choice(members, size=min(per_class, len(members)), replace=False)
         for ax in row:
             ax.axis("off")
-        for ax, i in zip(row, picks):
+        for ax, i in zip(row, picks, strict=False):  # a class with fewer images leaves its last axes blank
             ax.imshow(data.images[i])
             if show_masks:
                 ax.contour(data.masks[i], levels=[0.5], colors="red", linewidths=0.8)
@@ -116,7 +113,7 @@ def plot_colour_stats(stats, *, label):
 
     columns = ["red", "green", "blue", "brightness", "saturation", "contrast"]
     fig, axes = plt.subplots(2, 3, figsize=(11, 5.5))
-    for ax, col in zip(axes.flat, columns):
+    for ax, col in zip(axes.flat, columns, strict=True):
         sns.kdeplot(stats, x=col, hue="region", common_norm=False, fill=True, ax=ax, warn_singular=False)
         ax.set_title(col)
     fig.suptitle(f"Per-image colour statistics by region - {label}")

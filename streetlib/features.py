@@ -1,6 +1,6 @@
 """Backbone features for the baselines: one layer's feature map, pooled or flattened, cached on disk.
 
-`FeatureExtractor` runs a backbone (any `streetlib.models.BACKBONES` name, any weight source) up to one layer and
+`FeatureExtractor` runs a backbone (any `streetlib.backbones.BACKBONES` name, any weight source) up to one layer and
 turns its feature map into one vector per image: global average ('avg', 512-d for VGG16's ``block5_pool``), global
 max ('max') or the flattened map ('flatten', the original's "non-pooled" 25,088-d at 224 px).
 
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from streetlib import models, paths, pipeline
+from streetlib import backbones, models, paths, pipeline
 from streetlib import weights as weights_lib
 from streetlib.paths import atomic_path, file_digest
 
@@ -33,13 +33,12 @@ POOLINGS = ("avg", "max", "flatten")
 CACHE_VERSION = 1
 
 
-
 def weights_fingerprint(weights, *, backbone="vgg16"):
     """What identifies a weight source in a cache key: its name and the SHA-1 of its file.
 
     Args:
         weights: a `streetlib.weights.WEIGHT_SOURCES` name or a weights file path.
-        backbone: str, a `streetlib.models.BACKBONES` name. Default 'vgg16'.
+        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
 
     Returns:
         str, e.g. ``"random"`` or ``"hed-bsds500 sha1:1a2b..."``.
@@ -47,7 +46,7 @@ def weights_fingerprint(weights, *, backbone="vgg16"):
     Raises:
         WeightsDownloadError: 'imagenet' or 'places365' for VGG16 is neither in the Keras cache nor downloadable.
     """
-    backbone = models.get_backbone(backbone).name
+    backbone = backbones.get_backbone(backbone).name
     weights = weights_lib.check_weights(weights, backbone=backbone)
     if isinstance(weights, Path):
         return f"file {weights.name} sha1:{file_digest(weights, 'sha1')}"
@@ -98,7 +97,7 @@ class FeatureExtractor:
     here, before any work.
 
     Args:
-        backbone: str, a `streetlib.models.BACKBONES` name. Default 'vgg16'.
+        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
         weights: a `streetlib.weights.WEIGHT_SOURCES` name or a weights file path. Default 'random'.
         layer: str or None, the backbone layer read (e.g. 'block4_pool'). Default None: the backbone's output
             (``block5_pool`` for VGG16).
@@ -113,9 +112,18 @@ class FeatureExtractor:
         ValueError: an unknown backbone, weights, normalisation or size.
     """
 
-    def __init__(self, *, backbone="vgg16", weights="random", layer=None, image_size=None, normalization=None,
-                 init_seed=0, batch_size=32):
-        self.backbone = models.get_backbone(backbone).name
+    def __init__(
+        self,
+        *,
+        backbone="vgg16",
+        weights="random",
+        layer=None,
+        image_size=None,
+        normalization=None,
+        init_seed=0,
+        batch_size=32,
+    ):
+        self.backbone = backbones.get_backbone(backbone).name
         self.weights = weights_lib.check_weights(weights, backbone=self.backbone)
         self.normalization = pipeline.check_normalization(
             normalization or weights_lib.normalization_for(self.weights, self.backbone)
@@ -188,12 +196,23 @@ class FeatureExtractor:
         model, layer = self._model(size)
         forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         dataset = pipeline.make_dataset(
-            data, indices, batch_size=self.batch_size, training=bool(augment), augment=augment or False,
-            shuffle=False, seed=seed, normalization=self.normalization, image_size=size,
+            data,
+            indices,
+            batch_size=self.batch_size,
+            training=bool(augment),
+            augment=augment or False,
+            shuffle=False,
+            seed=seed,
+            normalization=self.normalization,
+            image_size=size,
         )
         chunks = {p: [] for p in poolings}
-        bar = tqdm(total=len(indices), unit="img", disable=not progress,
-                   desc=f"{self.weights_name} {layer}" + (" augmented" if augment else ""))
+        bar = tqdm(
+            total=len(indices),
+            unit="img",
+            disable=not progress,
+            desc=f"{self.weights_name} {layer}" + (" augmented" if augment else ""),
+        )
         for images, _ in dataset:
             maps = np.asarray(forward(images), dtype=np.float32)
             for p in poolings:
@@ -265,11 +284,11 @@ class FeatureExtractor:
             dict pooling -> float32 `(len(data), d)`.
         """
         keys = {p: self.key(data, pooling=p) for p in check_poolings(poolings)}
-        return self._cached(keys, len(data), cache_dir,
-                            lambda missing: self.extract(data, poolings=missing, progress=progress))
+        return self._cached(
+            keys, len(data), cache_dir, lambda missing: self.extract(data, poolings=missing, progress=progress)
+        )
 
-    def augmented(self, data, split, *, copies, augment=True, seed=0, poolings=("avg",), cache_dir=None,
-                  progress=True):
+    def augmented(self, data, split, *, copies, augment=True, seed=0, poolings=("avg",), cache_dir=None, progress=True):
         """Features of ``copies`` augmented versions of a split's training images, cached like `features`.
 
         Copy ``c`` is augmented with seed ``seed + 1000 * c`` (as `streetlib.train` does for its feature cache).
@@ -289,14 +308,21 @@ class FeatureExtractor:
         if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
             raise ValueError(f"Invalid `copies`. Expected an int >= 1. Received: copies={copies!r}")
         if augment is not True and not isinstance(augment, dict):
-            raise ValueError(f"Invalid `augment`. Expected True or a dict of augmentation settings. Received: "
-                             f"augment={augment!r}")
-        keys = {p: self.key(data, pooling=p, split=split, copies=copies, augment=augment, seed=seed)
-                for p in check_poolings(poolings)}
+            raise ValueError(
+                f"Invalid `augment`. Expected True or a dict of augmentation settings. Received: augment={augment!r}"
+            )
+        keys = {
+            p: self.key(data, pooling=p, split=split, copies=copies, augment=augment, seed=seed)
+            for p in check_poolings(poolings)
+        }
 
         def compute(missing):
-            runs = [self.extract(data, split.train, poolings=missing, augment=augment, seed=seed + 1000 * c,
-                                 progress=progress) for c in range(copies)]
+            runs = [
+                self.extract(
+                    data, split.train, poolings=missing, augment=augment, seed=seed + 1000 * c, progress=progress
+                )
+                for c in range(copies)
+            ]
             return {p: np.stack([run[p] for run in runs]) for p in missing}
 
         return self._cached(keys, copies * len(split.train), cache_dir, compute)

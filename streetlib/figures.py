@@ -55,9 +55,7 @@ def plot_confusion(cm, *, class_names, title=None, normalize=True, ax=None, cmap
     """
     cm = np.asarray(cm, dtype=np.float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(class_names):
-        raise ValueError(
-            f"`cm` must be square with one row per class ({len(class_names)}). Received shape {cm.shape}."
-        )
+        raise ValueError(f"`cm` must be square with one row per class ({len(class_names)}). Received shape {cm.shape}.")
     values = normalize_rows(cm) if normalize else cm
     n = len(class_names)
     with matplotlib.rc_context(STYLE):
@@ -72,8 +70,15 @@ def plot_confusion(cm, *, class_names, title=None, normalize=True, ax=None, cmap
         for i in range(n):
             for j in range(n):
                 text = f"{values[i, j]:.2f}" if normalize else f"{values[i, j]:g}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        color="white" if values[i, j] > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if values[i, j] > threshold else "black",
+                )
         ax.set_ylabel("True label")
         ax.set_xlabel("Predicted label")
         if title:
@@ -99,11 +104,27 @@ def plot_reliability(table, *, ece, title=None, ax=None):
             ax = Figure(figsize=(4.2, 4.2)).add_subplot()
         filled = table[table["count"] > 0]
         width = (table["upper"] - table["lower"]).to_numpy()
-        ax.bar(table["lower"], table["accuracy"].fillna(0), width=width, align="edge", color="#4c72b0",
-               edgecolor="black", linewidth=0.5, label="accuracy")
-        ax.bar(filled["lower"], filled["confidence"] - filled["accuracy"], bottom=filled["accuracy"],
-               width=(filled["upper"] - filled["lower"]).to_numpy(), align="edge", color="#dd8452", alpha=0.5,
-               edgecolor="#dd8452", label="gap to confidence")
+        ax.bar(
+            table["lower"],
+            table["accuracy"].fillna(0),
+            width=width,
+            align="edge",
+            color="#4c72b0",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        ax.bar(
+            filled["lower"],
+            filled["confidence"] - filled["accuracy"],
+            bottom=filled["accuracy"],
+            width=(filled["upper"] - filled["lower"]).to_numpy(),
+            align="edge",
+            color="#dd8452",
+            alpha=0.5,
+            edgecolor="#dd8452",
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -137,8 +158,14 @@ def plot_dendrogram(distances, *, labels, title=None, label_colors=None, ax=None
     with matplotlib.rc_context(STYLE):
         if ax is None:
             ax = Figure(figsize=(5.5, 0.3 * len(labels) + 1.5)).add_subplot()
-        dendrogram(linkage(condensed, method="average"), labels=list(labels), orientation="left", ax=ax,
-                   color_threshold=0, above_threshold_color="#4c72b0")
+        dendrogram(
+            linkage(condensed, method="average"),
+            labels=list(labels),
+            orientation="left",
+            ax=ax,
+            color_threshold=0,
+            above_threshold_color="#4c72b0",
+        )
         if label_colors:
             for tick in ax.get_yticklabels():
                 tick.set_color(label_colors.get(tick.get_text(), "black"))

@@ -11,12 +11,13 @@ The model returns ``{"region": probabilities, "city": probabilities}``; `logits_
 No Lambda layers, so saved ``.keras`` files load with ``keras.models.load_model(path, safe_mode=True)``.
 """
 
+import itertools
 import re
-from dataclasses import dataclass
 
 import keras
 
 from streetlib import weights as weights_lib
+from streetlib.backbones import get_backbone
 from streetlib.classes import STREET10
 
 POOLINGS = ("avg", "max", "flatten")
@@ -24,52 +25,11 @@ HEAD_LAYERS = ("pool", "fc1", "fc1_bn", "fc1_relu", "fc1_dropout", "fc2", "fc2_b
 OUTPUTS = ("region", "city")
 
 
-@dataclass(frozen=True)
-class Backbone:
-    """A registered backbone.
-
-    Attributes:
-        name: str, the registry name (lower case).
-        constructor: str, the `keras.applications` function that builds it.
-        normalization: str, the pipeline normalisation its ImageNet weights expect.
-    """
-
-    name: str
-    constructor: str
-    normalization: str
-
-
-def _register(constructors, normalization):
-    return {c.lower(): Backbone(c.lower(), c, normalization) for c in constructors}
-
-
-# Backbones whose preprocessing the pipeline has. EfficientNet(V2), ConvNeXt and MobileNetV3 rescale inside the
-# model ('raw' input in [0, 255]); ResNet50V2, MobileNet(V2), Xception and Inception need [-1, 1] inputs, which the
-# pipeline does not offer yet.
-BACKBONES = {
-    **_register(["VGG16", "VGG19"], "caffe"),
-    **_register(["ResNet50", "ResNet101", "ResNet152"], "caffe"),
-    **_register(["DenseNet121", "DenseNet169", "DenseNet201"], "torch"),
-    **_register([f"EfficientNetB{i}" for i in range(8)], "raw"),
-    **_register([f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")], "raw"),
-    **_register([f"ConvNeXt{v}" for v in ("Tiny", "Small", "Base", "Large", "XLarge")], "raw"),
-    **_register(["MobileNetV3Small", "MobileNetV3Large"], "raw"),
-}
-
-
-def get_backbone(name):
-    """Look up a backbone by name, case-insensitively ('vgg16', 'ResNet50', 'EfficientNetV2B0'). Returns `Backbone`."""
-    key = name.lower() if isinstance(name, str) else name
-    if key not in BACKBONES:
-        raise ValueError(f"Invalid `backbone`. Expected one of {sorted(BACKBONES)}. Received: backbone={name!r}")
-    return BACKBONES[key]
-
-
 def build_backbone(name="vgg16", *, weights="random", input_shape=(224, 224, 3)):
     """Build a backbone without its top, named ``backbone``, with weights loaded.
 
     Args:
-        name: str, a `BACKBONES` name. Default 'vgg16'.
+        name: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
         weights: a `streetlib.weights.WEIGHT_SOURCES` name or a weights file path. Default 'random'.
         input_shape: tuple (H, W, 3). Default (224, 224, 3).
 
@@ -117,7 +77,7 @@ def build_model(
     """Build the two-output street classifier.
 
     Args:
-        backbone: str, a `BACKBONES` name. Default 'vgg16'.
+        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
         weights: the backbone's weight source (see `streetlib.weights`). Default 'random'.
         input_shape: tuple (H, W, 3). Default (224, 224, 3).
         spec: `ClassSpec`, giving the number of regions and classes. Default Street10.
@@ -305,7 +265,7 @@ def _inputs_of(node_args):
 def _is_chain(backbone, start):
     """True when every layer after index ``start`` takes exactly one input: the previous layer's output."""
     layers = backbone.get_config()["layers"]
-    for prev, cur in zip(layers[start:], layers[start + 1 :]):
+    for prev, cur in itertools.pairwise(layers[start:]):
         nodes = cur["inbound_nodes"]
         if len(nodes) != 1 or _inputs_of(nodes[0]["args"]) != [prev["name"]]:
             return False

@@ -126,12 +126,17 @@ def augmentation(
         m10 = sin * zx * sign
         m11 = (-sin * tf.sin(phi) + cos * tf.cos(phi)) * zy
         cx, cy = (w - 1) / 2, (h - 1) / 2
-        transforms = tf.stack(
-            [m00, m01, cx + tx - m00 * cx - m01 * cy, m10, m11, cy + ty - m10 * cx - m11 * cy,
-             tf.zeros([batch]), tf.zeros([batch])], axis=1)
+        row0 = [m00, m01, cx + tx - m00 * cx - m01 * cy]
+        row1 = [m10, m11, cy + ty - m10 * cx - m11 * cy]
+        transforms = tf.stack([*row0, *row1, tf.zeros([batch]), tf.zeros([batch])], axis=1)
         return tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=tf.stack([height, width]),
-            fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+            images=images,
+            transforms=transforms,
+            output_shape=tf.stack([height, width]),
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="NEAREST",
+        )
 
     return apply
 
@@ -200,8 +205,10 @@ def make_dataset(
         raise ValueError("`indices` is empty: there are no images to feed.")
     augment = training if augment is None else augment
     shuffle = training if shuffle is None else shuffle
-    height, width = data.image_size if image_size is None else (
-        (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    height, width = (
+        data.image_size
+        if image_size is None
+        else ((image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
     )
 
     images = data.images
@@ -257,3 +264,7 @@ def make_dataset(
 
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
+
+def images_only(x, y):
+    """Drop the labels of a ``(images, labels)`` dataset element (for `keras.Model.predict`)."""
+    return x

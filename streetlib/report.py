@@ -61,8 +61,12 @@ def run_rows(hists_dir=None):
                     row[f"final_val_{o}"] = history[f"val_{o}_accuracy"].iloc[-1]
         if eval_path.is_file():
             scores = pd.read_csv(eval_path)
-            overall = scores[(scores["metric"] == "accuracy") & scores["class"].isna() & (scores["subset"] == "test")
-                             & (scores["checkpoint"] == "best")]
+            overall = scores[
+                (scores["metric"] == "accuracy")
+                & scores["class"].isna()
+                & (scores["subset"] == "test")
+                & (scores["checkpoint"] == "best")
+            ]
             for o in OUTPUTS:
                 values = overall.loc[overall["output"] == o, "value"]
                 if len(values):
@@ -93,14 +97,31 @@ def hists_markdown(hists_dir=None):
         lines.append("No training runs yet.")
     else:
         if runs["synthetic"].any():
-            lines += ["**Runs on synthetic demo data say nothing about real cities**: they show the code works end "
-                      "to end.", ""]
-        header = ["experiment", "run", "data", "weights", "phase", "split seed", "epochs",
-                  "best val region", "best val city", "final val region", "final val city",
-                  "test region", "test city", "files"]
+            lines += [
+                "**Runs on synthetic demo data say nothing about real cities**: they show the code works end to end.",
+                "",
+            ]
+        header = [
+            "experiment",
+            "run",
+            "data",
+            "weights",
+            "phase",
+            "split seed",
+            "epochs",
+            "best val region",
+            "best val city",
+            "final val region",
+            "final val city",
+            "test region",
+            "test city",
+            "files",
+        ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for _, r in runs.iterrows():
-            files = f"[csv]({r['history']}) [manifest]({r['manifest']})" + (f" [eval]({r['eval']})" if r["eval"] else "")
+            files = f"[csv]({r['history']}) [manifest]({r['manifest']})" + (
+                f" [eval]({r['eval']})" if r["eval"] else ""
+            )
             values = [r["experiment"], r["run"], r["data"], r["weights"], r["phase"], r["split_seed"], r["epochs"]]
             values += [r.get(f"{k}_{o}") for k in ("best_val", "final_val") for o in OUTPUTS]
             values += [r.get(f"test_{o}") for o in OUTPUTS] + [files]

@@ -98,8 +98,11 @@ def load_profile(name, *, path=None):
     if name not in profiles:
         raise ValueError(f"Invalid `profile`. Expected one of {sorted(profiles)}. Received: profile={name!r}")
     profile = profiles[name]
-    return {"description": profile.get("description", ""), "all": profile.get("all") or {},
-            "notebooks": profile.get("notebooks") or {}}
+    return {
+        "description": profile.get("description", ""),
+        "all": profile.get("all") or {},
+        "notebooks": profile.get("notebooks") or {},
+    }
 
 
 def resolve_parameters(notebook, profile, overrides):
@@ -186,7 +189,7 @@ def expand_grid(grid):
     for name in names:
         if not isinstance(grid[name], list) or not grid[name]:
             raise ValueError(f"Grid entry {name!r} must be a non-empty list of values. Received: {grid[name]!r}")
-    return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
 
 
 def load_grid(path):
@@ -260,8 +263,14 @@ def execute(notebook, output, params, *, force=False, cell_timeout=None, progres
     with open(kernel_log, "w") as log, follow(progress_file, lambda line: report(f"  {line}")):
         try:
             pm.execute_notebook(
-                str(notebook), str(output), parameters=params, kernel_name="python3", cwd=str(notebook.parent),
-                execution_timeout=cell_timeout, progress_bar=progress, request_save_on_cell_execute=True,
+                str(notebook),
+                str(output),
+                parameters=params,
+                kernel_name="python3",
+                cwd=str(notebook.parent),
+                execution_timeout=cell_timeout,
+                progress_bar=progress,
+                request_save_on_cell_execute=True,
                 kernel_manager_class=_kernel_manager(log, {PROGRESS_ENV: str(progress_file.resolve())}),
             )
         except pm.PapermillExecutionError as err:
@@ -269,8 +278,10 @@ def execute(notebook, output, params, *, force=False, cell_timeout=None, progres
             error = f"cell [{err.exec_count or err.cell_index}]: {err.ename}: {err.evalue}"
         except CellTimeoutError:
             status = "failed"
-            error = (f"{_cell_where(output)}: no result after the cell time limit of {cell_timeout} s. Run again "
-                     f"without --cell-timeout, or with a larger one; finished work is kept")
+            error = (
+                f"{_cell_where(output)}: no result after the cell time limit of {cell_timeout} s. Run again "
+                f"without --cell-timeout, or with a larger one; finished work is kept"
+            )
         except DeadKernelError:
             status = "failed"
             error = f"{_cell_where(output)}: the kernel died (out of memory?). Its log: {kernel_log}"
@@ -284,8 +295,19 @@ def execute(notebook, output, params, *, force=False, cell_timeout=None, progres
     return NotebookRun(notebook, output, params, "done", seconds)
 
 
-def run(notebooks=None, *, profile="demo", overrides=None, grid=None, force=False, keep_going=False,
-        out_dir=None, cell_timeout=None, progress=True, report=print):
+def run(
+    notebooks=None,
+    *,
+    profile="demo",
+    overrides=None,
+    grid=None,
+    force=False,
+    keep_going=False,
+    out_dir=None,
+    cell_timeout=None,
+    progress=True,
+    report=print,
+):
     """Run notebooks in order under a profile.
 
     Args:
@@ -329,10 +351,19 @@ def run(notebooks=None, *, profile="demo", overrides=None, grid=None, force=Fals
         report(f"[running] {output.name} {params}")
         # Notebooks read what earlier ones wrote: once one runs, the rest of the sequence runs too (not grids,
         # whose points are independent).
-        result = execute(nb, output, params, force=force or (upstream_ran and not grid), cell_timeout=cell_timeout,
-                         progress=progress, report=report)
+        result = execute(
+            nb,
+            output,
+            params,
+            force=force or (upstream_ran and not grid),
+            cell_timeout=cell_timeout,
+            progress=progress,
+            report=report,
+        )
         results.append(result)
-        report(f"[{result.status}] {output.name} ({result.seconds:.0f} s){' - ' + result.error if result.error else ''}")
+        report(
+            f"[{result.status}] {output.name} ({result.seconds:.0f} s){' - ' + result.error if result.error else ''}"
+        )
         if result.status == "interrupted":
             break
         failed = failed or result.status == "failed"

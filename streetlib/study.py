@@ -70,22 +70,49 @@ def run_transfer(data, *, sources, seeds, experiment, scratch_epochs=0, split_kw
     """
     frames = []
     for source in sources:
-        results = train.run_seeds(data, seeds=seeds, experiment=experiment, run=f"{source}-transfer",
-                                  phase="transfer", weights=source, split_kwargs=split_kwargs, reuse=True,
-                                  **run_kwargs)
-        frames += _evaluate_seeds(data, results, experiment=experiment, run=f"{source}-transfer",
-                                  split_kwargs=split_kwargs)
+        results = train.run_seeds(
+            data,
+            seeds=seeds,
+            experiment=experiment,
+            run=f"{source}-transfer",
+            phase="transfer",
+            weights=source,
+            split_kwargs=split_kwargs,
+            reuse=True,
+            **run_kwargs,
+        )
+        frames += _evaluate_seeds(
+            data, results, experiment=experiment, run=f"{source}-transfer", split_kwargs=split_kwargs
+        )
     if scratch_epochs:
         kwargs = {**run_kwargs, "epochs": scratch_epochs}
-        results = train.run_seeds(data, seeds=seeds, experiment=experiment, run="random-scratch", phase="scratch",
-                                  weights="random", split_kwargs=split_kwargs, reuse=True, **kwargs)
-        frames += _evaluate_seeds(data, results, experiment=experiment, run="random-scratch",
-                                  split_kwargs=split_kwargs)
+        results = train.run_seeds(
+            data,
+            seeds=seeds,
+            experiment=experiment,
+            run="random-scratch",
+            phase="scratch",
+            weights="random",
+            split_kwargs=split_kwargs,
+            reuse=True,
+            **kwargs,
+        )
+        frames += _evaluate_seeds(data, results, experiment=experiment, run="random-scratch", split_kwargs=split_kwargs)
     return pd.concat(frames, ignore_index=True)
 
 
-def run_finetune(data, *, sources, seeds, experiment, transfer_experiment, finetune_from="block4_pool",
-                 split_kwargs=None, models_dir=None, **run_kwargs):
+def run_finetune(
+    data,
+    *,
+    sources,
+    seeds,
+    experiment,
+    transfer_experiment,
+    finetune_from="block4_pool",
+    split_kwargs=None,
+    models_dir=None,
+    **run_kwargs,
+):
     """Fine-tune each source's best transfer model (per seed), then evaluate.
 
     Args:
@@ -108,9 +135,20 @@ def run_finetune(data, *, sources, seeds, experiment, transfer_experiment, finet
                 f"No best transfer model for {source!r}: {missing}. Run the transfer phase first (notebook 03)."
             )
         run = f"{source}-finetune-{tag}"
-        results = train.run_seeds(data, seeds=seeds, experiment=experiment, run=run, phase="finetune",
-                                  weights=source, init_from=init, finetune_from=finetune_from,
-                                  split_kwargs=split_kwargs, models_dir=models_dir, reuse=True, **run_kwargs)
+        results = train.run_seeds(
+            data,
+            seeds=seeds,
+            experiment=experiment,
+            run=run,
+            phase="finetune",
+            weights=source,
+            init_from=init,
+            finetune_from=finetune_from,
+            split_kwargs=split_kwargs,
+            models_dir=models_dir,
+            reuse=True,
+            **run_kwargs,
+        )
         frames += _evaluate_seeds(data, results, experiment=experiment, run=run, split_kwargs=split_kwargs)
     return pd.concat(frames, ignore_index=True)
 
@@ -159,8 +197,11 @@ def plot_learning_curves(history, *, output, data_label):
     ax.set_xlabel("epoch (of each phase)")
     ax.set_ylabel(f"validation {output} accuracy")
     ax.legend(fontsize=6, ncol=2)
-    ax.set_title(figures.title(f"learning curves, {output}", data_label=data_label,
-                               weights_label="all runs (weights in the run names)"))
+    ax.set_title(
+        figures.title(
+            f"learning curves, {output}", data_label=data_label, weights_label="all runs (weights in the run names)"
+        )
+    )
     fig.tight_layout()
     return fig
 
@@ -199,8 +240,15 @@ def baseline_scores(path, *, classifier="svm-rbf"):
     if table.empty:
         raise ValueError(f"No {classifier!r} rows in {path}.")
     config = table["weights"].astype(str) + " " + table["pooling"].astype(str) + " features, " + classifier
-    return pd.DataFrame({"family": "baseline (02-baselines)", "config": config, "seed": table["seed"],
-                         "output": table["output"], "value": table["test_acc"]})
+    return pd.DataFrame(
+        {
+            "family": "baseline (02-baselines)",
+            "config": config,
+            "seed": table["seed"],
+            "output": table["output"],
+            "value": table["test_acc"],
+        }
+    )
 
 
 def side_by_side(scores):
@@ -220,12 +268,19 @@ def plot_side_by_side(scores, *, data_label, reference=None):
     configs = scores[["family", "config"]].drop_duplicates().reset_index(drop=True)
     labels = [f"{f}: {c}" for f, c in configs.itertuples(index=False)]
     fig, axes = plt.subplots(1, len(OUTPUTS), figsize=(13, 0.4 * len(labels) + 2), sharey=True)
-    for ax, output in zip(axes, OUTPUTS):
+    for ax, output in zip(axes, OUTPUTS, strict=True):
         for i, (family, config) in enumerate(configs.itertuples(index=False)):
-            values = scores.loc[(scores["family"] == family) & (scores["config"] == config)
-                                & (scores["output"] == output), "value"].to_numpy()
-            ax.barh(i, values.mean(), xerr=values.std(ddof=1) if len(values) > 1 else 0, alpha=0.6, capsize=2,
-                    color="#4c72b0" if family.startswith("CNN") else "#dd8452")
+            values = scores.loc[
+                (scores["family"] == family) & (scores["config"] == config) & (scores["output"] == output), "value"
+            ].to_numpy()
+            ax.barh(
+                i,
+                values.mean(),
+                xerr=values.std(ddof=1) if len(values) > 1 else 0,
+                alpha=0.6,
+                capsize=2,
+                color="#4c72b0" if family.startswith("CNN") else "#dd8452",
+            )
             ax.plot(values, [i] * len(values), "k.", markersize=3)
         if reference is not None:
             for _, row in reference.iterrows():
@@ -235,8 +290,11 @@ def plot_side_by_side(scores, *, data_label, reference=None):
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
         ax.set_xlabel(f"test {output} accuracy (mean ± std over split seeds; dots: seeds)")
-    fig.suptitle(figures.title("all results side by side", data_label=data_label,
-                               weights_label="per configuration (in the labels)")
-                 + ("\ndotted: the original study on Street10 (its own splits)" if reference is not None else ""))
+    fig.suptitle(
+        figures.title(
+            "all results side by side", data_label=data_label, weights_label="per configuration (in the labels)"
+        )
+        + ("\ndotted: the original study on Street10 (its own splits)" if reference is not None else "")
+    )
     fig.tight_layout()
     return fig

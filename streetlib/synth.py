@@ -41,38 +41,89 @@ _NEAR_Z = 0.6
 _STREET_STYLES = (
     {  # brick terraces
         "facades": ((150, 72, 52), (128, 62, 48), (168, 98, 72), (118, 84, 64)),
-        "window": (38, 44, 56), "window_size": (0.9, 1.7), "floor": 3.2, "bay": 2.4, "heights": (9, 18),
-        "road": (62, 62, 66), "markings": "dashed-white", "trees": 0.3, "wires": 0.2, "lamp": (30, 30, 30),
+        "window": (38, 44, 56),
+        "window_size": (0.9, 1.7),
+        "floor": 3.2,
+        "bay": 2.4,
+        "heights": (9, 18),
+        "road": (62, 62, 66),
+        "markings": "dashed-white",
+        "trees": 0.3,
+        "wires": 0.2,
+        "lamp": (30, 30, 30),
     },
     {  # pastel rows
         "facades": ((228, 200, 172), (196, 218, 206), (232, 222, 160), (218, 180, 190)),
-        "window": (112, 144, 166), "window_size": (1.2, 1.3), "floor": 3.0, "bay": 2.8, "heights": (8, 15),
-        "road": (84, 84, 86), "markings": "none", "trees": 0.6, "wires": 0.1, "lamp": (40, 70, 50),
+        "window": (112, 144, 166),
+        "window_size": (1.2, 1.3),
+        "floor": 3.0,
+        "bay": 2.8,
+        "heights": (8, 15),
+        "road": (84, 84, 86),
+        "markings": "none",
+        "trees": 0.6,
+        "wires": 0.1,
+        "lamp": (40, 70, 50),
     },
     {  # concrete blocks with ribbon windows
         "facades": ((150, 150, 150), (176, 170, 164), (120, 126, 132), (190, 190, 184)),
-        "window": (58, 70, 82), "window_size": (2.4, 1.0), "floor": 3.4, "bay": 2.6, "heights": (15, 35),
-        "road": (72, 72, 78), "markings": "double-yellow", "trees": 0.2, "wires": 0.7, "lamp": (90, 90, 95),
+        "window": (58, 70, 82),
+        "window_size": (2.4, 1.0),
+        "floor": 3.4,
+        "bay": 2.6,
+        "heights": (15, 35),
+        "road": (72, 72, 78),
+        "markings": "double-yellow",
+        "trees": 0.2,
+        "wires": 0.7,
+        "lamp": (90, 90, 95),
     },
     {  # low white stucco
         "facades": ((234, 234, 226), (220, 214, 200), (238, 228, 208), (204, 204, 198)),
-        "window": (50, 50, 58), "window_size": (0.8, 1.1), "floor": 2.9, "bay": 2.2, "heights": (6, 12),
-        "road": (102, 100, 96), "markings": "dashed-yellow", "trees": 0.4, "wires": 0.9, "lamp": (60, 60, 60),
+        "window": (50, 50, 58),
+        "window_size": (0.8, 1.1),
+        "floor": 2.9,
+        "bay": 2.2,
+        "heights": (6, 12),
+        "road": (102, 100, 96),
+        "markings": "dashed-yellow",
+        "trees": 0.4,
+        "wires": 0.9,
+        "lamp": (60, 60, 60),
     },
     {  # glass towers
         "facades": ((72, 92, 112), (92, 110, 130), (62, 70, 86), (110, 124, 140)),
-        "window": (150, 180, 202), "window_size": (2.0, 2.2), "floor": 3.6, "bay": 2.5, "heights": (20, 40),
-        "road": (56, 56, 62), "markings": "dashed-white", "trees": 0.2, "wires": 0.3, "lamp": (120, 120, 125),
+        "window": (150, 180, 202),
+        "window_size": (2.0, 2.2),
+        "floor": 3.6,
+        "bay": 2.5,
+        "heights": (20, 40),
+        "road": (56, 56, 62),
+        "markings": "dashed-white",
+        "trees": 0.2,
+        "wires": 0.3,
+        "lamp": (120, 120, 125),
     },
 )
 
 _WEST = {
-    "navy": (28, 52, 120), "forest": (26, 88, 58), "cream": (232, 222, 196), "charcoal": (40, 40, 46),
-    "white": (240, 240, 236), "teal": (20, 110, 120), "burgundy": (110, 30, 45), "brass": (196, 168, 96),
+    "navy": (28, 52, 120),
+    "forest": (26, 88, 58),
+    "cream": (232, 222, 196),
+    "charcoal": (40, 40, 46),
+    "white": (240, 240, 236),
+    "teal": (20, 110, 120),
+    "burgundy": (110, 30, 45),
+    "brass": (196, 168, 96),
 }
 _EAST = {
-    "red": (196, 32, 36), "gold": (226, 172, 44), "black": (22, 20, 20), "paper": (244, 238, 222),
-    "orange": (228, 108, 28), "crimson": (150, 20, 40), "jade": (40, 140, 90),
+    "red": (196, 32, 36),
+    "gold": (226, 172, 44),
+    "black": (22, 20, 20),
+    "paper": (244, 238, 222),
+    "orange": (228, 108, 28),
+    "crimson": (150, 20, 40),
+    "jade": (40, 140, 90),
 }
 _OWN_STYLE_PROB = 0.65
 _NEUTRAL = ((200, 200, 196), (60, 60, 62), (128, 110, 92), (235, 235, 230), (100, 104, 110))
@@ -119,7 +170,7 @@ def _twin_layout(spec):
             f"{len(_STREET_STYLES)} each). Received: regions with {sizes} classes."
         )
     layout = []
-    for cls, region in zip(spec.classes, spec.regions):
+    for cls, region in zip(spec.classes, spec.regions, strict=True):
         layout.append((spec.region_names.index(region), spec.classes_in(region).index(cls)))
     return layout
 
@@ -209,12 +260,20 @@ def _street(canvas, cam, rng, style, geometry, shade):
     road_half, walls = geometry["road_half"], geometry["walls"]
     far = geometry["far"]
     canvas.rectangle((0, cam.horizon, size, size), _jitter(rng, (150, 146, 140), 14))
-    road = [cam.project(-road_half, 0, _NEAR_Z), cam.project(road_half, 0, _NEAR_Z),
-            cam.project(road_half, 0, far), cam.project(-road_half, 0, far)]
+    road = [
+        cam.project(-road_half, 0, _NEAR_Z),
+        cam.project(road_half, 0, _NEAR_Z),
+        cam.project(road_half, 0, far),
+        cam.project(-road_half, 0, far),
+    ]
     canvas.polygon(road, _jitter(rng, style["road"], 10))
     for side in (-1, 1):
-        curb = [cam.project(side * road_half, 0, _NEAR_Z), cam.project(side * (road_half + 0.25), 0, _NEAR_Z),
-                cam.project(side * (road_half + 0.25), 0, far), cam.project(side * road_half, 0, far)]
+        curb = [
+            cam.project(side * road_half, 0, _NEAR_Z),
+            cam.project(side * (road_half + 0.25), 0, _NEAR_Z),
+            cam.project(side * (road_half + 0.25), 0, far),
+            cam.project(side * road_half, 0, far),
+        ]
         canvas.polygon(curb, (190, 188, 182))
     _markings(canvas, cam, style["markings"], far)
     # The far end of the street: a hazy skyline across the vanishing point.
@@ -241,8 +300,15 @@ def _markings(canvas, cam, kind, far):
         spans, offsets = [(z, z + 3.0) for z in np.arange(1.0, far - 3.0, 6.0)], (-0.06,)
     for z0, z1 in spans:
         for x in offsets:
-            canvas.polygon([cam.project(x, 0, z0), cam.project(x + 0.12, 0, z0),
-                            cam.project(x + 0.12, 0, z1), cam.project(x, 0, z1)], colour)
+            canvas.polygon(
+                [
+                    cam.project(x, 0, z0),
+                    cam.project(x + 0.12, 0, z0),
+                    cam.project(x + 0.12, 0, z1),
+                    cam.project(x, 0, z1),
+                ],
+                colour,
+            )
 
 
 def _building(canvas, cam, rng, style, wall_x, z0, z1, shade):
@@ -250,10 +316,24 @@ def _building(canvas, cam, rng, style, wall_x, z0, z1, shade):
     colour = _pick(rng, facades)
     colour = _scale(_jitter(rng, colour, 14), shade)
     height = rng.uniform(*style["heights"])
-    canvas.polygon([cam.project(wall_x, 0, z0), cam.project(wall_x, 0, z1),
-                    cam.project(wall_x, height, z1), cam.project(wall_x, height, z0)], colour)
-    canvas.polygon([cam.project(wall_x, 0, z0), cam.project(wall_x, 0, z1),
-                    cam.project(wall_x, 2.6, z1), cam.project(wall_x, 2.6, z0)], _scale(colour, 0.55))
+    canvas.polygon(
+        [
+            cam.project(wall_x, 0, z0),
+            cam.project(wall_x, 0, z1),
+            cam.project(wall_x, height, z1),
+            cam.project(wall_x, height, z0),
+        ],
+        colour,
+    )
+    canvas.polygon(
+        [
+            cam.project(wall_x, 0, z0),
+            cam.project(wall_x, 0, z1),
+            cam.project(wall_x, 2.6, z1),
+            cam.project(wall_x, 2.6, z0),
+        ],
+        _scale(colour, 0.55),
+    )
     win_w, win_h = style["window_size"]
     window = _scale(_jitter(rng, style["window"], 12), shade)
     lit = _scale(window, 1.6)
@@ -267,8 +347,12 @@ def _building(canvas, cam, rng, style, wall_x, z0, z1, shade):
         if cam.focal * win_h / zb < 1.5:
             break
         for y in floors:
-            quad = [cam.project(wall_x, y, za), cam.project(wall_x, y, zb),
-                    cam.project(wall_x, y + win_h, zb), cam.project(wall_x, y + win_h, za)]
+            quad = [
+                cam.project(wall_x, y, za),
+                cam.project(wall_x, y, zb),
+                cam.project(wall_x, y + win_h, zb),
+                cam.project(wall_x, y + win_h, za),
+            ]
             if max(q[1] for q in quad) < 0:
                 break
             canvas.polygon(quad, lit if rng.random() < 0.1 else window)
@@ -347,8 +431,16 @@ def _letters(draw, rng, w, h, fg, bg):
         strokes = rng.choice(6, int(rng.integers(2, 4)), replace=False)
         for s in strokes:
             segment = ((0, 0, 0, 1), (1, 0, 1, 1), (0, 0, 1, 0), (0, 0.5, 1, 0.5), (0, 1, 1, 1), (0, 1, 1, 0))[s]
-            draw.line((x0 + segment[0] * glyph_w, y0 + segment[1] * glyph_h,
-                       x0 + segment[2] * glyph_w, y0 + segment[3] * glyph_h), fill=fg, width=stroke)
+            draw.line(
+                (
+                    x0 + segment[0] * glyph_w,
+                    y0 + segment[1] * glyph_h,
+                    x0 + segment[2] * glyph_w,
+                    y0 + segment[3] * glyph_h,
+                ),
+                fill=fg,
+                width=stroke,
+            )
 
 
 def _roundel(draw, rng, w, h, fg, bg):
@@ -401,14 +493,22 @@ def _seal(draw, rng, w, h, fg, bg):
     _square_glyph(draw, rng, x0 + cell * 0.15, y0 + cell * 0.15, cell * 0.7, fg)
 
 
-_PATTERNS = {"stripes": _stripes, "letters": _letters, "roundel": _roundel,
-             "columns": _columns, "lantern": _lantern, "seal": _seal}
+_PATTERNS = {
+    "stripes": _stripes,
+    "letters": _letters,
+    "roundel": _roundel,
+    "columns": _columns,
+    "lantern": _lantern,
+    "seal": _seal,
+}
 
 
 def _draw_cue(canvas, cam, rng, cue, style):
     """Paste one cue object; ``rng`` draws its glyphs, so it must be the region-dependent stream."""
-    (x0, y0), (x1, y1) = (cam.project(cue["x"] - cue["width"] / 2, cue["y"] + cue["height"] / 2, cue["z"]),
-                          cam.project(cue["x"] + cue["width"] / 2, cue["y"] - cue["height"] / 2, cue["z"]))
+    (x0, y0), (x1, y1) = (
+        cam.project(cue["x"] - cue["width"] / 2, cue["y"] + cue["height"] / 2, cue["z"]),
+        cam.project(cue["x"] + cue["width"] / 2, cue["y"] - cue["height"] / 2, cue["z"]),
+    )
     corner = (int(round(x0)), int(round(y0)))
     width, height = int(round(x1)) - corner[0], int(round(y1)) - corner[1]
     if width < 2 or height < 2:
@@ -484,7 +584,7 @@ def _wires(canvas, cam, rng, geometry):
         z, y = rng.uniform(3, 15), rng.uniform(6.5, 9.5)
         xs = np.linspace(-geometry["walls"][0], geometry["walls"][1], 12)
         sag = 0.8 * (1 - (2 * (xs - xs.mean()) / (xs[-1] - xs[0])) ** 2)
-        canvas.line([cam.project(xi, y - s, z) for xi, s in zip(xs, sag)], (28, 28, 30), width)
+        canvas.line([cam.project(xi, y - s, z) for xi, s in zip(xs, sag, strict=True)], (28, 28, 30), width)
 
 
 def _objects(rng, style, geometry):
@@ -545,8 +645,10 @@ def render_scene(rng, *, size, city_index, spec=SYNTH10, cues=True):
     """
     size = _check_int(size, "size", MIN_SIZE)
     layout = _twin_layout(spec)
-    if isinstance(city_index, bool) or not isinstance(city_index, numbers.Integral) or not (
-        0 <= city_index < len(layout)
+    if (
+        isinstance(city_index, bool)
+        or not isinstance(city_index, numbers.Integral)
+        or not (0 <= city_index < len(layout))
     ):
         raise ValueError(
             f"Invalid `city_index`. Expected an int in [0, {len(layout) - 1}]. Received: city_index={city_index!r}"

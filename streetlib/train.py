@@ -32,7 +32,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -41,10 +41,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from streetlib import models, paths, pipeline
+from streetlib import backbones, models, paths, pipeline
 from streetlib import weights as weights_lib
+from streetlib.callbacks import EpochProgress
 from streetlib.paths import atomic_path
-from streetlib.progress import EpochProgress
 from streetlib.splits import make_split
 
 # Phase presets, after the original study. The original's from-scratch settings are not published: 'scratch'
@@ -150,7 +150,7 @@ def run_phase(
             ``finetune_from``, SGD 1e-4 momentum 0.9 Nesterov) or 'scratch' (everything trains, Nadam 2e-3).
         weights: weight source (see `streetlib.weights`). Default: 'hed-bsds500' for transfer, 'random' for
             scratch, the source of ``init_from`` for finetune (given explicitly when ``init_from`` is a path).
-        backbone: str, a `streetlib.models.BACKBONES` name. Default 'vgg16'.
+        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
         image_size: int, images are resized to this square size. Default 64.
         epochs: int. Default: the phase's (50 transfer, 100 finetune and scratch).
         batch_size: int, the global batch size. Default 32.
@@ -192,7 +192,7 @@ def run_phase(
     preset = _check_phase(phase)
     run_files = run_paths(experiment, run, hists_dir=hists_dir, models_dir=models_dir)
     init_path, weights = _resolve_init(phase, init_from, weights)
-    info = models.get_backbone(backbone)
+    info = backbones.get_backbone(backbone)
     weights = weights_lib.check_weights(weights, backbone=info.name)
     normalization = pipeline.check_normalization(normalization or weights_lib.normalization_for(weights, info.name))
     epochs = _check_int(preset["epochs"] if epochs is None else epochs, "epochs", 1)
@@ -242,8 +242,11 @@ def run_phase(
         if state == "reuse":
             return _load_finished(run_files)
         if state == "retrain":
-            warnings.warn(f"Run {run!r} of experiment {experiment!r} finished before but its model files are missing "
-                          f"({run_files['best_model'].parent}): training it again and replacing its records.")
+            warnings.warn(
+                f"Run {run!r} of experiment {experiment!r} finished before but its model files are missing "
+                f"({run_files['best_model'].parent}): training it again and replacing its records.",
+                stacklevel=2,
+            )
             force = True
     initial_epoch, previous = _prepare_outputs(run_files, config, resume=resume, force=force)
     _truncate_history(run_files["history"], initial_epoch)
@@ -253,8 +256,14 @@ def run_phase(
         **(previous or {}),
         "config": config,
         "status": "running",
-        "dataset": {"name": data.name, "label": data.label, "synthetic": data.synthetic, "size": len(data),
-                    "classes": list(data.spec.classes), "hash": data_hash(data)},
+        "dataset": {
+            "name": data.name,
+            "label": data.label,
+            "synthetic": data.synthetic,
+            "size": len(data),
+            "classes": list(data.spec.classes),
+            "hash": data_hash(data),
+        },
         "split": split_record(data, split),
         "environment": environment(strategy),
         "started_at": (previous or {}).get("started_at") or _now(),
@@ -263,9 +272,15 @@ def run_phase(
         manifest["resumed_at_epochs"] = [*manifest.get("resumed_at_epochs", []), initial_epoch]
     _write_json(run_files["manifest"], manifest)
     # What a user of a saved model needs to feed it (read by `streetlib analyze`): a sidecar beside each file.
-    sidecar = {"normalization": normalization, "image_size": image_size, "classes": data.spec.to_dict(),
-               "weights": str(weights), "weights_label": config["weights_label"], "data": data.label,
-               "manifest": str(run_files["manifest"])}
+    sidecar = {
+        "normalization": normalization,
+        "image_size": image_size,
+        "classes": data.spec.to_dict(),
+        "weights": str(weights),
+        "weights_label": config["weights_label"],
+        "data": data.label,
+        "manifest": str(run_files["manifest"]),
+    }
     for key in ("best_model", "final_model"):
         _write_json(run_files[key].with_suffix(".json"), sidecar)
 
@@ -286,16 +301,32 @@ def run_phase(
             _load_init(model, init_path)
         models.freeze(model, through=through)
         plan = plan_cache(
-            cache, model, through=through, augment=bool(augment), copies=augment_copies,
-            n_train=len(split.train), n_val=len(split.val), max_bytes=max_cache_bytes,
+            cache,
+            model,
+            through=through,
+            augment=bool(augment),
+            copies=augment_copies,
+            n_train=len(split.train),
+            n_val=len(split.val),
+            max_bytes=max_cache_bytes,
         )
         train_ds, val_ds, steps, train_model = _datasets(
-            data, split, model, plan, through=through, batch_size=batch_size, augment=augment,
-            normalization=normalization, image_size=image_size, seed=seed, initial_epoch=initial_epoch,
+            data,
+            split,
+            model,
+            plan,
+            through=through,
+            batch_size=batch_size,
+            augment=augment,
+            normalization=normalization,
+            image_size=image_size,
+            seed=seed,
+            initial_epoch=initial_epoch,
         )
         _compile(train_model, optimizer_config, loss_weights, xla=xla)
-    manifest.update({"cache_plan": plan, "params": models.count_params(model),
-                     "trainable_layers": models.trainable_layers(model)})
+    manifest.update(
+        {"cache_plan": plan, "params": models.count_params(model), "trainable_layers": models.trainable_layers(model)}
+    )
     _write_json(run_files["manifest"], manifest)
 
     saver = BestModelSaver(model, run_files["best_model"], monitor=MONITOR, **_saved_best(previous, initial_epoch))
@@ -306,8 +337,14 @@ def run_phase(
         epochs=epochs,
         steps_per_epoch=steps,
         shuffle=False,  # the datasets shuffle themselves, seeded
-        callbacks=_callbacks(run_files, saver, record, early_stopping=early_stopping, extra=callbacks,
-                             progress=EpochProgress(f"{experiment}/{run}", epochs)),
+        callbacks=_callbacks(
+            run_files,
+            saver,
+            record,
+            early_stopping=early_stopping,
+            extra=callbacks,
+            progress=EpochProgress(f"{experiment}/{run}", epochs),
+        ),
         verbose=verbose,
     )
     with atomic_path(run_files["final_model"]) as tmp:
@@ -339,8 +376,13 @@ def run_seeds(data, *, seeds, experiment, run, split_kwargs=None, init_from=None
     for seed in seeds:
         split = make_split(data, seed=seed, **(split_kwargs or {}))
         results[seed] = run_phase(
-            data, split, experiment=experiment, run=f"{run}-seed{seed}", seed=seed,
-            init_from=None if init_from is None else init_from[seed], **kwargs,
+            data,
+            split,
+            experiment=experiment,
+            run=f"{run}-seed{seed}",
+            seed=seed,
+            init_from=None if init_from is None else init_from[seed],
+            **kwargs,
         )
     return results
 
@@ -501,13 +543,16 @@ def _prepare_outputs(run_files, config, *, resume, force):
             f"continue it, or force=True to start it over."
         )
     changed = {
-        k: (previous["config"].get(k), v) for k, v in config.items()
+        k: (previous["config"].get(k), v)
+        for k, v in config.items()
         if k not in _RESUMABLE_CHANGES and previous["config"].get(k) != v
     }
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(f"Cannot resume run {config['run']!r} with different parameters ({detail}). "
-                         f"Use the same parameters, another run name, or force=True.")
+        raise ValueError(
+            f"Cannot resume run {config['run']!r} with different parameters ({detail}). "
+            f"Use the same parameters, another run name, or force=True."
+        )
     metadata_path = run_files["backup"] / "training_metadata.json"
     epoch = json.loads(metadata_path.read_text())["epoch"] if metadata_path.is_file() else 0
     return int(epoch), previous
@@ -533,8 +578,12 @@ def _finished_state(run_files, config):
 def _load_finished(run_files):
     """The `RunResult` of a finished run, its final model loaded in safe mode."""
     model = keras.models.load_model(run_files["final_model"], safe_mode=True)
-    return RunResult(history=read_history(run_files["history"]), manifest=json.loads(run_files["manifest"].read_text()),
-                     paths=run_files, model=model)
+    return RunResult(
+        history=read_history(run_files["history"]),
+        manifest=json.loads(run_files["manifest"].read_text()),
+        paths=run_files,
+        model=model,
+    )
 
 
 def read_history(path):
@@ -663,14 +712,19 @@ def plan_cache(cache, model, *, through, augment, copies, n_train, n_val, max_by
     per_image = int(np.prod(frozen.output.shape[1:])) * 4
     size = (copies * n_train + n_val) * per_image
     if cache == "auto" and size > max_bytes:
-        return {"mode": "none", "copies": 0, "bytes": 0,
-                "reason": f"a {copies}-copy cache needs {size} bytes > max_cache_bytes={max_bytes}"}
+        return {
+            "mode": "none",
+            "copies": 0,
+            "bytes": 0,
+            "reason": f"a {copies}-copy cache needs {size} bytes > max_cache_bytes={max_bytes}",
+        }
     reason = f"{copies} augmented copies of the frozen part's output" if augment else "no augmentation: exact"
     return {"mode": "features", "copies": copies, "bytes": size, "reason": reason}
 
 
-def _datasets(data, split, model, plan, *, through, batch_size, augment, normalization, image_size, seed,
-              initial_epoch):
+def _datasets(
+    data, split, model, plan, *, through, batch_size, augment, normalization, image_size, seed, initial_epoch
+):
     """(train dataset, validation dataset, steps per epoch or None, the model to fit)."""
     common = {"batch_size": batch_size, "normalization": normalization, "image_size": image_size}
     val_images = pipeline.make_dataset(data, split.val, training=False, **common)
@@ -681,14 +735,23 @@ def _datasets(data, split, model, plan, *, through, batch_size, augment, normali
     copies = []
     for c in range(plan["copies"]):
         images = pipeline.make_dataset(
-            data, split.train, training=bool(augment), augment=augment or False, shuffle=False,
-            seed=seed + 1000 * c, **common,
+            data,
+            split.train,
+            training=bool(augment),
+            augment=augment or False,
+            shuffle=False,
+            seed=seed + 1000 * c,
+            **common,
         )
         copies.append(extract_features(frozen, images))
     train_labels = _labels(data, split.train)
     val = _feature_dataset(
-        extract_features(frozen, val_images)[None], _labels(data, split.val), batch_size=batch_size, shuffle=False,
-        seed=seed, initial_epoch=0,
+        extract_features(frozen, val_images)[None],
+        _labels(data, split.val),
+        batch_size=batch_size,
+        shuffle=False,
+        seed=seed,
+        initial_epoch=0,
     )
     train = _feature_dataset(
         np.stack(copies), train_labels, batch_size=batch_size, shuffle=True, seed=seed, initial_epoch=initial_epoch
@@ -699,12 +762,7 @@ def _datasets(data, split, model, plan, *, through, batch_size, augment, normali
 
 def extract_features(frozen, dataset):
     """Run the frozen part once over a dataset of ``(images, labels)``. Returns float32 `(n, *feature_shape)`."""
-    return np.asarray(frozen.predict(dataset.map(images_only), verbose=0), dtype=np.float32)
-
-
-def images_only(x, y):
-    """Drop the labels of a ``(images, labels)`` dataset element (for `keras.Model.predict`)."""
-    return x
+    return np.asarray(frozen.predict(dataset.map(pipeline.images_only), verbose=0), dtype=np.float32)
 
 
 def _labels(data, indices):
@@ -893,7 +951,7 @@ def _git_state():
 
 
 def _now():
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _write_json(path, doc):

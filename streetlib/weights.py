@@ -24,6 +24,8 @@ import h5py
 import keras
 import numpy as np
 
+from streetlib.backbones import get_backbone
+
 WEIGHT_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
 VGG16_CONV_LAYERS = tuple(
     f"block{b}_conv{c}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for c in range(1, n + 1)
@@ -151,14 +153,11 @@ def normalization_for(weights, backbone="vgg16"):
 
     Args:
         weights: a weight source name or file path (see `check_weights`).
-        backbone: str, a `streetlib.models.BACKBONES` name. Default 'vgg16'.
+        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
 
     Returns:
         str.
     """
-    # Imported here: models builds backbones with this module, so it cannot be imported at module level.
-    from streetlib.models import get_backbone
-
     info = get_backbone(backbone)
     weights = check_weights(weights, backbone=info.name)
     if isinstance(weights, str) and WEIGHT_SOURCES[weights].normalization is not None:
@@ -194,8 +193,10 @@ def fetch(source):
     """
     src = WEIGHT_SOURCES[source]
     if src.url is None:
-        raise ValueError(f"Weight source {source!r} is not downloaded. Downloadable: "
-                         f"{[n for n, s in WEIGHT_SOURCES.items() if s.url]}")
+        raise ValueError(
+            f"Weight source {source!r} is not downloaded. Downloadable: "
+            f"{[n for n, s in WEIGHT_SOURCES.items() if s.url]}"
+        )
     target = cached_path(source)
     try:
         path = keras.utils.get_file(
@@ -274,9 +275,6 @@ def _check_complete(backbone_model, loaded, path, *, weights, backbone):
     Raises:
         ValueError: naming the missing layers and the file, and what to use instead.
     """
-    # Imported here: models builds backbones with this module, so it cannot be imported at module level.
-    from streetlib.models import get_backbone
-
     missing = [layer.name for layer in leaf_layers(backbone_model) if layer.weights and layer.name not in loaded]
     if not missing:
         return

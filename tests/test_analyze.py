@@ -153,7 +153,7 @@ def test_street_samples_are_analysed(vgg_model, tmp_path, capsys):
     status, out, err = run([*SAMPLE_FILES, "--model", vgg_model, "--out", tmp_path], capsys)
     assert status == 0, err
     print(out)  # kept in the test log: the analyzer's output on the three samples
-    for path, size in zip(SAMPLE_FILES, ("700x525", "2272x1704", "750x463")):
+    for path, size in zip(SAMPLE_FILES, ("700x525", "2272x1704", "750x463"), strict=True):
         assert f"{path} ({size})" in out
         assert (tmp_path / f"{path.stem}_gradcam.png").stat().st_size > 10_000
     assert out.count("  region: western ") == 3 and out.count("  top 3 cities: 1. ") == 3
@@ -188,9 +188,20 @@ def test_no_save_writes_nothing_and_names_do_not_collide(tiny_model, good_image,
 def test_python_dash_m_entry_point(tiny_model, good_image, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
-        [sys.executable, "-m", "streetlib.analyze", str(good_image), str(tmp_path / "nope.jpg"), "--model",
-         str(tiny_model), "--no-save"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "streetlib.analyze",
+            str(good_image),
+            str(tmp_path / "nope.jpg"),
+            "--model",
+            str(tiny_model),
+            "--no-save",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert f"{good_image} (70x40)" in proc.stdout
@@ -246,8 +257,19 @@ def test_bad_files_are_reported_and_the_rest_analysed(kind, expected, tiny_model
 )
 def test_bad_urls_are_reported_and_the_rest_analysed(url, expected, server, tiny_model, good_image, capsys):
     url = url.format(server=server)
-    argv = [url, good_image, f"{server}/street.jpg", "--model", tiny_model, "--no-save", "--timeout", "0.5",
-            "--max-bytes", "2000", "--json"]
+    argv = [
+        url,
+        good_image,
+        f"{server}/street.jpg",
+        "--model",
+        tiny_model,
+        "--no-save",
+        "--timeout",
+        "0.5",
+        "--max-bytes",
+        "2000",
+        "--json",
+    ]
     status, out, err = run_cli(argv, capsys)
     assert status == 1
     assert err.count("\n") == 1 and url in err and expected in err
@@ -268,8 +290,7 @@ def test_bad_urls_are_reported_and_the_rest_analysed(url, expected, server, tiny
         ("{server}/straße.jpg", "'ascii' codec can't encode character", "Percent-encode spaces and non-ASCII"),
     ],
 )
-def test_malformed_urls_are_reported_and_the_rest_analysed(url, reason, advice, server, tiny_model, good_image,
-                                                           capsys):
+def test_malformed_urls_are_reported_and_the_rest_analysed(url, reason, advice, server, tiny_model, good_image, capsys):
     url = url.format(server=server)
     with pytest.raises(analyze.InputError) as err:
         analyze.read_input(url)

@@ -134,9 +134,7 @@ def test_nested_and_flat_models_agree():
     flat = keras.Model(inp, {o: nested.get_layer(o)(nested.get_layer(f"{o}_logits")(x)) for o in ("region", "city")})
     x = random_inputs(3, 32)
     for output in ("region", "city"):
-        np.testing.assert_allclose(
-            A.grad_cam(x, nested, output=output), A.grad_cam(x, flat, output=output), atol=1e-5
-        )
+        np.testing.assert_allclose(A.grad_cam(x, nested, output=output), A.grad_cam(x, flat, output=output), atol=1e-5)
         np.testing.assert_allclose(
             A.guided_backprop(x, nested, output=output), A.guided_backprop(x, flat, output=output), atol=1e-6
         )
@@ -260,7 +258,7 @@ def test_guided_backprop_catches_every_relu_and_leaves_the_model_unchanged(kind)
     assert [type(layer) for layer in model.layers] == layer_types
     expected = keras.activations.relu if kind == "conv" else keras.activations.linear
     assert model.get_layer("conv").activation is expected
-    for before, after in zip(weights, model.get_weights()):
+    for before, after in zip(weights, model.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(plain_gradient(model, X_LINE), [0.0, -1.0, 2.0, 1.0])
 
@@ -398,8 +396,10 @@ def test_softmax_class_layer_is_refused_and_activation_layer_input_is_used():
     scores = keras.layers.Dense(3, name="scores")(keras.layers.Flatten()(keras.layers.Conv2D(2, 1, name="conv")(inp)))
     model = keras.Model(inp, keras.layers.Activation("softmax", name="city")(scores))
     x = random_inputs(2, 4)
-    np.testing.assert_array_equal(A.explainer(model).logits(x, output="city"), model.get_layer("scores")(
-        keras.Model(inp, model.get_layer("scores").input)(x)).numpy())
+    np.testing.assert_array_equal(
+        A.explainer(model).logits(x, output="city"),
+        model.get_layer("scores")(keras.Model(inp, model.get_layer("scores").input)(x)).numpy(),
+    )
     vector = keras.layers.Conv2D(2, 1, name="conv")(inp)
     with pytest.raises(ValueError, match=r"expected \(batch, classes\)"):
         A.logits_tensor(keras.Model(inp, vector), "conv")
@@ -465,8 +465,12 @@ def test_figures_have_the_original_layouts():
     fig = A.plot_cam_only(original, ex, 0, spec=STREET10, policy="crop")
     assert [ax.images[0].get_array().shape[:2] for ax in fig.axes] == [(30, 50)] * 3
     with pytest.raises(ValueError, match="need guided maps"):
-        A.plot_explanation(images[0], A.explain(A.model_inputs(images, normalization="unit"), model, guided=False),
-                           spec=STREET10, normalization="unit")
+        A.plot_explanation(
+            images[0],
+            A.explain(A.model_inputs(images, normalization="unit"), model, guided=False),
+            spec=STREET10,
+            normalization="unit",
+        )
     with pytest.raises(ValueError, match="Expected 'region' or 'city'"):
         A.class_names(STREET10, "country")
 
@@ -477,8 +481,9 @@ def test_class_grid_has_two_rows_per_class_titled_with_predictions():
     labels = np.arange(n) % 10
     predicted = labels.copy()
     predicted[0] = 5
-    fig = A.plot_class_grid(images, np.zeros((n, 8, 8)), labels, predicted, np.full(n, 0.5), spec=STREET10,
-                            region="western", per_class=2)
+    fig = A.plot_class_grid(
+        images, np.zeros((n, 8, 8)), labels, predicted, np.full(n, 0.5), spec=STREET10, region="western", per_class=2
+    )
     grid = np.array(fig.axes).reshape(10, 2)
     assert grid[0, 0].get_title() == "london"
     assert grid[1, 0].get_title() == "beijing 0.50 (wrong)"  # image 0 is london, predicted as class 5

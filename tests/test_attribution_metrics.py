@@ -86,8 +86,12 @@ def test_pointing_game_agrees_with_quantus():
     maps = rng.random((20, 16, 16)).astype(np.float32)  # continuous: a unique maximum, as Quantus assumes
     masks = (rng.random((20, 16, 16)) < 0.3).astype(np.uint8)
     theirs = quantus.PointingGame(disable_warnings=True, normalise=False, abs=False)(
-        model=None, x_batch=np.zeros((20, 1, 16, 16), np.float32), y_batch=np.zeros(20, int),
-        a_batch=maps[:, None], s_batch=masks[:, None], channel_first=True,
+        model=None,
+        x_batch=np.zeros((20, 1, 16, 16), np.float32),
+        y_batch=np.zeros(20, int),
+        a_batch=maps[:, None],
+        s_batch=masks[:, None],
+        channel_first=True,
     )
     ours = M.pointing_game(maps, masks)
     assert 0 < ours.mean() < 1
@@ -178,7 +182,7 @@ def test_randomization_check_randomises_a_copy_only():
     # With only the top layer randomised, Grad-CAM changes; Guided Backprop hardly does: it fails the check.
     assert result["spearman"]["grad_cam"][0].mean() < 0.5
     assert result["spearman"]["guided_backprop"][0].mean() > 0.9
-    for before, after in zip(weights, model.get_weights()):
+    for before, after in zip(weights, model.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
     with pytest.raises(ValueError, match="Invalid `methods`"):
         M.randomization_check(x, model, methods=("lime",))
@@ -213,7 +217,7 @@ def test_randomisation_correlations_agree_with_quantus_mprt_on_the_same_maps():
     # Quantus randomises the same layers in the same order (it permutes weights, we redraw them).
     assert list(theirs)[1:] == M.randomization_layers(model)
     original, randomised = seen[1], seen[2:]
-    for layer, maps in zip(list(theirs)[1:], randomised):
+    for layer, maps in zip(list(theirs)[1:], randomised, strict=True):
         expected = np.asarray(theirs[layer], dtype=np.float64)
         defined = np.isfinite(expected)  # scipy gives NaN for a constant map, where we give 0
         assert defined.sum() >= 3
@@ -262,7 +266,7 @@ def test_quadrants_are_cut_in_reading_order_and_explained():
     image[:20, :30], image[:20, 30:], image[20:, :30], image[20:, 30:] = colours
     quads = M.quadrant_images(image, size=16)
     assert quads.shape == (4, 16, 16, 3)
-    for q, colour in zip(quads, colours):
+    for q, colour in zip(quads, colours, strict=True):
         np.testing.assert_array_equal(q[8, 8], colour)
     with pytest.raises(ValueError, match="must be uint8 RGB"):
         M.quadrant_images(image[:1], size=16)

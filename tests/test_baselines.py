@@ -3,11 +3,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_toy_data, toy_split
 
 from streetlib import baselines, weights
 from streetlib.baselines import fit_baseline, make_classifier
-
-from conftest import make_toy_data, toy_split
 
 CLASSES = 10
 
@@ -138,11 +137,14 @@ def test_class_scores_give_untrained_classes_minus_infinity():
     np.testing.assert_allclose(scores[:, :9].sum(axis=1), 1.0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"classifier": "svm"}, r"Invalid `classifier`.*'svm-rbf'.*classifier='svm'"),
-    ({"search": "yes"}, r"Invalid `search`.*search='yes'"),
-    ({"search": {"logreg": {"C": [1.0]}}}, r"Invalid `search`.*entry for 'svm-rbf'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"classifier": "svm"}, r"Invalid `classifier`.*'svm-rbf'.*classifier='svm'"),
+        ({"search": "yes"}, r"Invalid `search`.*search='yes'"),
+        ({"search": {"logreg": {"C": [1.0]}}}, r"Invalid `search`.*entry for 'svm-rbf'"),
+    ],
+)
 def test_invalid_fit_arguments(kwargs, match):
     x, y, split = circle_features()
     with pytest.raises(ValueError, match=match):
@@ -173,12 +175,25 @@ def grid(tmp_path_factory):
     data = make_toy_data(per_class=6, size=32)
     splits = [toy_split(data, seed=s) for s in (0, 1)]
     mp = pytest.MonkeyPatch()
-    mp.setattr(weights, "fetch", lambda source: (_ for _ in ()).throw(
-        weights.WeightsDownloadError(f"Could not download the {source!r} weights: offline")))
+    mp.setattr(
+        weights,
+        "fetch",
+        lambda source: (_ for _ in ()).throw(
+            weights.WeightsDownloadError(f"Could not download the {source!r} weights: offline")
+        ),
+    )
     dirs = {"cache_dir": root / "features", "hists_dir": root / "hists", "figs_dir": root / "figs"}
-    result = baselines.run_grid(data, splits, weights=["imagenet", "random"], poolings=["avg"],
-                                classifiers=["svm-rbf", "logreg"], augment_copies=[0, 1], figure_seeds=[1],
-                                progress=False, **dirs)
+    result = baselines.run_grid(
+        data,
+        splits,
+        weights=["imagenet", "random"],
+        poolings=["avg"],
+        classifiers=["svm-rbf", "logreg"],
+        augment_copies=[0, 1],
+        figure_seeds=[1],
+        progress=False,
+        **dirs,
+    )
     mp.undo()
     return data, splits, dirs, result
 
@@ -218,24 +233,43 @@ def test_grid_writes_the_csv_and_the_figures(grid):
 
 def test_grid_run_again_replaces_its_rows_and_keeps_others(grid, tmp_path):
     data, splits, dirs, first = grid
-    again = baselines.run_grid(data, splits[:1], weights=["random"], poolings=["avg"], classifiers=["svm-rbf"],
-                               figure_seeds=[], progress=False, **dirs)
+    again = baselines.run_grid(
+        data,
+        splits[:1],
+        weights=["random"],
+        poolings=["avg"],
+        classifiers=["svm-rbf"],
+        figure_seeds=[],
+        progress=False,
+        **dirs,
+    )
     saved = pd.read_csv(again.path)
     assert len(saved) == 16
     assert len(again.figures) == 0
-    extra = baselines.run_grid(data, splits[:1], weights=["random"], poolings=["avg"], classifiers=["linear-svm"],
-                               figure_seeds=[], progress=False, **dirs)
+    extra = baselines.run_grid(
+        data,
+        splits[:1],
+        weights=["random"],
+        poolings=["avg"],
+        classifiers=["linear-svm"],
+        figure_seeds=[],
+        progress=False,
+        **dirs,
+    )
     assert len(pd.read_csv(extra.path)) == 18
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"outputs": ["country"]}, r"Invalid `outputs`.*'country'"),
-    ({"augment_copies": [-1]}, r"Invalid `augment_copies`.*\[-1\]"),
-    ({"augment_copies": []}, r"Invalid `augment_copies`"),
-    ({"classifiers": ["forest"]}, r"Invalid `classifier`.*'forest'"),
-    ({"poolings": ["sum"]}, r"Invalid `poolings`"),
-    ({"search": {"svm-rbf": {"C": [1.0]}}}, r"Invalid `search`.*entry for 'linear-svm'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"outputs": ["country"]}, r"Invalid `outputs`.*'country'"),
+        ({"augment_copies": [-1]}, r"Invalid `augment_copies`.*\[-1\]"),
+        ({"augment_copies": []}, r"Invalid `augment_copies`"),
+        ({"classifiers": ["forest"]}, r"Invalid `classifier`.*'forest'"),
+        ({"poolings": ["sum"]}, r"Invalid `poolings`"),
+        ({"search": {"svm-rbf": {"C": [1.0]}}}, r"Invalid `search`.*entry for 'linear-svm'"),
+    ],
+)
 def test_invalid_grid_arguments(kwargs, match):
     data = make_toy_data(per_class=2, size=32)
     with pytest.raises(ValueError, match=match):
@@ -250,10 +284,19 @@ def _table():
     rows = []
     scores = {"random": [0.30, 0.40, 0.35], "hed-bsds500": [0.50, 0.45, 0.30]}
     for w, norm in (("random", "samplewise"), ("hed-bsds500", "caffe-bvlc")):
-        for seed, score in zip((42, 43, 44), scores[w]):
-            rows.append({c: "x" for c in baselines.COLUMNS} | {
-                "weights": w, "normalization": norm, "augment_copies": 0, "search": False, "seed": seed,
-                "output": "city", "test_acc": score})
+        for seed, score in zip((42, 43, 44), scores[w], strict=True):
+            rows.append(
+                {c: "x" for c in baselines.COLUMNS}
+                | {
+                    "weights": w,
+                    "normalization": norm,
+                    "augment_copies": 0,
+                    "search": False,
+                    "seed": seed,
+                    "output": "city",
+                    "test_acc": score,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -287,16 +330,21 @@ def test_compare_errors():
 
 def test_verdicts_say_what_beats_what_with_the_spread():
     table = _table()
-    lines = baselines.verdicts(baselines.compare(table, column="weights", a="random", b="hed-bsds500"),
-                               a="random", b="hed-bsds500")
-    assert lines == ["city: hed-bsds500 0.417 ± 0.104 vs random 0.350 ± 0.050, difference +0.067 ± 0.126 "
-                     "(hed-bsds500 higher on 2, random on 1 of 3 seeds: within the seed spread)"]
+    lines = baselines.verdicts(
+        baselines.compare(table, column="weights", a="random", b="hed-bsds500"), a="random", b="hed-bsds500"
+    )
+    assert lines == [
+        "city: hed-bsds500 0.417 ± 0.104 vs random 0.350 ± 0.050, difference +0.067 ± 0.126 "
+        "(hed-bsds500 higher on 2, random on 1 of 3 seeds: within the seed spread)"
+    ]
     table.loc[table["weights"] == "random", "test_acc"] = 0.1
-    lines = baselines.verdicts(baselines.compare(table, column="weights", a="random", b="hed-bsds500"),
-                               a="random", b="hed-bsds500")
+    lines = baselines.verdicts(
+        baselines.compare(table, column="weights", a="random", b="hed-bsds500"), a="random", b="hed-bsds500"
+    )
     assert lines[0].endswith("(hed-bsds500 higher on all 3 seeds)")
-    lines = baselines.verdicts(baselines.compare(table, column="weights", a="hed-bsds500", b="random"),
-                               a="hed-bsds500", b="random")
+    lines = baselines.verdicts(
+        baselines.compare(table, column="weights", a="hed-bsds500", b="random"), a="hed-bsds500", b="random"
+    )
     assert lines[0].endswith("(hed-bsds500 higher on all 3 seeds)")
 
 
@@ -307,5 +355,4 @@ def test_seed_table_and_summary_plot():
     assert text.loc[("random", "samplewise"), "region"] == "0.800 ± 0.000"
     fig = baselines.plot_summary(table, title="summary")
     assert len(fig.axes) == 2
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["random / samplewise",
-                                                                     "hed-bsds500 / caffe-bvlc"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["random / samplewise", "hed-bsds500 / caffe-bvlc"]

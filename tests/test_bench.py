@@ -50,21 +50,41 @@ def test_comparison_ratios_point_the_better_way():
 
 def test_markdown_report_names_machine_command_and_verdicts():
     results = {
-        "environment": {"date": "2026-11-22 01:00 UTC", "cpu": "AMD EPYC", "cores": 2, "python": "3.11.7",
-                        "versions": {"tensorflow": "2.20.0"}},
+        "environment": {
+            "date": "2026-11-22 01:00 UTC",
+            "cpu": "AMD EPYC",
+            "cores": 2,
+            "python": "3.11.7",
+            "versions": {"tensorflow": "2.20.0"},
+        },
         "quick": False,
-        "comparisons": [bench.Comparison("pipeline", {"ours": [600.0]}, {"IDG": [200.0]}, "img/s", 5.0,
-                                         check="same batches"),
-                        bench.Comparison("memory", {"ours": [650.0]}, {"uint8": [625.0]}, "MB", 1 / 1.3),
-                        bench.Comparison("cam", {"ours": [10.0]}, {"loop": [2.0], "peer": [3.0]}, "img/s",
-                                         {"loop": 4.0, "peer": 3.0})],
-        "vgg16": {"peak_flops": 1e11, "batch": 16, "rows": [
-            {"size": 64, "forward_img_s": 24.0, "train_img_s": 15.0, "forward_peak_fraction": 0.6,
-             "train_peak_fraction": 1.1}]},
+        "comparisons": [
+            bench.Comparison("pipeline", {"ours": [600.0]}, {"IDG": [200.0]}, "img/s", 5.0, check="same batches"),
+            bench.Comparison("memory", {"ours": [650.0]}, {"uint8": [625.0]}, "MB", 1 / 1.3),
+            bench.Comparison(
+                "cam", {"ours": [10.0]}, {"loop": [2.0], "peer": [3.0]}, "img/s", {"loop": 4.0, "peer": 3.0}
+            ),
+        ],
+        "vgg16": {
+            "peak_flops": 1e11,
+            "batch": 16,
+            "rows": [
+                {
+                    "size": 64,
+                    "forward_img_s": 24.0,
+                    "train_img_s": 15.0,
+                    "forward_peak_fraction": 0.6,
+                    "train_peak_fraction": 1.1,
+                }
+            ],
+        },
     }
     text = bench.to_markdown(results, command="streetlib bench")
     assert "AMD EPYC" in text and "`streetlib bench`" in text
-    assert "| pipeline | ours: 600.0 ± 0.0 img/s | IDG: 200.0 ± 0.0 img/s | 3.00x | at least 5.00x | no | same batches |" in text
+    assert (
+        "| pipeline | ours: 600.0 ± 0.0 img/s | IDG: 200.0 ± 0.0 img/s | 3.00x | at least 5.00x | no | same batches |"
+        in text
+    )
     assert "| 64 px | 24.0 | 15.0 | 60% | 110% |" in text
     assert "| memory | ours: 650 ± 0 MB | uint8: 625 ± 0 MB | 1.04x | at most 1.30x | yes |" in text
     assert "| 5.00x | at least 4.00x | yes |" in text and "| 3.33x | at least 3.00x | yes |" in text

@@ -14,10 +14,9 @@ from streetlib.build import (
     crop_margin,
     find_duplicates,
     read_rejects,
-    verify_checksums,
 )
 from streetlib.classes import ClassSpec
-from streetlib.data import DataError, fit_image, load_street10
+from streetlib.data import DataError, fit_image, load_street10, verify_checksums
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "street-samples"
 SPEC = ClassSpec.from_dict({"name": "three", "regions": {"east": ["tokyo"], "west": ["vancouver", "paris"]}})
@@ -34,7 +33,9 @@ def _sample(name):
 def _synthetic_photo(seed, size=(96, 128), mode="RGB"):
     """A smooth random scene with fine noise: photo-like to the cleaning checks, unique per seed."""
     rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size[::-1], Image.Resampling.BICUBIC)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+        size[::-1], Image.Resampling.BICUBIC
+    )
     noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (*size, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).convert(mode)
 
@@ -151,9 +152,7 @@ def test_packages_street10_format_with_manifest(built):
     assert data.images.shape == (11, SIZE, SIZE, 3) and data.images.dtype == np.uint8
     assert np.load(out / "paris.npy").dtype == np.uint8
     rows = _rows(out / "manifest.csv")
-    assert [(r["class"], int(r["index"])) for r in rows] == [
-        (c, i) for c, n in report.kept.items() for i in range(n)
-    ]
+    assert [(r["class"], int(r["index"])) for r in rows] == [(c, i) for c, n in report.kept.items() for i in range(n)]
     gray = next(r for r in rows if r["file"] == "paris/gray.jpg")
     assert gray["mode"] == "L" and gray["url"] == "https://example.org/g.jpg" and gray["keyword"] == "Paris street -art"
     gray_image = np.load(out / "paris.npy")[int(gray["index"])]

@@ -15,8 +15,10 @@ def test_synth_then_split(tmp_path, monkeypatch, capsys):
     assert len(data) == 30 and data.synthetic and data.images.shape[1:] == (32, 32, 3)
     assert json.loads((out / "dataset.json").read_text())["seed"] == 1
 
-    assert main(["data", "synth", "--out", str(out), "--per-class", "3", "--size", "32", "--seed", "1",
-                 "--if-missing"]) == 0
+    assert (
+        main(["data", "synth", "--out", str(out), "--per-class", "3", "--size", "32", "--seed", "1", "--if-missing"])
+        == 0
+    )
     assert "Reusing" in capsys.readouterr().out
     np.testing.assert_array_equal(load_street10(out).images, data.images)
 

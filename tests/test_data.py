@@ -14,6 +14,7 @@ from streetlib.data import (
     load_image_folder,
     load_street10,
     read_image,
+    write_checksums,
     write_street10,
 )
 
@@ -185,8 +186,12 @@ def test_modes_become_rgb(tmp_path):
     gray = Image.new("L", (10, 6), 100)
     palette = Image.new("RGB", (10, 6), (0, 0, 255)).convert("P")
     deep = Image.fromarray(np.full((6, 10), 65535 // 2, np.uint16))
-    cases = {"rgba.png": (rgba, (255, 255, 255)), "gray.png": (gray, (100, 100, 100)),
-             "pal.png": (palette, (0, 0, 255)), "deep.png": (deep, (128, 128, 128))}
+    cases = {
+        "rgba.png": (rgba, (255, 255, 255)),
+        "gray.png": (gray, (100, 100, 100)),
+        "pal.png": (palette, (0, 0, 255)),
+        "deep.png": (deep, (128, 128, 128)),
+    }
     for name, (img, expected) in cases.items():
         out = read_image(_save(tmp_path / name, img))
         assert out.shape == (6, 10, 3) and out.dtype == np.uint8, name
@@ -288,8 +293,6 @@ def test_streetdata_validates_shapes():
 
 
 def test_checksums_are_verified_on_load(tmp_path):
-    from streetlib.build import write_checksums
-
     root = write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
     write_checksums(root, ["aa.npy", "bb.npy", "cc.npy"])
     assert len(load_street10(root)) == 15

@@ -8,14 +8,16 @@ from streetlib import evaluate, figures, models
 
 # Six predictions over four classes, worked out by hand below.
 Y = np.array([0, 0, 1, 1, 2, 3])
-P = np.array([
-    [0.72, 0.10, 0.10, 0.08],  # right, confidence .72
-    [0.25, 0.55, 0.15, 0.05],  # wrong (1), true class 2nd: in the top 3
-    [0.07, 0.83, 0.06, 0.04],  # right, .83
-    [0.04, 0.07, 0.64, 0.25],  # wrong (2), true class 3rd
-    [0.14, 0.05, 0.30, 0.51],  # wrong (3), true class 2nd
-    [0.93, 0.04, 0.02, 0.01],  # wrong (0), true class last: outside the top 3
-])
+P = np.array(
+    [
+        [0.72, 0.10, 0.10, 0.08],  # right, confidence .72
+        [0.25, 0.55, 0.15, 0.05],  # wrong (1), true class 2nd: in the top 3
+        [0.07, 0.83, 0.06, 0.04],  # right, .83
+        [0.04, 0.07, 0.64, 0.25],  # wrong (2), true class 3rd
+        [0.14, 0.05, 0.30, 0.51],  # wrong (3), true class 2nd
+        [0.93, 0.04, 0.02, 0.01],  # wrong (0), true class last: outside the top 3
+    ]
+)
 NAMES = ["a", "b", "c", "d"]
 
 
@@ -36,8 +38,9 @@ def test_accuracy_top3_and_calibration_by_hand():
     assert table.loc[5, "confidence"] == pytest.approx(0.53) and table.loc[5, "accuracy"] == 0.0
     assert np.isnan(table.loc[0, "accuracy"])
 
-    per_class = rows[rows["class"].notna() & rows["predicted"].isna()].pivot(index="class", columns="metric",
-                                                                             values="value")
+    per_class = rows[rows["class"].notna() & rows["predicted"].isna()].pivot(
+        index="class", columns="metric", values="value"
+    )
     assert per_class.loc["a"].to_dict() == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
     assert per_class.loc["c"].to_dict() == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
 
@@ -48,8 +51,9 @@ def test_accuracy_top3_and_calibration_by_hand():
 
 
 def test_region_rows_have_no_top3():
-    rows = pd.DataFrame(evaluate.metric_rows([0, 1, 1], [[0.9, 0.1], [0.4, 0.6], [0.8, 0.2]], ["w", "e"],
-                                             output="region"))
+    rows = pd.DataFrame(
+        evaluate.metric_rows([0, 1, 1], [[0.9, 0.1], [0.4, 0.6], [0.8, 0.2]], ["w", "e"], output="region")
+    )
     assert "top3" not in set(rows["metric"])
     assert rows[(rows["metric"] == "accuracy")]["value"].item() == pytest.approx(2 / 3)
 
@@ -67,9 +71,11 @@ def test_city_distances_by_hand():
 
 
 def test_confusion_figure_is_row_normalised_and_titled():
-    fig = figures.plot_confusion([[3, 1], [0, 0]], class_names=["x", "y"],
-                                 title=figures.title("city", data_label="toy (synthetic demo data)",
-                                                     weights_label="HED"))
+    fig = figures.plot_confusion(
+        [[3, 1], [0, 0]],
+        class_names=["x", "y"],
+        title=figures.title("city", data_label="toy (synthetic demo data)", weights_label="HED"),
+    )
     ax = fig.axes[0]
     np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25], [0, 0]])
     assert ax.get_title() == "city\ntoy (synthetic demo data) - weights: HED"
@@ -91,8 +97,14 @@ def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_dat
         return save(fig, path)
 
     monkeypatch.setattr(figures, "save", save_and_keep)
-    kwargs = dict(experiment="ev", run="r", normalization="samplewise", weights_label="random init",
-                  hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
+    kwargs = dict(
+        experiment="ev",
+        run="r",
+        normalization="samplewise",
+        weights_label="random init",
+        hists_dir=out_dirs["hists_dir"],
+        figs_dir=out_dirs["figs_dir"],
+    )
 
     frame = evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="embedding", **kwargs)
 
@@ -105,8 +117,12 @@ def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_dat
     assert city["accuracy"] == pytest.approx(expected) and city["n"] == len(toy_data_split.test)
     assert probs["embedding"].shape == (len(toy_data_split.test), 128)
 
-    names = {"r.best.test.confusion-city.png", "r.best.test.confusion-region.png", "r.best.test.reliability.png",
-             "r.best.test.similarity.png"}
+    names = {
+        "r.best.test.confusion-city.png",
+        "r.best.test.confusion-region.png",
+        "r.best.test.reliability.png",
+        "r.best.test.similarity.png",
+    }
     assert {p.name for p in (out_dirs["figs_dir"] / "ev").iterdir()} == names
     for fig in drawn.values():
         title = fig.axes[0].get_title()
@@ -145,19 +161,30 @@ def test_evaluate_errors_are_named(tiny_model, toy_data, toy_data_split, out_dir
     with pytest.raises(ValueError, match=r"Invalid `similarity`.*Received: similarity='pixels'"):
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="pixels", **common)
     with pytest.raises(FileNotFoundError, match="No best model for run 'none'"):
-        evaluate.evaluate_checkpoints(toy_data, toy_data_split, experiment="ev", run="none",
-                                      models_dir=out_dirs["models_dir"])
+        evaluate.evaluate_checkpoints(
+            toy_data, toy_data_split, experiment="ev", run="none", models_dir=out_dirs["models_dir"]
+        )
     with pytest.raises(FileNotFoundError, match="No evaluation results"):
         evaluate.read_evals("ev", hists_dir=out_dirs["hists_dir"])
 
 
 def _seed_frame(scores):
     """Eval rows for runs ``<config>-seed<N>`` with the given city test accuracies."""
-    return pd.DataFrame([
-        {"run": f"{config}-seed{seed}", "checkpoint": "best", "subset": "test", "output": "city",
-         "metric": "accuracy", "class": np.nan, "value": value}
-        for config, values in scores.items() for seed, value in values.items()
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "run": f"{config}-seed{seed}",
+                "checkpoint": "best",
+                "subset": "test",
+                "output": "city",
+                "metric": "accuracy",
+                "class": np.nan,
+                "value": value,
+            }
+            for config, values in scores.items()
+            for seed, value in values.items()
+        ]
+    )
 
 
 def test_seed_summary_and_paired_comparison_by_hand():

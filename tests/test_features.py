@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_computation, make_toy_data, toy_split
 
 from streetlib import features, weights
 from streetlib.data import StreetData
 from streetlib.features import FeatureExtractor
-
-from conftest import assert_same_computation, make_toy_data, toy_split
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,8 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 from conftest import make_toy_data
 from streetlib.features import FeatureExtractor
 data = make_toy_data(per_class=2, size=32, seed=3)
-np.save({out!r}, FeatureExtractor(weights="random", batch_size=3).extract(data, poolings=["avg"], progress=False)["avg"])
+extractor = FeatureExtractor(weights="random", batch_size=3)
+np.save({out!r}, extractor.extract(data, poolings=["avg"], progress=False)["avg"])
 """
 
 
@@ -90,8 +90,13 @@ def test_features_agree_on_another_instruction_set_thread_count_and_batch(tmp_pa
     AVX-512), one thread and batches of 3, against this process's defaults."""
     out = tmp_path / "features.npy"
     script = OTHER_CPU_SCRIPT.format(tests=str(Path(__file__).resolve().parent), out=str(out))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "ONEDNN_MAX_CPU_ISA": "SSE41"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     here = FeatureExtractor(weights="random").extract(data, poolings=["avg"], progress=False)["avg"]
     assert_same_computation(np.load(out), here)
@@ -99,21 +104,22 @@ def test_features_agree_on_another_instruction_set_thread_count_and_batch(tmp_pa
 
 def test_second_run_reads_the_cache(tmp_path, data):
     CountingExtractor.calls = 0
-    CountingExtractor(weights="random").features(data, poolings=["avg", "flatten"], cache_dir=tmp_path,
-                                                 progress=False)
-    CountingExtractor(weights="random").features(data, poolings=["flatten", "avg"], cache_dir=tmp_path,
-                                                 progress=False)
+    CountingExtractor(weights="random").features(data, poolings=["avg", "flatten"], cache_dir=tmp_path, progress=False)
+    CountingExtractor(weights="random").features(data, poolings=["flatten", "avg"], cache_dir=tmp_path, progress=False)
     assert CountingExtractor.calls == 1
     assert len(list((tmp_path / data.name).glob("*.npy"))) == 2
 
 
-@pytest.mark.parametrize("change", [
-    {"weights": "hed-bsds500"},
-    {"layer": "block4_pool"},
-    {"image_size": 48},
-    {"normalization": "unit"},
-    {"init_seed": 1},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weights": "hed-bsds500"},
+        {"layer": "block4_pool"},
+        {"image_size": 48},
+        {"normalization": "unit"},
+        {"init_seed": 1},
+    ],
+)
 def test_a_changed_parameter_means_a_recompute(tmp_path, data, change):
     base = {"weights": "random"}
     CountingExtractor.calls = 0
@@ -224,14 +230,17 @@ def test_unavailable_weights_fail_when_the_extractor_is_made(monkeypatch):
         FeatureExtractor(weights="places365")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"weights": "place365"}, "Invalid `weights`"),
-    ({"backbone": "vgg17"}, "Invalid `backbone`"),
-    ({"normalization": "bgr"}, "Invalid `normalization`"),
-    ({"image_size": (32,)}, r"Invalid `image_size`.*\(32,\)"),
-    ({"batch_size": 0}, "Invalid `batch_size`.*batch_size=0"),
-    ({"init_seed": "0"}, "Invalid `init_seed`"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"weights": "place365"}, "Invalid `weights`"),
+        ({"backbone": "vgg17"}, "Invalid `backbone`"),
+        ({"normalization": "bgr"}, "Invalid `normalization`"),
+        ({"image_size": (32,)}, r"Invalid `image_size`.*\(32,\)"),
+        ({"batch_size": 0}, "Invalid `batch_size`.*batch_size=0"),
+        ({"init_seed": "0"}, "Invalid `init_seed`"),
+    ],
+)
 def test_invalid_extractor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FeatureExtractor(**kwargs)
@@ -242,11 +251,14 @@ def test_invalid_layer_names_the_pools(data):
         FeatureExtractor(weights="random", layer="block6_pool").layer_name(data)
 
 
-@pytest.mark.parametrize("poolings, match", [
-    ("avg", "non-empty list"),
-    ([], "non-empty list"),
-    (["avg", "mean"], r"values in \('avg', 'max', 'flatten'\).*'mean'"),
-])
+@pytest.mark.parametrize(
+    "poolings, match",
+    [
+        ("avg", "non-empty list"),
+        ([], "non-empty list"),
+        (["avg", "mean"], r"values in \('avg', 'max', 'flatten'\).*'mean'"),
+    ],
+)
 def test_invalid_poolings(data, extractor, poolings, match):
     with pytest.raises(ValueError, match=match):
         extractor.extract(data, poolings=poolings, progress=False)
@@ -259,10 +271,13 @@ def test_invalid_pooling_in_key(data, extractor):
         features._pool(np.zeros((1, 1, 1, 2), np.float32), "sum")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"copies": 0}, "Invalid `copies`.*copies=0"),
-    ({"copies": 1, "augment": "yes"}, "Invalid `augment`.*augment='yes'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"copies": 0}, "Invalid `copies`.*copies=0"),
+        ({"copies": 1, "augment": "yes"}, "Invalid `augment`.*augment='yes'"),
+    ],
+)
 def test_invalid_augmented_arguments(extractor, kwargs, match):
     toy = make_toy_data(per_class=6, size=32)
     with pytest.raises(ValueError, match=match):

@@ -2,13 +2,28 @@ import keras
 import numpy as np
 import pytest
 
-from streetlib import models, weights
+from streetlib import backbones, models, weights
 from streetlib.classes import STREET10, SYNTH10
 
 VGG16_LAYERS = [
-    "block1_conv1", "block1_conv2", "block1_pool", "block2_conv1", "block2_conv2", "block2_pool",
-    "block3_conv1", "block3_conv2", "block3_conv3", "block3_pool", "block4_conv1", "block4_conv2", "block4_conv3",
-    "block4_pool", "block5_conv1", "block5_conv2", "block5_conv3", "block5_pool",
+    "block1_conv1",
+    "block1_conv2",
+    "block1_pool",
+    "block2_conv1",
+    "block2_conv2",
+    "block2_pool",
+    "block3_conv1",
+    "block3_conv2",
+    "block3_conv3",
+    "block3_pool",
+    "block4_conv1",
+    "block4_conv2",
+    "block4_conv3",
+    "block4_pool",
+    "block5_conv1",
+    "block5_conv2",
+    "block5_conv3",
+    "block5_pool",
 ]
 HEAD = ["fc1", "fc1_bn", "fc2", "fc2_bn", "city_logits", "region_logits"]
 
@@ -135,7 +150,7 @@ def test_invalid_arguments_are_named():
         models.build_model(dropout=1.0, input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match=r"Invalid `units`.*Received: units=0"):
         models.build_model(units=0, input_shape=(32, 32, 3))
-    assert models.get_backbone("EfficientNetV2B0").normalization == "raw"
+    assert backbones.get_backbone("EfficientNetV2B0").normalization == "raw"
 
 
 def _documented_args(doc):

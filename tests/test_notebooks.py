@@ -35,8 +35,12 @@ def test_00_writes_the_dataset_and_split(smoke):
 def test_01_writes_its_figures(smoke):
     root, _ = smoke
     names = sorted(p.name for p in (root / "figs" / "01-data").iterdir())
-    assert names == ["synth-smoke-class-counts.png", "synth-smoke-colour-stats.png",
-                     "synth-smoke-samples-cue-masks.png", "synth-smoke-samples.png"]
+    assert names == [
+        "synth-smoke-class-counts.png",
+        "synth-smoke-colour-stats.png",
+        "synth-smoke-samples-cue-masks.png",
+        "synth-smoke-samples.png",
+    ]
 
 
 def _eval_rows(root, experiment, run):
@@ -49,8 +53,10 @@ def test_03_and_04_train_evaluate_and_record(smoke):
     import pandas as pd
 
     root, results = smoke
-    for experiment, runs in (("03-pretrained", ["hed-bsds500-transfer-seed42", "random-transfer-seed42"]),
-                             ("04-finetune", ["hed-bsds500-finetune-block4-seed42", "random-finetune-block4-seed42"])):
+    for experiment, runs in (
+        ("03-pretrained", ["hed-bsds500-transfer-seed42", "random-transfer-seed42"]),
+        ("04-finetune", ["hed-bsds500-finetune-block4-seed42", "random-finetune-block4-seed42"]),
+    ):
         for run in runs:
             history = pd.read_csv(root / "hists" / experiment / f"{run}.csv")
             assert history["epoch"].tolist() == [0]
@@ -81,8 +87,16 @@ def test_05_scores_the_maps(smoke):
     randomization = pd.read_csv(root / "hists" / "05-attribution" / "randomization.csv")
     assert randomization["layer"].iloc[0] == "city_logits" and "block1_conv1" in set(randomization["layer"])
     figs = {p.name for p in (root / "figs" / "05-attribution").iterdir()}
-    assert {"deletion-insertion.png", "randomization.png", "mean-cams.png", "patch-gallery.png", "quadrants.png",
-            "grid-synth-west.png", "grid-synth-east.png", "photo-tokyo.png"} <= figs
+    assert {
+        "deletion-insertion.png",
+        "randomization.png",
+        "mean-cams.png",
+        "patch-gallery.png",
+        "quadrants.png",
+        "grid-synth-west.png",
+        "grid-synth-east.png",
+        "photo-tokyo.png",
+    } <= figs
 
 
 def test_06_puts_results_side_by_side_and_indexes_them(smoke):
@@ -92,7 +106,9 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
     table = pd.read_csv(root / "hists" / "06-results" / "side-by-side.csv")
     assert {"hed-bsds500-transfer", "random-finetune-block4"} <= set(table["config"])
     assert table["family"].str.startswith("baseline").any()
-    assert {"learning-curves-region.png", "side-by-side.png"} <= {p.name for p in (root / "figs" / "06-results").iterdir()}
+    assert {"learning-curves-region.png", "side-by-side.png"} <= {
+        p.name for p in (root / "figs" / "06-results").iterdir()
+    }
     hists_readme = (root / "hists" / "README.md").read_text()
     assert "hed-bsds500-finetune-block4-seed42" in hists_readme
     assert "](05-attribution/quadrants.png)" in (root / "figs" / "README.md").read_text()

@@ -101,7 +101,7 @@ def test_balanced_weights(data):
         np.testing.assert_allclose(w[name].mean(), 1.0, rtol=1e-6)
     ds = make_dataset(data, idx, batch_size=64, training=True, augment=False, weights="balanced")
     _, y, sw = next(iter(ds))
-    lookup = dict(zip(data.city.tolist(), w["city"].tolist()))
+    lookup = dict(zip(data.city.tolist(), w["city"].tolist(), strict=True))
     np.testing.assert_allclose(sw["city"].numpy(), [lookup[c] for c in y["city"].numpy()], rtol=1e-6)
 
 
@@ -113,9 +113,9 @@ def test_augmentation_identity_flip_and_reproducibility(data):
     identity = augmentation(rotation=0, shift=0, zoom=0, shear=0, flip=False)
     np.testing.assert_allclose(identity(x, seed), x, atol=1e-3)
     flipped = augmentation(rotation=0, shift=0, zoom=0, shear=0)(x, seed).numpy()
-    mirrored = [np.allclose(f, img[:, ::-1], atol=1e-3) for f, img in zip(flipped, x.numpy())]
-    kept = [np.allclose(f, img, atol=1e-3) for f, img in zip(flipped, x.numpy())]
-    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+    mirrored = [np.allclose(f, img[:, ::-1], atol=1e-3) for f, img in zip(flipped, x.numpy(), strict=True)]
+    kept = [np.allclose(f, img, atol=1e-3) for f, img in zip(flipped, x.numpy(), strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True)) and any(mirrored) and any(kept)
     full = augmentation()
     np.testing.assert_array_equal(full(x, seed), full(x, seed))
     assert not np.allclose(full(x, seed), full(x, tf.constant([4, 0], tf.int64)))
@@ -140,9 +140,14 @@ def test_augmentation_stays_within_the_original_ranges():
         augmentation(zoom=1.5)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"batch_size": 0}, "Invalid `batch_size`"),
-                                           ({"weights": "inverse"}, "Invalid `weights`"),
-                                           ({"indices": []}, "`indices` is empty")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_size": 0}, "Invalid `batch_size`"),
+        ({"weights": "inverse"}, "Invalid `weights`"),
+        ({"indices": []}, "`indices` is empty"),
+    ],
+)
 def test_invalid_arguments(data, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_dataset(data, **kwargs)

@@ -10,26 +10,51 @@ def _run(hists, experiment, run, *, val_city, val_region, test=None, synthetic=T
     folder = hists / experiment
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "config": {"experiment": experiment, "run": run, "weights": "hed-bsds500", "phase": "transfer",
-                   "backbone": "vgg16", "image_size": 64, "seed": 0},
+        "config": {
+            "experiment": experiment,
+            "run": run,
+            "weights": "hed-bsds500",
+            "phase": "transfer",
+            "backbone": "vgg16",
+            "image_size": 64,
+            "seed": 0,
+        },
         "dataset": {"label": "synth-demo (synthetic demo data)" if synthetic else "street10", "synthetic": synthetic},
         "split": {"seed": 42},
         "status": "complete",
     }
     (folder / f"{run}.json").write_text(json.dumps(manifest))
-    pd.DataFrame({"epoch": range(len(val_city)), "val_city_accuracy": val_city,
-                  "val_region_accuracy": val_region}).to_csv(folder / f"{run}.csv", index=False)
+    pd.DataFrame(
+        {"epoch": range(len(val_city)), "val_city_accuracy": val_city, "val_region_accuracy": val_region}
+    ).to_csv(folder / f"{run}.csv", index=False)
     if test:
-        rows = [{"checkpoint": c, "subset": "test", "output": o, "metric": "accuracy", "class": None, "value": v}
-                for c, scores in test.items() for o, v in scores.items()]
-        rows.append({"checkpoint": "best", "subset": "test", "output": "city", "metric": "accuracy",
-                     "class": "synth-w1", "value": 0.99})
+        rows = [
+            {"checkpoint": c, "subset": "test", "output": o, "metric": "accuracy", "class": None, "value": v}
+            for c, scores in test.items()
+            for o, v in scores.items()
+        ]
+        rows.append(
+            {
+                "checkpoint": "best",
+                "subset": "test",
+                "output": "city",
+                "metric": "accuracy",
+                "class": "synth-w1",
+                "value": 0.99,
+            }
+        )
         pd.DataFrame(rows).to_csv(folder / f"{run}.eval.csv", index=False)
 
 
 def test_run_table_reads_best_final_and_test(tmp_path):
-    _run(tmp_path, "demo", "a", val_city=[0.2, 0.6, 0.5], val_region=[0.5, 0.7, 0.8],
-         test={"best": {"region": 0.75, "city": 0.55}, "final": {"region": 0.1, "city": 0.1}})
+    _run(
+        tmp_path,
+        "demo",
+        "a",
+        val_city=[0.2, 0.6, 0.5],
+        val_region=[0.5, 0.7, 0.8],
+        test={"best": {"region": 0.75, "city": 0.55}, "final": {"region": 0.1, "city": 0.1}},
+    )
     _run(tmp_path, "demo", "b", val_city=[0.3], val_region=[0.6])
     rows = report.run_rows(tmp_path).set_index("run")
     assert rows.loc["a", "best_val_city"] == 0.6 and rows.loc["a", "best_val_region"] == 0.7  # at the best epoch

@@ -24,11 +24,17 @@ def setup(tmp_path, monkeypatch):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     log = tmp_path / "log.txt"
-    _notebook(nbs / "01_first.ipynb", "size = 8\nname = 'a'  # a comment with 'quotes'\n",
-              f"open({str(log)!r}, 'a').write(f'first {{size}} {{name}}\\n')")
-    _notebook(nbs / "02_second.ipynb", "size = 8\nfail = False\n",
-              f"import os\nif fail or os.path.exists({str(tmp_path / 'boom')!r}):\n    raise RuntimeError('boom at cell')\n"
-              f"open({str(log)!r}, 'a').write(f'second {{size}}\\n')")
+    _notebook(
+        nbs / "01_first.ipynb",
+        "size = 8\nname = 'a'  # a comment with 'quotes'\n",
+        f"open({str(log)!r}, 'a').write(f'first {{size}} {{name}}\\n')",
+    )
+    _notebook(
+        nbs / "02_second.ipynb",
+        "size = 8\nfail = False\n",
+        f"import os\nif fail or os.path.exists({str(tmp_path / 'boom')!r}):\n    raise RuntimeError('boom at cell')\n"
+        f"open({str(log)!r}, 'a').write(f'second {{size}}\\n')",
+    )
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text("p:\n  all: {size: 4, unused_elsewhere: 1}\n  notebooks:\n    01_first: {name: b}\n")
     monkeypatch.setattr(runner, "PROFILES_FILE", profiles)
@@ -104,8 +110,11 @@ def test_grid_runs_every_combination(setup, tmp_path):
     grid.write_text("notebook: '01'\ngrid:\n  size: [1, 2]\n  name: [x, y]\n")
     results = _run(out, grid=grid)
     assert [r.output.name for r in results] == [
-        "01_first__size=1__name=x.ipynb", "01_first__size=1__name=y.ipynb",
-        "01_first__size=2__name=x.ipynb", "01_first__size=2__name=y.ipynb"]
+        "01_first__size=1__name=x.ipynb",
+        "01_first__size=1__name=y.ipynb",
+        "01_first__size=2__name=x.ipynb",
+        "01_first__size=2__name=y.ipynb",
+    ]
     assert sorted(log.read_text().splitlines()) == ["first 1 x", "first 1 y", "first 2 x", "first 2 y"]
     grid.write_text("notebook: '01'\ngrid:\n  colour: [red]\n")
     with pytest.raises(ValueError, match=r"Unknown parameter\(s\) \['colour'\].*\(grid\)"):
@@ -130,8 +139,11 @@ def test_parameter_types_are_checked_before_anything_runs(setup):
     typed = nbs / "03_typed.ipynb"
     runner.check_types(typed, {"seeds": [1, 2], "rate": 1, "flag": True, "anything": "x"})
     cases = [
-        ({"size": "abc"}, r"Invalid parameter 'size' for 01_first.ipynb. Expected an int, like its default 8. "
-                          r"Received: size='abc'"),
+        (
+            {"size": "abc"},
+            r"Invalid parameter 'size' for 01_first.ipynb. Expected an int, like its default 8. "
+            r"Received: size='abc'",
+        ),
         ({"size": True}, "Expected an int"),
         ({"size": 2.5}, "Expected an int"),
     ]
@@ -139,8 +151,11 @@ def test_parameter_types_are_checked_before_anything_runs(setup):
         with pytest.raises(ValueError, match=message):
             _run(out, overrides=overrides)
     assert not log.exists() and not out.exists()
-    with pytest.raises(ValueError, match=r"'seeds' for 03_typed.ipynb. Expected a list of int, like its default "
-                                         r"\[42\]. Received: seeds=42"):
+    with pytest.raises(
+        ValueError,
+        match=r"'seeds' for 03_typed.ipynb. Expected a list of int, like its default "
+        r"\[42\]. Received: seeds=42",
+    ):
         runner.check_types(typed, {"seeds": 42})
     with pytest.raises(ValueError, match="Expected a list of int"):
         runner.check_types(typed, {"seeds": [1, "2"]})
@@ -185,13 +200,16 @@ def test_training_progress_is_reported_while_the_notebook_runs(setup, tmp_path):
     reach the terminal while the cell still runs, not when the notebook ends."""
     nbs, log, out = setup
     seen = tmp_path / "seen"
-    _notebook(nbs / "01_first.ipynb", "name = 'a'\n",
-              "import os, pathlib, time\n"
-              "open(os.environ['STREETLIB_PROGRESS'], 'a').write('exp/run: epoch 1/3, 2 s elapsed\\n')\n"
-              f"deadline = time.monotonic() + 60\n"
-              f"while not pathlib.Path({str(seen)!r}).exists() and time.monotonic() < deadline:\n"
-              "    time.sleep(0.1)\n"
-              f"assert pathlib.Path({str(seen)!r}).exists()")
+    _notebook(
+        nbs / "01_first.ipynb",
+        "name = 'a'\n",
+        "import os, pathlib, time\n"
+        "open(os.environ['STREETLIB_PROGRESS'], 'a').write('exp/run: epoch 1/3, 2 s elapsed\\n')\n"
+        f"deadline = time.monotonic() + 60\n"
+        f"while not pathlib.Path({str(seen)!r}).exists() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.1)\n"
+        f"assert pathlib.Path({str(seen)!r}).exists()",
+    )
     lines = []
 
     def report(line):
@@ -222,11 +240,15 @@ def test_ctrl_c_ends_as_one_line_and_the_next_run_resumes(setup, tmp_path):
 
     nbs, log, out = setup
     started = tmp_path / "started"
-    _notebook(nbs / "02_second.ipynb", "size = 8\n",
-              f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('')\ntime.sleep(60)")
+    _notebook(
+        nbs / "02_second.ipynb",
+        "size = 8\n",
+        f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('')\ntime.sleep(60)",
+    )
     script = INTERRUPT_SCRIPT.format(profiles=str(tmp_path / "profiles.yaml"), nbs=str(nbs))
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -108,8 +108,11 @@ def test_changed_data_or_fractions_are_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"test_size": 0}, "Invalid `test_size`"), ({"val_size": 1.5}, "Invalid `val_size`"),
-     ({"seed": "42"}, "Invalid `seed`")],
+    [
+        ({"test_size": 0}, "Invalid `test_size`"),
+        ({"val_size": 1.5}, "Invalid `val_size`"),
+        ({"seed": "42"}, "Invalid `seed`"),
+    ],
 )
 def test_invalid_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -23,11 +23,25 @@ def transfer_runs(toy_data, toy_data_split, tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer")
     dirs = {"hists_dir": root / "hists", "models_dir": root / "models"}
     start = _StartWeights()
-    return {
-        cache: train.run_phase(toy_data, toy_data_split, experiment="eq", run=f"transfer-{cache}", epochs=2,
-                               augment=False, cache=cache, callbacks=[start], **SMALL, **dirs)
-        for cache in ("none", "features")
-    }, dirs, start.weights
+    return (
+        {
+            cache: train.run_phase(
+                toy_data,
+                toy_data_split,
+                experiment="eq",
+                run=f"transfer-{cache}",
+                epochs=2,
+                augment=False,
+                cache=cache,
+                callbacks=[start],
+                **SMALL,
+                **dirs,
+            )
+            for cache in ("none", "features")
+        },
+        dirs,
+        start.weights,
+    )
 
 
 COMPARED_LAYERS = ("fc1", "fc1_bn", "fc2", "city_logits", "block5_conv3")
@@ -67,7 +81,7 @@ def _assert_same_training(a, b, start):
     np.testing.assert_allclose(a.history.loc[:, ~accuracy], b.history.loc[:, ~accuracy], rtol=HISTORY_RTOL)
     assert np.abs(a.history.loc[:, accuracy].to_numpy() - b.history.loc[:, accuracy].to_numpy()).max() <= 0.1 + 1e-6
     for name in COMPARED_LAYERS:
-        for wa, wb, w0 in zip(_weights(a.model, name), _weights(b.model, name), start[name]):
+        for wa, wb, w0 in zip(_weights(a.model, name), _weights(b.model, name), start[name], strict=True):
             moved = np.linalg.norm(wa - w0)
             assert np.linalg.norm(wa - wb) <= MAX_DIVERGENCE * moved, (name, np.linalg.norm(wa - wb), moved)
 
@@ -76,7 +90,10 @@ def test_cached_features_train_like_the_plain_path(transfer_runs, toy_data, toy_
     runs, dirs, start = transfer_runs
     assert runs["none"].manifest["cache_plan"]["mode"] == "none"
     assert runs["features"].manifest["cache_plan"] == {
-        "mode": "features", "copies": 1, "bytes": (40 + 10) * 512 * 4, "reason": "no augmentation: exact"
+        "mode": "features",
+        "copies": 1,
+        "bytes": (40 + 10) * 512 * 4,
+        "reason": "no augmentation: exact",
     }
     # The head really trained (so agreeing is not two untouched models agreeing).
     assert runs["none"].history["city_loss"].iloc[-1] != runs["none"].history["city_loss"].iloc[0]
@@ -84,9 +101,20 @@ def test_cached_features_train_like_the_plain_path(transfer_runs, toy_data, toy_
 
     finetune_start = _StartWeights()
     finetuned = {
-        cache: train.run_phase(toy_data, toy_data_split, experiment="eq", run=f"finetune-{cache}", phase="finetune",
-                               init_from=runs["features"], epochs=2, augment=False, cache=cache,
-                               callbacks=[finetune_start], **SMALL, **dirs)
+        cache: train.run_phase(
+            toy_data,
+            toy_data_split,
+            experiment="eq",
+            run=f"finetune-{cache}",
+            phase="finetune",
+            init_from=runs["features"],
+            epochs=2,
+            augment=False,
+            cache=cache,
+            callbacks=[finetune_start],
+            **SMALL,
+            **dirs,
+        )
         for cache in ("none", "features")
     }
     assert finetuned["features"].manifest["cache_plan"]["bytes"] == (40 + 10) * 2 * 2 * 512 * 4  # block4_pool output
@@ -102,8 +130,18 @@ def test_cached_features_train_like_the_plain_path(transfer_runs, toy_data, toy_
 @pytest.mark.parametrize("change", [{"augment": True}, {"seed": 1}], ids=["augmented", "other-shuffle"])
 def test_the_comparison_of_two_trainings_catches_a_real_divergence(transfer_runs, toy_data, toy_data_split, change):
     runs, dirs, start = transfer_runs
-    other = train.run_phase(toy_data, toy_data_split, experiment="eq", run="transfer-diverged", epochs=2,
-                            cache="none", force=True, **{"augment": False, **change}, **SMALL, **dirs)
+    other = train.run_phase(
+        toy_data,
+        toy_data_split,
+        experiment="eq",
+        run="transfer-diverged",
+        epochs=2,
+        cache="none",
+        force=True,
+        **{"augment": False, **change},
+        **SMALL,
+        **dirs,
+    )
     with pytest.raises(AssertionError):
         _assert_same_training(runs["none"], other, start)
 
@@ -195,8 +233,13 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_spli
     dirs = {"hists_dir": str(tmp_path / "hists"), "models_dir": str(tmp_path / "models")}
     dump = tmp_path / "fc1_after_epoch1.npy"
     script = KILL_SCRIPT.format(tests=str(TESTS), dump=str(dump), **{k[:-4]: v for k, v in dirs.items()})
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    killed = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert killed.returncode == 17, killed.stderr[-3000:]
 
     csv = tmp_path / "hists" / "resume" / "r.csv"
@@ -211,15 +254,45 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_spli
         f.write(",".join(["2"] + ["0.5"] * (len(before.columns) - 1)) + "\n")
 
     with pytest.raises(FileExistsError, match="was interrupted. Pass resume=True"):
-        train.run_phase(toy_data, toy_data_split, experiment="resume", run="r", epochs=4, augment=False,
-                        cache="none", resume=False, **SMALL, **dirs)
+        train.run_phase(
+            toy_data,
+            toy_data_split,
+            experiment="resume",
+            run="r",
+            epochs=4,
+            augment=False,
+            cache="none",
+            resume=False,
+            **SMALL,
+            **dirs,
+        )
     with pytest.raises(ValueError, match=r"Cannot resume run 'r' with different parameters \(seed: 0 -> 1\)"):
-        train.run_phase(toy_data, toy_data_split, experiment="resume", run="r", epochs=4, augment=False,
-                        cache="none", seed=1, **SMALL, **dirs)
+        train.run_phase(
+            toy_data,
+            toy_data_split,
+            experiment="resume",
+            run="r",
+            epochs=4,
+            augment=False,
+            cache="none",
+            seed=1,
+            **SMALL,
+            **dirs,
+        )
 
     first = _FirstEpoch()
-    result = train.run_phase(toy_data, toy_data_split, experiment="resume", run="r", epochs=4, augment=False,
-                             cache="none", callbacks=[first], **SMALL, **dirs)
+    result = train.run_phase(
+        toy_data,
+        toy_data_split,
+        experiment="resume",
+        run="r",
+        epochs=4,
+        augment=False,
+        cache="none",
+        callbacks=[first],
+        **SMALL,
+        **dirs,
+    )
 
     assert first.epoch == 2  # training continued at the epoch it was killed in
     np.testing.assert_array_equal(first.fc1, np.load(dump))  # from the weights it had reached
@@ -259,8 +332,13 @@ print("RESULT" + json.dumps(out))
 
 def test_training_under_mirrored_strategy_on_two_cpus(tmp_path):
     script = DISTRIBUTED_SCRIPT.format(tests=str(TESTS), root=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.split("RESULT")[-1])
     for cache in ("none", "features"):
@@ -286,8 +364,8 @@ def test_augmented_cache_cycles_through_copies():
     ds = train._feature_dataset(features, labels, batch_size=2, shuffle=True, seed=0, initial_epoch=1)
     batches = list(ds.take(3 * 4))  # 4 epochs of 3 batches
     for e in range(4):
-        x = np.concatenate([b[0].numpy()[:, 0] for b in batches[3 * e: 3 * e + 3]])
-        city = np.concatenate([b[1]["city"].numpy() for b in batches[3 * e: 3 * e + 3]])
+        x = np.concatenate([b[0].numpy()[:, 0] for b in batches[3 * e : 3 * e + 3]])
+        city = np.concatenate([b[1]["city"].numpy() for b in batches[3 * e : 3 * e + 3]])
         assert np.all(np.floor(x + 1e-6) == (e + 1) % copies)  # epoch e uses copy e mod K (starting at epoch 1)
         assert sorted(city.tolist()) == list(range(n))  # every image once per epoch
         np.testing.assert_allclose((x - np.floor(x + 1e-6)) * 10, city, atol=1e-4)  # labels follow their features
@@ -299,8 +377,12 @@ def test_cache_plan_states_its_choice(toy_data):
     model = models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec)
     common = {"n_train": 40, "n_val": 10, "max_bytes": 10**6}
     plan = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **common)
-    assert plan == {"mode": "features", "copies": 4, "bytes": (4 * 40 + 10) * 2048,
-                    "reason": "4 augmented copies of the frozen part's output"}
+    assert plan == {
+        "mode": "features",
+        "copies": 4,
+        "bytes": (4 * 40 + 10) * 2048,
+        "reason": "4 augmented copies of the frozen part's output",
+    }
     small = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **{**common, "max_bytes": 10})
     assert small["mode"] == "none" and "max_cache_bytes=10" in small["reason"]
     assert train.plan_cache("auto", model, through=None, augment=False, copies=1, **common)["reason"] == (
@@ -360,8 +442,14 @@ def test_invalid_arguments_are_named(toy_data, toy_data_split, tmp_path):
 def test_run_seeds_names_runs_by_seed(toy_data, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(train, "run_phase", lambda data, split, **kw: calls.append((split.seed, kw)) or kw["run"])
-    out = train.run_seeds(toy_data, seeds=[3, 4], experiment="e", run="cfg", epochs=1,
-                          split_kwargs={"test_size": 0.15, "val_size": 0.2, "save": False})
+    out = train.run_seeds(
+        toy_data,
+        seeds=[3, 4],
+        experiment="e",
+        run="cfg",
+        epochs=1,
+        split_kwargs={"test_size": 0.15, "val_size": 0.2, "save": False},
+    )
     assert out == {3: "cfg-seed3", 4: "cfg-seed4"}
     assert [(s, kw["seed"]) for s, kw in calls] == [(3, 3), (4, 4)]
     with pytest.raises(ValueError, match=r"`init_from` must map every seed \[3, 4\]"):
@@ -369,14 +457,22 @@ def test_run_seeds_names_runs_by_seed(toy_data, tmp_path, monkeypatch):
 
 
 def test_reuse_returns_a_finished_run_and_retrains_one_whose_models_are_gone(toy_data, toy_data_split, out_dirs):
-    kwargs = dict(experiment="reuse", run="r", epochs=1, augment=False, hists_dir=out_dirs["hists_dir"],
-                  models_dir=out_dirs["models_dir"], **SMALL)
+    kwargs = dict(
+        experiment="reuse",
+        run="r",
+        epochs=1,
+        augment=False,
+        hists_dir=out_dirs["hists_dir"],
+        models_dir=out_dirs["models_dir"],
+        **SMALL,
+    )
     first = train.run_phase(toy_data, toy_data_split, **kwargs)
     finished_at = first.manifest["finished_at"]
     again = train.run_phase(toy_data, toy_data_split, reuse=True, **kwargs)
     assert again.manifest["finished_at"] == finished_at  # not trained again
-    np.testing.assert_array_equal(again.model.get_layer("city_logits").get_weights()[0],
-                                  first.model.get_layer("city_logits").get_weights()[0])
+    np.testing.assert_array_equal(
+        again.model.get_layer("city_logits").get_weights()[0], first.model.get_layer("city_logits").get_weights()[0]
+    )
     with pytest.raises(FileExistsError, match="already has results"):
         train.run_phase(toy_data, toy_data_split, reuse=True, **{**kwargs, "epochs": 2})  # other parameters
     for key in ("best_model", "final_model"):

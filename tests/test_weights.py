@@ -32,7 +32,7 @@ def _write_keras2(path, layers, *, full_model=False):
             group = root.create_group(name)
             weight_names = [f"{name}/{w}:0".encode() for w in ("kernel", "bias")[: len(arrays)]]
             group.attrs["weight_names"] = weight_names
-            for weight_name, array in zip(weight_names, arrays):
+            for weight_name, array in zip(weight_names, arrays, strict=True):
                 group.create_dataset(weight_name.decode(), data=array)
     return path
 
@@ -49,7 +49,7 @@ def test_keras2_h5_loads_by_layer_name(tmp_path, backbone, full_model):
 
     assert loaded == ["block1_conv1", "block5_conv3"]
     for name in loaded:
-        for got, expected in zip(backbone.get_layer(name).get_weights(), saved[name]):
+        for got, expected in zip(backbone.get_layer(name).get_weights(), saved[name], strict=True):
             np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(backbone.get_layer("block3_conv1").get_weights()[0], untouched)
 
@@ -88,7 +88,9 @@ def test_keras3_weights_and_keras_archive_load_by_name(tmp_path):
         target = models.build_model(input_shape=(32, 32, 3), spec=_spec(), seed=2)
         loaded = weights.load_by_name(target, path)
         assert {"block1_conv1", "block5_conv3", "fc1", "fc1_bn", "city_logits"} <= set(loaded)
-        for a, b in zip(source.get_layer("fc1_bn").get_weights(), target.get_layer("fc1_bn").get_weights()):
+        for a, b in zip(
+            source.get_layer("fc1_bn").get_weights(), target.get_layer("fc1_bn").get_weights(), strict=True
+        ):
             np.testing.assert_array_equal(a, b)
 
 
@@ -197,8 +199,11 @@ def test_a_source_file_missing_conv_layers_is_refused(offline, backbone):
 
 
 def test_weight_sources_are_validated(tmp_path, backbone, monkeypatch):
-    with pytest.raises(ValueError, match=r"Invalid `weights`. Expected one of 'imagenet', 'places365', 'hed-bsds500', "
-                                         r"'random' or a path .* Received: weights='place365'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid `weights`. Expected one of 'imagenet', 'places365', 'hed-bsds500', "
+        r"'random' or a path .* Received: weights='place365'",
+    ):
         weights.check_weights("place365")
     with pytest.raises(FileNotFoundError, match="Weights file not found"):
         weights.check_weights(str(tmp_path / "missing.weights.h5"))
