@@ -38,14 +38,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streetlib import paths
-from streetlib.classes import ClassSpec, get_class_spec
+from streetlib.classes import OUTPUTS, ClassSpec, get_class_spec
 from streetlib.data import RESIZE_POLICIES, fit_image, to_rgb
 
 # The model `make demo` trains (synthetic classes); pass --model for one trained on Street10 or your cities.
 DEFAULT_MODEL = paths.models_dir() / "04-finetune" / "hed-bsds500-finetune-block3-seed42.best.keras"
 DEFAULT_NORMALIZATION = "samplewise"
 DEFAULT_CLASSES = "street10"
-OUTPUTS = ("region", "city")
 URL_TIMEOUT = 10.0  # seconds
 MAX_DOWNLOAD_BYTES = 20 * 2**20
 CHUNK_BYTES = 64 * 2**10
@@ -344,7 +343,7 @@ def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", 
         [{class, probability}], ``explained``: {output: {class, probability, rank}}), the fitted uint8 images
         `(n, h, w, 3)`, and dict output -> `Explanation`.
     """
-    from streetlib.attribution import class_names, explain, model_inputs
+    from streetlib.attribution import explain, model_inputs
 
     n_cities = loaded.spec.num_classes
     if not 1 <= rank <= n_cities:
@@ -354,7 +353,7 @@ def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", 
     fitted = np.stack([fit_image(Image.fromarray(im), loaded.image_size, policy=policy) for im in images])
     x = model_inputs(fitted, normalization=loaded.normalization)
     explanations = explain(x, loaded.model, outputs=OUTPUTS, layer=layer, rank=rank, guided=guided)
-    names = {o: class_names(loaded.spec, o) for o in OUTPUTS}
+    names = {o: loaded.spec.class_names(o) for o in OUTPUTS}
     results = []
     for i in range(len(fitted)):
         probs = {o: explanations[o].probs[i] for o in OUTPUTS}

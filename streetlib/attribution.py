@@ -31,7 +31,9 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 from PIL import Image
+from scipy.special import softmax
 
+from streetlib.classes import OUTPUTS
 from streetlib.pipeline import check_normalization, normalize
 
 METHODS = ("grad_cam", "guided_backprop", "guided_grad_cam")
@@ -230,9 +232,7 @@ class Explanation:
     @property
     def probs(self):
         """float32 `(batch, classes)`: softmax of the logits."""
-        z = self.logits - self.logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return softmax(self.logits, axis=1).astype(np.float32)
 
     @property
     def target_prob(self):
@@ -459,7 +459,7 @@ class Explainer:
         grads, _, _ = self._guided_fn(output)(x, t, r)
         return grads.numpy()
 
-    def explain(self, inputs, *, outputs=("region", "city"), rank=1, target=None, guided=True):
+    def explain(self, inputs, *, outputs=OUTPUTS, rank=1, target=None, guided=True):
         """Grad-CAM, and optionally Guided Backprop and Guided Grad-CAM, for several outputs at once.
 
         Args:
@@ -522,7 +522,7 @@ def guided_grad_cam(inputs, model, *, output="city", layer=None, target=None, ra
     return explain(inputs, model, outputs=(output,), layer=layer, rank=rank, target=target)[output].guided_cam
 
 
-def explain(inputs, model, *, outputs=("region", "city"), layer=None, rank=1, target=None, guided=True):
+def explain(inputs, model, *, outputs=OUTPUTS, layer=None, rank=1, target=None, guided=True):
     """All maps for several outputs: dict output -> `Explanation`. See `Explainer.explain`."""
     return explainer(model, layer=layer).explain(inputs, outputs=outputs, rank=rank, target=target, guided=guided)
 
@@ -664,15 +664,6 @@ def _resize(array, size):
 # Figures
 
 
-def class_names(spec, output):
-    """Class names of one output: ``spec.region_names`` for 'region', ``spec.classes`` for 'city'."""
-    if output == "region":
-        return list(spec.region_names)
-    if output == "city":
-        return list(spec.classes)
-    raise ValueError(f"Invalid `output`. Expected 'region' or 'city'. Received: output={output!r}")
-
-
 def overlay(image, cam, *, cmap=DEFAULT_CMAP, alpha=0.5):
     """Blend a map over an image.
 
@@ -733,16 +724,16 @@ def plot_explanation(image, explanations, i=0, *, spec, normalization, title=Non
     fig = Figure(figsize=(9, 6.8))
     axes = fig.subplots(2, 3)
     _show(axes[0, 0], image, f"input {image.shape[1]}x{image.shape[0]}")
-    region_title = f"Grad-CAM region: {_label(class_names(spec, 'region'), region, i)}"
+    region_title = f"Grad-CAM region: {_label(spec.class_names('region'), region, i)}"
     _show(axes[0, 1], overlay(image, region.cam[i]), region_title)
     _show(axes[0, 2], rgb["region"], "Guided Grad-CAM region")
-    city_name = class_names(spec, "city")[city.target[i]]
+    city_name = spec.class_names("city")[city.target[i]]
     _show(
         axes[1, 0],
         gradient_to_rgb(city.guided[i : i + 1], normalization=normalization)[0],
         f"guided backprop ({city_name})",
     )
-    _show(axes[1, 1], overlay(image, city.cam[i]), f"Grad-CAM city: {_label(class_names(spec, 'city'), city, i)}")
+    _show(axes[1, 1], overlay(image, city.cam[i]), f"Grad-CAM city: {_label(spec.class_names('city'), city, i)}")
     _show(axes[1, 2], rgb["city"], "Guided Grad-CAM city")
     if title:
         fig.suptitle(title)
@@ -769,10 +760,10 @@ def plot_cam_only(original, explanations, i=0, *, spec, policy, title=None):
     fig = Figure(figsize=(12, 4 * H / W + 0.6))
     axes = fig.subplots(1, 3)
     _show(axes[0], original, f"input {W}x{H}")
-    for ax, output in zip(axes[1:], ("region", "city"), strict=True):
+    for ax, output in zip(axes[1:], OUTPUTS, strict=True):
         e = explanations[output]
         cam = map_to_original(e.cam[i], (H, W), policy=policy)
-        _show(ax, overlay(original, cam), f"Grad-CAM {output}: {_label(class_names(spec, output), e, i)}")
+        _show(ax, overlay(original, cam), f"Grad-CAM {output}: {_label(spec.class_names(output), e, i)}")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -890,7 +881,7 @@ def plot_quadrants(quadrants, explanation, *, spec, output="city", title=None):
     Returns:
         `matplotlib.figure.Figure`.
     """
-    names = class_names(spec, output)
+    names = spec.class_names(output)
     fig = Figure(figsize=(11, 6))
     axes = fig.subplots(2, 4)
     for q, where in enumerate(("top left", "top right", "bottom left", "bottom right")):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage, stats
+from scipy.special import softmax
 
 from streetlib.attribution import (
     METHODS,
@@ -29,6 +30,7 @@ from streetlib.attribution import (
     model_input_size,
     model_inputs,
 )
+from streetlib.classes import OUTPUTS
 from streetlib.data import fit_image
 
 
@@ -148,9 +150,7 @@ def _class_probability(images, model, *, output, target, normalization, batch_si
     out = []
     for start in range(0, len(images), batch_size):
         x = model_inputs(images[start : start + batch_size], normalization=normalization)
-        z = ex.logits(x, output=output)
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        p = softmax(ex.logits(x, output=output), axis=1)
         out.append(p[np.arange(len(p)), target[start : start + batch_size]])
     return np.concatenate(out).astype(np.float32)
 
@@ -395,7 +395,7 @@ def quadrant_images(image, *, size, policy="crop"):
     return np.stack([fit_image(Image.fromarray(p), size, policy=policy) for p in parts])
 
 
-def explain_quadrants(image, model, *, normalization, policy="crop", layer=None, outputs=("region", "city")):
+def explain_quadrants(image, model, *, normalization, policy="crop", layer=None, outputs=OUTPUTS):
     """Classify and explain the four quadrants of an image, each as a whole input (the seed tutorial's trick).
 
     Args:

@@ -30,11 +30,11 @@ from threadpoolctl import threadpool_limits
 
 from streetlib import figures, paths
 from streetlib import weights as weights_lib
+from streetlib.classes import OUTPUTS
 from streetlib.evaluate import confusion, top_k_accuracy
 from streetlib.features import FeatureExtractor, check_poolings
 
 CLASSIFIERS = ("svm-rbf", "linear-svm", "logreg")
-OUTPUTS = ("region", "city")
 # Candidates for the optional search on the validation split; C=1 (the original's SVM) is in every grid.
 SEARCH_GRIDS = {
     "svm-rbf": {"C": [0.1, 1.0, 10.0]},
@@ -274,7 +274,7 @@ def run_grid(
         splits: list of `streetlib.splits.Split` (those of the CNNs: `streetlib.splits.make_splits`).
         weights: list of weight sources (names or file paths). A source that cannot be downloaded is skipped and
             reported in ``unavailable``. Default ('hed-bsds500', 'random').
-        poolings: list of `streetlib.features.POOLINGS`. Default ('avg', 'flatten').
+        poolings: list of `streetlib.models.POOLINGS`. Default ('avg', 'flatten').
         classifiers: list of `CLASSIFIERS`. Default all.
         outputs: list of 'region' and 'city'. Default both.
         search: the validation-split search, see `fit_baseline`. Default False.
@@ -353,8 +353,8 @@ def run_grid(
 
 def _run_one(data, split, features, augmented, fx, *, pooling, classifier, augment_copies, search, output, figs):
     """Fit and score one baseline; draw its test confusion into ``figs`` unless None. Returns (row, figure path)."""
-    labels = {"region": data.region, "city": data.city}[output]
-    names = {"region": list(data.spec.region_names), "city": list(data.spec.classes)}[output]
+    labels = data.labels()[output]
+    names = data.spec.class_names(output)
     fit = fit_baseline(
         features, labels, split, classifier=classifier, search=search, augmented=augmented, seed=split.seed
     )

@@ -16,7 +16,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -324,7 +323,7 @@ def bench_predict(*, n=100, size=224, batch_size=32, repeats=3):
 
     ours_t, ref_t = timed(ours, repeats=repeats), timed(ref, repeats=repeats)
     a, b = ours(), ref()
-    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in ("region", "city"))
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
     return Comparison(
         f"End-to-end prediction, {n} images at {size} px",
         {"pipeline from memory-mapped uint8": [n / t for t in ours_t]},
@@ -479,6 +478,8 @@ def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
 
 def environment():
     """Machine, date and versions, for the report."""
+    from streetlib.train import package_versions
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -487,13 +488,12 @@ def environment():
                 break
     except OSError:
         pass
-    versions = {p: metadata.version(p) for p in ("tensorflow", "keras", "numpy", "tf-keras-vis")}
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),
-        "versions": versions,
+        "versions": package_versions(("tensorflow", "keras", "numpy", "tf-keras-vis")),
     }
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+# The model's outputs, in order: every label dict, prediction dict and results table is keyed by them.
+OUTPUTS = ("region", "city")
+
 
 @dataclass(frozen=True)
 class ClassSpec:
@@ -61,6 +64,21 @@ class ClassSpec:
     def region_of_class(self):
         """int64 `(num_classes,)`: the region index of each class index."""
         return np.array([self.region_names.index(r) for r in self.regions], dtype=np.int64)
+
+    def class_names(self, output):
+        """Class names of one output, in label order: ``region_names`` for 'region', ``classes`` for 'city'.
+
+        Args:
+            output: str, one of `OUTPUTS`.
+
+        Returns:
+            list of str.
+        """
+        if output == "region":
+            return list(self.region_names)
+        if output == "city":
+            return list(self.classes)
+        raise ValueError(f"Invalid `output`. Expected one of {OUTPUTS}. Received: output={output!r}")
 
     def classes_in(self, region):
         """Class names of one region, in label order."""

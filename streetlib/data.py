@@ -85,7 +85,20 @@ class StreetData:
     @property
     def region(self):
         """int64 `(n,)`: the region index of each image in ``spec.region_names``."""
-        return self.spec.region_of_class[self.city]
+        return self.labels()["region"]
+
+    def labels(self, indices=None):
+        """The labels of each output (`streetlib.classes.OUTPUTS`), from the city of each image.
+
+        Args:
+            indices: int array of the images to label (a split). Default all.
+
+        Returns:
+            dict ``{"region": int64 (n,), "city": int64 (n,)}``: region indices in ``spec.region_names``, class
+            indices in ``spec.classes``.
+        """
+        city = self.city if indices is None else self.city[indices]
+        return {"region": self.spec.region_of_class[city], "city": city}
 
     @property
     def image_size(self):

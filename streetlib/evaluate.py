@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from streetlib import figures, models, paths, pipeline
+from streetlib import figures, paths, pipeline
+from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
 
 CHECKPOINTS = ("best", "final")
@@ -175,7 +176,7 @@ def predict(model, data, indices, *, normalization, image_size, batch_size=32):
     """
     probe = keras.Model(
         model.input,
-        {**{o: model.get_layer(o).output for o in models.OUTPUTS}, "embedding": model.get_layer("fc2_relu").output},
+        {**{o: model.get_layer(o).output for o in OUTPUTS}, "embedding": model.get_layer("fc2_relu").output},
     )
     ds = pipeline.make_dataset(
         data, indices, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
@@ -240,10 +241,10 @@ def evaluate_run(
     image_size = image_size or int(model.input.shape[1])
 
     out = predict(model, data, indices, normalization=normalization, image_size=image_size, batch_size=batch_size)
-    truth = {"region": data.region[indices], "city": data.city[indices]}
-    names = {"region": list(data.spec.region_names), "city": list(data.spec.classes)}
+    truth = data.labels(indices)
+    names = {output: data.spec.class_names(output) for output in OUTPUTS}
     rows = []
-    for output in models.OUTPUTS:
+    for output in OUTPUTS:
         rows += metric_rows(truth[output], out[output], names[output], output=output, n_bins=n_bins)
     frame = pd.DataFrame(rows)
     frame.insert(0, "subset", subset)
@@ -259,7 +260,7 @@ def evaluate_run(
     stem = f"{run}.{checkpoint}.{subset}"
     label = {"data_label": data.label, "weights_label": weights_label}
     what = f"{run} ({checkpoint} weights, {subset} set, n={len(indices)})"
-    for output in models.OUTPUTS:
+    for output in OUTPUTS:
         cm = confusion(truth[output], out[output].argmax(axis=1), len(names[output]))
         fig = figures.plot_confusion(
             cm, class_names=names[output], title=figures.title(f"{output} confusion: {what}", **label)

@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from streetlib import backbones, models, paths, pipeline
 from streetlib import weights as weights_lib
+from streetlib.models import POOLINGS
 from streetlib.paths import atomic_path, file_digest
 
-POOLINGS = ("avg", "max", "flatten")
 # Bump when the way features are computed changes, so older cache files stop matching.
 CACHE_VERSION = 1
 
@@ -163,16 +163,8 @@ class FeatureExtractor:
             if self.weights == "random":
                 keras.utils.set_random_seed(self.init_seed)
             backbone = models.build_backbone(self.backbone, weights=self.weights, input_shape=(*size, 3))
-            names = [layer.name for layer in backbone.layers]
-            layer = names[-1] if self._layer is None else self._layer
-            if layer not in names:
-                pools = [n for n in names if n.endswith("_pool")] or names[-5:]
-                raise ValueError(
-                    f"Invalid `layer`. Expected None or a layer of {self.backbone} (e.g. {pools}). Received: "
-                    f"layer={self._layer!r}"
-                )
-            output = backbone.get_layer(layer).output
-            self._models[size] = (keras.Model(backbone.input, output, name=f"features_{layer}"), layer)
+            layer = backbone.layers[-1].name if self._layer is None else self._layer
+            self._models[size] = (models.cut_backbone(backbone, layer, alternatives=(None,)), layer)
         return self._models[size]
 
     def extract(self, data, indices=None, *, poolings=("avg",), augment=None, seed=0, progress=True):

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
 
 STYLE = {
@@ -189,7 +190,7 @@ def plot_history(history, *, title=None):
         fig = Figure(figsize=(8, 5.5))
         axes = fig.subplots(2, 2, sharex=True)
         for row, metric in enumerate(("loss", "accuracy")):
-            for col, output in enumerate(("region", "city")):
+            for col, output in enumerate(OUTPUTS):
                 ax = axes[row, col]
                 for prefix, style in (("", "-"), ("val_", "--")):
                     key = f"{prefix}{output}_{metric}"

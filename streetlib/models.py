@@ -7,7 +7,8 @@ Layout (every name is part of the contract other modules build on)::
     pool -> fc1 -> fc1_bn -> fc1_relu -> fc1_dropout -> fc2 -> fc2_bn -> fc2_relu -> fc2_dropout
     region_logits -> region (softmax)      city_logits -> city (softmax)
 
-The model returns ``{"region": probabilities, "city": probabilities}``; `logits_model` gives the pre-softmax scores.
+The model returns ``{"region": probabilities, "city": probabilities}``; `streetlib.attribution.logits_tensor` finds
+the pre-softmax scores (the ``<output>_logits`` layers).
 No Lambda layers, so saved ``.keras`` files load with ``keras.models.load_model(path, safe_mode=True)``.
 """
 
@@ -18,11 +19,11 @@ import keras
 
 from streetlib import weights as weights_lib
 from streetlib.backbones import get_backbone
-from streetlib.classes import STREET10
+from streetlib.classes import OUTPUTS, STREET10
 
+# How a feature map becomes one vector: the head's ``pool`` layer, and the baselines' features (streetlib.features).
 POOLINGS = ("avg", "max", "flatten")
 HEAD_LAYERS = ("pool", "fc1", "fc1_bn", "fc1_relu", "fc1_dropout", "fc2", "fc2_bn", "fc2_relu", "fc2_dropout")
-OUTPUTS = ("region", "city")
 
 
 def build_backbone(name="vgg16", *, weights="random", input_shape=(224, 224, 3)):
@@ -135,23 +136,52 @@ def _pool_layer(pooling):
         raise ValueError(f"Invalid `pooling`. Expected one of {POOLINGS}. Received: pooling={pooling!r}")
 
 
-def logits_model(model):
-    """The same network returning pre-softmax scores (shares the layers and weights of ``model``).
-
-    Returns:
-        `keras.Model` with ``model``'s input and outputs ``{"region": float32 (batch, num_regions), "city": float32
-        (batch, num_classes)}``, the outputs of ``region_logits`` and ``city_logits``.
-    """
-    return keras.Model(
-        model.input,
-        {o: model.get_layer(f"{o}_logits").output for o in OUTPUTS},
-        name=f"{model.name}_logits",
-    )
-
-
 def backbone_of(model):
     """The nested backbone model of a street classifier."""
     return model.get_layer("backbone")
+
+
+def layer_index(backbone, layer, *, argument="layer", alternatives=()):
+    """The position of a named layer in a backbone, where it is cut or frozen.
+
+    Args:
+        backbone: a backbone `keras.Model` (from `build_backbone`, or `backbone_of` a street classifier).
+        layer: str, the name of one of its layers.
+        argument: str, the caller's argument that names the layer, for the error message. Default 'layer'.
+        alternatives: tuple, the other values that argument accepts, for the error message. Default none.
+
+    Returns:
+        int, the index of ``layer`` in ``backbone.layers``.
+
+    Raises:
+        ValueError: ``backbone`` has no such layer; the message suggests its pooling layers (else its last five).
+    """
+    names = [each.name for each in backbone.layers]
+    if layer not in names:
+        pools = [n for n in names if n.endswith("_pool")] or names[-5:]
+        expected = f"{', '.join(map(repr, alternatives))} or " if alternatives else ""
+        raise ValueError(
+            f"Invalid `{argument}`. Expected {expected}a layer of the backbone (e.g. {pools}). "
+            f"Received: {argument}={layer!r}"
+        )
+    return names.index(layer)
+
+
+def cut_backbone(backbone, layer, *, argument="layer", alternatives=()):
+    """The backbone up to and including one of its layers, sharing its layers and weights.
+
+    Args:
+        backbone, layer, argument, alternatives: as in `layer_index`.
+
+    Returns:
+        `keras.Model` named ``backbone_to_<layer>``, mapping the backbone's input (float32 `(batch, H, W, 3)`) to
+        the output of ``layer`` (e.g. float32 `(batch, h, w, c)` for a pooling layer).
+
+    Raises:
+        ValueError: ``backbone`` has no such layer.
+    """
+    index = layer_index(backbone, layer, argument=argument, alternatives=alternatives)
+    return keras.Model(backbone.input, backbone.layers[index].output, name=f"backbone_to_{layer}")
 
 
 def freeze(model, *, through):
@@ -175,14 +205,7 @@ def freeze(model, *, through):
     if through == "backbone":
         backbone.trainable = False
         return model
-    names = [layer.name for layer in backbone.layers]
-    if through not in names:
-        pools = [n for n in names if n.endswith("_pool")] or names[-5:]
-        raise ValueError(
-            f"Invalid `through`. Expected None, 'backbone' or a layer of backbone {model.name!r} (e.g. {pools}). "
-            f"Received: through={through!r}"
-        )
-    cut = names.index(through)
+    cut = layer_index(backbone, through, argument="through", alternatives=(None, "backbone"))
     for layer in backbone.layers[: cut + 1]:
         layer.trainable = False
     return model
@@ -234,16 +257,13 @@ def split_model(model, *, through):
         frozen = backbone
         features = keras.Input(shape=tuple(backbone.output.shape[1:]), name="features")
         return frozen, keras.Model(features, apply_head(model, features), name=f"{model.name}_head")
-    names = [layer.name for layer in backbone.layers]
-    if through not in names:
-        raise ValueError(f"Invalid `through`. Expected 'backbone' or a layer of the backbone. Received: {through!r}")
-    cut = names.index(through)
+    cut = layer_index(backbone, through, argument="through", alternatives=("backbone",))
     if not _is_chain(backbone, cut):
         raise ValueError(
             f"The backbone's layers after {through!r} are not a single chain (skip connections?): it can only be cut "
             f"at through='backbone'. Received: through={through!r}"
         )
-    frozen = keras.Model(backbone.input, backbone.layers[cut].output, name=f"backbone_to_{through}")
+    frozen = cut_backbone(backbone, through)
     features = keras.Input(shape=tuple(backbone.layers[cut].output.shape[1:]), name="features")
     x = features
     for layer in backbone.layers[cut + 1 :]:

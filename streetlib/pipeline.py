@@ -10,7 +10,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-OUTPUTS = ("region", "city")
+from streetlib.classes import OUTPUTS
 
 # Per-channel means in BGR order, 0-255 scale.
 _CAFFE_MEAN_KERAS = (103.939, 116.779, 123.68)  # keras.applications.vgg16.preprocess_input
@@ -148,7 +148,7 @@ def sample_weights(data, indices, *, outputs=OUTPUTS):
     Returns:
         dict output name -> float32 `(len(indices),)`.
     """
-    labels = {"region": data.region[indices], "city": data.city[indices]}
+    labels = data.labels(indices)
     out = {}
     for name in outputs:
         y = labels[name]
@@ -212,8 +212,7 @@ def make_dataset(
     )
 
     images = data.images
-    region = tf.constant(data.region.astype(np.int32))
-    city = tf.constant(data.city.astype(np.int32))
+    label_table = {name: tf.constant(values.astype(np.int32)) for name, values in data.labels().items()}
 
     def gather(idx):
         # Fancy indexing of the uint8 array copies only this batch.
@@ -256,7 +255,7 @@ def make_dataset(
             weight_table[name] = tf.constant(table)
 
     def finish(idx, x):
-        labels = {"region": tf.gather(region, idx), "city": tf.gather(city, idx)}
+        labels = {name: tf.gather(values, idx) for name, values in label_table.items()}
         x = normalize(x, normalization)
         if weight_table is None:
             return x, labels

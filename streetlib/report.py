@@ -11,9 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from streetlib import paths
+from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
-
-OUTPUTS = ("region", "city")
 
 
 def run_rows(hists_dir=None):

@@ -13,8 +13,7 @@ import pandas as pd
 
 from streetlib import evaluate, figures, paths, train
 from streetlib import weights as weights_lib
-
-OUTPUTS = ("region", "city")
+from streetlib.classes import OUTPUTS
 
 
 def available_sources(sources):

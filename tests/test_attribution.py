@@ -471,8 +471,6 @@ def test_figures_have_the_original_layouts():
             spec=STREET10,
             normalization="unit",
         )
-    with pytest.raises(ValueError, match="Expected 'region' or 'city'"):
-        A.class_names(STREET10, "country")
 
 
 def test_class_grid_has_two_rows_per_class_titled_with_predictions():

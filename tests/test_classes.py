@@ -12,6 +12,13 @@ def test_street10_default_order_and_regions():
     np.testing.assert_array_equal(STREET10.region_of_class, [0] * 5 + [1] * 5)
 
 
+def test_class_names_of_each_output():
+    assert STREET10.class_names("region") == ["western", "eastern"]
+    assert STREET10.class_names("city") == list(STREET10.classes)
+    with pytest.raises(ValueError, match=r"Invalid `output`. Expected one of \('region', 'city'\)"):
+        STREET10.class_names("country")
+
+
 def test_synthetic_names_are_not_city_names():
     assert not set(SYNTH10.classes) & set(STREET10.classes)
     assert all(c.startswith("synth-") for c in SYNTH10.classes)

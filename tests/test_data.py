@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streetlib.classes import ClassSpec
+from streetlib.classes import OUTPUTS, ClassSpec
 from streetlib.data import (
     DataError,
     StreetData,
@@ -48,6 +48,14 @@ def test_street10_uint8_round_trip(tmp_path):
     np.testing.assert_array_equal(data.masks, np.concatenate(list(masks.values())))
     assert data.files[4] == "bb.npy[0]"
     assert "synthetic" in data.label
+
+
+def test_labels_of_a_subset_give_each_output_from_the_city(tmp_path):
+    write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
+    labels = load_street10(tmp_path / "ds").labels([14, 0, 9])
+    assert tuple(labels) == OUTPUTS
+    np.testing.assert_array_equal(labels["city"], [2, 0, 2])
+    np.testing.assert_array_equal(labels["region"], [1, 0, 1])
 
 
 def test_street10_float_is_converted_exactly_without_float64_copies(tmp_path, monkeypatch):

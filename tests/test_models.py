@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from streetlib import backbones, models, weights
-from streetlib.classes import STREET10, SYNTH10
+from streetlib.attribution import logits_tensor
+from streetlib.classes import OUTPUTS, STREET10, SYNTH10
 
 VGG16_LAYERS = [
     "block1_conv1",
@@ -50,7 +51,7 @@ def test_layout_follows_the_convention(model):
     assert probs["region"].shape == (3, 2) and probs["city"].shape == (3, 10)
     np.testing.assert_allclose(np.sum(probs["city"], axis=1), 1.0, rtol=1e-5)
 
-    logits = models.logits_model(model)(x)
+    logits = keras.Model(model.input, {o: logits_tensor(model, o) for o in OUTPUTS})(x)
     assert sorted(logits) == ["city", "region"]
     np.testing.assert_allclose(keras.ops.softmax(logits["city"]), probs["city"], rtol=1e-5, atol=1e-6)
     assert not np.allclose(logits["city"], probs["city"])
@@ -106,7 +107,7 @@ def test_split_model_shares_layers_and_computes_the_same(model, through):
     assert rest.get_layer("fc1") is model.get_layer("fc1")
     expected_shape = (1, 1, 512) if through == "backbone" else (2, 2, 512)
     assert tuple(rest.input.shape[1:]) == expected_shape
-    with pytest.raises(ValueError, match="Invalid `through`"):
+    with pytest.raises(ValueError, match=r"Invalid `through`. Expected 'backbone' or a layer .*'block5_pool'\]"):
         models.split_model(model, through="no_such_layer")
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from streetlib.classes import STREET10
+from streetlib.classes import OUTPUTS, STREET10
 from streetlib.data import StreetData
-from streetlib.pipeline import OUTPUTS, augmentation, make_dataset, normalize, sample_weights
+from streetlib.pipeline import augmentation, make_dataset, normalize, sample_weights
 
 
 @pytest.fixture(scope="module")
