@@ -86,6 +86,16 @@ def resolve(path, default=None):
     return path if path.is_absolute() else root() / path
 
 
+def portable(path):
+    """The inverse of `resolve`, for records: a str relative to the output root when ``path`` is inside it (so a
+    manifest reads the same on any machine and after the repository moves), else the absolute path."""
+    path = Path(path).expanduser().resolve()
+    try:
+        return path.relative_to(root().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def file_digest(path, algorithm="sha256"):
     """Hex digest of a file's bytes (``algorithm`` as in `hashlib.new`), read in 1 MiB chunks. Returns str."""
     digest = hashlib.new(algorithm)

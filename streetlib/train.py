@@ -217,7 +217,7 @@ def run_phase(
         "phase": phase,
         "weights": str(weights),
         "weights_label": weights_lib.describe(weights),
-        "init_from": str(init_path) if init_path else None,
+        "init_from": paths.portable(init_path) if init_path else None,
         "backbone": info.name,
         "image_size": image_size,
         "normalization": normalization,
@@ -912,7 +912,7 @@ def split_record(data, split):
     return {
         "seed": split.seed,
         "sizes": {s: len(v) for s, v in content.items()},
-        "path": str(split.path) if split.path else None,
+        "path": paths.portable(split.path) if split.path else None,
         "hash": hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest(),
     }
 
