@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 from test_attribution import convention_model  # noqa: E402
 
-from streetlib import analyze, cli  # noqa: E402
+from streetlib import analyze, cli, inference  # noqa: E402
 from streetlib.classes import STREET10, SYNTH10  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "street-samples"
@@ -35,7 +35,7 @@ def save_model(model, path, *, classes=STREET10, normalization="samplewise", ima
     meta = {"normalization": normalization, "classes": classes.to_dict()}
     if image_size is not None:
         meta["image_size"] = image_size
-    analyze.sidecar_path(path).write_text(json.dumps(meta))
+    inference.sidecar_path(path).write_text(json.dumps(meta))
     return path
 
 
@@ -292,8 +292,8 @@ def test_bad_urls_are_reported_and_the_rest_analysed(url, expected, server, tiny
 )
 def test_malformed_urls_are_reported_and_the_rest_analysed(url, reason, advice, server, tiny_model, good_image, capsys):
     url = url.format(server=server)
-    with pytest.raises(analyze.InputError) as err:
-        analyze.read_input(url)
+    with pytest.raises(inference.InputError) as err:
+        inference.read_input(url)
     message = str(err.value)
     assert message.startswith(f"{url}: invalid URL ({reason}") and advice in message and "\n" not in message
 
@@ -306,22 +306,22 @@ def test_malformed_urls_are_reported_and_the_rest_analysed(url, reason, advice, 
 def test_download_time_is_bounded_as_a_whole(server):
     url = f"{server}/drip.jpg"  # a byte every 0.1 s: each read gets data in time, the whole would take 6 s
     start = time.monotonic()
-    with pytest.raises(analyze.InputError) as err:
-        analyze.fetch_url(url, timeout=0.5)
+    with pytest.raises(inference.InputError) as err:
+        inference.fetch_url(url, timeout=0.5)
     elapsed = time.monotonic() - start
     assert elapsed < 1.5, f"the download went on for {elapsed:.1f} s with a 0.5 s timeout"
     message = str(err.value)
     assert message.startswith(f"{url}: not downloaded within the 0.5 s timeout (") and "bytes received" in message
     assert "raise --timeout" in message
-    assert analyze.fetch_url(f"{server}/street.jpg", timeout=0.5) == jpeg_bytes()  # a prompt server still serves
+    assert inference.fetch_url(f"{server}/street.jpg", timeout=0.5) == jpeg_bytes()  # a prompt server still serves
 
 
 @pytest.mark.parametrize("kind", ["text", "truncated"])
 def test_unreadable_image_message_fits_the_command(kind, tiny_model, good_image, tmp_path, capsys):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"not an image" if kind == "text" else jpeg_bytes((64, 64))[:300])
-    with pytest.raises(analyze.InputError) as err:
-        analyze.read_input(path)
+    with pytest.raises(inference.InputError) as err:
+        inference.read_input(path)
     message = str(err.value)
     assert message.startswith(f"Cannot read image {path}: ")
     assert "Replace it with a readable JPEG, PNG, WebP or BMP file, or leave it out." in message
@@ -386,7 +386,7 @@ def test_unusable_model_or_option(setup, extra, expected, tiny_model, good_image
     elif setup in ("bad-sidecar", "list-sidecar"):
         path = tmp_path / "model.keras"
         path.write_bytes(Path(tiny_model).read_bytes())
-        analyze.sidecar_path(path).write_text("{broken" if setup == "bad-sidecar" else "[1, 2]")
+        inference.sidecar_path(path).write_text("{broken" if setup == "bad-sidecar" else "[1, 2]")
     status, _, err = run([good_image, "--model", path, "--no-save", *extra], capsys)
     assert status == 2
     assert expected in err and err.count("\n") == 1
@@ -395,8 +395,8 @@ def test_unusable_model_or_option(setup, extra, expected, tiny_model, good_image
 def test_a_text_file_named_keras_is_not_reported_missing(good_image, tmp_path, capsys):
     path = tmp_path / "notes.keras"
     path.write_text("weights: see the shared drive")
-    with pytest.raises(analyze.ModelError) as err:
-        analyze.load_model(path)
+    with pytest.raises(inference.ModelError) as err:
+        inference.load_model(path)
     message = str(err.value)
     assert "not found" not in message.lower()
     assert f"Cannot load model {path}: the file exists but is not a Keras model archive" in message
@@ -407,7 +407,7 @@ def test_a_text_file_named_keras_is_not_reported_missing(good_image, tmp_path, c
 
 def test_sidecar_sets_classes_and_options_override_it(models_dir, good_image, capsys):
     path = save_model(convention_model(32, seed=1), models_dir / "synth.keras", classes=SYNTH10, normalization="unit")
-    loaded = analyze.load_model(path)
+    loaded = inference.load_model(path)
     assert loaded.spec == SYNTH10 and loaded.normalization == "unit" and loaded.image_size == (32, 32)
     status, out, _ = run([good_image, "--model", path, "--no-save", "--json"], capsys)
     (record,) = json.loads(out)
@@ -422,10 +422,10 @@ def test_image_size_of_a_model_that_accepts_any_size(models_dir):
     logits = {n: keras.layers.Dense(k, name=f"{n}_logits")(x) for n, k in (("region", 2), ("city", 10))}
     model = keras.Model(inp, logits)
     path = save_model(model, models_dir / "any.keras", image_size=[48, 40])
-    assert analyze.load_model(path).image_size == (48, 40)
-    analyze.sidecar_path(path).write_text(json.dumps({"image_size": "big"}))
-    with pytest.raises(analyze.ModelError, match="Invalid `image_size`"):
-        analyze.load_model(path)
+    assert inference.load_model(path).image_size == (48, 40)
+    inference.sidecar_path(path).write_text(json.dumps({"image_size": "big"}))
+    with pytest.raises(inference.ModelError, match="Invalid `image_size`"):
+        inference.load_model(path)
 
 
 def test_decompression_bombs_are_refused(tiny_model, good_image, server, monkeypatch, capsys):
@@ -436,12 +436,12 @@ def test_decompression_bombs_are_refused(tiny_model, good_image, server, monkeyp
 
 
 def test_rank_and_top_are_checked(tiny_model, good_image):
-    loaded = analyze.load_model(tiny_model)
+    loaded = inference.load_model(tiny_model)
     image = np.asarray(Image.open(good_image))
     with pytest.raises(ValueError, match=r"Invalid `rank`: expected an int in \[1, 10\]"):
-        analyze.analyze_images([image], loaded, rank=0)
+        inference.analyze_images([image], loaded, rank=0)
     with pytest.raises(ValueError, match=r"Invalid `top`: expected an int in \[1, 10\]"):
-        analyze.analyze_images([image], loaded, top=11)
+        inference.analyze_images([image], loaded, top=11)
     parser = analyze.add_arguments(argparse.ArgumentParser())
     for bad in ("0", "two"):
         with pytest.raises(SystemExit):

@@ -153,7 +153,7 @@ def test_a_run_writes_history_manifest_and_models(transfer_runs, toy_data, toy_d
     assert files["history"] == dirs["hists_dir"] / "eq" / "transfer-features.csv"
     assert files["best_model"] == dirs["models_dir"] / "eq" / "transfer-features.best.keras"
     assert not files["backup"].exists()  # removed once the run finished
-    from streetlib.analyze import read_sidecar
+    from streetlib.inference import read_sidecar
 
     sidecar = read_sidecar(files["best_model"])
     assert sidecar["normalization"] == "caffe-bvlc" and sidecar["image_size"] == SMALL["image_size"]

@@ -1,0 +1,364 @@
+"""The inference API: load a trained street classifier, read images from files or URLs, classify and explain them.
+
+The model file is loaded with Keras's safe mode. What the model expects comes from a sidecar JSON beside it,
+``<model path without suffix>.json`` (for ``models/demo.keras``, ``models/demo.json``), written by
+`streetlib.train.run_phase`, with the keys:
+
+- ``normalization``: one of `streetlib.pipeline.NORMALIZATIONS`;
+- ``classes``: the class spec as ``ClassSpec.to_dict()`` (``{"name": ..., "regions": {region: [city, ...]}}``);
+- ``image_size``: int or [height, width], used when the model accepts any input size.
+
+Arguments of `load_model` override it; without them, the defaults are 'street10' and 'samplewise'.
+
+Bad input (a missing file, a file that is not an image, a malformed or unreachable URL, one that does not serve an
+image or not within the timeout) raises `InputError` naming it; a model that cannot be loaded or lacks the ``region``
+and ``city`` outputs raises `ModelError`. Keras, TensorFlow and the attribution code are imported inside the
+functions that use them, so that importing this module costs no TensorFlow start-up.
+"""
+
+import http.client
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+from zipfile import BadZipFile, is_zipfile
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from streetlib import paths
+from streetlib.classes import OUTPUTS, ClassSpec, get_class_spec
+from streetlib.data import fit_image, to_rgb
+
+# The model `make demo` trains (synthetic classes); pass --model for one trained on Street10 or your cities.
+DEFAULT_MODEL = paths.models_dir() / "04-finetune" / "hed-bsds500-finetune-block3-seed42.best.keras"
+DEFAULT_NORMALIZATION = "samplewise"
+DEFAULT_CLASSES = "street10"
+URL_TIMEOUT = 10.0  # seconds
+MAX_DOWNLOAD_BYTES = 20 * 2**20
+CHUNK_BYTES = 64 * 2**10
+# PIL's failures on damaged data (a truncated file, a broken stream), besides UnidentifiedImageError (not an image
+# it reads) and DecompressionBombError (an absurd pixel count), which get messages of their own.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+
+
+class InputError(ValueError):
+    """One input cannot be analysed; the message is the line shown to the user."""
+
+
+class ModelError(ValueError):
+    """The model (or its sidecar) cannot be used: the command stops."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis.
+
+    Attributes:
+        model: the `keras.Model`.
+        spec: the `ClassSpec` naming its outputs' classes.
+        normalization: str, how its inputs are normalised.
+        image_size: (height, width) of its inputs.
+        path: `Path` of the model file.
+    """
+
+    model: object
+    spec: ClassSpec
+    normalization: str
+    image_size: tuple
+    path: Path
+
+
+def sidecar_path(model_path):
+    """Where the sidecar of a model file lives: the same path with the suffix ``.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def read_sidecar(model_path):
+    """The sidecar dict of a model file ({} when there is none).
+
+    Raises:
+        ModelError: the sidecar is not a JSON object.
+    """
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"Model sidecar {path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ModelError(f"Model sidecar {path} must hold a JSON object. Received {type(meta).__name__}.")
+    return meta
+
+
+def _image_size(value, source):
+    size = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if size is None or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ModelError(f"Invalid `image_size` in {source}: expected an int or [height, width]. Received: {value!r}")
+    return size
+
+
+def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
+    """Load a model for analysis (Keras safe mode) and check that it has the outputs and classes expected.
+
+    Args:
+        path: str or Path of a ``.keras`` file. Default `DEFAULT_MODEL`.
+        classes: None (the sidecar's, else 'street10'), a built-in spec name or a YAML path.
+        normalization: None (the sidecar's, else 'samplewise') or one of `streetlib.pipeline.NORMALIZATIONS`.
+
+    Returns:
+        `LoadedModel`.
+
+    Raises:
+        ModelError: the file is missing or not a loadable model, the sidecar is malformed, the model has no
+            ``region``/``city`` logits, or their sizes do not match the class spec.
+    """
+    import keras
+
+    from streetlib.attribution import logits_tensor, model_input_size
+    from streetlib.pipeline import check_normalization
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Model file not found: {path}. Train one first, or pass --model PATH.")
+    # Keras reports any .keras file that is not a zip as "File not found", which sends users looking for the file.
+    if path.suffix == ".keras" and not is_zipfile(path):
+        raise ModelError(
+            f"Cannot load model {path}: the file exists but is not a Keras model archive (a .keras file is a zip "
+            f"written by `model.save()`). Pass the .keras file that training wrote, or save the model again."
+        )
+    meta = read_sidecar(path)
+    try:
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, OSError, BadZipFile, KeyError, TypeError) as err:
+        raise ModelError(f"Cannot load model {path} (Keras safe mode): {err}") from err
+    try:
+        if classes is not None:
+            spec = get_class_spec(classes)
+        elif "classes" in meta:
+            spec = ClassSpec.from_dict(meta["classes"], source=str(sidecar_path(path)))
+        else:
+            spec = get_class_spec(DEFAULT_CLASSES)
+        normalization = check_normalization(normalization or meta.get("normalization", DEFAULT_NORMALIZATION))
+    except (ValueError, FileNotFoundError) as err:
+        raise ModelError(str(err)) from err
+    sizes = {}
+    for output, expected in zip(OUTPUTS, (spec.num_regions, spec.num_classes), strict=True):
+        try:
+            sizes[output] = int(logits_tensor(model, output).shape[-1])
+        except ValueError as err:
+            raise ModelError(f"Model {path} lacks the expected {output!r} output: {err}") from err
+        if sizes[output] != expected:
+            raise ModelError(
+                f"Model {path} has {sizes[output]} {output} classes but class spec {spec.name!r} has {expected}. "
+                f"Pass the model's classes with --classes."
+            )
+    size = model_input_size(model) or _image_size(meta.get("image_size", 224), sidecar_path(path))
+    return LoadedModel(model=model, spec=spec, normalization=normalization, image_size=size, path=path)
+
+
+def is_url(source):
+    """True for http:// and https:// addresses, malformed ones included (so that they are reported as URLs)."""
+    return str(source).lower().startswith(("http://", "https://"))
+
+
+def _check_url(url):
+    """Check that an address names a host, and a port if any, that can be requested.
+
+    Args:
+        url: str, http or https.
+
+    Raises:
+        InputError: no host, a malformed IPv6 host, or a port that is not a number in [0, 65535].
+    """
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port parses the port, raising ValueError on a bad one
+    except ValueError as err:
+        raise InputError(f"{url}: invalid URL ({err}). Check the host and port.") from err
+    if not host:
+        raise InputError(f"{url}: invalid URL (no host name). Expected http(s)://HOST[:PORT]/PATH.")
+
+
+def fetch_url(url, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
+    """Download an image: bytes, after checking the address, the content type and the size.
+
+    Args:
+        url: str, http or https.
+        timeout: float, seconds for the whole download. Default 10. A server silent that long fails at once; one
+            that keeps sending, too slowly, is cut off at the first chunk of the body past the deadline (so within
+            twice the timeout).
+        max_bytes: int, the largest body accepted. Default 20 MiB.
+
+    Raises:
+        InputError: a malformed address, unreachable, an HTTP error, a timeout, a content type other than image/*,
+            too large, or a connection broken off.
+    """
+    _check_url(url)
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"User-Agent": "streetlib-analyze"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            kind = response.headers.get_content_type()
+            if not kind.startswith("image/"):
+                raise InputError(f"{url}: served {kind!r}, not an image (expected an image/* content type).")
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise InputError(f"{url}: {int(length)} bytes is over the {max_bytes}-byte limit.")
+            return _read_body(response, url, deadline=deadline, timeout=timeout, max_bytes=max_bytes)
+    except urllib.error.HTTPError as err:
+        raise InputError(f"{url}: HTTP {err.code} {err.reason}.") from err
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, TimeoutError):
+            raise InputError(f"{url}: no answer within {timeout:g} s.") from err
+        raise InputError(f"{url}: unreachable ({err.reason}).") from err
+    except TimeoutError as err:
+        raise InputError(f"{url}: no answer within {timeout:g} s.") from err
+    except (http.client.InvalidURL, UnicodeEncodeError) as err:
+        # http.client sends the path as it is given: it refuses spaces, control and non-ASCII characters.
+        raise InputError(
+            f"{url}: invalid URL ({err}). Percent-encode spaces and non-ASCII characters (a space is %20)."
+        ) from err
+    except (http.client.HTTPException, OSError) as err:
+        raise InputError(f"{url}: the connection broke off ({type(err).__name__}: {err}). Try again later.") from err
+
+
+def _read_body(response, url, *, deadline, timeout, max_bytes):
+    """Read a response body chunk by chunk as it arrives.
+
+    Args:
+        response: the open `http.client.HTTPResponse`.
+        url: str, named in the errors.
+        deadline: float, the `time.monotonic` time by which the body must have arrived.
+        timeout: float, the seconds that deadline stands for, named in the error.
+        max_bytes: int, the largest body accepted.
+
+    Raises:
+        InputError: the body is over ``max_bytes``, or still arriving at the deadline.
+    """
+    chunks, size = [], 0
+    # read1 returns after one socket read, so a server that sends a byte at a time cannot hold a read open.
+    while chunk := response.read1(CHUNK_BYTES):
+        size += len(chunk)
+        if size > max_bytes:
+            raise InputError(f"{url}: the body is over the {max_bytes}-byte limit.")
+        if time.monotonic() > deadline:
+            raise InputError(
+                f"{url}: not downloaded within the {timeout:g} s timeout ({size} bytes received): the server is "
+                f"too slow. Try again later, or raise --timeout."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_input(source, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
+    """Read an image file or URL as RGB uint8 `(H, W, 3)` at its own size (EXIF orientation applied).
+
+    Args:
+        source: str or Path, an image file or an http(s) URL.
+        timeout: float, seconds for a URL's whole download (see `fetch_url`).
+        max_bytes: int, the largest download accepted.
+
+    Raises:
+        InputError: the file is missing, cannot be opened or is not a readable image, or the URL fails (see
+            `fetch_url`) or does not serve a readable image.
+    """
+    if is_url(source):
+        body = fetch_url(str(source), timeout=timeout, max_bytes=max_bytes)
+        return _decode(
+            io.BytesIO(body),
+            f"{source}: the download is not a readable image",
+            "Check that the URL serves the image itself.",
+        )
+    path = Path(source)
+    try:
+        if not path.is_file():
+            raise InputError(f"Image not found: {path}")
+        with path.open("rb") as file:
+            return _decode(
+                file,
+                f"Cannot read image {path}",
+                "Replace it with a readable JPEG, PNG, WebP or BMP file, or leave it out.",
+            )
+    except OSError as err:
+        reason = err.strerror or err
+        raise InputError(f"Cannot open image {path}: {reason}. Check the path and its permissions.") from err
+
+
+def _decode(file, failure, advice):
+    """Decode an image as RGB uint8 `(H, W, 3)` (EXIF orientation applied).
+
+    Args:
+        file: a binary file object.
+        failure: str, the start of the error message, naming the input.
+        advice: str, what to do, ending the error message.
+
+    Raises:
+        InputError: the data is not an image, is damaged, or has an absurd pixel count.
+    """
+    try:
+        with Image.open(file) as img:
+            img.load()
+            return np.asarray(to_rgb(img), dtype=np.uint8)
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{failure}: {err} Use a smaller image.") from err
+    except UnidentifiedImageError as err:
+        raise InputError(f"{failure}: not an image, or in a format Pillow cannot read. {advice}") from err
+    except _DECODE_ERRORS as err:
+        raise InputError(f"{failure}: the image data is damaged ({err}). {advice}") from err
+
+
+def _class_entry(names, probs, k):
+    return {"class": names[k], "probability": round(float(probs[k]), 4)}
+
+
+def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", guided=True):
+    """Classify and explain a batch of images in one call.
+
+    Args:
+        images: list of uint8 `(H, W, 3)` RGB, any sizes.
+        loaded: `LoadedModel`.
+        rank: int, explain the class of this rank (1: the prediction); capped at the number of regions for the
+            region output.
+        top: int, cities listed per image.
+        layer: str or None, the Grad-CAM layer.
+        policy: how images are fitted to the model input ('crop', 'pad', 'stretch').
+        guided: bool, also compute Guided Backprop / Guided Grad-CAM.
+
+    Returns:
+        (results, fitted, explanations): a list of dicts (``region``: {name: probability}, ``cities``: top-K
+        [{class, probability}], ``explained``: {output: {class, probability, rank}}), the fitted uint8 images
+        `(n, h, w, 3)`, and dict output -> `Explanation`.
+    """
+    from streetlib.attribution import explain, model_inputs
+
+    n_cities = loaded.spec.num_classes
+    if not 1 <= rank <= n_cities:
+        raise ValueError(f"Invalid `rank`: expected an int in [1, {n_cities}]. Received: rank={rank!r}")
+    if not 1 <= top <= n_cities:
+        raise ValueError(f"Invalid `top`: expected an int in [1, {n_cities}]. Received: top={top!r}")
+    fitted = np.stack([fit_image(Image.fromarray(im), loaded.image_size, policy=policy) for im in images])
+    x = model_inputs(fitted, normalization=loaded.normalization)
+    explanations = explain(x, loaded.model, outputs=OUTPUTS, layer=layer, rank=rank, guided=guided)
+    names = {o: loaded.spec.class_names(o) for o in OUTPUTS}
+    results = []
+    for i in range(len(fitted)):
+        probs = {o: explanations[o].probs[i] for o in OUTPUTS}
+        targets = {o: int(explanations[o].target[i]) for o in OUTPUTS}
+        order = np.argsort(-probs["city"], kind="stable")[:top]
+        results.append(
+            {
+                "region": {n: round(float(p), 4) for n, p in zip(names["region"], probs["region"], strict=True)},
+                "cities": [_class_entry(names["city"], probs["city"], k) for k in order],
+                "explained": {
+                    o: {**_class_entry(names[o], probs[o], t), "rank": int(np.sum(probs[o] > probs[o][t])) + 1}
+                    for o, t in targets.items()
+                },
+            }
+        )
+    return results, fitted, explanations
