@@ -328,9 +328,9 @@ def run_grid(
                     if copies
                     else {}
                 )
-                draw = figs if figure_seeds is None or split.seed in figure_seeds else None
+                draw = figure_seeds is None or split.seed in figure_seeds
                 for pooling, classifier, output in itertools.product(poolings, classifiers, outputs):
-                    row, figure = _run_one(
+                    row, fit = _run_one(
                         data,
                         split,
                         plain[pooling],
@@ -341,29 +341,29 @@ def run_grid(
                         augment_copies=copies,
                         search=search,
                         output=output,
-                        figs=draw,
                     )
                     rows.append(row)
-                    written += [figure] if figure else []
+                    if draw:
+                        run, fig = _confusion_figure(data, split, fit, fx, row)
+                        written.append(figures.save(fig, figs / f"{data.name}-{run}.test.confusion-{output}.png"))
     table = pd.DataFrame(rows, columns=COLUMNS)
     path = results_path(data, experiment=experiment, hists_dir=hists_dir)
     save_results(table, path)
     return GridResult(table=table, unavailable=unavailable, path=path, figures=written)
 
 
-def _run_one(data, split, features, augmented, fx, *, pooling, classifier, augment_copies, search, output, figs):
-    """Fit and score one baseline; draw its test confusion into ``figs`` unless None. Returns (row, figure path)."""
+def _run_one(data, split, features, augmented, fx, *, pooling, classifier, augment_copies, search, output):
+    """Fit and score one baseline. Returns (row of `COLUMNS`, `Fit`)."""
     labels = data.labels()[output]
-    names = data.spec.class_names(output)
     fit = fit_baseline(
         features, labels, split, classifier=classifier, search=search, augmented=augmented, seed=split.seed
     )
-    layer, size = fx.layer_name(data), fx.size_for(data)
+    size = fx.size_for(data)
     row = {
         "data": data.label,
         "backbone": fx.backbone,
         "weights": fx.weights_name,
-        "layer": layer,
+        "layer": fx.layer_name(data),
         "pooling": pooling,
         "image_size": f"{size[0]}x{size[1]}",
         "normalization": fx.normalization,
@@ -383,26 +383,30 @@ def _run_one(data, split, features, augmented, fx, *, pooling, classifier, augme
         "n_test": len(split.test),
         "seconds": fit.seconds,
     }
-    if figs is None:
-        return row, None
+    return row, fit
+
+
+def _confusion_figure(data, split, fit, fx, row):
+    """The normalised test confusion of one baseline (``row`` from `_run_one`). Returns (run name, Figure)."""
+    output = row["output"]
+    names = data.spec.class_names(output)
     run = run_name(
         backbone=fx.backbone,
         weights=fx.weights,
-        layer=layer,
-        pooling=pooling,
-        classifier=classifier,
-        augment_copies=augment_copies,
-        search=bool(search),
+        layer=row["layer"],
+        pooling=row["pooling"],
+        classifier=row["classifier"],
+        augment_copies=row["augment_copies"],
+        search=row["search"],
         seed=split.seed,
     )
-    cm = confusion(labels[split.test], fit.test_pred, len(names))
+    cm = confusion(data.labels()[output][split.test], fit.test_pred, len(names))
     heading = figures.title(
         f"{output} confusion: {run} (test set, n={len(split.test)})",
         data_label=data.label,
         weights_label=weights_lib.describe(fx.weights),
     )
-    fig = figures.plot_confusion(cm, class_names=names, title=heading)
-    return row, figures.save(fig, figs / f"{data.name}-{run}.test.confusion-{output}.png")
+    return run, figures.plot_confusion(cm, class_names=names, title=heading)
 
 
 def results_path(data, *, experiment="02-baselines", hists_dir=None):

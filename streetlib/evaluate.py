@@ -1,6 +1,9 @@
 """Evaluating trained runs: accuracy, top-3, per-class scores, confusion, calibration and city similarity.
 
-`evaluate_run` scores one model (best or final weights) on one subset and writes:
+Computing, saving and drawing are separate steps: `score` (or `score_run`, which predicts first) returns `Scores`
+and writes nothing; `eval_rows` labels them as tidy rows and `append_evals` saves those;
+`streetlib.figures.score_figures` draws them. `evaluate_run` does all three for one model (best or final weights)
+on one subset and writes:
 
 - ``hists/<experiment>/<run>.eval.csv``: tidy rows ``dataset, weights, experiment, run, checkpoint, subset,
   output, metric, class, predicted, value`` (re-evaluating a checkpoint and subset replaces its rows);
@@ -13,6 +16,7 @@ as `streetlib.train.run_seeds` names them).
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -167,6 +171,74 @@ def metric_rows(y_true, probs, class_names, *, output, n_bins=10):
 # -- one run ------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What `score` computes for one model on one subset. Nothing here has been written to disk.
+
+    Attributes:
+        metrics: pandas DataFrame of tidy rows ``output, metric, class, predicted, value`` (see `metric_rows`),
+            region rows first.
+        class_names: dict output -> list of str.
+        confusion: dict output -> int64 `(k, k)` counts, rows true classes, columns predictions.
+        reliability: pandas DataFrame, the city output's calibration bins (see `reliability`).
+        ece: float, the city output's expected calibration error.
+        similarity: str, how ``distances`` were measured: 'confusion' or 'embedding'.
+        distances: float64 `(cities, cities)`, city distances in [0, 1] (confusion) or [0, 2] (embedding).
+        n: int, the number of samples scored.
+    """
+
+    metrics: pd.DataFrame
+    class_names: dict
+    confusion: dict
+    reliability: pd.DataFrame
+    ece: float
+    similarity: str
+    distances: np.ndarray = field(repr=False)
+    n: int
+
+
+def _check_similarity(similarity):
+    if similarity not in SIMILARITY:
+        raise ValueError(f"Invalid `similarity`. Expected one of {SIMILARITY}. Received: similarity={similarity!r}")
+
+
+def score(truth, predictions, class_names, *, similarity="confusion", n_bins=10):
+    """Score predictions of both outputs: accuracy, top-3, calibration, per-class scores, confusion, city distances.
+
+    Args:
+        truth: dict output -> int `(n,)`, the true classes of 'region' and 'city'.
+        predictions: dict output -> float `(n, classes)` probabilities of 'region' and 'city', plus ``embedding``
+            float `(n, d)` when ``similarity='embedding'`` (as `predict` returns).
+        class_names: dict output -> list of str.
+        similarity: 'confusion' (default: cities the model mixes up are close, see `confusion_distances`) or
+            'embedding' (cosine distance between the cities' mean embeddings, see `centroid_distances`).
+        n_bins: int, calibration bins. Default 10.
+
+    Returns:
+        `Scores`.
+    """
+    _check_similarity(similarity)
+    rows, matrices = [], {}
+    for output in OUTPUTS:
+        rows += metric_rows(truth[output], predictions[output], class_names[output], output=output, n_bins=n_bins)
+        matrices[output] = confusion(truth[output], predictions[output].argmax(axis=1), len(class_names[output]))
+    city_truth, city_probs = truth["city"], predictions["city"]
+    if similarity == "confusion":
+        distances = confusion_distances(matrices["city"])
+    else:
+        distances = centroid_distances(predictions["embedding"], city_truth, len(class_names["city"]))
+    return Scores(
+        metrics=pd.DataFrame(rows),
+        class_names={output: list(class_names[output]) for output in OUTPUTS},
+        confusion=matrices,
+        reliability=reliability(city_truth, city_probs, n_bins=n_bins),
+        ece=expected_calibration_error(city_truth, city_probs, n_bins=n_bins),
+        similarity=similarity,
+        distances=distances,
+        n=len(city_truth),
+    )
+
+
 def predict(model, data, indices, *, normalization, image_size, batch_size=32):
     """Probabilities of both outputs and the ``fc2_relu`` embedding (the 128-d layer before the outputs).
 
@@ -185,6 +257,79 @@ def predict(model, data, indices, *, normalization, image_size, batch_size=32):
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
+def score_run(model, data, split, *, normalization, subset="test", similarity="confusion", n_bins=10, batch_size=32):
+    """Predict one subset with a model and `score` it. Writes nothing.
+
+    Args:
+        model: a `keras.Model`; images are resized to its input size.
+        data: `StreetData`.
+        split: `Split`.
+        normalization: str, the normalisation the model was trained with (its manifest's).
+        subset: 'test' (default), 'val' or 'train'.
+        similarity: 'confusion' (default) or 'embedding', see `score`.
+        n_bins: int, calibration bins. Default 10.
+        batch_size: int. Default 32.
+
+    Returns:
+        `Scores`.
+    """
+    _check_similarity(similarity)  # before predicting, which takes the time
+    indices = split[subset]
+    image_size = int(model.input.shape[1])
+    out = predict(model, data, indices, normalization=normalization, image_size=image_size, batch_size=batch_size)
+    names = {output: data.spec.class_names(output) for output in OUTPUTS}
+    return score(data.labels(indices), out, names, similarity=similarity, n_bins=n_bins)
+
+
+def eval_rows(scores, *, dataset, weights, experiment, run, checkpoint, subset):
+    """A run's eval rows: the scores' metrics labelled with what was scored.
+
+    Args:
+        scores: `Scores`.
+        dataset: str, the data's label.
+        weights: str, what the weights are (the manifest's ``weights_label``).
+        experiment: str, the experiment's folder name.
+        run: str, the run's name.
+        checkpoint: 'best' or 'final'.
+        subset: 'test', 'val' or 'train'.
+
+    Returns:
+        pandas DataFrame with columns `COLUMNS`.
+    """
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"Invalid `checkpoint`. Expected one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
+    labels = {
+        "dataset": dataset,
+        "weights": weights,
+        "experiment": experiment,
+        "run": run,
+        "checkpoint": checkpoint,
+        "subset": subset,
+    }
+    return scores.metrics.assign(**labels)[COLUMNS]
+
+
+def append_evals(frame, path):
+    """Write eval rows into a run's eval CSV, atomically, replacing earlier rows of the same checkpoint and subset.
+
+    Args:
+        frame: pandas DataFrame with `COLUMNS` (see `eval_rows`).
+        path: the CSV, ``hists/<experiment>/<run>.eval.csv``; created if missing.
+
+    Returns:
+        the `Path` written.
+    """
+    path = Path(path)
+    if path.is_file():
+        old = pd.read_csv(path)
+        replaced = set(zip(frame["checkpoint"], frame["subset"], strict=True))
+        kept = [pair not in replaced for pair in zip(old["checkpoint"], old["subset"], strict=True)]
+        frame = pd.concat([old[kept], frame], ignore_index=True)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
 def evaluate_run(
     model,
     data,
@@ -194,100 +339,56 @@ def evaluate_run(
     run,
     checkpoint="best",
     subset="test",
-    normalization=None,
-    image_size=None,
-    weights_label=None,
     similarity="confusion",
-    n_bins=10,
-    batch_size=32,
     hists_dir=None,
     figs_dir=None,
 ):
-    """Score a model on one subset, append the rows to the run's eval CSV and draw its figures.
+    """Score a model on one subset, append the rows to the run's eval CSV and save its figures.
+
+    `score_run`, `eval_rows`, `append_evals` and `streetlib.figures.score_figures` in one call, with the
+    normalisation and weights label read from the run's manifest. Use those to score without writing.
 
     Args:
         model: a `keras.Model` or a path to a ``.keras`` file (loaded in safe mode).
         data: `StreetData`.
         split: `Split`.
-        experiment, run: str, the run's names (files go under ``<experiment>/``).
+        experiment: str, the experiment (files go under ``<experiment>/``).
+        run: str, the run's name; its manifest ``hists/<experiment>/<run>.json`` must exist.
         checkpoint: str, which weights these are: 'best' (default) or 'final'.
         subset: 'test' (default), 'val' or 'train'.
-        normalization, image_size, weights_label: default from the run's manifest
-            (``hists/<experiment>/<run>.json``); needed when it does not exist.
-        similarity: 'confusion' (default: cities the model mixes up are close) or 'embedding' (cosine distance
-            between the cities' mean ``fc2_relu`` embeddings).
-        n_bins: int, calibration bins. Default 10.
-        batch_size: int. Default 32.
-        hists_dir, figs_dir: output roots. Default `streetlib.paths.hists_dir()` and `figs_dir()`.
+        similarity: 'confusion' (default) or 'embedding', see `score`.
+        hists_dir: output root of the eval CSV. Default `streetlib.paths.hists_dir()`.
+        figs_dir: output root of the figures. Default `streetlib.paths.figs_dir()`.
 
     Returns:
         pandas DataFrame of this evaluation's rows (columns `COLUMNS`).
     """
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"Invalid `checkpoint`. Expected one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
-    if similarity not in SIMILARITY:
-        raise ValueError(f"Invalid `similarity`. Expected one of {SIMILARITY}. Received: similarity={similarity!r}")
-    indices = split[subset]
+    _check_similarity(similarity)
     hists = Path(hists_dir or paths.hists_dir()) / experiment
-    config = _manifest_config(hists / f"{run}.json")
-    normalization = normalization or config.get("normalization")
-    weights_label = weights_label or config.get("weights_label")
-    if normalization is None or weights_label is None:
+    manifest = hists / f"{run}.json"
+    config = json.loads(manifest.read_text())["config"] if manifest.is_file() else {}
+    if "normalization" not in config or "weights_label" not in config:
         raise ValueError(
-            f"No manifest at {hists / f'{run}.json'}: pass `normalization` and `weights_label` (what the weights are)."
+            f"No manifest with `normalization` and `weights_label` at {manifest}. To evaluate weights without one, "
+            "use `score_run`, `eval_rows` and `append_evals`."
         )
     if not isinstance(model, keras.Model):
         model = keras.models.load_model(model, safe_mode=True, compile=False)
-    image_size = image_size or int(model.input.shape[1])
 
-    out = predict(model, data, indices, normalization=normalization, image_size=image_size, batch_size=batch_size)
-    truth = data.labels(indices)
-    names = {output: data.spec.class_names(output) for output in OUTPUTS}
-    rows = []
-    for output in OUTPUTS:
-        rows += metric_rows(truth[output], out[output], names[output], output=output, n_bins=n_bins)
-    frame = pd.DataFrame(rows)
-    frame.insert(0, "subset", subset)
-    frame.insert(0, "checkpoint", checkpoint)
-    frame.insert(0, "run", run)
-    frame.insert(0, "experiment", experiment)
-    frame.insert(0, "weights", weights_label)
-    frame.insert(0, "dataset", data.label)
-    frame = frame[COLUMNS]
-    _append_eval(hists / f"{run}.eval.csv", frame, checkpoint=checkpoint, subset=subset)
-
-    figs = Path(figs_dir or paths.figs_dir()) / experiment
-    stem = f"{run}.{checkpoint}.{subset}"
-    label = {"data_label": data.label, "weights_label": weights_label}
-    what = f"{run} ({checkpoint} weights, {subset} set, n={len(indices)})"
-    for output in OUTPUTS:
-        cm = confusion(truth[output], out[output].argmax(axis=1), len(names[output]))
-        fig = figures.plot_confusion(
-            cm, class_names=names[output], title=figures.title(f"{output} confusion: {what}", **label)
-        )
-        figures.save(fig, figs / f"{stem}.confusion-{output}.png")
-    table = reliability(truth["city"], out["city"], n_bins=n_bins)
-    ece = expected_calibration_error(truth["city"], out["city"], n_bins=n_bins)
-    figures.save(
-        figures.plot_reliability(table, ece=ece, title=figures.title(f"city calibration: {what}", **label)),
-        figs / f"{stem}.reliability.png",
+    scores = score_run(model, data, split, normalization=config["normalization"], subset=subset, similarity=similarity)
+    label = {"dataset": data.label, "weights": config["weights_label"]}
+    frame = eval_rows(scores, **label, experiment=experiment, run=run, checkpoint=checkpoint, subset=subset)
+    append_evals(frame, hists / f"{run}.eval.csv")
+    drawn = figures.score_figures(
+        scores,
+        what=f"{run} ({checkpoint} weights, {subset} set, n={scores.n})",
+        data_label=data.label,
+        weights_label=config["weights_label"],
+        label_colors=figures.region_colors(data.spec),
     )
-    if similarity == "confusion":
-        distances = confusion_distances(confusion(truth["city"], out["city"].argmax(axis=1), len(names["city"])))
-    else:
-        distances = centroid_distances(out["embedding"], truth["city"], len(names["city"]))
-    # Not strict: regions beyond the four colours are drawn in black.
-    palette = dict(zip(data.spec.region_names, ("#1f4e9c", "#b2182b", "#2ca02c", "#7f3c8d"), strict=False))
-    colors = {c: palette.get(r, "black") for c, r in zip(data.spec.classes, data.spec.regions, strict=True)}
-    figures.save(
-        figures.plot_dendrogram(
-            distances,
-            labels=names["city"],
-            label_colors=colors,
-            title=figures.title(f"city similarity ({similarity}): {what}", **label),
-        ),
-        figs / f"{stem}.similarity.png",
-    )
+    figures.save_all(drawn, Path(figs_dir or paths.figs_dir()) / experiment, stem=f"{run}.{checkpoint}.{subset}")
     return frame
 
 
@@ -301,20 +402,6 @@ def evaluate_checkpoints(data, split, *, experiment, run, checkpoints=CHECKPOINT
             raise FileNotFoundError(f"No {checkpoint} model for run {run!r}: {path} does not exist. Train it first.")
         frames.append(evaluate_run(path, data, split, experiment=experiment, run=run, checkpoint=checkpoint, **kwargs))
     return pd.concat(frames, ignore_index=True)
-
-
-def _manifest_config(path):
-    return json.loads(Path(path).read_text())["config"] if Path(path).is_file() else {}
-
-
-def _append_eval(path, frame, *, checkpoint, subset):
-    """Write ``frame`` into the run's eval CSV, replacing earlier rows of the same checkpoint and subset."""
-    if path.is_file():
-        old = pd.read_csv(path)
-        old = old[~((old["checkpoint"] == checkpoint) & (old["subset"] == subset))]
-        frame = pd.concat([old, frame], ignore_index=True)
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def read_evals(experiment, runs=None, *, hists_dir=None):

@@ -1,4 +1,5 @@
-"""One plotting style for streetlib's figures: confusion matrices, reliability diagrams, dendrograms, histories.
+"""One plotting style for streetlib's figures: confusion matrices, reliability diagrams, dendrograms, histories,
+and the set drawn for one evaluation (`score_figures`).
 
 Figures are built on `matplotlib.figure.Figure` (no pyplot state, nothing to close) and returned; `save` writes them
 atomically. Every title says which data and which weights produced the figure (`title`), so a figure of the
@@ -26,6 +27,7 @@ STYLE = {
     "savefig.bbox": "tight",
 }
 CMAP = "Blues"  # the original's confusion matrices
+REGION_COLORS = ("#1f4e9c", "#b2182b", "#2ca02c", "#7f3c8d")
 
 
 def title(what, *, data_label, weights_label):
@@ -176,6 +178,55 @@ def plot_dendrogram(distances, *, labels, title=None, label_colors=None, ax=None
     return ax.figure
 
 
+def region_colors(spec):
+    """A colour per class name, by its region: `REGION_COLORS` in region order, black beyond the fourth region.
+
+    Args:
+        spec: `streetlib.classes.ClassSpec`.
+
+    Returns:
+        dict class name -> colour.
+    """
+    # Not strict: regions beyond the four colours are drawn in black.
+    palette = dict(zip(spec.region_names, REGION_COLORS, strict=False))
+    return {c: palette.get(r, "black") for c, r in zip(spec.classes, spec.regions, strict=True)}
+
+
+def score_figures(scores, *, what, data_label, weights_label, label_colors=None):
+    """The figures of one evaluation: both confusion matrices, the city reliability diagram, the city dendrogram.
+
+    Args:
+        scores: `streetlib.evaluate.Scores`.
+        what: str, what was scored (run, weights, subset, n), the first line of every title.
+        data_label: str, the data's label, named in every title.
+        weights_label: str, what the weights are, named in every title.
+        label_colors: dict city name -> colour for the dendrogram's labels (see `region_colors`), or None.
+
+    Returns:
+        dict figure name -> `matplotlib.figure.Figure`, names ``confusion-region``, ``confusion-city``,
+        ``reliability`` and ``similarity`` (the file name endings `evaluate_run` uses).
+    """
+    label = {"data_label": data_label, "weights_label": weights_label}
+    drawn = {
+        f"confusion-{output}": plot_confusion(
+            scores.confusion[output],
+            class_names=scores.class_names[output],
+            title=title(f"{output} confusion: {what}", **label),
+        )
+        for output in OUTPUTS
+    }
+    drawn["reliability"] = plot_reliability(
+        scores.reliability, ece=scores.ece, title=title(f"city calibration: {what}", **label)
+    )
+    drawn["similarity"] = plot_dendrogram(
+        scores.distances,
+        labels=scores.class_names["city"],
+        label_colors=label_colors,
+        title=title(f"city similarity ({scores.similarity}): {what}", **label),
+    )
+    return drawn
+
+
 def plot_history(history, *, title=None):
     """Training curves: loss and accuracy of both outputs, training and validation, per epoch.
 
@@ -217,3 +268,17 @@ def save(fig, path):
     # A pyplot figure stays in pyplot's registry (and memory) until closed; other figures are unaffected.
     plt.close(fig)
     return path
+
+
+def save_all(drawn, folder, *, stem):
+    """Write figures to ``<folder>/<stem>.<name>.png``, each with `save`.
+
+    Args:
+        drawn: dict name -> Figure (e.g. from `score_figures`).
+        folder: directory, created if missing.
+        stem: str, the file names' common start, e.g. ``<run>.<checkpoint>.<subset>``.
+
+    Returns:
+        list of the `Path` written.
+    """
+    return [save(fig, Path(folder) / f"{stem}.{name}.png") for name, fig in drawn.items()]

@@ -84,27 +84,109 @@ def test_confusion_figure_is_row_normalised_and_titled():
         figures.plot_confusion(np.eye(2), class_names=["x", "y", "z"])
 
 
+# Region of each of the four classes above: a and b west (0), c and d east (1).
+REGION_Y = np.array([0, 0, 0, 0, 1, 1])
+REGION_P = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8], [0.45, 0.55]])
+REGION_NAMES = ["west", "east"]
+
+
+def _scores(similarity="confusion"):
+    embedding = np.array([[1, 0], [3, 0], [0, 2], [0, 4], [1, 1], [2, 2]], dtype=float)
+    return evaluate.score(
+        {"region": REGION_Y, "city": Y},
+        {"region": REGION_P, "city": P, "embedding": embedding},
+        {"region": REGION_NAMES, "city": NAMES},
+        similarity=similarity,
+    )
+
+
+def test_score_computes_every_result_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scores = _scores()
+
+    assert list(tmp_path.iterdir()) == []
+    assert scores.n == 6 and scores.similarity == "confusion"
+    assert scores.class_names == {"region": REGION_NAMES, "city": NAMES}
+    np.testing.assert_array_equal(scores.confusion["region"], [[3, 1], [0, 2]])
+    np.testing.assert_array_equal(scores.confusion["city"], [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0]])
+    overall = scores.metrics[scores.metrics["class"].isna()].set_index(["output", "metric"])["value"]
+    assert overall[("region", "accuracy")] == pytest.approx(5 / 6)
+    assert overall[("city", "accuracy")] == pytest.approx(2 / 6) and overall[("city", "top3")] == pytest.approx(5 / 6)
+    assert ("region", "top3") not in overall  # two regions: top-3 means nothing
+    assert list(scores.metrics["output"].unique()) == ["region", "city"]
+    # The calibration is the city output's (worked out in the first test).
+    assert scores.ece == pytest.approx(0.513333, abs=1e-6)
+    assert scores.reliability["count"].tolist() == [0, 0, 0, 0, 0, 2, 1, 1, 1, 1]
+    # Row rates: a (.5, .5, 0, 0), b (0, .5, .5, 0), c (0, 0, 0, 1), d (1, 0, 0, 0); d(a, b) = 1 - (.5 + 0) / 2.
+    assert scores.distances[0, 1] == pytest.approx(0.75) and scores.distances[2, 3] == pytest.approx(0.5)
+    assert scores.distances[0, 3] == pytest.approx(0.5) and scores.distances[1, 3] == pytest.approx(1.0)
+    np.testing.assert_allclose(scores.distances, scores.distances.T)
+
+    # Class means: a (2, 0), b (0, 3), c (1, 1), d (2, 2): c and d point the same way.
+    by_embedding = _scores("embedding").distances
+    assert by_embedding[0, 1] == pytest.approx(1.0) and by_embedding[2, 3] == pytest.approx(0.0, abs=1e-12)
+    assert by_embedding[0, 2] == pytest.approx(1 - np.sqrt(0.5))
+    with pytest.raises(ValueError, match=r"Invalid `similarity`.*Received: similarity='pixels'"):
+        _scores("pixels")
+
+
+def test_eval_rows_label_the_scores_and_append_evals_replaces_its_own(tmp_path):
+    scores = _scores()
+    identity = dict(dataset="toy", weights="random init", experiment="ev", run="r", subset="test")
+
+    best = evaluate.eval_rows(scores, checkpoint="best", **identity)
+
+    assert list(best.columns) == evaluate.COLUMNS and len(best) == len(scores.metrics)
+    assert (best["weights"] == "random init").all() and (best["checkpoint"] == "best").all()
+    np.testing.assert_array_equal(best["value"], scores.metrics["value"])
+    with pytest.raises(ValueError, match=r"Invalid `checkpoint`.*Received: checkpoint='last'"):
+        evaluate.eval_rows(scores, checkpoint="last", **identity)
+
+    path = tmp_path / "ev" / "r.eval.csv"
+    final = evaluate.eval_rows(scores, checkpoint="final", **identity)
+    assert evaluate.append_evals(best, path) == path
+    evaluate.append_evals(final, path)
+    evaluate.append_evals(final.assign(value=0.0), path)  # replaces the final rows, keeps the best ones
+    saved = pd.read_csv(path)
+    assert list(saved.columns) == evaluate.COLUMNS
+    assert saved.groupby("checkpoint").size().to_dict() == {"best": len(best), "final": len(best)}
+    assert (saved.loc[saved["checkpoint"] == "final", "value"] == 0).all()
+    assert [p.name for p in path.parent.iterdir()] == ["r.eval.csv"]  # no temporary file left
+
+
+def test_score_figures_draw_the_scores_and_save_all_names_them(tmp_path):
+    scores = _scores()
+    drawn = figures.score_figures(
+        scores, what="r (best weights, test set, n=6)", data_label="toy (synthetic demo data)", weights_label="HED"
+    )
+
+    assert list(drawn) == ["confusion-region", "confusion-city", "reliability", "similarity"]
+    np.testing.assert_allclose(drawn["confusion-region"].axes[0].images[0].get_array(), [[0.75, 0.25], [0, 1]])
+    assert drawn["reliability"].axes[0].texts[0].get_text() == "ECE = 0.513"
+    assert drawn["similarity"].axes[0].get_title().startswith("city similarity (confusion): r (best weights")
+    for fig in drawn.values():
+        title = fig.axes[0].get_title()
+        assert "toy (synthetic demo data)" in title and "weights: HED" in title
+
+    written = figures.save_all(drawn, tmp_path, stem="r.best.test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+    assert written[0] == tmp_path / "r.best.test.confusion-region.png"
+
+
 @pytest.fixture(scope="module")
 def tiny_model(toy_data):
     return models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, seed=0)
 
 
-def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_data_split, out_dirs, monkeypatch):
-    drawn, save = {}, figures.save
+def _manifest(hists_dir, run="r"):
+    manifest = {"config": {"normalization": "samplewise", "weights_label": "random init"}}
+    (hists_dir / "ev").mkdir(parents=True, exist_ok=True)
+    (hists_dir / "ev" / f"{run}.json").write_text(json.dumps(manifest))
 
-    def save_and_keep(fig, path):
-        drawn[path.name] = fig
-        return save(fig, path)
 
-    monkeypatch.setattr(figures, "save", save_and_keep)
-    kwargs = dict(
-        experiment="ev",
-        run="r",
-        normalization="samplewise",
-        weights_label="random init",
-        hists_dir=out_dirs["hists_dir"],
-        figs_dir=out_dirs["figs_dir"],
-    )
+def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_data_split, out_dirs):
+    _manifest(out_dirs["hists_dir"])
+    kwargs = dict(experiment="ev", run="r", hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
 
     frame = evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="embedding", **kwargs)
 
@@ -116,6 +198,10 @@ def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_dat
     city = frame[(frame["output"] == "city") & frame["class"].isna()].set_index("metric")["value"]
     assert city["accuracy"] == pytest.approx(expected) and city["n"] == len(toy_data_split.test)
     assert probs["embedding"].shape == (len(toy_data_split.test), 128)
+    scores = evaluate.score_run(tiny_model, toy_data, toy_data_split, normalization="samplewise")
+    np.testing.assert_allclose(
+        evaluate.eval_rows(scores, **frame.iloc[0][evaluate.COLUMNS[:6]].to_dict())["value"], frame["value"]
+    )
 
     names = {
         "r.best.test.confusion-city.png",
@@ -124,9 +210,6 @@ def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_dat
         "r.best.test.similarity.png",
     }
     assert {p.name for p in (out_dirs["figs_dir"] / "ev").iterdir()} == names
-    for fig in drawn.values():
-        title = fig.axes[0].get_title()
-        assert "toy (synthetic demo data)" in title and "weights: random init" in title
 
     evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="final", **kwargs)
     evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="final", **kwargs)  # replaces its rows
@@ -139,9 +222,7 @@ def test_evaluate_checkpoints_reads_the_manifest(tiny_model, toy_data, toy_data_
     saved.mkdir(parents=True)
     tiny_model.save(saved / "r.best.keras")
     tiny_model.save(saved / "r.final.keras")
-    manifest = {"config": {"normalization": "samplewise", "weights_label": "random init"}}
-    (out_dirs["hists_dir"] / "ev").mkdir(parents=True)
-    (out_dirs["hists_dir"] / "ev" / "r.json").write_text(json.dumps(manifest))
+    _manifest(out_dirs["hists_dir"])
 
     frame = evaluate.evaluate_checkpoints(toy_data, toy_data_split, experiment="ev", run="r", **out_dirs)
 
@@ -154,7 +235,7 @@ def test_evaluate_checkpoints_reads_the_manifest(tiny_model, toy_data, toy_data_
 
 def test_evaluate_errors_are_named(tiny_model, toy_data, toy_data_split, out_dirs):
     common = dict(experiment="ev", run="none", hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
-    with pytest.raises(ValueError, match="No manifest at .*none.json: pass `normalization` and `weights_label`"):
+    with pytest.raises(ValueError, match="No manifest with `normalization` and `weights_label` at .*none.json"):
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, **common)
     with pytest.raises(ValueError, match=r"Invalid `checkpoint`.*Received: checkpoint='last'"):
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="last", **common)
