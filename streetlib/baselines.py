@@ -33,6 +33,7 @@ from streetlib import weights as weights_lib
 from streetlib.classes import OUTPUTS
 from streetlib.evaluate import confusion, top_k_accuracy
 from streetlib.features import FeatureExtractor, check_poolings
+from streetlib.runs import RunLayout
 
 CLASSIFIERS = ("svm-rbf", "linear-svm", "logreg")
 # Candidates for the optional search on the validation split; C=1 (the original's SVM) is in every grid.
@@ -304,7 +305,7 @@ def run_grid(
         )
     for classifier in classifiers:
         _check_search(search, classifier)
-    figs = Path(figs_dir or paths.figs_dir()) / experiment
+    figs = RunLayout(figs_dir=figs_dir).figs(experiment)
     rows, unavailable, written = [], {}, []
     for source in weights:
         try:
@@ -411,7 +412,7 @@ def _confusion_figure(data, split, fit, fx, row):
 
 def results_path(data, *, experiment="02-baselines", hists_dir=None):
     """Where a dataset's baseline results go: ``hists/<experiment>/<dataset>.csv``. Returns a `Path`."""
-    return Path(hists_dir or paths.hists_dir()) / experiment / f"{data.name}.csv"
+    return RunLayout(hists_dir=hists_dir).hists(experiment) / f"{data.name}.csv"
 
 
 def save_results(table, path):

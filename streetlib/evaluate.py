@@ -5,17 +5,17 @@ and writes nothing; `eval_rows` labels them as tidy rows and `append_evals` save
 `streetlib.figures.score_figures` draws them. `evaluate_run` does all three for one model (best or final weights)
 on one subset and writes:
 
-- ``hists/<experiment>/<run>.eval.csv``: tidy rows ``dataset, weights, experiment, run, checkpoint, subset,
-  output, metric, class, predicted, value`` (re-evaluating a checkpoint and subset replaces its rows);
+- ``hists/<experiment>/<run>.eval.csv``: tidy rows ``dataset, weights, experiment, run, config_name, seed,
+  checkpoint, subset, output, metric, class, predicted, value`` (re-evaluating a checkpoint and subset replaces its
+  rows);
 - ``figs/<experiment>/<run>.<checkpoint>.<subset>.<figure>.png``: normalised confusion matrices (region and city),
   a reliability diagram, and a dendrogram of city similarity.
 
-`compare_seeds` and `paired_comparison` summarise runs repeated over split seeds (named ``<config>-seed<N>``,
-as `streetlib.train.run_seeds` names them).
+`compare_seeds` and `paired_comparison` summarise runs repeated over split seeds (`streetlib.runs.RunId` with a
+seed, as `streetlib.train.run_seeds` trains them), by the rows' ``config_name`` and ``seed``.
 """
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +24,19 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from streetlib import figures, paths, pipeline
+from streetlib import figures, pipeline
 from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
+from streetlib.runs import CHECKPOINTS, RunId, RunLayout
 
-CHECKPOINTS = ("best", "final")
 SIMILARITY = ("confusion", "embedding")
 COLUMNS = [
     "dataset",
     "weights",
     "experiment",
     "run",
+    "config_name",
+    "seed",
     "checkpoint",
     "subset",
     "output",
@@ -43,7 +45,6 @@ COLUMNS = [
     "predicted",
     "value",
 ]
-_SEED_RUN = re.compile(r"^(?P<config>.+)-seed(?P<seed>\d+)$")
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------
@@ -281,15 +282,15 @@ def score_run(model, data, split, *, normalization, subset="test", similarity="c
     return score(data.labels(indices), out, names, similarity=similarity, n_bins=n_bins)
 
 
-def eval_rows(scores, *, dataset, weights, experiment, run, checkpoint, subset):
+def eval_rows(scores, *, dataset, weights, run, checkpoint, subset):
     """A run's eval rows: the scores' metrics labelled with what was scored.
 
     Args:
         scores: `Scores`.
         dataset: str, the data's label.
         weights: str, what the weights are (the manifest's ``weights_label``).
-        experiment: str, the experiment's folder name.
-        run: str, the run's name.
+        run: `streetlib.runs.RunId`, the run scored (its experiment, name, configuration name and seed label the
+            rows; the seed is empty for a run without one).
         checkpoint: 'best' or 'final'.
         subset: 'test', 'val' or 'train'.
 
@@ -301,8 +302,10 @@ def eval_rows(scores, *, dataset, weights, experiment, run, checkpoint, subset):
     labels = {
         "dataset": dataset,
         "weights": weights,
-        "experiment": experiment,
-        "run": run,
+        "experiment": run.experiment,
+        "run": run.name,
+        "config_name": run.config_name,
+        "seed": run.seed,
         "checkpoint": checkpoint,
         "subset": subset,
     }
@@ -321,7 +324,7 @@ def append_evals(frame, path):
     """
     path = Path(path)
     if path.is_file():
-        old = pd.read_csv(path)
+        old = _with_run_ids(pd.read_csv(path))
         replaced = set(zip(frame["checkpoint"], frame["subset"], strict=True))
         kept = [pair not in replaced for pair in zip(old["checkpoint"], old["subset"], strict=True)]
         frame = pd.concat([old[kept], frame], ignore_index=True)
@@ -335,7 +338,6 @@ def evaluate_run(
     data,
     split,
     *,
-    experiment,
     run,
     checkpoint="best",
     subset="test",
@@ -352,8 +354,7 @@ def evaluate_run(
         model: a `keras.Model` or a path to a ``.keras`` file (loaded in safe mode).
         data: `StreetData`.
         split: `Split`.
-        experiment: str, the experiment (files go under ``<experiment>/``).
-        run: str, the run's name; its manifest ``hists/<experiment>/<run>.json`` must exist.
+        run: `streetlib.runs.RunId`; its manifest ``hists/<experiment>/<run>.json`` must exist.
         checkpoint: str, which weights these are: 'best' (default) or 'final'.
         subset: 'test' (default), 'val' or 'train'.
         similarity: 'confusion' (default) or 'embedding', see `score`.
@@ -366,8 +367,8 @@ def evaluate_run(
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"Invalid `checkpoint`. Expected one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
     _check_similarity(similarity)
-    hists = Path(hists_dir or paths.hists_dir()) / experiment
-    manifest = hists / f"{run}.json"
+    layout = RunLayout(hists_dir=hists_dir, figs_dir=figs_dir)
+    manifest = layout.manifest(run)
     config = json.loads(manifest.read_text())["config"] if manifest.is_file() else {}
     if "normalization" not in config or "weights_label" not in config:
         raise ValueError(
@@ -379,46 +380,77 @@ def evaluate_run(
 
     scores = score_run(model, data, split, normalization=config["normalization"], subset=subset, similarity=similarity)
     label = {"dataset": data.label, "weights": config["weights_label"]}
-    frame = eval_rows(scores, **label, experiment=experiment, run=run, checkpoint=checkpoint, subset=subset)
-    append_evals(frame, hists / f"{run}.eval.csv")
+    frame = eval_rows(scores, **label, run=run, checkpoint=checkpoint, subset=subset)
+    append_evals(frame, layout.evals(run))
     drawn = figures.score_figures(
         scores,
-        what=f"{run} ({checkpoint} weights, {subset} set, n={scores.n})",
+        what=f"{run.name} ({checkpoint} weights, {subset} set, n={scores.n})",
         data_label=data.label,
         weights_label=config["weights_label"],
         label_colors=figures.region_colors(data.spec),
     )
-    figures.save_all(drawn, Path(figs_dir or paths.figs_dir()) / experiment, stem=f"{run}.{checkpoint}.{subset}")
+    prefix = layout.figure_prefix(run, checkpoint, subset)
+    figures.save_all(drawn, prefix.parent, stem=prefix.name)
     return frame
 
 
-def evaluate_checkpoints(data, split, *, experiment, run, checkpoints=CHECKPOINTS, models_dir=None, **kwargs):
-    """`evaluate_run` on the run's saved best and final models. Returns the concatenated DataFrame."""
-    saved = Path(models_dir or paths.models_dir()) / experiment
+def evaluate_checkpoints(data, split, *, run, checkpoints=CHECKPOINTS, models_dir=None, **kwargs):
+    """`evaluate_run` on the saved best and final models of ``run`` (a `streetlib.runs.RunId`). Returns the
+    concatenated DataFrame."""
+    layout = RunLayout(models_dir=models_dir)
     frames = []
     for checkpoint in checkpoints:
-        path = saved / f"{run}.{checkpoint}.keras"
+        path = layout.model(run, checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(f"No {checkpoint} model for run {run!r}: {path} does not exist. Train it first.")
-        frames.append(evaluate_run(path, data, split, experiment=experiment, run=run, checkpoint=checkpoint, **kwargs))
+            raise FileNotFoundError(
+                f"No {checkpoint} model for run {run.name!r}: {path} does not exist. Train it first."
+            )
+        frames.append(evaluate_run(path, data, split, run=run, checkpoint=checkpoint, **kwargs))
     return pd.concat(frames, ignore_index=True)
 
 
 def read_evals(experiment, runs=None, *, hists_dir=None):
-    """The eval CSVs of an experiment's runs (all runs with one by default), concatenated. Returns a DataFrame."""
-    hists = Path(hists_dir or paths.hists_dir()) / experiment
-    files = sorted(hists.glob("*.eval.csv")) if runs is None else [hists / f"{r}.eval.csv" for r in runs]
+    """The eval CSVs of an experiment's runs, concatenated.
+
+    Args:
+        experiment: str, the experiment's folder name.
+        runs: list of run names (`streetlib.runs.RunId.name`); None (default): every run with an eval CSV.
+        hists_dir: output root. Default `streetlib.paths.hists_dir()`.
+
+    Returns:
+        pandas DataFrame with `COLUMNS`.
+    """
+    layout = RunLayout(hists_dir=hists_dir)
+    hists = layout.hists(experiment)
+    if runs is None:
+        files = sorted(hists.glob("*.eval.csv"))
+    else:
+        files = [layout.evals(RunId.from_name(experiment, r)) for r in runs]
     missing = [str(f) for f in files if not f.is_file()]
     if missing or not files:
         raise FileNotFoundError(f"No evaluation results: missing {missing or hists / '*.eval.csv'}. Run evaluate_run.")
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    return _with_run_ids(pd.concat([pd.read_csv(f) for f in files], ignore_index=True))
+
+
+def _with_run_ids(frame):
+    """Eval rows with ``config_name`` and ``seed`` everywhere, in `COLUMNS` order. Rows written before the rows
+    carried them (committed results) get them from their run's name."""
+    frame = frame.reindex(columns=COLUMNS).astype({"config_name": object, "seed": float})
+    unlabelled = frame["config_name"].isna()
+    if unlabelled.any():
+        old = frame.loc[unlabelled]
+        ids = [RunId.from_name(e, r) for e, r in zip(old["experiment"], old["run"], strict=True)]
+        frame.loc[unlabelled, "config_name"] = [i.config_name for i in ids]
+        frame.loc[unlabelled, "seed"] = [np.nan if i.seed is None else float(i.seed) for i in ids]
+    return frame.astype({"seed": "Int64"})
 
 
 # -- repeated runs ------------------------------------------------------------------------------------------------
 
 
 def seed_scores(frame, *, metric="accuracy", output="city", checkpoint="best", subset="test"):
-    """One score per run named ``<config>-seed<N>``. Returns a DataFrame with columns config, seed, value."""
+    """One score per seeded run, from eval rows (see `read_evals`). Returns a DataFrame with columns config, seed,
+    value."""
     rows = frame[
         (frame["metric"] == metric)
         & (frame["output"] == output)
@@ -430,12 +462,12 @@ def seed_scores(frame, *, metric="accuracy", output="city", checkpoint="best", s
         raise ValueError(
             f"No rows for metric={metric!r}, output={output!r}, checkpoint={checkpoint!r}, subset={subset!r}."
         )
-    parsed = rows["run"].str.extract(_SEED_RUN)
-    if parsed["seed"].isna().any():
-        bad = sorted(rows.loc[parsed["seed"].isna(), "run"].unique())
-        raise ValueError(f"Runs {bad} are not named '<config>-seed<N>' (as train.run_seeds names them).")
+    unseeded = rows["seed"].isna()
+    if unseeded.any():
+        bad = sorted(rows.loc[unseeded, "run"].unique())
+        raise ValueError(f"Runs {bad} have no seed: compare runs trained over split seeds (train.run_seeds).")
     return pd.DataFrame(
-        {"config": parsed["config"], "seed": parsed["seed"].astype(int), "value": rows["value"].astype(float)}
+        {"config": rows["config_name"], "seed": rows["seed"].astype(int), "value": rows["value"].astype(float)}
     ).reset_index(drop=True)
 
 
@@ -443,7 +475,7 @@ def compare_seeds(frame, **kwargs):
     """Mean and spread of a metric over split seeds, per configuration.
 
     Args:
-        frame: eval rows (see `read_evals`), runs named ``<config>-seed<N>``.
+        frame: eval rows (see `read_evals`) of seeded runs.
         **kwargs: metric, output, checkpoint, subset, as in `seed_scores`.
 
     Returns:
@@ -457,7 +489,7 @@ def paired_comparison(frame, *, a, b, **kwargs):
     """Compare two configurations on the seeds they share (same split per seed): differences ``b - a``.
 
     Args:
-        frame: eval rows, runs named ``<config>-seed<N>``.
+        frame: eval rows of seeded runs.
         a, b: str, the two configuration names.
         **kwargs: metric, output, checkpoint, subset, as in `seed_scores`.
 

@@ -30,12 +30,12 @@ from zipfile import BadZipFile, is_zipfile
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from streetlib import paths
 from streetlib.classes import OUTPUTS, ClassSpec, get_class_spec
 from streetlib.data import fit_image, to_rgb
+from streetlib.runs import RunId, RunLayout, sidecar_path
 
 # The model `make demo` trains (synthetic classes); pass --model for one trained on Street10 or your cities.
-DEFAULT_MODEL = paths.models_dir() / "04-finetune" / "hed-bsds500-finetune-block3-seed42.best.keras"
+DEFAULT_MODEL = RunLayout().model(RunId("04-finetune", "hed-bsds500-finetune-block3", 42), "best")
 DEFAULT_NORMALIZATION = "samplewise"
 DEFAULT_CLASSES = "street10"
 URL_TIMEOUT = 10.0  # seconds
@@ -71,11 +71,6 @@ class LoadedModel:
     normalization: str
     image_size: tuple
     path: Path
-
-
-def sidecar_path(model_path):
-    """Where the sidecar of a model file lives: the same path with the suffix ``.json``."""
-    return Path(model_path).with_suffix(".json")
 
 
 def read_sidecar(model_path):

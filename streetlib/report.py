@@ -13,6 +13,7 @@ import pandas as pd
 from streetlib import paths
 from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
+from streetlib.runs import RunId, RunLayout
 
 
 def run_rows(hists_dir=None):
@@ -24,15 +25,16 @@ def run_rows(hists_dir=None):
         the best epoch by validation city accuracy, and at the last epoch), ``test_<o>`` (test accuracy of the best
         checkpoint, when evaluated), plus the history, manifest and eval paths relative to ``hists_dir``.
     """
-    hists = Path(hists_dir or paths.hists_dir())
+    layout = RunLayout(hists_dir=hists_dir)
+    hists = layout.hists_dir
     rows = []
     for manifest_path in sorted(hists.glob("*/*.json")):
         manifest = json.loads(manifest_path.read_text())
         if "config" not in manifest:
             continue
         config = manifest["config"]
-        history_path = manifest_path.with_suffix(".csv")
-        eval_path = manifest_path.with_suffix(".eval.csv")
+        run = RunId.from_name(manifest_path.parent.name, manifest_path.stem)
+        history_path, eval_path = layout.history(run), layout.evals(run)
         row = {
             "experiment": config["experiment"],
             "run": config["run"],

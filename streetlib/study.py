@@ -7,13 +7,23 @@ parameters is reused, not trained again (``reuse=True``); one whose model files 
 the committed demo results, is trained again with a warning.
 """
 
-from pathlib import Path
-
 import pandas as pd
 
-from streetlib import evaluate, figures, paths, train
+from streetlib import evaluate, figures, train
 from streetlib import weights as weights_lib
 from streetlib.classes import OUTPUTS
+from streetlib.runs import RunId, RunLayout
+
+
+def transfer_config(source):
+    """The configuration name of the transfer runs from weight source ``source``: ``<source>-transfer``."""
+    return f"{source}-transfer"
+
+
+def finetune_config(source, finetune_from):
+    """The configuration name of the runs fine-tuning ``source``'s transfer runs from the backbone layer
+    ``finetune_from`` (e.g. 'block4_pool'): ``<source>-finetune-<block>``."""
+    return f"{source}-finetune-{finetune_from.split('_')[0]}"
 
 
 def available_sources(sources):
@@ -37,13 +47,13 @@ def available_sources(sources):
     return available, missing
 
 
-def _evaluate_seeds(data, results, *, experiment, run, split_kwargs=None):
+def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None):
     from streetlib.splits import make_split
 
     frames = []
     for seed, result in results.items():
         split = make_split(data, seed=seed, **(split_kwargs or {}))
-        frames.append(evaluate.evaluate_checkpoints(data, split, experiment=experiment, run=f"{run}-seed{seed}"))
+        frames.append(evaluate.evaluate_checkpoints(data, split, run=RunId(experiment, config_name, seed)))
         del result.model
     return frames
 
@@ -73,7 +83,7 @@ def run_transfer(data, *, sources, seeds, experiment, scratch_epochs=0, split_kw
             data,
             seeds=seeds,
             experiment=experiment,
-            run=f"{source}-transfer",
+            run=transfer_config(source),
             phase="transfer",
             weights=source,
             split_kwargs=split_kwargs,
@@ -81,7 +91,7 @@ def run_transfer(data, *, sources, seeds, experiment, scratch_epochs=0, split_kw
             **run_kwargs,
         )
         frames += _evaluate_seeds(
-            data, results, experiment=experiment, run=f"{source}-transfer", split_kwargs=split_kwargs
+            data, results, experiment=experiment, config_name=transfer_config(source), split_kwargs=split_kwargs
         )
     if scratch_epochs:
         kwargs = {**run_kwargs, "epochs": scratch_epochs}
@@ -96,7 +106,9 @@ def run_transfer(data, *, sources, seeds, experiment, scratch_epochs=0, split_kw
             reuse=True,
             **kwargs,
         )
-        frames += _evaluate_seeds(data, results, experiment=experiment, run="random-scratch", split_kwargs=split_kwargs)
+        frames += _evaluate_seeds(
+            data, results, experiment=experiment, config_name="random-scratch", split_kwargs=split_kwargs
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -115,7 +127,7 @@ def run_finetune(
     """Fine-tune each source's best transfer model (per seed), then evaluate.
 
     Args:
-        transfer_experiment: str, where `run_transfer` saved the models (``<source>-transfer-seed<N>``).
+        transfer_experiment: str, where `run_transfer` saved the models (configurations `transfer_config`).
         finetune_from: str, the backbone layer frozen through ('block4_pool': block5 and the head train;
             'block3_pool': block4 too).
         Other arguments as in `run_transfer`.
@@ -123,17 +135,16 @@ def run_finetune(
     Returns:
         DataFrame of every evaluation row.
     """
-    saved = Path(models_dir or paths.models_dir()) / transfer_experiment
+    layout = RunLayout(models_dir=models_dir)
     frames = []
-    tag = finetune_from.split("_")[0]
     for source in sources:
-        init = {s: saved / f"{source}-transfer-seed{s}.best.keras" for s in seeds}
+        init = {s: layout.model(RunId(transfer_experiment, transfer_config(source), s), "best") for s in seeds}
         missing = [str(p) for p in init.values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"No best transfer model for {source!r}: {missing}. Run the transfer phase first (notebook 03)."
             )
-        run = f"{source}-finetune-{tag}"
+        run = finetune_config(source, finetune_from)
         results = train.run_seeds(
             data,
             seeds=seeds,
@@ -148,7 +159,7 @@ def run_finetune(
             reuse=True,
             **run_kwargs,
         )
-        frames += _evaluate_seeds(data, results, experiment=experiment, run=run, split_kwargs=split_kwargs)
+        frames += _evaluate_seeds(data, results, experiment=experiment, config_name=run, split_kwargs=split_kwargs)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -169,10 +180,10 @@ def summary(frame, *, checkpoint="best", subset="test"):
 
 def histories(experiments, *, hists_dir=None):
     """Every run's history of the given experiments, long format: experiment, run, epoch and the CSV's columns."""
-    hists = Path(hists_dir or paths.hists_dir())
+    layout = RunLayout(hists_dir=hists_dir)
     frames = []
     for experiment in experiments:
-        for path in sorted((hists / experiment).glob("*.csv")):
+        for path in sorted(layout.hists(experiment).glob("*.csv")):
             if path.name.endswith(".eval.csv"):
                 continue
             frame = train.read_history(path).reset_index()
@@ -180,7 +191,7 @@ def histories(experiments, *, hists_dir=None):
             frame.insert(0, "experiment", experiment)
             frames.append(frame)
     if not frames:
-        raise FileNotFoundError(f"No histories under {hists} for experiments {list(experiments)}.")
+        raise FileNotFoundError(f"No histories under {layout.hists_dir} for experiments {list(experiments)}.")
     return pd.concat(frames, ignore_index=True)
 
 

@@ -1,6 +1,6 @@
 """Training runs: the transfer, fine-tune and from-scratch phases, with records that survive an interruption.
 
-One run writes, for experiment ``<experiment>`` and run ``<run>``:
+One run writes, for experiment ``<experiment>`` and run ``<run>`` (where: `streetlib.runs.RunLayout`):
 
 - ``hists/<experiment>/<run>.csv``: one row per epoch (Keras's CSVLogger). A resumed run appends; rows of epochs
   that are about to be redone are dropped first, so each epoch appears exactly once.
@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from streetlib import weights as weights_lib
 from streetlib.callbacks import EpochProgress
 from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
+from streetlib.runs import RunId, RunLayout
 from streetlib.splits import make_split
 
 # Phase presets, after the original study. The original's from-scratch settings are not published: 'scratch'
@@ -62,7 +62,6 @@ LOSS_WEIGHTS = {"region": 0.5, "city": 1.0}
 MONITOR = "val_city_accuracy"
 # Parameters that may change when an interrupted run is resumed.
 _RESUMABLE_CHANGES = ("epochs", "verbose", "early_stopping")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -84,21 +83,6 @@ class RunResult:
     @property
     def best_path(self):
         return self.paths["best_model"]
-
-
-def run_paths(experiment, run, *, hists_dir=None, models_dir=None):
-    """Where a run's files go. Returns dict of `Path`: history, manifest, best_model, final_model, backup."""
-    _check_name(experiment, "experiment")
-    _check_name(run, "run")
-    hists = Path(hists_dir or paths.hists_dir()) / experiment
-    saved = Path(models_dir or paths.models_dir()) / experiment
-    return {
-        "history": hists / f"{run}.csv",
-        "manifest": hists / f"{run}.json",
-        "best_model": saved / f"{run}.best.keras",
-        "final_model": saved / f"{run}.final.keras",
-        "backup": saved / f"{run}.backup",
-    }
 
 
 def run_phase(
@@ -191,7 +175,9 @@ def run_phase(
         ValueError: an invalid argument, or a resume with different parameters.
     """
     preset = _check_phase(phase)
-    run_files = run_paths(experiment, run, hists_dir=hists_dir, models_dir=models_dir)
+    run_id = RunId.from_name(experiment, run)
+    layout = RunLayout(hists_dir=hists_dir, models_dir=models_dir)
+    run_files = layout.files(run_id)
     init_path, weights = _resolve_init(phase, init_from, weights)
     info = backbones.get_backbone(backbone)
     weights = weights_lib.check_weights(weights, backbone=info.name)
@@ -282,8 +268,8 @@ def run_phase(
         "data": data.label,
         "manifest": str(run_files["manifest"]),
     }
-    for key in ("best_model", "final_model"):
-        _write_json(run_files[key].with_suffix(".json"), sidecar)
+    for checkpoint in ("best", "final"):
+        _write_json(layout.sidecar(run_id, checkpoint), sidecar)
 
     started = time.monotonic()
     with _precision(mixed_precision, strategy), strategy.scope():
@@ -344,7 +330,7 @@ def run_phase(
             record,
             early_stopping=early_stopping,
             extra=callbacks,
-            progress=EpochProgress(f"{experiment}/{run}", epochs),
+            progress=EpochProgress(str(run_id), epochs),
         ),
         verbose=verbose,
     )
@@ -357,12 +343,14 @@ def run_phase(
 
 
 def run_seeds(data, *, seeds, experiment, run, split_kwargs=None, init_from=None, **kwargs):
-    """The same phase over several split seeds: runs ``<run>-seed<N>`` on the split of seed N, seeded with N.
+    """The same phase over several split seeds: runs ``RunId(experiment, run, N)`` (named ``<run>-seed<N>``) on the
+    split of seed N, seeded with N.
 
     Args:
         data: `StreetData`.
         seeds: iterable of int.
-        experiment, run: as in `run_phase`; each seed's run is named ``f"{run}-seed{seed}"``.
+        experiment: as in `run_phase`.
+        run: str, the configuration name of the runs (`streetlib.runs.RunId`'s ``config_name``).
         split_kwargs: dict of `streetlib.splits.make_split` arguments (test_size, val_size, directory, save).
         init_from: None, or dict seed -> `RunResult` or path (fine-tuning each seed from its own transfer run).
         **kwargs: `run_phase` arguments.
@@ -380,7 +368,7 @@ def run_seeds(data, *, seeds, experiment, run, split_kwargs=None, init_from=None
             data,
             split,
             experiment=experiment,
-            run=f"{run}-seed{seed}",
+            run=RunId(experiment, run, seed).name,
             seed=seed,
             init_from=None if init_from is None else init_from[seed],
             **kwargs,
@@ -389,14 +377,6 @@ def run_seeds(data, *, seeds, experiment, run, split_kwargs=None, init_from=None
 
 
 # -- checks -------------------------------------------------------------------------------------------------------
-
-
-def _check_name(value, name):
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(
-            f"Invalid `{name}`. Expected a plain file name (letters, digits, '.', '_', '-'). Received: {name}={value!r}"
-        )
-    return value
 
 
 def _check_int(value, name, minimum):

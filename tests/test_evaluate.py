@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from streetlib import evaluate, figures, models
+from streetlib.runs import RunId
 
 # Six predictions over four classes, worked out by hand below.
 Y = np.array([0, 0, 1, 1, 2, 3])
@@ -132,12 +133,13 @@ def test_score_computes_every_result_and_writes_nothing(tmp_path, monkeypatch):
 
 def test_eval_rows_label_the_scores_and_append_evals_replaces_its_own(tmp_path):
     scores = _scores()
-    identity = dict(dataset="toy", weights="random init", experiment="ev", run="r", subset="test")
+    identity = dict(dataset="toy", weights="random init", run=RunId("ev", "r"), subset="test")
 
     best = evaluate.eval_rows(scores, checkpoint="best", **identity)
 
     assert list(best.columns) == evaluate.COLUMNS and len(best) == len(scores.metrics)
     assert (best["weights"] == "random init").all() and (best["checkpoint"] == "best").all()
+    assert (best["run"] == "r").all() and (best["config_name"] == "r").all() and best["seed"].isna().all()
     np.testing.assert_array_equal(best["value"], scores.metrics["value"])
     with pytest.raises(ValueError, match=r"Invalid `checkpoint`.*Received: checkpoint='last'"):
         evaluate.eval_rows(scores, checkpoint="last", **identity)
@@ -185,8 +187,9 @@ def _manifest(hists_dir, run="r"):
 
 
 def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_data_split, out_dirs):
-    _manifest(out_dirs["hists_dir"])
-    kwargs = dict(experiment="ev", run="r", hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
+    run = RunId("ev", "r", 3)
+    _manifest(out_dirs["hists_dir"], run=run.name)
+    kwargs = dict(run=run, hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
 
     frame = evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="embedding", **kwargs)
 
@@ -200,20 +203,26 @@ def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_dat
     assert probs["embedding"].shape == (len(toy_data_split.test), 128)
     scores = evaluate.score_run(tiny_model, toy_data, toy_data_split, normalization="samplewise")
     np.testing.assert_allclose(
-        evaluate.eval_rows(scores, **frame.iloc[0][evaluate.COLUMNS[:6]].to_dict())["value"], frame["value"]
+        evaluate.eval_rows(
+            scores, dataset=frame["dataset"][0], weights="random init", run=run, checkpoint="best", subset="test"
+        )["value"],
+        frame["value"],
     )
+    # The rows carry the run's identity, so comparisons over seeds need not read it back from the name.
+    assert frame[["experiment", "run", "config_name"]].drop_duplicates().values.tolist() == [["ev", "r-seed3", "r"]]
+    assert (frame["seed"] == 3).all()
 
     names = {
-        "r.best.test.confusion-city.png",
-        "r.best.test.confusion-region.png",
-        "r.best.test.reliability.png",
-        "r.best.test.similarity.png",
+        "r-seed3.best.test.confusion-city.png",
+        "r-seed3.best.test.confusion-region.png",
+        "r-seed3.best.test.reliability.png",
+        "r-seed3.best.test.similarity.png",
     }
     assert {p.name for p in (out_dirs["figs_dir"] / "ev").iterdir()} == names
 
     evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="final", **kwargs)
     evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="final", **kwargs)  # replaces its rows
-    saved = pd.read_csv(out_dirs["hists_dir"] / "ev" / "r.eval.csv")
+    saved = pd.read_csv(out_dirs["hists_dir"] / "ev" / "r-seed3.eval.csv")
     assert saved.groupby("checkpoint").size().to_dict() == {"best": len(frame), "final": len(frame)}
 
 
@@ -224,7 +233,7 @@ def test_evaluate_checkpoints_reads_the_manifest(tiny_model, toy_data, toy_data_
     tiny_model.save(saved / "r.final.keras")
     _manifest(out_dirs["hists_dir"])
 
-    frame = evaluate.evaluate_checkpoints(toy_data, toy_data_split, experiment="ev", run="r", **out_dirs)
+    frame = evaluate.evaluate_checkpoints(toy_data, toy_data_split, run=RunId("ev", "r"), **out_dirs)
 
     assert set(frame["checkpoint"]) == {"best", "final"}
     best = frame[frame["checkpoint"] == "best"].reset_index(drop=True)
@@ -234,7 +243,7 @@ def test_evaluate_checkpoints_reads_the_manifest(tiny_model, toy_data, toy_data_
 
 
 def test_evaluate_errors_are_named(tiny_model, toy_data, toy_data_split, out_dirs):
-    common = dict(experiment="ev", run="none", hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
+    common = dict(run=RunId("ev", "none"), hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
     with pytest.raises(ValueError, match="No manifest with `normalization` and `weights_label` at .*none.json"):
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, **common)
     with pytest.raises(ValueError, match=r"Invalid `checkpoint`.*Received: checkpoint='last'"):
@@ -243,18 +252,20 @@ def test_evaluate_errors_are_named(tiny_model, toy_data, toy_data_split, out_dir
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="pixels", **common)
     with pytest.raises(FileNotFoundError, match="No best model for run 'none'"):
         evaluate.evaluate_checkpoints(
-            toy_data, toy_data_split, experiment="ev", run="none", models_dir=out_dirs["models_dir"]
+            toy_data, toy_data_split, run=RunId("ev", "none"), models_dir=out_dirs["models_dir"]
         )
     with pytest.raises(FileNotFoundError, match="No evaluation results"):
         evaluate.read_evals("ev", hists_dir=out_dirs["hists_dir"])
 
 
 def _seed_frame(scores):
-    """Eval rows for runs ``<config>-seed<N>`` with the given city test accuracies."""
+    """Eval rows for runs ``RunId("e", config, seed)`` with the given city test accuracies."""
     return pd.DataFrame(
         [
             {
-                "run": f"{config}-seed{seed}",
+                "run": RunId("e", config, seed).name,
+                "config_name": config,
+                "seed": seed,
                 "checkpoint": "best",
                 "subset": "test",
                 "output": "city",
@@ -292,6 +303,32 @@ def test_repeated_run_errors_are_named():
         evaluate.paired_comparison(frame, a="A", b="C")
     with pytest.raises(ValueError, match=r"No rows for metric='top3'"):
         evaluate.compare_seeds(frame, metric="top3")
-    frame.loc[0, "run"] = "A-run1"
-    with pytest.raises(ValueError, match=r"Runs \['A-run1'\] are not named '<config>-seed<N>'"):
+    frame.loc[0, ["run", "config_name", "seed"]] = ["A-run1", "A-run1", np.nan]
+    with pytest.raises(ValueError, match=r"Runs \['A-run1'\] have no seed"):
         evaluate.compare_seeds(frame)
+
+
+def test_rows_written_before_they_carried_the_run_id_still_read(tmp_path):
+    """Committed eval CSVs have no config_name and seed: reading, comparing and appending to them still work."""
+    hists = tmp_path / "hists"
+    (hists / "ev").mkdir(parents=True)
+    for run in (RunId("ev", "a-transfer", 1), RunId("ev", "plain")):
+        old = evaluate.eval_rows(_scores(), dataset="toy", weights="w", run=run, checkpoint="best", subset="test")
+        old.drop(columns=["config_name", "seed"]).to_csv(hists / "ev" / f"{run.name}.eval.csv", index=False)
+
+    frame = evaluate.read_evals("ev", hists_dir=hists)
+
+    assert list(frame.columns) == evaluate.COLUMNS
+    ids = frame[["run", "config_name", "seed"]].drop_duplicates().astype(object).values.tolist()
+    assert ids == [["a-transfer-seed1", "a-transfer", 1], ["plain", "plain", pd.NA]]
+    seeded = evaluate.seed_scores(frame[frame["seed"].notna()])
+    assert seeded[["config", "seed"]].values.tolist() == [["a-transfer", 1]]
+
+    path = hists / "ev" / "a-transfer-seed1.eval.csv"
+    run = RunId("ev", "a-transfer", 1)
+    new = evaluate.eval_rows(_scores(), dataset="toy", weights="w", run=run, checkpoint="final", subset="test")
+    evaluate.append_evals(new, path)
+    saved = pd.read_csv(path)
+    assert list(saved.columns) == evaluate.COLUMNS  # the old rows are labelled too, not left blank
+    assert set(saved["config_name"]) == {"a-transfer"} and set(saved["seed"]) == {1}
+    assert saved.groupby("checkpoint").size().to_dict() == {"best": len(new), "final": len(new)}
