@@ -167,6 +167,8 @@ def bench_input_pipeline(*, n=500, size=224, batch_size=32, batches=12, repeats=
 
 def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
     """Wall time of a transfer phase (frozen VGG16, no augmentation): cached features versus plain ``fit``."""
+    from streetlib.config import Execution, RunConfig
+    from streetlib.runs import RunId, RunLayout
     from streetlib.splits import make_split
     from streetlib.train import run_phase
 
@@ -176,21 +178,16 @@ def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
     results = {}
 
     def run(cache, k):
+        config = RunConfig.preset(
+            "transfer", weights="hed-bsds500", image_size=size, epochs=epochs, augment=False, cache=cache, seed=0
+        )
         result = run_phase(
             data,
             split,
-            experiment="bench",
-            run=f"{cache}-{k}",
-            phase="transfer",
-            weights="hed-bsds500",
-            image_size=size,
-            epochs=epochs,
-            augment=False,
-            cache=cache,
-            seed=0,
-            hists_dir=out / "hists",
-            models_dir=out / "models",
-            verbose=0,
+            config,
+            run=RunId("bench", f"{cache}-{k}"),
+            layout=RunLayout(hists_dir=out / "hists", models_dir=out / "models"),
+            execution=Execution(verbose=0),
         )
         results[cache] = result.history
 

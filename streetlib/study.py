@@ -7,11 +7,14 @@ parameters is reused, not trained again (``reuse=True``); one whose model files 
 the committed demo results, is trained again with a warning.
 """
 
+import dataclasses
+
 import pandas as pd
 
 from streetlib import evaluate, figures, train
 from streetlib import weights as weights_lib
 from streetlib.classes import OUTPUTS
+from streetlib.config import PHASES, Execution
 from streetlib.runs import RunId, RunLayout
 
 
@@ -58,108 +61,89 @@ def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None
     return frames
 
 
-def run_transfer(data, *, sources, seeds, experiment, scratch_epochs=0, split_kwargs=None, **run_kwargs):
+def run_transfer(data, config, *, sources, seeds, experiment, scratch_epochs=0, split_kwargs=None, execution=None):
     """Transfer learning from each weight source, over split seeds, then evaluation.
 
     ``random`` as a source means a frozen random backbone (the floor of what features alone give). With
     ``scratch_epochs`` > 0, a ``scratch`` run (random init, everything trains: the original's "random" arm) is
-    added.
+    added, with ``config``'s other settings.
 
     Args:
         data: `StreetData`.
+        config: `streetlib.config.RunConfig` of the transfer runs (e.g. ``RunConfig.preset("transfer", epochs=30)``);
+            each source replaces its ``weights``.
         sources: list of weight sources, all available (see `available_sources`).
         seeds: list of int split seeds.
         experiment: str, the experiment name (folder under hists/, models/, figs/).
         scratch_epochs: int, epochs of the from-scratch run; 0 skips it.
         split_kwargs: dict of `make_split` arguments.
-        **run_kwargs: `run_phase` arguments (image_size, epochs, batch_size, pooling, augment, ...).
+        execution: `streetlib.config.Execution` (strategy, verbosity, ...). Runs that already finished with the
+            same configuration are always reused (``reuse=True``).
 
     Returns:
         DataFrame of every evaluation row (see `streetlib.evaluate.evaluate_run`).
     """
-    frames = []
-    for source in sources:
-        results = train.run_seeds(
-            data,
-            seeds=seeds,
-            experiment=experiment,
-            run=transfer_config(source),
-            phase="transfer",
-            weights=source,
-            split_kwargs=split_kwargs,
-            reuse=True,
-            **run_kwargs,
-        )
-        frames += _evaluate_seeds(
-            data, results, experiment=experiment, config_name=transfer_config(source), split_kwargs=split_kwargs
-        )
+    _check_phase(config, "transfer")
+    # Every configuration is made (and checked) before the first run trains.
+    configs = {transfer_config(source): config.replace(weights=source) for source in sources}
     if scratch_epochs:
-        kwargs = {**run_kwargs, "epochs": scratch_epochs}
-        results = train.run_seeds(
-            data,
-            seeds=seeds,
-            experiment=experiment,
-            run="random-scratch",
-            phase="scratch",
-            weights="random",
-            split_kwargs=split_kwargs,
-            reuse=True,
-            **kwargs,
-        )
-        frames += _evaluate_seeds(
-            data, results, experiment=experiment, config_name="random-scratch", split_kwargs=split_kwargs
-        )
-    return pd.concat(frames, ignore_index=True)
+        scratch = {**PHASES["scratch"], "phase": "scratch", "epochs": scratch_epochs}
+        configs["random-scratch"] = config.replace(**scratch)
+    return _run_configs(
+        data, configs, seeds=seeds, experiment=experiment, split_kwargs=split_kwargs, execution=execution
+    )
 
 
-def run_finetune(
-    data,
-    *,
-    sources,
-    seeds,
-    experiment,
-    transfer_experiment,
-    finetune_from="block4_pool",
-    split_kwargs=None,
-    models_dir=None,
-    **run_kwargs,
-):
+def run_finetune(data, config, *, sources, seeds, experiment, transfer_experiment, split_kwargs=None, execution=None):
     """Fine-tune each source's best transfer model (per seed), then evaluate.
 
     Args:
+        config: `streetlib.config.RunConfig` of the fine-tune runs, e.g. ``RunConfig.preset("finetune",
+            frozen_through="block3_pool")`` ('block4_pool': block5 and the head train; 'block3_pool': block4 too).
         transfer_experiment: str, where `run_transfer` saved the models (configurations `transfer_config`).
-        finetune_from: str, the backbone layer frozen through ('block4_pool': block5 and the head train;
-            'block3_pool': block4 too).
         Other arguments as in `run_transfer`.
 
     Returns:
         DataFrame of every evaluation row.
     """
-    layout = RunLayout(models_dir=models_dir)
-    frames = []
+    _check_phase(config, "finetune")
+    layout = RunLayout()
+    configs, init = {}, {}
     for source in sources:
-        init = {s: layout.model(RunId(transfer_experiment, transfer_config(source), s), "best") for s in seeds}
-        missing = [str(p) for p in init.values() if not p.is_file()]
+        name = finetune_config(source, config.frozen_through)
+        configs[name] = config.replace(weights=source)
+        init[name] = {s: layout.model(RunId(transfer_experiment, transfer_config(source), s), "best") for s in seeds}
+        missing = [str(p) for p in init[name].values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"No best transfer model for {source!r}: {missing}. Run the transfer phase first (notebook 03)."
             )
-        run = finetune_config(source, finetune_from)
+    return _run_configs(
+        data, configs, seeds=seeds, experiment=experiment, split_kwargs=split_kwargs, execution=execution, init=init
+    )
+
+
+def _check_phase(config, phase):
+    if config.phase != phase:
+        raise ValueError(f"Expected a config of phase={phase!r}. Received: phase={config.phase!r}")
+
+
+def _run_configs(data, configs, *, seeds, experiment, split_kwargs, execution, init=None):
+    """Train (or reuse) each configuration over the seeds and evaluate its checkpoints. Returns a DataFrame."""
+    execution = dataclasses.replace(execution or Execution(), reuse=True)
+    frames = []
+    for name, config in configs.items():
         results = train.run_seeds(
             data,
+            config,
             seeds=seeds,
             experiment=experiment,
-            run=run,
-            phase="finetune",
-            weights=source,
-            init_from=init,
-            finetune_from=finetune_from,
+            config_name=name,
             split_kwargs=split_kwargs,
-            models_dir=models_dir,
-            reuse=True,
-            **run_kwargs,
+            init_from=None if init is None else init[name],
+            execution=execution,
         )
-        frames += _evaluate_seeds(data, results, experiment=experiment, config_name=run, split_kwargs=split_kwargs)
+        frames += _evaluate_seeds(data, results, experiment=experiment, config_name=name, split_kwargs=split_kwargs)
     return pd.concat(frames, ignore_index=True)
 
 

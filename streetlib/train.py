@@ -40,28 +40,16 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from streetlib import backbones, models, paths, pipeline
+from streetlib import models, paths, pipeline
 from streetlib import weights as weights_lib
 from streetlib.callbacks import EpochProgress
 from streetlib.classes import OUTPUTS
+from streetlib.config import MONITOR, OPTIMIZERS, Execution, RunConfig
 from streetlib.paths import atomic_path
 from streetlib.runs import RunId, RunLayout
 from streetlib.splits import make_split
 
-# Phase presets, after the original study. The original's from-scratch settings are not published: 'scratch'
-# reuses the transfer optimiser.
-PHASES = {
-    "transfer": {"freeze": "backbone", "optimizer": "nadam", "learning_rate": 2e-3, "epochs": 50},
-    "finetune": {"freeze": "block4_pool", "optimizer": "sgd", "learning_rate": 1e-4, "momentum": 0.9, "epochs": 100},
-    "scratch": {"freeze": None, "optimizer": "nadam", "learning_rate": 2e-3, "epochs": 100},
-}
-OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop")
-CACHE_MODES = ("auto", "features", "none")
 STRATEGIES = ("auto", "default", "mirrored", "tpu")
-LOSS_WEIGHTS = {"region": 0.5, "city": 1.0}
-MONITOR = "val_city_accuracy"
-# Parameters that may change when an interrupted run is resumed.
-_RESUMABLE_CHANGES = ("epochs", "verbose", "early_stopping")
 
 
 @dataclass
@@ -85,163 +73,108 @@ class RunResult:
         return self.paths["best_model"]
 
 
-def run_phase(
-    data,
-    split,
-    *,
-    experiment,
-    run,
-    phase="transfer",
-    weights=None,
-    backbone="vgg16",
-    image_size=64,
-    epochs=None,
-    batch_size=32,
-    pooling="avg",
-    units=None,
-    dropout=0.5,
-    augment=True,
-    cache="auto",
-    augment_copies=4,
-    max_cache_bytes=2 * 2**30,
-    seed=0,
-    init_from=None,
-    finetune_from="block4_pool",
-    optimizer=None,
-    learning_rate=None,
-    momentum=None,
-    loss_weights=None,
-    normalization=None,
-    early_stopping=None,
-    resume=True,
-    force=False,
-    reuse=False,
-    hists_dir=None,
-    models_dir=None,
-    strategy=None,
-    mixed_precision=False,
-    xla=False,
-    callbacks=None,
-    verbose="auto",
-):
+def run_phase(data, split, config, *, run, init_from=None, layout=None, execution=None, callbacks=None):
     """Train one phase of one run, resuming it if it was interrupted.
 
     Args:
         data: `StreetData`.
         split: `Split` (train and val are used).
-        experiment: str, groups runs (a folder under ``hists/`` and ``models/``).
-        run: str, the run's name; a run that already finished is never overwritten unless ``force``.
-        phase: 'transfer' (backbone frozen, Nadam 2e-3), 'finetune' (from ``init_from``, frozen through
-            ``finetune_from``, SGD 1e-4 momentum 0.9 Nesterov) or 'scratch' (everything trains, Nadam 2e-3).
-        weights: weight source (see `streetlib.weights`). Default: 'hed-bsds500' for transfer, 'random' for
-            scratch, the source of ``init_from`` for finetune (given explicitly when ``init_from`` is a path).
-        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
-        image_size: int, images are resized to this square size. Default 64.
-        epochs: int. Default: the phase's (50 transfer, 100 finetune and scratch).
-        batch_size: int, the global batch size. Default 32.
-        pooling, units, dropout: the head, see `streetlib.models.build_model`.
-        augment: bool or dict of `streetlib.pipeline.augmentation` arguments. Default True (the original's).
-        cache: 'auto' (default): train on cached frozen-part features when something is frozen and the cache
-            fits in ``max_cache_bytes``, else the plain path; 'features': always cache; 'none': never.
-        augment_copies: int, K augmented copies cached when ``augment`` and caching. Default 4.
-        max_cache_bytes: int, the largest feature cache 'auto' accepts. Default 2 GiB.
-        seed: int, seeds weights, dropout, shuffling and augmentation. Default 0.
-        init_from: for finetune: a `RunResult` or a path to a ``.keras`` model (the best transfer model).
-        finetune_from: str, the backbone layer frozen through in finetune. Default 'block4_pool' (block5 and the
-            head train); 'block3_pool' also trains block4.
-        optimizer, learning_rate, momentum: override the phase's optimiser ('nadam', 'adam', 'sgd', 'rmsprop').
-        loss_weights: dict output -> float. Default ``{"region": 0.5, "city": 1.0}``.
-        normalization: a `streetlib.pipeline.NORMALIZATIONS` mode. Default: what the weight source expects.
-        early_stopping: None (default) or int patience on the validation city loss.
-        resume: bool. True (default) resumes an interrupted run of this name.
-        force: bool. True deletes this run's earlier results and starts over. Default False.
-        reuse: bool. True returns a run that already finished with the same parameters instead of refusing it
-            (its final model is loaded); if that run's model files are missing (a fresh clone of committed
-            results), it is trained again and its records replaced, with a warning. Default False.
-        hists_dir, models_dir: output roots. Default `streetlib.paths.hists_dir()` and `models_dir()`.
-        strategy: None or 'auto' (TPU, several GPUs, one GPU or CPU, whichever is there), 'default', 'mirrored',
-            'tpu', or a `tf.distribute.Strategy`.
-        mixed_precision: bool, mixed float16 (GPU) or bfloat16 (TPU) compute. Default False.
-        xla: bool, compile the train step with XLA. Default False.
+        config: `streetlib.config.RunConfig`, what to train, e.g. ``RunConfig.preset("transfer", epochs=30)``.
+        run: `streetlib.runs.RunId`, the run; one that already finished is never overwritten unless
+            ``execution.force``.
+        init_from: for phase 'finetune' only: a `RunResult` or a path to a ``.keras`` model (the best transfer
+            model). A config with ``weights=None`` takes the source of a `RunResult`; with a path, the config
+            must name it.
+        layout: `streetlib.runs.RunLayout`, where the run's files go. Default ``RunLayout()``.
+        execution: `streetlib.config.Execution`, how to run it (resume, force, reuse, strategy, XLA, feature cache
+            budget, verbosity); never part of the run's identity. Default ``Execution()``.
         callbacks: list of extra `keras.callbacks.Callback`, called after streetlib's own.
-        verbose: Keras's fit verbosity. Default 'auto' (a progress bar).
 
     Returns:
         `RunResult`.
 
     Raises:
-        FileExistsError: the run already has results (pass ``force=True`` or another name), or it was interrupted
-            and ``resume`` is False.
-        ValueError: an invalid argument, or a resume with different parameters.
+        FileExistsError: the run already has results (pass ``Execution(force=True)`` or another run), or it was
+            interrupted and ``execution.resume`` is False.
+        ValueError: an invalid ``init_from``, or a resume with a different configuration.
     """
-    preset = _check_phase(phase)
-    run_id = RunId.from_name(experiment, run)
-    layout = RunLayout(hists_dir=hists_dir, models_dir=models_dir)
-    run_files = layout.files(run_id)
-    init_path, weights = _resolve_init(phase, init_from, weights)
-    info = backbones.get_backbone(backbone)
-    weights = weights_lib.check_weights(weights, backbone=info.name)
-    normalization = pipeline.check_normalization(normalization or weights_lib.normalization_for(weights, info.name))
-    epochs = _check_int(preset["epochs"] if epochs is None else epochs, "epochs", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    image_size = _check_int(image_size, "image_size", 32)
-    augment_copies = _check_int(augment_copies, "augment_copies", 1)
-    seed = _check_int(seed, "seed", 0)
-    models.check_head(pooling=pooling, units=units, dropout=dropout)
-    _check_augment(augment)
-    if cache not in CACHE_MODES:
-        raise ValueError(f"Invalid `cache`. Expected one of {CACHE_MODES}. Received: cache={cache!r}")
-    if early_stopping is not None:
-        _check_int(early_stopping, "early_stopping", 1)
-    optimizer_config = _optimizer_config(preset, optimizer, learning_rate, momentum)
-    loss_weights = _check_loss_weights(loss_weights)
-    through = finetune_from if phase == "finetune" else preset["freeze"]
-
-    config = {
-        "experiment": experiment,
-        "run": run,
-        "phase": phase,
-        "weights": str(weights),
-        "weights_label": weights_lib.describe(weights),
-        "init_from": paths.portable(init_path) if init_path else None,
-        "backbone": info.name,
-        "image_size": image_size,
-        "normalization": normalization,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "pooling": pooling,
-        "units": units,
-        "dropout": dropout,
-        "augment": augment,
-        "cache": cache,
-        "augment_copies": augment_copies,
-        "seed": seed,
-        "frozen_through": through,
-        "optimizer": optimizer_config,
-        "loss_weights": loss_weights,
-        "early_stopping": early_stopping,
-        "mixed_precision": bool(mixed_precision),
-        "xla": bool(xla),
-        "monitor": MONITOR,
-    }
-    if reuse and not force:
-        state = _finished_state(run_files, config)
+    execution = execution or Execution()
+    layout = layout or RunLayout()
+    run_files = layout.files(run)
+    init_path, config = _resolve_init(config, init_from)
+    record = config.to_manifest(run, init_from=paths.portable(init_path) if init_path else None, xla=execution.xla)
+    force = execution.force
+    if execution.reuse and not force:
+        state = _finished_state(run_files, config, init_path)
         if state == "reuse":
             return _load_finished(run_files)
         if state == "retrain":
             warnings.warn(
-                f"Run {run!r} of experiment {experiment!r} finished before but its model files are missing "
+                f"Run {run.name!r} of experiment {run.experiment!r} finished before but its model files are missing "
                 f"({run_files['best_model'].parent}): training it again and replacing its records.",
                 stacklevel=2,
             )
             force = True
-    initial_epoch, previous = _prepare_outputs(run_files, config, resume=resume, force=force)
+    initial_epoch, previous = _prepare_outputs(run_files, run, config, record, resume=execution.resume, force=force)
     _truncate_history(run_files["history"], initial_epoch)
 
-    strategy = choose_strategy(strategy)
+    strategy = choose_strategy(execution.strategy)
+    manifest = _start_manifest(data, split, record, previous, initial_epoch, strategy)
+    _write_json(run_files["manifest"], manifest)
+    _write_sidecars(layout, run, data, record, run_files["manifest"])
+
+    started = time.monotonic()
+    with _precision(config.mixed_precision, strategy), strategy.scope():
+        model = _build_model(data, config, run, init_path)
+        plan = plan_cache(
+            config.cache,
+            model,
+            through=config.frozen_through,
+            augment=bool(config.augment),
+            copies=config.augment_copies,
+            n_train=len(split.train),
+            n_val=len(split.val),
+            max_bytes=execution.max_cache_bytes,
+        )
+        train_ds, val_ds, steps, train_model = _datasets(data, split, model, plan, config, initial_epoch=initial_epoch)
+        _compile(train_model, config, xla=execution.xla)
+    manifest.update(
+        {"cache_plan": plan, "params": models.count_params(model), "trainable_layers": models.trainable_layers(model)}
+    )
+    _write_json(run_files["manifest"], manifest)
+
+    saver = BestModelSaver(model, run_files["best_model"], monitor=MONITOR, **_saved_best(previous, initial_epoch))
+    progress = _ManifestRecord(run_files["manifest"], manifest, started, saver)
+    train_model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        shuffle=False,  # the datasets shuffle themselves, seeded
+        callbacks=_callbacks(
+            run_files,
+            saver,
+            progress,
+            early_stopping=config.early_stopping,
+            extra=callbacks,
+            progress=EpochProgress(str(run), config.epochs),
+        ),
+        verbose=execution.verbose,
+    )
+    with atomic_path(run_files["final_model"]) as tmp:
+        model.save(tmp)
+    history = read_history(run_files["history"])
+    _check_epochs(history, run_files["history"])
+    manifest = progress.finish(history)
+    return RunResult(history=history, manifest=manifest, paths=run_files, model=model)
+
+
+def _start_manifest(data, split, record, previous, initial_epoch, strategy):
+    """The manifest of a run that is starting (or resuming: ``previous`` is its earlier manifest, kept under the
+    new fields)."""
     manifest = {
         **(previous or {}),
-        "config": config,
+        "config": record,
         "status": "running",
         "dataset": {
             "name": data.name,
@@ -257,103 +190,58 @@ def run_phase(
     }
     if initial_epoch:
         manifest["resumed_at_epochs"] = [*manifest.get("resumed_at_epochs", []), initial_epoch]
-    _write_json(run_files["manifest"], manifest)
-    # What a user of a saved model needs to feed it (read by `streetlib analyze`): a sidecar beside each file.
+    return manifest
+
+
+def _write_sidecars(layout, run, data, record, manifest_path):
+    """Beside each model file, what a user of it needs to feed it (read by `streetlib analyze`)."""
     sidecar = {
-        "normalization": normalization,
-        "image_size": image_size,
+        "normalization": record["normalization"],
+        "image_size": record["image_size"],
         "classes": data.spec.to_dict(),
-        "weights": str(weights),
-        "weights_label": config["weights_label"],
+        "weights": record["weights"],
+        "weights_label": record["weights_label"],
         "data": data.label,
-        "manifest": str(run_files["manifest"]),
+        "manifest": str(manifest_path),
     }
     for checkpoint in ("best", "final"):
-        _write_json(layout.sidecar(run_id, checkpoint), sidecar)
+        _write_json(layout.sidecar(run, checkpoint), sidecar)
 
-    started = time.monotonic()
-    with _precision(mixed_precision, strategy), strategy.scope():
-        model = models.build_model(
-            backbone=info.name,
-            weights="random" if init_path else weights,
-            input_shape=(image_size, image_size, 3),
-            spec=data.spec,
-            pooling=pooling,
-            units=units,
-            dropout=dropout,
-            seed=seed,
-            name=f"{experiment}_{run}",
-        )
-        if init_path:
-            _load_init(model, init_path)
-        models.freeze(model, through=through)
-        plan = plan_cache(
-            cache,
-            model,
-            through=through,
-            augment=bool(augment),
-            copies=augment_copies,
-            n_train=len(split.train),
-            n_val=len(split.val),
-            max_bytes=max_cache_bytes,
-        )
-        train_ds, val_ds, steps, train_model = _datasets(
-            data,
-            split,
-            model,
-            plan,
-            through=through,
-            batch_size=batch_size,
-            augment=augment,
-            normalization=normalization,
-            image_size=image_size,
-            seed=seed,
-            initial_epoch=initial_epoch,
-        )
-        _compile(train_model, optimizer_config, loss_weights, xla=xla)
-    manifest.update(
-        {"cache_plan": plan, "params": models.count_params(model), "trainable_layers": models.trainable_layers(model)}
+
+def _build_model(data, config, run, init_path):
+    """The run's model, started from ``init_path`` if given, frozen through ``config.frozen_through``."""
+    model = models.build_model(
+        backbone=config.backbone,
+        weights="random" if init_path else config.weights,
+        input_shape=(config.image_size, config.image_size, 3),
+        spec=data.spec,
+        pooling=config.pooling,
+        units=config.units,
+        dropout=config.dropout,
+        seed=config.seed,
+        name=f"{run.experiment}_{run.name}",
     )
-    _write_json(run_files["manifest"], manifest)
-
-    saver = BestModelSaver(model, run_files["best_model"], monitor=MONITOR, **_saved_best(previous, initial_epoch))
-    record = _ManifestRecord(run_files["manifest"], manifest, started, saver)
-    train_model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        shuffle=False,  # the datasets shuffle themselves, seeded
-        callbacks=_callbacks(
-            run_files,
-            saver,
-            record,
-            early_stopping=early_stopping,
-            extra=callbacks,
-            progress=EpochProgress(str(run_id), epochs),
-        ),
-        verbose=verbose,
-    )
-    with atomic_path(run_files["final_model"]) as tmp:
-        model.save(tmp)
-    history = read_history(run_files["history"])
-    _check_epochs(history, run_files["history"])
-    manifest = record.finish(history)
-    return RunResult(history=history, manifest=manifest, paths=run_files, model=model)
+    if init_path:
+        _load_init(model, init_path)
+    models.freeze(model, through=config.frozen_through)
+    return model
 
 
-def run_seeds(data, *, seeds, experiment, run, split_kwargs=None, init_from=None, **kwargs):
-    """The same phase over several split seeds: runs ``RunId(experiment, run, N)`` (named ``<run>-seed<N>``) on the
-    split of seed N, seeded with N.
+def run_seeds(
+    data, config, *, seeds, experiment, config_name, split_kwargs=None, init_from=None, layout=None, execution=None
+):
+    """The same configuration over several split seeds: runs ``RunId(experiment, config_name, N)`` (named
+    ``<config_name>-seed<N>``) on the split of seed N, seeded with N.
 
     Args:
         data: `StreetData`.
+        config: `streetlib.config.RunConfig`; each run takes its seed from the split's.
         seeds: iterable of int.
-        experiment: as in `run_phase`.
-        run: str, the configuration name of the runs (`streetlib.runs.RunId`'s ``config_name``).
+        experiment: str, the experiment's folder name.
+        config_name: str, the configuration name of the runs (`streetlib.runs.RunId`'s ``config_name``).
         split_kwargs: dict of `streetlib.splits.make_split` arguments (test_size, val_size, directory, save).
         init_from: None, or dict seed -> `RunResult` or path (fine-tuning each seed from its own transfer run).
-        **kwargs: `run_phase` arguments.
+        layout, execution: as in `run_phase`.
 
     Returns:
         dict seed -> `RunResult`.
@@ -367,11 +255,11 @@ def run_seeds(data, *, seeds, experiment, run, split_kwargs=None, init_from=None
         results[seed] = run_phase(
             data,
             split,
-            experiment=experiment,
-            run=RunId(experiment, run, seed).name,
-            seed=seed,
+            config.replace(seed=seed),
+            run=RunId(experiment, config_name, seed),
             init_from=None if init_from is None else init_from[seed],
-            **kwargs,
+            layout=layout,
+            execution=execution,
         )
     return results
 
@@ -379,77 +267,32 @@ def run_seeds(data, *, seeds, experiment, run, split_kwargs=None, init_from=None
 # -- checks -------------------------------------------------------------------------------------------------------
 
 
-def _check_int(value, name, minimum):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"Invalid `{name}`. Expected an int >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
-def _check_augment(augment):
-    if isinstance(augment, bool):
-        return augment
-    if not isinstance(augment, dict) or set(augment) - set(pipeline.DEFAULT_AUGMENTATION):
-        raise ValueError(
-            f"Invalid `augment`. Expected a bool or a dict with keys among {list(pipeline.DEFAULT_AUGMENTATION)}. "
-            f"Received: augment={augment!r}"
-        )
-    return augment
-
-
-def _check_phase(phase):
-    if phase not in PHASES:
-        raise ValueError(f"Invalid `phase`. Expected one of {list(PHASES)}. Received: phase={phase!r}")
-    return PHASES[phase]
-
-
-def _check_loss_weights(loss_weights):
-    loss_weights = dict(LOSS_WEIGHTS if loss_weights is None else loss_weights)
-    if sorted(loss_weights) != sorted(OUTPUTS):
-        raise ValueError(
-            f"Invalid `loss_weights`. Expected a weight for each of {list(OUTPUTS)}. Received: {loss_weights!r}"
-        )
-    return {k: float(v) for k, v in loss_weights.items()}
-
-
-def _resolve_init(phase, init_from, weights):
-    """(path of the model to start from or None, weight source) for a phase."""
-    if phase != "finetune":
+def _resolve_init(config, init_from):
+    """(path of the model to start from or None, the config with its weight source settled) for a run."""
+    if config.phase != "finetune":
         if init_from is not None:
-            raise ValueError(f"`init_from` is for phase='finetune'. Received: phase={phase!r}, init_from={init_from!r}")
-        return None, weights or ("random" if phase == "scratch" else "hed-bsds500")
+            raise ValueError(
+                f"`init_from` is for phase='finetune'. Received: phase={config.phase!r}, init_from={init_from!r}"
+            )
+        return None, config
     if init_from is None:
         raise ValueError("phase='finetune' needs `init_from`: the best transfer model (a RunResult or a .keras path).")
     if isinstance(init_from, RunResult):
         source = init_from.manifest["config"]["weights"]
-        if weights is not None and str(weights) != source:
-            raise ValueError(f"`weights`={weights!r} differs from the source of `init_from` ({source!r}).")
-        return Path(init_from.best_path), source
+        if config.weights is not None and config.weights != source:
+            raise ValueError(f"`weights`={config.weights!r} differs from the source of `init_from` ({source!r}).")
+        return Path(init_from.best_path), config.replace(weights=source)
     path = Path(init_from)
     if path.suffix != ".keras" or not path.is_file():
         raise ValueError(
             f"Invalid `init_from`. Expected a RunResult or an existing .keras file. Received: init_from={init_from!r}"
         )
-    if weights is None:
+    if config.weights is None:
         raise ValueError(
             "With `init_from` a path, pass `weights=` the weight source of that transfer run (it sets the input "
             "normalisation and the labels)."
         )
-    return path, weights
-
-
-def _optimizer_config(preset, optimizer, learning_rate, momentum):
-    name = optimizer or preset["optimizer"]
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Invalid `optimizer`. Expected one of {OPTIMIZERS}. Received: optimizer={optimizer!r}")
-    if learning_rate is not None and not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
-        raise ValueError(f"Invalid `learning_rate`. Expected a float > 0. Received: learning_rate={learning_rate!r}")
-    config = {"name": name, "learning_rate": float(learning_rate or preset["learning_rate"])}
-    if name == "sgd":
-        config["momentum"] = float(preset.get("momentum", 0.9) if momentum is None else momentum)
-        config["nesterov"] = True
-    elif momentum is not None:
-        raise ValueError(f"`momentum` applies to optimizer='sgd' only. Received: optimizer={name!r}")
-    return config
+    return path, config
 
 
 def make_optimizer(name, *, learning_rate, momentum=None, nesterov=False):
@@ -466,11 +309,11 @@ def make_optimizer(name, *, learning_rate, momentum=None, nesterov=False):
         raise ValueError(f"Invalid `optimizer`. Expected one of {OPTIMIZERS}. Received: {name!r}")
 
 
-def _compile(model, optimizer_config, loss_weights, *, xla):
+def _compile(model, config, *, xla):
     model.compile(
-        optimizer=make_optimizer(**optimizer_config),
+        optimizer=make_optimizer(**config.optimizer_config),
         loss={o: "sparse_categorical_crossentropy" for o in OUTPUTS},
-        loss_weights=loss_weights,
+        loss_weights=config.loss_weights,
         metrics=_metrics(),
         jit_compile=bool(xla),
     )
@@ -502,8 +345,12 @@ def _metrics():
 # -- outputs and resuming -----------------------------------------------------------------------------------------
 
 
-def _prepare_outputs(run_files, config, *, resume, force):
-    """Decide how a run starts: (initial epoch, previous manifest or None). Deletes old results with ``force``."""
+def _prepare_outputs(run_files, run, config, record, *, resume, force):
+    """Decide how a run starts: (initial epoch, previous manifest or None). Deletes old results with ``force``.
+
+    An interrupted run resumes only with an equal configuration (its `RunConfig.resumable` fields aside) and the
+    same starting model (``record["init_from"]``).
+    """
     manifest_path = run_files["manifest"]
     existing = [p for p in run_files.values() if p.exists()]
     if force:
@@ -515,23 +362,21 @@ def _prepare_outputs(run_files, config, *, resume, force):
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     if previous is None or previous.get("status") == "complete":
         raise FileExistsError(
-            f"Run {config['run']!r} of experiment {config['experiment']!r} already has results "
+            f"Run {run.name!r} of experiment {run.experiment!r} already has results "
             f"({', '.join(str(p) for p in existing)}). Choose another run name, or pass force=True to replace them."
         )
     if not resume:
         raise FileExistsError(
-            f"Run {config['run']!r} of experiment {config['experiment']!r} was interrupted. Pass resume=True to "
+            f"Run {run.name!r} of experiment {run.experiment!r} was interrupted. Pass resume=True to "
             f"continue it, or force=True to start it over."
         )
-    changed = {
-        k: (previous["config"].get(k), v)
-        for k, v in config.items()
-        if k not in _RESUMABLE_CHANGES and previous["config"].get(k) != v
-    }
+    changed = config.changes(RunConfig.from_manifest(previous["config"]), resuming=True)
+    if previous["config"].get("init_from") != record["init_from"]:
+        changed["init_from"] = (previous["config"].get("init_from"), record["init_from"])
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ValueError(
-            f"Cannot resume run {config['run']!r} with different parameters ({detail}). "
+            f"Cannot resume run {run.name!r} with different parameters ({detail}). "
             f"Use the same parameters, another run name, or force=True."
         )
     metadata_path = run_files["backup"] / "training_metadata.json"
@@ -539,21 +384,28 @@ def _prepare_outputs(run_files, config, *, resume, force):
     return int(epoch), previous
 
 
-def _finished_state(run_files, config):
-    """'reuse' (finished with the same parameters, models present), 'retrain' (finished with the same parameters,
-    models missing) or None (anything else: `_prepare_outputs` decides)."""
+def _finished_state(run_files, config, init_path):
+    """'reuse' (finished with an equal configuration, models present), 'retrain' (finished with an equal
+    configuration, models missing) or None (anything else: `_prepare_outputs` decides)."""
     path = run_files["manifest"]
     if not path.is_file():
         return None
     previous = json.loads(path.read_text())
-
-    def comparable(c):
-        # The starting model is compared by file name: a clone of the repository elsewhere has other absolute paths.
-        return {**c, "init_from": Path(c["init_from"]).name if c.get("init_from") else None}
-
-    if previous.get("status") != "complete" or comparable(previous.get("config", {})) != comparable(config):
+    if previous.get("status") != "complete" or config != _recorded_config(previous):
+        return None
+    # The starting model is compared by file name: a clone of the repository elsewhere has other absolute paths.
+    earlier_init = previous["config"].get("init_from")
+    if (Path(earlier_init).name if earlier_init else None) != (init_path.name if init_path else None):
         return None
     return "reuse" if run_files["best_model"].is_file() and run_files["final_model"].is_file() else "retrain"
+
+
+def _recorded_config(manifest):
+    """The `RunConfig` a manifest records, or None when it no longer reads as one (e.g. its weights file is gone)."""
+    try:
+        return RunConfig.from_manifest(manifest["config"])
+    except ValueError:
+        return None
 
 
 def _load_finished(run_files):
@@ -703,16 +555,15 @@ def plan_cache(cache, model, *, through, augment, copies, n_train, n_val, max_by
     return {"mode": "features", "copies": copies, "bytes": size, "reason": reason}
 
 
-def _datasets(
-    data, split, model, plan, *, through, batch_size, augment, normalization, image_size, seed, initial_epoch
-):
+def _datasets(data, split, model, plan, config, *, initial_epoch):
     """(train dataset, validation dataset, steps per epoch or None, the model to fit)."""
-    common = {"batch_size": batch_size, "normalization": normalization, "image_size": image_size}
+    batch_size, augment, seed = config.batch_size, config.augment, config.seed
+    common = {"batch_size": batch_size, "normalization": config.input_normalization, "image_size": config.image_size}
     val_images = pipeline.make_dataset(data, split.val, training=False, **common)
     if plan["mode"] == "none":
         train = pipeline.make_dataset(data, split.train, training=True, augment=augment, seed=seed, **common)
         return train, val_images, None, model
-    frozen, rest = models.split_model(model, through=through)
+    frozen, rest = models.split_model(model, through=config.frozen_through)
     copies = []
     for c in range(plan["copies"]):
         images = pipeline.make_dataset(

@@ -11,10 +11,18 @@ import pytest
 import tensorflow as tf
 
 from streetlib import train
+from streetlib.config import Execution, RunConfig
 from streetlib.evaluate import predict
+from streetlib.runs import RunId, RunLayout
 
 TESTS = Path(__file__).resolve().parent
-SMALL = {"image_size": 32, "batch_size": 16, "verbose": 0}
+SMALL = {"image_size": 32, "batch_size": 16}
+QUIET = Execution(verbose=0)
+
+
+def _config(phase="transfer", **overrides):
+    """A small, quick configuration of a phase."""
+    return RunConfig.preset(phase, **{**SMALL, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +36,11 @@ def transfer_runs(toy_data, toy_data_split, tmp_path_factory):
             cache: train.run_phase(
                 toy_data,
                 toy_data_split,
-                experiment="eq",
-                run=f"transfer-{cache}",
-                epochs=2,
-                augment=False,
-                cache=cache,
+                _config(epochs=2, augment=False, cache=cache),
+                run=RunId("eq", f"transfer-{cache}"),
+                layout=RunLayout(**dirs),
+                execution=QUIET,
                 callbacks=[start],
-                **SMALL,
-                **dirs,
             )
             for cache in ("none", "features")
         },
@@ -104,16 +109,12 @@ def test_cached_features_train_like_the_plain_path(transfer_runs, toy_data, toy_
         cache: train.run_phase(
             toy_data,
             toy_data_split,
-            experiment="eq",
-            run=f"finetune-{cache}",
-            phase="finetune",
+            _config("finetune", epochs=2, augment=False, cache=cache),
+            run=RunId("eq", f"finetune-{cache}"),
             init_from=runs["features"],
-            epochs=2,
-            augment=False,
-            cache=cache,
+            layout=RunLayout(**dirs),
+            execution=QUIET,
             callbacks=[finetune_start],
-            **SMALL,
-            **dirs,
         )
         for cache in ("none", "features")
     }
@@ -133,14 +134,10 @@ def test_the_comparison_of_two_trainings_catches_a_real_divergence(transfer_runs
     other = train.run_phase(
         toy_data,
         toy_data_split,
-        experiment="eq",
-        run="transfer-diverged",
-        epochs=2,
-        cache="none",
-        force=True,
-        **{"augment": False, **change},
-        **SMALL,
-        **dirs,
+        _config(epochs=2, cache="none", **{"augment": False, **change}),
+        run=RunId("eq", "transfer-diverged"),
+        layout=RunLayout(**dirs),
+        execution=Execution(force=True, verbose=0),
     )
     with pytest.raises(AssertionError):
         _assert_same_training(runs["none"], other, start)
@@ -187,10 +184,11 @@ def test_a_run_writes_history_manifest_and_models(transfer_runs, toy_data, toy_d
 
 def test_finished_runs_are_never_overwritten(transfer_runs, toy_data, toy_data_split):
     runs, dirs, _ = transfer_runs
-    kwargs = dict(experiment="eq", run="transfer-none", epochs=1, augment=False, cache="none", **SMALL, **dirs)
+    config = _config(epochs=1, augment=False, cache="none")
+    kwargs = dict(run=RunId("eq", "transfer-none"), layout=RunLayout(**dirs))
     with pytest.raises(FileExistsError, match="'transfer-none' of experiment 'eq' already has results"):
-        train.run_phase(toy_data, toy_data_split, **kwargs)
-    redone = train.run_phase(toy_data, toy_data_split, force=True, **kwargs)
+        train.run_phase(toy_data, toy_data_split, config, execution=QUIET, **kwargs)
+    redone = train.run_phase(toy_data, toy_data_split, config, execution=Execution(force=True, verbose=0), **kwargs)
     assert redone.history.index.tolist() == [0]
     assert json.loads(redone.paths["manifest"].read_text())["config"]["epochs"] == 1
 
@@ -201,6 +199,8 @@ import numpy as np, keras
 sys.path.insert(0, {tests!r})
 from conftest import make_toy_data, toy_split
 from streetlib import train
+from streetlib.config import Execution, RunConfig
+from streetlib.runs import RunId, RunLayout
 
 class KillAtEpoch2(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -211,9 +211,9 @@ class KillAtEpoch2(keras.callbacks.Callback):
             os._exit(17)  # a hard kill: no exception handler, no on_train_end, no clean-up
 
 data = make_toy_data()
-train.run_phase(data, toy_split(data), experiment="resume", run="r", epochs=4, image_size=32, batch_size=16,
-                augment=False, cache="none", verbose=0, callbacks=[KillAtEpoch2()],
-                hists_dir={hists!r}, models_dir={models!r})
+config = RunConfig.preset("transfer", epochs=4, image_size=32, batch_size=16, augment=False, cache="none")
+train.run_phase(data, toy_split(data), config, run=RunId("resume", "r"), callbacks=[KillAtEpoch2()],
+                layout=RunLayout(hists_dir={hists!r}, models_dir={models!r}), execution=Execution(verbose=0))
 """
 
 
@@ -253,46 +253,15 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_spli
     with open(csv, "a") as f:
         f.write(",".join(["2"] + ["0.5"] * (len(before.columns) - 1)) + "\n")
 
+    config = _config(epochs=4, augment=False, cache="none")
+    where = dict(run=RunId("resume", "r"), layout=RunLayout(**dirs))
     with pytest.raises(FileExistsError, match="was interrupted. Pass resume=True"):
-        train.run_phase(
-            toy_data,
-            toy_data_split,
-            experiment="resume",
-            run="r",
-            epochs=4,
-            augment=False,
-            cache="none",
-            resume=False,
-            **SMALL,
-            **dirs,
-        )
+        train.run_phase(toy_data, toy_data_split, config, execution=Execution(resume=False, verbose=0), **where)
     with pytest.raises(ValueError, match=r"Cannot resume run 'r' with different parameters \(seed: 0 -> 1\)"):
-        train.run_phase(
-            toy_data,
-            toy_data_split,
-            experiment="resume",
-            run="r",
-            epochs=4,
-            augment=False,
-            cache="none",
-            seed=1,
-            **SMALL,
-            **dirs,
-        )
+        train.run_phase(toy_data, toy_data_split, config.replace(seed=1), execution=QUIET, **where)
 
     first = _FirstEpoch()
-    result = train.run_phase(
-        toy_data,
-        toy_data_split,
-        experiment="resume",
-        run="r",
-        epochs=4,
-        augment=False,
-        cache="none",
-        callbacks=[first],
-        **SMALL,
-        **dirs,
-    )
+    result = train.run_phase(toy_data, toy_data_split, config, execution=QUIET, callbacks=[first], **where)
 
     assert first.epoch == 2  # training continued at the epoch it was killed in
     np.testing.assert_array_equal(first.fc1, np.load(dump))  # from the weights it had reached
@@ -317,13 +286,16 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, {tests!r})
 from conftest import make_toy_data, toy_split
 from streetlib import train
+from streetlib.config import Execution, RunConfig
+from streetlib.runs import RunId, RunLayout
 
 data = make_toy_data()
 out = {{}}
 for cache in ("none", "features"):
-    result = train.run_phase(data, toy_split(data), experiment="dist", run=cache, epochs=1, image_size=32,
-                             batch_size=16, augment=False, cache=cache, strategy="mirrored", verbose=0,
-                             hists_dir={root!r} + "/hists", models_dir={root!r} + "/models")
+    config = RunConfig.preset("transfer", epochs=1, image_size=32, batch_size=16, augment=False, cache=cache)
+    result = train.run_phase(data, toy_split(data), config, run=RunId("dist", cache),
+                             layout=RunLayout(hists_dir={root!r} + "/hists", models_dir={root!r} + "/models"),
+                             execution=Execution(strategy="mirrored", verbose=0))
     out[cache] = {{"env": result.manifest["environment"], "loss": float(result.history["loss"].iloc[-1]),
                   "epochs": result.history.index.tolist()}}
 print("RESULT" + json.dumps(out))
@@ -392,43 +364,21 @@ def test_cache_plan_states_its_choice(toy_data):
         train.plan_cache("features", model, through=None, augment=False, copies=1, **common)
 
 
-def test_invalid_arguments_are_named(toy_data, toy_data_split, tmp_path):
-    def run(**kwargs):
-        args = {"experiment": "bad", "run": "r", "hists_dir": tmp_path, "models_dir": tmp_path, **kwargs}
-        return train.run_phase(toy_data, toy_data_split, **args)
+def test_invalid_starting_models_are_named(toy_data, toy_data_split, tmp_path):
+    def run(config, init_from):
+        where = {"run": RunId("bad", "r"), "layout": RunLayout(hists_dir=tmp_path, models_dir=tmp_path)}
+        return train.run_phase(toy_data, toy_data_split, config, init_from=init_from, **where)
 
-    with pytest.raises(ValueError, match=r"Invalid `phase`.*Received: phase='fine-tune'"):
-        run(phase="fine-tune")
-    with pytest.raises(ValueError, match=r"Invalid `run`. Expected a plain file name.*Received: run='a/b'"):
-        run(run="a/b")
-    with pytest.raises(ValueError, match=r"Invalid `cache`.*Received: cache='yes'"):
-        run(cache="yes")
-    with pytest.raises(ValueError, match=r"Invalid `epochs`. Expected an int >= 1. Received: epochs=0"):
-        run(epochs=0)
-    with pytest.raises(ValueError, match=r"Invalid `optimizer`.*Received: optimizer='adagrad'"):
-        run(optimizer="adagrad")
-    with pytest.raises(ValueError, match=r"Invalid `learning_rate`. Expected a float > 0. Received: learning_rate=-1"):
-        run(learning_rate=-1)
-    with pytest.raises(ValueError, match=r"Invalid `augment`.*Received: augment=\{'spin': 5\}"):
-        run(augment={"spin": 5})
-    with pytest.raises(ValueError, match=r"Invalid `seed`. Expected an int >= 0"):
-        run(seed=1.5)
-    with pytest.raises(ValueError, match=r"Invalid `pooling`"):
-        run(pooling="sum")
-    assert not any(tmp_path.iterdir())  # invalid arguments fail before anything is written
-    with pytest.raises(ValueError, match="`momentum` applies to optimizer='sgd' only"):
-        run(momentum=0.5)
-    with pytest.raises(ValueError, match=r"Invalid `loss_weights`.*Received: \{'city': 1.0\}"):
-        run(loss_weights={"city": 1.0})
     with pytest.raises(ValueError, match="`init_from` is for phase='finetune'"):
-        run(init_from=tmp_path / "m.keras")
+        run(_config(), tmp_path / "m.keras")
     with pytest.raises(ValueError, match="phase='finetune' needs `init_from`"):
-        run(phase="finetune")
+        run(_config("finetune"), None)
     with pytest.raises(ValueError, match=r"Invalid `init_from`. Expected a RunResult or an existing .keras file"):
-        run(phase="finetune", init_from=tmp_path / "missing.keras")
+        run(_config("finetune"), tmp_path / "missing.keras")
+    assert not any(tmp_path.iterdir())  # invalid arguments fail before anything is written
     (tmp_path / "m.keras").write_bytes(b"")
     with pytest.raises(ValueError, match="pass `weights=` the weight source of that transfer run"):
-        run(phase="finetune", init_from=tmp_path / "m.keras")
+        run(_config("finetune"), tmp_path / "m.keras")
     with pytest.raises(ValueError, match=r"Invalid `strategy`.*Received: strategy='gpu'"):
         train.choose_strategy("gpu")
     with pytest.raises(ValueError, match="`mixed_precision=True` needs a GPU or TPU"):
@@ -441,43 +391,44 @@ def test_invalid_arguments_are_named(toy_data, toy_data_split, tmp_path):
 
 def test_run_seeds_names_runs_by_seed(toy_data, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "run_phase", lambda data, split, **kw: calls.append((split.seed, kw)) or kw["run"])
+
+    def fake_run_phase(data, split, config, *, run, **kwargs):
+        calls.append((split.seed, config.seed, kwargs["execution"]))
+        return run.name
+
+    monkeypatch.setattr(train, "run_phase", fake_run_phase)
     out = train.run_seeds(
         toy_data,
+        _config(epochs=1),
         seeds=[3, 4],
         experiment="e",
-        run="cfg",
-        epochs=1,
+        config_name="cfg",
         split_kwargs={"test_size": 0.15, "val_size": 0.2, "save": False},
+        execution=QUIET,
     )
     assert out == {3: "cfg-seed3", 4: "cfg-seed4"}
-    assert [(s, kw["seed"]) for s, kw in calls] == [(3, 3), (4, 4)]
+    assert calls == [(3, 3, QUIET), (4, 4, QUIET)]  # each run seeded by its split, executed as asked
     with pytest.raises(ValueError, match=r"`init_from` must map every seed \[3, 4\]"):
-        train.run_seeds(toy_data, seeds=[3, 4], experiment="e", run="cfg", init_from={3: "a"})
+        train.run_seeds(toy_data, _config(), seeds=[3, 4], experiment="e", config_name="cfg", init_from={3: "a"})
 
 
 def test_reuse_returns_a_finished_run_and_retrains_one_whose_models_are_gone(toy_data, toy_data_split, out_dirs):
-    kwargs = dict(
-        experiment="reuse",
-        run="r",
-        epochs=1,
-        augment=False,
-        hists_dir=out_dirs["hists_dir"],
-        models_dir=out_dirs["models_dir"],
-        **SMALL,
-    )
-    first = train.run_phase(toy_data, toy_data_split, **kwargs)
+    config = _config(epochs=1, augment=False)
+    where = dict(run=RunId("reuse", "r"), layout=RunLayout(**out_dirs))
+    reuse = Execution(reuse=True, verbose=0)
+    first = train.run_phase(toy_data, toy_data_split, config, execution=QUIET, **where)
     finished_at = first.manifest["finished_at"]
-    again = train.run_phase(toy_data, toy_data_split, reuse=True, **kwargs)
+    # Execution options are not the run's identity: a run trained without XLA is reused when XLA is asked for.
+    again = train.run_phase(toy_data, toy_data_split, config, execution=Execution(reuse=True, xla=True), **where)
     assert again.manifest["finished_at"] == finished_at  # not trained again
     np.testing.assert_array_equal(
         again.model.get_layer("city_logits").get_weights()[0], first.model.get_layer("city_logits").get_weights()[0]
     )
     with pytest.raises(FileExistsError, match="already has results"):
-        train.run_phase(toy_data, toy_data_split, reuse=True, **{**kwargs, "epochs": 2})  # other parameters
+        train.run_phase(toy_data, toy_data_split, config.replace(epochs=2), execution=reuse, **where)
     for key in ("best_model", "final_model"):
         first.paths[key].unlink()
     with pytest.warns(UserWarning, match="model files are missing.*training it again"):
-        retrained = train.run_phase(toy_data, toy_data_split, reuse=True, **kwargs)
+        retrained = train.run_phase(toy_data, toy_data_split, config, execution=reuse, **where)
     assert retrained.manifest["finished_at"] != finished_at and retrained.paths["best_model"].is_file()
     assert retrained.history.index.tolist() == [0]  # the old history was replaced, not appended to
