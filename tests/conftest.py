@@ -1,6 +1,8 @@
 """Shared fixtures: tiny data that a model can learn in a few epochs, and output folders under tmp_path."""
 
 import os
+import subprocess
+import sys
 
 # Before TensorFlow is imported by any test module: keep its start-up logging out of test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,3 +72,18 @@ def toy_data_split(toy_data):
 def out_dirs(tmp_path):
     """Output roots for one test: dict with ``hists_dir``, ``models_dir`` and ``figs_dir`` under tmp_path."""
     return {name: tmp_path / name.removesuffix("_dir") for name in ("hists_dir", "models_dir", "figs_dir")}
+
+
+def run_script(script, **env):
+    """Run ``python -c script`` in a fresh process on the CPU, with ``env`` added to this environment, at most 5 min.
+
+    Returns:
+        `subprocess.CompletedProcess` with text ``stdout`` and ``stderr``.
+    """
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env},
+    )

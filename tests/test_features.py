@@ -1,12 +1,9 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_same_computation, make_toy_data, toy_split
+from conftest import assert_same_computation, make_toy_data, run_script, toy_split
 
 from streetlib import features, weights
 from streetlib.data import StreetData
@@ -90,13 +87,7 @@ def test_features_agree_on_another_instruction_set_thread_count_and_batch(tmp_pa
     AVX-512), one thread and batches of 3, against this process's defaults."""
     out = tmp_path / "features.npy"
     script = OTHER_CPU_SCRIPT.format(tests=str(Path(__file__).resolve().parent), out=str(out))
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-    )
+    done = run_script(script, ONEDNN_MAX_CPU_ISA="SSE41")
     assert done.returncode == 0, done.stderr[-3000:]
     here = FeatureExtractor(weights="random").extract(data, poolings=["avg"], progress=False)["avg"]
     assert_same_computation(np.load(out), here)

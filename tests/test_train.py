@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -9,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import run_script
 
 from streetlib import train
 from streetlib.config import Execution, RunConfig
@@ -202,6 +200,8 @@ from streetlib import train
 from streetlib.config import Execution, RunConfig
 from streetlib.runs import RunId, RunLayout
 
+from conftest import run_script
+
 class KillAtEpoch2(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 1:
@@ -233,13 +233,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_spli
     dirs = {"hists_dir": str(tmp_path / "hists"), "models_dir": str(tmp_path / "models")}
     dump = tmp_path / "fc1_after_epoch1.npy"
     script = KILL_SCRIPT.format(tests=str(TESTS), dump=str(dump), **{k[:-4]: v for k, v in dirs.items()})
-    killed = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
+    killed = run_script(script)
     assert killed.returncode == 17, killed.stderr[-3000:]
 
     csv = tmp_path / "hists" / "resume" / "r.csv"
@@ -289,6 +283,8 @@ from streetlib import train
 from streetlib.config import Execution, RunConfig
 from streetlib.runs import RunId, RunLayout
 
+from conftest import run_script
+
 data = make_toy_data()
 out = {{}}
 for cache in ("none", "features"):
@@ -304,13 +300,7 @@ print("RESULT" + json.dumps(out))
 
 def test_training_under_mirrored_strategy_on_two_cpus(tmp_path):
     script = DISTRIBUTED_SCRIPT.format(tests=str(TESTS), root=str(tmp_path))
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
+    done = run_script(script)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.split("RESULT")[-1])
     for cache in ("none", "features"):
