@@ -99,16 +99,13 @@ def find_layer_path(model, name):
 
 
 def default_layer(model):
-    """Name of the layer Grad-CAM uses by default: the last convolution of the nested model named ``backbone``
-    if there is one, else the model's last convolution (nested models searched too).
+    """Name of the layer Grad-CAM uses by default: the model's last convolution, nested models searched too (the
+    backbone's last one under the dense head; ``head_conv2`` under the conv head, the last map the logits read).
 
     Raises:
         ValueError: the model has no convolution layer.
     """
-    scope = model
-    if "backbone" in [layer.name for layer in model.layers] and isinstance(model.get_layer("backbone"), keras.Model):
-        scope = model.get_layer("backbone")
-    convs = [layer.name for layer in all_layers(scope) if isinstance(layer, _CONV_TYPES)]
+    convs = [layer.name for layer in all_layers(model) if isinstance(layer, _CONV_TYPES)]
     if not convs:
         raise ValueError(f"Model {model.name!r} has no convolution layer for Grad-CAM. Pass `layer=` a 4-D layer.")
     return convs[-1]

@@ -1,5 +1,8 @@
 """Cheap baselines on backbone features, on exactly the CNNs' splits: scikit-learn classifiers, records, figures.
 
+Beside the deep features, optional floor baselines (`FLOORS`) fit the same classifiers on features computed without
+any network (`floor_features`: downsampled pixels, colour statistics), so a reader sees what the deep features add.
+
 Each classifier is a pipeline ``StandardScaler -> classifier`` fitted on the training split only; an optional
 hyper-parameter search fits one pipeline per candidate on the training split and keeps the best on the validation
 split. The test split is only ever predicted.
@@ -8,7 +11,8 @@ split. The test split is only ever predicted.
 
 - ``hists/<experiment>/<dataset>.csv``: one tidy row per backbone x weights x layer x pooling x augmented copies x
   classifier x seed x output (`COLUMNS`), with train, validation and test accuracy and, for the city output, test
-  top-3 accuracy. Rerunning a configuration replaces its rows.
+  top-3 accuracy. Floor rows name the floor as their backbone and ``"none"`` as weights, layer, pooling and
+  normalisation. Rerunning a configuration replaces its rows.
 - ``figs/<experiment>/<dataset>-<run>.test.confusion-<output>.png``: normalised test confusion matrices, drawn by
   `streetlib.figures.plot_confusion` as the CNNs' are.
 """
@@ -42,6 +46,11 @@ SEARCH_GRIDS = {
     "linear-svm": {"C": [0.001, 0.01, 0.1, 1.0]},
     "logreg": {"C": [0.01, 0.1, 1.0, 10.0]},
 }
+# Baselines without a network: what any classifier gets from the pixels alone (see `floor_features`).
+FLOORS = ("pixels", "colour-stats")
+# The side of the "pixels" floor's downsampled image, and the bins of each channel's histogram in "colour-stats".
+FLOOR_GRID = 8
+FLOOR_BINS = 8
 CONFIG = [
     "data",
     "backbone",
@@ -75,6 +84,64 @@ def _check_classifier(name):
     if name not in CLASSIFIERS:
         raise ValueError(f"Invalid `classifier`. Expected one of {CLASSIFIERS}. Received: classifier={name!r}")
     return name
+
+
+def _check_floors(floors):
+    floors = list(floors)
+    bad = [k for k in floors if k not in FLOORS]
+    if bad:
+        raise ValueError(f"Invalid `floors`. Expected a list of {FLOORS}. Received: floors={floors!r}")
+    return floors
+
+
+def _area_weights(size, cells):
+    """float64 `(cells, size)`: row i averages the pixels under cell i of ``cells`` equal cells, pixels that straddle
+    two cells counting in each by the fraction they overlap. Each row sums to 1."""
+    edges = np.arange(cells + 1) * (size / cells)
+    lo = np.maximum(edges[:-1, None], np.arange(size)[None, :])
+    hi = np.minimum(edges[1:, None], np.arange(size)[None, :] + 1)
+    return np.clip(hi - lo, 0, None) / (size / cells)
+
+
+def floor_features(data, kind, *, chunk=64):
+    """Features without any network, one vector per image of ``data``: the floor a classifier gets from the pixels.
+
+    Args:
+        data: `StreetData` (uint8 images `(n, H, W, 3)`).
+        kind: one of `FLOORS`:
+
+            - ``"pixels"``: the image downsampled to 8x8 by area averaging (each output pixel the mean of the
+              pixels under it; pixels straddling two cells count in each by their overlap, so any H and W work),
+              scaled to [0, 1] and flattened in (row, column, channel) order: 192 values.
+            - ``"colour-stats"``: per channel (red, green, blue in turn) the mean and the standard deviation
+              (population, ddof=0) of its values scaled to [0, 1], then an 8-bin histogram of its 0-255 values
+              (bins of width 32, as fractions of the pixels, summing to 1): 3 x (2 + 8) = 30 values.
+        chunk: int, images processed at a time (bounds the float copy in memory). Default 64.
+
+    Returns:
+        float32 `(len(data), 192)` for "pixels", `(len(data), 30)` for "colour-stats".
+    """
+    if kind not in FLOORS:
+        raise ValueError(f"Invalid `kind`. Expected one of {FLOORS}. Received: kind={kind!r}")
+    images = data.images
+    n, height, width, _ = images.shape
+    if kind == "pixels":
+        rows, cols = _area_weights(height, FLOOR_GRID), _area_weights(width, FLOOR_GRID)
+    out = []
+    for start in range(0, n, chunk):
+        x = images[start : start + chunk]
+        if kind == "pixels":
+            small = np.einsum("ih,nhwc,jw->nijc", rows, x.astype(np.float64) / 255.0, cols)
+            out.append(small.reshape(len(x), -1))
+        else:
+            flat = x.reshape(len(x), -1, 3)
+            scaled = flat.astype(np.float64) / 255.0
+            bins = flat // (256 // FLOOR_BINS)
+            hist = np.stack([(bins == b).mean(axis=1) for b in range(FLOOR_BINS)], axis=-1)  # (n, 3 channels, bins)
+            stats = np.concatenate([scaled.mean(axis=1)[..., None], scaled.std(axis=1)[..., None], hist], axis=-1)
+            out.append(stats.reshape(len(x), -1))
+    dim = 3 * FLOOR_GRID**2 if kind == "pixels" else 3 * (2 + FLOOR_BINS)
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
 def make_classifier(name, *, seed=0, **params):
@@ -259,22 +326,26 @@ def run_grid(
     augment_copies=(0,),
     extractor=None,
     figure_seeds=None,
+    floors=(),
     experiment="02-baselines",
     cache_dir=None,
     hists_dir=None,
     figs_dir=None,
     progress=True,
 ):
-    """Baselines for every weight source x pooling x augmented copies x classifier x split x output.
+    """Baselines for every weight source x pooling x augmented copies x classifier x split x output, and for every
+    floor x classifier x split x output.
 
     Features are extracted once per weight source for all images (cached, see `streetlib.features`), then indexed
-    by each split; augmented training copies are extracted per split.
+    by each split; augmented training copies are extracted per split. Floor features (`floor_features`) are computed
+    once per floor and fitted exactly as the deep ones, by the same loop.
 
     Args:
         data: `StreetData`.
         splits: list of `streetlib.splits.Split` (those of the CNNs: `streetlib.splits.make_splits`).
-        weights: list of weight sources (names or file paths). A source that cannot be downloaded is skipped and
-            reported in ``unavailable``. Default ('hed-bsds500', 'random').
+        weights: list of weight sources (names or file paths), possibly empty when only ``floors`` are wanted. A
+            source that cannot be downloaded is skipped and reported in ``unavailable``. Default ('hed-bsds500',
+            'random').
         poolings: list of `streetlib.models.POOLINGS`. Default ('avg', 'flatten').
         classifiers: list of `CLASSIFIERS`. Default all.
         outputs: list of 'region' and 'city'. Default both.
@@ -283,7 +354,12 @@ def run_grid(
             Default (0,).
         extractor: dict of `FeatureExtractor` arguments other than ``weights`` (backbone, layer, image_size,
             normalization, init_seed, batch_size). Default: VGG16's output at the data's size.
-        figure_seeds: None (confusion figures for every split) or a list of split seeds to draw.
+        figure_seeds: None (confusion figures for every split) or a list of split seeds to draw. Floor baselines
+            are drawn too, as ``<dataset>-<floor>-none-none-none-<classifier>-seed<N>.test.confusion-<output>.png``.
+        floors: list of `FLOORS`, baselines without a network: each classifier x split x output is also fitted on
+            `floor_features` of that kind (never augmented; ``search`` applies as to the deep features). Their
+            rows have ``backbone=<floor>`` (e.g. 'pixels'), ``weights``, ``layer``, ``pooling`` and
+            ``normalization`` 'none', ``augment_copies=0`` and the data's ``image_size``. Default () (none).
         experiment: str, the folder under ``hists/`` and ``figs/``. Default '02-baselines'.
         cache_dir, hists_dir, figs_dir: output roots. Default `streetlib.paths`'s.
         progress: bool, progress bars while extracting. Default True.
@@ -292,6 +368,11 @@ def run_grid(
         `GridResult`.
     """
     poolings = check_poolings(poolings)
+    floors = _check_floors(floors)
+    if not list(weights) and not floors:
+        raise ValueError(
+            f"Nothing to fit: `weights` and `floors` are both empty. Received: weights={weights!r}, floors={floors!r}"
+        )
     for name in classifiers:
         _check_classifier(name)
     bad = [o for o in outputs if o not in OUTPUTS]
@@ -307,6 +388,26 @@ def run_grid(
         _check_search(search, classifier)
     figs = RunLayout(figs_dir=figs_dir).figs(experiment)
     rows, unavailable, written = [], {}, []
+
+    def fit_split(split, plain, augmented, setting):
+        """Every pooling x classifier x output on one split's features, rows and figures appended."""
+        draw = figure_seeds is None or split.seed in figure_seeds
+        for pooling, classifier, output in itertools.product(plain, classifiers, outputs):
+            row, fit = _run_one(
+                data,
+                split,
+                plain[pooling],
+                augmented.get(pooling),
+                {**setting, "pooling": pooling},
+                classifier=classifier,
+                search=search,
+                output=output,
+            )
+            rows.append(row)
+            if draw:
+                run, fig = _confusion_figure(data, split, fit, row, setting["_weights"])
+                written.append(figures.save(fig, figs / f"{data.name}-{run}.test.confusion-{output}.png"))
+
     for source in weights:
         try:
             fx = FeatureExtractor(weights=source, **(extractor or {}))
@@ -314,6 +415,15 @@ def run_grid(
             unavailable[str(source)] = str(err)
             continue
         plain = fx.features(data, poolings=poolings, cache_dir=cache_dir, progress=progress)
+        size = fx.size_for(data)
+        setting = {
+            "backbone": fx.backbone,
+            "weights": fx.weights_name,
+            "layer": fx.layer_name(data),
+            "image_size": f"{size[0]}x{size[1]}",
+            "normalization": fx.normalization,
+            "_weights": fx.weights,
+        }
         for copies in augment_copies:
             for split in splits:
                 augmented = (
@@ -329,46 +439,37 @@ def run_grid(
                     if copies
                     else {}
                 )
-                draw = figure_seeds is None or split.seed in figure_seeds
-                for pooling, classifier, output in itertools.product(poolings, classifiers, outputs):
-                    row, fit = _run_one(
-                        data,
-                        split,
-                        plain[pooling],
-                        augmented.get(pooling),
-                        fx,
-                        pooling=pooling,
-                        classifier=classifier,
-                        augment_copies=copies,
-                        search=search,
-                        output=output,
-                    )
-                    rows.append(row)
-                    if draw:
-                        run, fig = _confusion_figure(data, split, fit, fx, row)
-                        written.append(figures.save(fig, figs / f"{data.name}-{run}.test.confusion-{output}.png"))
+                fit_split(split, {p: plain[p] for p in poolings}, augmented, {**setting, "augment_copies": copies})
+    for kind in floors:
+        features = floor_features(data, kind)
+        size = data.image_size
+        setting = {
+            "backbone": kind,
+            "weights": "none",
+            "layer": "none",
+            "image_size": f"{size[0]}x{size[1]}",
+            "normalization": "none",
+            "augment_copies": 0,
+            "_weights": None,
+        }
+        for split in splits:
+            fit_split(split, {"none": features}, {}, setting)
     table = pd.DataFrame(rows, columns=COLUMNS)
     path = results_path(data, experiment=experiment, hists_dir=hists_dir)
     save_results(table, path)
     return GridResult(table=table, unavailable=unavailable, path=path, figures=written)
 
 
-def _run_one(data, split, features, augmented, fx, *, pooling, classifier, augment_copies, search, output):
-    """Fit and score one baseline. Returns (row of `COLUMNS`, `Fit`)."""
+def _run_one(data, split, features, augmented, setting, *, classifier, search, output):
+    """Fit and score one baseline on ``features``, with ``setting`` the row's backbone, weights, layer, pooling,
+    image_size, normalization and augment_copies. Returns (row of `COLUMNS`, `Fit`)."""
     labels = data.labels()[output]
     fit = fit_baseline(
         features, labels, split, classifier=classifier, search=search, augmented=augmented, seed=split.seed
     )
-    size = fx.size_for(data)
     row = {
         "data": data.label,
-        "backbone": fx.backbone,
-        "weights": fx.weights_name,
-        "layer": fx.layer_name(data),
-        "pooling": pooling,
-        "image_size": f"{size[0]}x{size[1]}",
-        "normalization": fx.normalization,
-        "augment_copies": augment_copies,
+        **{c: setting[c] for c in CONFIG if c not in ("data", "classifier", "search")},
         "classifier": classifier,
         "search": bool(search),
         "params": json.dumps(fit.params, sort_keys=True),
@@ -387,13 +488,14 @@ def _run_one(data, split, features, augmented, fx, *, pooling, classifier, augme
     return row, fit
 
 
-def _confusion_figure(data, split, fit, fx, row):
-    """The normalised test confusion of one baseline (``row`` from `_run_one`). Returns (run name, Figure)."""
+def _confusion_figure(data, split, fit, row, weights):
+    """The normalised test confusion of one baseline (``row`` from `_run_one`; ``weights`` the weight source, None
+    for a floor). Returns (run name, Figure)."""
     output = row["output"]
     names = data.spec.class_names(output)
     run = run_name(
-        backbone=fx.backbone,
-        weights=fx.weights,
+        backbone=row["backbone"],
+        weights=row["weights"] if weights is None else weights,
         layer=row["layer"],
         pooling=row["pooling"],
         classifier=row["classifier"],
@@ -405,7 +507,7 @@ def _confusion_figure(data, split, fit, fx, row):
     heading = figures.title(
         f"{output} confusion: {run} (test set, n={len(split.test)})",
         data_label=data.label,
-        weights_label=weights_lib.describe(fx.weights),
+        weights_label="none (no network)" if weights is None else weights_lib.describe(weights),
     )
     return run, figures.plot_confusion(cm, class_names=names, title=heading)
 
@@ -447,7 +549,11 @@ def compare(table, *, column, a, b, metric="test_acc"):
 
     For every configuration that differs only in ``column`` (e.g. ``column="weights"``, ``a="random"``,
     ``b="hed-bsds500"``), the same seeds mean the same splits, so the per-seed differences ``b - a`` are paired.
-    Columns that follow from ``column`` (the normalisation of each weight source) are not matched on.
+    Columns that follow from ``column`` (the normalisation of each weight source) are not matched on. A column in
+    which one side has a single value that the other never has (a floor's ``pooling="none"`` against a backbone's
+    poolings, with ``column="backbone"``) does not apply to that side: its rows pair with every value of the other.
+    A floor (`FLOORS`, with ``column="backbone"``) has no weights, layer, pooling or augmentation: its rows pair with
+    every value the other side has in each column where the floor has a single value (``augment_copies=0`` too).
 
     Returns:
         pandas DataFrame, one row per configuration and output: the other varying configuration columns,
@@ -464,11 +570,11 @@ def compare(table, *, column, a, b, metric="test_acc"):
     within = table.groupby(column)
     keys = [c for c in CONFIG if c != column and table[c].nunique() > 1 and within[c].nunique().max() > 1]
     keys.append("output")
-    wide = (
-        table.assign(_side=table[column].astype(str))
-        .pivot_table(index=[*keys, "seed"], columns="_side", values=metric)[[str(a), str(b)]]
-        .dropna()
-    )
+    sides = table.assign(_side=table[column].astype(str))
+    sides = sides[sides["_side"].isin([str(a), str(b)])]
+    floors = {str(v) for v in (a, b) if column == "backbone" and str(v) in FLOORS}
+    sides = _broadcast_unmatched(sides, keys[:-1], str(a), str(b), floors=floors)
+    wide = sides.pivot_table(index=[*keys, "seed"], columns="_side", values=metric)[[str(a), str(b)]].dropna()
     if wide.empty:
         raise ValueError(f"{column}={a!r} and {column}={b!r} share no configuration and seed: nothing to pair.")
     wide["diff"] = wide[str(b)] - wide[str(a)]
@@ -487,6 +593,23 @@ def compare(table, *, column, a, b, metric="test_acc"):
         }
     )
     return out.reset_index()
+
+
+def _broadcast_unmatched(sides, keys, a, b, *, floors=()):
+    """Rows of side ``a`` and ``b`` (by ``_side``) where, per key column, a side with one value that the other side
+    lacks (or any single value, for a side in ``floors``) is copied once per value of the other side, so it pairs with
+    all of them."""
+    for key in keys:
+        values = {s: set(sides.loc[sides["_side"] == s, key].astype(str)) for s in (a, b)}
+        for side, other in ((a, b), (b, a)):
+            unmatched = values[side].isdisjoint(values[other]) or side in floors
+            if len(values[side]) == 1 and values[other] and values[other] != values[side] and unmatched:
+                own = sides[sides["_side"] == side]
+                others = sides.loc[sides["_side"] == other, key].drop_duplicates()
+                copies = [own.assign(**{key: v}) for v in others]
+                sides = pd.concat([sides[sides["_side"] != side], *copies], ignore_index=True)
+                break
+    return sides
 
 
 def verdicts(comparison, *, a, b):

@@ -51,6 +51,19 @@ OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop")
 CACHE_MODES = ("auto", "features", "none")
 LOSS_WEIGHTS = {"region": 0.5, "city": 1.0}
 MONITOR = "val_city_accuracy"
+# The fields that fix a model's layers and what its input looks like: a fine-tune takes them from its transfer run.
+ARCHITECTURE = (
+    "backbone",
+    "image_size",
+    "normalization",
+    "cut",
+    "head",
+    "pooling",
+    "units",
+    "filters",
+    "head_stride",
+    "dropout",
+)
 SGD_MOMENTUM = 0.9
 
 
@@ -154,7 +167,10 @@ class RunConfig:
             expects (see `input_normalization`). A mode equal to that default is stored as None.
         epochs: int >= 1. Default 50.
         batch_size: int >= 1, the global batch size. Default 32.
-        pooling, units, dropout: the head, see `streetlib.models.build_model`.
+        cut: str or None, the backbone layer where the backbone ends (e.g. 'block1_pool'), see
+            `streetlib.models.build_model`. Default None: the whole backbone.
+        head, pooling, units, filters, head_stride, dropout: the head, see `streetlib.models.build_model`. Default
+            the original's dense head with average pooling.
         augment: bool or dict of `streetlib.pipeline.augmentation` arguments. Default True (the original's).
         cache: 'auto' (default): train on cached frozen-part features when something is frozen and the cache fits
             the execution's ``max_cache_bytes``; 'features': always cache; 'none': never.
@@ -177,8 +193,12 @@ class RunConfig:
     normalization: str | None = None
     epochs: int = PHASES["transfer"]["epochs"]
     batch_size: int = 32
+    cut: str | None = None
+    head: str = "dense"
     pooling: str = "avg"
     units: int | None = None
+    filters: int = 64
+    head_stride: int = 2
     dropout: float = 0.5
     augment: bool | dict = True
     cache: str = "auto"
@@ -203,8 +223,12 @@ class RunConfig:
         "normalization": [Options(sorted(pipeline.NORMALIZATIONS)), None],
         "epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "cut": [str, None],
+        "head": [Options(models.HEADS)],
         "pooling": [Options(models.POOLINGS)],
         "units": [None, Interval(numbers.Integral, 1, None, closed="left")],
+        "filters": [Interval(numbers.Integral, 1, None, closed="left")],
+        "head_stride": [Interval(numbers.Integral, 1, None, closed="left")],
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "augment": [bool, Keys(pipeline.DEFAULT_AUGMENTATION)],
         "cache": [Options(CACHE_MODES)],
@@ -248,7 +272,17 @@ class RunConfig:
 
     def _canonicalize(self):
         """Store each value in one form, so equal settings make equal configs (and equal manifests)."""
-        for name in ("image_size", "epochs", "batch_size", "augment_copies", "seed", "units", "early_stopping"):
+        for name in (
+            "image_size",
+            "epochs",
+            "batch_size",
+            "augment_copies",
+            "seed",
+            "units",
+            "filters",
+            "head_stride",
+            "early_stopping",
+        ):
             if getattr(self, name) is not None:
                 self._set(name, int(getattr(self, name)))
         self._set("learning_rate", float(self.learning_rate))
@@ -275,7 +309,10 @@ class RunConfig:
         """
         if phase not in PHASES:
             raise ValueError(f"Invalid `phase`. Expected one of {list(PHASES)}. Received: phase={phase!r}")
-        return cls(phase=phase, **{**PHASES[phase], **overrides})
+        settings = {**PHASES[phase], **overrides}
+        if settings["optimizer"] != "sgd" and "momentum" not in overrides:
+            settings["momentum"] = None  # the phase's SGD momentum does not carry over to another optimiser
+        return cls(phase=phase, **settings)
 
     def replace(self, **changes):
         """A copy with some fields changed (and checked again). Returns `RunConfig`."""
@@ -340,8 +377,12 @@ class RunConfig:
             "normalization": self.input_normalization,
             "epochs": self.epochs,
             "batch_size": self.batch_size,
+            "cut": self.cut,
+            "head": self.head,
             "pooling": self.pooling,
             "units": self.units,
+            "filters": self.filters,
+            "head_stride": self.head_stride,
             "dropout": self.dropout,
             "augment": self.augment,
             "cache": self.cache,

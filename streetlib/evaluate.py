@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from streetlib import figures, pipeline
+from streetlib import figures, models, pipeline
 from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
 from streetlib.runs import CHECKPOINTS, RunId, RunLayout
@@ -241,16 +241,15 @@ def score(truth, predictions, class_names, *, similarity="confusion", n_bins=10)
 
 
 def predict(model, data, indices, *, normalization, image_size, batch_size=32):
-    """Probabilities of both outputs and the ``fc2_relu`` embedding (the 128-d layer before the outputs).
+    """Probabilities of both outputs and the embedding: the vector the logits read (the dense head's 128-d
+    ``fc2`` block, or the conv head's pooled features).
 
     Returns:
         dict: ``region`` float32 `(n, num_regions)`, ``city`` float32 `(n, num_classes)`, ``embedding`` float32
-        `(n, 128)`, in the order of ``indices``.
+        `(n, d)`, in the order of ``indices``.
     """
-    probe = keras.Model(
-        model.input,
-        {**{o: model.get_layer(o).output for o in OUTPUTS}, "embedding": model.get_layer("fc2_relu").output},
-    )
+    embedding = models.head_layers(model)[-1].output
+    probe = keras.Model(model.input, {**{o: model.get_layer(o).output for o in OUTPUTS}, "embedding": embedding})
     ds = pipeline.make_dataset(
         data, indices, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
     )
@@ -524,3 +523,29 @@ def paired_comparison(frame, *, a, b, **kwargs):
         "p_value": float(p),
         "per_seed": per_seed,
     }
+
+
+def paired_interval(differences, *, confidence=0.95):
+    """Mean of paired differences with a Student-t confidence interval, and the verdict it supports.
+
+    Args:
+        differences: 1-D array-like of per-seed differences ``b - a`` (same split per seed).
+        confidence: float in (0, 1), the interval's coverage. Default 0.95.
+
+    Returns:
+        dict: ``n``, ``mean``, ``low``, ``high`` (NaN with fewer than 2 differences) and ``verdict``: 'b higher'
+        or 'a higher' when the interval excludes 0 (resolved), 'within seed noise' when it contains 0, 'too few
+        seeds' below 2.
+    """
+    from scipy import stats
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"Invalid `confidence`. Expected a float in (0, 1). Received: confidence={confidence!r}")
+    d = np.asarray(differences, dtype=float)
+    n, mean = len(d), float(d.mean()) if len(d) else np.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "low": np.nan, "high": np.nan, "verdict": "too few seeds"}
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    low, high = mean - half, mean + half
+    verdict = "b higher" if low > 0 else "a higher" if high < 0 else "within seed noise"
+    return {"n": n, "mean": mean, "low": low, "high": high, "verdict": verdict}

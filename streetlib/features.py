@@ -76,6 +76,8 @@ def _pool(maps, pooling):
         return maps.max(axis=(1, 2))
     elif pooling == "flatten":
         return maps.reshape(len(maps), -1)
+    elif pooling == "avgmax":  # as the conv head's `pool` layer: average then max, side by side
+        return np.concatenate([_pool(maps, "avg"), _pool(maps, "max")], axis=1)
     else:
         raise ValueError(f"Invalid `pooling`. Expected one of {POOLINGS}. Received: pooling={pooling!r}")
 

@@ -8,13 +8,15 @@ the committed demo results, is trained again with a warning.
 """
 
 import dataclasses
+import json
 
+import keras
 import pandas as pd
 
 from streetlib import evaluate, figures, train
 from streetlib import weights as weights_lib
 from streetlib.classes import OUTPUTS
-from streetlib.config import PHASES, Execution
+from streetlib.config import ARCHITECTURE, PHASES, Execution, RunConfig
 from streetlib.runs import RunId, RunLayout
 
 
@@ -25,8 +27,9 @@ def transfer_config(source):
 
 def finetune_config(source, finetune_from):
     """The configuration name of the runs fine-tuning ``source``'s transfer runs from the backbone layer
-    ``finetune_from`` (e.g. 'block4_pool'): ``<source>-finetune-<block>``."""
-    return f"{source}-finetune-{finetune_from.split('_')[0]}"
+    ``finetune_from`` (e.g. 'block4_pool'): ``<source>-finetune-<block>``; ``<source>-finetune-all`` when
+    ``finetune_from`` is None (every layer trains)."""
+    return f"{source}-finetune-{'all' if finetune_from is None else finetune_from.split('_')[0]}"
 
 
 def available_sources(sources):
@@ -51,12 +54,21 @@ def available_sources(sources):
 
 
 def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None):
+    """Score each seed's best checkpoint on the validation split (rows only: what configurations are chosen on)
+    and on the test split (rows and figures)."""
     from streetlib.splits import make_split
 
-    frames = []
+    layout, frames = RunLayout(), []
     for seed, result in results.items():
         split = make_split(data, seed=seed, **(split_kwargs or {}))
-        frames.append(evaluate.evaluate_checkpoints(data, split, run=RunId(experiment, config_name, seed)))
+        run = RunId(experiment, config_name, seed)
+        model = keras.models.load_model(layout.model(run, "best"), safe_mode=True, compile=False)
+        record = result.manifest["config"]
+        scores = evaluate.score_run(model, data, split, normalization=record["normalization"], subset="val")
+        label = {"dataset": data.label, "weights": record["weights_label"]}
+        val = evaluate.eval_rows(scores, **label, run=run, checkpoint="best", subset="val")
+        evaluate.append_evals(val, layout.evals(run))
+        frames += [val, evaluate.evaluate_run(model, data, split, run=run, checkpoint="best", subset="test")]
         del result.model
     return frames
 
@@ -97,9 +109,13 @@ def run_transfer(data, config, *, sources, seeds, experiment, scratch_epochs=0, 
 def run_finetune(data, config, *, sources, seeds, experiment, transfer_experiment, split_kwargs=None, execution=None):
     """Fine-tune each source's best transfer model (per seed), then evaluate.
 
+    The model's architecture and input (`streetlib.config.ARCHITECTURE` fields: backbone, cut, head, image size,
+    normalisation...) are those of the transfer runs, read from their manifests, so the two phases cannot disagree.
+
     Args:
         config: `streetlib.config.RunConfig` of the fine-tune runs, e.g. ``RunConfig.preset("finetune",
-            frozen_through="block3_pool")`` ('block4_pool': block5 and the head train; 'block3_pool': block4 too).
+            frozen_through="block3_pool")`` ('block4_pool': block5 and the head train; 'block3_pool': block4 too;
+            None: every layer trains). Its `ARCHITECTURE` fields are replaced by the transfer runs'.
         transfer_experiment: str, where `run_transfer` saved the models (configurations `transfer_config`).
         Other arguments as in `run_transfer`.
 
@@ -111,13 +127,15 @@ def run_finetune(data, config, *, sources, seeds, experiment, transfer_experimen
     configs, init = {}, {}
     for source in sources:
         name = finetune_config(source, config.frozen_through)
-        configs[name] = config.replace(weights=source)
-        init[name] = {s: layout.model(RunId(transfer_experiment, transfer_config(source), s), "best") for s in seeds}
+        runs = {s: RunId(transfer_experiment, transfer_config(source), s) for s in seeds}
+        init[name] = {s: layout.model(run, "best") for s, run in runs.items()}
         missing = [str(p) for p in init[name].values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"No best transfer model for {source!r}: {missing}. Run the transfer phase first (notebook 03)."
             )
+        transfer = RunConfig.from_manifest(json.loads(layout.manifest(runs[seeds[0]]).read_text())["config"])
+        configs[name] = config.replace(weights=source, **{f: getattr(transfer, f) for f in ARCHITECTURE})
     return _run_configs(
         data, configs, seeds=seeds, experiment=experiment, split_kwargs=split_kwargs, execution=execution, init=init
     )
@@ -216,33 +234,137 @@ ORIGINAL_RESULTS = pd.DataFrame(
 
 
 def cnn_scores(experiments, *, checkpoint="best", subset="test", hists_dir=None):
-    """Per-seed test accuracy of every CNN run of the given experiments, tidy: family, config, seed, output, value."""
+    """Per-seed accuracy of every CNN run of the given experiments, tidy: family, config, seed, output, value,
+    experiment. ``subset`` is 'test' (default) or 'val' (what configurations are chosen on)."""
     frames = []
     for experiment in experiments:
         evals = evaluate.read_evals(experiment, hists_dir=hists_dir)
         for output in OUTPUTS:
             scores = evaluate.seed_scores(evals, output=output, checkpoint=checkpoint, subset=subset)
-            frames.append(scores.assign(family=f"CNN ({experiment})", output=output))
-    return pd.concat(frames, ignore_index=True)[["family", "config", "seed", "output", "value"]]
+            frames.append(scores.assign(family=f"CNN ({experiment})", output=output, experiment=experiment))
+    return pd.concat(frames, ignore_index=True)[["family", "config", "seed", "output", "value", "experiment"]]
 
 
-def baseline_scores(path, *, classifier="svm-rbf"):
-    """Per-seed test accuracy of the baselines in ``path`` (notebook 02's CSV), same columns as `cnn_scores`."""
+def headline(experiments, *, config=None, hists_dir=None):
+    """The headline model: the CNN configuration with the best mean validation accuracy (see `best_config`).
+
+    Args:
+        experiments: list of experiment names whose runs compete.
+        config: str or None. A configuration name to use instead of choosing (it must exist).
+        hists_dir: root of the eval rows. Default `streetlib.paths.hists_dir()`.
+
+    Returns:
+        (experiment, config, ranked): str, str and the DataFrame of `best_config` (every configuration's mean
+        validation accuracy per output, best first).
+    """
+    val = cnn_scores(experiments, subset="val", hists_dir=hists_dir)
+    best, ranked = best_config(val)
+    chosen = config or best
+    where = val.loc[val["config"] == chosen, "experiment"].unique()
+    if len(where) != 1:
+        raise ValueError(
+            f"Invalid `config`: {chosen!r} is in {len(where)} of the experiments {list(experiments)}. "
+            f"Expected one of {list(ranked.index)}."
+        )
+    return where[0], chosen, ranked
+
+
+def baseline_scores(path, *, classifier="svm-rbf", subset="test"):
+    """Per-seed accuracy of the baselines in ``path`` (notebook 02's CSV), same columns as `cnn_scores`.
+
+    Rows on deep features are family ``SVM on deep features`` (config ``<weights> <layer> <pooling> features,
+    <classifier>``); rows on no network (``weights`` 'none', see `streetlib.baselines.FLOORS`) are family ``floor``
+    (config ``<kind> (no network), <classifier>``).
+
+    Args:
+        path: the baselines CSV.
+        classifier: str, the classifier whose rows are read. Default 'svm-rbf' (the original's).
+        subset: 'test' (default) or 'val'.
+    """
+    if subset not in ("val", "test"):
+        raise ValueError(f"Invalid `subset`. Expected 'val' or 'test'. Received: subset={subset!r}")
     table = pd.read_csv(path)
     # The plain configuration of each weight source and pooling: no augmented copies, no search.
     table = table[(table["classifier"] == classifier) & (table["augment_copies"] == 0) & ~table["search"].astype(bool)]
     if table.empty:
         raise ValueError(f"No {classifier!r} rows in {path}.")
-    config = table["weights"].astype(str) + " " + table["pooling"].astype(str) + " features, " + classifier
+    floor = table["weights"].astype(str) == "none"
+    deep = table["weights"].astype(str) + " " + table["layer"].astype(str) + " " + table["pooling"].astype(str)
+    config = deep.where(~floor, table["backbone"].astype(str) + " (no network)").where(floor, deep + " features") + (
+        ", " + classifier
+    )
     return pd.DataFrame(
         {
-            "family": "baseline (02-baselines)",
+            "family": floor.map({True: "floor (02-baselines)", False: "SVM on deep features (02-baselines)"}),
             "config": config,
             "seed": table["seed"],
             "output": table["output"],
-            "value": table["test_acc"],
+            "value": table[f"{subset}_acc"],
         }
     )
+
+
+def best_config(scores, *, output="city"):
+    """The configuration with the highest mean score over seeds on one output (ties: the other output decides).
+
+    Args:
+        scores: tidy scores (`cnn_scores` or `baseline_scores` columns) of the *validation* split: choosing on test
+            would make the chosen model's test score optimistic.
+        output: str, the output compared first. Default 'city'.
+
+    Returns:
+        (str config, pandas DataFrame of every configuration's mean per output, best first).
+    """
+    means = scores.groupby(["config", "output"])["value"].mean().unstack("output")
+    other = [o for o in OUTPUTS if o != output]
+    ranked = means.sort_values([output, *other], ascending=False)
+    return ranked.index[0], ranked
+
+
+def paired_comparisons(scores, pairs, *, confidence=0.95):
+    """Paired differences between configurations over the split seeds they share, with intervals and verdicts.
+
+    Args:
+        scores: tidy test scores (columns family, config, seed, output, value), e.g. `cnn_scores` and
+            `baseline_scores` concatenated.
+        pairs: list of (question, a, b): the configuration names compared as ``b - a``.
+        confidence: float, the intervals' coverage. Default 0.95.
+
+    Returns:
+        pandas DataFrame, one row per pair and output: question, output, a, b, n (seeds), mean_a, mean_b,
+        difference, low, high, verdict ('resolved: <b> higher', 'resolved: <a> higher', 'within seed noise' or
+        'too few seeds'), computed from the interval (see `streetlib.evaluate.paired_interval`).
+    """
+    rows = []
+    for question, a, b in pairs:
+        for name in (a, b):
+            if name not in set(scores["config"]):
+                raise ValueError(
+                    f"No scores for configuration {name!r} ({question}). Found: {sorted(set(scores['config']))}"
+                )
+        for output in OUTPUTS:
+            part = scores[scores["output"] == output]
+            wide = part.pivot_table(index="seed", columns="config", values="value")[[a, b]].dropna()
+            interval = evaluate.paired_interval(wide[b] - wide[a], confidence=confidence)
+            verdict = {"b higher": f"resolved: {b} higher", "a higher": f"resolved: {a} higher"}.get(
+                interval["verdict"], interval["verdict"]
+            )
+            rows.append(
+                {
+                    "question": question,
+                    "output": output,
+                    "a": a,
+                    "b": b,
+                    "n": interval["n"],
+                    "mean_a": float(wide[a].mean()),
+                    "mean_b": float(wide[b].mean()),
+                    "difference": interval["mean"],
+                    "low": interval["low"],
+                    "high": interval["high"],
+                    "verdict": verdict,
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def side_by_side(scores):

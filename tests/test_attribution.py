@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from streetlib import attribution as A  # noqa: E402
+from streetlib import models  # noqa: E402
 from streetlib.classes import STREET10  # noqa: E402
 
 
@@ -140,8 +141,10 @@ def test_nested_and_flat_models_agree():
         )
 
 
-def test_default_layer_is_the_backbones_last_conv():
+def test_default_layer_is_the_last_conv_the_logits_read():
     assert A.default_layer(convention_model(32)) == "block5_conv3"
+    conv_head = models.build_model(input_shape=(32, 32, 3), cut="block1_pool", head="conv", filters=4, seed=0)
+    assert A.default_layer(conv_head) == "head_conv2"
     flat = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=3, classifier_activation=None)
     assert A.default_layer(flat) == "block5_conv3"
     inp = keras.Input((4, 4, 3))

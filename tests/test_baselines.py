@@ -7,6 +7,8 @@ from conftest import make_toy_data, toy_split
 
 from streetlib import baselines, weights
 from streetlib.baselines import fit_baseline, make_classifier
+from streetlib.classes import SYNTH10
+from streetlib.data import StreetData
 
 CLASSES = 10
 
@@ -356,3 +358,151 @@ def test_seed_table_and_summary_plot():
     fig = baselines.plot_summary(table, title="summary")
     assert len(fig.axes) == 2
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["random / samplewise", "hed-bsds500 / caffe-bvlc"]
+
+
+# -- floors: baselines without a network ---------------------------------------------------------------------------
+
+
+def _crafted(images):
+    """A `StreetData` of the given uint8 images, all of the first class."""
+    images = np.asarray(images, dtype=np.uint8)
+    return StreetData(images=images, city=np.zeros(len(images), np.int64), spec=SYNTH10, name="crafted")
+
+
+def test_pixels_floor_is_the_8x8_block_means():
+    image = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    features = baselines.floor_features(_crafted([image, 255 - image]), "pixels")
+    assert features.shape == (2, 192) and features.dtype == np.float32
+    # 16 x 24 px in 8 x 8 cells: each cell is a 2 x 3 block.
+    blocks = image.astype(np.float64).reshape(8, 2, 8, 3, 3).mean(axis=(1, 3)) / 255
+    np.testing.assert_allclose(features[0], blocks.reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(features[1], 1 - blocks.reshape(-1), rtol=1e-6)
+    # A cell's value sits at index (row * 8 + column) * 3 + channel.
+    assert features[0, (2 * 8 + 5) * 3 + 1] == pytest.approx(image[4:6, 15:18, 1].mean() / 255, rel=1e-6)
+
+
+def test_pixels_floor_averages_by_area_when_cells_split_pixels():
+    # 12 rows in 8 cells of 1.5 rows: cell 0 is row 0 and half of row 1, cell 1 the other half of row 1 and row 2.
+    image = np.repeat((20 * np.arange(12, dtype=np.uint8))[:, None, None], 8, axis=1).repeat(3, axis=2)
+    features = baselines.floor_features(_crafted([image]), "pixels").reshape(8, 8, 3)
+    assert features[0, 0, 0] == pytest.approx((0 + 0.5 * 20) / 1.5 / 255, rel=1e-6)
+    assert features[1, 5, 2] == pytest.approx((0.5 * 20 + 40) / 1.5 / 255, rel=1e-6)
+    assert features[7, 0, 1] == pytest.approx((0.5 * 200 + 220) / 1.5 / 255, rel=1e-6)
+
+
+def test_colour_stats_floor_of_half_red_half_black():
+    half = np.zeros((4, 6, 3), np.uint8)
+    half[:, :3, 0] = 255
+    grey = np.full((4, 6, 3), 100, np.uint8)
+    features = baselines.floor_features(_crafted([half, grey]), "colour-stats")
+    assert features.shape == (2, 30) and features.dtype == np.float32
+    # Per channel: mean, std (of values in [0, 1]), then the fraction of pixels in each 0-255 bin of width 32.
+    red = [0.5, 0.5, 0.5, 0, 0, 0, 0, 0, 0, 0.5]
+    black = [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+    np.testing.assert_allclose(features[0], red + black + black, atol=1e-7)
+    grey_channel = [100 / 255, 0, 0, 0, 0, 1, 0, 0, 0, 0]  # 100 is in bin 3 (96-127)
+    np.testing.assert_allclose(features[1], grey_channel * 3, atol=1e-7)
+
+
+def test_floor_features_refuse_unknown_kinds():
+    with pytest.raises(ValueError, match=r"Invalid `kind`.*'pixels'.*kind='hog'"):
+        baselines.floor_features(make_toy_data(per_class=1, size=8), "hog")
+
+
+@pytest.fixture(scope="module")
+def floor_grid(tmp_path_factory):
+    """Floors only, no weight source, on toy data whose cities differ by colour: two splits."""
+    root = tmp_path_factory.mktemp("floors")
+    data = make_toy_data(per_class=6, size=32)
+    splits = [toy_split(data, seed=s) for s in (0, 1)]
+    dirs = {"cache_dir": root / "features", "hists_dir": root / "hists", "figs_dir": root / "figs"}
+    result = baselines.run_grid(
+        data,
+        splits,
+        weights=[],
+        floors=["pixels", "colour-stats"],
+        classifiers=["svm-rbf", "logreg"],
+        figure_seeds=[0],
+        progress=False,
+        **dirs,
+    )
+    return data, splits, result
+
+
+def test_floor_grid_rows(floor_grid):
+    data, splits, result = floor_grid
+    table = result.table
+    assert list(table.columns) == baselines.COLUMNS
+    # floor x classifier x seed x output = 2 x 2 x 2 x 2
+    assert len(table) == 16 and not table.duplicated(["backbone", "classifier", "seed", "output"]).any()
+    pixels = table[table["backbone"] == "pixels"]
+    assert len(pixels) == 8
+    assert set(pixels["dim"]) == {192} and set(table.loc[table["backbone"] == "colour-stats", "dim"]) == {30}
+    for column in ("weights", "layer", "pooling", "normalization"):
+        assert set(table[column]) == {"none"}
+    assert set(table["augment_copies"]) == {0} and set(table["image_size"]) == {"32x32"}
+    for backbone in ("pixels", "colour-stats"):
+        rows = table[table["backbone"] == backbone]
+        expected = {(s.seed, o) for s in splits for o in ("region", "city")}
+        assert set(zip(rows["seed"], rows["output"], strict=True)) == expected
+    assert table[["train_acc", "val_acc", "test_acc"]].stack().between(0, 1).all()
+    assert (table[["n_train", "n_val", "n_test"]].to_numpy() == [40, 10, 10]).all()
+    assert result.unavailable == {}
+    # One figure per floor x classifier x output of seed 0, named like the deep ones.
+    names = sorted(p.name for p in result.figures)
+    assert len(names) == 8 and all(p.is_file() for p in result.figures)
+    assert "toy-colour-stats-none-none-none-logreg-seed0.test.confusion-city.png" in names
+    saved = pd.read_csv(result.path)
+    assert saved[baselines.CONFIG].astype(str).equals(table[baselines.CONFIG].astype(str))
+
+
+def test_colour_stats_floor_beats_chance_on_colour_classes(floor_grid):
+    _, _, result = floor_grid
+    table = result.table
+    city = table[(table["backbone"] == "colour-stats") & (table["output"] == "city")]
+    # Ten cities, each its own colour: chance is 0.1.
+    assert city["test_acc"].min() >= 0.7
+
+
+def test_floor_grid_refuses_unknown_floors_before_writing(tmp_path):
+    data = make_toy_data(per_class=6, size=32)
+    dirs = {"cache_dir": tmp_path / "features", "hists_dir": tmp_path / "hists", "figs_dir": tmp_path / "figs"}
+    match = r"Invalid `floors`. Expected .*'colour-stats'.*Received: floors=\['pixels', 'hog'\]"
+    with pytest.raises(ValueError, match=match):
+        baselines.run_grid(data, [toy_split(data)], weights=["random"], floors=["pixels", "hog"], **dirs)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="Nothing to fit"):
+        baselines.run_grid(data, [toy_split(data)], weights=[], **dirs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_summaries_of_floor_and_deep_rows_together(grid, floor_grid):
+    _, _, _, deep = grid
+    _, _, floor = floor_grid
+    # Through the CSV, as a notebook reads them: floor rows' "none" stay strings.
+    path = floor.path.parent / "mixed.csv"
+    baselines.save_results(pd.concat([deep.table, floor.table], ignore_index=True), path)
+    table = pd.read_csv(path)
+    assert set(table["pooling"]) == {"avg", "none"}
+
+    summary = baselines.summarize(table)
+    assert summary.loc[("pixels", "none", "none", "none", "none", 0, "svm-rbf", "city"), "n"] == 2
+    text = baselines.seed_table(table)
+    assert set(text.columns) == {"city", "region"} and len(text) == len(summary) // 2
+    fig = baselines.plot_summary(table)
+    assert len(fig.axes) == 2
+
+    # Against the floor, each deep configuration pairs with it on the same seeds (the floor has no pooling,
+    # weights or augmentation, so it is paired with every value the deep rows have).
+    out = baselines.compare(table, column="backbone", a="colour-stats", b="vgg16")
+    assert set(zip(out["augment_copies"], out["classifier"], out["output"], strict=True)) == {
+        (k, c, o) for k in (0, 1) for c in ("svm-rbf", "logreg") for o in ("region", "city")
+    }
+    assert (out["n"] == 2).all()
+    deep_rows = table[(table["backbone"] == "vgg16") & (table["augment_copies"] == 1)]
+    floor_rows = table[table["backbone"] == "colour-stats"]
+    keys = ["classifier", "seed", "output"]
+    paired = deep_rows.merge(floor_rows, on=keys, suffixes=("_b", "_a"))
+    expected = (paired["test_acc_b"] - paired["test_acc_a"]).groupby([paired["classifier"], paired["output"]]).mean()
+    got = out[out["augment_copies"] == 1].set_index(["classifier", "output"])["mean_diff"]
+    pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)

@@ -48,10 +48,12 @@ def test_features_shapes_and_poolings(data, extractor):
 
 def test_intermediate_layer_flattens_the_whole_map(data, extractor):
     fx = FeatureExtractor(weights="random", layer="block4_pool")
-    out = fx.extract(data, [0, 1], poolings=["avg", "flatten"], progress=False)
+    out = fx.extract(data, [0, 1], poolings=["avg", "flatten", "avgmax"], progress=False)
     assert fx.layer_name(data) == "block4_pool"
     assert out["flatten"].shape == (2, 2 * 2 * 512)
-    np.testing.assert_allclose(out["avg"], out["flatten"].reshape(2, 4, 512).mean(axis=1), rtol=1e-5)
+    cells = out["flatten"].reshape(2, 4, 512)
+    np.testing.assert_allclose(out["avg"], cells.mean(axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(out["avgmax"], np.concatenate([out["avg"], cells.max(axis=1)], axis=1))
 
 
 def test_one_image_is_identical_through_the_cache_and_without(tmp_path, data):
@@ -247,7 +249,7 @@ def test_invalid_layer_names_the_pools(data):
     [
         ("avg", "non-empty list"),
         ([], "non-empty list"),
-        (["avg", "mean"], r"values in \('avg', 'max', 'flatten'\).*'mean'"),
+        (["avg", "mean"], r"values in \('avg', 'max', 'flatten', 'avgmax'\).*'mean'"),
     ],
 )
 def test_invalid_poolings(data, extractor, poolings, match):

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import assert_same_computation
 
 from streetlib import backbones, models, weights
 from streetlib.attribution import logits_tensor
@@ -40,7 +41,9 @@ def test_layout_follows_the_convention(model):
     assert isinstance(backbone, keras.Model)
     assert [layer.name for layer in backbone.layers[1:]] == VGG16_LAYERS
     names = [layer.name for layer in model.layers]
-    assert names[:11] == ["image", "backbone", *models.HEAD_LAYERS]
+    head = ["pool", "fc1", "fc1_bn", "fc1_relu", "fc1_dropout", "fc2", "fc2_bn", "fc2_relu", "fc2_dropout"]
+    assert names[:11] == ["image", "backbone", *head]
+    assert [layer.name for layer in models.head_layers(model)] == head
     assert {"region_logits", "city_logits", "region", "city"} <= set(names)
     assert model.get_layer("fc1").units == 512 and model.get_layer("fc2").units == 128
     assert model.get_layer("fc1_dropout").rate == 0.5
@@ -55,6 +58,35 @@ def test_layout_follows_the_convention(model):
     assert sorted(logits) == ["city", "region"]
     np.testing.assert_allclose(keras.ops.softmax(logits["city"]), probs["city"], rtol=1e-5, atol=1e-6)
     assert not np.allclose(logits["city"], probs["city"])
+
+
+def test_a_conv_head_on_a_cut_backbone(tmp_path):
+    model = models.build_model(
+        input_shape=(32, 32, 3), cut="block1_pool", head="conv", pooling="avgmax", filters=8, seed=0
+    )
+    backbone = model.get_layer("backbone")
+    assert [layer.name for layer in backbone.layers[1:]] == ["block1_conv1", "block1_conv2", "block1_pool"]
+    head = ["head_conv1", "head_conv1_bn", "head_conv1_relu", "head_conv2", "head_conv2_bn", "head_conv2_relu"]
+    assert [layer.name for layer in models.head_layers(model)] == [*head, "pool", "head_dropout"]
+    # block1_pool halves 32 px to 16; the head's strided first convolution halves it again.
+    assert tuple(model.get_layer("head_conv2").output.shape) == (None, 8, 8, 8)
+    assert tuple(model.get_layer("pool").output.shape) == (None, 16)
+
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    maps = np.asarray(keras.Model(model.input, model.get_layer("head_conv2_relu").output)(x))
+    pooled = np.asarray(keras.Model(model.input, model.get_layer("pool").output)(x))
+    np.testing.assert_allclose(pooled[:, :8], maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled[:, 8:], maps.max(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+    # The custom pooling layer is registered, so the file loads in safe mode and computes the same.
+    path = tmp_path / "conv.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert_same_computation(loaded(x)["city"], model(x)["city"])
+
+    # Cut at the backbone, the head replays on the cached block1_pool map and gives the whole model's outputs.
+    frozen, rest = models.split_model(model, through="backbone")
+    assert_same_computation(rest(frozen(x))["city"], model(x)["city"])
 
 
 def test_head_sizes_follow_the_class_spec():
@@ -145,12 +177,20 @@ def test_imagenet_download_failure_of_another_backbone_names_the_path(monkeypatc
 def test_invalid_arguments_are_named():
     with pytest.raises(ValueError, match=r"Invalid `backbone`. Expected one of .*'vgg16'.* Received: backbone='vgg61'"):
         models.build_model(backbone="vgg61")
-    with pytest.raises(ValueError, match=r"Invalid `pooling`. Expected one of \('avg', 'max', 'flatten'\)"):
+    with pytest.raises(ValueError, match=r"Invalid `pooling`. Expected one of \('avg', 'max', 'flatten', 'avgmax'\)"):
         models.build_model(pooling="mean", input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match=r"Invalid `dropout`.*Received: dropout=1.0"):
         models.build_model(dropout=1.0, input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match=r"Invalid `units`.*Received: units=0"):
         models.build_model(units=0, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match=r"Invalid `head`. Expected one of \('dense', 'conv'\). Received: head='mlp'"):
+        models.build_model(head="mlp", input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match=r"Invalid `filters`.*Received: filters=0"):
+        models.build_model(head="conv", filters=0, input_shape=(32, 32, 3))
+    with pytest.raises(
+        ValueError, match=r"Invalid `cut`. Expected a layer of the backbone .*Received: cut='block9_pool'"
+    ):
+        models.build_model(cut="block9_pool", input_shape=(32, 32, 3))
     assert backbones.get_backbone("EfficientNetV2B0").normalization == "raw"
 
 

@@ -55,7 +55,7 @@ def test_03_and_04_train_evaluate_and_record(smoke):
     root, results = smoke
     for experiment, runs in (
         ("03-pretrained", ["hed-bsds500-transfer-seed42", "random-transfer-seed42"]),
-        ("04-finetune", ["hed-bsds500-finetune-block4-seed42", "random-finetune-block4-seed42"]),
+        ("04-finetune", ["hed-bsds500-finetune-all-seed42"]),
     ):
         for run in runs:
             history = pd.read_csv(root / "hists" / experiment / f"{run}.csv")
@@ -65,7 +65,13 @@ def test_03_and_04_train_evaluate_and_record(smoke):
             assert manifest["status"] == "complete" and manifest["dataset"]["synthetic"] is True
             rows = _eval_rows(root, experiment, run)
             overall = rows[(rows["metric"] == "accuracy") & rows["class"].isna()]
-            assert set(overall["checkpoint"]) == {"best", "final"} and set(overall["output"]) == {"region", "city"}
+            # The best checkpoint is scored on validation (what configurations are chosen on) and on test.
+            assert set(zip(overall["checkpoint"], overall["subset"], strict=True)) == {
+                ("best", "val"),
+                ("best", "test"),
+            }
+            assert set(overall["output"]) == {"region", "city"}
+            assert manifest["config"]["cut"] == "block1_pool" and manifest["config"]["head"] == "conv"
             assert (root / "models" / experiment / f"{run}.best.keras").is_file()
             assert (root / "figs" / experiment / f"{run}.best.test.confusion-city.png").is_file()
     executed = (root / "executed" / "03_pretrained_comparison.ipynb").read_text()
@@ -82,10 +88,14 @@ def test_05_scores_the_maps(smoke):
     perturbation = pd.read_csv(root / "hists" / "05-attribution" / "perturbation.csv")
     assert set(perturbation["method"]) == {"grad_cam", "guided_backprop", "guided_grad_cam", "random"}
     by_layer = pd.read_csv(root / "hists" / "05-attribution" / "localization-by-layer.csv")
-    assert by_layer["layer"].tolist() == ["block5_conv3", "block4_conv3", "block3_conv3", "random"]
-    assert by_layer["grid"].tolist()[:3] == ["2x2", "4x4", "8x8"]  # 32 px smoke images: finer grids earlier
+    # The model's last three convolutions, last first: 32 px smoke images, 16 px after block1_pool, 8 px after the
+    # head's strided first convolution.
+    assert by_layer["layer"].tolist() == ["head_conv2", "head_conv1", "block1_conv2", "random"]
+    assert by_layer["grid"].tolist()[:3] == ["8x8", "8x8", "32x32"]
     randomization = pd.read_csv(root / "hists" / "05-attribution" / "randomization.csv")
     assert randomization["layer"].iloc[0] == "city_logits" and "block1_conv1" in set(randomization["layer"])
+    executed = (root / "executed" / "05_attribution.ipynb").read_text()
+    assert "the first is explained below" in executed  # the headline model was chosen on validation
     figs = {p.name for p in (root / "figs" / "05-attribution").iterdir()}
     assert {
         "deletion-insertion.png",
@@ -104,13 +114,25 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
 
     root, _ = smoke
     table = pd.read_csv(root / "hists" / "06-results" / "side-by-side.csv")
-    assert {"hed-bsds500-transfer", "random-finetune-block4"} <= set(table["config"])
-    assert table["family"].str.startswith("baseline").any()
+    assert {"hed-bsds500-transfer", "random-transfer", "hed-bsds500-finetune-all"} <= set(table["config"])
+    assert table["family"].str.startswith("SVM on deep features").any()
+    comparisons = pd.read_csv(root / "hists" / "06-results" / "comparisons.csv")
+    assert comparisons["question"].str[:2].tolist() == ["1.", "1.", "2.", "2.", "3.", "3.", "4.", "4."]
+    assert (comparisons["n"] == 2).all()
+    for row in comparisons.itertuples():  # each verdict follows from its interval
+        expected = (
+            f"resolved: {row.b} higher"
+            if row.low > 0
+            else f"resolved: {row.a} higher"
+            if row.high < 0
+            else "within seed noise"
+        )
+        assert row.verdict == expected
     assert {"learning-curves-region.png", "side-by-side.png"} <= {
         p.name for p in (root / "figs" / "06-results").iterdir()
     }
     hists_readme = (root / "hists" / "README.md").read_text()
-    assert "hed-bsds500-finetune-block4-seed42" in hists_readme
+    assert "hed-bsds500-finetune-all-seed42" in hists_readme
     assert "](05-attribution/quadrants.png)" in (root / "figs" / "README.md").read_text()
 
 
@@ -119,7 +141,9 @@ def test_02_writes_the_baselines(smoke):
 
     root, _ = smoke
     table = pd.read_csv(root / "hists" / "02-baselines" / "synth-smoke.csv")
-    assert set(table["weights"]) == {"hed-bsds500", "random"} and set(table["output"]) == {"region", "city"}
+    assert set(table["weights"]) == {"hed-bsds500", "random", "none"} and set(table["output"]) == {"region", "city"}
+    floors = table[table["weights"] == "none"]  # the no-network floor, on the same splits
+    assert set(floors["backbone"]) == {"pixels", "colour-stats"} and set(floors["seed"]) == {42, 43}
     assert set(table["seed"]) == {42, 43}
     assert table[["train_acc", "val_acc", "test_acc"]].stack().between(0, 1).all()
     assert (root / "figs" / "02-baselines" / "synth-smoke-summary.png").is_file()
