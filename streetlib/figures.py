@@ -94,7 +94,7 @@ def plot_reliability(table, *, ece, title=None, ax=None):
 
     Args:
         table: pandas DataFrame with one row per bin: ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``
-            (see `streetlib.evaluate.reliability`).
+            (see `streetlib.evaluation.evaluate.reliability`).
         ece: float, the expected calibration error, written on the plot.
         title: str or None.
         ax: Axes or None.
@@ -196,7 +196,7 @@ def score_figures(scores, *, what, data_label, weights_label, label_colors=None)
     """The figures of one evaluation: both confusion matrices, the city reliability diagram, the city dendrogram.
 
     Args:
-        scores: `streetlib.evaluate.Scores`.
+        scores: `streetlib.evaluation.evaluate.Scores`.
         what: str, what was scored (run, weights, subset, n), the first line of every title.
         data_label: str, the data's label, named in every title.
         weights_label: str, what the weights are, named in every title.

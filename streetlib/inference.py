@@ -2,9 +2,9 @@
 
 The model file is loaded with Keras's safe mode. What the model expects comes from a sidecar JSON beside it,
 ``<model path without suffix>.json`` (for ``models/demo.keras``, ``models/demo.json``), written by
-`streetlib.train.run_phase`, with the keys:
+`streetlib.training.train.run_phase`, with the keys:
 
-- ``normalization``: one of `streetlib.pipeline.NORMALIZATIONS`;
+- ``normalization``: one of `streetlib.data.pipeline.NORMALIZATIONS`;
 - ``classes``: the class spec as ``ClassSpec.to_dict()`` (``{"name": ..., "regions": {region: [city, ...]}}``);
 - ``image_size``: int or [height, width], used when the model accepts any input size.
 
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streetlib.classes import OUTPUTS, ClassSpec, get_class_spec
-from streetlib.data import fit_image, to_rgb
+from streetlib.data.loaders import fit_image, to_rgb
 from streetlib.runs import RunId, RunLayout, sidecar_path
 
 # The model `make demo` trains (synthetic classes); pass --model for one trained on Street10 or your cities.
@@ -104,7 +104,7 @@ def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
     Args:
         path: str or Path of a ``.keras`` file. Default `DEFAULT_MODEL`.
         classes: None (the sidecar's, else 'street10'), a built-in spec name or a YAML path.
-        normalization: None (the sidecar's, else 'samplewise') or one of `streetlib.pipeline.NORMALIZATIONS`.
+        normalization: None (the sidecar's, else 'samplewise') or one of `streetlib.data.pipeline.NORMALIZATIONS`.
 
     Returns:
         `LoadedModel`.
@@ -115,8 +115,8 @@ def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
     """
     import keras
 
-    from streetlib.attribution import logits_tensor, model_input_size
-    from streetlib.pipeline import check_normalization
+    from streetlib.attribution.methods import logits_tensor, model_input_size
+    from streetlib.data.pipeline import check_normalization
 
     path = Path(path)
     if not path.is_file():
@@ -330,7 +330,7 @@ def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", 
         [{class, probability}], ``explained``: {output: {class, probability, rank}}), the fitted uint8 images
         `(n, h, w, 3)`, and dict output -> `Explanation`.
     """
-    from streetlib.attribution import explain, model_inputs
+    from streetlib.attribution.methods import explain, model_inputs
 
     n_cities = loaded.spec.num_classes
     if not 1 <= rank <= n_cities:

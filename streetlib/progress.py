@@ -2,7 +2,7 @@
 
 papermill shows only a cell counter while a cell trains for an hour, and it hides what the kernel prints until the
 cell ends. So `streetlib run` names a file in ``$STREETLIB_PROGRESS`` for the kernel it starts; every training run in
-that kernel appends one line per epoch to it (`streetlib.callbacks.EpochProgress`), and the runner prints each line
+that kernel appends one line per epoch to it (`training.callbacks.EpochProgress`), and the runner prints each line
 as it arrives (`follow`). Outside the runner the variable is unset and the callback writes nothing: Keras's own
 ``verbose`` decides what a notebook shows. No TensorFlow here: the runner's process stays light.
 """

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from streetlib.classes import SYNTH10
-from streetlib.data import StreetData
-from streetlib.splits import make_split
+from streetlib.data.loaders import StreetData
+from streetlib.data.splits import make_split
 
 
 def make_toy_data(*, per_class=6, size=32, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of streetlib.analyze: the analyzer on real street photos, every bad-input case (files, URLs served by a
+"""Tests of streetlib.cli.analyze: the analyzer on real street photos, every bad-input case (files, URLs served by a
 local HTTP server on 127.0.0.1, models), and that one bad input never stops the others."""
 
 import argparse
@@ -22,8 +22,10 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 from test_attribution import convention_model  # noqa: E402
 
-from streetlib import analyze, cli, inference  # noqa: E402
+from streetlib import inference
 from streetlib.classes import STREET10, SYNTH10  # noqa: E402
+from streetlib.cli import analyze
+from streetlib.cli import commands as cli  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "street-samples"
 SAMPLE_FILES = [SAMPLES / f"{name}.jpg" for name in ("tokyo", "vancouver", "demo-street")]
@@ -191,7 +193,7 @@ def test_python_dash_m_entry_point(tiny_model, good_image, tmp_path):
         [
             sys.executable,
             "-m",
-            "streetlib.analyze",
+            "streetlib.cli.analyze",
             str(good_image),
             str(tmp_path / "nope.jpg"),
             "--model",

@@ -1,4 +1,4 @@
-"""Tests of streetlib.attribution: Grad-CAM against hand-computed values and tf-keras-vis, guided ReLU, the user's
+"""Tests of attribution.methods: Grad-CAM against hand-computed values and tf-keras-vis, guided ReLU, the user's
 model left unchanged, nested and flat models, and the figures.
 
 `convention_model` builds stand-ins that follow the project's model convention (input ``image``, nested
@@ -18,9 +18,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from streetlib import attribution as A  # noqa: E402
-from streetlib import models  # noqa: E402
+from streetlib.attribution import methods as A  # noqa: E402
 from streetlib.classes import STREET10  # noqa: E402
+from streetlib.models import network as models  # noqa: E402
 
 
 def tiny_backbone(size):

@@ -1,4 +1,4 @@
-"""Tests of streetlib.attribution_metrics: the pointing games, deletion/insertion, the randomisation check (with
+"""Tests of streetlib.attribution.metrics: the pointing games, deletion/insertion, the randomisation check (with
 cross-checks against Quantus where it is installed), dataset-level street features and quadrants."""
 
 import matplotlib
@@ -11,8 +11,8 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 from test_attribution import convention_model, random_inputs  # noqa: E402
 
-from streetlib import attribution as A  # noqa: E402
-from streetlib import attribution_metrics as M  # noqa: E402
+from streetlib.attribution import methods as A  # noqa: E402
+from streetlib.attribution import metrics as M  # noqa: E402
 from streetlib.classes import STREET10, ClassSpec  # noqa: E402
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -5,10 +6,11 @@ import pandas as pd
 import pytest
 from conftest import make_toy_data, toy_split
 
-from streetlib import baselines, weights
-from streetlib.baselines import fit_baseline, make_classifier
+from streetlib.baselines import classifiers as baselines
+from streetlib.baselines.classifiers import fit_baseline, make_classifier
 from streetlib.classes import SYNTH10
-from streetlib.data import StreetData
+from streetlib.data.loaders import StreetData
+from streetlib.models import weights
 
 CLASSES = 10
 
@@ -185,17 +187,10 @@ def grid(tmp_path_factory):
         ),
     )
     dirs = {"cache_dir": root / "features", "hists_dir": root / "hists", "figs_dir": root / "figs"}
-    result = baselines.run_grid(
-        data,
-        splits,
-        weights=["imagenet", "random"],
-        poolings=["avg"],
-        classifiers=["svm-rbf", "logreg"],
-        augment_copies=[0, 1],
-        figure_seeds=[1],
-        progress=False,
-        **dirs,
+    spec = baselines.BaselineGrid(
+        weights=["imagenet", "random"], poolings=["avg"], classifiers=["svm-rbf", "logreg"], augment_copies=[0, 1]
     )
+    result = baselines.run_grid(data, splits, spec, figure_seeds=[1], progress=False, **dirs)
     mp.undo()
     return data, splits, dirs, result
 
@@ -235,28 +230,13 @@ def test_grid_writes_the_csv_and_the_figures(grid):
 
 def test_grid_run_again_replaces_its_rows_and_keeps_others(grid, tmp_path):
     data, splits, dirs, first = grid
-    again = baselines.run_grid(
-        data,
-        splits[:1],
-        weights=["random"],
-        poolings=["avg"],
-        classifiers=["svm-rbf"],
-        figure_seeds=[],
-        progress=False,
-        **dirs,
-    )
+    spec = baselines.BaselineGrid(weights=["random"], poolings=["avg"], classifiers=["svm-rbf"])
+    again = baselines.run_grid(data, splits[:1], spec, figure_seeds=[], progress=False, **dirs)
     saved = pd.read_csv(again.path)
     assert len(saved) == 16
     assert len(again.figures) == 0
     extra = baselines.run_grid(
-        data,
-        splits[:1],
-        weights=["random"],
-        poolings=["avg"],
-        classifiers=["linear-svm"],
-        figure_seeds=[],
-        progress=False,
-        **dirs,
+        data, splits[:1], spec.replace(classifiers=["linear-svm"]), figure_seeds=[], progress=False, **dirs
     )
     assert len(pd.read_csv(extra.path)) == 18
 
@@ -267,15 +247,46 @@ def test_grid_run_again_replaces_its_rows_and_keeps_others(grid, tmp_path):
         ({"outputs": ["country"]}, r"Invalid `outputs`.*'country'"),
         ({"augment_copies": [-1]}, r"Invalid `augment_copies`.*\[-1\]"),
         ({"augment_copies": []}, r"Invalid `augment_copies`"),
-        ({"classifiers": ["forest"]}, r"Invalid `classifier`.*'forest'"),
-        ({"poolings": ["sum"]}, r"Invalid `poolings`"),
+        ({"classifiers": ["forest"]}, r"Invalid `classifiers`.*'forest'"),
+        ({"poolings": ["sum"]}, r"Invalid `poolings`. Expected a non-empty list of \('avg'.*poolings=\['sum'\]"),
+        ({"poolings": []}, r"Invalid `poolings`. Expected a non-empty list"),
+        ({"weights": "random"}, r"Invalid `weights`. Expected a list of weight sources.*weights='random'"),
+        ({"search": "yes"}, r"Invalid `search`. Expected a bool or a dict"),
         ({"search": {"svm-rbf": {"C": [1.0]}}}, r"Invalid `search`.*entry for 'linear-svm'"),
+        ({"extractor": {"backbone": "vgg16", "depth": 3}}, r"Invalid `extractor`.*'batch_size'.*'depth': 3"),
+        ({"floors": ["hog"]}, r"Invalid `floors`.*floors=\['hog'\]"),
+        ({"weights": [], "floors": []}, r"Nothing to fit: `weights` and `floors` are both empty"),
     ],
 )
-def test_invalid_grid_arguments(kwargs, match):
-    data = make_toy_data(per_class=2, size=32)
+def test_invalid_grid_fails_when_made_naming_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        baselines.run_grid(data, [], **kwargs)
+        baselines.BaselineGrid(**kwargs)
+
+
+def test_grid_is_frozen_and_stored_in_one_form():
+    search = {"svm-rbf": {"C": [1.0]}}
+    spec = baselines.BaselineGrid(
+        poolings=["avg", "flatten", "avg"], classifiers=["svm-rbf"], floors=["pixels"], search=search
+    )
+    assert spec.poolings == ("avg", "flatten") and spec.floors == ("pixels",) and spec.outputs == ("region", "city")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.poolings = ("max",)
+    assert spec.replace(weights=["random"]).weights == ("random",)
+    with pytest.raises(ValueError, match=r"Invalid `outputs`"):
+        spec.replace(outputs=[])
+    assert spec == baselines.BaselineGrid(
+        poolings=("avg", "flatten"), classifiers=("svm-rbf",), floors=("pixels",), search=search
+    )
+    assert spec.search == search and spec.search is not search
+
+
+def test_run_grid_takes_a_grid_and_checks_figure_seeds(tmp_path):
+    data = make_toy_data(per_class=2, size=32)
+    with pytest.raises(TypeError, match=r"Invalid `grid`. Expected a `BaselineGrid`"):
+        baselines.run_grid(data, [], {"weights": ["random"]}, hists_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"Invalid `figure_seeds`.*figure_seeds=42"):
+        baselines.run_grid(data, [], baselines.BaselineGrid(), figure_seeds=42, hists_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- summaries ---------------------------------------------------------------------------------------------------
@@ -416,16 +427,8 @@ def floor_grid(tmp_path_factory):
     data = make_toy_data(per_class=6, size=32)
     splits = [toy_split(data, seed=s) for s in (0, 1)]
     dirs = {"cache_dir": root / "features", "hists_dir": root / "hists", "figs_dir": root / "figs"}
-    result = baselines.run_grid(
-        data,
-        splits,
-        weights=[],
-        floors=["pixels", "colour-stats"],
-        classifiers=["svm-rbf", "logreg"],
-        figure_seeds=[0],
-        progress=False,
-        **dirs,
-    )
+    spec = baselines.BaselineGrid(weights=[], floors=["pixels", "colour-stats"], classifiers=["svm-rbf", "logreg"])
+    result = baselines.run_grid(data, splits, spec, figure_seeds=[0], progress=False, **dirs)
     return data, splits, result
 
 
@@ -464,16 +467,12 @@ def test_colour_stats_floor_beats_chance_on_colour_classes(floor_grid):
     assert city["test_acc"].min() >= 0.7
 
 
-def test_floor_grid_refuses_unknown_floors_before_writing(tmp_path):
-    data = make_toy_data(per_class=6, size=32)
-    dirs = {"cache_dir": tmp_path / "features", "hists_dir": tmp_path / "hists", "figs_dir": tmp_path / "figs"}
+def test_floor_grid_refuses_unknown_floors_before_writing():
     match = r"Invalid `floors`. Expected .*'colour-stats'.*Received: floors=\['pixels', 'hog'\]"
     with pytest.raises(ValueError, match=match):
-        baselines.run_grid(data, [toy_split(data)], weights=["random"], floors=["pixels", "hog"], **dirs)
-    assert list(tmp_path.iterdir()) == []
+        baselines.BaselineGrid(weights=["random"], floors=["pixels", "hog"])
     with pytest.raises(ValueError, match="Nothing to fit"):
-        baselines.run_grid(data, [toy_split(data)], weights=[], **dirs)
-    assert list(tmp_path.iterdir()) == []
+        baselines.BaselineGrid(weights=[])
 
 
 def test_summaries_of_floor_and_deep_rows_together(grid, floor_grid):

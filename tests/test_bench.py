@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from streetlib import bench
-from streetlib.pipeline import make_dataset
+from streetlib.benchmarks import bench
+from streetlib.data.pipeline import make_dataset
 
 
 def test_vgg16_flops_match_the_published_count():
@@ -26,7 +26,7 @@ def test_legacy_generator_feeds_what_our_pipeline_feeds():
 
 
 def test_original_grad_cam_loop_gives_one_max_normalised_map_per_image():
-    from streetlib.attribution import Explainer
+    from streetlib.attribution.methods import Explainer
 
     model = bench._flat_vgg16(32, num_classes=3)
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)

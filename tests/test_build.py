@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streetlib.build import (
+from streetlib.classes import ClassSpec
+from streetlib.data.build import (
     build_dataset,
     contact_sheet,
     crop_margin,
     find_duplicates,
     read_rejects,
 )
-from streetlib.classes import ClassSpec
-from streetlib.data import DataError, fit_image, load_street10, verify_checksums
+from streetlib.data.loaders import DataError, fit_image, load_street10, verify_checksums
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "street-samples"
 SPEC = ClassSpec.from_dict({"name": "three", "regions": {"east": ["tokyo"], "west": ["vancouver", "paris"]}})

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from streetlib.cli import main
-from streetlib.data import load_street10
+from streetlib.cli.commands import main
+from streetlib.data.loaders import load_street10
 
 
 def test_synth_then_split(tmp_path, monkeypatch, capsys):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from streetlib.config import PHASES, Execution, RunConfig
 from streetlib.runs import RunId
+from streetlib.training.config import PHASES, Execution, RunConfig
 
 HISTS = Path(__file__).resolve().parents[1] / "hists"
 

@@ -11,8 +11,8 @@ import pytest
 from icrawler import Parser
 from PIL import Image
 
-from streetlib import crawl
-from streetlib.crawl import CrawlError, ManifestDownloader, city_keyword, crawl_cities, crawl_filters, load_cities
+from streetlib.data import crawl
+from streetlib.data.crawl import CrawlError, ManifestDownloader, city_keyword, crawl_cities, crawl_filters, load_cities
 
 CITIES_YAML = """\
 name: two-cities

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from streetlib.classes import OUTPUTS, ClassSpec
-from streetlib.data import (
+from streetlib.data.loaders import (
     DataError,
     StreetData,
     content_hash,
@@ -63,7 +63,7 @@ def test_street10_float_is_converted_exactly_without_float64_copies(tmp_path, mo
     floats = {c: a.astype(np.float64) / 255.0 for c, a in arrays.items()}
     _save_npy(tmp_path / "ds", floats)
     # Force several chunks per class, so chunked conversion is what is tested.
-    monkeypatch.setattr("streetlib.data._CHUNK_BYTES", 8 * 8 * 3 * 8 * 2)
+    monkeypatch.setattr("streetlib.data.loaders._CHUNK_BYTES", 8 * 8 * 3 * 8 * 2)
     data = load_street10(tmp_path / "ds")
     assert data.images.dtype == np.uint8
     np.testing.assert_array_equal(data.images, np.concatenate(list(arrays.values())))
@@ -79,7 +79,7 @@ def test_fortran_ordered_npy_is_read_like_np_load(tmp_path, monkeypatch, chunk_b
     _save_npy(tmp_path / "ds", saved)
     assert np.load(tmp_path / "ds" / "bb.npy", mmap_mode="r").flags.f_contiguous
     if chunk_bytes is not None:  # Several chunks per class, down to a few pixels each.
-        monkeypatch.setattr("streetlib.data._CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr("streetlib.data.loaders._CHUNK_BYTES", chunk_bytes)
     data = load_street10(tmp_path / "ds")
     expected = [np.load(tmp_path / "ds" / f"{c}.npy") for c in SPEC.classes]
     if as_float:

@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streetlib import evaluate, figures, models
+from streetlib import figures
+from streetlib.evaluation import evaluate
+from streetlib.models import network as models
 from streetlib.runs import RunId
 
 # Six predictions over four classes, worked out by hand below.

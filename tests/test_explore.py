@@ -5,10 +5,11 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from streetlib import explore, figures
+from streetlib import figures
 from streetlib.classes import SYNTH10
-from streetlib.data import StreetData
-from streetlib.splits import make_split
+from streetlib.data import explore
+from streetlib.data.loaders import StreetData
+from streetlib.data.splits import make_split
 
 
 @pytest.fixture()

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from conftest import assert_same_computation, make_toy_data, run_script, toy_split
 
-from streetlib import features, weights
-from streetlib.data import StreetData
-from streetlib.features import FeatureExtractor
+from streetlib.baselines import features
+from streetlib.baselines.features import FeatureExtractor
+from streetlib.data.loaders import StreetData
+from streetlib.models import weights
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 from conftest import make_toy_data
-from streetlib.features import FeatureExtractor
+from streetlib.baselines.features import FeatureExtractor
 data = make_toy_data(per_class=2, size=32, seed=3)
 extractor = FeatureExtractor(weights="random", batch_size=3)
 np.save({out!r}, extractor.extract(data, poolings=["avg"], progress=False)["avg"])

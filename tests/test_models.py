@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from conftest import assert_same_computation
 
-from streetlib import backbones, models, weights
-from streetlib.attribution import logits_tensor
+from streetlib.attribution.methods import logits_tensor
 from streetlib.classes import OUTPUTS, STREET10, SYNTH10
+from streetlib.models import backbones, weights
+from streetlib.models import network as models
 
 VGG16_LAYERS = [
     "block1_conv1",
@@ -210,7 +211,9 @@ def _documented_args(doc):
     return names
 
 
-@pytest.mark.parametrize("module_name", ["weights", "models", "train", "evaluate", "figures"])
+@pytest.mark.parametrize(
+    "module_name", ["models.weights", "models.network", "training.train", "evaluation.evaluate", "figures"]
+)
 def test_docstrings_name_every_argument(module_name):
     import importlib
     import inspect

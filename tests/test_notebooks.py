@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from streetlib import runner
+from streetlib.experiments import runner
 
 
 @pytest.fixture(scope="module")

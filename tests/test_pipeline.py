@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from streetlib.classes import OUTPUTS, STREET10
-from streetlib.data import StreetData
-from streetlib.pipeline import augmentation, make_dataset, normalize, sample_weights
+from streetlib.data.loaders import StreetData
+from streetlib.data.pipeline import augmentation, make_dataset, normalize, sample_weights
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from streetlib import report
+from streetlib.experiments import report
 
 
 def _run(hists, experiment, run, *, val_city, val_region, test=None, synthetic=True):

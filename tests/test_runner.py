@@ -3,7 +3,7 @@ import json
 import nbformat
 import pytest
 
-from streetlib import runner
+from streetlib.experiments import runner
 
 
 def _notebook(path, params_source, body):
@@ -165,7 +165,7 @@ def test_parameter_types_are_checked_before_anything_runs(setup):
 
 def test_cli_refuses_a_wrongly_typed_parameter_in_one_line(capsys):
     """On the real notebooks and profiles: refused before a kernel starts (the notebook has never run)."""
-    from streetlib import cli
+    from streetlib.cli import commands as cli
 
     status = cli.main(["run", "--profile", "smoke", "01", "-p", "samples_per_class", "abc"])
     err = capsys.readouterr().err
@@ -224,7 +224,8 @@ def test_training_progress_is_reported_while_the_notebook_runs(setup, tmp_path):
 
 INTERRUPT_SCRIPT = """
 import sys
-from streetlib import cli, runner
+from streetlib.cli import commands as cli
+from streetlib.experiments import runner
 runner.PROFILES_FILE = {profiles!r}
 runner.paths.notebooks_dir = lambda: __import__("pathlib").Path({nbs!r})
 sys.exit(cli.main(["run", "--profile", "p"]))

@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from streetlib.classes import STREET10
-from streetlib.cli import main
-from streetlib.data import StreetData
-from streetlib.splits import make_split, make_splits
+from streetlib.cli.commands import main
+from streetlib.data.loaders import StreetData
+from streetlib.data.splits import make_split, make_splits
 
 STREET10_COUNTS = [482, 379, 503, 436, 354, 434, 553, 353, 275, 382]
 

@@ -5,7 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from streetlib import evaluate, study
+from streetlib.evaluation import evaluate
+from streetlib.experiments import study
 
 # Student's t quantile for a two-sided 95% interval with 2 degrees of freedom (3 seeds), from a printed table.
 T_975_DF2 = 4.302653

@@ -7,9 +7,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from streetlib import synth
 from streetlib.classes import SYNTH10, ClassSpec
-from streetlib.data import load_street10
+from streetlib.data import synth
+from streetlib.data.loaders import load_street10
 
 PER_CLASS = 100
 REGION = SYNTH10.region_of_class
@@ -124,7 +124,7 @@ def test_generate_round_trips_through_load_street10(tmp_path):
     np.testing.assert_array_equal(data.images, _stack(images))
     np.testing.assert_array_equal(data.masks, _stack(masks))
     np.testing.assert_array_equal(data.region, np.repeat([0, 1], 10))
-    assert data.meta["generator"] == "streetlib.synth" and data.meta["seed"] == 1 and data.meta["size"] == 32
+    assert data.meta["generator"] == "streetlib.data.synth" and data.meta["seed"] == 1 and data.meta["size"] == 32
     assert data.meta["mean_cue_fraction"] == pytest.approx(synth.cue_fraction(data.masks).mean())
     with pytest.raises(FileExistsError, match="overwrite=True"):
         synth.generate(out, per_class=1, size=32, progress=False)

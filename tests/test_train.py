@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 from conftest import run_script
 
-from streetlib import train
-from streetlib.config import Execution, RunConfig
-from streetlib.evaluate import predict
+from streetlib.evaluation.evaluate import predict
 from streetlib.runs import RunId, RunLayout
+from streetlib.training import train
+from streetlib.training.config import Execution, RunConfig
 
 TESTS = Path(__file__).resolve().parent
 SMALL = {"image_size": 32, "batch_size": 16}
@@ -196,8 +196,8 @@ import os, sys
 import numpy as np, keras
 sys.path.insert(0, {tests!r})
 from conftest import make_toy_data, toy_split
-from streetlib import train
-from streetlib.config import Execution, RunConfig
+from streetlib.training import train
+from streetlib.training.config import Execution, RunConfig
 from streetlib.runs import RunId, RunLayout
 
 from conftest import run_script
@@ -279,8 +279,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, {tests!r})
 from conftest import make_toy_data, toy_split
-from streetlib import train
-from streetlib.config import Execution, RunConfig
+from streetlib.training import train
+from streetlib.training.config import Execution, RunConfig
 from streetlib.runs import RunId, RunLayout
 
 from conftest import run_script
@@ -334,7 +334,7 @@ def test_augmented_cache_cycles_through_copies():
 
 
 def test_cache_plan_states_its_choice(toy_data):
-    from streetlib import models
+    from streetlib.models import network as models
 
     model = models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec)
     common = {"n_train": 40, "n_val": 10, "max_bytes": 10**6}

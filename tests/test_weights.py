@@ -6,8 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from streetlib import models, weights
-from streetlib.weights import WEIGHT_SOURCES, WeightsDownloadError
+from streetlib.models import network as models
+from streetlib.models import weights
+from streetlib.models.weights import WEIGHT_SOURCES, WeightsDownloadError
 
 
 @pytest.fixture(scope="module")

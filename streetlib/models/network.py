@@ -13,7 +13,7 @@ Layout (every name is part of the contract other modules build on)::
 The head is a chain of layers from the backbone's output to the logits (`head_layers` lists it), so it can be
 replayed on cached feature maps (`split_model`).
 
-The model returns ``{"region": probabilities, "city": probabilities}``; `streetlib.attribution.logits_tensor` finds
+The model returns ``{"region": probabilities, "city": probabilities}``; `attribution.methods.logits_tensor` finds
 the pre-softmax scores (the ``<output>_logits`` layers).
 No Lambda layers, so saved ``.keras`` files load with ``keras.models.load_model(path, safe_mode=True)``.
 """
@@ -23,11 +23,11 @@ import re
 
 import keras
 
-from streetlib import weights as weights_lib
-from streetlib.backbones import get_backbone
 from streetlib.classes import OUTPUTS, STREET10
+from streetlib.models import weights as weights_lib
+from streetlib.models.backbones import get_backbone
 
-# How a feature map becomes one vector: the head's ``pool`` layer, and the baselines' features (streetlib.features).
+# How a feature map becomes one vector: the head's ``pool`` layer, and the baselines' features (baselines.features).
 POOLINGS = ("avg", "max", "flatten", "avgmax")
 # 'dense': the original study's fully connected head on the backbone's last map. 'conv': two trainable 3x3
 # convolutions on the map where the backbone is cut, keeping its resolution, so Grad-CAM at ``head_conv2`` sees where
@@ -53,8 +53,8 @@ def build_backbone(name="vgg16", *, weights="random", input_shape=(224, 224, 3))
     """Build a backbone without its top, named ``backbone``, with weights loaded.
 
     Args:
-        name: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
-        weights: a `streetlib.weights.WEIGHT_SOURCES` name or a weights file path. Default 'random'.
+        name: str, a `streetlib.models.backbones.BACKBONES` name. Default 'vgg16'.
+        weights: a `streetlib.models.weights.WEIGHT_SOURCES` name or a weights file path. Default 'random'.
         input_shape: tuple (H, W, 3). Default (224, 224, 3).
 
     Returns:
@@ -105,8 +105,8 @@ def build_model(
     """Build the two-output street classifier.
 
     Args:
-        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
-        weights: the backbone's weight source (see `streetlib.weights`). Default 'random'.
+        backbone: str, a `streetlib.models.backbones.BACKBONES` name. Default 'vgg16'.
+        weights: the backbone's weight source (see `streetlib.models.weights`). Default 'random'.
         input_shape: tuple (H, W, 3). Default (224, 224, 3).
         spec: `ClassSpec`, giving the number of regions and classes. Default Street10.
         cut: str or None, the backbone layer where the backbone ends (e.g. 'block1_pool'; the layers after it are

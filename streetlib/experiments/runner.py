@@ -1,6 +1,7 @@
 """Run the numbered notebooks headless with papermill: profiles, checked parameters, grids, resume.
 
-Profiles live in ``streetlib/profiles.yaml`` (``smoke`` for CI, ``demo`` the main job, ``full`` Street10 on a GPU).
+Profiles live in ``streetlib/experiments/profiles.yaml``: ``smoke`` for CI, ``demo`` the main
+job, ``full`` Street10 on a GPU.
 Executed notebooks go to ``notebooks/executed/<profile>/``; beside each, a ``.done.json`` records the parameters of a
 finished run, so an interrupted ``streetlib run`` resumes by skipping what already finished with the same parameters.
 Once a notebook of the sequence runs, every later one runs too, since it reads what the earlier ones wrote.
@@ -27,7 +28,7 @@ from streetlib import paths
 from streetlib.paths import atomic_path
 from streetlib.progress import PROGRESS_ENV, follow
 
-PROFILES_FILE = paths.PACKAGE_DIR / "profiles.yaml"
+PROFILES_FILE = Path(__file__).resolve().parent / "profiles.yaml"
 
 
 @dataclass

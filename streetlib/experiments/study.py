@@ -1,8 +1,8 @@
 """The study's experiments, as the notebooks run them: which starting point (weight source) is best for transfer,
 what fine-tuning adds, and all results side by side.
 
-Each function runs `streetlib.train.run_phase` over split seeds and evaluates the saved checkpoints with
-`streetlib.evaluate`, so a notebook is parameters plus one call per step. A run that already finished with the same
+Each function runs `streetlib.training.train.run_phase` over split seeds and evaluates the saved checkpoints with
+`evaluation.evaluate`, so a notebook is parameters plus one call per step. A run that already finished with the same
 parameters is reused, not trained again (``reuse=True``); one whose model files are missing, as in a fresh clone of
 the committed demo results, is trained again with a warning.
 """
@@ -13,11 +13,13 @@ import json
 import keras
 import pandas as pd
 
-from streetlib import evaluate, figures, train
-from streetlib import weights as weights_lib
+from streetlib import figures
 from streetlib.classes import OUTPUTS
-from streetlib.config import ARCHITECTURE, PHASES, Execution, RunConfig
+from streetlib.evaluation import evaluate
+from streetlib.models import weights as weights_lib
 from streetlib.runs import RunId, RunLayout
+from streetlib.training import train
+from streetlib.training.config import ARCHITECTURE, PHASES, Execution, RunConfig
 
 
 def transfer_config(source):
@@ -56,7 +58,7 @@ def available_sources(sources):
 def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None):
     """Score each seed's best checkpoint on the validation split (rows only: what configurations are chosen on)
     and on the test split (rows and figures)."""
-    from streetlib.splits import make_split
+    from streetlib.data.splits import make_split
 
     layout, frames = RunLayout(), []
     for seed, result in results.items():
@@ -82,18 +84,18 @@ def run_transfer(data, config, *, sources, seeds, experiment, scratch_epochs=0, 
 
     Args:
         data: `StreetData`.
-        config: `streetlib.config.RunConfig` of the transfer runs (e.g. ``RunConfig.preset("transfer", epochs=30)``);
+        config: `RunConfig` of the transfer runs (e.g. ``RunConfig.preset("transfer", epochs=30)``);
             each source replaces its ``weights``.
         sources: list of weight sources, all available (see `available_sources`).
         seeds: list of int split seeds.
         experiment: str, the experiment name (folder under hists/, models/, figs/).
         scratch_epochs: int, epochs of the from-scratch run; 0 skips it.
         split_kwargs: dict of `make_split` arguments.
-        execution: `streetlib.config.Execution` (strategy, verbosity, ...). Runs that already finished with the
+        execution: `streetlib.training.config.Execution` (strategy, verbosity, ...). Runs that already finished with the
             same configuration are always reused (``reuse=True``).
 
     Returns:
-        DataFrame of every evaluation row (see `streetlib.evaluate.evaluate_run`).
+        DataFrame of every evaluation row (see `streetlib.evaluation.evaluate.evaluate_run`).
     """
     _check_phase(config, "transfer")
     # Every configuration is made (and checked) before the first run trains.
@@ -109,11 +111,11 @@ def run_transfer(data, config, *, sources, seeds, experiment, scratch_epochs=0, 
 def run_finetune(data, config, *, sources, seeds, experiment, transfer_experiment, split_kwargs=None, execution=None):
     """Fine-tune each source's best transfer model (per seed), then evaluate.
 
-    The model's architecture and input (`streetlib.config.ARCHITECTURE` fields: backbone, cut, head, image size,
+    The model's architecture and input (`config.ARCHITECTURE` fields: backbone, cut, head, image size,
     normalisation...) are those of the transfer runs, read from their manifests, so the two phases cannot disagree.
 
     Args:
-        config: `streetlib.config.RunConfig` of the fine-tune runs, e.g. ``RunConfig.preset("finetune",
+        config: `streetlib.training.config.RunConfig` of the fine-tune runs, e.g. ``RunConfig.preset("finetune",
             frozen_through="block3_pool")`` ('block4_pool': block5 and the head train; 'block3_pool': block4 too;
             None: every layer trains). Its `ARCHITECTURE` fields are replaced by the transfer runs'.
         transfer_experiment: str, where `run_transfer` saved the models (configurations `transfer_config`).
@@ -273,7 +275,7 @@ def baseline_scores(path, *, classifier="svm-rbf", subset="test"):
     """Per-seed accuracy of the baselines in ``path`` (notebook 02's CSV), same columns as `cnn_scores`.
 
     Rows on deep features are family ``SVM on deep features`` (config ``<weights> <layer> <pooling> features,
-    <classifier>``); rows on no network (``weights`` 'none', see `streetlib.baselines.FLOORS`) are family ``floor``
+    <classifier>``); rows on no network (``weights`` 'none', see `classifiers.FLOORS`) are family ``floor``
     (config ``<kind> (no network), <classifier>``).
 
     Args:
@@ -333,7 +335,7 @@ def paired_comparisons(scores, pairs, *, confidence=0.95):
     Returns:
         pandas DataFrame, one row per pair and output: question, output, a, b, n (seeds), mean_a, mean_b,
         difference, low, high, verdict ('resolved: <b> higher', 'resolved: <a> higher', 'within seed noise' or
-        'too few seeds'), computed from the interval (see `streetlib.evaluate.paired_interval`).
+        'too few seeds'), computed from the interval (see `streetlib.evaluation.evaluate.paired_interval`).
     """
     rows = []
     for question, a, b in pairs:

@@ -1,6 +1,6 @@
 """Backbone features for the baselines: one layer's feature map, pooled or flattened, cached on disk.
 
-`FeatureExtractor` runs a backbone (any `streetlib.backbones.BACKBONES` name, any weight source) up to one layer and
+`FeatureExtractor` runs a backbone (any `backbones.BACKBONES` name, any weight source) up to one layer and
 turns its feature map into one vector per image: global average ('avg', 512-d for VGG16's ``block5_pool``), global
 max ('max') or the flattened map ('flatten', the original's "non-pooled" 25,088-d at 224 px).
 
@@ -24,9 +24,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from streetlib import backbones, models, paths, pipeline
-from streetlib import weights as weights_lib
-from streetlib.models import POOLINGS
+from streetlib import paths
+from streetlib.data import pipeline
+from streetlib.models import backbones
+from streetlib.models import network as models
+from streetlib.models import weights as weights_lib
+from streetlib.models.network import POOLINGS
 from streetlib.paths import atomic_path, file_digest
 
 # Bump when the way features are computed changes, so older cache files stop matching.
@@ -37,8 +40,8 @@ def weights_fingerprint(weights, *, backbone="vgg16"):
     """What identifies a weight source in a cache key: its name and the SHA-1 of its file.
 
     Args:
-        weights: a `streetlib.weights.WEIGHT_SOURCES` name or a weights file path.
-        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
+        weights: a `streetlib.models.weights.WEIGHT_SOURCES` name or a weights file path.
+        backbone: str, a `streetlib.models.backbones.BACKBONES` name. Default 'vgg16'.
 
     Returns:
         str, e.g. ``"random"`` or ``"hed-bsds500 sha1:1a2b..."``.
@@ -99,13 +102,13 @@ class FeatureExtractor:
     here, before any work.
 
     Args:
-        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
-        weights: a `streetlib.weights.WEIGHT_SOURCES` name or a weights file path. Default 'random'.
+        backbone: str, a `streetlib.models.backbones.BACKBONES` name. Default 'vgg16'.
+        weights: a `streetlib.models.weights.WEIGHT_SOURCES` name or a weights file path. Default 'random'.
         layer: str or None, the backbone layer read (e.g. 'block4_pool'). Default None: the backbone's output
             (``block5_pool`` for VGG16).
         image_size: None (each dataset's own size), int or (H, W): images are resized to it before the backbone.
-        normalization: str or None, a `streetlib.pipeline.NORMALIZATIONS` mode. Default None: what the weights
-            expect (`streetlib.weights.normalization_for`).
+        normalization: str or None, a `streetlib.data.pipeline.NORMALIZATIONS` mode. Default None: what the weights
+            expect (`streetlib.models.weights.normalization_for`).
         init_seed: int, the Keras seed set before building random weights (ignored for pretrained ones). Default 0.
         batch_size: int, images per forward pass. Default 32. Does not change the features, so not in the key.
 
@@ -177,7 +180,7 @@ class FeatureExtractor:
             indices: int array of the images, default all, in that order.
             poolings: list of str from `POOLINGS`; all come from one forward pass. Default ('avg',).
             augment: None (the images as they are), True (the original's augmentation) or a dict of
-                `streetlib.pipeline.augmentation` arguments.
+                `streetlib.data.pipeline.augmentation` arguments.
             seed: int, the augmentation seed.
             progress: bool, show a progress bar. Default True.
 
@@ -221,7 +224,7 @@ class FeatureExtractor:
         Args:
             data: `StreetData`.
             pooling: str, one of `POOLINGS`.
-            split: None for plain features of every image; a `streetlib.splits.Split` for augmented copies of its
+            split: None for plain features of every image; a `streetlib.data.splits.Split` for augmented copies of its
                 training images (then ``copies`` >= 1).
             copies, augment, seed: the augmented copies (see `augmented`).
         """
@@ -285,14 +288,14 @@ class FeatureExtractor:
     def augmented(self, data, split, *, copies, augment=True, seed=0, poolings=("avg",), cache_dir=None, progress=True):
         """Features of ``copies`` augmented versions of a split's training images, cached like `features`.
 
-        Copy ``c`` is augmented with seed ``seed + 1000 * c`` (as `streetlib.train` does for its feature cache).
+        Copy ``c`` is augmented with seed ``seed + 1000 * c`` (as `training.train` does for its feature cache).
 
         Args:
             data: `StreetData`.
-            split: `streetlib.splits.Split`; its ``train`` images are augmented, in that order.
+            split: `streetlib.data.splits.Split`; its ``train`` images are augmented, in that order.
             copies: int >= 1.
-            augment: True (the original's augmentation, `streetlib.pipeline.DEFAULT_AUGMENTATION`) or a dict of
-                `streetlib.pipeline.augmentation` arguments. Default True.
+            augment: True (the original's augmentation, `streetlib.data.pipeline.DEFAULT_AUGMENTATION`) or a dict of
+                `streetlib.data.pipeline.augmentation` arguments. Default True.
             seed: int. Default 0.
             poolings, cache_dir, progress: as in `features`.
 

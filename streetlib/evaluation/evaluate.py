@@ -12,7 +12,7 @@ on one subset and writes:
   a reliability diagram, and a dendrogram of city similarity.
 
 `compare_seeds` and `paired_comparison` summarise runs repeated over split seeds (`streetlib.runs.RunId` with a
-seed, as `streetlib.train.run_seeds` trains them), by the rows' ``config_name`` and ``seed``.
+seed, as `streetlib.training.train.run_seeds` trains them), by the rows' ``config_name`` and ``seed``.
 """
 
 import json
@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from streetlib import figures, models, pipeline
+from streetlib import figures
 from streetlib.classes import OUTPUTS
+from streetlib.data import pipeline
+from streetlib.models import network as models
 from streetlib.paths import atomic_path
 from streetlib.runs import CHECKPOINTS, RunId, RunLayout
 

@@ -24,7 +24,7 @@ import h5py
 import keras
 import numpy as np
 
-from streetlib.backbones import get_backbone
+from streetlib.models.backbones import get_backbone
 
 WEIGHT_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
 VGG16_CONV_LAYERS = tuple(
@@ -39,7 +39,7 @@ class WeightSource:
     Attributes:
         name: str, the name users pass as ``weights=``.
         label: str, what the weights are, for titles and manifests.
-        normalization: str or None, the `streetlib.pipeline.NORMALIZATIONS` mode these weights expect; None means
+        normalization: str or None, the `streetlib.data.pipeline.NORMALIZATIONS` mode these weights expect; None means
             the backbone's own (see `normalization_for`).
         backbones: tuple of str, the backbones this source exists for; empty for every backbone.
         url: str or None, where the file is downloaded from.
@@ -145,7 +145,7 @@ def _check_file(path):
 
 
 def normalization_for(weights, backbone="vgg16"):
-    """The input normalisation a weight source expects (a `streetlib.pipeline.NORMALIZATIONS` mode).
+    """The input normalisation a weight source expects (a `streetlib.data.pipeline.NORMALIZATIONS` mode).
 
     Places365 and HED expect BGR minus the BVLC Caffe means ('caffe-bvlc'). ImageNet weights and weight files expect
     the backbone's own ImageNet preprocessing ('caffe' for VGG16). Random init keeps the original study's per-image
@@ -153,7 +153,7 @@ def normalization_for(weights, backbone="vgg16"):
 
     Args:
         weights: a weight source name or file path (see `check_weights`).
-        backbone: str, a `streetlib.backbones.BACKBONES` name. Default 'vgg16'.
+        backbone: str, a `streetlib.models.backbones.BACKBONES` name. Default 'vgg16'.
 
     Returns:
         str.
@@ -229,7 +229,7 @@ def load_source(backbone_model, weights, *, backbone="vgg16"):
     """Load a weight source into a built backbone model, in place.
 
     ImageNet weights for backbones other than VGG16 come from `keras.applications` itself (see
-    `streetlib.models.build_backbone`), not from here.
+    `streetlib.models.network.build_backbone`), not from here.
 
     Args:
         backbone_model: `keras.Model`, the backbone (include_top=False) with Keras's layer names.

@@ -40,14 +40,16 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from streetlib import models, paths, pipeline
-from streetlib import weights as weights_lib
-from streetlib.callbacks import EpochProgress
+from streetlib import paths
 from streetlib.classes import OUTPUTS
-from streetlib.config import MONITOR, OPTIMIZERS, Execution, RunConfig
+from streetlib.data import pipeline
+from streetlib.data.splits import make_split
+from streetlib.models import network as models
+from streetlib.models import weights as weights_lib
 from streetlib.paths import atomic_path
 from streetlib.runs import RunId, RunLayout
-from streetlib.splits import make_split
+from streetlib.training.callbacks import EpochProgress
+from streetlib.training.config import MONITOR, OPTIMIZERS, Execution, RunConfig
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu")
 
@@ -79,14 +81,14 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
     Args:
         data: `StreetData`.
         split: `Split` (train and val are used).
-        config: `streetlib.config.RunConfig`, what to train, e.g. ``RunConfig.preset("transfer", epochs=30)``.
+        config: `streetlib.training.config.RunConfig`, what to train, e.g. ``RunConfig.preset("transfer", epochs=30)``.
         run: `streetlib.runs.RunId`, the run; one that already finished is never overwritten unless
             ``execution.force``.
         init_from: for phase 'finetune' only: a `RunResult` or a path to a ``.keras`` model (the best transfer
             model). A config with ``weights=None`` takes the source of a `RunResult`; with a path, the config
             must name it.
         layout: `streetlib.runs.RunLayout`, where the run's files go. Default ``RunLayout()``.
-        execution: `streetlib.config.Execution`, how to run it (resume, force, reuse, strategy, XLA, feature cache
+        execution: `config.Execution`, how to run it (resume, force, reuse, strategy, XLA, feature cache
             budget, verbosity); never part of the run's identity. Default ``Execution()``.
         callbacks: list of extra `keras.callbacks.Callback`, called after streetlib's own.
 
@@ -103,18 +105,10 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
     run_files = layout.files(run)
     init_path, config = _resolve_init(config, init_from)
     record = config.to_manifest(run, init_from=paths.portable(init_path) if init_path else None, xla=execution.xla)
-    force = execution.force
-    if execution.reuse and not force:
-        state = _finished_state(run_files, config, init_path)
-        if state == "reuse":
-            return _load_finished(run_files)
-        if state == "retrain":
-            warnings.warn(
-                f"Run {run.name!r} of experiment {run.experiment!r} finished before but its model files are missing "
-                f"({run_files['best_model'].parent}): training it again and replacing its records.",
-                stacklevel=2,
-            )
-            force = True
+    state = _reuse_state(run, run_files, config, init_path, execution)
+    if state == "reuse":
+        return _load_finished(run_files)
+    force = execution.force or state == "retrain"
     initial_epoch, previous = _prepare_outputs(run_files, run, config, record, resume=execution.resume, force=force)
     _truncate_history(run_files["history"], initial_epoch)
 
@@ -126,16 +120,7 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
     started = time.monotonic()
     with _precision(config.mixed_precision, strategy), strategy.scope():
         model = _build_model(data, config, run, init_path)
-        plan = plan_cache(
-            config.cache,
-            model,
-            through=config.frozen_through,
-            augment=bool(config.augment),
-            copies=config.augment_copies,
-            n_train=len(split.train),
-            n_val=len(split.val),
-            max_bytes=execution.max_cache_bytes,
-        )
+        plan = _plan_run_cache(model, split, config, execution)
         train_ds, val_ds, steps, train_model = _datasets(data, split, model, plan, config, initial_epoch=initial_epoch)
         _compile(train_model, config, xla=execution.xla)
     manifest.update(
@@ -161,6 +146,40 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
         ),
         verbose=execution.verbose,
     )
+    return _finish_run(model, run_files, progress)
+
+
+def _reuse_state(run, run_files, config, init_path, execution):
+    """`_finished_state` when ``execution`` reuses finished runs and does not force, else None; warns before a
+    finished run with missing model files is trained again."""
+    if not execution.reuse or execution.force:
+        return None
+    state = _finished_state(run_files, config, init_path)
+    if state == "retrain":
+        warnings.warn(
+            f"Run {run.name!r} of experiment {run.experiment!r} finished before but its model files are missing "
+            f"({run_files['best_model'].parent}): training it again and replacing its records.",
+            stacklevel=3,  # the caller of run_phase
+        )
+    return state
+
+
+def _plan_run_cache(model, split, config, execution):
+    """`plan_cache` for a run's configuration, split sizes and the execution's cache budget."""
+    return plan_cache(
+        config.cache,
+        model,
+        through=config.frozen_through,
+        augment=bool(config.augment),
+        copies=config.augment_copies,
+        n_train=len(split.train),
+        n_val=len(split.val),
+        max_bytes=execution.max_cache_bytes,
+    )
+
+
+def _finish_run(model, run_files, progress):
+    """Save the final model, check the history and mark the manifest complete. Returns the `RunResult`."""
     with atomic_path(run_files["final_model"]) as tmp:
         model.save(tmp)
     history = read_history(run_files["history"])
@@ -239,11 +258,11 @@ def run_seeds(
 
     Args:
         data: `StreetData`.
-        config: `streetlib.config.RunConfig`; each run takes its seed from the split's.
+        config: `streetlib.training.config.RunConfig`; each run takes its seed from the split's.
         seeds: iterable of int.
         experiment: str, the experiment's folder name.
         config_name: str, the configuration name of the runs (`streetlib.runs.RunId`'s ``config_name``).
-        split_kwargs: dict of `streetlib.splits.make_split` arguments (test_size, val_size, directory, save).
+        split_kwargs: dict of `streetlib.data.splits.make_split` arguments (test_size, val_size, directory, save).
         init_from: None, or dict seed -> `RunResult` or path (fine-tuning each seed from its own transfer run).
         layout, execution: as in `run_phase`.
 
@@ -602,14 +621,14 @@ def extract_features(frozen, dataset):
 
 
 def _labels(data, indices):
-    """int32 labels per output, as `streetlib.pipeline.make_dataset` feeds them. Returns dict output -> `(n,)`."""
+    """int32 labels per output, as `streetlib.data.pipeline.make_dataset` feeds them. Returns dict output -> `(n,)`."""
     return {name: values.astype(np.int32) for name, values in data.labels(indices).items()}
 
 
 def _feature_dataset(features, labels, *, batch_size, shuffle, seed, initial_epoch):
     """Batches of cached features ``(copies, n, ...)`` with their labels.
 
-    One copy: a finite dataset shuffled exactly as `streetlib.pipeline.make_dataset` shuffles the images, so the
+    One copy: a finite dataset shuffled exactly as `streetlib.data.pipeline.make_dataset` shuffles the images, so the
     cached path sees the same batches as the plain one. Several copies: an endless dataset where epoch ``e`` is copy
     ``e mod K`` in an order drawn from ``(seed, e)`` (fit with ``steps_per_epoch``); it starts at ``initial_epoch``,
     so a resumed run continues the same sequence.

@@ -14,7 +14,7 @@ def _cmd_synth(args):
     import json
     from pathlib import Path
 
-    from streetlib import synth
+    from streetlib.data import synth
 
     meta_path = Path(args.out) / "dataset.json"
     if args.if_missing and meta_path.is_file():
@@ -32,8 +32,8 @@ def _cmd_synth(args):
 
 
 def _cmd_split(args):
-    from streetlib.data import load_dataset
-    from streetlib.splits import make_split
+    from streetlib.data.loaders import load_dataset
+    from streetlib.data.splits import make_split
 
     data = load_dataset(args.data, classes=args.classes)
     for seed in args.seed:
@@ -44,7 +44,7 @@ def _cmd_split(args):
 
 
 def _cmd_crawl(args):
-    from streetlib.crawl import crawl_cities
+    from streetlib.data.crawl import crawl_cities
 
     counts = crawl_cities(
         args.cities,
@@ -60,7 +60,7 @@ def _cmd_crawl(args):
 
 
 def _cmd_build(args):
-    from streetlib.build import build_dataset
+    from streetlib.data.build import build_dataset
 
     report = build_dataset(
         args.raw,
@@ -125,7 +125,7 @@ def _add_data_commands(sub):
 
 
 def _cmd_run(args):
-    from streetlib import runner
+    from streetlib.experiments import runner
 
     overrides = {name: runner.parse_value(value) for name, value in args.param}
     results = runner.run(
@@ -150,7 +150,9 @@ def _add_run_command(sub):
     p = sub.add_parser("run", help="run the numbered notebooks headless with papermill")
     p.add_argument("notebooks", nargs="*", help="notebook numbers or names (default: all, in order)")
     p.add_argument(
-        "--profile", default="demo", help="a profile of streetlib/profiles.yaml: smoke, demo (default) or full"
+        "--profile",
+        default="demo",
+        help="a profile of streetlib/experiments/profiles.yaml: smoke, demo (default) or full",
     )
     p.add_argument(
         "-p",
@@ -174,7 +176,7 @@ def _add_run_command(sub):
 
 
 def _add_analyze_command(sub):
-    from streetlib import analyze
+    from streetlib.cli import analyze
 
     p = sub.add_parser("analyze", help="classify street photos and explain them with Grad-CAM")
     analyze.add_arguments(p)
@@ -182,7 +184,7 @@ def _add_analyze_command(sub):
 
 
 def _cmd_report(args):
-    from streetlib.report import write_reports
+    from streetlib.experiments.report import write_reports
 
     for path in write_reports():
         print(f"Wrote {path}")
@@ -191,7 +193,7 @@ def _cmd_report(args):
 def _cmd_bench(args):
     from pathlib import Path
 
-    from streetlib import bench
+    from streetlib.benchmarks import bench
     from streetlib.paths import atomic_path
 
     results = bench.run_all(quick=args.quick)

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from streetlib import paths
-from streetlib.data import RESIZE_POLICIES
+from streetlib.data.loaders import RESIZE_POLICIES
 from streetlib.inference import (
     DEFAULT_MODEL,
     MAX_DOWNLOAD_BYTES,
@@ -119,7 +119,7 @@ def _positive_int(text):
 def main(args):
     """Run the analyzer on parsed arguments (see `add_arguments`). Returns the exit status: 0 when every input
     was analysed, 1 when some could not be, 2 when the model or an option is unusable."""
-    from streetlib.attribution import plot_cam_only, plot_explanation
+    from streetlib.attribution.methods import plot_cam_only, plot_explanation
 
     try:
         loaded = load_model(args.model, classes=args.classes, normalization=args.normalization)

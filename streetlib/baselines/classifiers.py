@@ -7,7 +7,7 @@ Each classifier is a pipeline ``StandardScaler -> classifier`` fitted on the tra
 hyper-parameter search fits one pipeline per candidate on the training split and keeps the best on the validation
 split. The test split is only ever predicted.
 
-`run_grid` writes:
+`run_grid` fits a `BaselineGrid` (what to fit, checked when it is made) on given splits and writes:
 
 - ``hists/<experiment>/<dataset>.csv``: one tidy row per backbone x weights x layer x pooling x augmented copies x
   classifier x seed x output (`COLUMNS`), with train, validation and test accuracy and, for the city output, test
@@ -17,11 +17,16 @@ split. The test split is only ever predicted.
   `streetlib.figures.plot_confusion` as the CNNs' are.
 """
 
+import dataclasses
+import inspect
 import itertools
 import json
+import numbers
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -33,11 +38,13 @@ from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
 from streetlib import figures, paths
-from streetlib import weights as weights_lib
+from streetlib.baselines.features import FeatureExtractor, check_poolings
 from streetlib.classes import OUTPUTS
-from streetlib.evaluate import confusion, top_k_accuracy
-from streetlib.features import FeatureExtractor, check_poolings
+from streetlib.evaluation.evaluate import confusion, top_k_accuracy
+from streetlib.models import weights as weights_lib
+from streetlib.models.network import POOLINGS
 from streetlib.runs import RunLayout
+from streetlib.training.config import Keys, validate_parameters
 
 CLASSIFIERS = ("svm-rbf", "linear-svm", "logreg")
 # Candidates for the optional search on the validation split; C=1 (the original's SVM) is in every grid.
@@ -84,14 +91,6 @@ def _check_classifier(name):
     if name not in CLASSIFIERS:
         raise ValueError(f"Invalid `classifier`. Expected one of {CLASSIFIERS}. Received: classifier={name!r}")
     return name
-
-
-def _check_floors(floors):
-    floors = list(floors)
-    bad = [k for k in floors if k not in FLOORS]
-    if bad:
-        raise ValueError(f"Invalid `floors`. Expected a list of {FLOORS}. Received: floors={floors!r}")
-    return floors
 
 
 def _area_weights(size, cells):
@@ -229,7 +228,7 @@ def fit_baseline(features, labels, split, *, classifier="svm-rbf", search=False,
     Args:
         features: float `(n, d)`, one vector per image of the dataset (indexed by the split).
         labels: int `(n,)`, the class of each image.
-        split: `streetlib.splits.Split` (or any object with int ``train``, ``val``, ``test`` index arrays).
+        split: `streetlib.data.splits.Split` (or any object with int ``train``, ``val``, ``test`` index arrays).
         classifier: str, one of `CLASSIFIERS`. Default 'svm-rbf'.
         search: False (default: the classifier's defaults), True (`SEARCH_GRIDS`) or a dict classifier ->
             ``{param: [values]}``. Each candidate is fitted on the training split and the best validation accuracy
@@ -297,6 +296,111 @@ def run_name(*, backbone, weights, layer, pooling, classifier, augment_copies=0,
     return f"{backbone}-{weights}-{layer}-{pooling}{aug}{tuned}-{classifier}-seed{seed}"
 
 
+class _Items:
+    """A constraint for `validate_parameters`: a list or tuple (never a str) whose items are each one of ``values``
+    or pass ``test``; non-empty with ``nonempty``. ``text`` says what is expected, in the error."""
+
+    def __init__(self, text, *, values=None, test=None, nonempty=False):
+        self.text, self.values, self.test, self.nonempty = text, values, test, nonempty
+
+    def _ok(self, item):
+        return item in self.values if self.values is not None else self.test(item)
+
+    def is_satisfied_by(self, value):
+        if not isinstance(value, (list, tuple)) or (self.nonempty and not value):
+            return False
+        return all(self._ok(item) for item in value)
+
+    def __str__(self):
+        return self.text
+
+
+def _is_copies(k):
+    return isinstance(k, int) and not isinstance(k, bool) and k >= 0
+
+
+def _is_source(w):
+    return isinstance(w, (str, os.PathLike))
+
+
+# The `FeatureExtractor` arguments a grid's ``extractor`` may set (``weights`` is the grid's own field).
+EXTRACTOR_ARGS = tuple(p for p in inspect.signature(FeatureExtractor).parameters if p != "weights")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineGrid:
+    """What a baseline grid is made of: the weight sources, poolings, classifiers, outputs, search, augmentation and
+    floors that `run_grid` crosses with the splits.
+
+    Every field is checked when the grid is made, against ``_parameter_constraints`` (as `RunConfig` is), so a
+    mistake fails before any feature is extracted or any file written. Lists are stored as tuples, poolings without
+    repeats. Which split seeds get confusion figures is not part of the grid but an argument of `run_grid`
+    (``figure_seeds``): it changes what is drawn, never the rows, as the output folders do not either.
+
+    Attributes:
+        weights: list of weight sources (names or file paths), possibly empty when only ``floors`` are wanted. A
+            source that cannot be downloaded is skipped by `run_grid` and reported in ``unavailable``. Default
+            ('hed-bsds500', 'random').
+        poolings: non-empty list of `streetlib.models.network.POOLINGS`. Default ('avg', 'flatten').
+        classifiers: list of `CLASSIFIERS`. Default all.
+        outputs: non-empty list of 'region' and 'city'. Default both.
+        search: the validation-split search, see `fit_baseline`: False, True or a dict classifier ->
+            ``{param: [values]}`` with an entry for each of ``classifiers``. Default False.
+        augment_copies: non-empty list of int >= 0: 0 fits on the plain training images, K > 0 adds K augmented
+            copies. Default (0,).
+        extractor: None or a dict of `FeatureExtractor` arguments other than ``weights`` (`EXTRACTOR_ARGS`:
+            backbone, layer, image_size, normalization, init_seed, batch_size), checked by the extractor when
+            `run_grid` makes it. Default None: VGG16's output at the data's size.
+        floors: list of `FLOORS`, baselines without a network: each classifier x split x output is also fitted on
+            `floor_features` of that kind (never augmented; ``search`` applies as to the deep features). Their
+            rows have ``backbone=<floor>`` (e.g. 'pixels'), ``weights``, ``layer``, ``pooling`` and
+            ``normalization`` 'none', ``augment_copies=0`` and the data's ``image_size``. Default () (none).
+            ``weights`` and ``floors`` may not both be empty.
+    """
+
+    weights: tuple = ("hed-bsds500", "random")
+    poolings: tuple = ("avg", "flatten")
+    classifiers: tuple = CLASSIFIERS
+    outputs: tuple = OUTPUTS
+    search: bool | dict = False
+    augment_copies: tuple = (0,)
+    extractor: dict | None = None
+    floors: tuple = ()
+
+    _parameter_constraints: ClassVar[dict] = {
+        "weights": [_Items("a list of weight sources (names or file paths)", test=_is_source)],
+        "poolings": [_Items(f"a non-empty list of {POOLINGS}", values=POOLINGS, nonempty=True)],
+        "classifiers": [_Items(f"a list of {CLASSIFIERS}", values=CLASSIFIERS)],
+        "outputs": [_Items(f"a non-empty list of {OUTPUTS}", values=OUTPUTS, nonempty=True)],
+        "search": [bool, Keys(CLASSIFIERS)],
+        "augment_copies": [_Items("a non-empty list of ints >= 0", test=_is_copies, nonempty=True)],
+        "extractor": [None, Keys(EXTRACTOR_ARGS)],
+        "floors": [_Items(f"a list of {FLOORS}", values=FLOORS)],
+    }
+
+    def __post_init__(self):
+        validate_parameters(self)
+        if not self.weights and not self.floors:
+            raise ValueError(
+                f"Nothing to fit: `weights` and `floors` are both empty. Received: weights={self.weights!r}, "
+                f"floors={self.floors!r}"
+            )
+        for classifier in self.classifiers:
+            _check_search(self.search, classifier)
+        # Stored in one form: tuples (poolings without repeats), and copies of the dicts.
+        for name in ("weights", "classifiers", "outputs", "augment_copies", "floors"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "poolings", check_poolings(self.poolings))
+        if isinstance(self.search, dict):
+            object.__setattr__(self, "search", dict(self.search))
+        if self.extractor is not None:
+            object.__setattr__(self, "extractor", dict(self.extractor))
+
+    def replace(self, **changes):
+        """A copy with some fields changed (and checked again). Returns `BaselineGrid`."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
 class GridResult:
     """What `run_grid` produced.
@@ -314,52 +418,47 @@ class GridResult:
     figures: list
 
 
+@dataclass
+class _GridRun:
+    """One `run_grid` call: what its helpers share, and the rows, unavailable sources and figures they collect."""
+
+    data: object
+    splits: list
+    grid: BaselineGrid
+    figure_seeds: object
+    figs: Path
+    cache_dir: object
+    progress: bool
+    rows: list = field(default_factory=list)
+    unavailable: dict = field(default_factory=dict)
+    written: list = field(default_factory=list)
+
+
 def run_grid(
     data,
     splits,
+    grid,
     *,
-    weights=("hed-bsds500", "random"),
-    poolings=("avg", "flatten"),
-    classifiers=CLASSIFIERS,
-    outputs=OUTPUTS,
-    search=False,
-    augment_copies=(0,),
-    extractor=None,
     figure_seeds=None,
-    floors=(),
     experiment="02-baselines",
     cache_dir=None,
     hists_dir=None,
     figs_dir=None,
     progress=True,
 ):
-    """Baselines for every weight source x pooling x augmented copies x classifier x split x output, and for every
-    floor x classifier x split x output.
+    """Baselines for every weight source x pooling x augmented copies x classifier x split x output of a
+    `BaselineGrid`, and for every floor x classifier x split x output.
 
-    Features are extracted once per weight source for all images (cached, see `streetlib.features`), then indexed
+    Features are extracted once per weight source for all images (cached, see `features`), then indexed
     by each split; augmented training copies are extracted per split. Floor features (`floor_features`) are computed
     once per floor and fitted exactly as the deep ones, by the same loop.
 
     Args:
         data: `StreetData`.
-        splits: list of `streetlib.splits.Split` (those of the CNNs: `streetlib.splits.make_splits`).
-        weights: list of weight sources (names or file paths), possibly empty when only ``floors`` are wanted. A
-            source that cannot be downloaded is skipped and reported in ``unavailable``. Default ('hed-bsds500',
-            'random').
-        poolings: list of `streetlib.models.POOLINGS`. Default ('avg', 'flatten').
-        classifiers: list of `CLASSIFIERS`. Default all.
-        outputs: list of 'region' and 'city'. Default both.
-        search: the validation-split search, see `fit_baseline`. Default False.
-        augment_copies: list of int >= 0: 0 fits on the plain training images, K > 0 adds K augmented copies.
-            Default (0,).
-        extractor: dict of `FeatureExtractor` arguments other than ``weights`` (backbone, layer, image_size,
-            normalization, init_seed, batch_size). Default: VGG16's output at the data's size.
+        splits: list of `streetlib.data.splits.Split` (those of the CNNs: `streetlib.data.splits.make_splits`).
+        grid: `BaselineGrid`, what to fit (checked when it was made).
         figure_seeds: None (confusion figures for every split) or a list of split seeds to draw. Floor baselines
             are drawn too, as ``<dataset>-<floor>-none-none-none-<classifier>-seed<N>.test.confusion-<output>.png``.
-        floors: list of `FLOORS`, baselines without a network: each classifier x split x output is also fitted on
-            `floor_features` of that kind (never augmented; ``search`` applies as to the deep features). Their
-            rows have ``backbone=<floor>`` (e.g. 'pixels'), ``weights``, ``layer``, ``pooling`` and
-            ``normalization`` 'none', ``augment_copies=0`` and the data's ``image_size``. Default () (none).
         experiment: str, the folder under ``hists/`` and ``figs/``. Default '02-baselines'.
         cache_dir, hists_dir, figs_dir: output roots. Default `streetlib.paths`'s.
         progress: bool, progress bars while extracting. Default True.
@@ -367,97 +466,118 @@ def run_grid(
     Returns:
         `GridResult`.
     """
-    poolings = check_poolings(poolings)
-    floors = _check_floors(floors)
-    if not list(weights) and not floors:
-        raise ValueError(
-            f"Nothing to fit: `weights` and `floors` are both empty. Received: weights={weights!r}, floors={floors!r}"
+    if not isinstance(grid, BaselineGrid):
+        raise TypeError(
+            f"Invalid `grid`. Expected a `BaselineGrid`, e.g. BaselineGrid(weights=['random'], poolings=['avg']). "
+            f"Received: grid={grid!r}"
         )
-    for name in classifiers:
-        _check_classifier(name)
-    bad = [o for o in outputs if o not in OUTPUTS]
-    if bad or not outputs:
-        raise ValueError(f"Invalid `outputs`. Expected a non-empty list of {OUTPUTS}. Received: outputs={outputs!r}")
-    bad = [k for k in augment_copies if not isinstance(k, int) or isinstance(k, bool) or k < 0]
-    if bad or not augment_copies:
-        raise ValueError(
-            f"Invalid `augment_copies`. Expected a non-empty list of ints >= 0. Received: "
-            f"augment_copies={augment_copies!r}"
-        )
-    for classifier in classifiers:
-        _check_search(search, classifier)
-    figs = RunLayout(figs_dir=figs_dir).figs(experiment)
-    rows, unavailable, written = [], {}, []
-
-    def fit_split(split, plain, augmented, setting):
-        """Every pooling x classifier x output on one split's features, rows and figures appended."""
-        draw = figure_seeds is None or split.seed in figure_seeds
-        for pooling, classifier, output in itertools.product(plain, classifiers, outputs):
-            row, fit = _run_one(
-                data,
-                split,
-                plain[pooling],
-                augmented.get(pooling),
-                {**setting, "pooling": pooling},
-                classifier=classifier,
-                search=search,
-                output=output,
-            )
-            rows.append(row)
-            if draw:
-                run, fig = _confusion_figure(data, split, fit, row, setting["_weights"])
-                written.append(figures.save(fig, figs / f"{data.name}-{run}.test.confusion-{output}.png"))
-
-    for source in weights:
-        try:
-            fx = FeatureExtractor(weights=source, **(extractor or {}))
-        except weights_lib.WeightsDownloadError as err:
-            unavailable[str(source)] = str(err)
-            continue
-        plain = fx.features(data, poolings=poolings, cache_dir=cache_dir, progress=progress)
-        size = fx.size_for(data)
-        setting = {
-            "backbone": fx.backbone,
-            "weights": fx.weights_name,
-            "layer": fx.layer_name(data),
-            "image_size": f"{size[0]}x{size[1]}",
-            "normalization": fx.normalization,
-            "_weights": fx.weights,
-        }
-        for copies in augment_copies:
-            for split in splits:
-                augmented = (
-                    fx.augmented(
-                        data,
-                        split,
-                        copies=copies,
-                        seed=split.seed,
-                        poolings=poolings,
-                        cache_dir=cache_dir,
-                        progress=progress,
-                    )
-                    if copies
-                    else {}
-                )
-                fit_split(split, {p: plain[p] for p in poolings}, augmented, {**setting, "augment_copies": copies})
-    for kind in floors:
-        features = floor_features(data, kind)
-        size = data.image_size
-        setting = {
-            "backbone": kind,
-            "weights": "none",
-            "layer": "none",
-            "image_size": f"{size[0]}x{size[1]}",
-            "normalization": "none",
-            "augment_copies": 0,
-            "_weights": None,
-        }
-        for split in splits:
-            fit_split(split, {"none": features}, {}, setting)
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    _check_figure_seeds(figure_seeds)
+    run = _GridRun(
+        data=data,
+        splits=list(splits),
+        grid=grid,
+        figure_seeds=figure_seeds,
+        figs=RunLayout(figs_dir=figs_dir).figs(experiment),
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    for source in grid.weights:
+        _fit_weight_source(run, source)
+    for kind in grid.floors:
+        _fit_floor(run, kind)
+    table = pd.DataFrame(run.rows, columns=COLUMNS)
     path = results_path(data, experiment=experiment, hists_dir=hists_dir)
     save_results(table, path)
-    return GridResult(table=table, unavailable=unavailable, path=path, figures=written)
+    return GridResult(table=table, unavailable=run.unavailable, path=path, figures=run.written)
+
+
+def _check_figure_seeds(figure_seeds):
+    """``figure_seeds`` must be None or a list (tuple, set) of int split seeds."""
+    seeds = isinstance(figure_seeds, (list, tuple, set, frozenset)) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in figure_seeds
+    )
+    if figure_seeds is not None and not seeds:
+        raise ValueError(
+            f"Invalid `figure_seeds`. Expected None or a list of split seeds (ints). Received: "
+            f"figure_seeds={figure_seeds!r}"
+        )
+
+
+def _fit_weight_source(run, source):
+    """Every augmented copies x split x pooling x classifier x output on one weight source's features. A source that
+    cannot be downloaded is recorded in ``run.unavailable`` and skipped."""
+    grid, data = run.grid, run.data
+    try:
+        fx = FeatureExtractor(weights=source, **(grid.extractor or {}))
+    except weights_lib.WeightsDownloadError as err:
+        run.unavailable[str(source)] = str(err)
+        return
+    plain = fx.features(data, poolings=grid.poolings, cache_dir=run.cache_dir, progress=run.progress)
+    size = fx.size_for(data)
+    setting = {
+        "backbone": fx.backbone,
+        "weights": fx.weights_name,
+        "layer": fx.layer_name(data),
+        "image_size": f"{size[0]}x{size[1]}",
+        "normalization": fx.normalization,
+        "_weights": fx.weights,
+    }
+    for copies in grid.augment_copies:
+        for split in run.splits:
+            augmented = (
+                fx.augmented(
+                    data,
+                    split,
+                    copies=copies,
+                    seed=split.seed,
+                    poolings=grid.poolings,
+                    cache_dir=run.cache_dir,
+                    progress=run.progress,
+                )
+                if copies
+                else {}
+            )
+            plain_split = {p: plain[p] for p in grid.poolings}
+            _fit_split(run, split, plain_split, augmented, {**setting, "augment_copies": copies})
+
+
+def _fit_floor(run, kind):
+    """Every split x classifier x output on one floor's features (`floor_features`)."""
+    features = floor_features(run.data, kind)
+    size = run.data.image_size
+    setting = {
+        "backbone": kind,
+        "weights": "none",
+        "layer": "none",
+        "image_size": f"{size[0]}x{size[1]}",
+        "normalization": "none",
+        "augment_copies": 0,
+        "_weights": None,
+    }
+    for split in run.splits:
+        _fit_split(run, split, {"none": features}, {}, setting)
+
+
+def _fit_split(run, split, plain, augmented, setting):
+    """Every pooling x classifier x output on one split's features (``plain`` and ``augmented``: pooling ->
+    features), rows and figures appended to ``run``."""
+    data, grid = run.data, run.grid
+    draw = run.figure_seeds is None or split.seed in run.figure_seeds
+    for pooling, classifier, output in itertools.product(plain, grid.classifiers, grid.outputs):
+        row, fit = _run_one(
+            data,
+            split,
+            plain[pooling],
+            augmented.get(pooling),
+            {**setting, "pooling": pooling},
+            classifier=classifier,
+            search=grid.search,
+            output=output,
+        )
+        run.rows.append(row)
+        if draw:
+            name, fig = _confusion_figure(data, split, fit, row, setting["_weights"])
+            run.written.append(figures.save(fig, run.figs / f"{data.name}-{name}.test.confusion-{output}.png"))
 
 
 def _run_one(data, split, features, augmented, setting, *, classifier, search, output):

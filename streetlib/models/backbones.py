@@ -1,8 +1,8 @@
 """The backbones streetlib can build: their `keras.applications` constructors and the input normalisation their
 ImageNet weights expect.
 
-A registry of names only, importing nothing else of streetlib, so that both the weight sources (`streetlib.weights`)
-and the model builder (`streetlib.models`) can look backbones up.
+A registry of names only, importing nothing else of streetlib, so that both the weight sources (`weights`)
+and the model builder (`network`) can look backbones up.
 """
 
 from dataclasses import dataclass

@@ -8,7 +8,7 @@
 - Beyond one image: per-class mean CAMs and most-attributed patches, and the four-quadrant trick.
 
 Maps are float `(n, H, W)`, non-negative, at the resolution of the images and masks they are compared with (see
-`streetlib.attribution.attribution_maps`).
+`streetlib.attribution.methods.attribution_maps`).
 """
 
 import keras
@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import ndimage, stats
 from scipy.special import softmax
 
-from streetlib.attribution import (
+from streetlib.attribution.methods import (
     METHODS,
     all_layers,
     attribution_maps,
@@ -31,7 +31,7 @@ from streetlib.attribution import (
     model_inputs,
 )
 from streetlib.classes import OUTPUTS
-from streetlib.data import fit_image
+from streetlib.data.loaders import fit_image
 
 
 def _check_maps(maps, masks=None, *, name="maps"):
@@ -168,7 +168,7 @@ def perturbation_curves(images, maps, model, *, output, target, normalization, s
         model: the `keras.Model`.
         output: str, the output whose probability is watched ('region' or 'city').
         target: int `(n,)`, the class of each image whose probability is watched.
-        normalization: the model's normalisation (see `streetlib.pipeline.NORMALIZATIONS`).
+        normalization: the model's normalisation (see `streetlib.data.pipeline.NORMALIZATIONS`).
         steps: int >= 1, the curve has ``steps + 1`` points from 0 to all pixels. Default 16.
         batch_size: int, images per model call. Default 64.
         seed: int, for breaking ties.
@@ -271,7 +271,7 @@ def randomization_check(inputs, model, *, methods=METHODS, output="city", layer=
     Args:
         inputs: float32 `(n, H, W, C)`, normalised model inputs.
         model: the `keras.Model`.
-        methods: sequence of methods from `streetlib.attribution.METHODS`. Default all three.
+        methods: sequence of methods from `streetlib.attribution.methods.METHODS`. Default all three.
         output: str, the output explained. Default 'city'.
         layer: str or None, the Grad-CAM layer (default: the backbone's last convolution).
         target: None (the trained model's predicted classes, kept fixed throughout) or int `(n,)`.
@@ -381,7 +381,7 @@ def quadrant_images(image, *, size, policy="crop"):
     Args:
         image: uint8 `(H, W, 3)` RGB, H and W >= 2.
         size: int or (height, width).
-        policy: resize policy of `streetlib.data.fit_image`. Default 'crop'.
+        policy: resize policy of `streetlib.data.loaders.fit_image`. Default 'crop'.
 
     Returns:
         uint8 `(4, height, width, 3)`.

@@ -65,6 +65,7 @@ def normalize(images, mode):
 
 
 def check_normalization(mode):
+    """``mode`` if it is one of `NORMALIZATIONS`, else a ValueError naming them. Returns str."""
     if mode not in NORMALIZATIONS:
         raise ValueError(f"Invalid `normalization`. Expected one of {sorted(NORMALIZATIONS)}. Received: {mode!r}")
     return mode
@@ -193,66 +194,18 @@ def make_dataset(
         `tf.data.Dataset` yielding float32 `(batch, H, W, 3)` images and int32 `(batch,)` labels per output
         (and float32 `(batch,)` weights per output with ``weights='balanced'``).
     """
-    check_normalization(normalization)
-    if augment and not training:
-        raise ValueError("`augment` needs `training=True`: validation and test data are never augmented.")
-    if weights not in (None, "balanced"):
-        raise ValueError(f"Invalid `weights`. Expected None or 'balanced'. Received: weights={weights!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Invalid `batch_size`. Expected an int >= 1. Received: batch_size={batch_size!r}")
+    _check_dataset_args(normalization, training=training, augment=augment, weights=weights, batch_size=batch_size)
     indices = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
         raise ValueError("`indices` is empty: there are no images to feed.")
     augment = training if augment is None else augment
     shuffle = training if shuffle is None else shuffle
-    height, width = (
-        data.image_size
-        if image_size is None
-        else ((image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
-    )
-
-    images = data.images
+    gather = _image_gatherer(data, _target_size(data, image_size))
     label_table = {name: tf.constant(values.astype(np.int32)) for name, values in data.labels().items()}
-
-    def gather(idx):
-        # Fancy indexing of the uint8 array copies only this batch.
-        x = tf.numpy_function(lambda i: images[i], [idx], tf.uint8, stateful=False)
-        x = tf.ensure_shape(x, (None, *data.image_size, 3))
-        x = tf.cast(x, tf.float32)
-        if (height, width) != data.image_size:
-            x = tf.image.resize(x, (height, width), antialias=True)
-        return idx, x
-
-    ds = tf.data.Dataset.from_tensor_slices(indices)
-    if cache:
-        # Cache the decoded, resized images once, in a fixed order; shuffle batches of indices afterwards.
-        ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.cache() if cache is True else ds.cache(str(cache))
-        ds = ds.unbatch()
-        if shuffle:
-            ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size)
-    else:
-        if shuffle:
-            ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-
+    ds = _index_batches(indices, gather, batch_size=batch_size, shuffle=shuffle, seed=seed, cache=cache)
     if augment:
-        aug = augmentation(**({} if augment is True else augment))
-        # One stateless seed per batch, new each epoch and the same for the same `seed`.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda batch, s: (batch[0], aug(batch[1], s)), num_parallel_calls=tf.data.AUTOTUNE
-        )
-
-    weight_table = None
-    if weights:
-        # Look-up tables indexed by image index, so weights follow the images through shuffling.
-        weight_table = {}
-        for name, values in sample_weights(data, indices).items():
-            table = np.zeros(len(data), dtype=np.float32)
-            table[indices] = values
-            weight_table[name] = tf.constant(table)
+        ds = _augment_batches(ds, augment, seed=seed)
+    weight_table = _weight_tables(data, indices) if weights else None
 
     def finish(idx, x):
         labels = {name: tf.gather(values, idx) for name, values in label_table.items()}
@@ -262,6 +215,82 @@ def make_dataset(
         return x, labels, {k: tf.gather(v, idx) for k, v in weight_table.items()}
 
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_dataset_args(normalization, *, training, augment, weights, batch_size):
+    check_normalization(normalization)
+    if augment and not training:
+        raise ValueError("`augment` needs `training=True`: validation and test data are never augmented.")
+    if weights not in (None, "balanced"):
+        raise ValueError(f"Invalid `weights`. Expected None or 'balanced'. Received: weights={weights!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Invalid `batch_size`. Expected an int >= 1. Received: batch_size={batch_size!r}")
+
+
+def _target_size(data, image_size):
+    """(height, width) in pixels of the images fed: the data's own when ``image_size`` is None."""
+    height, width = (
+        data.image_size
+        if image_size is None
+        else ((image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
+    )
+    return height, width
+
+
+def _image_gatherer(data, size):
+    """A function ``idx -> (idx, images)``: int64 `(batch,)` image indices to float32 `(batch, H, W, 3)` images in
+    [0, 255], resized to ``size`` (height, width) when it is not the data's own."""
+    images = data.images
+
+    def gather(idx):
+        # Fancy indexing of the uint8 array copies only this batch.
+        x = tf.numpy_function(lambda i: images[i], [idx], tf.uint8, stateful=False)
+        x = tf.ensure_shape(x, (None, *data.image_size, 3))
+        x = tf.cast(x, tf.float32)
+        if size != data.image_size:
+            x = tf.image.resize(x, size, antialias=True)
+        return idx, x
+
+    return gather
+
+
+def _index_batches(indices, gather, *, batch_size, shuffle, seed, cache):
+    """A dataset of ``gather(idx)`` for batches of ``indices``, shuffled (seeded) and cached as asked."""
+    ds = tf.data.Dataset.from_tensor_slices(indices)
+    if cache:
+        # Cache the decoded, resized images once, in a fixed order; shuffle batches of indices afterwards.
+        ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.cache() if cache is True else ds.cache(str(cache))
+        ds = ds.unbatch()
+        if shuffle:
+            ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size)
+    if shuffle:
+        ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _augment_batches(ds, augment, *, seed):
+    """Apply `augmentation` (True: the defaults; a dict: its arguments) to the images of ``(idx, images)`` batches."""
+    aug = augmentation(**({} if augment is True else augment))
+    # One stateless seed per batch, new each epoch and the same for the same `seed`.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip(ds, seeds).map(
+        lambda batch, s: (batch[0], aug(batch[1], s)), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def _weight_tables(data, indices):
+    """dict output -> float32 `(len(data),)` balanced sample weights of ``indices``, zero elsewhere.
+
+    Indexed by image index, so the weights follow the images through shuffling.
+    """
+    weight_table = {}
+    for name, values in sample_weights(data, indices).items():
+        table = np.zeros(len(data), dtype=np.float32)
+        table[indices] = values
+        weight_table[name] = tf.constant(table)
+    return weight_table
 
 
 def images_only(x, y):

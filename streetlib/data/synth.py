@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from streetlib.classes import SYNTH10
-from streetlib.data import write_street10
+from streetlib.data.loaders import write_street10
 
 MIN_SIZE = 32
 # Drawing at twice the size and averaging gives smooth edges while keeping cue colour inside the (max-pooled) mask.
@@ -759,7 +759,7 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progre
         progress: bool, show a progress bar. Default True.
 
     Returns:
-        Path of ``out_dir``, loadable with `streetlib.data.load_street10`.
+        Path of ``out_dir``, loadable with `streetlib.data.loaders.load_street10`.
     """
     out_dir = Path(out_dir)
     # Checked before drawing too, so a taken directory fails at once rather than after the whole dataset is made.
@@ -769,7 +769,7 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progre
     meta = {
         "name": out_dir.name,
         "synthetic": True,
-        "generator": "streetlib.synth",
+        "generator": "streetlib.data.synth",
         "version": 1,
         "seed": int(seed),
         "per_class": int(per_class),

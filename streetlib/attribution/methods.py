@@ -34,7 +34,7 @@ from PIL import Image
 from scipy.special import softmax
 
 from streetlib.classes import OUTPUTS
-from streetlib.pipeline import check_normalization, normalize
+from streetlib.data.pipeline import check_normalization, normalize
 
 METHODS = ("grad_cam", "guided_backprop", "guided_grad_cam")
 DEFAULT_CMAP = "inferno"
@@ -547,7 +547,7 @@ def attribution_maps(inputs, model, *, method, output="city", layer=None, target
 
 
 def model_inputs(images, *, normalization):
-    """uint8 RGB images `(batch, H, W, 3)` -> float32 model inputs, normalised as `streetlib.pipeline.normalize`."""
+    """uint8 RGB images `(batch, H, W, 3)` -> float32 model inputs, normalised as `pipeline.normalize`."""
     check_normalization(normalization)
     return normalize(tf.convert_to_tensor(np.asarray(images), dtype=tf.float32), normalization).numpy()
 
@@ -600,7 +600,7 @@ def gradient_to_rgb(gradients, *, normalization):
 
     Args:
         gradients: float `(batch, H, W, 3)`, in the model input's channel order.
-        normalization: the model's normalisation (see `streetlib.pipeline.NORMALIZATIONS`); 'caffe' modes feed
+        normalization: the model's normalisation (see `streetlib.data.pipeline.NORMALIZATIONS`); 'caffe' modes feed
             BGR, so their gradients are flipped to RGB.
 
     Returns:
@@ -623,7 +623,7 @@ def map_to_original(cam, shape, *, policy):
     Args:
         cam: float `(h, w)`, a map over the fitted (model-size) image.
         shape: (H, W) of the original image.
-        policy: how the original was fitted, as `streetlib.data.fit_image`: 'crop' (centre crop), 'pad' (the
+        policy: how the original was fitted, as `streetlib.data.loaders.fit_image`: 'crop' (centre crop), 'pad' (the
             padding is cut off) or 'stretch'.
 
     Returns:
@@ -870,7 +870,7 @@ def plot_quadrants(quadrants, explanation, *, spec, output="city", title=None):
     """The four quadrants of an image, each classified and explained on its own: images on top, maps below.
 
     Args:
-        quadrants: uint8 `(4, H, W, 3)`, as from `streetlib.attribution_metrics.quadrant_images`.
+        quadrants: uint8 `(4, H, W, 3)`, as from `streetlib.attribution.metrics.quadrant_images`.
         explanation: the `Explanation` of ``output`` for that batch of 4.
         spec: the `ClassSpec`.
         output: str, default 'city'.

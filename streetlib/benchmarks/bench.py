@@ -78,8 +78,8 @@ def _summary(values):
 def _street_data(n, size, seed=0):
     """``n`` synthetic street images at ``size`` px as `StreetData` (classes in turn)."""
     from streetlib.classes import SYNTH10
-    from streetlib.data import StreetData
-    from streetlib.synth import make_synthetic
+    from streetlib.data.loaders import StreetData
+    from streetlib.data.synth import make_synthetic
 
     if n % SYNTH10.num_classes:
         raise ValueError(
@@ -129,7 +129,7 @@ def legacy_generator(data, indices, *, batch_size, augment=True, seed=0):
 
 def bench_input_pipeline(*, n=500, size=224, batch_size=32, batches=12, repeats=3):
     """Images/s of the training input path, 224 px, the original's augmentation, two outputs."""
-    from streetlib.pipeline import make_dataset
+    from streetlib.data.pipeline import make_dataset
 
     data = _street_data(n, size)
     idx = np.arange(n)
@@ -167,10 +167,10 @@ def bench_input_pipeline(*, n=500, size=224, batch_size=32, batches=12, repeats=
 
 def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
     """Wall time of a transfer phase (frozen VGG16, no augmentation): cached features versus plain ``fit``."""
-    from streetlib.config import Execution, RunConfig
+    from streetlib.data.splits import make_split
     from streetlib.runs import RunId, RunLayout
-    from streetlib.splits import make_split
-    from streetlib.train import run_phase
+    from streetlib.training.config import Execution, RunConfig
+    from streetlib.training.train import run_phase
 
     data = _street_data(per_class * 10, size) if data is None else data
     out = Path(tempfile.mkdtemp(prefix="streetlib-bench-"))
@@ -261,7 +261,7 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore
 
-    from streetlib.attribution import Explainer
+    from streetlib.attribution.methods import Explainer
 
     model = _flat_vgg16(size)
     x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
@@ -301,9 +301,9 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
 def bench_predict(*, n=100, size=224, batch_size=32, repeats=3):
     """Images/s of prediction: our pipeline from memory-mapped uint8 files versus ``model.predict`` on the same
     images already in memory as normalised float32."""
-    from streetlib.data import load_street10, write_street10
-    from streetlib.models import build_model
-    from streetlib.pipeline import make_dataset, normalize
+    from streetlib.data.loaders import load_street10, write_street10
+    from streetlib.data.pipeline import make_dataset, normalize
+    from streetlib.models.network import build_model
 
     data = _street_data(n, size)
     root = Path(tempfile.mkdtemp(prefix="streetlib-bench-")) / "ds"
@@ -337,7 +337,7 @@ def bench_predict(*, n=100, size=224, batch_size=32, repeats=3):
 _MEMORY_SCRIPT = """
 import sys
 from pathlib import Path
-from streetlib.data import load_street10
+from streetlib.data.loaders import load_street10
 
 def status(field):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
@@ -439,7 +439,7 @@ def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
     """VGG16 forward and training images/s per size, and the fraction of the measured matmul peak."""
     import keras
 
-    from streetlib.models import build_model
+    from streetlib.models.network import build_model
 
     peak = measured_peak_flops()
     rows = []
@@ -475,7 +475,7 @@ def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
 
 def environment():
     """Machine, date and versions, for the report."""
-    from streetlib.train import package_versions
+    from streetlib.training.train import package_versions
 
     cpu = platform.processor() or platform.machine()
     try:

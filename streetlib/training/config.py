@@ -15,9 +15,11 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-from streetlib import backbones, models, pipeline
-from streetlib import weights as weights_lib
 from streetlib.classes import OUTPUTS
+from streetlib.data import pipeline
+from streetlib.models import backbones
+from streetlib.models import network as models
+from streetlib.models import weights as weights_lib
 
 # The original study's phases (what `RunConfig.preset` fills in). Its from-scratch settings are not published:
 # 'scratch' reuses the transfer optimiser.
@@ -159,19 +161,19 @@ class RunConfig:
     Attributes:
         phase: 'transfer' (backbone frozen), 'finetune' (from a transfer model, frozen through ``frozen_through``)
             or 'scratch' (everything trains).
-        weights: the weight source (see `streetlib.weights`): a name or a weights file. None only for 'finetune':
+        weights: the weight source (see `streetlib.models.weights`): a name or a weights file. None only for 'finetune':
             the source of the model it starts from.
-        backbone: str, a `streetlib.backbones.BACKBONES` name (stored as the registry writes it). Default 'vgg16'.
+        backbone: str, a `backbones.BACKBONES` name (stored as the registry writes it). Default 'vgg16'.
         image_size: int >= 32, images are resized to this square size. Default 64.
-        normalization: a `streetlib.pipeline.NORMALIZATIONS` mode, or None (default): what the weight source
+        normalization: a `streetlib.data.pipeline.NORMALIZATIONS` mode, or None (default): what the weight source
             expects (see `input_normalization`). A mode equal to that default is stored as None.
         epochs: int >= 1. Default 50.
         batch_size: int >= 1, the global batch size. Default 32.
         cut: str or None, the backbone layer where the backbone ends (e.g. 'block1_pool'), see
-            `streetlib.models.build_model`. Default None: the whole backbone.
-        head, pooling, units, filters, head_stride, dropout: the head, see `streetlib.models.build_model`. Default
+            `streetlib.models.network.build_model`. Default None: the whole backbone.
+        head, pooling, units, filters, head_stride, dropout: the head, see `network.build_model`. Default
             the original's dense head with average pooling.
-        augment: bool or dict of `streetlib.pipeline.augmentation` arguments. Default True (the original's).
+        augment: bool or dict of `streetlib.data.pipeline.augmentation` arguments. Default True (the original's).
         cache: 'auto' (default): train on cached frozen-part features when something is frozen and the cache fits
             the execution's ``max_cache_bytes``; 'features': always cache; 'none': never.
         augment_copies: int >= 1, K augmented copies cached when augmenting and caching. Default 4.
@@ -319,7 +321,7 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def _source_normalization(self):
-        """The normalisation the weight source expects (see `streetlib.weights.normalization_for`). Returns str."""
+        """The normalisation the weight source expects (see `weights.normalization_for`). Returns str."""
         return weights_lib.normalization_for(self.weights, self.backbone)
 
     @property
@@ -329,7 +331,7 @@ class RunConfig:
 
     @property
     def optimizer_config(self):
-        """The optimiser as `streetlib.train.make_optimizer` takes it and the manifest records it. Returns dict."""
+        """The optimiser as `train.make_optimizer` takes it and the manifest records it. Returns dict."""
         config = {"name": self.optimizer, "learning_rate": self.learning_rate}
         if self.optimizer == "sgd":
             config.update(momentum=self.momentum, nesterov=True)
@@ -428,7 +430,7 @@ class Execution:
             if its model files are missing (a fresh clone of committed results), it is trained again, with a
             warning. Default False.
         strategy: None or 'auto' (TPU, several GPUs, one GPU or CPU, whichever is there), 'default', 'mirrored',
-            'tpu', or a `tf.distribute.Strategy` (see `streetlib.train.choose_strategy`).
+            'tpu', or a `tf.distribute.Strategy` (see `streetlib.training.train.choose_strategy`).
         xla: bool, compile the train step with XLA. Default False.
         max_cache_bytes: int, the largest feature cache ``cache='auto'`` accepts: a memory budget (the manifest's
             ``cache_plan`` records what it decided). Default 2 GiB.

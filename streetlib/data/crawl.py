@@ -12,7 +12,7 @@ The cities file is a class-spec YAML (see `streetlib.classes`) with two optional
 
 so the search for Lisbon is ``"Lisbon street -fashion -food -painting -art -graffiti"``, the original's pattern.
 
-Written to ``out``, and read by `streetlib.build.build_dataset`::
+Written to ``out``, and read by `streetlib.data.build.build_dataset`::
 
     out/classes.yaml          the class spec
     out/<city>/000001.jpg     the photos, numbered per city
@@ -38,8 +38,8 @@ from icrawler.builtin.bing import BingFeeder
 from icrawler.builtin.google import GoogleFeeder
 from icrawler.utils import Signal
 
-from streetlib.build import MANIFEST_FIELDS, RAW_MANIFEST, read_manifest
 from streetlib.classes import ClassSpec, get_class_spec
+from streetlib.data.build import MANIFEST_FIELDS, RAW_MANIFEST, read_manifest
 from streetlib.paths import atomic_path
 
 DEFAULT_EXCLUDE = ("fashion", "food", "painting", "art", "graffiti")
@@ -226,10 +226,7 @@ def crawl_cities(
         ValueError: invalid arguments, cities file or filters (checked before any request).
         CrawlError: the engine cannot be reached.
     """
-    if not isinstance(per_city, int) or not 1 <= per_city <= 1000:
-        raise ValueError(f"Invalid `per_city`: expected an int in [1, 1000]. Received: per_city={per_city!r}")
-    if not isinstance(min_size, int) or min_size < 1:
-        raise ValueError(f"Invalid `min_size`: expected a positive int (pixels). Received: min_size={min_size!r}")
+    _check_crawl_args(per_city, min_size)
     spec, keywords = load_cities(cities)
     search_filters = crawl_filters(engine=engine, license=license, filters=filters)
     out = Path(out_dir)
@@ -245,38 +242,68 @@ def crawl_cities(
         city_dir.mkdir(parents=True, exist_ok=True)
         before = _count_files(city_dir)
         if before < per_city:
-            crawler = _engine(engine).crawler(
-                **components,
-                downloader_threads=threads,
-                storage={"backend": "FileSystem", "root_dir": str(city_dir)},
-                log_level=logging.WARNING,
-                extra_downloader_args=dict(
-                    manifest=manifest,
-                    city=city,
-                    keyword=keywords[city],
-                    engine=engine,
-                    filters=search_filters,
-                    known_urls=known_urls,
-                ),
+            downloader_args = dict(
+                manifest=manifest,
+                city=city,
+                keyword=keywords[city],
+                engine=engine,
+                filters=search_filters,
+                known_urls=known_urls,
             )
-            # The base-class crawl lets the feeder ask for more results than are missing: some are known URLs,
-            # some fail or are too small.
-            Crawler.crawl(
-                crawler,
-                feeder_kwargs=dict(
-                    keyword=keywords[city], offset=0, max_num=min(1000, 2 * per_city), filters=search_filters
-                ),
-                parser_kwargs=dict(queue_timeout=1, req_timeout=timeout),
-                downloader_kwargs=dict(
-                    max_num=per_city - before,
-                    min_size=(min_size, min_size),
-                    file_idx_offset="auto",
-                    queue_timeout=1,
-                    req_timeout=timeout,
-                ),
+            _crawl_city(
+                city_dir,
+                downloader_args,
+                components=components,
+                threads=threads,
+                missing=per_city - before,
+                per_city=per_city,
+                min_size=min_size,
+                timeout=timeout,
             )
         counts[city] = {"before": before, "after": _count_files(city_dir)}
     return counts
+
+
+def _check_crawl_args(per_city, min_size):
+    if not isinstance(per_city, int) or not 1 <= per_city <= 1000:
+        raise ValueError(f"Invalid `per_city`: expected an int in [1, 1000]. Received: per_city={per_city!r}")
+    if not isinstance(min_size, int) or min_size < 1:
+        raise ValueError(f"Invalid `min_size`: expected a positive int (pixels). Received: min_size={min_size!r}")
+
+
+def _crawl_city(city_dir, downloader_args, *, components, threads, missing, per_city, min_size, timeout):
+    """Fetch up to ``missing`` more photos of one city into ``city_dir`` with one icrawler crawler.
+
+    ``downloader_args`` are the `ManifestDownloader` arguments (its ``engine``, ``keyword`` and ``filters`` make the
+    search); ``components`` the crawler's downloader and parser classes; ``min_size`` is in pixels, ``timeout`` in
+    seconds.
+    """
+    crawler = _engine(downloader_args["engine"]).crawler(
+        **components,
+        downloader_threads=threads,
+        storage={"backend": "FileSystem", "root_dir": str(city_dir)},
+        log_level=logging.WARNING,
+        extra_downloader_args=downloader_args,
+    )
+    # The base-class crawl lets the feeder ask for more results than are missing: some are known URLs,
+    # some fail or are too small.
+    Crawler.crawl(
+        crawler,
+        feeder_kwargs=dict(
+            keyword=downloader_args["keyword"],
+            offset=0,
+            max_num=min(1000, 2 * per_city),
+            filters=downloader_args["filters"],
+        ),
+        parser_kwargs=dict(queue_timeout=1, req_timeout=timeout),
+        downloader_kwargs=dict(
+            max_num=missing,
+            min_size=(min_size, min_size),
+            file_idx_offset="auto",
+            queue_timeout=1,
+            req_timeout=timeout,
+        ),
+    )
 
 
 def _engine(engine):

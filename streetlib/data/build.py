@@ -1,6 +1,6 @@
 """Building a Street10-format dataset from a folder of raw photos: clean, de-duplicate, review, package.
 
-Input (what `streetlib.crawl.crawl_cities` writes, or photos put there by hand)::
+Input (what `streetlib.data.crawl.crawl_cities` writes, or photos put there by hand)::
 
     raw/classes.yaml          the class spec (else pass ``classes=``)
     raw/<class>/*             one folder of photos per class; every file is examined
@@ -9,7 +9,7 @@ Input (what `streetlib.crawl.crawl_cities` writes, or photos put there by hand):
 
 Output::
 
-    out/<class>.npy, classes.yaml, dataset.json    the Street10 format (uint8), see `streetlib.data`
+    out/<class>.npy, classes.yaml, dataset.json    the Street10 format (uint8), see `streetlib.data.loaders`
     out/manifest.csv          one row per packaged image: class, index in <class>.npy, file id, size, source URL
     out/rejected.csv          one row per file left out: id, reason, detail
     out/duplicates.csv        near-duplicates found in more than one class, for a person to resolve
@@ -19,7 +19,7 @@ Output::
 Cleaning, in order: ids in rejects.txt are left out; unreadable or truncated files, files whose shorter side is
 below ``min_size`` and non-photos (animations, images of fewer than 32 colours: drawings, logos, placeholders) are
 rejected with their reason; a margin is cropped from every side (5% by default, as the original study did, to drop
-borders and watermarks); the image is resized with the documented aspect policy (`streetlib.data.fit_image`).
+borders and watermarks); the image is resized with the documented aspect policy (`streetlib.data.loaders.fit_image`).
 Grayscale photos are kept as RGB with three equal channels; manifest.csv records every file's original mode.
 
 Near-duplicates are found by content, not by colour histogram (the original's method): perceptual hashes
@@ -40,7 +40,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from streetlib.classes import get_class_spec
-from streetlib.data import CHECKSUMS, RESIZE_POLICIES, DataError, fit_image, to_rgb, write_checksums, write_street10
+from streetlib.data.loaders import (
+    CHECKSUMS,
+    RESIZE_POLICIES,
+    DataError,
+    fit_image,
+    to_rgb,
+    write_checksums,
+    write_street10,
+)
 from streetlib.paths import atomic_path
 
 RAW_MANIFEST = "manifest.csv"
@@ -265,7 +273,7 @@ def build_dataset(
         out_dir: str or Path, where the dataset goes (see the module docstring for the files).
         classes: a `ClassSpec`, built-in name or YAML path. Default: ``raw_dir/classes.yaml``.
         size: int or (height, width), the packaged image size in pixels. Default 224.
-        policy: 'crop', 'pad' or 'stretch', the aspect policy of `streetlib.data.fit_image`.
+        policy: 'crop', 'pad' or 'stretch', the aspect policy of `streetlib.data.loaders.fit_image`.
         margin: float in [0, 0.5), the fraction cut from every side before resizing. Default 0.05.
         min_size: int, the smallest accepted shorter side of a raw photo in pixels. Default: the smaller of
             ``size``, so no photo is enlarged.
@@ -280,6 +288,45 @@ def build_dataset(
         DataError: a class folder is missing, a rejects line names no file, or a class has no image left.
         FileExistsError: ``out_dir`` already holds a dataset and ``overwrite`` is False.
     """
+    raw, out = _check_build_args(raw_dir, out_dir, policy=policy, margin=margin, overwrite=overwrite)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    min_size = min(height, width) if min_size is None else min_size
+    spec = get_class_spec(classes if classes is not None else raw / "classes.yaml")
+
+    files = _list_class_files(raw, spec)
+    rejects_file = Path(rejects) if rejects is not None else raw / REJECTS
+    marked = read_rejects(rejects_file, known_ids={i for paths in files.values() for i, _ in paths})
+    sources = {row["file"]: row for row in read_manifest(raw / RAW_MANIFEST)}
+    records, rejected = _clean_all(files, marked, rejects_file, (height, width), policy, margin, min_size)
+    dropped, cross = _resolve_duplicates(records, rejected, threshold)
+    by_class = _group_kept(records, dropped, spec, rejected, raw=raw, rejects_file=rejects_file)
+
+    # Checksums of an earlier build must not outlive it if this one is interrupted.
+    (out / CHECKSUMS).unlink(missing_ok=True)
+    write_street10(
+        out,
+        {cls: np.stack([r["image"] for r in recs]) for cls, recs in by_class.items()},
+        spec=spec,
+        meta=_package_meta(raw, (height, width), policy, margin, threshold),
+        overwrite=overwrite,
+    )
+    rejected.sort()
+    _write_tables(out, by_class, records, cross, rejected, sources)
+    sheets = _write_sheets(out / SHEETS, by_class, [[records[i] for i in g] for g in cross])
+    write_checksums(out, [f"{cls}.npy" for cls in spec.classes] + ["classes.yaml", "manifest.csv"])
+    return BuildReport(
+        out=out,
+        kept={cls: len(recs) for cls, recs in by_class.items()},
+        rejected=rejected,
+        duplicates=[sorted(records[i]["id"] for i in g) for g in cross],
+        rejects_file=rejects_file,
+        sheets=sheets,
+    )
+
+
+def _check_build_args(raw_dir, out_dir, *, policy, margin, overwrite):
+    """(raw Path, out Path) once the raw folder exists, ``out_dir`` may be written and ``policy``, ``margin`` are
+    valid."""
     raw = Path(raw_dir)
     if not raw.is_dir():
         raise DataError(f"Raw photo directory not found: {raw}. Crawl into it first, or pass the right --raw.")
@@ -289,27 +336,30 @@ def build_dataset(
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"Invalid `policy`. Expected one of {RESIZE_POLICIES}. Received: policy={policy!r}")
     _check_margin(margin)
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    min_size = min(height, width) if min_size is None else min_size
-    spec = get_class_spec(classes if classes is not None else raw / "classes.yaml")
+    return raw, out
 
-    files = _list_class_files(raw, spec)
-    rejects_file = Path(rejects) if rejects is not None else raw / REJECTS
-    marked = read_rejects(rejects_file, known_ids={i for paths in files.values() for i, _ in paths})
-    sources = {row["file"]: row for row in read_manifest(raw / RAW_MANIFEST)}
 
+def _clean_all(files, marked, rejects_file, size, policy, margin, min_size):
+    """Clean every raw file, in class then file order; the ids in ``marked`` are rejected unread.
+
+    ``files`` is dict class -> list of (file id, path) (`_list_class_files`), ``size`` (height, width) in pixels.
+    Returns (list of `_clean` records, list of (file id, reason, detail) of the files left out).
+    """
     records, rejected = [], []
-    for cls in spec.classes:
-        for file_id, path in files[cls]:
+    for cls, paths in files.items():
+        for file_id, path in paths:
             if file_id in marked:
                 rejected.append((file_id, "marked", f"listed in {rejects_file.name}"))
                 continue
             try:
-                records.append(_clean(path, cls, file_id, (height, width), policy, margin, min_size))
+                records.append(_clean(path, cls, file_id, size, policy, margin, min_size))
             except _Rejected as err:
                 rejected.append((file_id, err.reason, err.detail))
+    return records, rejected
 
-    dropped, cross = _resolve_duplicates(records, rejected, threshold)
+
+def _group_kept(records, dropped, spec, rejected, *, raw, rejects_file):
+    """dict class -> the records not in ``dropped``, in spec order; raises `DataError` if a class has none."""
     kept = [r for i, r in enumerate(records) if i not in dropped]
     by_class = {cls: [r for r in kept if r["class"] == cls] for cls in spec.classes}
     empty = [cls for cls, recs in by_class.items() if not recs]
@@ -319,25 +369,25 @@ def build_dataset(
             f"No image of class(es) {empty} is left after cleaning (rejected: {dict(reasons) or 'none, no files'}). "
             f"Add photos to {raw}/<class>/ or take ids out of {rejects_file}."
         )
+    return by_class
 
-    # Checksums of an earlier build must not outlive it if this one is interrupted.
-    (out / CHECKSUMS).unlink(missing_ok=True)
-    write_street10(
-        out,
-        {cls: np.stack([r["image"] for r in recs]) for cls, recs in by_class.items()},
-        spec=spec,
-        meta={
-            "synthetic": False,
-            "made_by": "streetlib data build",
-            "raw": str(raw),
-            "image_size": [height, width],
-            "policy": policy,
-            "margin": margin,
-            "duplicate_threshold": threshold,
-        },
-        overwrite=overwrite,
-    )
-    rejected.sort()
+
+def _package_meta(raw, size, policy, margin, threshold):
+    """The build's settings as dataset.json records them; ``size`` is (height, width) in pixels."""
+    height, width = size
+    return {
+        "synthetic": False,
+        "made_by": "streetlib data build",
+        "raw": str(raw),
+        "image_size": [height, width],
+        "policy": policy,
+        "margin": margin,
+        "duplicate_threshold": threshold,
+    }
+
+
+def _write_tables(out, by_class, records, cross, rejected, sources):
+    """Write manifest.csv, rejected.csv and duplicates.csv; ``sources`` maps a file id to its raw manifest row."""
     _write_csv(
         out / "manifest.csv",
         ["class", "index", "file", "width", "height", "mode", "url", "keyword", "engine", "filters"],
@@ -358,16 +408,6 @@ def build_dataset(
             for g, group in enumerate(cross, start=1)
             for i in group
         ],
-    )
-    sheets = _write_sheets(out / SHEETS, by_class, [[records[i] for i in g] for g in cross])
-    write_checksums(out, [f"{cls}.npy" for cls in spec.classes] + ["classes.yaml", "manifest.csv"])
-    return BuildReport(
-        out=out,
-        kept={cls: len(recs) for cls, recs in by_class.items()},
-        rejected=rejected,
-        duplicates=[sorted(records[i]["id"] for i in g) for g in cross],
-        rejects_file=rejects_file,
-        sheets=sheets,
     )
 
 

@@ -1,0 +1,1 @@
+"""Explaining predictions: attribution methods (`methods`) and the metrics that score them (`metrics`)."""

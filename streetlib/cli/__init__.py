@@ -1,0 +1,1 @@
+"""The `streetlib` command line (`commands`) and its `analyze` command."""

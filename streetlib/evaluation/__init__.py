@@ -1,0 +1,1 @@
+"""Scoring trained models: accuracy, top-k, per-class scores, confusion, calibration, paired intervals."""

@@ -1,0 +1,1 @@
+"""Networks: the backbone registry, weight sources, and the two-output model built on them."""
