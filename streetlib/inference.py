@@ -117,6 +117,7 @@ def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
 
     from streetlib.attribution.methods import logits_tensor, model_input_size
     from streetlib.data.pipeline import check_normalization
+    from streetlib.models.network import CUSTOM_OBJECTS
 
     path = Path(path)
     if not path.is_file():
@@ -129,7 +130,7 @@ def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
         )
     meta = read_sidecar(path)
     try:
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
+        model = keras.models.load_model(path, safe_mode=True, compile=False, custom_objects=CUSTOM_OBJECTS)
     except (ValueError, OSError, BadZipFile, KeyError, TypeError) as err:
         raise ModelError(f"Cannot load model {path} (Keras safe mode): {err}") from err
     try:

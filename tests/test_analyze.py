@@ -450,3 +450,18 @@ def test_rank_and_top_are_checked(tiny_model, good_image):
             parser.parse_args(["x.jpg", "--rank", bad])
     with pytest.raises(argparse.ArgumentTypeError, match="expected a positive integer, received 'two'"):
         analyze._positive_int("two")
+
+
+def test_a_model_with_streetlib_s_own_layer_loads_in_a_fresh_process(tmp_path):
+    from conftest import run_script
+
+    from streetlib.classes import SYNTH10 as spec
+    from streetlib.models.network import build_model
+
+    path = tmp_path / "avgmax.keras"
+    kwargs = dict(cut="block1_pool", head="conv", pooling="avgmax", filters=4, name="avgmax_head")
+    build_model(input_shape=(32, 32, 3), spec=spec, **kwargs).save(path)
+    # A fresh process has imported nothing that registers GlobalAvgMaxPooling2D: only the loader can make it known.
+    proc = run_script(f"from streetlib.inference import load_model; print(load_model({str(path)!r}).model.name)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "avgmax_head"

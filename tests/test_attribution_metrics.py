@@ -1,9 +1,11 @@
-"""Tests of streetlib.attribution.metrics: the pointing games, deletion/insertion, the randomisation check (with
-cross-checks against Quantus where it is installed), dataset-level street features and quadrants."""
+"""Tests of streetlib.attribution.metrics: the pointing games and the other localisation metrics, deletion/insertion,
+the randomisation and random-logit checks (with cross-checks against Quantus where it is installed), bootstrap
+intervals, dataset-level street features and quadrants."""
 
 import matplotlib
 
 matplotlib.use("Agg")
+
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -13,6 +15,7 @@ from test_attribution import convention_model, random_inputs  # noqa: E402
 
 from streetlib.attribution import methods as A  # noqa: E402
 from streetlib.attribution import metrics as M  # noqa: E402
+from streetlib.attribution.registry import ORIGINAL  # noqa: E402
 from streetlib.classes import STREET10, ClassSpec  # noqa: E402
 
 
@@ -98,6 +101,190 @@ def test_pointing_game_agrees_with_quantus():
     np.testing.assert_array_equal(ours, np.asarray(theirs, dtype=np.float32))
 
 
+def quarter_mask(n=1):
+    """A 4 x 4 mask whose top-left quarter (4 of 16 pixels) is the cue."""
+    masks = np.zeros((n, 4, 4), np.uint8)
+    masks[:, :2, :2] = 1
+    return masks
+
+
+def quantus_localisation(metric, maps, masks):
+    """Per-image scores of a Quantus localisation metric on precomputed maps: the model is never called."""
+    n, H, W = maps.shape
+    scores = metric(disable_warnings=True, normalise=False, abs=False)(
+        model=None,
+        x_batch=np.zeros((n, 1, H, W), np.float32),
+        y_batch=np.zeros(n, int),
+        a_batch=maps[:, None],
+        s_batch=masks[:, None],
+        channel_first=True,
+    )
+    return np.asarray(scores, dtype=np.float64)
+
+
+def test_relevance_rank_accuracy_by_hand():
+    masks = quarter_mask(3)
+    maps = np.zeros((3, 4, 4), np.float32)
+    # K = 4: the top four are 5 (off the cue), 4, 3, 2 (on it); the cue's 1 is fifth: 3 of 4.
+    maps[0, 3, 3], maps[0, 0, 0], maps[0, 0, 1], maps[0, 1, 0], maps[0, 1, 1] = 5, 4, 3, 2, 1
+    maps[1] = 0.7  # constant: the chance level, 4 / 16
+    maps[2, 2:, 2:] = 1.0  # all on the wrong quarter
+    np.testing.assert_allclose(M.relevance_rank_accuracy(maps, masks), [0.75, 0.25, 0.0])
+    full = np.ones((1, 4, 4), np.uint8)
+    assert M.relevance_rank_accuracy(maps[:1], full)[0] == 1.0  # K = every pixel
+    masks[1] = 0
+    result = M.relevance_rank_accuracy(maps, masks)
+    assert np.isnan(result[1]) and result[0] == 0.75
+
+
+def test_relevance_rank_accuracy_shares_tied_slots_evenly():
+    masks = quarter_mask()
+    maps = np.zeros((1, 4, 4), np.float32)
+    maps[0, 0, 0] = 2.0  # the top pixel, on the cue
+    # Six pixels tie at 1 for the 3 remaining slots: 2 on the cue, 4 off. Each counts 3/6: (1 + 2 * 0.5) / 4.
+    for y, x in [(0, 1), (1, 0), (3, 0), (3, 1), (3, 2), (3, 3)]:
+        maps[0, y, x] = 1.0
+    score = M.relevance_rank_accuracy(maps, masks)[0]
+    assert score == 0.5
+    # The rule does not depend on where the tied pixels are: flipping map and mask together changes nothing.
+    flipped = M.relevance_rank_accuracy(maps[:, ::-1, ::-1], masks[:, ::-1, ::-1])[0]
+    assert flipped == score
+    # It is the mean over random tie-breaks: jitter the tied values far below the gap to the next value.
+    rng = np.random.default_rng(0)
+    tied = maps == 1.0
+    draws = [M.relevance_rank_accuracy(maps + tied * 1e-3 * rng.random(maps.shape), masks)[0] for _ in range(2000)]
+    # One draw's score has standard deviation about 0.16 (hypergeometric), the mean of 2000 about 0.0035.
+    assert abs(np.mean(draws) - score) < 0.02
+
+
+def test_relevance_mass_accuracy_is_the_energy_pointing_game():
+    masks, maps = masks_and_maps()
+    # 1 of 1 on the cue; 0.5 of 1.5; the all-zero map counts as uniform: 4/16.
+    np.testing.assert_allclose(M.relevance_mass_accuracy(maps, masks), [1.0, 1 / 3, 0.25], rtol=1e-6)
+    rng = np.random.default_rng(4)
+    maps, masks = rng.random((10, 8, 8)), rng.random((10, 8, 8)) < 0.3
+    np.testing.assert_array_equal(M.relevance_mass_accuracy(maps, masks), M.energy_pointing_game(maps, masks))
+    masks[3] = False
+    assert np.isnan(M.relevance_mass_accuracy(maps, masks)[3])
+
+
+def test_relevance_mass_accuracy_and_energy_pointing_game_share_one_computation(monkeypatch):
+    sentinel = np.array([0.123], np.float32)
+    monkeypatch.setattr(M, "_mass_inside", lambda maps, masks: sentinel)
+    masks, maps = masks_and_maps()
+    assert M.relevance_mass_accuracy(maps, masks) is sentinel
+    assert M.energy_pointing_game(maps, masks) is sentinel
+
+
+def test_mask_auc_by_hand():
+    masks = quarter_mask(2)
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[0, 0, 0], maps[0, 0, 1], maps[0, 1, 0] = 4, 3, 2  # the cue: 4, 3, 2, 0
+    maps[0, 3, 3] = 3  # the 12 others: one 3 and eleven 0
+    # Per cue pixel, the others below it plus half the others equal to it: 12 + (11 + 0.5) + 11 + 11 / 2 = 40,
+    # out of 4 x 12 pairs.
+    maps[1] = 0.3  # constant: every pair ties, 0.5
+    np.testing.assert_allclose(M.mask_auc(maps, masks), [40 / 48, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(M.mask_auc(7 * maps, masks), M.mask_auc(maps, masks))  # scale does not matter
+    np.testing.assert_allclose(M.mask_auc(maps.max() - maps, masks)[0], 8 / 48, rtol=1e-6)  # reversed: 1 - AUC
+    masks[0], masks[1] = 0, 1  # empty and full masks have no positives or no negatives
+    assert np.isnan(M.mask_auc(maps, masks)).all()
+
+
+def test_mask_auc_agrees_with_sklearn():
+    roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
+    rng = np.random.default_rng(5)
+    maps = np.round(rng.random((30, 12, 12)), 1).astype(np.float32)  # rounded: many ties
+    masks = rng.random((30, 12, 12)) < rng.uniform(0.05, 0.6, (30, 1, 1))
+    maps[masks] += 0.2 * rng.random()  # some signal
+    expected = [roc_auc_score(masks[i].ravel(), maps[i].ravel()) for i in range(30)]
+    # Both are exact ratios of pair counts; ours is then rounded to float32 (6e-8 at most in [0, 1]).
+    np.testing.assert_allclose(M.mask_auc(maps, masks), expected, atol=1e-6)
+
+
+def test_average_ranks_match_scipy():
+    rng = np.random.default_rng(6)
+    x = np.round(rng.random((20, 50)), 1)
+    x[0] = 1.0  # one all-tied row
+    np.testing.assert_array_equal(M._average_ranks(x), stats.rankdata(x, axis=1))
+
+
+def test_localisation_metrics_agree_with_quantus():
+    quantus = pytest.importorskip("quantus")
+    rng = np.random.default_rng(7)
+    # Continuous maps: no ties, where our rank accuracy shares slots and Quantus's takes them by position.
+    maps = rng.random((20, 16, 16)).astype(np.float32)
+    masks = (rng.random((20, 16, 16)) < 0.3).astype(np.uint8)
+    masks[:10, 4:12, 4:12] = 1  # some larger cues, so scores spread
+    rank = M.relevance_rank_accuracy(maps, masks)
+    assert rank.std() > 0
+    # Both are a ratio of the same integer counts; they differ only by our final rounding to float32.
+    np.testing.assert_allclose(rank, quantus_localisation(quantus.RelevanceRankAccuracy, maps, masks), atol=1e-7)
+    # Sums of 256 float32 values in [0, 1], in possibly different orders: relative error far below 1e-5.
+    mass = M.relevance_mass_accuracy(maps, masks)
+    np.testing.assert_allclose(mass, quantus_localisation(quantus.RelevanceMassAccuracy, maps, masks), rtol=1e-5)
+
+
+def test_localisation_metrics_rank_an_oracle_above_random_maps():
+    rng = np.random.default_rng(8)
+    masks = rng.random((50, 16, 16)) < 0.2
+    oracle = masks + 0.01 * rng.random((50, 16, 16))
+    floor = M.random_maps((50, 16, 16), seed=1)
+    chance = masks.mean(axis=(1, 2))
+    for metric, at_chance in [(M.relevance_rank_accuracy, chance), (M.mask_auc, 0.5)]:
+        assert (metric(oracle, masks) == 1.0).all()
+        np.testing.assert_allclose(metric(floor, masks).mean(), np.mean(at_chance), atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bootstrap intervals
+
+
+def test_bootstrap_interval_by_hand():
+    assert M.bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)  # every resample has mean 2
+    # Two images, 0 and 1: a resample's mean is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4. The central 95 %
+    # reaches both ends; the central 40 % (quantiles 0.3 and 0.7) lies inside the middle half.
+    assert M.bootstrap_interval([0.0, 1.0], resamples=10000) == (0.5, 0.0, 1.0)
+    assert M.bootstrap_interval([0.0, 1.0], confidence=0.4, resamples=10000) == (0.5, 0.5, 0.5)
+    mean, low, high = M.bootstrap_interval(np.array([1.0, np.nan, 3.0]))  # NaNs are dropped
+    assert mean == 2.0 and 1.0 <= low <= high <= 3.0
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_images():
+    rng = np.random.default_rng(9)
+    values = rng.normal(0.6, 1.0, 10000)
+    few, many = M.bootstrap_interval(values[:100]), M.bootstrap_interval(values[:10000])
+    for mean, low, high in (few, many):
+        assert low < mean < high
+    assert few[0] == np.mean(values[:100])
+    # The width goes as 1 / sqrt(n): 10 times narrower for 100 times the images (with some resampling noise).
+    ratio = (few[2] - few[1]) / (many[2] - many[1])
+    assert 8 < ratio < 12.5
+    # And it is about 2 x 1.96 standard errors wide.
+    np.testing.assert_allclose(many[2] - many[1], 2 * 1.96 * values.std() / 100, rtol=0.15)
+
+
+def test_bootstrap_interval_is_reproducible_with_a_seed():
+    values = np.random.default_rng(10).random(50)
+    assert M.bootstrap_interval(values, seed=3) == M.bootstrap_interval(values, seed=3)
+    assert M.bootstrap_interval(values, seed=3)[1:] != M.bootstrap_interval(values, seed=4)[1:]
+    low90, high90 = M.bootstrap_interval(values, confidence=0.9)[1:]
+    low99, high99 = M.bootstrap_interval(values, confidence=0.99)[1:]
+    assert low99 < low90 and high90 < high99
+
+
+def test_bootstrap_interval_validates_its_arguments():
+    for confidence in (0, 1, 95, "0.9", True):
+        with pytest.raises(ValueError, match="Invalid `confidence`"):
+            M.bootstrap_interval([1.0, 2.0], confidence=confidence)
+    for resamples in (0, 2.5):
+        with pytest.raises(ValueError, match="Invalid `resamples`"):
+            M.bootstrap_interval([1.0, 2.0], resamples=resamples)
+    for values in ([], [np.nan, np.nan], [1.0, np.inf]):
+        with pytest.raises(ValueError, match="Invalid `values`"):
+            M.bootstrap_interval(values)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Deletion and insertion
 
@@ -164,6 +351,46 @@ def test_rank_correlation_matches_scipy_and_handles_constant_maps():
         M.rank_correlation(a, b[:2])
 
 
+def test_random_logit_targets_draw_uniformly_among_the_other_classes():
+    logits = np.zeros((3000, 4), np.float32)
+    target = np.arange(3000) % 4
+    other = M.random_logit_targets(logits, target, seed=1)
+    assert other.dtype == np.int64 and other.shape == (3000,)
+    assert (other != target).all() and other.min() >= 0 and other.max() <= 3
+    # For each target, each of the 3 other classes about a third of 750 times (standard error about 0.017).
+    for k in range(4):
+        shares = np.bincount(other[target == k], minlength=4) / 750
+        assert shares[k] == 0
+        np.testing.assert_allclose(np.delete(shares, k), 1 / 3, atol=0.07)
+    np.testing.assert_array_equal(other, M.random_logit_targets(logits, target, seed=1))
+    assert (other != M.random_logit_targets(logits, target, seed=2)).any()
+    # With two classes there is one other.
+    np.testing.assert_array_equal(M.random_logit_targets(np.zeros((3, 2)), np.array([0, 1, 1])), [1, 0, 0])
+
+
+def test_random_logit_test_passes_a_class_sensitive_map_and_fails_a_class_blind_one():
+    rng = np.random.default_rng(11)
+    per_class = rng.random((3, 8, 8))  # a class-sensitive "method": a different map for every class
+    target = np.array([0, 1, 2, 0])
+    other = M.random_logit_targets(np.zeros((4, 3)), target)
+    assert (np.abs(M.rank_correlation(per_class[target], per_class[other])) < 0.5).all()
+    edges = rng.random((4, 8, 8))  # a class-blind one: the same map whatever the class
+    np.testing.assert_allclose(M.rank_correlation(edges, edges), 1.0, atol=1e-6)
+
+
+def test_random_logit_targets_validate_their_arguments():
+    with pytest.raises(ValueError, match=r"`logits` must have shape \(n, C\) with C >= 2"):
+        M.random_logit_targets(np.zeros((3, 1)), np.zeros(3, int))
+    with pytest.raises(ValueError, match=r"`logits` must have shape"):
+        M.random_logit_targets(np.zeros(3), np.zeros(3, int))
+    with pytest.raises(ValueError, match=r"`target` must be int of shape \(3,\)"):
+        M.random_logit_targets(np.zeros((3, 4)), np.zeros(2, int))
+    with pytest.raises(ValueError, match="`target` must be int"):
+        M.random_logit_targets(np.zeros((3, 4)), np.zeros(3))
+    with pytest.raises(ValueError, match=r"`target` must be in \[0, 4\)"):
+        M.random_logit_targets(np.zeros((3, 4)), np.array([0, 4, 1]))
+
+
 def test_randomization_layers_go_from_the_output_down_through_the_backbone():
     model = convention_model(32)
     assert M.randomization_layers(model, output="city") == ["city_logits", "fc2", "fc1", "block5_conv3", "block1_conv1"]
@@ -176,7 +403,7 @@ def test_randomization_check_randomises_a_copy_only():
     x = random_inputs(4, 32)
     result = M.randomization_check(x, model, output="city", seed=0)
     assert result["layers"] == M.randomization_layers(model, output="city")
-    for method in A.METHODS:
+    for method in ORIGINAL:
         corr = result["spearman"][method]
         assert corr.shape == (5, 4) and np.all(np.abs(corr) <= 1)
     # With only the top layer randomised, Grad-CAM changes; Guided Backprop hardly does: it fails the check.

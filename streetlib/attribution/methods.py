@@ -36,7 +36,6 @@ from scipy.special import softmax
 from streetlib.classes import OUTPUTS
 from streetlib.data.pipeline import check_normalization, normalize
 
-METHODS = ("grad_cam", "guided_backprop", "guided_grad_cam")
 DEFAULT_CMAP = "inferno"
 # Normalisations that feed the model BGR channels: gradients w.r.t. the input come back in BGR order.
 BGR_NORMALIZATIONS = ("caffe", "caffe-bvlc")
@@ -237,6 +236,43 @@ class Explanation:
         return np.take_along_axis(self.probs, self.target[:, None], axis=1)[:, 0]
 
 
+@dataclass
+class LayerGradients:
+    """A feature map (or the input) and the gradient of one class logit w.r.t. it, for a batch.
+
+    Attributes:
+        output: str, the output explained ('region' or 'city').
+        logits: float32 `(batch, classes)`.
+        target: int64 `(batch,)`, the class explained for each image.
+        activations: float32 `(batch, h, w, channels)`.
+        gradients: float32 `(batch, h, w, channels)`, d logit[target] / d activations.
+    """
+
+    output: str
+    logits: np.ndarray
+    target: np.ndarray
+    activations: np.ndarray
+    gradients: np.ndarray
+
+
+@dataclass
+class Attribution:
+    """One method's raw maps for a batch: what every method of `streetlib.attribution.registry` returns.
+
+    Attributes:
+        method: str, the method's name in the registry.
+        output: str, the output explained ('region' or 'city').
+        target: int64 `(batch,)`, the class explained for each image.
+        maps: float32 `(batch, h, w)`, non-negative, at the method's own resolution (the feature map's for CAMs,
+            the input's for gradient and perturbation methods), not normalised.
+    """
+
+    method: str
+    output: str
+    target: np.ndarray
+    maps: np.ndarray
+
+
 class Explainer:
     """Compiled Grad-CAM / Guided Backprop for one model and one feature layer.
 
@@ -276,7 +312,7 @@ class Explainer:
             innermost = containers[-1]
             self._pre.append(keras.Model(_single(innermost.inputs, innermost.name), nodes[-1].output_tensors[0]))
             # post[i] (i >= 1): nested model i's layer output -> its own output (none where they are the same
-            # tensor); the outer model's part, per output, is built in `_cam_fn`.
+            # tensor); the outer model's part, per output, is built in `_layer_fn`.
             self._post = [
                 keras.Model(n.output_tensors[0], out)
                 for c, n in zip(containers[1:], nodes[1:], strict=True)
@@ -285,7 +321,7 @@ class Explainer:
         except ValueError as err:
             raise ValueError(f"Cannot split model {model.name!r} at layer {self.layer!r}: {err}") from err
         self._split_at = nodes[0].output_tensors[0]
-        self._cam_fns, self._logit_fns, self._guided_fns = {}, {}, {}
+        self._layer_fns, self._input_fns, self._logit_fns, self._guided_fns = {}, {}, {}, {}
         self._guided_model, self._weight_pairs = None, None
         self._signature = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
         # (inputs, target per image or -1 for "by rank", rank)
@@ -308,8 +344,8 @@ class Explainer:
         ranked = tf.argsort(logits, axis=1, direction="DESCENDING", stable=True)[:, rank - 1]
         return tf.where(target >= 0, target, ranked)
 
-    def _cam_fn(self, output):
-        if output not in self._cam_fns:
+    def _layer_fn(self, output):
+        if output not in self._layer_fns:
             logits = logits_tensor(self.model, output)
             try:
                 head = keras.Model(self._split_at, logits)
@@ -330,13 +366,26 @@ class Explainer:
                     logits = head(h, training=False)
                     idx = self._pick(logits, target, rank)
                     score = tf.gather(logits, idx, axis=1, batch_dims=1)
-                grads = tape.gradient(score, features)
-                weights = tf.reduce_mean(grads, axis=(1, 2))  # (batch, channels)
-                cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", features, weights))
-                return cam, logits, idx
+                return features, tape.gradient(score, features), logits, idx
 
-            self._cam_fns[output] = fn
-        return self._cam_fns[output]
+            self._layer_fns[output] = fn
+        return self._layer_fns[output]
+
+    def _input_fn(self, output):
+        if output not in self._input_fns:
+            model = keras.Model(self.model.inputs[0], logits_tensor(self.model, output))
+
+            @tf.function(input_signature=self._call_signature)
+            def fn(x, target, rank):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    logits = model(x, training=False)
+                    idx = self._pick(logits, target, rank)
+                    score = tf.gather(logits, idx, axis=1, batch_dims=1)
+                return tape.gradient(score, x), logits, idx
+
+            self._input_fns[output] = fn
+        return self._input_fns[output]
 
     def _logit_fn(self, output):
         if output not in self._logit_fns:
@@ -367,7 +416,9 @@ class Explainer:
 
     # -- argument checks -----------------------------------------------------------------------------------------
 
-    def _inputs(self, inputs):
+    def check_inputs(self, inputs):
+        """``inputs`` as float32 `(batch, H, W, C)` of the model's input shape; a ValueError naming the shape
+        expected otherwise, or for an empty batch."""
         x = np.asarray(inputs, dtype=np.float32)
         expected = self._signature.shape
         if x.ndim != 4 or not expected[1:].is_compatible_with(x.shape[1:]):
@@ -411,7 +462,73 @@ class Explainer:
             inputs: float32 `(batch, H, W, C)`, normalised as the model expects.
             output: str, default 'city'.
         """
-        return self._logit_fn(output)(self._inputs(inputs)).numpy()
+        return self._logit_fn(output)(self.check_inputs(inputs)).numpy()
+
+    def classes(self, inputs, *, output="city", target=None, rank=1):
+        """The logits of clean inputs and the class each image is explained for, in one forward pass: what the
+        methods that perturb or add noise to the input fix before they start.
+
+        Args: as `layer_gradients`.
+
+        Returns:
+            (logits float32 `(batch, classes)`, target int64 `(batch,)`).
+        """
+        x = self.check_inputs(inputs)
+        t, r = self._targets(target, rank, len(x), output)
+        logits = self.logits(x, output=output)
+        return logits, self._pick(logits, t, r).numpy().astype(np.int64)
+
+    def layer_gradients(self, inputs, *, output="city", target=None, rank=1):
+        """The feature map at ``layer`` and the gradient of the class logit w.r.t. it, in one pass: what every CAM
+        method is computed from.
+
+        Args:
+            inputs: float32 `(batch, H, W, C)`, normalised as the model expects.
+            output: str, the output to explain. Default 'city'.
+            target: None (default: the class of rank ``rank``), an int class index, or int `(batch,)`.
+            rank: int >= 1, which class to explain when ``target`` is None: 1 (default) the predicted class,
+                2 the runner-up, ...
+
+        Returns:
+            `LayerGradients` (activations and gradients float32 `(batch, h, w, channels)`).
+        """
+        x = self.check_inputs(inputs)
+        t, r = self._targets(target, rank, len(x), output)
+        features, grads, logits, idx = self._layer_fn(output)(x, t, r)
+        return LayerGradients(
+            output=output,
+            logits=logits.numpy(),
+            target=idx.numpy().astype(np.int64),
+            activations=features.numpy(),
+            gradients=grads.numpy(),
+        )
+
+    def input_gradients(self, inputs, *, output="city", target=None, rank=1):
+        """The gradient of the class logit w.r.t. the model input, through the model's own ReLUs (not guided).
+
+        Args: as `layer_gradients`.
+
+        Returns:
+            `LayerGradients` whose ``activations`` are the inputs and ``gradients`` the input gradients, float32
+            `(batch, H, W, C)` in the model input's channel order.
+        """
+        return self._gradients_at_input(self._input_fn(output), inputs, output, target, rank)
+
+    def guided_gradients(self, inputs, *, output="city", target=None, rank=1):
+        """As `input_gradients`, through guided ReLUs (Guided Backpropagation). Args: as `layer_gradients`."""
+        return self._gradients_at_input(self._guided_fn(output), inputs, output, target, rank)
+
+    def _gradients_at_input(self, fn, inputs, output, target, rank):
+        x = self.check_inputs(inputs)
+        t, r = self._targets(target, rank, len(x), output)
+        grads, logits, idx = fn(x, t, r)
+        return LayerGradients(
+            output=output,
+            logits=logits.numpy(),
+            target=idx.numpy().astype(np.int64),
+            activations=x,
+            gradients=grads.numpy(),
+        )
 
     def grad_cam(self, inputs, *, output="city", target=None, rank=1, upsample=True, normalize=True):
         """Grad-CAM (Selvaraju et al. 2017) of the class logit.
@@ -433,15 +550,15 @@ class Explainer:
             `Explanation` with ``cam`` float32 `(batch, H, W)` in [0, 1] (shapes and range as set by ``upsample``
             and ``normalize``), and no guided maps.
         """
-        x = self._inputs(inputs)
-        t, r = self._targets(target, rank, len(x), output)
-        cam, logits, idx = self._cam_fn(output)(x, t, r)
-        cam = cam.numpy()
+        x = self.check_inputs(inputs)
+        g = self.layer_gradients(x, output=output, target=target, rank=rank)
+        weights = g.gradients.mean(axis=(1, 2))  # (batch, channels)
+        cam = np.maximum(np.einsum("bhwc,bc->bhw", g.activations, weights), 0).astype(np.float32)
         if upsample:
             cam = upsample_maps(cam, x.shape[1:3])
         if normalize:
             cam = normalize_maps(cam)
-        return Explanation(output=output, logits=logits.numpy(), target=idx.numpy().astype(np.int64), cam=cam)
+        return Explanation(output=output, logits=g.logits, target=g.target, cam=cam)
 
     def guided_backprop(self, inputs, *, output="city", target=None, rank=1):
         """Guided Backpropagation: the gradient of the class logit w.r.t. the input, through guided ReLUs.
@@ -451,10 +568,7 @@ class Explainer:
         Returns:
             float32 `(batch, H, W, C)`, raw gradients in the model input's channel order.
         """
-        x = self._inputs(inputs)
-        t, r = self._targets(target, rank, len(x), output)
-        grads, _, _ = self._guided_fn(output)(x, t, r)
-        return grads.numpy()
+        return self.guided_gradients(inputs, output=output, target=target, rank=rank).gradients
 
     def explain(self, inputs, *, outputs=OUTPUTS, rank=1, target=None, guided=True):
         """Grad-CAM, and optionally Guided Backprop and Guided Grad-CAM, for several outputs at once.
@@ -524,26 +638,35 @@ def explain(inputs, model, *, outputs=OUTPUTS, layer=None, rank=1, target=None, 
     return explainer(model, layer=layer).explain(inputs, outputs=outputs, rank=rank, target=target, guided=guided)
 
 
-def attribution_maps(inputs, model, *, method, output="city", layer=None, target=None):
-    """One 2-D map per image for any method, for measuring: float32 `(batch, H, W)` in [0, 1].
-
-    Args:
-        method: 'grad_cam', 'guided_backprop' or 'guided_grad_cam'. Gradient maps become `saliency_map`.
-        output, layer, target: as `Explainer.grad_cam`.
-    """
-    ex = explainer(model, layer=layer)
-    if method == "grad_cam":
-        return ex.grad_cam(inputs, output=output, target=target).cam
-    if method == "guided_backprop":
-        return saliency_map(ex.guided_backprop(inputs, output=output, target=target))
-    if method == "guided_grad_cam":
-        target = None if target is None else {output: target}
-        return saliency_map(ex.explain(inputs, outputs=(output,), target=target)[output].guided_cam)
-    raise ValueError(f"Invalid `method`. Expected one of {METHODS}. Received: method={method!r}")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs and map utilities
+
+
+def copy_batches(batch, count, batch_size):
+    """Number ``count`` copies of each of ``batch`` images and hand them out at most ``batch_size`` at a time: how
+    the methods that run many perturbed copies (or channels) per image bound their memory.
+
+    Copies are numbered image by image (all of image 0's, then image 1's, ...), the same order whatever
+    ``batch_size``, so a random generator drawn in that order gives each copy the same draw.
+
+    Args:
+        batch: int, the number of images.
+        count: int, copies per image.
+        batch_size: int >= 1, copies per chunk.
+
+    Yields:
+        (image, copy): int `(n,)` arrays, the image each copy is made from and its number among that image's copies.
+    """
+    total = batch * count
+    for start in range(0, total, batch_size):
+        yield np.divmod(np.arange(start, min(start + batch_size, total)), count)
+
+
+def check_counts(**counts):
+    """Refuse any count that is not an int >= 1 with a ValueError naming it (``check_counts(steps=steps)``)."""
+    for name, value in counts.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"Invalid `{name}`: expected an int >= 1. Received: {name}={value!r}")
 
 
 def model_inputs(images, *, normalization):
@@ -578,21 +701,6 @@ def upsample_maps(maps, size):
     if tuple(maps.shape[1:3]) == tuple(size):
         return maps
     return tf.image.resize(maps[..., None], tuple(size), method="bilinear").numpy()[..., 0]
-
-
-def saliency_map(gradients):
-    """2-D saliency of gradient maps: absolute values summed over channels, normalised per image.
-
-    Args:
-        gradients: float `(batch, H, W, C)`.
-
-    Returns:
-        float32 `(batch, H, W)` in [0, 1].
-    """
-    gradients = np.asarray(gradients, dtype=np.float32)
-    if gradients.ndim != 4:
-        raise ValueError(f"`gradients` must have shape (batch, H, W, C). Received shape {gradients.shape}.")
-    return normalize_maps(np.abs(gradients).sum(axis=-1))
 
 
 def gradient_to_rgb(gradients, *, normalization):

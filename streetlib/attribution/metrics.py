@@ -1,14 +1,17 @@
 """Is the map right? Measurements of attribution maps, and what they show over a whole dataset.
 
-- Localisation against the synthetic data's cue masks: the pointing game (Zhang et al. 2018) and the energy-based
-  pointing game (Wang et al. 2020), with random maps as the floor.
+- Localisation against the synthetic data's cue masks (the ground truth): the pointing game (Zhang et al. 2018),
+  the energy-based pointing game (Wang et al. 2020) alias relevance mass accuracy, relevance rank accuracy (Arras et
+  al. 2022) and the mask AUC (the map as a detector of cue pixels), with random maps as the floor.
 - Faithfulness: deletion and insertion curves (Petsiuk et al. 2018) and their areas.
 - Sanity: the cascading model-parameter randomisation check (Adebayo et al. 2018), as rank correlations between the
-  maps of the trained model and of models whose layers are randomised from the top down.
+  maps of the trained model and of models whose layers are randomised from the top down; the random-logit test
+  (Sixt et al. 2020), as rank correlations between the maps of the target and of a random other class.
+- Over images: every metric is per image, and `bootstrap_interval` gives a percentile interval of its mean.
 - Beyond one image: per-class mean CAMs and most-attributed patches, and the four-quadrant trick.
 
 Maps are float `(n, H, W)`, non-negative, at the resolution of the images and masks they are compared with (see
-`streetlib.attribution.methods.attribution_maps`).
+`streetlib.attribution.registry.attribute`).
 """
 
 import keras
@@ -19,9 +22,7 @@ from scipy import ndimage, stats
 from scipy.special import softmax
 
 from streetlib.attribution.methods import (
-    METHODS,
     all_layers,
-    attribution_maps,
     clone_with_weights,
     explain,
     explainer,
@@ -30,6 +31,7 @@ from streetlib.attribution.methods import (
     model_input_size,
     model_inputs,
 )
+from streetlib.attribution.registry import METHODS, ORIGINAL, attribute
 from streetlib.classes import OUTPUTS
 from streetlib.data.loaders import fit_image
 
@@ -80,10 +82,60 @@ def pointing_game(maps, masks, *, tolerance=0):
     return np.where(masks.any(axis=(1, 2)), scores, np.nan).astype(np.float32)
 
 
+def _mass_inside(maps, masks):
+    """``sum(map * mask) / sum(map)`` per image, the one computation behind `energy_pointing_game` and
+    `relevance_mass_accuracy`."""
+    maps, masks = _check_maps(maps, masks)
+    total = maps.sum(axis=(1, 2))
+    inside = (maps * masks).sum(axis=(1, 2))
+    area = masks.mean(axis=(1, 2))
+    scores = np.divide(inside, total, out=area.astype(np.float64), where=total > 0)
+    return np.where(masks.any(axis=(1, 2)), scores, np.nan).astype(np.float32)
+
+
 def energy_pointing_game(maps, masks):
     """The share of a map's mass that lies on the cue: ``sum(map * mask) / sum(map)``.
 
-    An all-zero map is counted as uniform (its score is the mask's area fraction, the chance level).
+    Wang et al. sum over a bounding box; here the box is the cue mask, which makes this the same quantity as
+    `relevance_mass_accuracy` (Quantus's ``RelevanceMassAccuracy``): both call one computation. An all-zero map is
+    counted as uniform (its score is the mask's area fraction, the chance level).
+
+    Args:
+        maps: float `(n, H, W)`, non-negative.
+        masks: `(n, H, W)`, non-zero on the cue pixels.
+
+    Returns:
+        float32 `(n,)` in [0, 1]; NaN for an image whose mask is empty.
+    """
+    return _mass_inside(maps, masks)
+
+
+def relevance_mass_accuracy(maps, masks):
+    """Relevance mass accuracy (Arras et al. 2022; Quantus's ``RelevanceMassAccuracy``): the share of a map's mass
+    inside the mask, ``sum(map * mask) / sum(map)``.
+
+    The same quantity as `energy_pointing_game` with the mask as the box: both call one computation. An all-zero
+    map is counted as uniform and scores the mask's area fraction, the chance level (Quantus gives NaN, 0 / 0).
+
+    Args:
+        maps: float `(n, H, W)`, non-negative.
+        masks: `(n, H, W)`, non-zero on the cue pixels.
+
+    Returns:
+        float32 `(n,)` in [0, 1]; NaN for an image whose mask is empty.
+    """
+    return _mass_inside(maps, masks)
+
+
+def relevance_rank_accuracy(maps, masks):
+    """Relevance rank accuracy (Arras et al. 2022; Quantus's ``RelevanceRankAccuracy``): of the K highest-valued
+    pixels, K being the mask's pixel count, the fraction inside the mask.
+
+    Ties at the K-th value are shared: every pixel above it is taken, and the slots left are spread evenly over the
+    pixels equal to it, so each tied pixel counts ``slots / tied``. This is the expected score when ties are broken
+    uniformly at random, computed exactly, so it does not depend on pixel order (Quantus sorts with an unstable
+    ``argsort``, which picks tied pixels by position). A constant map scores the mask's area fraction, K / (H * W),
+    the chance level.
 
     Args:
         maps: float `(n, H, W)`, non-negative.
@@ -93,11 +145,60 @@ def energy_pointing_game(maps, masks):
         float32 `(n,)` in [0, 1]; NaN for an image whose mask is empty.
     """
     maps, masks = _check_maps(maps, masks)
-    total = maps.sum(axis=(1, 2))
-    inside = (maps * masks).sum(axis=(1, 2))
-    area = masks.mean(axis=(1, 2))
-    scores = np.divide(inside, total, out=area.astype(np.float64), where=total > 0)
-    return np.where(masks.any(axis=(1, 2)), scores, np.nan).astype(np.float32)
+    n = len(maps)
+    flat, inside = maps.reshape(n, -1), masks.reshape(n, -1)
+    k = inside.sum(axis=1)
+    # The K-th highest value of each map (any value for an empty mask: its score is NaN anyway).
+    kth = -np.sort(-flat, axis=1)[np.arange(n), np.maximum(k, 1) - 1][:, None]
+    above, tied = flat > kth, flat == kth
+    slots = k - above.sum(axis=1)
+    hits = (above & inside).sum(axis=1) + slots * (tied & inside).sum(axis=1) / tied.sum(axis=1)
+    return np.where(k > 0, hits / np.maximum(k, 1), np.nan).astype(np.float32)
+
+
+def _average_ranks(x):
+    """Ranks 1..m along the last axis of a 2-D array, ties given their average rank (as ``scipy.stats.rankdata``,
+    which is several times slower here because it sorts stably)."""
+    n, m = x.shape
+    order = np.argsort(x, axis=1)
+    ordered = np.take_along_axis(x, order, axis=1)
+    new = np.ones((n, m), bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    position = np.broadcast_to(np.arange(m), (n, m))
+    # First and last position of each tie group, carried across the group.
+    first = np.maximum.accumulate(np.where(new, position, 0), axis=1)
+    last_new = np.ones((n, m), bool)
+    last_new[:, :-1] = new[:, 1:]
+    last = np.minimum.accumulate(np.where(last_new, position, m)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((n, m), np.float64)
+    np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=1)
+    return ranks
+
+
+def mask_auc(maps, masks):
+    """The area under the ROC curve of each map's values as a detector of its mask's pixels.
+
+    The probability that a random cue pixel has a higher value than a random other pixel, ties counting half,
+    computed from ranks (the Mann-Whitney U statistic over P cue and N other pixels:
+    ``(sum of the cue pixels' ranks - P (P + 1) / 2) / (P N)``). It uses the whole map, not only its peak or its top
+    K pixels, and does not depend on the map's scale. 0.5 is chance, and what a constant map scores.
+
+    Args:
+        maps: float `(n, H, W)`, non-negative.
+        masks: `(n, H, W)`, non-zero on the cue pixels.
+
+    Returns:
+        float32 `(n,)` in [0, 1]; NaN for an image whose mask is empty or covers the whole image (no negatives).
+    """
+    maps, masks = _check_maps(maps, masks)
+    n = len(maps)
+    inside = masks.reshape(n, -1)
+    positives = inside.sum(axis=1).astype(np.float64)
+    negatives = inside.shape[1] - positives
+    ranks = _average_ranks(maps.reshape(n, -1))
+    u = (ranks * inside).sum(axis=1) - positives * (positives + 1) / 2
+    defined = (positives > 0) & (negatives > 0)
+    return np.where(defined, u / np.where(defined, positives * negatives, 1), np.nan).astype(np.float32)
 
 
 def random_maps(shape, *, seed=0):
@@ -138,6 +239,42 @@ def localization_table(maps, masks, *, tolerance=0, seed=0):
             }
         )
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Intervals over images
+
+
+def bootstrap_interval(values, *, confidence=0.95, resamples=1000, seed=0):
+    """The percentile bootstrap interval of the mean of per-image scores.
+
+    Images are resampled with replacement ``resamples`` times; the interval is the central ``confidence`` share of
+    the resampled means. NaNs (images a metric does not score, e.g. without a cue) are dropped first.
+
+    Args:
+        values: float `(n,)` (any shape is flattened), one score per image.
+        confidence: float in (0, 1). Default 0.95.
+        resamples: int >= 1. Default 1000.
+        seed: int. Default 0.
+
+    Returns:
+        (mean, low, high), Python floats: the mean of the non-NaN values and the interval's bounds.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if np.isinf(values).any():
+        raise ValueError("Invalid `values`: expected finite scores (NaN for an image not scored). Received an inf.")
+    scored = values[~np.isnan(values)]
+    if not len(scored):
+        raise ValueError(f"Invalid `values`: expected at least one score that is not NaN. Received {values.size}.")
+    if not isinstance(confidence, (float, int)) or isinstance(confidence, bool) or not 0 < confidence < 1:
+        raise ValueError(f"Invalid `confidence`: expected a float in (0, 1). Received: confidence={confidence!r}")
+    if not isinstance(resamples, (int, np.integer)) or isinstance(resamples, bool) or resamples < 1:
+        raise ValueError(f"Invalid `resamples`: expected an int >= 1. Received: resamples={resamples!r}")
+    rng = np.random.default_rng(seed)
+    # One draw for all resamples: row r holds the image indices of resample r.
+    means = scored[rng.integers(0, len(scored), size=(resamples, len(scored)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(scored.mean()), float(low), float(high)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,6 +384,36 @@ def rank_correlation(a, b):
     return np.divide((ra * rb).sum(axis=1), denom, out=np.zeros(len(a)), where=denom > 0).astype(np.float32)
 
 
+def random_logit_targets(logits, target, *, seed=0):
+    """Classes for the random-logit test (Sixt et al. 2020; Quantus's ``RandomLogit``): for each image, a class drawn
+    uniformly among the classes other than its ``target``.
+
+    The test is ``rank_correlation(maps for target, maps for random_logit_targets(...))``: a map that explains the
+    decision should differ for another class, so low similarity is the pass; a map that only shows the image's
+    edges is the same for every class and fails.
+
+    Args:
+        logits: float `(n, C)`, the explained output's logits (they give n and C), C >= 2.
+        target: int `(n,)`, the explained class of each image, in [0, C).
+        seed: int. Default 0.
+
+    Returns:
+        int64 `(n,)`, each different from ``target`` and in [0, C).
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"`logits` must have shape (n, C) with C >= 2. Received shape {logits.shape}.")
+    n, classes = logits.shape
+    target = np.asarray(target)
+    if target.shape != (n,) or not np.issubdtype(target.dtype, np.integer):
+        raise ValueError(f"`target` must be int of shape ({n},). Received {target.dtype} {target.shape}.")
+    if target.min(initial=0) < 0 or target.max(initial=0) >= classes:
+        raise ValueError(f"`target` must be in [0, {classes}). Received values in [{target.min()}, {target.max()}].")
+    # One of the C - 1 other classes: draw an index among them and skip over the target (as Quantus does).
+    draw = np.random.default_rng(seed).integers(0, classes - 1, size=n)
+    return (draw + (draw >= target)).astype(np.int64)
+
+
 def randomization_layers(model, *, output=None):
     """Names of the layers the randomisation check randomises, from the output towards the input: every layer
     with a kernel (convolutions, dense layers), nested models expanded.
@@ -259,7 +426,35 @@ def randomization_layers(model, *, output=None):
     return [layer.name for layer in reversed(all_layers(scope)) if hasattr(layer, "kernel")]
 
 
-def randomization_check(inputs, model, *, methods=METHODS, output="city", layer=None, target=None, seed=0):
+def _reinitialize(layer, rng):
+    """Redraw a layer's kernel and bias from a normal distribution with the standard deviation of their trained
+    values, so that activations keep their scale."""
+    for var in (layer.kernel, getattr(layer, "bias", None)):
+        if var is not None:
+            values = keras.ops.convert_to_numpy(var)
+            var.assign(rng.normal(0.0, values.std(), values.shape).astype(values.dtype))
+
+
+def randomized_copy(model, *, output=None, seed=0):
+    """The end of the cascading randomisation check: a copy of ``model`` with every layer of `randomization_layers`
+    re-initialised (not permuted), drawn as `randomization_check` draws them one at a time. The model is not changed.
+
+    Args:
+        model: the `keras.Model`.
+        output: None (every layer with a kernel) or an output name: only the layers that feed it.
+        seed: int.
+
+    Returns:
+        the randomised `keras.Model` copy.
+    """
+    clone, _ = clone_with_weights(model)
+    rng = np.random.default_rng(seed)
+    for name in randomization_layers(clone, output=output):
+        _reinitialize(find_layer_path(clone, name)[-1], rng)
+    return clone
+
+
+def randomization_check(inputs, model, *, methods=ORIGINAL, output="city", layer=None, target=None, seed=0):
     """The cascading model-parameter randomisation check (Adebayo et al. 2018).
 
     A copy of the model has its layers re-initialised one more at a time, from the output down; after each, the
@@ -271,7 +466,7 @@ def randomization_check(inputs, model, *, methods=METHODS, output="city", layer=
     Args:
         inputs: float32 `(n, H, W, C)`, normalised model inputs.
         model: the `keras.Model`.
-        methods: sequence of methods from `streetlib.attribution.methods.METHODS`. Default all three.
+        methods: sequence of `registry.METHODS` names. Default `registry.ORIGINAL` (the original study's three).
         output: str, the output explained. Default 'city'.
         layer: str or None, the Grad-CAM layer (default: the backbone's last convolution).
         target: None (the trained model's predicted classes, kept fixed throughout) or int `(n,)`.
@@ -283,23 +478,19 @@ def randomization_check(inputs, model, *, methods=METHODS, output="city", layer=
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or isinstance(methods, str):
-        raise ValueError(f"Invalid `methods`. Expected a sequence of {METHODS}. Received: methods={methods!r}")
+        raise ValueError(f"Invalid `methods`. Expected a sequence of {sorted(METHODS)}. Received: methods={methods!r}")
     if target is None:
         target = np.argmax(explainer(model, layer=layer).logits(inputs, output=output), axis=1)
     kwargs = dict(output=output, layer=layer, target=target)
-    original = {m: attribution_maps(inputs, model, method=m, **kwargs) for m in methods}
+    original = {m: attribute(inputs, model, method=m, **kwargs).maps for m in methods}
     clone, _ = clone_with_weights(model)
     rng = np.random.default_rng(seed)
     names = randomization_layers(clone, output=output)
     spearman = {m: np.zeros((len(names), len(inputs)), np.float32) for m in methods}
     for i, name in enumerate(names):
-        randomized = find_layer_path(clone, name)[-1]
-        for var in (randomized.kernel, getattr(randomized, "bias", None)):
-            if var is not None:
-                values = keras.ops.convert_to_numpy(var)
-                var.assign(rng.normal(0.0, values.std(), values.shape).astype(values.dtype))
+        _reinitialize(find_layer_path(clone, name)[-1], rng)
         for m in methods:
-            maps = attribution_maps(inputs, clone, method=m, **kwargs)
+            maps = attribute(inputs, clone, method=m, **kwargs).maps
             spearman[m][i] = rank_correlation(original[m], maps)
     return {"layers": names, "spearman": spearman}
 
@@ -419,8 +610,9 @@ def explain_quadrants(image, model, *, normalization, policy="crop", layer=None,
 
 
 def method_maps(inputs, model, *, output="region", layer=None, target=None):
-    """The map of every method for one output: dict method -> float32 `(n, H, W)` in [0, 1]."""
-    return {m: attribution_maps(inputs, model, method=m, output=output, layer=layer, target=target) for m in METHODS}
+    """The map of each of the original study's methods (`registry.ORIGINAL`) for one output: dict method -> float32
+    `(n, H, W)` in [0, 1]."""
+    return {m: attribute(inputs, model, method=m, output=output, layer=layer, target=target).maps for m in ORIGINAL}
 
 
 def score_methods(images, masks, model, *, normalization, output="region", layer=None, steps=16, seed=0):

@@ -86,6 +86,11 @@ def _renamed(model):
     return keras.Model(model.input, model.output, name="backbone")
 
 
+# Passed to `keras.models.load_model` by whoever loads a streetlib model without having imported this module (the
+# registration above only runs on import): Keras would otherwise not find the class.
+CUSTOM_OBJECTS = {"streetlib>GlobalAvgMaxPooling2D": GlobalAvgMaxPooling2D}
+
+
 def build_model(
     *,
     backbone="vgg16",

@@ -1,0 +1,77 @@
+"""Tests of attribution.registry: every method behind one interface, its parameters, and its checks."""
+
+import numpy as np
+import pytest
+from test_attribution import convention_model, random_inputs
+
+from streetlib.attribution import cams, registry
+from streetlib.attribution import methods as A
+
+# Cheap settings for the costly methods, so that every method runs in about a second on a 32 px model.
+CHEAP = {
+    "smoothgrad": {"samples": 4, "seed": 0},
+    "integrated_gradients": {"steps": 4},
+    "occlusion": {"patch": 8, "stride": 8},
+    "rise": {"masks": 16, "seed": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return convention_model(32)
+
+
+def test_the_registry_holds_at_least_twelve_methods_with_their_own_parameters():
+    assert len(registry.METHODS) >= 12
+    assert set(registry.ORIGINAL) <= set(registry.METHODS)
+    assert registry.METHODS["integrated_gradients"].params == {"baseline": 0.0, "steps": 32, "batch_size": 64}
+    assert registry.METHODS["grad_cam"].params == {}
+    for name, method in registry.METHODS.items():
+        assert method.name == name and method.family in ("cam", "gradient", "perturbation", "guided")
+        assert method.uses_layer == (method.family == "cam" or name == "guided_grad_cam")
+
+
+@pytest.mark.parametrize("name", sorted(registry.METHODS))
+def test_every_method_gives_unit_range_maps_at_input_resolution_for_the_class_asked(model, name):
+    x = random_inputs(2, 32, seed=1)
+    target = np.array([3, 7])
+    a = registry.attribute(x, model, method=name, output="city", target=target, **CHEAP.get(name, {}))
+    assert a.method == name and a.output == "city"
+    np.testing.assert_array_equal(a.target, target)
+    assert a.maps.shape == (2, 32, 32) and a.maps.dtype == np.float32
+    assert np.isfinite(a.maps).all() and a.maps.min() >= 0 and a.maps.max() <= 1
+
+
+def test_attribute_upsamples_and_normalises_the_method_s_own_map(model):
+    x = random_inputs(3, 32, seed=2)
+    ex = A.explainer(model)
+    raw = cams.hires_cam(ex, x, output="region")
+    # The same computation through the same kernels: only the resize and the per-image division differ.
+    expected = A.normalize_maps(A.upsample_maps(raw.maps, (32, 32)))
+    np.testing.assert_array_equal(registry.attribute(x, model, method="hires_cam", output="region").maps, expected)
+
+
+def test_grad_cam_through_the_registry_is_the_explainer_s(model):
+    x = random_inputs(2, 32, seed=3)
+    np.testing.assert_array_equal(
+        registry.attribute(x, model, method="grad_cam", output="region").maps,
+        A.explainer(model).grad_cam(x, output="region").cam,
+    )
+
+
+def test_parameters_reach_the_method(model):
+    x = random_inputs(1, 32, seed=4)
+    coarse = registry.attribute(x, model, method="occlusion", patch=16, stride=16).maps
+    fine = registry.attribute(x, model, method="occlusion", patch=8, stride=8).maps
+    # A 16 px patch sliding by 16 gives a map constant on each of four quadrants; 8 px patches do not.
+    assert len(np.unique(coarse)) <= 4 < len(np.unique(fine))
+
+
+def test_bad_names_parameters_and_layers_are_refused(model):
+    x = random_inputs(1, 32)
+    with pytest.raises(ValueError, match=r"Expected one of \[.*'xgrad_cam'\]. Received: method='lime'"):
+        registry.attribute(x, model, method="lime")
+    with pytest.raises(ValueError, match=r"Invalid parameters \['step'\] for method 'integrated_gradients'"):
+        registry.attribute(x, model, method="integrated_gradients", step=8)
+    with pytest.raises(ValueError, match="reads no layer"):
+        registry.attribute(x, model, method="saliency", layer="conv2")
