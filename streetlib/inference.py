@@ -358,3 +358,38 @@ def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", 
             }
         )
     return results, fitted, explanations
+
+
+def attribute_images(fitted, loaded, *, methods, rank=1, layer=None):
+    """Any attribution methods' maps for images already fitted to the model, both outputs, the classes of rank
+    ``rank`` (as `analyze_images` explains them).
+
+    Args:
+        fitted: uint8 `(n, h, w, 3)`, images at the model's input size (`analyze_images` returns them).
+        loaded: `LoadedModel`.
+        methods: list of `streetlib.attribution.registry.METHODS` names.
+        rank: int, the class of this rank is explained (1: the prediction); capped at each output's classes.
+        layer: str or None, the layer of the methods that read one (the others ignore it).
+
+    Returns:
+        dict method -> dict output -> `Attribution` (maps float32 `(n, h, w)` in [0, 1]).
+    """
+    from streetlib.attribution.methods import model_inputs
+    from streetlib.attribution.registry import attribute, get_method
+
+    x = model_inputs(fitted, normalization=loaded.normalization)
+    result = {}
+    for method in methods:
+        uses_layer = get_method(method).uses_layer
+        result[method] = {
+            output: attribute(
+                x,
+                loaded.model,
+                method=method,
+                output=output,
+                layer=layer if uses_layer else None,
+                rank=min(rank, len(loaded.spec.class_names(output))),
+            )
+            for output in OUTPUTS
+        }
+    return result

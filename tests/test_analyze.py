@@ -465,3 +465,36 @@ def test_a_model_with_streetlib_s_own_layer_loads_in_a_fresh_process(tmp_path):
     proc = run_script(f"from streetlib.inference import load_model; print(load_model({str(path)!r}).model.name)")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "avgmax_head"
+
+
+def test_method_draws_that_method_s_maps_and_all_draws_every_method(tiny_model, good_image, tmp_path, capsys):
+    from streetlib.attribution.registry import METHODS
+
+    status, out, _ = run([good_image, "--model", tiny_model, "--out", tmp_path, "--method", "saliency"], capsys)
+    assert status == 0 and (tmp_path / "street_saliency.png").is_file()
+    assert f"figure: {tmp_path / 'street_saliency.png'}" in out
+    status, _, _ = run([good_image, "--model", tiny_model, "--out", tmp_path, "--method", "all", "--rank", "2"], capsys)
+    assert status == 0
+    with Image.open(tmp_path / "street_methods.png") as figure:
+        width, height = figure.size
+    # One column per method plus the image, one row per output: the figure is laid out as its grid.
+    assert width / height == pytest.approx((len(METHODS) + 1) * 2.1 / (2 * 2.3), rel=0.02)
+
+
+def test_an_unknown_method_or_method_with_only_cam_is_refused(tiny_model, good_image, tmp_path, capsys):
+    status, _, err = run([good_image, "--model", tiny_model, "--out", tmp_path, "--method", "lime"], capsys)
+    assert status == 2 and "Invalid --method 'lime'. Expected 'all' or one of [" in err
+    argv = [good_image, "--model", tiny_model, "--out", tmp_path, "--method", "rise", "--only-cam"]
+    status, _, err = run(argv, capsys)
+    assert status == 2 and "--only-cam draws Grad-CAM only" in err
+
+
+def test_attribute_images_explains_the_class_of_the_rank_asked(tiny_model, good_image):
+    loaded = inference.load_model(tiny_model)
+    image = np.asarray(Image.open(good_image).convert("RGB"))
+    results, fitted, explanations = inference.analyze_images([image], loaded, rank=2, guided=False)
+    maps = inference.attribute_images(fitted, loaded, methods=["grad_cam", "occlusion"], rank=2)
+    for output in ("region", "city"):
+        for method in ("grad_cam", "occlusion"):
+            np.testing.assert_array_equal(maps[method][output].target, explanations[output].target)
+            assert maps[method][output].maps.shape == (1, *fitted.shape[1:3])

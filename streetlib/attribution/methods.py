@@ -846,6 +846,35 @@ def plot_explanation(image, explanations, i=0, *, spec, normalization, title=Non
     return fig
 
 
+def plot_methods(image, attributions, i=0, *, spec, title=None):
+    """Every method's map of one image side by side: one row per output, the image first, then one column per method,
+    each titled with the class it explains.
+
+    Args:
+        image: uint8 `(H, W, 3)` RGB, the image as the model saw it.
+        attributions: dict method name -> dict output -> `Attribution` with maps `(batch, H, W)` in [0, 1] (as
+            `streetlib.attribution.registry.attribute` returns them).
+        i: int, the image's index in the batch. Default 0.
+        spec: the `ClassSpec` naming the classes.
+        title: str or None, the figure title.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    methods = list(attributions)
+    outputs = list(attributions[methods[0]])
+    fig = Figure(figsize=(2.1 * (len(methods) + 1), 2.3 * len(outputs)), layout="constrained")
+    axes = fig.subplots(len(outputs), len(methods) + 1, squeeze=False)
+    for row, output in zip(axes, outputs, strict=True):
+        names = spec.class_names(output)
+        _show(row[0], image, f"{output}: {names[int(attributions[methods[0]][output].target[i])]}")
+        for ax, method in zip(row[1:], methods, strict=True):
+            _show(ax, overlay(image, attributions[method][output].maps[i]), method.replace("_", " "))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def plot_cam_only(original, explanations, i=0, *, spec, policy, title=None):
     """The original study's CAM-only figure, 1 x 3 at the original image's resolution: the image, Grad-CAM
     region, Grad-CAM city.

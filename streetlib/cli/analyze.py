@@ -1,7 +1,8 @@
 """``streetlib analyze``: which city is this street in, and what in the picture says so?
 
 For each image file or URL: the region probabilities and the top-K cities, and a figure of Grad-CAM / Guided
-Grad-CAM maps for both outputs (or, with ``--only-cam``, the CAMs at the image's own resolution). The work is done by
+Grad-CAM maps for both outputs (or, with ``--only-cam``, the CAMs at the image's own resolution; with ``--method
+NAME``, that attribution method's maps; with ``--method all``, every method's maps side by side). The work is done by
 `streetlib.inference`; this module is the command: its options, its printed lines and its figures.
 
 What the model expects comes from its sidecar (see `streetlib.inference`); ``--classes`` and ``--normalization``
@@ -23,6 +24,7 @@ from streetlib.inference import (
     URL_TIMEOUT,
     InputError,
     analyze_images,
+    attribute_images,
     load_model,
     read_input,
 )
@@ -71,6 +73,12 @@ def add_arguments(parser):
     )
     parser.add_argument("--layer", default=None, help="Grad-CAM layer (default: the backbone's last convolution)")
     parser.add_argument(
+        "--method",
+        default="grad_cam",
+        help="attribution method: grad_cam (default: the original's figure), any name of "
+        "streetlib.attribution.registry.METHODS (its maps for both outputs), or 'all' (every method side by side)",
+    )
+    parser.add_argument(
         "--policy",
         choices=RESIZE_POLICIES,
         default="crop",
@@ -116,12 +124,26 @@ def _positive_int(text):
     return value
 
 
+def _methods(args):
+    """The methods whose maps replace the original's figure: [] for the default 'grad_cam', else a list of names."""
+    from streetlib.attribution.registry import METHODS
+
+    if args.method == "grad_cam":
+        return []
+    if args.method != "all" and args.method not in METHODS:
+        raise ValueError(f"Invalid --method {args.method!r}. Expected 'all' or one of {sorted(METHODS)}.")
+    if args.only_cam:
+        raise ValueError("--only-cam draws Grad-CAM only: leave out --method, or --only-cam.")
+    return list(METHODS) if args.method == "all" else [args.method]
+
+
 def main(args):
     """Run the analyzer on parsed arguments (see `add_arguments`). Returns the exit status: 0 when every input
     was analysed, 1 when some could not be, 2 when the model or an option is unusable."""
-    from streetlib.attribution.methods import plot_cam_only, plot_explanation
+    from streetlib.attribution.methods import plot_cam_only, plot_explanation, plot_methods
 
     try:
+        methods = _methods(args)
         loaded = load_model(args.model, classes=args.classes, normalization=args.normalization)
         if args.rank > loaded.spec.num_classes or args.top > loaded.spec.num_classes:
             raise ValueError(
@@ -150,8 +172,9 @@ def main(args):
                 top=args.top,
                 layer=args.layer,
                 policy=args.policy,
-                guided=not args.only_cam,
+                guided=not (args.only_cam or methods),
             )
+            attributions = attribute_images(fitted, loaded, methods=methods, rank=args.rank, layer=args.layer)
         except ValueError as err:
             print(f"streetlib analyze: error: {err}", file=sys.stderr)
             return 2
@@ -162,7 +185,10 @@ def main(args):
                 continue
             name = _figure_name(record["input"], used)
             title = f"{Path(urlparse(record['input']).path).name} - {loaded.path.name}"
-            if args.only_cam:
+            if methods:
+                fig = plot_methods(fitted[i], attributions, i, spec=loaded.spec, title=title)
+                path = Path(args.out) / f"{name}_{'methods' if args.method == 'all' else args.method}.png"
+            elif args.only_cam:
                 fig = plot_cam_only(original, explanations, i, spec=loaded.spec, policy=args.policy, title=title)
                 path = Path(args.out) / f"{name}_cam.png"
             else:
