@@ -131,11 +131,12 @@ def test_cam_methods_run_at_every_layer_asked():
     assert set(table[table["method"] == "saliency"]["layer"]) == {""}
 
 
-def test_the_curves_can_use_fewer_images(planted):
+def test_the_costly_measurements_can_use_fewer_images(planted):
     images, masks, model = planted
-    spec = L.LeaderboardSpec(methods=("saliency",), outputs=("region",), curve_steps=2, curve_images=5, resamples=50)
+    spec = L.LeaderboardSpec(methods=("saliency",), outputs=("region",), curve_steps=2, control_images=5, resamples=50)
     table = L.leaderboard(images, masks, model, normalization="unit", spec=spec).set_index(["method", "metric"])
-    assert table.loc[("saliency", "deletion_auc"), "images"] == 5
+    for metric in ("deletion_auc", "insertion_auc", "random_logit", "randomization"):
+        assert table.loc[("saliency", metric), "images"] == 5
     assert table.loc[("saliency", "pointing_game"), "images"] == 12
 
 
@@ -149,7 +150,7 @@ def test_the_curves_can_use_fewer_images(planted):
         ({"methods": ("rise",), "params": {"rise": {"mask": 10}}}, r"Invalid `params` for 'rise'"),
         ({"methods": ("rise",), "params": {"lime": {}}}, r"'lime' is not a method"),
         ({"curve_steps": 0}, "Invalid `curve_steps`"),
-        ({"curve_images": 0}, "Invalid `curve_images`"),
+        ({"control_images": 0}, "Invalid `control_images`"),
         ({"resamples": 1.5}, "Invalid `resamples`"),
     ],
 )

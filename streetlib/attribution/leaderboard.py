@@ -58,8 +58,9 @@ class LeaderboardSpec:
         params: dict method name -> dict of that method's parameters (e.g. ``{"rise": {"masks": 500}}``), so a
             profile sets how many masks, samples and steps the costly methods use. Default {} (their defaults).
         curve_steps: int >= 1, points of the deletion and insertion curves minus one. Default 8.
-        curve_images: None (all) or int >= 1: the deletion and insertion curves, one model call per image and
-            curve, use the first ``curve_images`` images only.
+        control_images: None (all) or int >= 1: the costly measurements - the deletion and insertion curves (one
+            model call per image and curve) and the two sanity checks (every map computed again) - use the first
+            ``control_images`` images only; localisation always uses all.
         resamples: int >= 1, bootstrap resamples of the intervals. Default 1000.
         seed: int, for random logits, randomised weights, random maps, tie-breaking and the bootstrap. Default 0.
     """
@@ -69,7 +70,7 @@ class LeaderboardSpec:
     layers: tuple | None = None
     params: dict = field(default_factory=dict)
     curve_steps: int = 8
-    curve_images: int | None = None
+    control_images: int | None = None
     resamples: int = 1000
     seed: int = 0
 
@@ -87,7 +88,7 @@ class LeaderboardSpec:
                     if method in METHODS
                     else f"Invalid `params`: {method!r} is not a method. Expected keys among {list(self.methods)}."
                 )
-        for name in ("curve_steps", "resamples") + (("curve_images",) if self.curve_images is not None else ()):
+        for name in ("curve_steps", "resamples") + (("control_images",) if self.control_images is not None else ()):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Invalid `{name}`: expected an int >= 1. Received: {name}={value!r}")
@@ -146,7 +147,7 @@ def _context(images, masks, model, normalization, output, spec):
 
 
 def _curves(ctx, maps):
-    k = ctx.spec.curve_images or len(maps)
+    k = ctx.spec.control_images or len(maps)
     return metrics.perturbation_curves(
         ctx.images[:k],
         maps[:k],
@@ -172,18 +173,21 @@ def _method_scores(ctx, method, layer):
     """Per-image values of every metric for one method at one layer, and its cost in forward passes."""
     params = ctx.spec.params.get(method, {})
 
-    def run(model, target):
-        return attribute(ctx.inputs, model, method=method, output=ctx.output, layer=layer, target=target, **params).maps
+    k = ctx.spec.control_images or len(ctx.inputs)
+
+    def run(model, target, n):
+        inputs = ctx.inputs[:n]
+        return attribute(inputs, model, method=method, output=ctx.output, layer=layer, target=target[:n], **params).maps
 
     attribute(ctx.inputs[:2], ctx.model, method=method, output=ctx.output, layer=layer, **params)  # traces once
-    maps, seconds = _seconds(lambda: run(ctx.model, ctx.target))
+    maps, seconds = _seconds(lambda: run(ctx.model, ctx.target, len(ctx.inputs)))
     curves = _curves(ctx, maps)
     values = {
         **_localization(maps, ctx.masks),
         "deletion_auc": curves["deletion_auc"],
         "insertion_auc": curves["insertion_auc"],
-        "random_logit": metrics.rank_correlation(maps, run(ctx.model, ctx.other)),
-        "randomization": metrics.rank_correlation(maps, run(ctx.randomized, ctx.target)),
+        "random_logit": metrics.rank_correlation(maps[:k], run(ctx.model, ctx.other, k)),
+        "randomization": metrics.rank_correlation(maps[:k], run(ctx.randomized, ctx.target, k)),
     }
     return values, seconds / len(maps) / ctx.forward
 
