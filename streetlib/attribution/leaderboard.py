@@ -20,8 +20,10 @@ on the weights.
 """
 
 import json
+import numbers
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,7 @@ from streetlib.attribution import metrics
 from streetlib.attribution.methods import explainer, model_inputs
 from streetlib.attribution.registry import METHODS, attribute
 from streetlib.classes import OUTPUTS
+from streetlib.constraints import Interval, Items, Keys, validate_parameters
 
 HIGHER_IS_BETTER = {
     "pointing_game": True,
@@ -62,7 +65,10 @@ class LeaderboardSpec:
             model call per image and curve) and the two sanity checks (every map computed again) - use the first
             ``control_images`` images only; localisation always uses all.
         resamples: int >= 1, bootstrap resamples of the intervals. Default 1000.
-        seed: int, for random logits, randomised weights, random maps, tie-breaking and the bootstrap. Default 0.
+        seed: int >= 0, for random logits, randomised weights, random maps, tie-breaking and the bootstrap.
+            Default 0.
+
+    Every field is checked when the spec is made, against ``_parameter_constraints`` (see `streetlib.constraints`).
     """
 
     methods: tuple = tuple(METHODS)
@@ -74,27 +80,28 @@ class LeaderboardSpec:
     resamples: int = 1000
     seed: int = 0
 
+    _parameter_constraints: ClassVar[dict] = {
+        "methods": [Items(f"a non-empty list of {sorted(METHODS)}", values=tuple(METHODS), nonempty=True)],
+        "outputs": [Items(f"a non-empty list of {list(OUTPUTS)}", values=OUTPUTS, nonempty=True)],
+        "layers": [None, Items("a non-empty list of layer names", test=lambda v: isinstance(v, str), nonempty=True)],
+        "params": [Keys(METHODS)],
+        "curve_steps": [Interval(numbers.Integral, 1, None, closed="left")],
+        "control_images": [None, Interval(numbers.Integral, 1, None, closed="left")],
+        "resamples": [Interval(numbers.Integral, 1, None, closed="left")],
+        "seed": [Interval(numbers.Integral, 0, None, closed="left")],
+    }
+
     def __post_init__(self):
-        for name, values, valid in (("methods", self.methods, METHODS), ("outputs", self.outputs, OUTPUTS)):
-            if isinstance(values, str) or not values or any(v not in valid for v in values):
-                raise ValueError(f"Invalid `{name}`. Expected a non-empty list of {list(valid)}. Received: {values!r}")
-        if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
-            raise ValueError(f"Invalid `layers`: expected None or a non-empty list of names. Received: {self.layers!r}")
+        validate_parameters(self)
         for method, params in self.params.items():
             if method not in self.methods or not isinstance(params, dict) or set(params) - set(METHODS[method].params):
                 raise ValueError(
                     f"Invalid `params` for {method!r}: expected a dict of some of {sorted(METHODS[method].params)} "
                     f"for a method in `methods`. Received: {params!r}"
-                    if method in METHODS
-                    else f"Invalid `params`: {method!r} is not a method. Expected keys among {list(self.methods)}."
                 )
-        for name in ("curve_steps", "resamples") + (("control_images",) if self.control_images is not None else ()):
+        for name in ("methods", "outputs", "layers"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Invalid `{name}`: expected an int >= 1. Received: {name}={value!r}")
-        object.__setattr__(self, "methods", tuple(self.methods))
-        object.__setattr__(self, "outputs", tuple(self.outputs))
-        object.__setattr__(self, "layers", None if self.layers is None else tuple(self.layers))
+            object.__setattr__(self, name, None if value is None else tuple(value))
 
 
 def _seconds(fn):

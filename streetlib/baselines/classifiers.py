@@ -40,11 +40,11 @@ from threadpoolctl import threadpool_limits
 from streetlib import figures, paths
 from streetlib.baselines.features import FeatureExtractor, check_poolings
 from streetlib.classes import OUTPUTS
+from streetlib.constraints import Items, Keys, validate_parameters
 from streetlib.evaluation.evaluate import confusion, top_k_accuracy
 from streetlib.models import weights as weights_lib
 from streetlib.models.network import POOLINGS
 from streetlib.runs import RunLayout
-from streetlib.training.config import Keys, validate_parameters
 
 CLASSIFIERS = ("svm-rbf", "linear-svm", "logreg")
 # Candidates for the optional search on the validation split; C=1 (the original's SVM) is in every grid.
@@ -296,25 +296,6 @@ def run_name(*, backbone, weights, layer, pooling, classifier, augment_copies=0,
     return f"{backbone}-{weights}-{layer}-{pooling}{aug}{tuned}-{classifier}-seed{seed}"
 
 
-class _Items:
-    """A constraint for `validate_parameters`: a list or tuple (never a str) whose items are each one of ``values``
-    or pass ``test``; non-empty with ``nonempty``. ``text`` says what is expected, in the error."""
-
-    def __init__(self, text, *, values=None, test=None, nonempty=False):
-        self.text, self.values, self.test, self.nonempty = text, values, test, nonempty
-
-    def _ok(self, item):
-        return item in self.values if self.values is not None else self.test(item)
-
-    def is_satisfied_by(self, value):
-        if not isinstance(value, (list, tuple)) or (self.nonempty and not value):
-            return False
-        return all(self._ok(item) for item in value)
-
-    def __str__(self):
-        return self.text
-
-
 def _is_copies(k):
     return isinstance(k, int) and not isinstance(k, bool) and k >= 0
 
@@ -368,14 +349,14 @@ class BaselineGrid:
     floors: tuple = ()
 
     _parameter_constraints: ClassVar[dict] = {
-        "weights": [_Items("a list of weight sources (names or file paths)", test=_is_source)],
-        "poolings": [_Items(f"a non-empty list of {POOLINGS}", values=POOLINGS, nonempty=True)],
-        "classifiers": [_Items(f"a list of {CLASSIFIERS}", values=CLASSIFIERS)],
-        "outputs": [_Items(f"a non-empty list of {OUTPUTS}", values=OUTPUTS, nonempty=True)],
+        "weights": [Items("a list of weight sources (names or file paths)", test=_is_source)],
+        "poolings": [Items(f"a non-empty list of {POOLINGS}", values=POOLINGS, nonempty=True)],
+        "classifiers": [Items(f"a list of {CLASSIFIERS}", values=CLASSIFIERS)],
+        "outputs": [Items(f"a non-empty list of {OUTPUTS}", values=OUTPUTS, nonempty=True)],
         "search": [bool, Keys(CLASSIFIERS)],
-        "augment_copies": [_Items("a non-empty list of ints >= 0", test=_is_copies, nonempty=True)],
+        "augment_copies": [Items("a non-empty list of ints >= 0", test=_is_copies, nonempty=True)],
         "extractor": [None, Keys(EXTRACTOR_ARGS)],
-        "floors": [_Items(f"a list of {FLOORS}", values=FLOORS)],
+        "floors": [Items(f"a list of {FLOORS}", values=FLOORS)],
     }
 
     def __post_init__(self):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from streetlib.classes import OUTPUTS
+from streetlib.constraints import Interval, Keys, Options, validate_parameters
 from streetlib.data import pipeline
 from streetlib.models import backbones
 from streetlib.models import network as models
@@ -67,88 +68,6 @@ ARCHITECTURE = (
     "dropout",
 )
 SGD_MOMENTUM = 0.9
-
-
-class Interval:
-    """Numbers of a type (int or float) within bounds; None for an open side.
-
-    Args:
-        kind: `numbers.Integral` or `numbers.Real`.
-        left, right: the bounds, or None.
-        closed: 'both', 'left', 'right' or 'neither'.
-    """
-
-    def __init__(self, kind, left, right, *, closed):
-        self.kind, self.left, self.right, self.closed = kind, left, right, closed
-
-    def is_satisfied_by(self, value):
-        if isinstance(value, bool) or not isinstance(value, self.kind):
-            return False
-        left_closed = self.closed in ("left", "both")
-        right_closed = self.closed in ("right", "both")
-        if self.left is not None and (value < self.left or (value == self.left and not left_closed)):
-            return False
-        return self.right is None or value < self.right or (value == self.right and right_closed)
-
-    def __str__(self):
-        kind = "an int" if self.kind is numbers.Integral else "a float"
-        if self.right is None:
-            return f"{kind} {'>=' if self.closed in ('left', 'both') else '>'} {self.left}"
-        brackets = {"both": "[]", "left": "[)", "right": "(]", "neither": "()"}[self.closed]
-        return f"{kind} in {brackets[0]}{self.left}, {self.right}{brackets[1]}"
-
-
-class Options:
-    """One of a fixed set of values."""
-
-    def __init__(self, values):
-        self.values = tuple(values)
-
-    def is_satisfied_by(self, value):
-        return isinstance(value, str) and value in self.values
-
-    def __str__(self):
-        return f"one of {list(self.values)}"
-
-
-class Keys:
-    """A dict whose keys are among ``allowed`` (or exactly ``allowed``, with ``exact``)."""
-
-    def __init__(self, allowed, *, exact=False):
-        self.allowed, self.exact = tuple(allowed), exact
-
-    def is_satisfied_by(self, value):
-        if not isinstance(value, dict):
-            return False
-        return set(value) == set(self.allowed) if self.exact else set(value) <= set(self.allowed)
-
-    def __str__(self):
-        return f"a dict with {'a value for each of' if self.exact else 'keys among'} {list(self.allowed)}"
-
-
-def _satisfied(constraint, value):
-    if constraint is None:
-        return value is None
-    if constraint is bool or constraint is str:
-        return isinstance(value, constraint)
-    return constraint.is_satisfied_by(value)
-
-
-def _describe(constraint):
-    return {None: "None", bool: "a bool", str: "a str"}.get(constraint) or str(constraint)
-
-
-def validate_parameters(owner):
-    """Check every field of a dataclass instance against its class's ``_parameter_constraints``.
-
-    Raises:
-        ValueError: naming the first field whose value matches none of its constraints.
-    """
-    for name, constraints in owner._parameter_constraints.items():
-        value = getattr(owner, name)
-        if not any(_satisfied(c, value) for c in constraints):
-            expected = " or ".join(_describe(c) for c in constraints)
-            raise ValueError(f"Invalid `{name}`. Expected {expected}. Received: {name}={value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
