@@ -1,5 +1,7 @@
 """The benchmark's own logic: the references compute what ours computes, and the report says what was measured."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,106 @@ def test_markdown_report_names_machine_command_and_verdicts():
     assert "| 64 px | 24.0 | 15.0 | 60% | 110% |" in text
     assert "| memory | ours: 650 ± 0 MB | uint8: 625 ± 0 MB | 1.04x | at most 1.30x | yes |" in text
     assert "| 5.00x | at least 4.00x | yes |" in text and "| 3.33x | at least 3.00x | yes |" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bench_attribution: our attribution methods against tf-keras-vis
+
+
+@pytest.fixture(scope="module")
+def attribution_comparisons():
+    pytest.importorskip("tf_keras_vis")
+    return bench.bench_attribution(size=32, batch=2, repeats=1, scorecam_batch=1, smoothgrad_samples=2)
+
+
+METHOD_NAMES = ("Grad-CAM++", "LayerCAM", "Saliency", "SmoothGrad", "Score-CAM")
+
+
+def _by_method(comparisons):
+    speed = [c for c in comparisons if c.unit == "img/s"]
+    assert [c.name.split(" ")[0].rstrip(",") for c in speed] == list(METHOD_NAMES)
+    return dict(zip(METHOD_NAMES, speed, strict=True))
+
+
+def test_every_attribution_method_gives_tf_keras_vis_maps(attribution_comparisons):
+    from conftest import SAME_COMPUTATION_RTOL
+
+    for name, c in _by_method(attribution_comparisons).items():
+        # Min-max normalised maps, so in [0, 1]: the same computation through other kernels within conftest's bound;
+        # Grad-CAM++'s alpha has a pole that amplifies roundoff (see GRAD_CAM_PLUS_PLUS_ATOL in test_cams).
+        tolerance = 1e-3 if name == "Grad-CAM++" else SAME_COMPUTATION_RTOL
+        assert c.max_diff is not None and 0 <= c.max_diff <= tolerance, (name, c.check)
+        assert f"max |ours - tf-keras-vis| {c.max_diff:.1e}" in c.check
+        assert "flat" not in c.check, "flat maps would agree trivially"
+
+
+def test_smoothgrad_and_score_cam_are_checked_on_identical_inputs(attribution_comparisons):
+    methods = _by_method(attribution_comparisons)
+    # The timed runs keep tf-keras-vis's own noise and upsampling; the check hands it ours. Both differences are
+    # reported: with different noise the maps differ visibly, so the identical-noise agreement is not a tautology.
+    smooth = methods["SmoothGrad"]
+    assert "identical noise" in smooth.check
+    unchanged = float(re.search(r"as timed, unchanged: ([0-9.e+-]+)\)", smooth.check).group(1))
+    assert unchanged > 100 * max(smooth.max_diff, 1e-6)
+    score = methods["Score-CAM"]
+    assert "half-pixel bilinear" in score.check and "as timed, unchanged" in score.check
+    # Score-CAM runs on its own batch (of 1 here), and says so.
+    assert "batch of 1" in score.name and "512 per call" in score.notes
+    assert all("batch of 2" in methods[m].name for m in METHOD_NAMES[:4])
+
+
+def test_attribution_ratios_are_ours_over_tf_keras_vis(attribution_comparisons):
+    for c in _by_method(attribution_comparisons).values():
+        ((label, values),) = c.reference.items()
+        assert c.target == 3.0
+        assert c.ratios == {label: pytest.approx(np.median(c.ours["ours, batched"]) / np.median(values))}
+        assert np.isfinite(c.ratios[label]) and c.ratios[label] > 0
+
+
+def test_score_cam_memory_is_measured_against_tf_keras_vis(attribution_comparisons):
+    (memory,) = [c for c in attribution_comparisons if c.unit == "MB"]
+    assert attribution_comparisons[-1] is memory and "Score-CAM" in memory.name
+    ((ours,),) = memory.ours.values()
+    (peer,) = memory.reference["tf-keras-vis Scorecam, batch_size 32"]
+    assert ours > 0 and peer > 0
+    # MB: lower is better, so the ratio is the reference's over ours.
+    assert memory.ratios["tf-keras-vis Scorecam, batch_size 32"] == pytest.approx(peer / ours)
+    assert f"{512 * 32 * 32 * 3 * 4 / 2**20:.0f} MB" in memory.check  # the masked inputs' size at 32 px, computed
+
+
+def test_same_noise_refuses_a_draw_it_does_not_expect_and_restores_numpy():
+    x = np.zeros((2, 4, 4, 3), np.float32)
+    draw = np.random.normal
+    with bench._same_noise(x, samples=3, seed=0):
+        noise = np.random.normal(0.0, np.ones((3, 2, 1, 1, 1), np.float32), (3, 2, 4, 4, 3))
+        with pytest.raises(RuntimeError, match="update _same_noise"):
+            np.random.normal(0.0, 1.0, (2, 3, 4, 4, 3))
+    assert np.random.normal is draw
+    # Image i's copies are the i-th block of our stream, as `gradients.smoothgrad` draws them.
+    z = np.random.default_rng(0).standard_normal((6, 4, 4, 3), dtype=np.float32)
+    np.testing.assert_array_equal(noise[:, 1], z[3:])
+
+
+def test_run_all_reports_every_comparison_of_a_step_that_returns_several(monkeypatch):
+    def one(name):
+        return lambda **_: bench.Comparison(name, {"ours": [2.0]}, {"ref": [1.0]}, "img/s", 1.0)
+
+    for fn in ("bench_input_pipeline", "bench_transfer", "bench_grad_cam", "bench_predict", "bench_memory"):
+        monkeypatch.setattr(bench, fn, one(fn))
+    monkeypatch.setattr(bench, "bench_attribution", lambda **_: [one("cam++")(), one("score-cam")()])
+    monkeypatch.setattr(bench, "bench_vgg16", lambda **_: {"peak_flops": 1e11, "batch": 8, "rows": []})
+    lines = []
+    results = bench.run_all(quick=True, report=lines.append)
+    names = [c.name for c in results["comparisons"]]
+    assert names == [
+        "bench_input_pipeline",
+        "bench_transfer",
+        "bench_grad_cam",
+        "cam++",
+        "score-cam",
+        "bench_predict",
+        "bench_memory",
+    ]
+    assert any("cam++" in line and "score-cam" in line for line in lines)
+    text = bench.to_markdown(results, command="streetlib bench --quick")
+    assert "| cam++ |" in text and "| score-cam |" in text

@@ -5,7 +5,9 @@ spread), checks that both compute the same thing (so a ratio cannot come from do
 against its target. `write_markdown` turns the results into ``BENCHMARKS.md``.
 """
 
+import contextlib
 import functools
+import io
 import json
 import os
 import platform
@@ -35,6 +37,7 @@ class Comparison:
             direction).
         check: str, how we checked both compute the same thing, with its outcome.
         notes: str.
+        max_diff: None or float, the largest difference the check found, as a number (where it is one).
     """
 
     name: str
@@ -44,6 +47,7 @@ class Comparison:
     target: float
     check: str = ""
     notes: str = ""
+    max_diff: float | None = None
     ratios: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -295,6 +299,289 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 3b. The other attribution methods tf-keras-vis has: ours, batched, versus tf-keras-vis on the same maps
+
+
+@contextlib.contextmanager
+def _patched(owner, name, value):
+    """``owner.name = value`` inside the block, restored after it."""
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+def _same_noise(x, *, samples, seed):
+    """Make tf-keras-vis's SmoothGrad draw our noise inside the block.
+
+    tf-keras-vis draws all its noise at once with ``np.random.normal(0, sigma, (samples, batch, H, W, C))``, sigma
+    per image; ours gives image ``i`` the ``i``-th block of ``samples`` standard normals of
+    ``default_rng(seed).standard_normal((batch * samples, H, W, C), float32)``. The patched draw returns those same
+    normals, laid out its way and scaled by its sigma, so both compute on identical noisy images (as
+    tests/test_gradients.py does). Refuses any other draw, so a changed tf-keras-vis cannot pass unnoticed.
+    """
+    batch = len(x)
+    z = np.random.default_rng(seed).standard_normal((batch * samples, *x.shape[1:]), dtype=np.float32)
+    z = z.reshape(batch, samples, *x.shape[1:]).swapaxes(0, 1)
+
+    def normal(loc, scale, size):
+        if tuple(size) != z.shape:
+            raise RuntimeError(f"tf-keras-vis drew noise of shape {tuple(size)}, not {z.shape}: update _same_noise")
+        return loc + np.asarray(scale, np.float32) * z
+
+    return _patched(np.random, "normal", normal)
+
+
+def _same_upsampling():
+    """Make tf-keras-vis's Score-CAM upsample the feature map as ours inside the block.
+
+    tf-keras-vis upsamples with scipy's ``zoom(order=1)`` (linear, corners aligned), ours with the project's
+    half-pixel bilinear resize (`methods.upsample_maps`, ``tf.image.resize``); the masks, hence the weights, differ
+    by that alone. The patched ``zoom`` is that same resize, so the rest of the two computations is compared.
+    """
+    import tensorflow as tf
+    from tf_keras_vis import scorecam
+
+    def zoom(array, factor, **_):
+        array = np.asarray(array, np.float32)  # (batch, h, w, channels), factor (1, fh, fw, 1)
+        size = [round(n * f) for n, f in zip(array.shape[1:3], factor[1:3], strict=True)]
+        return tf.image.resize(array, size, method="bilinear").numpy()
+
+    return _patched(scorecam, "zoom", zoom)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One method of `bench_attribution`: ours and tf-keras-vis's, each ``(x, targets) -> raw maps``, the
+    normalisation applied to both before comparing, and what makes tf-keras-vis compute on exactly our inputs for
+    the check (a context manager factory ``(x) -> context``, or None where nothing is needed); ``batch``, the number
+    of images it runs on (None: all); ``check_images``, how many of them the extra check call with ``same_inputs``
+    runs on (None: all; each image's maps are independent of the others', SmoothGrad's noise included);
+    ``warmups``, a cheaper warm-up for (ours, tf-keras-vis) than a whole call (None: a call on one image)."""
+
+    name: str
+    ours: object
+    peer: object
+    normalise: object = _minmax
+    same_inputs: object = None
+    check_note: str = ""
+    batch: int | None = None
+    check_images: int | None = None
+    warmups: tuple = (None, None)
+    notes: str = ""
+
+
+def _time_maps(fn, x, targets, *, repeats, warmup=None):
+    """Images/s of ``fn(x, targets)`` over ``repeats`` calls after a warm-up (``warmup(x[:1], targets[:1])``,
+    default ``fn`` itself: it traces and builds whatever a first call builds), and the maps of the last call."""
+    (warmup or fn)(x[:1], targets[:1])
+    last = []
+    times = timed(lambda: last.append(fn(x, targets)), repeats=repeats, warmup=0)
+    return [len(x) / t for t in times], last[-1]
+
+
+# Score-CAM's memory, one image, in a fresh process: the growth of the resident set's peak (VmHWM, reset after the
+# model is built and its functions traced) during one call.
+_SCORECAM_MEMORY_SCRIPT = """
+import sys
+from pathlib import Path
+import numpy as np
+from streetlib.benchmarks.bench import _flat_vgg16
+
+def status(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1]) * 1024
+
+side, size, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+model = _flat_vgg16(size)
+x = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype(np.float32)
+target = np.argmax(model.predict(x, verbose=0), axis=1)
+if side == "ours":
+    from streetlib.attribution.cams import score_cam
+    from streetlib.attribution.methods import Explainer
+
+    ex = Explainer(model, layer="block5_conv3")
+    ex.layer_gradients(x, output="city", target=target), ex.logits(x, output="city")  # trace
+    run = lambda: score_cam(ex, x, output="city", target=target, chunk_size=chunk)
+else:
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    peer = Scorecam(model, model_modifier=ReplaceToLinear(), clone=True)
+    peer.model.predict(x, verbose=0)  # build its predict function
+    run = lambda: peer(CategoricalScore(target.tolist()), x, penultimate_layer="block5_conv3", expand_cam=False,
+                       batch_size=chunk)
+Path("/proc/self/clear_refs").write_text("5")
+before = status("VmRSS:")
+run()
+print(status("VmHWM:") - before)
+"""
+
+
+def scorecam_peak_memory(side, *, size=224, chunk_size=32):
+    """Peak memory growth in MB of one Score-CAM call on one ``size`` px image of the flat VGG16 at block5_conv3,
+    in a fresh process: ``side`` 'ours' (``chunk_size`` masked images at a time) or 'tf-keras-vis' (builds every
+    masked image first, then predicts ``chunk_size`` at a time)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SCORECAM_MEMORY_SCRIPT, side, str(size), str(chunk_size)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    return int(out.stdout.split()[-1]) / 2**20
+
+
+def bench_attribution(
+    *, size=224, batch=32, repeats=3, scorecam_batch=2, smoothgrad_samples=5, memory=True, report=None
+):
+    """Our batched Grad-CAM++, LayerCAM, saliency, SmoothGrad and Score-CAM versus tf-keras-vis's, on one flat
+    VGG16 (random weights) and one batch of ``batch`` random ``size`` px images, CAMs at block5_conv3.
+
+    Each side is timed on the same images and classes (warmed up on the first image), then both maps are min-max
+    normalised per image and compared: SmoothGrad on identical noise, Score-CAM with identical upsampling (see
+    `_same_noise`, `_same_upsampling`; the timed runs use tf-keras-vis unchanged). Score-CAM runs on the first
+    ``scorecam_batch`` images only (one forward pass per image and channel: 512 per image at block5_conv3). With
+    ``memory``, also Score-CAM's peak memory for one image, ours (32 masked images at a time) versus tf-keras-vis,
+    each in a fresh process. ``report``, if given, is called with each `Comparison` as soon as it is measured.
+
+    Returns:
+        list of `Comparison`, one per method (img/s), then the Score-CAM memory one (MB) with ``memory``.
+    """
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from streetlib.attribution import cams, gradients
+    from streetlib.attribution.methods import Explainer
+
+    layer, seed, chunk = "block5_conv3", 0, 32
+    model = _flat_vgg16(size)
+    x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+    targets = np.argmax(model.predict(x, verbose=0), axis=1)
+    ex = Explainer(model, layer=layer)
+
+    def peer(cls):  # tf-keras-vis on a clone with a linear output: its score is the logit, as ours
+        return cls(model, model_modifier=ReplaceToLinear(), clone=True)
+
+    gradcam_pp, layercam, saliency, scorecam = (peer(c) for c in (GradcamPlusPlus, Layercam, Saliency, Scorecam))
+    cam_args = dict(penultimate_layer=layer, expand_cam=False, normalize_cam=False)
+
+    def ours(method, **params):
+        return lambda x, t: method(ex, x, output="city", target=t, **params).maps
+
+    def theirs(visualiser, **params):
+        def run(x, t):
+            # Score-CAM's model.predict prints a progress bar it offers no way to turn off: kept out of the report.
+            with contextlib.redirect_stdout(io.StringIO()):
+                return np.asarray(visualiser(CategoricalScore(t.tolist()), x, **params))
+
+        return run
+
+    pairs = [
+        _Pair("Grad-CAM++", ours(cams.grad_cam_plus_plus), theirs(gradcam_pp, **cam_args)),
+        _Pair("LayerCAM", ours(cams.layer_cam), theirs(layercam, **cam_args)),
+        _Pair("Saliency", ours(gradients.saliency), theirs(saliency, normalize_map=False)),
+        _Pair(
+            f"SmoothGrad ({smoothgrad_samples} samples, noise 0.2)",
+            ours(gradients.smoothgrad, samples=smoothgrad_samples, noise=0.2, seed=seed),
+            theirs(saliency, smooth_samples=smoothgrad_samples, smooth_noise=0.2, normalize_map=False),
+            same_inputs=lambda x: _same_noise(x, samples=smoothgrad_samples, seed=seed),
+            check_images=4,
+            check_note="on identical noise (tf-keras-vis handed our normals); timed with its own noise",
+        ),
+        _Pair(
+            "Score-CAM (its own smaller batch)",
+            ours(cams.score_cam, chunk_size=chunk),
+            theirs(scorecam, batch_size=chunk, **cam_args),
+            same_inputs=lambda x: _same_upsampling(),
+            check_note="with tf-keras-vis's scipy zoom (corners aligned) swapped for our half-pixel bilinear "
+            "upsampling; timed with its own",
+            batch=min(scorecam_batch, batch),
+            check_images=1,
+            # What a first call builds, without its 512 forward passes: our compiled functions, tf-keras-vis's
+            # predict function (it builds its truncated model anew in every call).
+            warmups=(
+                lambda x, t: (ex.layer_gradients(x, output="city", target=t), ex.logits(x, output="city")),
+                lambda x, t: scorecam.model.predict(x, verbose=0),
+            ),
+            notes=f"on its own batch of the first {min(scorecam_batch, batch)} of the {batch} images: one forward pass "
+            f"per image and channel, {512 * min(scorecam_batch, batch)} per call, {chunk} at a time on both sides",
+        ),
+    ]
+    comparisons = []
+    for pair in pairs:
+        comparisons.append(_measure_pair(pair, x, targets, repeats=repeats, size=size))
+        if report is not None:
+            report(comparisons[-1])
+    if memory:
+        comparisons.append(_scorecam_memory(size=size, layer=layer, chunk=chunk))
+        if report is not None:
+            report(comparisons[-1])
+    return comparisons
+
+
+def _measure_pair(pair, x, targets, *, repeats, size):
+    """Time one `_Pair` on its images, compare both maps (min-max normalised; on identical inputs when the pair has
+    ``same_inputs``) and return the `Comparison`."""
+    xs = x[: pair.batch] if pair.batch else x
+    ts, n = targets[: len(xs)], len(xs)
+    ours_ips, mine = _time_maps(pair.ours, xs, ts, repeats=repeats, warmup=pair.warmups[0])
+    peer_ips, yours = _time_maps(pair.peer, xs, ts, repeats=repeats, warmup=pair.warmups[1])
+    a = pair.normalise(mine)
+    flat = int(np.sum(a.max(axis=(1, 2)) == a.min(axis=(1, 2))))
+    shape = f"maps {a.shape[1]} x {a.shape[2]}, min-max normalised{'' if not flat else f' ({flat} flat!)'}"
+    own = float(np.max(np.abs(a - pair.normalise(yours))))
+    if pair.same_inputs is None:
+        diff = own
+        check = f"{shape}: max |ours - tf-keras-vis| {diff:.1e}"
+    else:
+        k = min(n, pair.check_images or n)
+        with pair.same_inputs(xs[:k]):
+            same = pair.peer(xs[:k], ts[:k])
+        diff = float(np.max(np.abs(a[:k] - pair.normalise(same))))
+        on = "" if k == n else f" on the first {k} of the {n} images"
+        check = f"{shape}, {pair.check_note}: max |ours - tf-keras-vis| {diff:.1e}{on} (as timed, unchanged: {own:.1e})"
+    return Comparison(
+        f"{pair.name}, batch of {n}, VGG16 at {size} px",
+        {"ours, batched": ours_ips},
+        {"tf-keras-vis (flat model)": peer_ips},
+        "img/s",
+        3.0,
+        check=check,
+        max_diff=diff,
+        notes=pair.notes,
+    )
+
+
+def _scorecam_memory(*, size, layer, chunk):
+    """Score-CAM's peak memory for one image, ours versus tf-keras-vis, each in a fresh process: a `Comparison`."""
+    inputs = 512 * size * size * 3 * 4 / 2**20
+    ours_mb = scorecam_peak_memory("ours", size=size, chunk_size=chunk)
+    peer_mb = scorecam_peak_memory("tf-keras-vis", size=size, chunk_size=chunk)
+    return Comparison(
+        f"Score-CAM peak memory, one image, VGG16 at {size} px (512 channels at {layer})",
+        {f"ours, {chunk} masked images at a time": [ours_mb]},
+        {f"tf-keras-vis Scorecam, batch_size {chunk}": [peer_mb]},
+        "MB",
+        1.0,
+        check=f"the 512 masked float32 inputs alone would be {inputs:.0f} MB (2^20 bytes): neither side holds them "
+        "all with ours",
+        notes="growth of the resident set's peak (VmHWM, reset after building the model and tracing) during one "
+        f"call, each side in a fresh process. Ours holds at most {chunk} masked images and their forward pass, "
+        "whatever the number of channels; tf-keras-vis builds every masked image (and the upsampled feature map, "
+        f"tiled over the colour channels) before predicting them {chunk} at a time. Both also hold the forward pass "
+        f"of {chunk} images (at 224 px one block1 activation is 32 x 224 x 224 x 64 x 4 bytes = 392 MB).",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # 4. End-to-end prediction from memory-mapped uint8 data
 
 
@@ -521,6 +808,17 @@ def run_all(*, quick=False, report=print):
             "grad-cam",
             lambda: bench_grad_cam(size=112 if quick else 224, batch=8 if quick else 32, repeats=2 if quick else 3),
         ),
+        # Grad-CAM++, LayerCAM, saliency, SmoothGrad and Score-CAM against tf-keras-vis: one comparison each, and
+        # Score-CAM's memory. Score-CAM (512 forward passes per image) runs on its own smaller batch.
+        (
+            "attribution methods",
+            lambda: bench_attribution(
+                size=64 if quick else 224,
+                batch=4 if quick else 32,
+                scorecam_batch=1 if quick else 2,
+                repeats=1 if quick else 3,
+            ),
+        ),
         ("predict", lambda: bench_predict(n=40 if quick else 100, repeats=2 if quick else 3)),
         (
             "memory",
@@ -532,9 +830,11 @@ def run_all(*, quick=False, report=print):
     for label, step in steps:
         report(f"[bench] {label} ...")
         start = time.perf_counter()
-        comparison = step()
-        results["comparisons"].append(comparison)
-        report(f"[bench] {label}: {comparison.ratios} ({time.perf_counter() - start:.0f} s)")
+        out = step()  # a Comparison, or a list of them (one row group each in the report)
+        comparisons = out if isinstance(out, list) else [out]
+        results["comparisons"].extend(comparisons)
+        ratios = "; ".join(f"{c.name}: {c.ratios}" for c in comparisons)
+        report(f"[bench] {label}: {ratios} ({time.perf_counter() - start:.0f} s)")
     report("[bench] VGG16 throughput ...")
     results["vgg16"] = bench_vgg16(
         sizes=(64,) if quick else (64, 128, 224), batch=8 if quick else 16, repeats=2 if quick else 3
