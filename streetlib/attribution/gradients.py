@@ -28,7 +28,7 @@ def saliency(ex, inputs, *, output="city", target=None, rank=1):
 
     The map is the absolute gradient of the class logit w.r.t. the input, reduced over channels by the maximum: the
     default of tf-keras-vis's `Saliency` (``gradient_modifier=abs``, ``keepdims=False``), so the two compare.
-    (`methods.saliency_map`, used for guided backprop, sums over channels instead.)
+    (`guided.guided_backprop` sums the absolute guided gradients over channels instead.)
 
     Args:
         ex: `methods.Explainer` of the model.
