@@ -373,19 +373,23 @@ class Explainer:
 
     def _input_fn(self, output):
         if output not in self._input_fns:
-            model = keras.Model(self.model.inputs[0], logits_tensor(self.model, output))
-
-            @tf.function(input_signature=self._call_signature)
-            def fn(x, target, rank):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    logits = model(x, training=False)
-                    idx = self._pick(logits, target, rank)
-                    score = tf.gather(logits, idx, axis=1, batch_dims=1)
-                return tape.gradient(score, x), logits, idx
-
-            self._input_fns[output] = fn
+            self._input_fns[output] = self._compile_input_gradients(self.model, output)
         return self._input_fns[output]
+
+    def _compile_input_gradients(self, model, output):
+        """One `tf.function` (inputs, target, rank) -> (d logit[target] / d inputs, logits, target) of ``model``."""
+        logit_model = keras.Model(model.inputs[0], logits_tensor(model, output))
+
+        @tf.function(input_signature=self._call_signature)
+        def fn(x, target, rank):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = logit_model(x, training=False)
+                idx = self._pick(logits, target, rank)
+                score = tf.gather(logits, idx, axis=1, batch_dims=1)
+            return tape.gradient(score, x), logits, idx
+
+        return fn
 
     def _logit_fn(self, output):
         if output not in self._logit_fns:
@@ -397,18 +401,7 @@ class Explainer:
         if self._guided_model is None:
             self._guided_model, self._weight_pairs = clone_with_weights(self.model, clone_function=_guided_clone_layer)
         if output not in self._guided_fns:
-            model = keras.Model(self._guided_model.inputs[0], logits_tensor(self._guided_model, output))
-
-            @tf.function(input_signature=self._call_signature)
-            def fn(x, target, rank):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    logits = model(x, training=False)
-                    idx = self._pick(logits, target, rank)
-                    score = tf.gather(logits, idx, axis=1, batch_dims=1)
-                return tape.gradient(score, x), logits, idx
-
-            self._guided_fns[output] = fn
+            self._guided_fns[output] = self._compile_input_gradients(self._guided_model, output)
         # The clone keeps its own variables: copy the model's current weights so later training is seen.
         for clone_var, model_var in self._weight_pairs:
             clone_var.assign(model_var)
