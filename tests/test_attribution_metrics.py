@@ -333,6 +333,22 @@ def test_deletion_and_insertion_reward_the_faithful_map():
         M.perturbation_curves(image.astype(np.float32), good, model, **kw)
 
 
+def test_curves_of_several_images_share_model_calls_without_mixing_them_up():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    maps = rng.random((5, 16, 16)).astype(np.float32)  # no ties, so the tie-breaking draws do not matter
+    target = np.array([0, 1, 0, 1, 1])
+    model = checker_model()
+    kw = dict(output="city", normalization="unit", steps=8)
+    # batch_size 20 puts two images' 9 + 9 copies in a call (the last call holds one image).
+    together = M.perturbation_curves(images, maps, model, target=target, batch_size=20, **kw)
+    for i in range(5):
+        alone = M.perturbation_curves(images[i : i + 1], maps[i : i + 1], model, target=target[i : i + 1], **kw)
+        for kind in ("deletion", "insertion"):
+            # Batches of other shapes may run other float kernels: probabilities agree to float32 rounding.
+            np.testing.assert_allclose(together[kind][i], alone[kind][0], atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Randomisation check
 

@@ -4,6 +4,7 @@ import json
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from test_attribution import convention_model
 
@@ -140,6 +141,96 @@ def test_the_costly_measurements_can_use_fewer_images(planted):
     assert table.loc[("saliency", "pointing_game"), "images"] == 12
 
 
+def test_a_costly_method_can_explain_fewer_images_and_says_so(planted):
+    images, masks, model = planted
+    masks = masks.copy()
+    masks[:4, :, :8] = 1  # the first images have larger masks, so their chance level differs from the rest's
+    spec = L.LeaderboardSpec(
+        methods=("saliency", "occlusion"),
+        outputs=("region",),
+        params={"occlusion": {"patch": 4, "stride": 4}},
+        images={"occlusion": 4},
+        control_images=3,
+        curve_steps=2,
+        resamples=50,
+    )
+    table = L.leaderboard(images, masks, model, normalization="unit", spec=spec).set_index(["method", "metric"])
+    assert table.loc[("occlusion", "pointing_game"), "images"] == 4
+    assert table.loc[("occlusion", "randomization"), "images"] == 3
+    assert table.loc[("saliency", "pointing_game"), "images"] == 12
+    assert table.loc[("occlusion", "pointing_game"), "chance"] == pytest.approx(masks[:4].mean())
+    assert table.loc[("saliency", "pointing_game"), "chance"] == pytest.approx(masks.mean())
+    fig = L.plot_leaderboard(table.reset_index(), output="region")
+    assert "occlusion (n=4)" in [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+
+
+def _rows(method, metric, mean, low, high, *, family="gradient", output="region", images=10):
+    return {
+        "method": method,
+        "family": family,
+        "output": output,
+        "layer": "",
+        "metric": metric,
+        "mean": mean,
+        "low": low,
+        "high": high,
+        "chance": 0.1,
+        "images": images,
+        "cost": 1.0,
+        "params": "{}",
+    }
+
+
+def test_ranking_judges_each_method_by_its_interval_against_the_best_and_the_floor():
+    metric = "relevance_mass_accuracy"
+    table = pd.DataFrame(
+        [
+            _rows("a", metric, 0.60, 0.50, 0.70),
+            _rows("b", metric, 0.55, 0.45, 0.65),  # overlaps a: not separable
+            _rows("c", metric, 0.30, 0.25, 0.35),  # below a, above the floor
+            _rows("d", metric, 0.12, 0.08, 0.16),  # overlaps the floor
+            _rows("random", metric, 0.10, 0.09, 0.11, family="floor"),
+            _rows("a", metric, 0.90, 0.80, 0.95, output="city"),  # another output: not ranked
+        ]
+    )
+    ranked = L.ranking(table, output="region", metric=metric)
+    assert list(ranked["method"]) == ["a", "b", "c", "d"]
+    assert list(ranked["vs_best"]) == ["best", "not separable from the best", "below the best", "below the best"]
+    assert list(ranked["vs_random"]) == ["better than the random map"] * 3 + ["not separable from the random map"]
+    # Lower is better for deletion: the smallest area ranks first.
+    deletion = pd.DataFrame([_rows("a", "deletion_auc", 0.5, 0.4, 0.6), _rows("b", "deletion_auc", 0.2, 0.1, 0.3)])
+    assert list(L.ranking(deletion, metric="deletion_auc")["method"]) == ["b", "a"]
+    with pytest.raises(ValueError, match="Invalid `metric`"):
+        L.ranking(table, metric="accuracy")
+    with pytest.raises(ValueError, match="no 'mask_auc' rows"):
+        L.ranking(table, metric="mask_auc")
+
+
+def test_sanity_verdicts_and_findings_come_from_the_intervals():
+    table = pd.DataFrame(
+        [
+            _rows("a", "relevance_mass_accuracy", 0.6, 0.5, 0.7),
+            _rows("b", "relevance_mass_accuracy", 0.2, 0.15, 0.25),
+            _rows("random", "relevance_mass_accuracy", 0.1, 0.09, 0.11, family="floor"),
+            _rows("a", "randomization", 0.1, 0.0, 0.2),
+            _rows("b", "randomization", 0.9, 0.8, 0.95),
+            _rows("a", "random_logit", 0.45, 0.3, 0.6),
+        ]
+    )
+    checks = L.sanity(table, threshold=0.5).set_index(["method", "metric"])["verdict"]
+    assert checks[("a", "randomization")] == "passes"
+    assert checks[("b", "randomization")] == "fails"
+    assert checks[("a", "random_logit")] == "unclear"
+    lines = L.findings(table)
+    assert lines[0].startswith("Finds the cues best (relevance_mass_accuracy, region output): a 0.60 [0.50, 0.70]")
+    assert lines[0].endswith("not separable from it at these sample sizes: none.")
+    assert lines[1] == "Not better than a random map: none."
+    assert lines[2].endswith("- passes: a; fails: b; unclear: none.")
+    assert lines[3].startswith("random_logit check") and lines[3].endswith("- passes: none; fails: none; unclear: a.")
+    with pytest.raises(ValueError, match="Invalid `threshold`"):
+        L.sanity(table, threshold=1.5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -152,6 +243,9 @@ def test_the_costly_measurements_can_use_fewer_images(planted):
         ({"methods": ("saliency",), "params": {"rise": {}}}, r"Invalid `params` for 'rise'"),
         ({"curve_steps": 0}, "Invalid `curve_steps`"),
         ({"control_images": 0}, "Invalid `control_images`"),
+        ({"methods": ("rise",), "images": {"rise": 0}}, r"Invalid `images` for 'rise'"),
+        ({"methods": ("rise",), "images": {"saliency": 4}}, r"Invalid `images` for 'saliency'"),
+        ({"images": {"lime": 4}}, r"Invalid `images`. Expected a dict with keys among"),
         ({"resamples": 1.5}, "Invalid `resamples`"),
     ],
 )

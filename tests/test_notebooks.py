@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from streetlib.attribution.registry import METHODS
 from streetlib.experiments import runner
 
 
@@ -82,11 +83,14 @@ def test_05_scores_the_maps(smoke):
     import pandas as pd
 
     root, _ = smoke
-    localization = pd.read_csv(root / "hists" / "05-attribution" / "localization.csv")
-    assert localization["method"].tolist() == ["grad_cam", "guided_backprop", "guided_grad_cam", "random"]
-    assert localization["pointing_game"].between(0, 1).all()
-    perturbation = pd.read_csv(root / "hists" / "05-attribution" / "perturbation.csv")
-    assert set(perturbation["method"]) == {"grad_cam", "guided_backprop", "guided_grad_cam", "random"}
+    board = pd.read_csv(root / "hists" / "05-attribution" / "leaderboard.csv")
+    # Every method of the registry on both outputs, with the random map as the floor, at the smoke profile's sizes.
+    assert set(board["method"]) == {*METHODS, "random"} and set(board["output"]) == {"region", "city"}
+    rows = board.set_index(["output", "method", "metric"])
+    assert rows.loc[("region", "grad_cam", "pointing_game"), "images"] == 8
+    assert rows.loc[("region", "rise", "pointing_game"), "images"] == 4
+    assert rows.loc[("city", "saliency", "randomization"), "images"] == 4
+    assert json.loads(rows.loc[("region", "rise", "pointing_game"), "params"])["masks"] == 8
     by_layer = pd.read_csv(root / "hists" / "05-attribution" / "localization-by-layer.csv")
     # The model's last three convolutions, last first: 32 px smoke images, 16 px after block1_pool, 8 px after the
     # head's strided first convolution.
@@ -96,9 +100,11 @@ def test_05_scores_the_maps(smoke):
     assert randomization["layer"].iloc[0] == "city_logits" and "block1_conv1" in set(randomization["layer"])
     executed = (root / "executed" / "05_attribution.ipynb").read_text()
     assert "the first is explained below" in executed  # the headline model was chosen on validation
+    assert "Finds the cues best (relevance_mass_accuracy, region output):" in executed  # the words, computed
     figs = {p.name for p in (root / "figs" / "05-attribution").iterdir()}
     assert {
-        "deletion-insertion.png",
+        "leaderboard-region.png",
+        "leaderboard-city.png",
         "randomization.png",
         "mean-cams.png",
         "patch-gallery.png",

@@ -45,6 +45,7 @@ HIGHER_IS_BETTER = {
     "random_logit": False,
     "randomization": False,
 }
+VERDICTS = ("passes", "fails", "unclear")  # of a sanity check, see `sanity`
 LOCALIZATION = ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "mask_auc")
 COLUMNS = ("method", "family", "output", "layer", "metric", "mean", "low", "high", "chance", "images", "cost", "params")
 
@@ -61,9 +62,13 @@ class LeaderboardSpec:
         params: dict method name -> dict of that method's parameters (e.g. ``{"rise": {"masks": 500}}``), so a
             profile sets how many masks, samples and steps the costly methods use. Default {} (their defaults).
         curve_steps: int >= 1, points of the deletion and insertion curves minus one. Default 8.
+        images: dict method name -> int >= 1: that method explains only the first so many images (everything it is
+            scored on, localisation included, and its chance level, are of those images; the ``images`` column says
+            how many). Lets a profile keep the costly methods (occlusion, RISE, Score-CAM...) to a budget while the
+            cheap ones use every image. Default {} (every method, every image).
         control_images: None (all) or int >= 1: the costly measurements - the deletion and insertion curves (one
             model call per image and curve) and the two sanity checks (every map computed again) - use the first
-            ``control_images`` images only; localisation always uses all.
+            ``control_images`` of a method's images only; localisation uses all of them.
         resamples: int >= 1, bootstrap resamples of the intervals. Default 1000.
         seed: int >= 0, for random logits, randomised weights, random maps, tie-breaking and the bootstrap.
             Default 0.
@@ -75,6 +80,7 @@ class LeaderboardSpec:
     outputs: tuple = OUTPUTS
     layers: tuple | None = None
     params: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
     curve_steps: int = 8
     control_images: int | None = None
     resamples: int = 1000
@@ -85,6 +91,7 @@ class LeaderboardSpec:
         "outputs": [Items(f"a non-empty list of {list(OUTPUTS)}", values=OUTPUTS, nonempty=True)],
         "layers": [None, Items("a non-empty list of layer names", test=lambda v: isinstance(v, str), nonempty=True)],
         "params": [Keys(METHODS)],
+        "images": [Keys(METHODS)],
         "curve_steps": [Interval(numbers.Integral, 1, None, closed="left")],
         "control_images": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "resamples": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -98,6 +105,12 @@ class LeaderboardSpec:
                 raise ValueError(
                     f"Invalid `params` for {method!r}: expected a dict of some of {sorted(METHODS[method].params)} "
                     f"for a method in `methods`. Received: {params!r}"
+                )
+        for method, count in self.images.items():
+            if method not in self.methods or not isinstance(count, numbers.Integral) or count < 1:
+                raise ValueError(
+                    f"Invalid `images` for {method!r}: expected an int >= 1 for a method in `methods`. "
+                    f"Received: {count!r}"
                 )
         for name in ("methods", "outputs", "layers"):
             value = getattr(self, name)
@@ -154,7 +167,7 @@ def _context(images, masks, model, normalization, output, spec):
 
 
 def _curves(ctx, maps):
-    k = ctx.spec.control_images or len(maps)
+    k = min(ctx.spec.control_images or len(maps), len(maps))
     return metrics.perturbation_curves(
         ctx.images[:k],
         maps[:k],
@@ -177,26 +190,29 @@ def _localization(maps, masks):
 
 
 def _method_scores(ctx, method, layer):
-    """Per-image values of every metric for one method at one layer, and its cost in forward passes."""
+    """Per-image values of every metric for one method at one layer, its cost in forward passes and the number of
+    images it explained."""
     params = ctx.spec.params.get(method, {})
+    n = min(ctx.spec.images.get(method, len(ctx.inputs)), len(ctx.inputs))
+    k = min(ctx.spec.control_images or n, n)
 
-    k = ctx.spec.control_images or len(ctx.inputs)
-
-    def run(model, target, n):
-        inputs = ctx.inputs[:n]
-        return attribute(inputs, model, method=method, output=ctx.output, layer=layer, target=target[:n], **params).maps
+    def run(model, target, count):
+        inputs = ctx.inputs[:count]
+        return attribute(
+            inputs, model, method=method, output=ctx.output, layer=layer, target=target[:count], **params
+        ).maps
 
     attribute(ctx.inputs[:2], ctx.model, method=method, output=ctx.output, layer=layer, **params)  # traces once
-    maps, seconds = _seconds(lambda: run(ctx.model, ctx.target, len(ctx.inputs)))
+    maps, seconds = _seconds(lambda: run(ctx.model, ctx.target, n))
     curves = _curves(ctx, maps)
     values = {
-        **_localization(maps, ctx.masks),
+        **_localization(maps, ctx.masks[:n]),
         "deletion_auc": curves["deletion_auc"],
         "insertion_auc": curves["insertion_auc"],
         "random_logit": metrics.rank_correlation(maps[:k], run(ctx.model, ctx.other, k)),
         "randomization": metrics.rank_correlation(maps[:k], run(ctx.randomized, ctx.target, k)),
     }
-    return values, seconds / len(maps) / ctx.forward
+    return values, seconds / n / ctx.forward, n
 
 
 def _floor_scores(ctx):
@@ -216,8 +232,8 @@ def _chance(masks):
     return {"pointing_game": area, "relevance_mass_accuracy": area, "relevance_rank_accuracy": area, "mask_auc": 0.5}
 
 
-def _rows(ctx, values, *, method, family, layer, cost, params):
-    chance = _chance(ctx.masks)
+def _rows(ctx, values, *, method, family, layer, cost, params, images):
+    chance = _chance(ctx.masks[:images])
     for metric, per_image in values.items():
         mean, low, high = metrics.bootstrap_interval(per_image, resamples=ctx.spec.resamples, seed=ctx.spec.seed)
         yield {
@@ -262,12 +278,130 @@ def leaderboard(images, masks, model, *, normalization, spec=None):
         for method in spec.methods:
             info = METHODS[method]
             for layer in (spec.layers or (None,)) if info.uses_layer else (None,):
-                values, cost = _method_scores(ctx, method, layer)
+                values, cost, n = _method_scores(ctx, method, layer)
                 params = {**info.params, **spec.params.get(method, {})}
                 shown = layer or (explainer(model).layer if info.uses_layer else None)
-                rows += _rows(ctx, values, method=method, family=info.family, layer=shown, cost=cost, params=params)
-        rows += _rows(ctx, _floor_scores(ctx), method="random", family="floor", layer=None, cost=np.nan, params={})
+                rows += _rows(
+                    ctx, values, method=method, family=info.family, layer=shown, cost=cost, params=params, images=n
+                )
+        floor = _floor_scores(ctx)
+        rows += _rows(ctx, floor, method="random", family="floor", layer=None, cost=np.nan, params={}, images=None)
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _label(row, rows):
+    """A method row's name as shown: with its layer when ``rows`` hold several layers, and its number of images when
+    it explained fewer than the most any row of its metric did."""
+    label = row["method"]
+    if row["layer"] and len(set(rows["layer"]) - {""}) > 1:
+        label += f" @{row['layer']}"
+    if row["images"] < rows[rows["metric"] == row["metric"]]["images"].max():
+        label += f" (n={row['images']})"
+    return label
+
+
+def _separable(a, b, higher):
+    """-1, 0 or 1: ``a`` below, not separable from, or above ``b`` (rows with ``low`` and ``high``), where not separable
+    means their 95% intervals overlap; 'above' is the better side of the metric."""
+    if a["low"] > b["high"]:
+        return 1 if higher else -1
+    if a["high"] < b["low"]:
+        return -1 if higher else 1
+    return 0
+
+
+def ranking(table, *, output="region", metric="relevance_mass_accuracy"):
+    """The methods of one output ranked on one metric, best first, each judged against the best and the random map.
+
+    Two rows are *not separable* when their 95% bootstrap intervals overlap: a conservative test (two overlapping
+    intervals can still differ), so 'best' claims are never stronger than the images allow.
+
+    Args:
+        table: the `leaderboard` DataFrame.
+        output: str. Default 'region'.
+        metric: one of `HIGHER_IS_BETTER`. Default 'relevance_mass_accuracy'.
+
+    Returns:
+        `pandas.DataFrame` with the method rows of ``table`` for that output and metric (the floor excluded), best
+        first, and two columns: ``vs_best`` ('best', 'not separable from the best' or 'below the best') and
+        ``vs_random`` ('better than the random map', 'not separable from the random map' or 'worse than the random
+        map'; empty for the sanity metrics, which have no floor).
+    """
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"Invalid `metric`. Expected one of {list(HIGHER_IS_BETTER)}. Received: metric={metric!r}")
+    higher = HIGHER_IS_BETTER[metric]
+    rows = table[(table["output"] == output) & (table["metric"] == metric)]
+    if rows.empty:
+        raise ValueError(f"The table has no {metric!r} rows for output={output!r}.")
+    floor = rows[rows["family"] == "floor"]
+    ranked = rows[rows["family"] != "floor"].sort_values("mean", ascending=not higher).reset_index(drop=True)
+    best = ranked.iloc[0]
+    vs_best = ["best"] + [
+        "not separable from the best" if _separable(row, best, higher) == 0 else "below the best"
+        for _, row in ranked.iloc[1:].iterrows()
+    ]
+    words = {1: "better than the random map", 0: "not separable from the random map", -1: "worse than the random map"}
+    vs_random = [words[_separable(row, floor.iloc[0], higher)] if len(floor) else "" for _, row in ranked.iterrows()]
+    return ranked.assign(vs_best=vs_best, vs_random=vs_random)
+
+
+def sanity(table, *, threshold=0.5):
+    """Which methods pass the two sanity checks, per output.
+
+    A method *passes* a check when the 95% interval of its rank correlation lies below ``threshold`` (its map
+    changes with the class, or with the weights), *fails* when the interval lies at or above it (the map mostly
+    survives: it reflects the image more than the model), and is *unclear* otherwise.
+
+    Args:
+        table: the `leaderboard` DataFrame.
+        threshold: float in (0, 1), the rank correlation that separates a map that changed from one that did not.
+            Default 0.5: more than half of the ranking of the pixels survives.
+
+    Returns:
+        `pandas.DataFrame` with columns method, layer, output, metric ('randomization' or 'random_logit'), mean,
+        low, high, images, verdict ('passes', 'fails' or 'unclear').
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"Invalid `threshold`. Expected a float in (0, 1). Received: threshold={threshold!r}")
+    rows = table[table["metric"].isin(("randomization", "random_logit"))]
+    verdict = np.where(
+        rows["high"] < threshold, VERDICTS[0], np.where(rows["low"] >= threshold, VERDICTS[1], VERDICTS[2])
+    )
+    columns = ["method", "layer", "output", "metric", "mean", "low", "high", "images"]
+    return rows[columns].assign(verdict=verdict).reset_index(drop=True)
+
+
+def findings(table, *, output="region", metric="relevance_mass_accuracy", threshold=0.5):
+    """The leaderboard in words, every judgement computed by `ranking` and `sanity`.
+
+    Returns:
+        list of str: which methods find the cues best on ``metric`` (with their values and intervals), which are no
+        better than the random map, and which pass and fail the randomisation and random-logit checks on ``output``.
+    """
+    ranked = ranking(table, output=output, metric=metric)
+
+    rows = table[table["output"] == output]
+
+    def value(row):
+        return f"{_label(row, rows)} {row['mean']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
+
+    top = ranked[ranked["vs_best"] != "below the best"]
+    lines = [
+        f"Finds the cues best ({metric}, {output} output): {value(top.iloc[0])}; not separable from it at these "
+        f"sample sizes: {', '.join(value(r) for _, r in top.iloc[1:].iterrows()) or 'none'}."
+    ]
+    floor = ranked[ranked["vs_random"] != "better than the random map"]
+    lines.append(f"Not better than a random map: {', '.join(_label(r, rows) for _, r in floor.iterrows()) or 'none'}.")
+    checks = sanity(table, threshold=threshold)
+    for metric, what in (
+        ("randomization", "the map of the model with every layer re-initialised"),
+        ("random_logit", "the map of a random other class"),
+    ):
+        rows_of = checks[(checks["output"] == output) & (checks["metric"] == metric)]
+        names = {v: [_label(r, rows) for _, r in rows_of[rows_of["verdict"] == v].iterrows()] for v in VERDICTS}
+        verdicts = "; ".join(f"{v}: {', '.join(names[v]) or 'none'}" for v in VERDICTS)
+        lines.append(f"{metric} check (rank correlation with {what}, threshold {threshold}) - {verdicts}.")
+    return lines
 
 
 def plot_leaderboard(table, *, output="region", title=None):
@@ -290,10 +424,7 @@ def plot_leaderboard(table, *, output="region", title=None):
         r = rows[rows["metric"] == metric]
         floor = r[r["family"] == "floor"]
         r = r[r["family"] != "floor"].sort_values("mean", ascending=not HIGHER_IS_BETTER[metric])
-        labels = [
-            m if not layer or len(set(rows["layer"]) - {""}) < 2 else f"{m} @{layer}"
-            for m, layer in zip(r["method"], r["layer"], strict=True)
-        ]
+        labels = [_label(row, rows) for _, row in r.iterrows()]
         y = np.arange(len(r))[::-1]
         ax.errorbar(r["mean"], y, xerr=[r["mean"] - r["low"], r["high"] - r["mean"]], fmt="o", ms=4, capsize=2)
         ax.set_yticks(y, labels, fontsize=7)

@@ -331,27 +331,33 @@ def perturbation_curves(images, maps, model, *, output, target, normalization, s
     rng = np.random.default_rng(seed)
     sigma = max(H, W) / 32
     curves = {"deletion": np.zeros((n, steps + 1), np.float32), "insertion": np.zeros((n, steps + 1), np.float32)}
-    for i in range(n):
-        image = images[i].astype(np.float32)
-        # lexsort: last key first, so pixels go by decreasing map value, ties in random order.
-        order = np.lexsort((rng.random(H * W), -maps[i].ravel()))
-        rank = np.empty(H * W, np.int64)
-        rank[order] = np.arange(H * W)
-        chosen = (rank[None, :] < counts[:, None]).reshape(steps + 1, H, W, 1)
-        grey = image.mean(axis=(0, 1), keepdims=True)
-        blurred = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
-        for kind, batch in (
-            ("deletion", np.where(chosen, grey, image)),
-            ("insertion", np.where(chosen, image, blurred)),
-        ):
-            curves[kind][i] = _class_probability(
-                batch,
+    # Several images' curves share one model call (a call per image and curve costs more than its compute at small
+    # sizes); ``group`` images at a time keep the perturbed copies in memory to about a batch.
+    group = max(1, batch_size // (steps + 1))
+    for start in range(0, n, group):
+        members = range(start, min(start + group, n))
+        copies = {"deletion": [], "insertion": []}
+        for i in members:
+            image = images[i].astype(np.float32)
+            # lexsort: last key first, so pixels go by decreasing map value, ties in random order.
+            order = np.lexsort((rng.random(H * W), -maps[i].ravel()))
+            rank = np.empty(H * W, np.int64)
+            rank[order] = np.arange(H * W)
+            chosen = (rank[None, :] < counts[:, None]).reshape(steps + 1, H, W, 1)
+            grey = image.mean(axis=(0, 1), keepdims=True)
+            blurred = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
+            copies["deletion"].append(np.where(chosen, grey, image))
+            copies["insertion"].append(np.where(chosen, image, blurred))
+        for kind, batch in copies.items():
+            probs = _class_probability(
+                np.concatenate(batch),
                 model,
                 output=output,
-                target=np.full(steps + 1, target[i]),
+                target=np.repeat(target[members.start : members.stop], steps + 1),
                 normalization=normalization,
                 batch_size=batch_size,
             )
+            curves[kind][members.start : members.stop] = probs.reshape(len(members), steps + 1)
     return {
         "fractions": fractions,
         **curves,
@@ -605,64 +611,6 @@ def explain_quadrants(image, model, *, normalization, policy="crop", layer=None,
     return quads, explain(x, model, outputs=outputs, layer=layer, guided=False)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# All measurements of one model, for notebook 05
-
-
-def method_maps(inputs, model, *, output="region", layer=None, target=None):
-    """The map of each of the original study's methods (`registry.ORIGINAL`) for one output: dict method -> float32
-    `(n, H, W)` in [0, 1]."""
-    return {m: attribute(inputs, model, method=m, output=output, layer=layer, target=target).maps for m in ORIGINAL}
-
-
-def score_methods(images, masks, model, *, normalization, output="region", layer=None, steps=16, seed=0):
-    """Localisation (against cue masks) and faithfulness (deletion / insertion) of every method, with a random
-    map as the floor, for the predicted class of one output.
-
-    Args:
-        images: uint8 `(n, H, W, 3)` RGB at the model's input size.
-        masks: `(n, H, W)` cue masks in {0, 1}.
-        model: the `keras.Model`.
-        normalization: the model's input normalisation.
-        output: str, the output explained. Default 'region' (the cues decide the region).
-        layer: str or None, the Grad-CAM layer.
-        steps: int, points of the deletion and insertion curves. Default 16.
-        seed: int, for the random maps and tie-breaking.
-
-    Returns:
-        dict with ``maps`` (method -> maps, 'random' included), ``target`` int `(n,)`, ``localization`` and
-        ``perturbation`` DataFrames (one row per method: means over images; perturbation has ``deletion_auc`` and
-        ``insertion_auc`` with their standard deviations), and ``curves`` (method -> `perturbation_curves` dict).
-    """
-    inputs = model_inputs(images, normalization=normalization)
-    target = np.argmax(explainer(model, layer=layer).logits(inputs, output=output), axis=1)
-    maps = method_maps(inputs, model, output=output, layer=layer, target=target)
-    localization = localization_table(maps, masks, seed=seed)
-    maps["random"] = random_maps(maps["grad_cam"].shape, seed=seed)
-    curves, rows = {}, []
-    for method, m in maps.items():
-        curves[method] = perturbation_curves(
-            images, m, model, output=output, target=target, normalization=normalization, steps=steps, seed=seed
-        )
-        rows.append(
-            {
-                "method": method,
-                "deletion_auc": float(curves[method]["deletion_auc"].mean()),
-                "deletion_auc_std": float(curves[method]["deletion_auc"].std()),
-                "insertion_auc": float(curves[method]["insertion_auc"].mean()),
-                "insertion_auc_std": float(curves[method]["insertion_auc"].std()),
-                "images": len(images),
-            }
-        )
-    return {
-        "maps": maps,
-        "target": target,
-        "localization": localization,
-        "perturbation": pd.DataFrame(rows),
-        "curves": curves,
-    }
-
-
 def randomization_table(check):
     """`randomization_check` results as a tidy DataFrame: method, step, layer, mean and std rank correlation."""
     rows = []
@@ -678,31 +626,6 @@ def randomization_table(check):
                 }
             )
     return pd.DataFrame(rows)
-
-
-def plot_perturbation(curves, *, title=None):
-    """Mean deletion and insertion curves per method, side by side. Returns a `matplotlib.figure.Figure`."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2)
-    for method, c in curves.items():
-        for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
-            ax.plot(
-                c["fractions"],
-                c[kind].mean(axis=0),
-                label=f"{method} (area {c[f'{kind}_auc'].mean():.3f})",
-                linestyle="--" if method == "random" else "-",
-            )
-    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
-        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'restored'}, most attributed first")
-        ax.set_ylabel("probability of the explained class")
-        ax.set_title(f"{kind} (lower area is better)" if kind == "deletion" else f"{kind} (higher area is better)")
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def plot_randomization(table, *, title=None):
