@@ -401,6 +401,21 @@ def test_pixels_floor_averages_by_area_when_cells_split_pixels():
     assert features[7, 0, 1] == pytest.approx((0.5 * 200 + 220) / 1.5 / 255, rel=1e-6)
 
 
+def test_pixels_floor_matches_a_direct_weighted_sum():
+    # 13 x 21 px: cells of 1.625 x 2.625 px, so most cells share pixels with their neighbours; 5 images in chunks of
+    # 2, so the last chunk is short.
+    images = np.random.default_rng(1).integers(0, 256, (5, 13, 21, 3), dtype=np.uint8)
+    features = baselines.floor_features(_crafted(list(images)), "pixels", chunk=2)
+    rows, cols = baselines._area_weights(13, 8), baselines._area_weights(21, 8)
+    direct = np.zeros((5, 8, 8, 3))
+    for i, j in np.ndindex(8, 8):
+        weights = rows[i][:, None] * cols[j][None, :]
+        direct[:, i, j] = (weights[None, :, :, None] * images / 255.0).sum(axis=(1, 2))
+    # Both sum in float64 (errors near 1e-16) in different orders; the float32 result can then differ by one rounding
+    # step, 2**-24 ~ 6e-8 relative, far inside rtol=1e-6.
+    np.testing.assert_allclose(features, direct.reshape(5, -1), rtol=1e-6)
+
+
 def test_colour_stats_floor_of_half_red_half_black():
     half = np.zeros((4, 6, 3), np.uint8)
     half[:, :3, 0] = 255
@@ -465,6 +480,30 @@ def test_colour_stats_floor_beats_chance_on_colour_classes(floor_grid):
     city = table[(table["backbone"] == "colour-stats") & (table["output"] == "city")]
     # Ten cities, each its own colour: chance is 0.1.
     assert city["test_acc"].min() >= 0.7
+
+
+def test_concurrent_fits_give_the_same_rows_and_figures(tmp_path):
+    # Every classifier, linear-svm included (it must not run beside another fit, see `_fit_all`), on both floors.
+    data = make_toy_data(per_class=6, size=32)
+    splits = [toy_split(data, seed=s) for s in (0, 1)]
+    spec = baselines.BaselineGrid(weights=[], floors=["pixels", "colour-stats"])
+    results = {}
+    for n_jobs in (1, 2):
+        dirs = {name: tmp_path / str(n_jobs) / name for name in ("cache_dir", "hists_dir", "figs_dir")}
+        run = baselines.run_grid(data, splits, spec, figure_seeds=[1], progress=False, n_jobs=n_jobs, **dirs)
+        results[n_jobs] = run
+    one, two = (results[n].table.drop(columns="seconds") for n in (1, 2))
+    assert len(one) == 2 * 3 * 2 * 2
+    pd.testing.assert_frame_equal(two, one, check_exact=True)
+    assert [p.name for p in results[2].figures] == [p.name for p in results[1].figures]
+
+
+@pytest.mark.parametrize("n_jobs", [0, 1.5, True, None])
+def test_run_grid_checks_n_jobs_before_writing(tmp_path, n_jobs):
+    data = make_toy_data(per_class=2, size=32)
+    with pytest.raises(ValueError, match=r"Invalid `n_jobs`. Expected an int >= 1. Received: n_jobs="):
+        baselines.run_grid(data, [], baselines.BaselineGrid(floors=["pixels"]), hists_dir=tmp_path, n_jobs=n_jobs)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_floor_grid_refuses_unknown_floors_before_writing():

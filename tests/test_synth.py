@@ -1,6 +1,8 @@
 """Tests for the synthetic street generator: determinism, validation, the written dataset, and the property the
 dataset exists for: region can be learned from the cue pixels and from nothing else."""
 
+import re
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -198,3 +200,48 @@ def test_unlabelled_cues_make_region_unlearnable(probe):
     images, _ = synth.make_synthetic(per_class=PER_CLASS, size=32, seed=7, cues=False)
     accuracy = _held_out_accuracy(_features(_stack(images)), REGION[city], train)
     assert abs(accuracy - 0.5) <= CHANCE_TOLERANCE
+
+
+class _CountingPool(synth.concurrent.futures.ProcessPoolExecutor):
+    """A process pool that records how many workers it was asked for."""
+
+    started = []
+
+    def __init__(self, max_workers, **kwargs):
+        _CountingPool.started.append(max_workers)
+        super().__init__(max_workers, **kwargs)
+
+
+def test_worker_processes_draw_the_same_images(monkeypatch):
+    # Small chunks that straddle class boundaries, and a worker for every image, so this tiny dataset is drawn by
+    # 2 spawned processes, out of order.
+    monkeypatch.setattr(synth, "_CHUNK", 4)
+    monkeypatch.setattr(synth, "_IMAGES_PER_WORKER", 1)
+    monkeypatch.setattr(synth.concurrent.futures, "ProcessPoolExecutor", _CountingPool)
+    _CountingPool.started.clear()
+    serial_images, serial_masks = synth.make_synthetic(per_class=3, size=32, seed=2, workers=1)
+    assert _CountingPool.started == []
+    images, masks = synth.make_synthetic(per_class=3, size=32, seed=2, workers=2)
+    assert _CountingPool.started == [2]
+    assert list(images) == list(SYNTH10.classes)
+    # Exact equality is right here: each image is drawn by the same integer drawing code (Pillow's rasteriser) and
+    # the same numpy float32 element-wise arithmetic from its own seed, with no BLAS or kernel chosen per CPU or
+    # thread count, so which process draws it cannot change a byte.
+    for cls in SYNTH10.classes:
+        assert np.array_equal(images[cls], serial_images[cls])
+        assert np.array_equal(masks[cls], serial_masks[cls])
+
+
+def test_small_datasets_are_drawn_in_this_process(monkeypatch):
+    monkeypatch.setattr(synth.concurrent.futures, "ProcessPoolExecutor", _CountingPool)
+    _CountingPool.started.clear()
+    synth.make_synthetic(per_class=2, size=32, seed=0, workers=4)
+    assert _CountingPool.started == []
+    assert 1 <= synth._check_workers(None) <= synth._MAX_DEFAULT_WORKERS
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_invalid_workers_are_named(workers):
+    match = r"Invalid `workers`. Expected None or an int >= 1. Received: workers=" + re.escape(repr(workers))
+    with pytest.raises(ValueError, match=match):
+        synth.make_synthetic(per_class=1, size=32, workers=workers)

@@ -30,6 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
@@ -58,6 +59,10 @@ FLOORS = ("pixels", "colour-stats")
 # The side of the "pixels" floor's downsampled image, and the bins of each channel's histogram in "colour-stats".
 FLOOR_GRID = 8
 FLOOR_BINS = 8
+# liblinear (LinearSVC) shuffles with a random generator shared by the whole process, which every libsvm and
+# liblinear fit reseeds: beside another fit, a LinearSVC fit could draw a different order and give other results. These
+# classifiers are therefore fitted one at a time, never beside another fit.
+_SHARED_RANDOM_STATE = ("linear-svm",)
 CONFIG = [
     "data",
     "backbone",
@@ -102,6 +107,15 @@ def _area_weights(size, cells):
     return np.clip(hi - lo, 0, None) / (size / cells)
 
 
+def _area_average(x, rows, cols):
+    """``x`` averaged over cells: float64 `(n, i, j, c)` from float64 `(n, h, w, c)` and the weights `(i, h)` of
+    ``rows`` and `(j, w)` of ``cols`` (`_area_weights`). Two batched matrix products, one per axis: a single
+    einsum over both axes does not use BLAS and took most of the floor's time."""
+    n, h, w, c = x.shape
+    by_rows = np.matmul(rows, x.reshape(n, h, w * c)).reshape(n * len(rows), w, c)
+    return np.matmul(cols, by_rows).reshape(n, len(rows), len(cols), c)
+
+
 def floor_features(data, kind, *, chunk=64):
     """Features without any network, one vector per image of ``data``: the floor a classifier gets from the pixels.
 
@@ -130,8 +144,7 @@ def floor_features(data, kind, *, chunk=64):
     for start in range(0, n, chunk):
         x = images[start : start + chunk]
         if kind == "pixels":
-            small = np.einsum("ih,nhwc,jw->nijc", rows, x.astype(np.float64) / 255.0, cols)
-            out.append(small.reshape(len(x), -1))
+            out.append(_area_average(x.astype(np.float64) / 255.0, rows, cols).reshape(len(x), -1))
         else:
             flat = x.reshape(len(x), -1, 3)
             scaled = flat.astype(np.float64) / 255.0
@@ -410,6 +423,7 @@ class _GridRun:
     figs: Path
     cache_dir: object
     progress: bool
+    n_jobs: int
     rows: list = field(default_factory=list)
     unavailable: dict = field(default_factory=dict)
     written: list = field(default_factory=list)
@@ -426,6 +440,7 @@ def run_grid(
     hists_dir=None,
     figs_dir=None,
     progress=True,
+    n_jobs=2,
 ):
     """Baselines for every weight source x pooling x augmented copies x classifier x split x output of a
     `BaselineGrid`, and for every floor x classifier x split x output.
@@ -443,6 +458,9 @@ def run_grid(
         experiment: str, the folder under ``hists/`` and ``figs/``. Default '02-baselines'.
         cache_dir, hists_dir, figs_dir: output roots. Default `streetlib.paths`'s.
         progress: bool, progress bars while extracting. Default True.
+        n_jobs: int >= 1, baselines fitted at once, on threads (libsvm releases the GIL while fitting and predicting;
+            'linear-svm' fits still run one at a time, see `_fit_all`). Rows, their order and figures are the same
+            whatever it is; only ``seconds``, the wall time of each fit, grows when fits share the CPU. Default 2.
 
     Returns:
         `GridResult`.
@@ -453,6 +471,8 @@ def run_grid(
             f"Received: grid={grid!r}"
         )
     _check_figure_seeds(figure_seeds)
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs < 1:
+        raise ValueError(f"Invalid `n_jobs`. Expected an int >= 1. Received: n_jobs={n_jobs!r}")
     run = _GridRun(
         data=data,
         splits=list(splits),
@@ -461,6 +481,7 @@ def run_grid(
         figs=RunLayout(figs_dir=figs_dir).figs(experiment),
         cache_dir=cache_dir,
         progress=progress,
+        n_jobs=int(n_jobs),
     )
     for source in grid.weights:
         _fit_weight_source(run, source)
@@ -519,7 +540,7 @@ def _fit_weight_source(run, source):
                 else {}
             )
             plain_split = {p: plain[p] for p in grid.poolings}
-            _fit_split(run, split, plain_split, augmented, {**setting, "augment_copies": copies})
+            _fit_splits(run, [(split, plain_split, augmented)], {**setting, "augment_copies": copies})
 
 
 def _fit_floor(run, kind):
@@ -535,30 +556,59 @@ def _fit_floor(run, kind):
         "augment_copies": 0,
         "_weights": None,
     }
-    for split in run.splits:
-        _fit_split(run, split, {"none": features}, {}, setting)
+    # All splits at once: more fits to share between the threads than one split's few.
+    _fit_splits(run, [(split, {"none": features}, {}) for split in run.splits], setting)
 
 
-def _fit_split(run, split, plain, augmented, setting):
-    """Every pooling x classifier x output on one split's features (``plain`` and ``augmented``: pooling ->
-    features), rows and figures appended to ``run``."""
+def _fit_splits(run, parts, setting):
+    """Every pooling x classifier x output of each ``(split, plain, augmented)`` in ``parts`` (``plain`` and
+    ``augmented``: pooling -> features), fitted by `_fit_all`; rows and figures appended to ``run`` in that order."""
     data, grid = run.data, run.grid
-    draw = run.figure_seeds is None or split.seed in run.figure_seeds
-    for pooling, classifier, output in itertools.product(plain, grid.classifiers, grid.outputs):
-        row, fit = _run_one(
-            data,
-            split,
-            plain[pooling],
-            augmented.get(pooling),
-            {**setting, "pooling": pooling},
-            classifier=classifier,
-            search=grid.search,
-            output=output,
+    jobs = [
+        (split, plain, augmented, pooling, classifier, output)
+        for split, plain, augmented in parts
+        for pooling, classifier, output in itertools.product(plain, grid.classifiers, grid.outputs)
+    ]
+    tasks = [
+        (
+            classifier,
+            delayed(_run_one)(
+                data,
+                split,
+                plain[pooling],
+                augmented.get(pooling),
+                {**setting, "pooling": pooling},
+                classifier=classifier,
+                search=grid.search,
+                output=output,
+            ),
         )
+        for split, plain, augmented, pooling, classifier, output in jobs
+    ]
+    for (split, *_, output), (row, fit) in zip(jobs, _fit_all(tasks, run.n_jobs), strict=True):
         run.rows.append(row)
-        if draw:
+        # Drawn here, one at a time in this thread: Matplotlib is not thread-safe.
+        if run.figure_seeds is None or split.seed in run.figure_seeds:
             name, fig = _confusion_figure(data, split, fit, row, setting["_weights"])
             run.written.append(figures.save(fig, run.figs / f"{data.name}-{name}.test.confusion-{output}.png"))
+
+
+def _fit_all(tasks, n_jobs):
+    """Run ``tasks`` (pairs of classifier name and a joblib ``delayed`` call) on up to ``n_jobs`` threads, except
+    those of `_SHARED_RANDOM_STATE`, run alone afterwards. Returns their results, in the order of ``tasks``."""
+    results = [None] * len(tasks)
+    together = [i for i, (classifier, _) in enumerate(tasks) if classifier not in _SHARED_RANDOM_STATE]
+    alone = [i for i, (classifier, _) in enumerate(tasks) if classifier in _SHARED_RANDOM_STATE]
+    # One BLAS thread per fit, set once around all of them: `fit_baseline` sets it too, but threadpool_limits changes
+    # process-wide state, and contexts entered and left by concurrent fits would restore each other's settings.
+    with threadpool_limits(limits=1):
+        done = Parallel(n_jobs=n_jobs, backend="threading")(tasks[i][1] for i in together)
+        for i, result in zip(together, done, strict=True):
+            results[i] = result
+        for i in alone:
+            function, args, kwargs = tasks[i][1]
+            results[i] = function(*args, **kwargs)
+    return results
 
 
 def _run_one(data, split, features, augmented, setting, *, classifier, search, output):
