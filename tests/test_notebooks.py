@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from streetlib.attribution.concepts import SOURCES
 from streetlib.attribution.registry import METHODS
 from streetlib.experiments import runner
 
@@ -101,6 +102,12 @@ def test_05_scores_the_maps(smoke):
     executed = (root / "executed" / "05_attribution.ipynb").read_text()
     assert "the first is explained below" in executed  # the headline model was chosen on validation
     assert "Finds the cues best (relevance_mass_accuracy, region output):" in executed  # the words, computed
+    concepts = pd.read_csv(root / "hists" / "05-attribution" / "concepts-region.csv")
+    # Each region found (a one-epoch model may get a region wholly wrong) has its three rows: the model's top concept,
+    # the same on randomised weights, the baseline; the deletion test only for the model and the baseline.
+    assert len(concepts) and (concepts.groupby("class")["source"].apply(list) == [list(SOURCES)]).all()
+    assert concepts["deletion"].isna().tolist() == [s == SOURCES[1] for s in concepts["source"]]
+    assert "of its map mass on cue pixels" in executed
     figs = {p.name for p in (root / "figs" / "05-attribution").iterdir()}
     assert {
         "leaderboard-region.png",

@@ -7,7 +7,7 @@ from PIL import Image
 from streetlib.classes import STREET10
 from streetlib.cli.commands import main
 from streetlib.data.loaders import StreetData
-from streetlib.data.splits import make_split, make_splits
+from streetlib.data.splits import balanced_subset, make_split, make_splits
 
 STREET10_COUNTS = [482, 379, 503, 436, 354, 434, 553, 353, 275, 382]
 
@@ -149,3 +149,21 @@ def test_data_split_cli_says_what_to_do_with_an_unreadable_image(tmp_path, capsy
     err = _cli_error(capsys, ["data", "split", str(root)])
     assert err.startswith(f"streetlib data: error: Cannot read image {root / 'paris' / '1-broken.jpg'}: ")
     assert "Replace or remove the file" in err and "streetlib data build" in err
+
+
+def test_a_balanced_subset_keeps_every_prefix_balanced():
+    indices = np.arange(100, 160)  # class-major, as a split of a class-major dataset: classes 0, 1, 2 in turn
+    labels = np.repeat([0, 1, 2], [30, 20, 10])
+    subset = balanced_subset(indices, labels, 45, seed=3)
+    assert len(subset) == 45 and len(set(subset)) == 45 and set(subset) <= set(indices)
+    cls = labels[subset - 100]
+    for k in (3, 10, 30):  # while every class lasts, any prefix has each class within one image of the others
+        counts = np.bincount(cls[:k], minlength=3)
+        assert counts.max() - counts.min() <= 1
+    assert np.bincount(cls, minlength=3).tolist() == [18, 17, 10]  # class 2 runs out after 10 rounds
+    np.testing.assert_array_equal(subset, balanced_subset(indices, labels, 45, seed=3))
+    assert not np.array_equal(subset, balanced_subset(indices, labels, 45, seed=4))
+    with pytest.raises(ValueError, match="Invalid `count`"):
+        balanced_subset(indices, labels, 0)
+    with pytest.raises(ValueError, match="`labels` must have shape"):
+        balanced_subset(indices, labels[:5], 10)

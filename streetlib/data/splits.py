@@ -147,6 +147,36 @@ def make_splits(data, *, seeds, **kwargs):
     return [make_split(data, seed=s, **kwargs) for s in seeds]
 
 
+def balanced_subset(indices, labels, count, *, seed=0):
+    """At most ``count`` of ``indices``, in an order where every prefix is balanced across classes.
+
+    A split's indices are in dataset order, which for a class-major dataset means class by class: their first ``k``
+    hold only the first classes. Here each class's indices are shuffled (seeded), then taken in turn, one per class,
+    so any prefix (the first ``k`` images a costly step uses) has each class within one image of the others while
+    they last.
+
+    Args:
+        indices: int `(n,)`, e.g. ``split.test``.
+        labels: int `(n,)`, the class of each of ``indices`` (e.g. ``data.city[split.test]``).
+        count: int >= 1, how many to keep (all if fewer).
+        seed: int, for the shuffles. Default 0.
+
+    Returns:
+        int64 `(min(count, n),)`, a subset of ``indices``.
+    """
+    indices, labels = np.asarray(indices, dtype=np.int64), np.asarray(labels)
+    if labels.shape != indices.shape:
+        raise ValueError(f"`labels` must have shape {indices.shape} to match `indices`. Received {labels.shape}.")
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"Invalid `count`. Expected an int >= 1. Received: count={count!r}")
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(indices[labels == c]) for c in np.unique(labels)]
+    # Position j of every class before position j + 1 of any: a stable sort on the position within the class.
+    position = np.concatenate([np.arange(len(members)) for members in per_class])
+    order = np.argsort(position, kind="stable")
+    return np.concatenate(per_class)[order][:count]
+
+
 def _write_split(split, data, groups, assignment):
     files = data.files or [str(i) for i in range(len(data))]
     doc = {

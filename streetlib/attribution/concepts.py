@@ -1,0 +1,1134 @@
+"""What does the model key on across a whole class? Concepts discovered from its activations (CRAFT-style), scored
+against the cue masks, beside a baseline that never looks at the model.
+
+The original study's per-image Grad-CAM "can't detect the universal features across the whole dataset". Here, for
+one class of one output, the images the model gets right are pooled and their activations at one layer factorised:
+
+1. Select: the images of ``target_class`` (by default labelled and predicted as it: ``selection='correct'``), at
+   most ``max_images`` of them (a seeded random subset).
+2. Activations: the feature map ``A`` at ``layer``, float32 `(n, h, w, C)`, non-negative after a ReLU. Negatives are
+   clipped to 0, because NMF refuses them; a layer whose negative share of the activation mass exceeds
+   `NEGATIVE_TOLERANCE` (a linear convolution before its batch normalisation and ReLU) is refused instead, since
+   clipping would throw away part of what the model computes. With ``layer=None`` the model's default Grad-CAM layer
+   is used, moved past a batch normalisation and ReLU that directly follow it (``head_conv2`` -> ``head_conv2_relu``).
+3. Factorise: ``A`` reshaped to `(n * h * w, C)` ~= ``U @ W`` by scikit-learn's `NMF` with K components. ``W``
+   `(K, C)` is the concept bank (one direction in channel space per concept), ``U`` `(n, h, w, K)` the concept maps.
+4. Importance: gradient x concept activation (CRAFT's "gradient-input" in concept space). With ``G`` the gradient of
+   the class logit w.r.t. ``A``, and ``A ~= U W``, the chain rule gives ``dlogit / dU_k(h, w) = <G(h, w), W_k>``, so
+
+       importance_k = mean over images of  sum_{h, w} U_k(h, w) * <G(h, w), W_k>
+
+   the first-order Taylor share of the logit carried by concept k (exact when the head is linear in ``A``: removing
+   concept k from ``A`` lowers the logit by exactly that much). The K importances sum to gradient x activation of the
+   reconstructed map, ``sum G * (U W)``. Sobol indices (CRAFT's other choice) would need hundreds of masked forward
+   passes per image; this needs none beyond the one gradient pass.
+5. New images (`concept_maps`): their activations projected on the fixed bank (NMF with ``W`` held fixed, what
+   `NMF.transform` does), so concepts found on synthetic streets can be looked for in real photographs.
+
+| step | choice | `ConceptSpec` fields (defaults) |
+|---|---|---|
+| images | labelled and predicted as the class / labelled / predicted | ``selection`` ('correct') |
+| images | a seeded random subset | ``max_images`` (200), ``seed`` (0) |
+| layer | the default Grad-CAM layer, past its BN + ReLU | ``layer`` (None) |
+| factorisation | `NMF`: Frobenius loss, coordinate descent, no penalty | ``n_concepts`` (6), ``nmf_init`` ('nndsvda') |
+| | | ``nmf_max_iter`` (500), ``nmf_tol`` (1e-4), ``seed`` |
+| importance | gradient x concept activation of the class logit, mean over images | - |
+| maps | ``U`` upsampled bilinearly to the input size, not normalised | - |
+| gallery | crops centred on each image's maximum of a map, best first | ``top_patches`` (8), ``patch_size`` (H // 4) |
+| deletion | top ``area`` of a map's pixels -> mean colour, vs that shape rolled | ``deletion_area`` (0.1), |
+| | to random places (same area and shape) | ``deletion_repeats`` (4) |
+| intervals | percentile bootstrap over images (`metrics.bootstrap_interval`) | ``resamples`` (1000) |
+
+Scoring against the ground truth (synthetic data) lives in its own section below and takes maps, not models:
+`concept_mask_share` (share of a concept map's mass on cue pixels, chance = mean mask area), `concept_deletion`
+(probability drop when the concept's top pixels are removed, against random regions of the same area and shape) and
+`concept_table`. The sanity control is `discover_concepts` on `metrics.randomized_copy(model)`: nothing is cached per
+model here (the explainer cache is keyed weakly by the model object), so a copy gets its own activations.
+
+The baseline, `doersch_baseline`, is Doersch et al. (2012)'s idea without the model: patches on a grid, described by
+their colour and a histogram of oriented gradients (computed here with NumPy), clustered with k-means, the clusters
+ranked by how much of their membership comes from the class (a smoothed purity). Its maps (where a cluster's patches
+lie in an image) are scored by the same functions.
+"""
+
+import numbers
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import keras
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.cluster import KMeans
+from sklearn.decomposition import NMF, non_negative_factorization
+
+from streetlib.attribution import metrics
+from streetlib.attribution.methods import (
+    all_layers,
+    default_layer,
+    explainer,
+    find_layer_path,
+    logits_tensor,
+    model_inputs,
+    overlay,
+    upsample_maps,
+)
+from streetlib.constraints import Interval, Options, validate_parameters
+
+# Above this share of the activation mass below zero, a layer is refused rather than clipped (see the docstring).
+NEGATIVE_TOLERANCE = 0.01
+SELECTIONS = ("correct", "labelled", "predicted")
+
+
+class NoImagesError(ValueError):
+    """`discover_concepts` selected no image of the class (e.g. the model gets none of them right)."""
+
+
+NMF_INITS = ("nndsvda", "nndsvd", "nndsvdar", "random")
+
+
+def _int_at_least(low):
+    return Interval(numbers.Integral, low, None, closed="left")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConceptSpec:
+    """How concepts are discovered and tested (see the module docstring's table).
+
+    Attributes:
+        n_concepts: int >= 1, K, the number of NMF components. Default 6. At most the layer's channel count.
+        layer: None (the model's default Grad-CAM layer, moved past a directly following BN and ReLU) or a layer
+            name; its output must be 4-D and (nearly) non-negative.
+        selection: 'correct' (labelled and predicted as the class; needs labels), 'labelled' (needs labels) or
+            'predicted'. Default 'correct'.
+        max_images: None (all selected) or int >= 1: a seeded random subset of the selected images. Default 200.
+        nmf_init: NMF initialisation, one of 'nndsvda', 'nndsvd', 'nndsvdar', 'random'. Default 'nndsvda'.
+        nmf_max_iter: int >= 1, NMF iterations. Default 500.
+        nmf_tol: float > 0, NMF stopping tolerance. Default 1e-4.
+        top_patches: int >= 1, gallery patches per concept. Default 8.
+        patch_size: None (a quarter of the image height) or int >= 1, gallery patch side in pixels.
+        deletion_area: float in (0, 1), the share of pixels `concept_deletion` removes. Default 0.1.
+        deletion_repeats: int >= 1, random placements averaged per image in `concept_deletion`. Default 4.
+        resamples: int >= 1, bootstrap resamples of the intervals. Default 1000.
+        batch_size: int >= 1, images per model call. Default 64.
+        seed: int >= 0, for the image subset, NMF, random regions and the bootstrap. Default 0.
+
+    Every field is checked when the spec is made, against ``_parameter_constraints`` (see `streetlib.constraints`).
+    """
+
+    n_concepts: int = 6
+    layer: str | None = None
+    selection: str = "correct"
+    max_images: int | None = 200
+    nmf_init: str = "nndsvda"
+    nmf_max_iter: int = 500
+    nmf_tol: float = 1e-4
+    top_patches: int = 8
+    patch_size: int | None = None
+    deletion_area: float = 0.1
+    deletion_repeats: int = 4
+    resamples: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+
+    _parameter_constraints: ClassVar[dict] = {
+        "n_concepts": [_int_at_least(1)],
+        "layer": [None, str],
+        "selection": [Options(SELECTIONS)],
+        "max_images": [None, _int_at_least(1)],
+        "nmf_init": [Options(NMF_INITS)],
+        "nmf_max_iter": [_int_at_least(1)],
+        "nmf_tol": [Interval(numbers.Real, 0, None, closed="neither")],
+        "top_patches": [_int_at_least(1)],
+        "patch_size": [None, _int_at_least(1)],
+        "deletion_area": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "deletion_repeats": [_int_at_least(1)],
+        "resamples": [_int_at_least(1)],
+        "batch_size": [_int_at_least(1)],
+        "seed": [_int_at_least(0)],
+    }
+
+    def __post_init__(self):
+        validate_parameters(self)
+
+
+@dataclass
+class Concepts:
+    """The concepts of one class of one output, found by `discover_concepts`.
+
+    Attributes:
+        output: str, the output explained ('region' or 'city').
+        target_class: int, the class index within that output.
+        layer: str, the layer factorised.
+        bank: float32 `(K, C)`, non-negative: concept k's direction in the layer's channel space (NMF's ``W``).
+        maps: float32 `(m, H, W, K)`, non-negative, not normalised: where each concept fires in each selected image
+            (NMF's ``U``, upsampled bilinearly to the input size).
+        layer_maps: float32 `(m, h, w, K)`: ``U`` itself, at the layer's resolution.
+        image_importance: float32 `(m, K)`: ``sum_{h, w} U_k(h, w) <G(h, w), W_k>`` per image (logit units).
+        importance: float32 `(K,)`: the mean of ``image_importance`` over images.
+        order: int64 `(K,)`: concept indices, most important first.
+        indices: int64 `(m,)`: the selected images' indices into the ``images`` given to `discover_concepts`.
+        reconstruction_error: float, ``||A - U W|| / ||A||`` (Frobenius), in [0, 1] for a fit better than zero.
+        negative_share: float, the share of the activation mass that was negative and clipped.
+        spec: the `ConceptSpec` used.
+    """
+
+    output: str
+    target_class: int
+    layer: str
+    bank: np.ndarray
+    maps: np.ndarray
+    layer_maps: np.ndarray
+    image_importance: np.ndarray
+    importance: np.ndarray
+    order: np.ndarray
+    indices: np.ndarray
+    reconstruction_error: float
+    negative_share: float
+    spec: ConceptSpec
+
+    score_name: ClassVar[str] = "importance"
+
+    @property
+    def scores(self):
+        """float32 `(K,)`: what the concepts are ranked by (their importance)."""
+        return self.importance
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Discovery
+
+
+def concept_layer(model, layer=None):
+    """The layer concepts are read from: ``layer`` if given; otherwise the model's default Grad-CAM layer
+    (`methods.default_layer`), or, when that layer has no ReLU of its own and is directly followed by an optional
+    batch normalisation and a ReLU, that ReLU (NMF needs the non-negative map the model passes on).
+
+    Returns:
+        str, a layer name.
+    """
+    if layer is not None:
+        find_layer_path(model, layer)  # a clear ValueError if there is no such layer
+        return layer
+    name = default_layer(model)
+    layers = all_layers(model)
+    position = next(i for i, candidate in enumerate(layers) if candidate.name == name)
+    if getattr(layers[position], "activation", None) is keras.activations.relu:
+        return name
+    for candidate in layers[position + 1 :]:
+        if _is_relu(candidate):
+            return candidate.name
+        if not _is_batch_norm(candidate):
+            break
+    return name
+
+
+def _is_relu(layer):
+    if isinstance(layer, keras.layers.ReLU):
+        config = layer.get_config()
+        return config.get("max_value") is None and not config.get("negative_slope") and not config.get("threshold")
+    return isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.relu
+
+
+def _is_batch_norm(layer):
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_images(images, name="images"):
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"`{name}` must be uint8 RGB of shape (n, H, W, 3). Received {images.dtype} {images.shape}.")
+    if not len(images):
+        raise ValueError(f"`{name}` is empty.")
+    return images
+
+
+def _layer_pass(images, model, *, layer, normalization, output, target, batch_size):
+    """Activations, gradients of the ``target`` logit and logits at ``layer``, in batches."""
+    ex = explainer(model, layer=layer)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        x = model_inputs(images[start : start + batch_size], normalization=normalization)
+        parts.append(ex.layer_gradients(x, output=output, target=target))
+    return (
+        np.concatenate([p.activations for p in parts]),
+        np.concatenate([p.gradients for p in parts]),
+        np.concatenate([p.logits for p in parts]),
+    )
+
+
+def _predicted(images, model, *, normalization, output, layer, batch_size):
+    ex = explainer(model, layer=layer)
+    logits = [
+        ex.logits(model_inputs(images[start : start + batch_size], normalization=normalization), output=output)
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.argmax(np.concatenate(logits), axis=1)
+
+
+def _non_negative(activations, layer):
+    """Clip negatives to 0, refusing a layer whose negative share of the mass exceeds `NEGATIVE_TOLERANCE`."""
+    total = float(np.abs(activations).sum(dtype=np.float64))
+    negative = float(-np.minimum(activations, 0).sum(dtype=np.float64))
+    share = negative / total if total > 0 else 0.0
+    if share > NEGATIVE_TOLERANCE:
+        raise ValueError(
+            f"Invalid `layer`: {share:.1%} of the activation mass of {layer!r} is negative; NMF needs a non-negative "
+            f"map. Pass the layer after its ReLU (e.g. '{layer}_relu')."
+        )
+    return np.maximum(activations, 0), share
+
+
+def _select(labels, predicted, target_class, selection, output):
+    if selection in ("correct", "labelled"):
+        if labels is None:
+            raise ValueError(
+                f"`labels` are needed for selection={selection!r}: pass the true {output} class of each image, or "
+                f"use a spec with selection='predicted'."
+            )
+        keep = labels == target_class
+        if selection == "correct":
+            keep &= predicted == target_class
+    elif selection == "predicted":
+        keep = predicted == target_class
+    else:
+        raise ValueError(f"Invalid `selection`. Expected one of {list(SELECTIONS)}. Received: selection={selection!r}")
+    return np.flatnonzero(keep)
+
+
+def discover_concepts(images, model, *, normalization, output, target_class, labels=None, spec=None, predicted=None):
+    """Concepts of one class: NMF of the layer's activations over the class's images, ranked by importance.
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB at the model's input size.
+        model: the `keras.Model` (one image input, ``<output>_logits`` layers).
+        normalization: the model's input normalisation (see `streetlib.data.pipeline.NORMALIZATIONS`).
+        output: str, the output whose class is explained ('region' or 'city').
+        target_class: int, the class index within ``output``.
+        labels: None or int `(n,)`, the true ``output`` class of each image (needed by ``spec.selection``
+            'correct' and 'labelled').
+        spec: `ConceptSpec`. Default ``ConceptSpec()``.
+        predicted: None (computed here) or int `(n,)`, the model's predicted ``output`` class of each image, when
+            the caller already has them (`discover_classes` predicts once for every class).
+
+    Returns:
+        `Concepts`.
+
+    Raises:
+        ValueError: no image is selected, ``n_concepts`` exceeds the layer's channels, ``labels`` do not match, or
+            the layer is not non-negative.
+    """
+    spec = ConceptSpec() if spec is None else spec
+    images = _check_images(images)
+    layer = concept_layer(model, spec.layer)
+    n_classes = int(logits_tensor(model, output).shape[-1])
+    if not _is_int(target_class) or not 0 <= target_class < n_classes:
+        raise ValueError(
+            f"Invalid `target_class` for output {output!r}: expected an int in [0, {n_classes}). "
+            f"Received: target_class={target_class!r}"
+        )
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(images),):
+            raise ValueError(f"`labels` must have shape ({len(images)},) to match `images`. Received {labels.shape}.")
+    if predicted is None:
+        predicted = _predicted(
+            images, model, normalization=normalization, output=output, layer=layer, batch_size=spec.batch_size
+        )
+    elif np.shape(predicted) != (len(images),):
+        raise ValueError(f"`predicted` must have shape ({len(images)},). Received {np.shape(predicted)}.")
+    indices = _select(labels, predicted, int(target_class), spec.selection, output)
+    if not len(indices):
+        what = {"correct": "labelled and predicted as", "labelled": "labelled", "predicted": "predicted as"}
+        raise NoImagesError(
+            f"No image is {what[spec.selection]} class {target_class} of output {output!r} (of {len(images)} "
+            f"images; {int(np.sum(predicted == target_class))} predicted as it): there is nothing to find concepts in."
+        )
+    if spec.max_images is not None and len(indices) > spec.max_images:
+        rng = np.random.default_rng(spec.seed)
+        indices = np.sort(rng.choice(indices, size=spec.max_images, replace=False))
+    activations, gradients, _ = _layer_pass(
+        images[indices],
+        model,
+        layer=layer,
+        normalization=normalization,
+        output=output,
+        target=int(target_class),
+        batch_size=spec.batch_size,
+    )
+    activations, negative_share = _non_negative(activations, layer)
+    m, h, w, channels = activations.shape
+    if spec.n_concepts > channels:
+        raise ValueError(
+            f"Invalid `n_concepts`: layer {layer!r} has {channels} channels, so at most {channels} concepts. "
+            f"Received: n_concepts={spec.n_concepts}"
+        )
+    flat = activations.reshape(-1, channels).astype(np.float64)
+    nmf = NMF(
+        spec.n_concepts,
+        init=spec.nmf_init,
+        max_iter=spec.nmf_max_iter,
+        tol=spec.nmf_tol,
+        random_state=spec.seed,
+    )
+    u = nmf.fit_transform(flat)
+    bank = nmf.components_
+    norm = np.linalg.norm(flat)
+    error = float(np.linalg.norm(flat - u @ bank) / norm) if norm > 0 else 0.0
+    u = u.reshape(m, h, w, spec.n_concepts)
+    image_importance = concept_importance(u, gradients, bank)
+    importance = image_importance.mean(axis=0)
+    return Concepts(
+        output=output,
+        target_class=int(target_class),
+        layer=layer,
+        bank=bank.astype(np.float32),
+        maps=_upsample(u, images.shape[1:3]),
+        layer_maps=u.astype(np.float32),
+        image_importance=image_importance,
+        importance=importance.astype(np.float32),
+        order=np.argsort(-importance, kind="stable").astype(np.int64),
+        indices=indices.astype(np.int64),
+        reconstruction_error=error,
+        negative_share=negative_share,
+        spec=spec,
+    )
+
+
+def concept_importance(concept_maps, gradients, bank):
+    """Gradient x concept activation per image: ``sum_{h, w} U_k(h, w) * <G(h, w), W_k>``.
+
+    Args:
+        concept_maps: float `(n, h, w, K)`, the concept maps ``U`` at the layer's resolution.
+        gradients: float `(n, h, w, C)`, the gradient ``G`` of the class logit w.r.t. the layer's activations.
+        bank: float `(K, C)`, the concept bank ``W``.
+
+    Returns:
+        float32 `(n, K)`, in logit units.
+    """
+    along = np.einsum("nhwc,kc->nhwk", np.asarray(gradients, np.float64), np.asarray(bank, np.float64))
+    return np.einsum("nhwk,nhwk->nk", np.asarray(concept_maps, np.float64), along).astype(np.float32)
+
+
+def _upsample(u, size):
+    """Concept maps `(n, h, w, K)` -> float32 `(n, H, W, K)`, bilinear, non-negative."""
+    n, h, w, k = u.shape
+    flat = np.transpose(u, (0, 3, 1, 2)).reshape(n * k, h, w)
+    up = upsample_maps(flat, size).reshape(n, k, *size)
+    return np.maximum(np.transpose(up, (0, 2, 3, 1)), 0).astype(np.float32)
+
+
+def concept_maps(images, model, concepts, *, normalization, batch_size=64):
+    """Where each concept of ``concepts`` fires in new images: their activations at the concepts' layer projected on
+    the fixed bank (NMF with ``W`` held fixed, as `sklearn.decomposition.NMF.transform`).
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB at the model's input size.
+        model: the `keras.Model` the concepts were found in (or one with the same layer and channels).
+        concepts: `Concepts`.
+        normalization: the model's input normalisation.
+        batch_size: int >= 1, images per model call. Default 64.
+
+    Returns:
+        float32 `(n, H, W, K)`, non-negative, not normalised, in the bank's concept order.
+    """
+    images = _check_images(images)
+    ex = explainer(model, layer=concepts.layer)
+    activations = []
+    for start in range(0, len(images), batch_size):
+        x = model_inputs(images[start : start + batch_size], normalization=normalization)
+        g = ex.layer_gradients(x, output=concepts.output, target=concepts.target_class)
+        activations.append(g.activations)
+    activations, _ = _non_negative(np.concatenate(activations), concepts.layer)
+    n, h, w, channels = activations.shape
+    bank = concepts.bank.astype(np.float64)
+    if bank.shape[1] != channels:
+        raise ValueError(
+            f"Invalid `concepts`: its bank has {bank.shape[1]} channels, layer {concepts.layer!r} of this model "
+            f"{channels}."
+        )
+    u, _, _ = non_negative_factorization(
+        activations.reshape(-1, channels).astype(np.float64),
+        H=bank,
+        n_components=len(bank),
+        init="custom",
+        update_H=False,
+        max_iter=concepts.spec.nmf_max_iter,
+        tol=concepts.spec.nmf_tol,
+        random_state=concepts.spec.seed,
+    )
+    return _upsample(u.reshape(n, h, w, len(bank)), images.shape[1:3])
+
+
+def top_patches(images, concepts, k, *, size=None, top=None):
+    """A concept's gallery: for each selected image, the crop of ``size`` px centred on its concept map's maximum
+    (moved inside the image), the images with the highest maxima first.
+
+    Args:
+        images: uint8 `(n, H, W, 3)`: the same array given to `discover_concepts` (rows are picked by
+            ``concepts.indices``).
+        concepts: `Concepts` (or `PatchClusters`).
+        k: int, the concept's index in the bank (``concepts.order[0]`` is the most important).
+        size: None (``concepts.spec.patch_size``, else H // 4) or int in [1, min(H, W)].
+        top: None (``concepts.spec.top_patches``) or int >= 1, patches returned at most.
+
+    Returns:
+        dict with ``patches`` uint8 `(t, size, size, 3)`, ``index`` int64 `(t,)` into ``images``, ``yx`` int64
+        `(t, 2)` top-left corners and ``score`` float32 `(t,)` the map's maximum, t <= top, best first.
+    """
+    images = _check_images(images)
+    maps = concepts.maps
+    n_concepts = maps.shape[-1]
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k < n_concepts:
+        raise ValueError(f"Invalid `k`: expected a concept index in [0, {n_concepts}). Received: k={k!r}")
+    if len(images) <= concepts.indices.max() or images.shape[1:3] != maps.shape[1:3]:
+        raise ValueError(
+            f"`images` must be the array the concepts were found in: {maps.shape[1:3]} px and more than "
+            f"{concepts.indices.max()} images. Received {images.shape}."
+        )
+    H, W = maps.shape[1:3]
+    size = size or concepts.spec.patch_size or H // 4
+    top = top or concepts.spec.top_patches
+    if not isinstance(size, (int, np.integer)) or not 1 <= size <= min(H, W):
+        raise ValueError(f"Invalid `size`: expected an int in [1, {min(H, W)}]. Received: size={size!r}")
+    flat = maps[..., k].reshape(len(maps), -1)
+    peak = flat.argmax(axis=1)
+    score = flat[np.arange(len(flat)), peak]
+    best = np.argsort(-score, kind="stable")[:top]
+    y = np.clip(peak[best] // W - size // 2, 0, H - size)
+    x = np.clip(peak[best] % W - size // 2, 0, W - size)
+    index = concepts.indices[best]
+    patches = np.stack([images[i, a : a + size, b : b + size] for i, a, b in zip(index, y, x, strict=True)])
+    return {"patches": patches, "index": index, "yx": np.stack([y, x], axis=1).astype(np.int64), "score": score[best]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring against the ground truth: functions of maps (and, for deletion, of the model's outputs), not of a method
+
+
+def concept_mask_share(maps, masks):
+    """The share of each concept map's mass on cue pixels (`metrics.relevance_mass_accuracy`).
+
+    Args:
+        maps: float `(n, H, W)`, non-negative: one concept's maps.
+        masks: `(n, H, W)`, non-zero on cue pixels.
+
+    Returns:
+        float32 `(n,)` in [0, 1]; NaN for an image without cue pixels. Chance is `mask_chance` (``masks``' mean
+        area): what a map that knows nothing scores on average.
+    """
+    return metrics.relevance_mass_accuracy(maps, masks)
+
+
+def mask_chance(masks):
+    """The chance level of `concept_mask_share`: the mean share of cue pixels, float."""
+    return float((np.asarray(masks) > 0).mean())
+
+
+def _roll_masks(chosen, rng, repeats):
+    """``repeats`` copies of each boolean mask `(n, H, W)`, each rolled (wrapping round) by a uniform random offset:
+    regions of exactly the same area and shape, at random places. bool `(n, repeats, H, W)`."""
+    n, H, W = chosen.shape
+    out = np.empty((n, repeats, H, W), bool)
+    offsets = rng.integers(0, [H, W], size=(n, repeats, 2))
+    for i in range(n):
+        for r in range(repeats):
+            out[i, r] = np.roll(chosen[i], tuple(offsets[i, r]), axis=(0, 1))
+    return out
+
+
+def concept_deletion(images, model, maps, *, normalization, output, target, area=0.1, repeats=4, seed=0, batch_size=64):
+    """Does removing a concept's region lower the class probability more than removing a random region?
+
+    For each image the ``area`` share of pixels with the highest map values (ties broken at random) is filled with
+    the image's mean colour (as `metrics.perturbation_curves` deletes). The control fills the same region rolled,
+    wrapping round, by a uniform random offset: exactly the same area and shape at a random place (scattered random
+    pixels would be a weaker perturbation than a compact region, which would flatter the concept), averaged over
+    ``repeats`` offsets.
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB at the model's input size.
+        model: the `keras.Model`.
+        maps: float `(n, H, W)`, non-negative: one concept's maps of these images.
+        normalization: the model's input normalisation.
+        output: str, the output whose probability is watched.
+        target: int or int `(n,)`, the class whose probability is watched.
+        area: float in (0, 1), the share of pixels removed. Default 0.1.
+        repeats: int >= 1, random placements per image. Default 4.
+        seed: int, for ties and placements. Default 0.
+        batch_size: int, images per model call. Default 64.
+
+    Returns:
+        dict of float32 `(n,)`: ``clean`` (the probability of the intact image), ``concept`` and ``random`` (the
+        drop in probability, clean minus perturbed; ``random`` the mean over placements). Pass the drops, or their
+        difference, to `metrics.bootstrap_interval`.
+    """
+    images = _check_images(images)
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape != images.shape[:3]:
+        raise ValueError(f"`maps` must have shape {images.shape[:3]} to match `images`. Received {maps.shape}.")
+    if isinstance(area, bool) or not isinstance(area, numbers.Real) or not 0 < area < 1:
+        raise ValueError(f"Invalid `area`: expected a float in (0, 1). Received: area={area!r}")
+    if not isinstance(repeats, (int, np.integer)) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"Invalid `repeats`: expected an int >= 1. Received: repeats={repeats!r}")
+    n, H, W = maps.shape
+    target = np.asarray(target)
+    if not np.issubdtype(target.dtype, np.integer) or target.shape not in ((), (n,)):
+        raise ValueError(f"Invalid `target`: expected an int or int `({n},)`. Received {target.dtype} {target.shape}.")
+    target = np.broadcast_to(target.astype(np.int64), (n,))
+    count = max(1, int(round(area * H * W)))
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros((n, H * W), bool)
+    for i in range(n):
+        # lexsort: last key first, so pixels go by decreasing map value, ties in random order.
+        order = np.lexsort((rng.random(H * W), -maps[i].ravel()))
+        chosen[i, order[:count]] = True
+    chosen = chosen.reshape(n, H, W)
+    rolled = _roll_masks(chosen, rng, repeats)
+    pictures = images.astype(np.float32)
+    grey = pictures.mean(axis=(1, 2), keepdims=True)
+
+    def probability(batch, classes):
+        return metrics._class_probability(
+            batch, model, output=output, target=classes, normalization=normalization, batch_size=batch_size
+        )
+
+    clean = probability(pictures, target)
+    concept = probability(np.where(chosen[..., None], grey, pictures), target)
+    random = np.where(rolled[..., None], grey[:, None], pictures[:, None]).reshape(n * repeats, H, W, 3)
+    random = probability(random, np.repeat(target, repeats)).reshape(n, repeats).mean(axis=1)
+    return {"clean": clean, "concept": clean - concept, "random": (clean - random).astype(np.float32)}
+
+
+def concept_table(concepts, masks, *, resamples=None, seed=None):
+    """Every concept's importance and mask share, ranked, with the chance level.
+
+    Args:
+        concepts: `Concepts` (or `PatchClusters`).
+        masks: `(n, H, W)` cue masks of the same images given to `discover_concepts` (rows picked by
+            ``concepts.indices``).
+        resamples, seed: bootstrap settings; default ``concepts.spec``'s.
+
+    Returns:
+        `pandas.DataFrame`, one row per concept, best first: ``rank`` (1 = best), ``concept`` (index in the bank),
+        the ranking score (``importance`` or ``purity``), ``mask_share``, ``low``, ``high`` (95% bootstrap interval
+        over images), ``chance`` and ``images``.
+    """
+    masks = np.asarray(masks)[concepts.indices]
+    resamples = concepts.spec.resamples if resamples is None else resamples
+    seed = concepts.spec.seed if seed is None else seed
+    rows = []
+    for rank, k in enumerate(concepts.order, start=1):
+        share = concept_mask_share(concepts.maps[..., k], masks)
+        mean, low, high = metrics.bootstrap_interval(share, resamples=resamples, seed=seed)
+        rows.append(
+            {
+                "rank": rank,
+                "concept": int(k),
+                concepts.score_name: float(concepts.scores[k]),
+                "mask_share": mean,
+                "low": low,
+                "high": high,
+                "chance": mask_chance(masks),
+                "images": int(np.isfinite(share).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every class of one output, checked against the ground truth
+
+SOURCES = ("model", "randomised weights", "baseline (no model)")
+
+
+def _versus(low, high, level):
+    """'above', 'not separable from' or 'below': an interval against a level."""
+    return "above" if low > level else "below" if high < level else "not separable from"
+
+
+def _interval(values, spec):
+    return metrics.bootstrap_interval(values, resamples=spec.resamples, seed=spec.seed)
+
+
+def _top_row(found, images, masks, model, *, normalization, output, source, spec):
+    """The table row of the most important concept (or purest cluster) of ``found``: its mask share and, on the
+    trained ``model``, the deletion test."""
+    k = int(found.order[0])
+    picked = found.indices
+    share = concept_mask_share(found.maps[..., k], masks[picked])
+    chance = mask_chance(masks[picked])
+    # Images without a cue pixel have no share (NaN); a class with none at all cannot be scored against the masks.
+    scored = np.isfinite(share).any()
+    mean, low, high = _interval(share, spec) if scored else (np.nan, np.nan, np.nan)
+    row = {
+        "class": found.target_class,
+        "source": source,
+        "concept": k,
+        "mask_share": mean,
+        "low": low,
+        "high": high,
+        "chance": chance,
+        "vs_chance": _versus(low, high, chance) if scored else "no cue pixels",
+        "images": len(picked),
+    }
+    if source == SOURCES[1]:
+        return row  # the deletion test asks what the trained model relies on, not a random one
+    drops = concept_deletion(
+        images[picked],
+        model,
+        found.maps[..., k],
+        normalization=normalization,
+        output=output,
+        target=found.target_class,
+        area=spec.deletion_area,
+        repeats=spec.deletion_repeats,
+        seed=spec.seed,
+        batch_size=spec.batch_size,
+    )
+    concept, random = _interval(drops["concept"], spec), _interval(drops["random"], spec)
+    return {
+        **row,
+        **dict(zip(("drop_concept", "drop_concept_low", "drop_concept_high"), concept, strict=True)),
+        **dict(zip(("drop_random", "drop_random_low", "drop_random_high"), random, strict=True)),
+        "deletion": "separated" if concept[1] > random[2] else "not separated",
+    }
+
+
+def discover_classes(images, model, *, normalization, output, labels=None, spec=None):
+    """`discover_concepts` for every class of ``output``.
+
+    Returns:
+        dict class index -> `Concepts`, without the classes that select no image (a model that gets none of a
+        class right has nothing to show for it; the caller can say which are missing).
+    """
+    spec = ConceptSpec() if spec is None else spec
+    images = _check_images(images)
+    layer = concept_layer(model, spec.layer)
+    predicted = _predicted(
+        images, model, normalization=normalization, output=output, layer=layer, batch_size=spec.batch_size
+    )
+    found = {}
+    common = {"normalization": normalization, "output": output, "labels": labels, "spec": spec, "predicted": predicted}
+    for target in range(int(logits_tensor(model, output).shape[-1])):
+        try:
+            found[target] = discover_concepts(images, model, target_class=target, **common)
+        except NoImagesError:
+            continue
+    return found
+
+
+def class_report(images, masks, labels, model, *, normalization, output="region", spec=None, patch_spec=None):
+    """For every class of ``output``: its most important concept in the model, the same on the model with every layer
+    re-initialised (the sanity control), and the purest cluster of the baseline that never looks at the model - each
+    scored against the cue masks, and (model and baseline) by the deletion test on the trained model.
+
+    The control uses ``selection='labelled'`` on the images the trained model's concepts were found on: a random
+    model gets few right, and the point is the same images under random weights.
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB at the model's input size, of every class.
+        masks: `(n, H, W)` cue masks.
+        labels: int `(n,)`, each image's true ``output`` class.
+        model: the trained `keras.Model`.
+        normalization: the model's input normalisation.
+        output: str. Default 'region'.
+        spec: `ConceptSpec` (also the bootstrap and deletion settings). Default ``ConceptSpec()``.
+        patch_spec: `PatchSpec` of the baseline. Default ``PatchSpec()``.
+
+    Returns:
+        (table, found): `pandas.DataFrame`, one row per class x source (`SOURCES`) with ``class``, ``source``,
+        ``concept``, ``mask_share`` and its 95% interval ``low``/``high`` (NaN when those images have no cue
+        pixel), ``chance`` (mean mask area of those images), ``vs_chance`` ('above', 'not separable from', 'below'
+        or 'no cue pixels'), ``images``, and for the model and the
+        baseline the mean probability drops ``drop_concept`` / ``drop_random`` with their intervals and
+        ``deletion`` ('separated' when the concept's interval lies above the random regions'); and dict class ->
+        the model's `Concepts`, for the galleries (see `discover_classes`: a class without images has no rows).
+    """
+    spec = ConceptSpec() if spec is None else spec
+    images, masks, labels = _check_images(images), np.asarray(masks), np.asarray(labels)
+    if masks.shape != images.shape[:3] or labels.shape != (len(images),):
+        raise ValueError(
+            f"`masks` must have shape {images.shape[:3]} and `labels` ({len(images)},) to match `images`. "
+            f"Received {masks.shape} and {labels.shape}."
+        )
+    randomized = metrics.randomized_copy(model, output=output, seed=spec.seed)
+    control_spec = replace(spec, selection="labelled", max_images=None)
+    rows = []
+    common = {"normalization": normalization, "output": output}
+    found = discover_classes(images, model, labels=labels, spec=spec, **common)
+    for target in found:
+        picked = found[target].indices
+        control = discover_concepts(
+            images[picked], randomized, target_class=target, labels=labels[picked], spec=control_spec, **common
+        )
+        control = replace(control, indices=picked[control.indices])
+        baseline = doersch_baseline(images, labels, target_class=target, spec=patch_spec)
+        for source, result in zip(SOURCES, (found[target], control, baseline), strict=True):
+            rows.append(_top_row(result, images, masks, model, source=source, spec=spec, **common))
+    return pd.DataFrame(rows), found
+
+
+def report_findings(table, *, names, share=0.5):
+    """The report in words, every judgement computed from ``table`` (`class_report`).
+
+    Args:
+        table: the `class_report` DataFrame.
+        names: list of str, the class names of the output, by index.
+        share: float in (0, 1), the mask share the model's top concept is held to. Default 0.5.
+
+    Returns:
+        list of str, one line per class and source.
+    """
+    lines = []
+    for row in table.to_dict("records"):
+        line = (
+            f"{names[row['class']]}, {row['source']}: top concept #{row['concept']} has {row['mask_share']:.2f} "
+            f"[{row['low']:.2f}, {row['high']:.2f}] of its map mass on cue pixels, {row['vs_chance']} chance "
+            f"{row['chance']:.2f}"
+        )
+        if row["source"] == SOURCES[0]:
+            line += f", {'at or above' if row['mask_share'] >= share else 'below'} the {share:.0%} target"
+        if isinstance(row.get("deletion"), str):
+            line += (
+                f"; deleting where it fires most drops the class probability by {row['drop_concept']:.2f} "
+                f"[{row['drop_concept_low']:.2f}, {row['drop_concept_high']:.2f}], random regions of the same area "
+                f"and shape by {row['drop_random']:.2f} [{row['drop_random_low']:.2f}, {row['drop_random_high']:.2f}]"
+                f": {row['deletion']}"
+            )
+        lines.append(line + ".")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Baseline without the model: discriminative patches (Doersch et al. 2012)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchSpec:
+    """How `doersch_baseline` finds discriminative patches.
+
+    Attributes:
+        patch: None (a quarter of the image height) or int >= 2, patch side in pixels.
+        stride: None (half the patch) or int >= 1, grid step in pixels.
+        clusters: int >= 2, k-means clusters. Default 16.
+        keep: int >= 1, clusters kept (the most discriminative). Default 6.
+        smoothing: float >= 0, pseudo-patches at the base rate added to every cluster's purity, so a small cluster
+            needs more evidence to rank high. Default 5.
+        bins: int >= 2, orientation bins of the gradient histogram. Default 8.
+        max_images: None or int >= 1, images per class at most (a seeded subset). Default 200.
+        top_patches: int >= 1, gallery patches per cluster. Default 8.
+        patch_size: None or int >= 1, gallery patch side; default the patch side.
+        resamples: int >= 1, bootstrap resamples. Default 1000.
+        seed: int >= 0, for the subset, k-means and the bootstrap. Default 0.
+    """
+
+    patch: int | None = None
+    stride: int | None = None
+    clusters: int = 16
+    keep: int = 6
+    smoothing: float = 5.0
+    bins: int = 8
+    max_images: int | None = 200
+    top_patches: int = 8
+    patch_size: int | None = None
+    resamples: int = 1000
+    seed: int = 0
+
+    _parameter_constraints: ClassVar[dict] = {
+        "patch": [None, _int_at_least(2)],
+        "stride": [None, _int_at_least(1)],
+        "clusters": [_int_at_least(2)],
+        "keep": [_int_at_least(1)],
+        "smoothing": [Interval(numbers.Real, 0, None, closed="left")],
+        "bins": [_int_at_least(2)],
+        "max_images": [None, _int_at_least(1)],
+        "top_patches": [_int_at_least(1)],
+        "patch_size": [None, _int_at_least(1)],
+        "resamples": [_int_at_least(1)],
+        "seed": [_int_at_least(0)],
+    }
+
+    def __post_init__(self):
+        validate_parameters(self)
+
+
+@dataclass
+class PatchClusters:
+    """The most discriminative patch clusters of one class, found by `doersch_baseline`.
+
+    Attributes:
+        target_class: int.
+        clusters: int64 `(keep,)`: k-means cluster ids, most discriminative first.
+        purity: float32 `(keep,)`: smoothed share of each cluster's patches that come from the class.
+        maps: float32 `(m, H, W, keep)`: per selected image of the class, how many of the cluster's patches cover
+            each pixel (in ``clusters`` order).
+        order: int64 `(keep,)`: ``arange(keep)`` (maps are already ranked), as `Concepts.order`.
+        indices: int64 `(m,)`: the class's selected images, indices into ``images``.
+        spec: the `PatchSpec` used.
+    """
+
+    target_class: int
+    clusters: np.ndarray
+    purity: np.ndarray
+    maps: np.ndarray
+    order: np.ndarray
+    indices: np.ndarray
+    spec: PatchSpec
+
+    score_name: ClassVar[str] = "purity"
+
+    @property
+    def scores(self):
+        """float32 `(keep,)`: what the clusters are ranked by (their purity)."""
+        return self.purity
+
+
+def _grid(size, patch, stride):
+    return np.arange(0, size - patch + 1, stride)
+
+
+def patch_features(images, *, patch, stride, bins=8):
+    """Colour and oriented-gradient descriptors of the patches on a grid (a small HOG, in NumPy).
+
+    Per patch: the mean and standard deviation of each RGB channel (6), and a histogram of gradient orientations
+    (unsigned, ``bins`` bins, magnitude-weighted) in each of its 2 x 2 cells, L2-normalised over the patch
+    (``4 * bins``).
+
+    Args:
+        images: uint8 `(n, H, W, 3)`.
+        patch: int, patch side in pixels (>= 2).
+        stride: int, grid step.
+        bins: int, orientation bins. Default 8.
+
+    Returns:
+        float32 `(n, gy, gx, 6 + 4 * bins)`, the grid's rows and columns of patches.
+    """
+    images = np.asarray(images)
+    chunks = [_patch_features(images[start : start + 64], patch, stride, bins) for start in range(0, len(images), 64)]
+    return np.concatenate(chunks)
+
+
+def _patch_features(images, patch, stride, bins):
+    """`patch_features` of a few images (the integral images take ``(n, H, W, 6 + bins)`` floats)."""
+    pictures = images.astype(np.float32) / 255.0
+    n, H, W, _ = pictures.shape
+    ys, xs = _grid(H, patch, stride), _grid(W, patch, stride)
+    grey = pictures.mean(axis=-1)
+    dy, dx = np.gradient(grey, axis=(1, 2))
+    magnitude = np.hypot(dx, dy)
+    angle = np.mod(np.arctan2(dy, dx), np.pi)
+    which = np.minimum((angle / np.pi * bins).astype(np.int64), bins - 1)
+    oriented = np.zeros((n, H, W, bins), np.float32)
+    np.put_along_axis(oriented, which[..., None], magnitude[..., None], axis=-1)
+    channels = np.concatenate([pictures, pictures**2, oriented], axis=-1)
+    integral = np.pad(channels.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0), (0, 0)))
+
+    def box(y0, x0, size_y, size_x):
+        y, x = np.meshgrid(y0, x0, indexing="ij")
+        return (
+            integral[:, y + size_y, x + size_x]
+            - integral[:, y, x + size_x]
+            - integral[:, y + size_y, x]
+            + integral[:, y, x]
+        )
+
+    whole = box(ys, xs, patch, patch) / patch**2
+    mean, square = whole[..., :3], whole[..., 3:6]
+    std = np.sqrt(np.maximum(square - mean**2, 0))
+    half = patch // 2
+    cells = [box(ys + a, xs + b, half, half)[..., 6:] for a in (0, half) for b in (0, half)]
+    hog = np.concatenate(cells, axis=-1)
+    hog = hog / (np.linalg.norm(hog, axis=-1, keepdims=True) + 1e-6)
+    return np.concatenate([mean, std, hog], axis=-1).astype(np.float32)
+
+
+def doersch_baseline(images, labels, *, target_class, spec=None):
+    """The baseline without the model: Doersch-style discriminative patches of one class.
+
+    Patches on a grid of every image (a seeded subset of at most ``max_images`` per class) are described by
+    `patch_features`, standardised, and clustered with k-means; each cluster is scored by its smoothed purity,
+    ``(patches from the class + s * p) / (patches + s)`` with ``p`` the class's share of all patches and ``s`` the
+    ``smoothing``, and the ``keep`` purest are kept. A cluster's map of an image counts, per pixel, the cluster's
+    patches covering it.
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB of every class (the other classes are what makes a patch discriminative).
+        labels: int `(n,)`, each image's class.
+        target_class: int, the class whose patches are ranked.
+        spec: `PatchSpec`. Default ``PatchSpec()``.
+
+    Returns:
+        `PatchClusters`.
+
+    Raises:
+        ValueError: no image has the class, or all images have it (nothing to discriminate against).
+    """
+    spec = PatchSpec() if spec is None else spec
+    images = _check_images(images)
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"`labels` must have shape ({len(images)},) to match `images`. Received {labels.shape}.")
+    inside = labels == target_class
+    if not inside.any() or inside.all():
+        raise ValueError(
+            f"`doersch_baseline` needs images of class {target_class} and of other classes: {int(inside.sum())} of "
+            f"{len(images)} images have it."
+        )
+    n, H, W, _ = images.shape
+    patch = spec.patch or max(2, H // 4)
+    stride = spec.stride or max(1, patch // 2)
+    if patch > min(H, W):
+        raise ValueError(f"Invalid `patch`: expected at most {min(H, W)} px. Received: patch={patch}")
+    if spec.keep > spec.clusters:
+        raise ValueError(f"Invalid `keep`: expected at most clusters={spec.clusters}. Received: keep={spec.keep}")
+    rng = np.random.default_rng(spec.seed)
+    chosen = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if spec.max_images is not None and len(members) > spec.max_images:
+            members = np.sort(rng.choice(members, size=spec.max_images, replace=False))
+        chosen.append(members)
+    chosen = np.sort(np.concatenate(chosen))
+    features = patch_features(images[chosen], patch=patch, stride=stride, bins=spec.bins)
+    _, gy, gx, dims = features.shape
+    flat = features.reshape(-1, dims)
+    flat = (flat - flat.mean(axis=0)) / (flat.std(axis=0) + 1e-6)
+    kmeans = KMeans(spec.clusters, n_init=3, random_state=spec.seed).fit(flat)
+    assignment = kmeans.labels_.reshape(len(chosen), gy, gx)
+    from_class = np.repeat(labels[chosen] == target_class, gy * gx)
+    total = np.bincount(kmeans.labels_, minlength=spec.clusters)
+    hits = np.bincount(kmeans.labels_, weights=from_class, minlength=spec.clusters)
+    prior = from_class.mean()
+    purity = (hits + spec.smoothing * prior) / (total + spec.smoothing)
+    ranked = np.argsort(-purity, kind="stable")[: spec.keep]
+    members = np.flatnonzero(labels[chosen] == target_class)
+    ys, xs = _grid(H, patch, stride), _grid(W, patch, stride)
+    maps = np.zeros((len(members), H, W, spec.keep), np.float32)
+    for i, row in enumerate(members):
+        for a, y in enumerate(ys):
+            for b, x in enumerate(xs):
+                hit = ranked == assignment[row, a, b]
+                if hit.any():
+                    maps[i, y : y + patch, x : x + patch, np.flatnonzero(hit)[0]] += 1.0
+    return PatchClusters(
+        target_class=int(target_class),
+        clusters=ranked.astype(np.int64),
+        purity=purity[ranked].astype(np.float32),
+        maps=maps,
+        order=np.arange(spec.keep, dtype=np.int64),
+        indices=chosen[members].astype(np.int64),
+        spec=spec,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_concept_gallery(images, concepts, *, title, concepts_shown=None, top=None, shares=None):
+    """One row per concept, most important first: an example image with the concept's map over it, then its top
+    patches; each row labelled with the concept's score (and its mask share, if given).
+
+    Args:
+        images: uint8 `(n, H, W, 3)`: the same array given to `discover_concepts` (or `doersch_baseline`).
+        concepts: `Concepts` or `PatchClusters`.
+        title: str, the figure's title: say which data, class and weights (e.g. `streetlib.figures.title`).
+        concepts_shown: None (all) or int >= 1, rows drawn (the best ones).
+        top: None (the spec's ``top_patches``) or int >= 1, patches per row.
+        shares: None or float `(K,)`, each concept's mean mask share, added to its label.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    images = _check_images(images)
+    order = list(concepts.order[: concepts_shown or len(concepts.order)])
+    top = top or concepts.spec.top_patches
+    fig, axes = _gallery_axes(len(order), top)
+    for row, k in zip(axes, order, strict=True):
+        label = f"#{k} {concepts.score_name} {float(concepts.scores[k]):.3g}"
+        if shares is not None:
+            label += f"\non cues {float(shares[k]):.0%}"
+        _gallery_row(row, images, concepts, int(k), top=top, label=label)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_class_concepts(images, found, *, names, title, top=None):
+    """One row per class: its most important concept, an example image with the concept's map over it, then its top
+    patches (the per-city gallery).
+
+    Args:
+        images: uint8 `(n, H, W, 3)`: the array given to `discover_classes`.
+        found: dict class index -> `Concepts` (`discover_classes`).
+        names: list of str, the class names by index.
+        title: str, the figure's title (say which data and weights).
+        top: None (the spec's ``top_patches``) or int >= 1, patches per row.
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    images = _check_images(images)
+    if not found:
+        raise ValueError("`found` is empty: no class had images to find concepts in.")
+    top = top or next(iter(found.values())).spec.top_patches
+    fig, axes = _gallery_axes(len(found), top)
+    for row, (c, concepts) in zip(axes, found.items(), strict=True):
+        k = int(concepts.order[0])
+        _gallery_row(row, images, concepts, k, top=top, label=f"{names[c]}: #{k} ({len(concepts.indices)} images)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_photo_concepts(pictures, maps, *, names, title):
+    """Where named concepts fire in a few pictures: one row per picture, the picture then one overlay per concept.
+
+    Args:
+        pictures: uint8 `(n, H, W, 3)` at the model's input size (e.g. `streetlib.inference.analyze_images`'s
+            fitted photographs).
+        maps: dict label -> float `(n, H, W)`, one concept's maps of the pictures (`concept_maps`), each shown
+            normalised to its own maximum over all pictures, so their strengths compare across a column.
+        names: list of str, the pictures' names.
+        title: str, the figure's title (say which model and that the pictures are not its training data).
+
+    Returns:
+        `matplotlib.figure.Figure`.
+    """
+    pictures = _check_images(pictures, "pictures")
+    fig = Figure(figsize=(1.9 * (1 + len(maps)), 1.9 * len(pictures) + 0.6), layout="constrained")
+    axes = fig.subplots(len(pictures), 1 + len(maps), squeeze=False)
+    for i, row in enumerate(axes):
+        for ax in row:
+            ax.axis("off")
+        row[0].imshow(pictures[i])
+        row[0].set_title(names[i], fontsize=7)
+        for ax, (label, m) in zip(row[1:], maps.items(), strict=True):
+            peak = float(np.max(m))
+            ax.imshow(overlay(pictures[i], m[i] / peak if peak > 0 else m[i]))
+            ax.set_title(f"{label}: {float(m[i].mean()) / peak if peak > 0 else 0:.2f}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _gallery_axes(rows, top):
+    fig = Figure(figsize=(1.3 * (1 + top) + 0.6, 1.45 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, 1 + top, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return fig, axes
+
+
+def _gallery_row(row, images, concepts, k, *, top, label):
+    """An example image with concept ``k``'s map over it, then its ``top`` patches, along the axes of ``row``."""
+    gallery = top_patches(images, concepts, k, top=top)
+    best = int(np.flatnonzero(concepts.indices == gallery["index"][0])[0])
+    heat = concepts.maps[best, ..., k]
+    peak = heat.max()
+    row[0].imshow(overlay(images[gallery["index"][0]], heat / peak if peak > 0 else heat))
+    row[0].set_title(label, fontsize=7, loc="left")
+    for ax, crop in zip(row[1:], gallery["patches"], strict=False):
+        ax.imshow(crop)

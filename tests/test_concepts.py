@@ -1,0 +1,396 @@
+"""Tests of attribution.concepts: concept discovery (NMF of activations), importance, projection on new images, the
+gallery, the scores against cue masks, the patch-cluster baseline and the randomised-weights control, on a tiny
+model with a planted concept.
+
+The planted model reads 16 px images through one stride-2 2x2 convolution with four hand-set ReLU channels: channel 0
+fires only on very bright cells (the planted square), channel 1 on dark cells (the background), channels 2 and 3 on
+colour differences (the background's noise). The region logit of class 1 is 200 x the spatial mean of channel 0,
+minus 2: an image is class 1 exactly when it holds the bright 4 x 4 square, and the square is the only thing the
+class-1 logit reads. Chance for a map's mass on the square is 16 / 256 = 6.25%.
+"""
+
+import keras
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from streetlib.attribution import concepts as C
+from streetlib.attribution import metrics
+
+SIZE = 16
+SQUARE = 4
+CHANCE = SQUARE**2 / SIZE**2
+# Importance is computed from float32 gradients and activations summed in float64; the direct computation below
+# sums the same float32 values through the model's own pooling and dense layers (float32). On this model a logit is a
+# mean of 64 cells times 200, a few units in size: float32 roundoff of such sums is ~1e-6 relative, so 1e-4 of the
+# largest importance is far above it and far below any wrong formula's error (a missing cell changes it by ~1/64).
+IMPORTANCE_RTOL = 1e-4
+
+
+def planted_model():
+    """The two-output model described in the module docstring (``region_logits`` and ``city_logits``)."""
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    conv = keras.layers.Conv2D(4, 2, strides=2, activation="relu", name="conv")
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(conv(inp))
+    region = keras.layers.Dense(2, name="region_logits")
+    city = keras.layers.Dense(4, name="city_logits")
+    outputs = {
+        "region": keras.layers.Activation("softmax", name="region")(region(pooled)),
+        "city": keras.layers.Activation("softmax", name="city")(city(pooled)),
+    }
+    model = keras.Model(inp, outputs)
+    kernel = np.zeros((2, 2, 3, 4), np.float32)
+    kernel[..., 0] = 1 / 12  # mean brightness of the cell ...
+    kernel[..., 1] = -1 / 12
+    kernel[:, :, 0, 2], kernel[:, :, 2, 2] = 0.25, -0.25  # red minus blue
+    kernel[:, :, 1, 3], kernel[:, :, 0, 3] = 0.25, -0.25  # green minus red
+    bias = np.array([-0.6, 0.5, 0.0, 0.0], np.float32)  # ... above 0.6 (channel 0), below 0.5 (channel 1)
+    conv.set_weights([kernel, bias])
+    weights = np.zeros((4, 2), np.float32)
+    weights[0, 1] = 200.0
+    region.set_weights([weights, np.array([0.0, -2.0], np.float32)])
+    city.set_weights([np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32), np.zeros(4, np.float32)])
+    return model
+
+
+def planted_data(n, seed):
+    """``n`` images of dark noise; the odd ones (class 1) hold a white 4 x 4 square at a random even position.
+
+    Returns:
+        (images uint8 `(n, 16, 16, 3)`, masks uint8 `(n, 16, 16)` marking the square, labels int `(n,)`).
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 80, (n, SIZE, SIZE, 3)).astype(np.uint8)
+    masks = np.zeros((n, SIZE, SIZE), np.uint8)
+    labels = np.arange(n) % 2
+    for i in np.flatnonzero(labels):
+        y, x = 2 * rng.integers(0, (SIZE - SQUARE) // 2 + 1, size=2)
+        images[i, y : y + SQUARE, x : x + SQUARE] = 255
+        masks[i, y : y + SQUARE, x : x + SQUARE] = 1
+    return images, masks, labels
+
+
+SPEC = C.ConceptSpec(n_concepts=3, resamples=200, top_patches=4)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    images, masks, labels = planted_data(40, seed=0)
+    return images, masks, labels, planted_model()
+
+
+@pytest.fixture(scope="module")
+def found(planted):
+    images, _, labels, model = planted
+    return C.discover_concepts(
+        images, model, normalization="unit", output="region", target_class=1, labels=labels, spec=SPEC
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Discovery and importance
+
+
+def test_discovery_shapes_and_selection(planted, found):
+    images, _, labels, _ = planted
+    assert found.layer == "conv" and found.output == "region" and found.target_class == 1
+    np.testing.assert_array_equal(found.indices, np.flatnonzero(labels == 1))  # all class-1 images are right
+    m = len(found.indices)
+    assert found.bank.shape == (3, 4) and (found.bank >= 0).all()
+    assert found.maps.shape == (m, SIZE, SIZE, 3) and (found.maps >= 0).all()
+    assert found.layer_maps.shape == (m, 8, 8, 3)
+    assert found.image_importance.shape == (m, 3) and found.importance.shape == (3,)
+    assert sorted(found.order) == [0, 1, 2] and found.importance[found.order[0]] == found.importance.max()
+    assert 0 <= found.reconstruction_error < 0.5 and found.negative_share == 0.0
+
+
+def test_nmf_recovers_the_planted_concept_and_ranks_it_first(planted, found):
+    _, masks, _, _ = planted
+    table = C.concept_table(found, masks)
+    best = table.iloc[0]
+    assert best["concept"] == found.order[0] and best["rank"] == 1
+    # The square's concept: most of its mass on the square (chance 6%), and the only one the class logit reads.
+    assert best["mask_share"] > 0.6 and best["mask_share"] > 8 * CHANCE
+    assert best["low"] <= best["mask_share"] <= best["high"]
+    assert (table["mask_share"].iloc[1:] < 2 * CHANCE).all()
+    assert best["importance"] > 1.0 and np.allclose(table["importance"].iloc[1:], 0.0, atol=1e-6)
+    assert table["chance"].iloc[0] == pytest.approx(CHANCE)
+    # Its direction in channel space is the square detector's (channel 0).
+    direction = found.bank[found.order[0]]
+    assert direction[0] > 0.99 * np.linalg.norm(direction)
+
+
+def test_importance_equals_the_logit_lost_by_removing_the_concept(planted, found):
+    # The head (mean pooling, dense) is linear in the activations, so gradient x concept activation is exact: the
+    # class-1 logit of the reconstruction U W minus that of U W without concept k is importance_k, image by image.
+    _, _, _, model = planted
+    u, bank = found.layer_maps, found.bank
+    pool, dense = model.get_layer("pool"), model.get_layer("region_logits")
+
+    def logit(activations):
+        return keras.ops.convert_to_numpy(dense(pool(activations.astype(np.float32))))[:, 1]
+
+    full = np.einsum("nhwk,kc->nhwc", u, bank)
+    removed = np.stack([logit(full) - logit(full - u[..., k : k + 1] * bank[k]) for k in range(3)], axis=1)
+    scale = float(np.abs(found.image_importance).max())
+    np.testing.assert_allclose(found.image_importance, removed, rtol=0, atol=IMPORTANCE_RTOL * scale)
+    np.testing.assert_allclose(found.importance, removed.mean(axis=0), rtol=0, atol=IMPORTANCE_RTOL * scale)
+
+
+def test_concept_importance_by_hand():
+    # One image, 1 x 2 positions, 2 channels, 2 concepts: G = [[1, 2], [3, -1]], W = [[1, 0], [1, 1]],
+    # U = [[2, 0], [1, 4]] (position x concept). <G, W_0> = [1, 3], <G, W_1> = [3, 2];
+    # importance_0 = 2 * 1 + 1 * 3 = 5, importance_1 = 0 * 3 + 4 * 2 = 8.
+    g = np.array([[1, 2], [3, -1]], np.float32).reshape(1, 1, 2, 2)
+    w = np.array([[1, 0], [1, 1]], np.float32)
+    u = np.array([[2, 0], [1, 4]], np.float32).reshape(1, 1, 2, 2)
+    np.testing.assert_array_equal(C.concept_importance(u, g, w), [[5.0, 8.0]])
+
+
+def test_concept_maps_find_the_square_in_new_images(planted, found):
+    _, _, _, model = planted
+    images, masks, labels = planted_data(10, seed=5)
+    maps = C.concept_maps(images, model, found, normalization="unit")
+    assert maps.shape == (10, SIZE, SIZE, 3) and (maps >= 0).all()
+    square = maps[labels == 1][..., found.order[0]]
+    assert C.concept_mask_share(square, masks[labels == 1]).min() > 0.6
+    # No square, no concept: the class-0 images leave the square's concept silent.
+    assert maps[labels == 0][..., found.order[0]].max() < 0.1 * square.max()
+
+
+def test_top_patches_show_the_square(planted, found):
+    images, _, _, _ = planted
+    gallery = C.top_patches(images, found, int(found.order[0]), size=4)
+    assert gallery["patches"].shape == (4, 4, 4, 3) and gallery["patches"].dtype == np.uint8
+    assert (np.diff(gallery["score"]) <= 0).all()
+    assert set(gallery["index"]) <= set(found.indices)
+    # Each crop is centred on the concept's peak, inside the square: at least a quarter of it is white.
+    assert ((gallery["patches"] == 255).all(axis=-1).mean(axis=(1, 2)) >= 0.25).all()
+    with pytest.raises(ValueError, match="Invalid `k`"):
+        C.top_patches(images, found, 3)
+    with pytest.raises(ValueError, match="Invalid `size`"):
+        C.top_patches(images, found, 0, size=SIZE + 1)
+    with pytest.raises(ValueError, match="the array the concepts were found in"):
+        C.top_patches(images[:5], found, 0)
+
+
+def test_gallery_is_a_figure_with_the_callers_title(planted, found):
+    images, masks, _, _ = planted
+    shares = C.concept_table(found, masks).set_index("concept")["mask_share"].sort_index().to_numpy()
+    fig = C.plot_concept_gallery(images, found, title="planted squares - weights: by hand", shares=shares)
+    assert isinstance(fig, Figure) and fig._suptitle.get_text() == "planted squares - weights: by hand"
+    assert len(fig.axes) == 3 * (1 + SPEC.top_patches)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deletion
+
+
+def test_deleting_the_top_concept_drops_the_class_more_than_random_regions(planted, found):
+    images, _, _, model = planted
+    drops = C.concept_deletion(
+        images[found.indices],
+        model,
+        found.maps[..., found.order[0]],
+        normalization="unit",
+        output="region",
+        target=1,
+        area=0.1,
+    )
+    assert set(drops) == {"clean", "concept", "random"}
+    assert (drops["clean"] > 0.9).all()
+    mean, low, _ = metrics.bootstrap_interval(drops["concept"] - drops["random"], resamples=200)
+    assert low > 0.5 and mean > 0.5
+    # Removing the square takes the logit to its bias: probability 1 / (1 + e^2) = 0.12.
+    np.testing.assert_allclose(drops["clean"] - drops["concept"], 1 / (1 + np.e**2), atol=1e-3)
+    with pytest.raises(ValueError, match="Invalid `area`"):
+        C.concept_deletion(
+            images[:2], model, found.maps[:2, ..., 0], normalization="unit", output="region", target=1, area=1.0
+        )
+    with pytest.raises(ValueError, match="Invalid `target`"):
+        C.concept_deletion(images[:2], model, found.maps[:2, ..., 0], normalization="unit", output="region", target=[1])
+    with pytest.raises(ValueError, match="`maps` must have shape"):
+        C.concept_deletion(images[:2], model, found.maps[:3, ..., 0], normalization="unit", output="region", target=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n_concepts", 0),
+        ("selection", "right"),
+        ("max_images", 0),
+        ("nmf_init", "svd"),
+        ("nmf_tol", 0.0),
+        ("deletion_area", 1.5),
+        ("resamples", True),
+        ("seed", -1),
+        ("layer", 3),
+    ],
+)
+def test_bad_spec_values_name_the_argument(field, value):
+    with pytest.raises(ValueError, match=f"Invalid `{field}`.*Received: {field}="):
+        C.ConceptSpec(**{field: value})
+
+
+def test_bad_patch_spec_values_name_the_argument():
+    with pytest.raises(ValueError, match="Invalid `clusters`"):
+        C.PatchSpec(clusters=1)
+    with pytest.raises(ValueError, match="Invalid `smoothing`"):
+        C.PatchSpec(smoothing=-1.0)
+
+
+def test_no_image_of_the_class_is_a_clear_error(planted):
+    images, _, labels, model = planted
+    kwargs = dict(normalization="unit", output="region", target_class=1, spec=SPEC)
+    with pytest.raises(ValueError, match="No image is labelled and predicted as class 1 of output 'region'"):
+        C.discover_concepts(images[labels == 0], model, labels=labels[labels == 0], **kwargs)
+    with pytest.raises(ValueError, match="`labels` are needed for selection='correct'"):
+        C.discover_concepts(images, model, **kwargs)
+    with pytest.raises(ValueError, match="Invalid `target_class`"):
+        C.discover_concepts(images, model, **{**kwargs, "target_class": 2}, labels=labels)
+    with pytest.raises(ValueError, match="Invalid `n_concepts`: layer 'conv' has 4 channels"):
+        C.discover_concepts(images, model, **{**kwargs, "spec": C.ConceptSpec(n_concepts=5)}, labels=labels)
+    with pytest.raises(ValueError, match="`labels` must have shape"):
+        C.discover_concepts(images, model, labels=labels[:3], **kwargs)
+
+
+def test_the_default_layer_moves_past_batch_norm_and_relu_and_negative_layers_are_refused():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="head_conv2")(inp)
+    x = keras.layers.BatchNormalization(name="head_conv2_bn")(x)
+    x = keras.layers.ReLU(name="head_conv2_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(2, name="region_logits")(x))
+    assert C.concept_layer(model) == "head_conv2_relu"
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
+    kwargs = dict(normalization="samplewise", output="region", target_class=0, labels=np.zeros(6, np.int64))
+    found = C.discover_concepts(images, model, **kwargs, spec=C.ConceptSpec(n_concepts=2, selection="labelled"))
+    assert found.layer == "head_conv2_relu"
+    with pytest.raises(ValueError, match="Invalid `layer`: .* of the activation mass of 'head_conv2' is negative"):
+        C.discover_concepts(images, model, **kwargs, spec=C.ConceptSpec(layer="head_conv2", selection="labelled"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Baseline and control
+
+
+def test_patch_cluster_baseline_finds_the_square(planted):
+    images, masks, labels, _ = planted
+    spec = C.PatchSpec(patch=4, stride=2, clusters=8, keep=3, resamples=200)
+    clusters = C.doersch_baseline(images, labels, target_class=1, spec=spec)
+    np.testing.assert_array_equal(clusters.indices, np.flatnonzero(labels == 1))
+    assert clusters.maps.shape == (20, SIZE, SIZE, 3) and (np.diff(clusters.purity) <= 0).all()
+    table = C.concept_table(clusters, masks)
+    # Its purest cluster is made of patches on the square: far above chance, scored by the same function.
+    assert table["purity"].iloc[0] > 0.9 and table["mask_share"].iloc[0] > 4 * CHANCE
+    with pytest.raises(ValueError, match="needs images of class 1 and of other classes"):
+        C.doersch_baseline(images[labels == 1], labels[labels == 1], target_class=1, spec=spec)
+
+
+def test_randomised_weights_lose_the_planted_concept(planted, found):
+    # The control: the same procedure on copies whose kernels and biases are redrawn. A single random convolution
+    # still tells a white square from dark noise in some channels (the square is the most distinct thing in the
+    # images), so a random copy can still find a square concept, as NMF of any features would; what it loses is the
+    # link to the decision. Over a few random copies the top-ranked concept is, on average, far less on the square
+    # than the trained model's, and at least one copy is near chance.
+    images, masks, labels, model = planted
+    trained = C.concept_table(found, masks)["mask_share"].iloc[0]
+    spec = C.ConceptSpec(n_concepts=3, selection="labelled", resamples=200, nmf_max_iter=1000)
+    tops = []
+    for seed in range(3):
+        randomized = metrics.randomized_copy(model, output="region", seed=seed)
+        control = C.discover_concepts(
+            images, randomized, normalization="unit", output="region", target_class=1, labels=labels, spec=spec
+        )
+        assert control.layer == "conv" and not np.allclose(control.bank, found.bank)
+        tops.append(C.concept_table(control, masks)["mask_share"].iloc[0])
+    assert np.mean(tops) < 0.5 * trained
+    assert min(tops) < 2 * CHANCE
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every class, checked against the ground truth
+
+
+@pytest.fixture(scope="module")
+def report(planted):
+    images, masks, labels, model = planted
+    return C.class_report(
+        images, masks, labels, model, normalization="unit", spec=SPEC, patch_spec=C.PatchSpec(patch=4, stride=2)
+    )
+
+
+def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(planted, report):
+    _, masks, labels, _ = planted
+    table, found = report
+    assert sorted(found) == [0, 1]
+    rows = table.set_index(["class", "source"])
+    assert list(table["source"]) == [*C.SOURCES, *C.SOURCES]
+    model_row = rows.loc[(1, "model")]
+    # Class 1 is the planted square: its top concept sits on it, far above chance, and deleting it kills the class.
+    assert model_row["mask_share"] > 0.6 and model_row["vs_chance"] == "above"
+    assert model_row["chance"] == pytest.approx(masks[labels == 1].mean())
+    assert model_row["deletion"] == "separated" and model_row["drop_concept_low"] > model_row["drop_random_high"]
+    # The control re-initialises the model: it has no deletion test (that asks what the trained model relies on).
+    assert np.isnan(rows.loc[(1, "randomised weights"), "drop_concept"])
+    assert rows.loc[(1, "randomised weights"), "images"] == model_row["images"]  # the same images, random weights
+    # Class 0 images have no square: no cue pixel, so their share is undefined rather than a number.
+    assert rows.loc[(0, "model"), "chance"] == 0 and np.isnan(rows.loc[(0, "model"), "mask_share"])
+    assert rows.loc[(0, "model"), "vs_chance"] == "no cue pixels"
+
+
+def test_report_findings_are_computed_from_the_table(report):
+    table, _ = report
+    lines = C.report_findings(table, names=["plain", "square"], share=0.5)
+    assert len(lines) == len(table)
+    square = table[(table["class"] == 1) & (table["source"] == "model")].iloc[0]
+    line = lines[int(square.name)]
+    assert line.startswith(f"square, model: top concept #{square['concept']} has {square['mask_share']:.2f}")
+    assert "at or above the 50% target" in line and line.endswith(": separated.")
+    assert "target" not in lines[int(square.name) + 1]  # the control is not held to the target
+
+
+def test_classes_without_images_are_left_out(planted):
+    images, _, labels, model = planted
+    found = C.discover_classes(
+        images[labels == 1], model, normalization="unit", output="region", labels=labels[labels == 1], spec=SPEC
+    )
+    assert sorted(found) == [1]  # no image of class 0: nothing to find, and no error
+    fig = C.plot_class_concepts(images[labels == 1], found, names=["plain", "square"], title="planted: per class")
+    assert isinstance(fig, Figure) and fig.axes[0].get_title(loc="left").startswith("square: #")
+    with pytest.raises(ValueError, match="`found` is empty"):
+        C.plot_class_concepts(images, {}, names=["plain", "square"], title="t")
+
+
+def test_photo_concepts_show_one_overlay_per_concept(planted, found):
+    images, _, _, model = planted
+    maps = C.concept_maps(images[:3], model, found, normalization="unit")
+    fig = C.plot_photo_concepts(
+        images[:3], {"square": maps[..., found.order[0]]}, names=["a", "b", "c"], title="planted: pictures"
+    )
+    assert len(fig.axes) == 6 and fig.axes[0].get_title() == "a" and fig.axes[1].get_title().startswith("square: ")
+
+
+def test_predictions_given_by_the_caller_select_the_images(planted, found):
+    images, _, labels, model = planted
+    # Predictions that call every image class 1: the 'predicted' selection takes them all, which the model's own
+    # predictions (only the images with the square) would not.
+    every = C.discover_concepts(
+        images,
+        model,
+        normalization="unit",
+        output="region",
+        target_class=1,
+        spec=C.ConceptSpec(n_concepts=3, selection="predicted", max_images=None),
+        predicted=np.ones(len(images), np.int64),
+    )
+    np.testing.assert_array_equal(every.indices, np.arange(len(images)))
+    with pytest.raises(ValueError, match=r"`predicted` must have shape \(40,\)"):
+        C.discover_concepts(
+            images, model, normalization="unit", output="region", target_class=1, labels=labels, predicted=np.ones(3)
+        )
