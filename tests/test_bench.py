@@ -178,6 +178,7 @@ def test_run_all_reports_every_comparison_of_a_step_that_returns_several(monkeyp
         monkeypatch.setattr(bench, fn, one(fn))
     monkeypatch.setattr(bench, "bench_attribution", lambda **_: [one("cam++")(), one("score-cam")()])
     monkeypatch.setattr(bench, "bench_vgg16", lambda **_: {"peak_flops": 1e11, "batch": 8, "rows": []})
+    monkeypatch.setattr(bench, "bench_method_costs", lambda **_: {})
     lines = []
     results = bench.run_all(quick=True, report=lines.append)
     names = [c.name for c in results["comparisons"]]
@@ -193,3 +194,82 @@ def test_run_all_reports_every_comparison_of_a_step_that_returns_several(monkeyp
     assert any("cam++" in line and "score-cam" in line for line in lines)
     text = bench.to_markdown(results, command="streetlib bench --quick")
     assert "| cam++ |" in text and "| score-cam |" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bench_method_costs: every attribution method's cost per image in forward passes
+
+
+@pytest.fixture(scope="module")
+def method_costs():
+    # What `streetlib bench --quick` runs.
+    return bench.bench_method_costs(**bench.method_costs_settings(quick=True))
+
+
+def test_every_registry_method_has_one_positive_finite_cost(method_costs):
+    from streetlib.attribution.registry import METHODS
+
+    rows = method_costs["rows"]
+    assert [r["method"] for r in rows] == list(METHODS)
+    settings = bench.method_costs_settings(quick=True)
+    for r in rows:
+        assert np.isfinite(r["cost"]) and r["cost"] > 0, r
+        assert np.isfinite(r["seconds_per_image"]) and r["seconds_per_image"] > 0, r
+        # Over a forward pass of the method's own batch size: the costly methods on their smaller batch.
+        costly = r["method"] in bench.COSTLY_METHODS
+        assert r["batch"] == (settings["costly_batch"] if costly else settings["batch"])
+        assert r["forward_seconds_per_image"] == method_costs["forward"][r["batch"]]
+        assert r["cost"] == pytest.approx(r["seconds_per_image"] / r["forward_seconds_per_image"])
+        # Every parameter is stated, the registry's defaults included, with the settings' values where they set one.
+        assert r["params"] == {**METHODS[r["method"]].params, **settings["params"].get(r["method"], {})}
+        assert r["layer"] == ("block5_conv3" if METHODS[r["method"]].uses_layer else None)
+
+
+def test_costs_follow_the_number_of_passes_each_method_makes(method_costs):
+    cost = {r["method"]: r["cost"] for r in method_costs["rows"]}
+    params = {r["method"]: r["params"] for r in method_costs["rows"]}
+    # Forward passes per image from the algorithms: Score-CAM 1 + 512 (block5_conv3's channels), RISE 1 + masks,
+    # occlusion 1 + positions (a quarter-side square moved by an eighth: 7 x 7).
+    passes = {"score_cam": 512, "rise": params["rise"]["masks"], "occlusion": 7 * 7}
+    # The copies go through the model up to 64 (Score-CAM 32) at a time, the forward pass it is measured against 2
+    # images at a time, so a copy can cost less than one image of that forward pass: measured about 2.5x less at 32 px
+    # on one core (RISE, 64 masks: 27x; occlusion 22x; Score-CAM 213x). A factor of 8 leaves room for that and for
+    # noise, and still fails when the copies are not timed (a cost of about 1).
+    for method, count in passes.items():
+        assert cost[method] > count / 8, (method, cost[method], count)
+    # SmoothGrad and Integrated Gradients make one gradient pass per sample or step (4 here), saliency one: the 4
+    # passes cannot cost less than the one unless batching 8 copies made each 4x cheaper (measured 2.9-3.1x saliency).
+    for method in ("smoothgrad", "integrated_gradients"):
+        assert cost[method] > cost["saliency"], (method, cost)
+    # Grad-CAM and the other CAMs from gradients differentiate only the head above block5_conv3 and Eigen-CAM needs no
+    # gradient: about one forward pass (measured 1.0-1.2x), far below the 49 positions and the masks of the
+    # perturbation methods and Score-CAM's 512 passes, even with the batching discount above.
+    cams = ("grad_cam", "grad_cam_plus_plus", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam")
+    for expensive in ("occlusion", "rise", "score_cam"):
+        assert max(cost[m] for m in cams) < cost[expensive], (expensive, cost)
+    # A gradient w.r.t. the input is one forward and one whole backward pass: more than the forward pass alone, and
+    # nowhere near the perturbation methods.
+    for method in ("saliency", "gradient_x_input", "guided_backprop"):
+        assert 1 < cost[method] < min(cost["occlusion"], cost["rise"]), (method, cost)
+
+
+def test_method_costs_table_is_in_the_markdown(method_costs):
+    results = {
+        "environment": {"date": "d", "cpu": "AMD EPYC", "cores": 2, "python": "3.11", "versions": {}},
+        "quick": True,
+        "comparisons": [],
+        "vgg16": {"peak_flops": 1e11, "batch": 8, "rows": []},
+        "method_costs": method_costs,
+    }
+    text = bench.to_markdown(results, command="streetlib bench --quick")
+    assert "## Attribution methods: cost per image in forward passes" in text
+    header = "| method | family | differentiates / layer | params | seconds per image | cost (x forward) |"
+    table = text.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    assert len(table) == len(method_costs["rows"])
+    for line, r in zip(table, method_costs["rows"], strict=True):
+        assert line.startswith(f"| {r['method']} | {r['family']} | ") and line.endswith(f" | {r['cost']:.3g}x |")
+    (rise,) = [line for line in table if line.startswith("| rise |")]
+    assert "masks=64" in rise and "(batch of" not in rise  # quick mode: every method on the same batch of 2
+    assert "as the attribution leaderboard's" in text and "scales with the method's parameters" in text
+    # Results without the section (older runs) still render.
+    assert "cost per image" not in bench.to_markdown({**results, "method_costs": {}}, command="x")

@@ -144,6 +144,11 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
     assert {"learning-curves-region.png", "side-by-side.png"} <= {
         p.name for p in (root / "figs" / "06-results").iterdir()
     }
+    # The attribution section reads notebook 05's leaderboard and says it in words.
+    assert (
+        "Finds the cues best (relevance_mass_accuracy, region output):"
+        in (root / "executed" / "06_results.ipynb").read_text()
+    )
     hists_readme = (root / "hists" / "README.md").read_text()
     assert "hed-bsds500-finetune-all-seed42" in hists_readme
     assert "](05-attribution/quadrants.png)" in (root / "figs" / "README.md").read_text()

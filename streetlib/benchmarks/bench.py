@@ -223,15 +223,21 @@ def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
 # 3. Grad-CAM: batched and compiled versus one image at a time, and versus tf-keras-vis
 
 
-def _flat_vgg16(size, num_classes=10, seed=0):
+def _flat_vgg16(size, num_classes=10, seed=0, *, regions=None):
+    """VGG16 (random weights, one flat model: no nested backbone), global average pooling and a ``city`` head
+    (``city_logits`` then a softmax). With ``regions`` (an int), also a ``region`` head of that many classes, and the
+    outputs are a dict ``{"region", "city"}`` as `streetlib.models.network.build_model`'s."""
     import keras
 
     keras.utils.set_random_seed(seed)
     base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
     x = keras.layers.GlobalAveragePooling2D(name="pool")(base.output)
-    logits = keras.layers.Dense(num_classes, name="city_logits")(x)
-    probs = keras.layers.Activation("softmax", name="city")(logits)
-    return keras.Model(base.input, probs, name="flat_vgg16")
+    heads = {} if regions is None else {"region": regions}
+    outputs = {}
+    for output, classes in {**heads, "city": num_classes}.items():
+        logits = keras.layers.Dense(classes, name=f"{output}_logits")(x)
+        outputs[output] = keras.layers.Activation("softmax", name=output)(logits)
+    return keras.Model(base.input, outputs if regions is not None else outputs["city"], name="flat_vgg16")
 
 
 def original_grad_cam(model, images, targets, *, layer="block5_conv3"):
@@ -582,6 +588,162 @@ def _scorecam_memory(*, size, layer, chunk):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 3c. Every attribution method's cost per image, in forward passes
+
+# The methods whose work grows with a parameter (forward or gradient passes per image): they run on their own smaller
+# batch, each over a forward pass of that batch size.
+COSTLY_METHODS = ("score_cam", "smoothgrad", "integrated_gradients", "occlusion", "rise")
+
+
+def method_cost_params(size, *, quick=False):
+    """The costly methods' parameters of `bench_method_costs` at ``size`` px: dict method -> params.
+
+    Occlusion: a square of a quarter of the side moved by an eighth, 7 x 7 = 49 positions at any size (patch 56,
+    stride 28 at 224 px). Score-CAM keeps its default chunking (its cost is set by the layer's channels: 512 at
+    block5_conv3). ``quick`` takes fewer masks, samples and steps.
+    """
+    return {
+        "score_cam": {},
+        "smoothgrad": {"samples": 4 if quick else 16, "seed": 0},
+        "integrated_gradients": {"steps": 4 if quick else 16},
+        "occlusion": {"patch": size // 4, "stride": size // 8},
+        "rise": {"masks": 64 if quick else 200, "seed": 0},
+    }
+
+
+def method_costs_settings(*, quick=False):
+    """`bench_method_costs`'s arguments in `run_all`: 224 px, batch 8 (the costly methods 2), best of 3 calls
+    within 10 s; ``quick``: 32 px, batch 2, fewer masks, samples and steps, the costly methods timed once."""
+    size = 32 if quick else 224
+    return {
+        "size": size,
+        "batch": 2 if quick else 8,
+        "costly_batch": 2,
+        "params": method_cost_params(size, quick=quick),
+        "repeats": 2 if quick else 3,
+        "budget": 1.0 if quick else 10.0,
+    }
+
+
+def _best_seconds(fn, *, repeats, budget):
+    """The least of up to ``repeats`` timed calls of ``fn``, stopping early once the calls so far took ``budget``
+    seconds (one long call is itself the sum of many batched passes, so its noise averages out)."""
+    times = []
+    while len(times) < repeats and sum(times) < budget:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _warmup_params(name, params, size):
+    """Parameters for a method's untimed warm-up call on its batch: the same compiled functions at the least work
+    (one mask, sample, step or position). None for Score-CAM, which has no cheaper setting: its warm-up is Grad-CAM's
+    (the same layer gradients, then the forward pass every method shares)."""
+    cheap = {
+        "smoothgrad": {"samples": 1},
+        "integrated_gradients": {"steps": 1},
+        "occlusion": {"patch": size, "stride": size},
+        "rise": {"masks": 1},
+    }
+    return None if name == "score_cam" else {**params, **cheap.get(name, {})}
+
+
+def bench_method_costs(
+    *,
+    size=224,
+    batch=8,
+    costly_batch=2,
+    params=None,
+    repeats=3,
+    budget=10.0,
+    layer="block5_conv3",
+    methods=None,
+    report=None,
+):
+    """Every method of `streetlib.attribution.registry.METHODS`: seconds per image, and that as a multiple of the
+    seconds per image of one forward pass (logits) of the same batch on the same model, as
+    `streetlib.attribution.leaderboard` defines a method's cost.
+
+    The model is a flat VGG16 with two outputs (random weights, `_flat_vgg16`), the batch ``batch`` random ``size``
+    px images, the city output explained for each image's predicted class; CAM methods (and Guided Grad-CAM) read
+    ``layer``. Each method is called through `registry.attribute` (so its maps' upsampling and normalisation count)
+    once untimed on its batch (tracing, see `_warmup_params`), then timed: the least of up to ``repeats`` calls
+    (`_best_seconds` with ``budget``). The forward pass likewise (warm-up on the whole batch, then the least of at
+    least 3 calls). `COSTLY_METHODS` run on the first ``costly_batch`` images, with ``params`` (default
+    `method_cost_params`), over a forward pass of that batch size. ``methods``: None (every registry method) or a
+    list of names, to measure a few.
+
+    Returns:
+        dict: ``size``, ``batch``, ``costly_batch``, ``layer``, ``forward`` (dict batch size -> seconds per image)
+        and ``rows``, one per method in registry order: ``method``, ``family``, ``differentiates``, ``layer`` (None
+        for methods that read none), ``params`` (every parameter of the method, defaults included), ``batch``,
+        ``seconds_per_image``, ``forward_seconds_per_image`` and ``cost`` (their ratio). ``report``, if given, is
+        called with each row as soon as it is measured.
+    """
+    from streetlib.attribution.methods import explainer
+    from streetlib.attribution.registry import METHODS, attribute
+
+    params = method_cost_params(size) if params is None else params
+    methods = list(METHODS) if methods is None else list(methods)
+    unknown = sorted((set(params) | set(methods)) - set(METHODS))
+    if unknown:
+        raise ValueError(
+            f"Invalid `params` or `methods`: {unknown} are not methods. Expected some of {sorted(METHODS)}."
+        )
+    model = _flat_vgg16(size, regions=4)
+    x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+    ex = explainer(model, layer=layer)
+    targets = np.argmax(ex.logits(x, output="city"), axis=1)
+
+    forward = {}
+    for n in sorted({batch, min(costly_batch, batch)}, reverse=True):
+        ex.logits(x[:n], output="city")  # traces once; the first call at a batch size also sets up its kernels
+        seconds = _best_seconds(
+            functools.partial(ex.logits, x[:n], output="city"), repeats=max(repeats, 3), budget=budget
+        )
+        forward[n] = seconds / n
+
+    def call(images, name, where, method_params):
+        return attribute(
+            x[:images], model, method=name, output="city", layer=where, target=targets[:images], **method_params
+        )
+
+    rows = []
+    for name in methods:
+        method = METHODS[name]
+        n = min(costly_batch, batch) if name in COSTLY_METHODS else batch
+        where = layer if method.uses_layer else None
+        warm = _warmup_params(name, params.get(name, {}), size)
+        call(n, *((name, where, warm) if warm is not None else ("grad_cam", layer, {})))
+        timed_call = functools.partial(call, n, name, where, params.get(name, {}))
+        seconds = _best_seconds(timed_call, repeats=repeats, budget=budget) / n
+        rows.append(
+            {
+                "method": name,
+                "family": method.family,
+                "differentiates": method.differentiates,
+                "layer": where,
+                "params": {**method.params, **params.get(name, {})},
+                "batch": n,
+                "seconds_per_image": seconds,
+                "forward_seconds_per_image": forward[n],
+                "cost": seconds / forward[n],
+            }
+        )
+        if report is not None:
+            report(rows[-1])
+    return {
+        "size": size,
+        "batch": batch,
+        "costly_batch": min(costly_batch, batch),
+        "layer": layer,
+        "forward": forward,
+        "rows": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # 4. End-to-end prediction from memory-mapped uint8 data
 
 
@@ -835,6 +997,13 @@ def run_all(*, quick=False, report=print):
         results["comparisons"].extend(comparisons)
         ratios = "; ".join(f"{c.name}: {c.ratios}" for c in comparisons)
         report(f"[bench] {label}: {ratios} ({time.perf_counter() - start:.0f} s)")
+    report("[bench] attribution method costs ...")
+    start = time.perf_counter()
+    results["method_costs"] = bench_method_costs(
+        **method_costs_settings(quick=quick),
+        report=lambda row: report(f"[bench]   {row['method']}: {row['cost']:.3g}x forward"),
+    )
+    report(f"[bench] attribution method costs ({time.perf_counter() - start:.0f} s)")
     report("[bench] VGG16 throughput ...")
     results["vgg16"] = bench_vgg16(
         sizes=(64,) if quick else (64, 128, 224), batch=8 if quick else 16, repeats=2 if quick else 3
@@ -846,6 +1015,59 @@ def _fmt(values, unit):
     med, spread = _summary(values)
     precision = 0 if unit == "MB" else 1 if unit == "s" else 2 if med < 10 else 1
     return f"{med:.{precision}f} ± {spread:.{precision}f} {unit}"
+
+
+def _params_cell(params):
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
+
+
+def method_costs_markdown(costs):
+    """The lines of BENCHMARKS.md's section for `bench_method_costs` results: heading, table and note."""
+    rows = costs["rows"]
+    costly = [r["method"] for r in rows if r["batch"] != costs["batch"]]
+    batches = f"batch {costs['batch']}" + (
+        f"; {', '.join(costly)} on the first {costs['costly_batch']} of those images" if costly else ""
+    )
+    lines = [
+        "## Attribution methods: cost per image in forward passes",
+        "",
+        f"Every method of `streetlib.attribution.registry.METHODS` through `registry.attribute`, on a flat VGG16 with "
+        f"two outputs (random weights) at {costs['size']} px explaining the city output's predicted class, CAM "
+        f"methods at {costs['layer']}; {batches}.",
+        "",
+        "| method | family | differentiates / layer | params | seconds per image | cost (x forward) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        where = r["differentiates"] + (f" / {r['layer']}" if r["layer"] else "")
+        params = _params_cell(r["params"]) + (f" (batch of {r['batch']})" if r["batch"] != costs["batch"] else "")
+        lines.append(
+            f"| {r['method']} | {r['family']} | {where} | {params} | {r['seconds_per_image']:.3g} | {r['cost']:.3g}x |"
+        )
+    forward = ", ".join(f"{s:.3g} s at batch {n}" for n, s in sorted(costs["forward"].items(), reverse=True))
+    occlusion = next((r["params"] for r in rows if r["method"] == "occlusion"), None)
+    positions = ""
+    if (
+        occlusion
+    ):  # positions per side as `perturbation.occlusion` places them: every stride, plus one flush with the edge
+        free = costs["size"] - occlusion["patch"]
+        side = free // occlusion["stride"] + 1 + (1 if free % occlusion["stride"] else 0)
+        positions = f" ({side} x {side} = {side * side} here)"
+    lines += [
+        "",
+        "Cost: a method's seconds per image over the seconds per image of one forward pass (the logits) of the same "
+        "batch on the same model, as the attribution leaderboard's ``cost`` column "
+        f"(forward pass: {forward} per image). Each is the least of a few timed calls after an untimed warm-up "
+        "call, so tracing is excluded; a method's time includes upsampling its maps to the input and normalising "
+        "them. A cost scales with the method's parameters: Score-CAM runs one forward pass per channel of its layer "
+        "(512 at block5_conv3), RISE one per mask, "
+        f"occlusion one per position of the square{positions}, "
+        "SmoothGrad and Integrated Gradients one gradient pass (about 3 forward passes' work) per sample or step; "
+        "copies go through the model in batches of ``batch_size`` (Score-CAM: ``chunk_size``), so at small sizes "
+        "a copy can cost less than an image of a small forward batch. The CAM methods (except Score-CAM) "
+        "differentiate only the head above their layer, so they cost about one forward pass.",
+    ]
+    return lines
 
 
 def to_markdown(results, *, command):
@@ -896,6 +1118,8 @@ def to_markdown(results, *, command):
             f"| {r['size']} px | {r['forward_img_s']:.1f} | {r['train_img_s']:.1f} | "
             f"{r['forward_peak_fraction']:.0%} | {r['train_peak_fraction']:.0%} |"
         )
+    if results.get("method_costs"):
+        lines += ["", *method_costs_markdown(results["method_costs"])]
     notes = [f"- {c.name}: {c.notes}" for c in results["comparisons"] if c.notes]
     return "\n".join(lines + (["", "## Notes", "", *notes] if notes else [])) + "\n"
 
