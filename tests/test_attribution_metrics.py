@@ -524,3 +524,15 @@ def test_quadrants_are_cut_in_reading_order_and_explained():
     np.testing.assert_allclose(
         ex["city"].logits, A.explainer(model).logits(A.model_inputs(quads, normalization="samplewise")), atol=1e-5
     )
+
+
+def test_pixel_ranks_order_by_value_and_break_ties_at_random():
+    # Two distinct values and a tie of six pixels: the larger values come first, the tie's order depends on the seed.
+    map_ = np.array([[0.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, 9.0]])
+    ranks = [M.pixel_ranks(map_, np.random.default_rng(seed)) for seed in range(20)]
+    for rank in ranks:
+        assert sorted(rank) == list(range(8))
+        assert rank[7] == 0 and rank[4] == 1
+    ties = {tuple(rank[[0, 1, 2, 3, 5, 6]]) for rank in ranks}
+    assert len(ties) > 1
+    assert np.array_equal(M.pixel_ranks(map_, np.random.default_rng(3)), ranks[3])

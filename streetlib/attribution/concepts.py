@@ -582,12 +582,7 @@ def concept_deletion(images, model, maps, *, normalization, output, target, area
     target = np.broadcast_to(target.astype(np.int64), (n,))
     count = max(1, int(round(area * H * W)))
     rng = np.random.default_rng(seed)
-    chosen = np.zeros((n, H * W), bool)
-    for i in range(n):
-        # lexsort: last key first, so pixels go by decreasing map value, ties in random order.
-        order = np.lexsort((rng.random(H * W), -maps[i].ravel()))
-        chosen[i, order[:count]] = True
-    chosen = chosen.reshape(n, H, W)
+    chosen = np.stack([metrics.pixel_ranks(m, rng) < count for m in maps]).reshape(n, H, W)
     rolled = _roll_masks(chosen, rng, repeats)
     pictures = images.astype(np.float32)
     grey = pictures.mean(axis=(1, 2), keepdims=True)

@@ -292,6 +292,17 @@ def _class_probability(images, model, *, output, target, normalization, batch_si
     return np.concatenate(out).astype(np.float32)
 
 
+def pixel_ranks(map_, rng):
+    """Each pixel's rank by decreasing value of ``map_`` (float `(H, W)`), ties in random order drawn from ``rng``:
+    int64 `(H * W,)`, 0 for the most attributed pixel. Deletion tests remove pixels in this order."""
+    values = np.ravel(map_)
+    # lexsort: last key first, so pixels go by decreasing map value, ties in random order.
+    order = np.lexsort((rng.random(values.size), -values))
+    rank = np.empty(values.size, np.int64)
+    rank[order] = np.arange(values.size)
+    return rank
+
+
 def perturbation_curves(images, maps, model, *, output, target, normalization, steps=16, batch_size=64, seed=0):
     """Deletion and insertion curves: remove (add) pixels in order of attribution and watch the class probability.
 
@@ -339,11 +350,7 @@ def perturbation_curves(images, maps, model, *, output, target, normalization, s
         copies = {"deletion": [], "insertion": []}
         for i in members:
             image = images[i].astype(np.float32)
-            # lexsort: last key first, so pixels go by decreasing map value, ties in random order.
-            order = np.lexsort((rng.random(H * W), -maps[i].ravel()))
-            rank = np.empty(H * W, np.int64)
-            rank[order] = np.arange(H * W)
-            chosen = (rank[None, :] < counts[:, None]).reshape(steps + 1, H, W, 1)
+            chosen = (pixel_ranks(maps[i], rng)[None, :] < counts[:, None]).reshape(steps + 1, H, W, 1)
             grey = image.mean(axis=(0, 1), keepdims=True)
             blurred = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
             copies["deletion"].append(np.where(chosen, grey, image))
