@@ -145,6 +145,25 @@ def test_concept_importance_by_hand():
     w = np.array([[1, 0], [1, 1]], np.float32)
     u = np.array([[2, 0], [1, 4]], np.float32).reshape(1, 1, 2, 2)
     np.testing.assert_array_equal(C.concept_importance(u, g, w), [[5.0, 8.0]])
+    # Position by position: concept 0 gives 2 * 1 and 1 * 3, concept 1 gives 0 * 3 and 4 * 2; the sums above.
+    np.testing.assert_array_equal(C.concept_contributions(u, g, w), np.array([[2, 0], [3, 8]]).reshape(1, 1, 2, 2))
+
+
+def test_contribution_maps_are_where_a_concept_raises_the_logit(planted, found):
+    _, masks, _, _ = planted
+    m, k = len(found.indices), found.order[0]
+    assert found.contributions.shape == (m, SIZE, SIZE, 3) and (found.contributions >= 0).all()
+    # The class-1 logit is a mean of channel 0 over the 64 cells: its gradient is the same everywhere, so the square
+    # concept's contribution map is its activation map times one positive factor (the same mask share; float32
+    # roundoff only, 1e-5 is far above it), and the concepts the logit ignores contribute nothing.
+    picked = masks[found.indices]
+    np.testing.assert_allclose(
+        C.concept_mask_share(found.contributions[..., k], picked),
+        C.concept_mask_share(found.maps[..., k], picked),
+        rtol=1e-5,
+    )
+    others = [j for j in range(3) if j != k]
+    assert found.contributions[..., others].max() < 1e-6 * found.contributions[..., k].max()
 
 
 def test_concept_maps_find_the_square_in_new_images(planted, found):
@@ -334,6 +353,10 @@ def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(plan
     model_row = rows.loc[(1, "model")]
     # Class 1 is the planted square: its top concept sits on it, far above chance, and deleting it kills the class.
     assert model_row["mask_share"] > 0.6 and model_row["vs_chance"] == "above"
+    assert model_row["contribution_low"] <= model_row["contribution_share"] <= model_row["contribution_high"]
+    assert model_row["contribution_share"] > 0.6
+    # The baseline never looks at the model: it has no contribution map.
+    assert np.isnan(rows.loc[(1, "baseline (no model)"), "contribution_share"])
     assert model_row["chance"] == pytest.approx(masks[labels == 1].mean())
     assert model_row["deletion"] == "separated" and model_row["drop_concept_low"] > model_row["drop_random_high"]
     # The control re-initialises the model: it has no deletion test (that asks what the trained model relies on).
@@ -352,6 +375,7 @@ def test_report_findings_are_computed_from_the_table(report):
     line = lines[int(square.name)]
     assert line.startswith(f"square, model: top concept #{square['concept']} has {square['mask_share']:.2f}")
     assert "at or above the 50% target" in line and line.endswith(": separated.")
+    assert f"(its contribution map), {square['contribution_share']:.2f}" in line
     assert "target" not in lines[int(square.name) + 1]  # the control is not held to the target
 
 

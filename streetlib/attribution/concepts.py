@@ -21,7 +21,10 @@ one class of one output, the images the model gets right are pooled and their ac
    the first-order Taylor share of the logit carried by concept k (exact when the head is linear in ``A``: removing
    concept k from ``A`` lowers the logit by exactly that much). The K importances sum to gradient x activation of the
    reconstructed map, ``sum G * (U W)``. Sobol indices (CRAFT's other choice) would need hundreds of masked forward
-   passes per image; this needs none beyond the one gradient pass.
+   passes per image; this needs none beyond the one gradient pass. The terms of that sum, ``U_k(h, w) <G(h, w), W_k>``
+   kept where positive, make a second map per concept: where it *counts* for the class (its contribution map), as
+   opposed to where it *fires* (``U_k``). A concept that also fires weakly on things the class logit ignores (a
+   stripe detector on every horizontal edge) has a diffuse activation map and a contribution map on the cues.
 5. New images (`concept_maps`): their activations projected on the fixed bank (NMF with ``W`` held fixed, what
    `NMF.transform` does), so concepts found on synthetic streets can be looked for in real photographs.
 
@@ -34,13 +37,15 @@ one class of one output, the images the model gets right are pooled and their ac
 | | | ``nmf_max_iter`` (500), ``nmf_tol`` (1e-4), ``seed`` |
 | importance | gradient x concept activation of the class logit, mean over images | - |
 | maps | ``U`` upsampled bilinearly to the input size, not normalised | - |
+| contribution maps | ``U_k <G, W_k>``, positive part, upsampled the same way | - |
 | gallery | crops centred on each image's maximum of a map, best first | ``top_patches`` (8), ``patch_size`` (H // 4) |
 | deletion | top ``area`` of a map's pixels -> mean colour, vs that shape rolled | ``deletion_area`` (0.1), |
 | | to random places (same area and shape) | ``deletion_repeats`` (4) |
 | intervals | percentile bootstrap over images (`metrics.bootstrap_interval`) | ``resamples`` (1000) |
 
 Scoring against the ground truth (synthetic data) lives in its own section below and takes maps, not models:
-`concept_mask_share` (share of a concept map's mass on cue pixels, chance = mean mask area), `concept_deletion`
+`concept_mask_share` (share of a concept map's mass on cue pixels, chance = mean mask area; `class_report` scores
+both maps of the top concept), `concept_deletion`
 (probability drop when the concept's top pixels are removed, against random regions of the same area and shape) and
 `concept_table`. The sanity control is `discover_concepts` on `metrics.randomized_copy(model)`: nothing is cached per
 model here (the explainer cache is keyed weakly by the model object), so a copy gets its own activations.
@@ -164,6 +169,8 @@ class Concepts:
         maps: float32 `(m, H, W, K)`, non-negative, not normalised: where each concept fires in each selected image
             (NMF's ``U``, upsampled bilinearly to the input size).
         layer_maps: float32 `(m, h, w, K)`: ``U`` itself, at the layer's resolution.
+        contributions: float32 `(m, H, W, K)`, non-negative: where each concept raises the class logit, the positive
+            part of ``U_k(h, w) <G(h, w), W_k>`` (`concept_contributions`), upsampled bilinearly to the input size.
         image_importance: float32 `(m, K)`: ``sum_{h, w} U_k(h, w) <G(h, w), W_k>`` per image (logit units).
         importance: float32 `(K,)`: the mean of ``image_importance`` over images.
         order: int64 `(K,)`: concept indices, most important first.
@@ -179,6 +186,7 @@ class Concepts:
     bank: np.ndarray
     maps: np.ndarray
     layer_maps: np.ndarray
+    contributions: np.ndarray
     image_importance: np.ndarray
     importance: np.ndarray
     order: np.ndarray
@@ -380,7 +388,8 @@ def discover_concepts(images, model, *, normalization, output, target_class, lab
     norm = np.linalg.norm(flat)
     error = float(np.linalg.norm(flat - u @ bank) / norm) if norm > 0 else 0.0
     u = u.reshape(m, h, w, spec.n_concepts)
-    image_importance = concept_importance(u, gradients, bank)
+    contributions = concept_contributions(u, gradients, bank)
+    image_importance = contributions.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
     importance = image_importance.mean(axis=0)
     return Concepts(
         output=output,
@@ -389,6 +398,7 @@ def discover_concepts(images, model, *, normalization, output, target_class, lab
         bank=bank.astype(np.float32),
         maps=_upsample(u, images.shape[1:3]),
         layer_maps=u.astype(np.float32),
+        contributions=_upsample(np.maximum(contributions, 0), images.shape[1:3]),
         image_importance=image_importance,
         importance=importance.astype(np.float32),
         order=np.argsort(-importance, kind="stable").astype(np.int64),
@@ -399,8 +409,8 @@ def discover_concepts(images, model, *, normalization, output, target_class, lab
     )
 
 
-def concept_importance(concept_maps, gradients, bank):
-    """Gradient x concept activation per image: ``sum_{h, w} U_k(h, w) * <G(h, w), W_k>``.
+def concept_contributions(concept_maps, gradients, bank):
+    """Gradient x concept activation at each position: ``U_k(h, w) * <G(h, w), W_k>``.
 
     Args:
         concept_maps: float `(n, h, w, K)`, the concept maps ``U`` at the layer's resolution.
@@ -408,10 +418,20 @@ def concept_importance(concept_maps, gradients, bank):
         bank: float `(K, C)`, the concept bank ``W``.
 
     Returns:
-        float32 `(n, K)`, in logit units.
+        float64 `(n, h, w, K)`, signed, in logit units: summed over positions, each concept's importance.
     """
     along = np.einsum("nhwc,kc->nhwk", np.asarray(gradients, np.float64), np.asarray(bank, np.float64))
-    return np.einsum("nhwk,nhwk->nk", np.asarray(concept_maps, np.float64), along).astype(np.float32)
+    return np.asarray(concept_maps, np.float64) * along
+
+
+def concept_importance(concept_maps, gradients, bank):
+    """Gradient x concept activation per image: ``sum_{h, w} U_k(h, w) * <G(h, w), W_k>``
+    (`concept_contributions` summed over positions).
+
+    Returns:
+        float32 `(n, K)`, in logit units.
+    """
+    return concept_contributions(concept_maps, gradients, bank).sum(axis=(1, 2)).astype(np.float32)
 
 
 def _upsample(u, size):
@@ -660,6 +680,9 @@ def _top_row(found, images, masks, model, *, normalization, output, source, spec
     # Images without a cue pixel have no share (NaN); a class with none at all cannot be scored against the masks.
     scored = np.isfinite(share).any()
     mean, low, high = _interval(share, spec) if scored else (np.nan, np.nan, np.nan)
+    counts = np.full(3, np.nan)
+    if scored and hasattr(found, "contributions"):
+        counts = _interval(concept_mask_share(found.contributions[..., k], masks[picked]), spec)
     row = {
         "class": found.target_class,
         "source": source,
@@ -667,6 +690,9 @@ def _top_row(found, images, masks, model, *, normalization, output, source, spec
         "mask_share": mean,
         "low": low,
         "high": high,
+        "contribution_share": counts[0],
+        "contribution_low": counts[1],
+        "contribution_high": counts[2],
         "chance": chance,
         "vs_chance": _versus(low, high, chance) if scored else "no cue pixels",
         "images": len(picked),
@@ -738,9 +764,10 @@ def class_report(images, masks, labels, model, *, normalization, output="region"
     Returns:
         (table, found): `pandas.DataFrame`, one row per class x source (`SOURCES`) with ``class``, ``source``,
         ``concept``, ``mask_share`` and its 95% interval ``low``/``high`` (NaN when those images have no cue
-        pixel), ``chance`` (mean mask area of those images), ``vs_chance`` ('above', 'not separable from', 'below'
-        or 'no cue pixels'), ``images``, and for the model and the
-        baseline the mean probability drops ``drop_concept`` / ``drop_random`` with their intervals and
+        pixel), ``contribution_share`` with ``contribution_low``/``contribution_high`` (the same for the top
+        concept's contribution map; NaN for the baseline, which has none), ``chance`` (mean mask area of those
+        images), ``vs_chance`` ('above', 'not separable from', 'below' or 'no cue pixels'), ``images``, and for the
+        model and the baseline the mean probability drops ``drop_concept`` / ``drop_random`` with their intervals and
         ``deletion`` ('separated' when the concept's interval lies above the random regions'); and dict class ->
         the model's `Concepts`, for the galleries (see `discover_classes`: a class without images has no rows).
     """
@@ -788,6 +815,11 @@ def report_findings(table, *, names, share=0.5):
         )
         if row["source"] == SOURCES[0]:
             line += f", {'at or above' if row['mask_share'] >= share else 'below'} the {share:.0%} target"
+        if np.isfinite(row.get("contribution_share", np.nan)):
+            line += (
+                f"; where it counts for the class (its contribution map), {row['contribution_share']:.2f} "
+                f"[{row['contribution_low']:.2f}, {row['contribution_high']:.2f}]"
+            )
         if isinstance(row.get("deletion"), str):
             line += (
                 f"; deleting where it fires most drops the class probability by {row['drop_concept']:.2f} "
