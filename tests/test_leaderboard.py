@@ -288,3 +288,35 @@ def test_the_figure_ranks_methods_best_first_in_each_panel(table):
         shown = [t.get_text() for t in ax.get_yticklabels()]  # top to bottom: best first
         ordered = [means[m] for m in shown]
         assert ordered == sorted(ordered, reverse=L.HIGHER_IS_BETTER[metric])
+
+
+def test_methods_that_draw_random_numbers_take_the_spec_seed_and_repeat(planted):
+    # SmoothGrad's noise and RISE's masks come from the spec's seed unless its params give one: the same leaderboard
+    # twice gives the same scores (same draws on the same model and inputs; the maps then differ only by float
+    # roundoff of one computation repeated, and the metrics, ranks and sums of them, by less than 1e-6), and another
+    # seed gives other maps.
+    images, masks, model = planted
+    kwargs = dict(
+        methods=("smoothgrad", "rise"),
+        outputs=("region",),
+        params={"smoothgrad": {"samples": 3}, "rise": {"masks": 20, "cells": 4}},
+        curve_steps=2,
+        control_images=4,
+        resamples=50,
+    )
+
+    def run(seed):
+        spec = L.LeaderboardSpec(**kwargs, seed=seed)
+        return L.leaderboard(images, masks, model, normalization="unit", spec=spec)
+
+    first, again, other = run(0), run(0), run(1)
+    np.testing.assert_allclose(first["mean"], again["mean"], rtol=0, atol=1e-6)
+    for method in ("smoothgrad", "rise"):
+        assert json.loads(first.loc[first["method"] == method, "params"].iloc[0])["seed"] == 0
+    scores = ["relevance_mass_accuracy", "mask_auc"]
+    rows = first["metric"].isin(scores) & (first["method"] != "random")
+    assert np.abs(first.loc[rows, "mean"].to_numpy() - other.loc[rows, "mean"].to_numpy()).max() > 1e-4
+    # A seed in the params wins over the spec's.
+    spec = L.LeaderboardSpec(**{**kwargs, "params": {**kwargs["params"], "rise": {"masks": 20, "cells": 4, "seed": 7}}})
+    table = L.leaderboard(images, masks, model, normalization="unit", spec=spec)
+    assert json.loads(table.loc[table["method"] == "rise", "params"].iloc[0])["seed"] == 7

@@ -70,7 +70,8 @@ class LeaderboardSpec:
             model call per image and curve) and the two sanity checks (every map computed again) - use the first
             ``control_images`` of a method's images only; localisation uses all of them.
         resamples: int >= 1, bootstrap resamples of the intervals. Default 1000.
-        seed: int >= 0, for random logits, randomised weights, random maps, tie-breaking and the bootstrap.
+        seed: int >= 0, for random logits, randomised weights, random maps, tie-breaking, the bootstrap, and the
+            methods that draw random numbers (SmoothGrad, RISE) unless ``params`` gives them a seed.
             Default 0.
 
     Every field is checked when the spec is made, against ``_parameter_constraints`` (see `streetlib.constraints`).
@@ -189,10 +190,20 @@ def _localization(maps, masks):
     }
 
 
+def _method_params(spec, method):
+    """A method's parameters as the leaderboard runs it: ``spec.params``'s, plus ``spec.seed`` for a method that draws
+    random numbers (SmoothGrad's noise, RISE's masks) when they set none, so that a leaderboard is reproducible and
+    its sanity checks compare maps made with the same draws."""
+    params = dict(spec.params.get(method, {}))
+    if "seed" in METHODS[method].params:
+        params.setdefault("seed", spec.seed)
+    return params
+
+
 def _method_scores(ctx, method, layer):
     """Per-image values of every metric for one method at one layer, its cost in forward passes and the number of
     images it explained."""
-    params = ctx.spec.params.get(method, {})
+    params = _method_params(ctx.spec, method)
     n = min(ctx.spec.images.get(method, len(ctx.inputs)), len(ctx.inputs))
     k = min(ctx.spec.control_images or n, n)
 
@@ -279,7 +290,7 @@ def leaderboard(images, masks, model, *, normalization, spec=None):
             info = METHODS[method]
             for layer in (spec.layers or (None,)) if info.uses_layer else (None,):
                 values, cost, n = _method_scores(ctx, method, layer)
-                params = {**info.params, **spec.params.get(method, {})}
+                params = {**info.params, **_method_params(spec, method)}
                 shown = layer or (explainer(model).layer if info.uses_layer else None)
                 rows += _rows(
                     ctx, values, method=method, family=info.family, layer=shown, cost=cost, params=params, images=n
