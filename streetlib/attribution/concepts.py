@@ -680,9 +680,10 @@ def _top_row(found, images, masks, model, *, normalization, output, source, spec
     # Images without a cue pixel have no share (NaN); a class with none at all cannot be scored against the masks.
     scored = np.isfinite(share).any()
     mean, low, high = _interval(share, spec) if scored else (np.nan, np.nan, np.nan)
-    counts = np.full(3, np.nan)
+    # The baseline (`PatchClusters`) has no contribution maps: it never looks at the model's gradients.
+    where_it_counts = np.full(3, np.nan)
     if scored and hasattr(found, "contributions"):
-        counts = _interval(concept_mask_share(found.contributions[..., k], masks[picked]), spec)
+        where_it_counts = _interval(concept_mask_share(found.contributions[..., k], masks[picked]), spec)
     row = {
         "class": found.target_class,
         "source": source,
@@ -690,9 +691,9 @@ def _top_row(found, images, masks, model, *, normalization, output, source, spec
         "mask_share": mean,
         "low": low,
         "high": high,
-        "contribution_share": counts[0],
-        "contribution_low": counts[1],
-        "contribution_high": counts[2],
+        "contribution_share": where_it_counts[0],
+        "contribution_low": where_it_counts[1],
+        "contribution_high": where_it_counts[2],
         "chance": chance,
         "vs_chance": _versus(low, high, chance) if scored else "no cue pixels",
         "images": len(picked),
