@@ -250,6 +250,28 @@ def test_bootstrap_interval_by_hand():
     assert mean == 2.0 and 1.0 <= low <= high <= 3.0
 
 
+def test_weighted_bootstrap_interval_is_the_share_of_the_pooled_weight():
+    # Scores 0.2 and 0.8 weighing 1 and 3: the weighted mean is (0.2 + 2.4) / 4 = 0.65, not the plain 0.5. A
+    # resample holds the first image 0, 1 or 2 times: 0.8, 0.65 or 0.2, so the 95 % interval spans them all.
+    assert M.bootstrap_interval([0.2, 0.8], weights=[1.0, 3.0], resamples=10000) == pytest.approx((0.65, 0.2, 0.8))
+    # A NaN score drops its weight with it; unit weights are the plain mean.
+    assert M.bootstrap_interval([0.2, np.nan, 0.8], weights=[1.0, 100.0, 3.0])[0] == pytest.approx(0.65)
+    values = np.random.default_rng(11).random(40)
+    np.testing.assert_allclose(M.bootstrap_interval(values, weights=np.ones(40)), M.bootstrap_interval(values))
+    # A zero-weight image does not count in the mean.
+    assert M.bootstrap_interval([0.2, 0.8, 0.9], weights=[1.0, 3.0, 0.0])[0] == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize(
+    "weights, match",
+    [([1.0], "one per score"), ([1.0, -1.0], "non-negative"), ([1.0, np.inf], "finite"), ([0.0, 0.0], "sum")],
+)
+def test_bad_bootstrap_weights_are_named(weights, match):
+    with pytest.raises(ValueError, match="`weights`") as error:
+        M.bootstrap_interval([0.2, 0.8], weights=weights)
+    assert match in str(error.value)
+
+
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_images():
     rng = np.random.default_rng(9)
     values = rng.normal(0.6, 1.0, 10000)

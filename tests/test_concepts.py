@@ -344,6 +344,28 @@ def report(planted):
     )
 
 
+def test_pooled_share_weighs_each_image_by_the_concepts_mass_there():
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, :2, :2] = True  # a quarter of each image is cue
+    maps = np.zeros((2, 4, 4))
+    maps[0, :2, :2], maps[0, 3, 3] = 3.0, 3.0  # fires strongly: mass 15, of it 12 on the cue (0.8)
+    maps[1] = 0.1  # a faint wash: mass 1.6, of it 0.4 on the cue (0.25, the chance level)
+    shares = C.pooled_shares(maps, masks, resamples=200)
+    # Per image 0.8 and 0.25, mean 0.525; pooled (12 + 0.4) / (15 + 1.6), the image where it fires counts most.
+    assert shares["per_image_share"] == pytest.approx(0.525)
+    assert shares["mask_share"] == pytest.approx(12.4 / 16.6)
+    assert shares["low"] <= shares["mask_share"] <= shares["high"]
+    assert shares["chance"] == pytest.approx(0.25)  # equal cue areas: weighting cannot move chance
+    # Chance is weighted by the mass too: a uniform map over a larger cue scores more, and counts more if it is heavier.
+    masks[1, :2, :] = True  # half of image 1 is cue
+    maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)])  # uniform maps, mass 16 and 48
+    shares = C.pooled_shares(maps, masks, resamples=200)
+    assert shares["chance"] == pytest.approx((0.25 * 16 + 0.5 * 48) / 64) == pytest.approx(shares["mask_share"])
+    # A concept that fires nowhere counts as uniform on every image (as an all-zero map does per image).
+    shares = C.pooled_shares(np.zeros((2, 4, 4)), masks, resamples=200)
+    assert shares["mask_share"] == shares["per_image_share"] == pytest.approx(0.375) == shares["chance"]
+
+
 def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(planted, report):
     _, masks, labels, _ = planted
     table, found = report
@@ -357,7 +379,9 @@ def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(plan
     assert model_row["contribution_share"] > 0.6
     # The baseline never looks at the model: it has no contribution map.
     assert np.isnan(rows.loc[(1, "baseline (no model)"), "contribution_share"])
+    # Every square has the same area, so weighting by the concept's mass leaves chance at the mean mask area.
     assert model_row["chance"] == pytest.approx(masks[labels == 1].mean())
+    assert model_row["per_image_low"] <= model_row["per_image_share"] <= model_row["per_image_high"]
     assert model_row["deletion"] == "separated" and model_row["drop_concept_low"] > model_row["drop_random_high"]
     # The control re-initialises the model: it has no deletion test (that asks what the trained model relies on).
     assert np.isnan(rows.loc[(1, "randomised weights"), "drop_concept"])
@@ -374,6 +398,7 @@ def test_report_findings_are_computed_from_the_table(report):
     square = table[(table["class"] == 1) & (table["source"] == "model")].iloc[0]
     line = lines[int(square.name)]
     assert line.startswith(f"square, model: top concept #{square['concept']} has {square['mask_share']:.2f}")
+    assert f"(per-image mean {square['per_image_share']:.2f} [" in line
     assert "at or above the 50% target" in line and line.endswith(": separated.")
     assert f"(its contribution map), {square['contribution_share']:.2f}" in line
     assert "target" not in lines[int(square.name) + 1]  # the control is not held to the target

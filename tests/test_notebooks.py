@@ -107,7 +107,7 @@ def test_05_scores_the_maps(smoke):
     # the same on randomised weights, the baseline; the deletion test only for the model and the baseline.
     assert len(concepts) and (concepts.groupby("class")["source"].apply(list) == [list(SOURCES)]).all()
     assert concepts["deletion"].isna().tolist() == [s == SOURCES[1] for s in concepts["source"]]
-    assert "of its map mass on cue pixels" in executed
+    assert "of its map mass (pooled over the images) on cue pixels" in executed
     figs = {p.name for p in (root / "figs" / "05-attribution").iterdir()}
     assert {
         "leaderboard-region.png",
