@@ -399,7 +399,14 @@ def test_report_findings_are_computed_from_the_table(report):
     line = lines[int(square.name)]
     assert line.startswith(f"square, model: top concept #{square['concept']} has {square['mask_share']:.2f}")
     assert f"(per-image mean {square['per_image_share']:.2f} [" in line
-    assert "at or above the 50% target" in line and line.endswith(": separated.")
+    # Judged by its interval: the whole of it lies above 50%.
+    assert square["low"] > 0.5 and "above the 50% target" in line and line.endswith(": separated.")
+    # An interval that straddles the target is not read as meeting it.
+    straddling = table.assign(low=0.45, high=0.55)
+    assert (
+        "not separable from the 50% target"
+        in C.report_findings(straddling, names=["plain", "square"])[int(square.name)]
+    )
     assert f"(its contribution map), {square['contribution_share']:.2f}" in line
     assert "target" not in lines[int(square.name) + 1]  # the control is not held to the target
 

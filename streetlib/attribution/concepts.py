@@ -849,7 +849,8 @@ def report_findings(table, *, names, share=0.5):
     Args:
         table: the `class_report` DataFrame.
         names: list of str, the class names of the output, by index.
-        share: float in (0, 1), the mask share the model's top concept is held to. Default 0.5.
+        share: float in (0, 1), the mask share the model's top concept is held to, by its interval ('above',
+            'not separable from' or 'below' the target). Default 0.5.
 
     Returns:
         list of str, one line per class and source.
@@ -865,7 +866,7 @@ def report_findings(table, *, names, share=0.5):
             per_image = f"{row['per_image_share']:.2f} [{row['per_image_low']:.2f}, {row['per_image_high']:.2f}]"
             line += f" (per-image mean {per_image})"
         if row["source"] == SOURCES[0]:
-            line += f", {'at or above' if row['mask_share'] >= share else 'below'} the {share:.0%} target"
+            line += f", {_versus(row['low'], row['high'], share)} the {share:.0%} target"
         if np.isfinite(row.get("contribution_share", np.nan)):
             line += (
                 f"; where it counts for the class (its contribution map), {row['contribution_share']:.2f} "
