@@ -196,6 +196,27 @@ def test_run_all_reports_every_comparison_of_a_step_that_returns_several(monkeyp
     assert "| cam++ |" in text and "| score-cam |" in text
 
 
+def test_quick_bench_prints_and_leaves_the_recorded_benchmarks_alone(monkeypatch, tmp_path, capsys):
+    from streetlib import paths
+    from streetlib.cli import commands
+
+    fake = {"environment": {}, "quick": True, "comparisons": []}
+    monkeypatch.setattr(bench, "run_all", lambda **_: fake)
+    monkeypatch.setattr(bench, "to_markdown", lambda results, command: f"table of `{command}`")
+    monkeypatch.setattr(bench, "to_json", lambda results: "{}")
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    record = tmp_path / "BENCHMARKS.md"
+    record.write_text("the full run")
+    commands.main(["bench", "--quick"])
+    assert "table of `streetlib bench --quick`" in capsys.readouterr().out
+    assert record.read_text() == "the full run" and sorted(p.name for p in tmp_path.iterdir()) == ["BENCHMARKS.md"]
+    # Asked for, a quick run is written where it is told; a full run replaces the record.
+    commands.main(["bench", "--quick", "--out", str(tmp_path / "quick.md")])
+    assert (tmp_path / "quick.md").read_text() == f"table of `streetlib bench --quick --out {tmp_path / 'quick.md'}`"
+    commands.main(["bench"])
+    assert record.read_text() == "table of `streetlib bench`"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # bench_method_costs: every attribution method's cost per image in forward passes
 

@@ -198,9 +198,15 @@ def _cmd_bench(args):
 
     results = bench.run_all(quick=args.quick)
     command = "streetlib bench" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
+    text = bench.to_markdown(results, command=command)
+    if args.quick and not args.out:
+        # BENCHMARKS.md is the record of a full run: a quick look at this machine must not replace it.
+        print(text)
+        print("Quick mode: printed only; `--out FILE` writes it.")
+        return
     out = Path(args.out or paths.REPO_ROOT / "BENCHMARKS.md")
     with atomic_path(out) as tmp:
-        tmp.write_text(bench.to_markdown(results, command=command))
+        tmp.write_text(text)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(bench.to_json(results))
     print(f"Wrote {out}")
@@ -210,8 +216,10 @@ def _add_results_commands(sub):
     p = sub.add_parser("report", help="write hists/README.md and figs/README.md from the files there")
     p.set_defaults(func=_cmd_report)
     p = sub.add_parser("bench", help="side-by-side benchmarks against the references; writes BENCHMARKS.md")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (minutes)")
-    p.add_argument("--out", help="output Markdown file (default: BENCHMARKS.md in the repository)")
+    p.add_argument(
+        "--quick", action="store_true", help="smaller sizes and fewer repeats (minutes); prints, writes only with --out"
+    )
+    p.add_argument("--out", help="output Markdown file (default: BENCHMARKS.md in the repository; none with --quick)")
     p.set_defaults(func=_cmd_bench)
 
 
