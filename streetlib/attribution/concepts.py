@@ -34,7 +34,7 @@ one class of one output, the images the model gets right are pooled and their ac
 | images | a seeded random subset | ``max_images`` (200), ``seed`` (0) |
 | layer | the default Grad-CAM layer, past its BN + ReLU | ``layer`` (None) |
 | factorisation | `NMF`: Frobenius loss, coordinate descent, no penalty | ``n_concepts`` (6), ``nmf_init`` ('nndsvda') |
-| | | ``nmf_max_iter`` (500), ``nmf_tol`` (1e-4), ``seed`` |
+| | | ``nmf_max_iter`` (2000), ``nmf_tol`` (1e-4), ``seed`` |
 | importance | gradient x concept activation of the class logit, mean over images | - |
 | maps | ``U`` upsampled bilinearly to the input size, not normalised | - |
 | contribution maps | ``U_k <G, W_k>``, positive part, upsampled the same way | - |
@@ -111,7 +111,8 @@ class ConceptSpec:
             'predicted'. Default 'correct'.
         max_images: None (all selected) or int >= 1: a seeded random subset of the selected images. Default 200.
         nmf_init: NMF initialisation, one of 'nndsvda', 'nndsvd', 'nndsvdar', 'random'. Default 'nndsvda'.
-        nmf_max_iter: int >= 1, NMF iterations. Default 500.
+        nmf_max_iter: int >= 1, NMF iterations at most. Default 2000: the randomised-weights control of the demo
+            needs about 1000 (at 500 scikit-learn warns that it has not converged).
         nmf_tol: float > 0, NMF stopping tolerance. Default 1e-4.
         top_patches: int >= 1, gallery patches per concept. Default 8.
         patch_size: None (a quarter of the image height) or int >= 1, gallery patch side in pixels.
@@ -129,7 +130,7 @@ class ConceptSpec:
     selection: str = "correct"
     max_images: int | None = 200
     nmf_init: str = "nndsvda"
-    nmf_max_iter: int = 500
+    nmf_max_iter: int = 2000
     nmf_tol: float = 1e-4
     top_patches: int = 8
     patch_size: int | None = None
