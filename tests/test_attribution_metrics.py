@@ -260,6 +260,9 @@ def test_weighted_bootstrap_interval_is_the_share_of_the_pooled_weight():
     np.testing.assert_allclose(M.bootstrap_interval(values, weights=np.ones(40)), M.bootstrap_interval(values))
     # A zero-weight image does not count in the mean.
     assert M.bootstrap_interval([0.2, 0.8, 0.9], weights=[1.0, 3.0, 0.0])[0] == pytest.approx(0.65)
+    # Seed 0's one resample draws the zero-weight image twice: no mean, so no interval, and the error says so.
+    with pytest.raises(ValueError, match="none of the 1 resamples drew an image of positive weight"):
+        M.bootstrap_interval([0.2, 0.8], weights=[1.0, 0.0], resamples=1, seed=0)
 
 
 @pytest.mark.parametrize(

@@ -364,6 +364,11 @@ def test_pooled_share_weighs_each_image_by_the_concepts_mass_there():
     # A concept that fires nowhere counts as uniform on every image (as an all-zero map does per image).
     shares = C.pooled_shares(np.zeros((2, 4, 4)), masks, resamples=200)
     assert shares["mask_share"] == shares["per_image_share"] == pytest.approx(0.375) == shares["chance"]
+    # An image without cue pixels has no share, and its mass (however large) must not pull chance down either.
+    masks = np.concatenate([masks[:1], np.zeros((1, 4, 4), bool)])
+    maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 100.0)])
+    shares = C.pooled_shares(maps, masks, resamples=200)
+    assert shares["images"] == 1 and shares["mask_share"] == pytest.approx(0.25) == shares["chance"]
 
 
 def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(planted, report):
@@ -409,6 +414,9 @@ def test_report_findings_are_computed_from_the_table(report):
     )
     assert f"(its contribution map), {square['contribution_share']:.2f}" in line
     assert "target" not in lines[int(square.name) + 1]  # the control is not held to the target
+    # Class 0 has no cue pixels: its share is undefined, and so is any verdict on the target.
+    plain = lines[int(table[(table["class"] == 0) & (table["source"] == "model")].index[0])]
+    assert "no cue pixels" in plain and "target" not in plain
 
 
 def test_classes_without_images_are_left_out(planted):

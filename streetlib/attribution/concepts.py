@@ -551,8 +551,11 @@ def concept_mask_share(maps, masks):
 def mask_chance(masks, weights=None):
     """The chance level of `concept_mask_share`: the mean share of cue pixels, float.
 
-    With ``weights`` (float `(n,)`, non-negative, e.g. `concept_mass`), the weighted mean of each image's cue area:
-    the chance level of the pooled share, what the same mass per image spread uniformly over each image would score.
+    Args:
+        masks: `(n, H, W)`, non-zero on cue pixels.
+        weights: None or float `(n,)`, non-negative with a positive sum (e.g. `concept_mass`): the weighted mean of
+            each image's cue area, the chance level of the pooled share (what the same mass per image, spread
+            uniformly over each image, would score).
     """
     area = (np.asarray(masks) > 0).mean(axis=(1, 2))
     return float(np.average(area, weights=weights))
@@ -581,20 +584,24 @@ def pooled_shares(maps, masks, *, resamples=1000, seed=0):
 
     Returns:
         dict: ``mask_share``, ``low``, ``high`` (pooled, with its 95% interval), ``per_image_share``,
-        ``per_image_low``, ``per_image_high`` and ``chance`` (`mask_chance` weighted by the mass); NaN shares when
-        no image has a cue pixel.
+        ``per_image_low``, ``per_image_high``, ``chance`` and ``images`` (the images with a cue pixel, the only ones
+        scored). ``chance`` is `mask_chance` of those images weighted by the mass: the pooled share's chance level
+        (the per-image mean's is their plain mean cue area, `mask_chance(masks)`). NaN shares and chance 0 when no
+        image has a cue pixel.
     """
     share = concept_mask_share(maps, masks)
     scored = np.isfinite(share)
-    mass = concept_mass(maps)
+    mass = concept_mass(maps)[scored]
     # A concept with no mass on the scored images fires nowhere: like an all-zero map in `concept_mask_share`, it
     # counts as uniform, so every image weighs the same.
-    weights = mass if mass[scored].sum() > 0 else None
-    columns = {"chance": mask_chance(masks, weights)}
+    weights = mass if mass.sum() > 0 else None
+    # Chance over the scored images only: an image without cue pixels has no share, so its area (0) must not count.
+    chance = mask_chance(np.asarray(masks)[scored], weights) if scored.any() else 0.0
+    columns = {"chance": chance, "images": int(scored.sum())}
     names = (("mask_share", "low", "high"), ("per_image_share", "per_image_low", "per_image_high"))
     for keys, w in zip(names, (weights, None), strict=True):
         values = (
-            metrics.bootstrap_interval(share, weights=w, resamples=resamples, seed=seed)
+            metrics.bootstrap_interval(share[scored], weights=w, resamples=resamples, seed=seed)
             if scored.any()
             else (np.nan,) * 3
         )
@@ -691,14 +698,12 @@ def concept_table(concepts, masks, *, resamples=None, seed=None):
     seed = concepts.spec.seed if seed is None else seed
     rows = []
     for rank, k in enumerate(concepts.order, start=1):
-        maps = concepts.maps[..., k]
         rows.append(
             {
                 "rank": rank,
                 "concept": int(k),
                 concepts.score_name: float(concepts.scores[k]),
-                **pooled_shares(maps, masks, resamples=resamples, seed=seed),
-                "images": int(np.isfinite(concept_mask_share(maps, masks)).sum()),
+                **pooled_shares(concepts.maps[..., k], masks, resamples=resamples, seed=seed),
             }
         )
     return pd.DataFrame(rows)
@@ -726,6 +731,7 @@ def _top_row(found, images, masks, model, *, normalization, output, source, spec
     picked = found.indices
     bootstrap = {"resamples": spec.resamples, "seed": spec.seed}
     shares = pooled_shares(found.maps[..., k], masks[picked], **bootstrap)
+    shares.pop("images")  # the row counts the images the concepts were found on, scored or not
     # Images without a cue pixel have no share (NaN); a class with none at all cannot be scored against the masks.
     scored = np.isfinite(shares["mask_share"])
     # The baseline (`PatchClusters`) has no contribution maps: it never looks at the model's gradients.
@@ -866,7 +872,7 @@ def report_findings(table, *, names, share=0.5):
         if np.isfinite(row.get("per_image_share", np.nan)):
             per_image = f"{row['per_image_share']:.2f} [{row['per_image_low']:.2f}, {row['per_image_high']:.2f}]"
             line += f" (per-image mean {per_image})"
-        if row["source"] == SOURCES[0]:
+        if row["source"] == SOURCES[0] and np.isfinite(row["mask_share"]):
             line += f", {_versus(row['low'], row['high'], share)} the {share:.0%} target"
         if np.isfinite(row.get("contribution_share", np.nan)):
             line += (
@@ -1120,7 +1126,8 @@ def plot_concept_gallery(images, concepts, *, title, concepts_shown=None, top=No
         title: str, the figure's title: say which data, class and weights (e.g. `streetlib.figures.title`).
         concepts_shown: None (all) or int >= 1, rows drawn (the best ones).
         top: None (the spec's ``top_patches``) or int >= 1, patches per row.
-        shares: None or float `(K,)`, each concept's mean mask share, added to its label.
+        shares: None or float `(K,)`, each concept's mask share (`concept_table`'s pooled ``mask_share``), added
+            to its label.
 
     Returns:
         `matplotlib.figure.Figure`.

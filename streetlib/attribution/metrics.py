@@ -287,6 +287,11 @@ def bootstrap_interval(values, *, weights=None, confidence=0.95, resamples=1000,
     # One draw for all resamples: row r holds the image indices of resample r.
     draws = rng.integers(0, len(scored), size=(resamples, len(scored)))
     totals = weights[draws].sum(axis=1)
+    if not (totals > 0).any():
+        raise ValueError(
+            f"Invalid `weights`: none of the {resamples} resamples drew an image of positive weight, so the interval "
+            "is undefined. Give more resamples or weight more images."
+        )
     means = (scored * weights)[draws].sum(axis=1)[totals > 0] / totals[totals > 0]
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(np.sum(scored * weights) / weights.sum()), float(low), float(high)

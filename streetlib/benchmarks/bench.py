@@ -2,7 +2,7 @@
 
 Each comparison times our way and the reference way on the same inputs, repeats each measurement (median and
 spread), checks that both compute the same thing (so a ratio cannot come from doing less work) and reports the ratio
-against its target. `write_markdown` turns the results into ``BENCHMARKS.md``.
+against its target. `to_markdown` turns the results into ``BENCHMARKS.md``.
 """
 
 import contextlib

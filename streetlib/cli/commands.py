@@ -215,7 +215,7 @@ def _cmd_bench(args):
 def _add_results_commands(sub):
     p = sub.add_parser("report", help="write hists/README.md and figs/README.md from the files there")
     p.set_defaults(func=_cmd_report)
-    p = sub.add_parser("bench", help="side-by-side benchmarks against the references; writes BENCHMARKS.md")
+    p = sub.add_parser("bench", help="side-by-side benchmarks against the references; a full run writes BENCHMARKS.md")
     p.add_argument(
         "--quick", action="store_true", help="smaller sizes and fewer repeats (minutes); prints, writes only with --out"
     )
