@@ -393,7 +393,7 @@ def discover_concepts(images, model, *, normalization, output, target_class, lab
     error = float(np.linalg.norm(flat - u @ bank) / norm) if norm > 0 else 0.0
     u = u.reshape(m, h, w, spec.n_concepts)
     contributions = concept_contributions(u, gradients, bank)
-    image_importance = contributions.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+    image_importance = _summed_over_positions(contributions)
     importance = image_importance.mean(axis=0)
     return Concepts(
         output=output,
@@ -435,7 +435,12 @@ def concept_importance(concept_maps, gradients, bank):
     Returns:
         float32 `(n, K)`, in logit units.
     """
-    return concept_contributions(concept_maps, gradients, bank).sum(axis=(1, 2)).astype(np.float32)
+    return _summed_over_positions(concept_contributions(concept_maps, gradients, bank))
+
+
+def _summed_over_positions(contributions):
+    """`concept_contributions` `(n, h, w, K)` -> each concept's importance per image, float32 `(n, K)`."""
+    return contributions.sum(axis=(1, 2)).astype(np.float32)
 
 
 def _upsample(u, size):
