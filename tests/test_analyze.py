@@ -311,7 +311,9 @@ def test_download_time_is_bounded_as_a_whole(server):
     with pytest.raises(inference.InputError) as err:
         inference.fetch_url(url, timeout=0.5)
     elapsed = time.monotonic() - start
-    assert elapsed < 1.5, f"the download went on for {elapsed:.1f} s with a 0.5 s timeout"
+    # Half the 6 s the whole download takes: a bound per read would run to the end; 3 s leaves a busy CPU 2.5 s of
+    # slack over the timeout.
+    assert elapsed < 3.0, f"the download went on for {elapsed:.1f} s with a 0.5 s timeout"
     message = str(err.value)
     assert message.startswith(f"{url}: not downloaded within the 0.5 s timeout (") and "bytes received" in message
     assert "raise --timeout" in message

@@ -1,7 +1,9 @@
 """The benchmark's own logic: the references compute what ours computes, and the report says what was measured."""
 
 import re
+import types
 
+import keras
 import numpy as np
 import pytest
 
@@ -246,32 +248,62 @@ def test_every_registry_method_has_one_positive_finite_cost(method_costs):
         assert r["layer"] == ("block5_conv3" if METHODS[r["method"]].uses_layer else None)
 
 
-def test_costs_follow_the_number_of_passes_each_method_makes(method_costs):
-    cost = {r["method"]: r["cost"] for r in method_costs["rows"]}
-    params = {r["method"]: r["params"] for r in method_costs["rows"]}
-    # Forward passes per image from the algorithms: Score-CAM 1 + 512 (block5_conv3's channels), RISE 1 + masks,
-    # occlusion 1 + positions (a quarter-side square moved by an eighth: 7 x 7).
-    passes = {"score_cam": 512, "rise": params["rise"]["masks"], "occlusion": 7 * 7}
-    # The copies go through the model up to 64 (Score-CAM 32) at a time, the forward pass it is measured against 2
-    # images at a time, so a copy can cost less than one image of that forward pass: measured about 2.5x less at 32 px
-    # on one core (RISE, 64 masks: 27x; occlusion 22x; Score-CAM 213x). A factor of 8 leaves room for that and for
-    # noise, and still fails when the copies are not timed (a cost of about 1).
-    for method, count in passes.items():
-        assert cost[method] > count / 8, (method, cost[method], count)
-    # SmoothGrad and Integrated Gradients make one gradient pass per sample or step (4 here), saliency one: the 4
-    # passes cannot cost less than the one unless batching 8 copies made each 4x cheaper (measured 2.9-3.1x saliency).
-    for method in ("smoothgrad", "integrated_gradients"):
-        assert cost[method] > cost["saliency"], (method, cost)
-    # Grad-CAM and the other CAMs from gradients differentiate only the head above block5_conv3 and Eigen-CAM needs no
-    # gradient: about one forward pass (measured 1.0-1.2x), far below the 49 positions and the masks of the
-    # perturbation methods and Score-CAM's 512 passes, even with the batching discount above.
-    cams = ("grad_cam", "grad_cam_plus_plus", "hires_cam", "xgrad_cam", "layer_cam", "eigen_cam")
-    for expensive in ("occlusion", "rise", "score_cam"):
-        assert max(cost[m] for m in cams) < cost[expensive], (expensive, cost)
-    # A gradient w.r.t. the input is one forward and one whole backward pass: more than the forward pass alone, and
-    # nowhere near the perturbation methods.
-    for method in ("saliency", "gradient_x_input", "guided_backprop"):
-        assert 1 < cost[method] < min(cost["occlusion"], cost["rise"]), (method, cost)
+class _ImagesSeen(keras.layers.Layer):
+    """Passes its input on and adds the number of images in it to `_ImagesSeen.total`: one count for every copy of
+    the model (guided backpropagation runs a clone), read by the fake clock below."""
+
+    total = None
+
+    def call(self, x):
+        _ImagesSeen.total.assign_add(keras.ops.cast(keras.ops.shape(x)[0], "float32"))
+        return x
+
+
+def _counting_model(size, num_classes=10, seed=0, *, regions=None):
+    """A small stand-in for `bench._flat_vgg16`: the same two heads over a convolution named block5_conv3 (6
+    channels), with `_ImagesSeen` first."""
+    keras.utils.set_random_seed(seed)
+    images = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="block5_conv3")(_ImagesSeen()(images))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = {}
+    for output, classes in {"region": regions, "city": num_classes}.items():
+        logits = keras.layers.Dense(classes, name=f"{output}_logits")(x)
+        outputs[output] = keras.layers.Activation("softmax", name=output)(logits)
+    return keras.Model(images, outputs)
+
+
+def test_costs_count_the_forward_passes_each_method_makes(monkeypatch):
+    # Timings on a shared CPU are too noisy to assert on (a 2-image forward pass at 32 px is a few milliseconds of
+    # mostly overhead), so the clock here reads the number of images the model has been run on: a method's cost is
+    # then exactly its forward passes per image, and it matches the count its docstring states only if every pass
+    # of the timed call is timed, with the stated parameters, over one pass per image of the forward batch.
+    _ImagesSeen.total = keras.Variable(0.0, trainable=False, name="images_seen")
+    monkeypatch.setattr(bench, "_flat_vgg16", _counting_model)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: float(_ImagesSeen.total.numpy())))
+    size, samples, steps, masks = 16, 3, 5, 7
+    params = {
+        "smoothgrad": {"samples": samples, "seed": 0},
+        "integrated_gradients": {"steps": steps},
+        "occlusion": {"patch": 4, "stride": 4},
+        "rise": {"masks": masks, "seed": 0},
+    }
+    costs = bench.bench_method_costs(size=size, batch=4, costly_batch=2, params=params, repeats=2, budget=1e9)
+    assert costs["forward"] == {4: 1.0, 2: 1.0}
+    cost = {r["method"]: r["cost"] for r in costs["rows"]}
+    # The docstrings' "Cost per image": one pass to pick the class, then one per channel, sample, step, position
+    # or mask; the CAMs and plain gradients one pass (their backward passes are not forward passes); Guided Grad-CAM
+    # Grad-CAM's pass and guided backpropagation's.
+    positions = ((size - 4) // 4 + 1) ** 2
+    expected = {
+        "score_cam": 1 + 6,
+        "smoothgrad": 1 + samples,
+        "integrated_gradients": 1 + steps,
+        "occlusion": 1 + positions,
+        "rise": 1 + masks,
+        "guided_grad_cam": 2,
+    }
+    assert cost == {name: expected.get(name, 1.0) for name in cost}
 
 
 def test_method_costs_table_is_in_the_markdown(method_costs):
