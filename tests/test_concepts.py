@@ -321,7 +321,7 @@ def test_randomised_weights_lose_the_planted_concept(planted, found):
     trained = C.concept_table(found, masks)["mask_share"].iloc[0]
     spec = C.ConceptSpec(n_concepts=3, selection="labelled", resamples=200, nmf_max_iter=1000)
     tops = []
-    for seed in range(3):
+    for seed in range(6):
         randomized = metrics.randomized_copy(model, output="region", seed=seed)
         control = C.discover_concepts(
             images, randomized, normalization="unit", output="region", target_class=1, labels=labels, spec=spec
@@ -333,14 +333,129 @@ def test_randomised_weights_lose_the_planted_concept(planted, found):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Degenerate activations: a randomised copy (or a user's layer) with dead units, constant or all-zero maps
+
+
+def degenerate_model(kind):
+    """The planted model with its convolution made degenerate by construction.
+
+    'dead units': channels 2 and 3 never fire (zero kernel, negative bias): rank 2. 'constant': every channel is
+    0.5 everywhere (zero kernel, positive bias): rank 1. 'all zero': no channel ever fires: rank 0.
+    """
+    model = planted_model()
+    conv = model.get_layer("conv")
+    kernel, bias = conv.get_weights()
+    if kind == "dead units":
+        kernel[..., 2:], bias[2:] = 0.0, -1.0
+    elif kind == "constant":
+        kernel[:], bias[:] = 0.0, 0.5
+    else:
+        kernel[:], bias[:] = 0.0, -1.0
+    conv.set_weights([kernel, bias])
+    return model
+
+
+RANKS = {"dead units": 2, "constant": 1, "all zero": 0}
+
+
+@pytest.mark.parametrize("init", C.NMF_INITS)
+@pytest.mark.parametrize("kind", list(RANKS))
+def test_degenerate_activations_give_empty_concepts_not_nan(planted, kind, init):
+    images, masks, labels, _ = planted
+    model = degenerate_model(kind)
+    spec = C.ConceptSpec(n_concepts=3, selection="labelled", resamples=50, nmf_init=init)
+    found = C.discover_concepts(
+        images, model, normalization="unit", output="region", target_class=1, labels=labels, spec=spec
+    )
+    rank = RANKS[kind]
+    assert found.rank == rank
+    for values in (found.bank, found.maps, found.contributions, found.image_importance, found.importance):
+        assert np.isfinite(values).all()
+    # Concepts beyond the rank are empty and ranked last; the fitted ones are not empty.
+    assert not found.bank[rank:].any() and not found.maps[..., rank:].any() and not found.importance[rank:].any()
+    assert found.bank[:rank].any(axis=1).all()
+    assert sorted(found.order[rank:]) == list(range(rank, 3))
+    # An empty concept fires nowhere in new images either, and the table scores it at chance rather than NaN.
+    projected = C.concept_maps(images[:6], model, found, normalization="unit")
+    assert np.isfinite(projected).all() and not projected[..., rank:].any()
+    table = C.concept_table(found, masks)
+    assert np.isfinite(table["mask_share"]).all()
+    assert table.loc[table["concept"] >= rank, "mask_share"].to_numpy() == pytest.approx(CHANCE)
+
+
+def test_null_directions_of_the_svd_never_reach_nndsvd(planted, monkeypatch):
+    # What a CPU's kernels did to a randomised copy: for a direction with no singular value behind it, the SVD may
+    # return a unit vector on a dead channel and a left vector of one sign, so both of NNDSVD's candidate parts have
+    # zero norm and it divides 0 by 0. Made here by construction: an exact SVD whose null directions are replaced by
+    # exactly that pattern. Only the directions within the activations' rank may be handed to NNDSVD.
+    from sklearn.decomposition import _nmf
+
+    def svd_with_bad_null_directions(x, n_components, **_):
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        u, s, vt = u[:, :n_components].copy(), s[:n_components].copy(), vt[:n_components].copy()
+        for j in np.flatnonzero(s <= C.RANK_TOLERANCE * s[0]):
+            s[j] = 0.0
+            u[:, j] = -np.abs(u[:, j]) / np.linalg.norm(u[:, j])
+            vt[j] = np.eye(x.shape[1])[-1]
+        return u, s, vt
+
+    monkeypatch.setattr(_nmf, "_randomized_svd", svd_with_bad_null_directions)
+    images, _, labels, _ = planted
+    found = C.discover_concepts(
+        images,
+        degenerate_model("dead units"),
+        normalization="unit",
+        output="region",
+        target_class=1,
+        labels=labels,
+        spec=C.ConceptSpec(n_concepts=3, selection="labelled", resamples=50),
+    )
+    assert found.rank == 2 and np.isfinite(found.maps).all() and np.isfinite(found.importance).all()
+
+
+def test_a_factorisation_that_is_not_finite_is_one_clear_error(planted, monkeypatch):
+    class NaNFactorisation:
+        def __init__(self, n_components, **_):
+            self.components_ = np.full((n_components, 4), np.nan)
+
+        def fit_transform(self, flat):
+            return np.full((len(flat), len(self.components_)), np.nan)
+
+    monkeypatch.setattr(C, "NMF", NaNFactorisation)
+    images, _, labels, model = planted
+    with pytest.raises(ValueError, match=r"layer 'conv' did not converge.*nmf_init='random'"):
+        C.discover_concepts(
+            images, model, normalization="unit", output="region", target_class=1, labels=labels, spec=SPEC
+        )
+
+
+def test_class_report_on_a_model_with_dead_units(planted):
+    images, masks, labels, _ = planted
+    table, _ = C.class_report(
+        images,
+        masks,
+        labels,
+        degenerate_model("dead units"),
+        normalization="unit",
+        spec=SPEC,
+        patch_spec=C.PatchSpec(patch=4, stride=2),
+    )
+    scored = table[table["class"] == 1]
+    assert np.isfinite(scored[["mask_share", "chance"]].to_numpy(float)).all()
+    assert (scored["vs_chance"] != "no cue pixels").all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Every class, checked against the ground truth
 
 
-@pytest.fixture(scope="module")
-def report(planted):
+# The spec's seed also draws the randomised copy: the report's checks must hold whichever copy is drawn.
+@pytest.fixture(scope="module", params=[0, 1, 2, 3])
+def report(planted, request):
     images, masks, labels, model = planted
+    spec = C.ConceptSpec(n_concepts=3, resamples=200, top_patches=4, seed=request.param)
     return C.class_report(
-        images, masks, labels, model, normalization="unit", spec=SPEC, patch_spec=C.PatchSpec(patch=4, stride=2)
+        images, masks, labels, model, normalization="unit", spec=spec, patch_spec=C.PatchSpec(patch=4, stride=2)
     )
 
 

@@ -13,6 +13,8 @@ one class of one output, the images the model gets right are pooled and their ac
    is used, moved past a batch normalisation and ReLU that directly follow it (``head_conv2`` -> ``head_conv2_relu``).
 3. Factorise: ``A`` reshaped to `(n * h * w, C)` ~= ``U @ W`` by scikit-learn's `NMF` with K components. ``W``
    `(K, C)` is the concept bank (one direction in channel space per concept), ``U`` `(n, h, w, K)` the concept maps.
+   Activations of lower rank than K (dead units, constant or all-zero maps, common in a randomised copy) get only
+   as many concepts as their rank; the others are empty, ranked last (`activation_rank`).
 4. Importance: gradient x concept activation (CRAFT's "gradient-input" in concept space). With ``G`` the gradient of
    the class logit w.r.t. ``A``, and ``A ~= U W``, the chain rule gives ``dlogit / dU_k(h, w) = <G(h, w), W_k>``, so
 
@@ -85,6 +87,8 @@ from streetlib.constraints import Interval, Options, validate_parameters
 
 # Above this share of the activation mass below zero, a layer is refused rather than clipped (see the docstring).
 NEGATIVE_TOLERANCE = 0.01
+# Singular values below this fraction of the largest count as zero when sizing the factorisation (`activation_rank`).
+RANK_TOLERANCE = 1e-5
 SELECTIONS = ("correct", "labelled", "predicted")
 
 
@@ -177,8 +181,11 @@ class Concepts:
             part of ``U_k(h, w) <G(h, w), W_k>`` (`concept_contributions`), upsampled bilinearly to the input size.
         image_importance: float32 `(m, K)`: ``sum_{h, w} U_k(h, w) <G(h, w), W_k>`` per image (logit units).
         importance: float32 `(K,)`: the mean of ``image_importance`` over images.
-        order: int64 `(K,)`: concept indices, most important first.
+        order: int64 `(K,)`: concept indices, most important first, empty concepts last.
         indices: int64 `(m,)`: the selected images' indices into the ``images`` given to `discover_concepts`.
+        rank: int in [0, K], how many concepts were fitted: the activations' numerical rank when it is below K
+            (dead units, constant or all-zero activations); concepts ``rank .. K-1`` are empty (zero direction, maps
+            and importance).
         reconstruction_error: float, ``||A - U W|| / ||A||`` (Frobenius), in [0, 1] for a fit better than zero.
         negative_share: float, the share of the activation mass that was negative and clipped.
         spec: the `ConceptSpec` used.
@@ -195,6 +202,7 @@ class Concepts:
     importance: np.ndarray
     order: np.ndarray
     indices: np.ndarray
+    rank: int
     reconstruction_error: float
     negative_share: float
     spec: ConceptSpec
@@ -380,21 +388,16 @@ def discover_concepts(images, model, *, normalization, output, target_class, lab
             f"Received: n_concepts={spec.n_concepts}"
         )
     flat = activations.reshape(-1, channels).astype(np.float64)
-    nmf = NMF(
-        spec.n_concepts,
-        init=spec.nmf_init,
-        max_iter=spec.nmf_max_iter,
-        tol=spec.nmf_tol,
-        random_state=spec.seed,
-    )
-    u = nmf.fit_transform(flat)
-    bank = nmf.components_
+    u, bank, rank = _factorise(flat, spec, layer)
     norm = np.linalg.norm(flat)
     error = float(np.linalg.norm(flat - u @ bank) / norm) if norm > 0 else 0.0
     u = u.reshape(m, h, w, spec.n_concepts)
     contributions = concept_contributions(u, gradients, bank)
     image_importance = _summed_over_positions(contributions)
     importance = image_importance.mean(axis=0)
+    # Empty concepts (beyond the activations' rank) go last whatever the sign of the others' importance: an empty
+    # concept must never be a class's top concept.
+    order = np.lexsort((-importance, np.arange(spec.n_concepts) >= rank))
     return Concepts(
         output=output,
         target_class=int(target_class),
@@ -405,12 +408,64 @@ def discover_concepts(images, model, *, normalization, output, target_class, lab
         contributions=_upsample(np.maximum(contributions, 0), images.shape[1:3]),
         image_importance=image_importance,
         importance=importance.astype(np.float32),
-        order=np.argsort(-importance, kind="stable").astype(np.int64),
+        order=order.astype(np.int64),
         indices=indices.astype(np.int64),
+        rank=rank,
         reconstruction_error=error,
         negative_share=negative_share,
         spec=spec,
     )
+
+
+def activation_rank(flat):
+    """The numerical rank of activations `(N, C)`: how many concepts they can hold.
+
+    Counted from the singular values of ``flat`` (the square roots of the eigenvalues of its `(C, C)` Gram matrix, so
+    the cost does not grow with N): those above `RANK_TOLERANCE` times the largest. Float32 activations resolve a
+    direction to about 1e-7 of the largest singular value; below 1e-5 a direction is roundoff, not structure.
+
+    Args:
+        flat: float `(N, C)`, non-negative.
+
+    Returns:
+        int in [0, C]: 0 when every activation is zero.
+    """
+    flat = np.asarray(flat, np.float64)
+    eigenvalues = np.clip(np.linalg.eigvalsh(flat.T @ flat), 0, None)
+    singular = np.sqrt(eigenvalues)
+    if singular.max(initial=0.0) == 0:
+        return 0
+    return int(np.sum(singular > RANK_TOLERANCE * singular.max()))
+
+
+def _factorise(flat, spec, layer):
+    """NMF of activations `(N, C)` into ``spec.n_concepts`` concepts, robust to degenerate layers.
+
+    NNDSVD initialisation (scikit-learn's default family) divides by the norms of the singular vectors' positive and
+    negative parts, which can both be zero for a direction with no singular value behind it: dead units, constant or
+    all-zero activations (a randomised copy has them) then give NaN. So only ``min(K, rank)`` concepts are fitted
+    and the rest are empty (zero direction, zero maps, zero importance), a defined result rather than kernel luck.
+
+    Returns:
+        (U float64 `(N, K)`, W float64 `(K, C)`, rank int: how many concepts were fitted).
+
+    Raises:
+        ValueError: the factorisation is not finite (it never should be once the rank is respected).
+    """
+    k = spec.n_concepts
+    fitted = min(k, activation_rank(flat))
+    u = np.zeros((len(flat), k))
+    bank = np.zeros((k, flat.shape[1]))
+    if fitted:
+        nmf = NMF(fitted, init=spec.nmf_init, max_iter=spec.nmf_max_iter, tol=spec.nmf_tol, random_state=spec.seed)
+        u[:, :fitted] = nmf.fit_transform(flat)
+        bank[:fitted] = nmf.components_
+    if not (np.isfinite(u).all() and np.isfinite(bank).all()):
+        raise ValueError(
+            f"NMF of the activations of layer {layer!r} did not converge to finite concepts (rank {fitted} of "
+            f"{flat.shape[1]} channels). Pass nmf_init='random' or fewer n_concepts in the ConceptSpec."
+        )
+    return u, bank, fitted
 
 
 def concept_contributions(concept_maps, gradients, bank):
@@ -480,16 +535,21 @@ def concept_maps(images, model, concepts, *, normalization, batch_size=64):
             f"Invalid `concepts`: its bank has {bank.shape[1]} channels, layer {concepts.layer!r} of this model "
             f"{channels}."
         )
-    u, _, _ = non_negative_factorization(
-        activations.reshape(-1, channels).astype(np.float64),
-        H=bank,
-        n_components=len(bank),
-        init="custom",
-        update_H=False,
-        max_iter=concepts.spec.nmf_max_iter,
-        tol=concepts.spec.nmf_tol,
-        random_state=concepts.spec.seed,
-    )
+    flat = activations.reshape(-1, channels).astype(np.float64)
+    # Empty concepts (zero directions) and all-zero activations fire nowhere; scikit-learn refuses a zero bank row.
+    live = np.flatnonzero(bank.any(axis=1))
+    u = np.zeros((len(flat), len(bank)))
+    if len(live) and flat.any():
+        u[:, live], _, _ = non_negative_factorization(
+            flat,
+            H=bank[live],
+            n_components=len(live),
+            init="custom",
+            update_H=False,
+            max_iter=concepts.spec.nmf_max_iter,
+            tol=concepts.spec.nmf_tol,
+            random_state=concepts.spec.seed,
+        )
     return _upsample(u.reshape(n, h, w, len(bank)), images.shape[1:3])
 
 
