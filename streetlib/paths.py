@@ -6,6 +6,7 @@ notebooks and the CLI never hold literal paths.
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -75,6 +76,62 @@ class atomic_path:
         else:
             self.tmp.unlink(missing_ok=True)
         return False
+
+
+class atomic_dir:
+    """Context manager giving a temporary sibling directory that is moved to ``path`` only on success.
+
+    Writers of a result made of several files (a dataset) use it so that a failure part way (a full disk, a bad
+    input, Ctrl-C) leaves nothing at ``path`` that looks complete, and nothing a re-run would have to overwrite::
+
+        with atomic_dir(out) as tmp:
+            np.save(tmp / "cats.npy", cats)
+            (tmp / "dataset.json").write_text(meta)
+
+    If ``path`` already exists, each entry of the new directory replaces the entry of that name and the other
+    entries are kept, as writing into ``path`` would: files a person put there are not lost. On failure the
+    temporary directory is removed, ``path`` is left as it was, and an `OSError` that names no file is raised
+    again naming ``path``.
+    """
+
+    def __init__(self, path):
+        # Resolved, so that for a symlinked folder the temporary one sits beside the target (renames stay on one
+        # file system) and the link is kept.
+        self.path = Path(path).resolve()
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Only a killed run of a process with this same id can have left it.
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self._move_into_place()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
+        return False
+
+    def _move_into_place(self):
+        if not os.path.lexists(self.path):
+            os.replace(self.tmp, self.path)
+            return
+        old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+        os.replace(self.path, old)
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            os.replace(old, self.path)
+            raise
+        for entry in old.iterdir():
+            if not os.path.lexists(self.path / entry.name):
+                os.replace(entry, self.path / entry.name)
+        shutil.rmtree(old)
 
 
 def resolve(path, default=None):

@@ -1,3 +1,7 @@
+import errno
+
+import pytest
+
 from streetlib import paths
 
 
@@ -10,3 +14,50 @@ def test_portable_is_relative_inside_the_output_root_and_absolute_outside(tmp_pa
     outside = tmp_path / "elsewhere" / "model.keras"
     assert paths.portable(outside) == str(outside)
     assert paths.portable(root / "models" / ".." / "data" / "x.npy") == "data/x.npy"
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_atomic_dir_appears_only_on_success(tmp_path):
+    with paths.atomic_dir(tmp_path / "ds") as tmp:
+        (tmp / "a.txt").write_text("new")
+        assert not (tmp_path / "ds").exists()  # nothing at the final path until the block ends
+    assert (tmp_path / "ds" / "a.txt").read_text() == "new"
+    assert _entries(tmp_path) == ["ds"]
+
+    with pytest.raises(RuntimeError, match="midway"), paths.atomic_dir(tmp_path / "other") as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("midway")
+    assert _entries(tmp_path) == ["ds"]  # neither the result nor the temporary folder is left
+
+
+def test_atomic_dir_replaces_its_entries_and_keeps_the_others(tmp_path):
+    existing = tmp_path / "ds"
+    (existing / "sub").mkdir(parents=True)
+    (existing / "a.txt").write_text("old")
+    (existing / "sub" / "stale.txt").write_text("old")
+    (existing / "notes.txt").write_text("a person's notes")
+    with paths.atomic_dir(existing) as tmp:
+        (tmp / "a.txt").write_text("new")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "fresh.txt").write_text("new")
+    assert _entries(existing) == ["a.txt", "notes.txt", "sub"]
+    assert (existing / "a.txt").read_text() == "new" and _entries(existing / "sub") == ["fresh.txt"]
+    assert (existing / "notes.txt").read_text() == "a person's notes"
+    assert _entries(tmp_path) == ["ds"]
+
+    with pytest.raises(OSError), paths.atomic_dir(existing) as tmp:
+        (tmp / "a.txt").write_text("newer")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert (existing / "a.txt").read_text() == "new" and _entries(tmp_path) == ["ds"]
+
+
+def test_atomic_dir_names_the_folder_in_an_os_error_without_a_file(tmp_path):
+    with (
+        pytest.raises(OSError, match=r"No space left on device.*'.*full'") as info,
+        paths.atomic_dir(tmp_path / "full"),
+    ):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert info.value.errno == errno.ENOSPC
