@@ -1,6 +1,8 @@
 """Tests for the synthetic street generator: determinism, validation, the written dataset, and the property the
 dataset exists for: region can be learned from the cue pixels and from nothing else."""
 
+import errno
+import json
 import re
 
 import numpy as np
@@ -10,6 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from streetlib.classes import SYNTH10, ClassSpec
+from streetlib.cli.commands import main
 from streetlib.data import synth
 from streetlib.data.loaders import load_street10
 
@@ -245,3 +248,120 @@ def test_invalid_workers_are_named(workers):
     match = r"Invalid `workers`. Expected None or an int >= 1. Received: workers=" + re.escape(repr(workers))
     with pytest.raises(ValueError, match=match):
         synth.make_synthetic(per_class=1, size=32, workers=workers)
+
+
+def _ensure(root, **kwargs):
+    lines = []
+    params = {"per_class": 1, "size": 32, "seed": 0, "progress": False, "workers": 1, **kwargs}
+    return synth.ensure(root, report=lines.append, **params), lines
+
+
+def test_ensure_generates_then_reuses_the_same_parameters(tmp_path):
+    root = tmp_path / "demo"
+    out, lines = _ensure(root)
+    assert out == root and json.loads((root / "dataset.json").read_text())["per_class"] == 1
+    assert lines == [f"Wrote the synthetic dataset to {root} (per_class=1, size=32, seed=0)"]
+    written = (root / "synth-w1.npy").stat().st_mtime_ns
+    out, lines = _ensure(root)
+    assert lines == [f"Reusing the synthetic dataset in {root} (per_class=1, size=32, seed=0)"]
+    assert (root / "synth-w1.npy").stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize(
+    "kwargs, differs",
+    [
+        ({"per_class": 2}, "per_class=1, not per_class=2"),
+        ({"size": 40}, "size=32, not size=40"),
+        ({"seed": 3, "per_class": 2}, "per_class=1, seed=0, not per_class=2, seed=3"),
+    ],
+)
+def test_ensure_refuses_a_dataset_made_with_other_parameters(tmp_path, kwargs, differs):
+    root = tmp_path / "demo"
+    _ensure(root)
+    before = load_street10(root).images
+    with pytest.raises(FileExistsError) as info:
+        _ensure(root, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and f"{root} holds a dataset made with {differs}." in message
+    assert "pass overwrite=True" in message
+    np.testing.assert_array_equal(load_street10(root).images, before)
+
+    _, lines = _ensure(root, overwrite=True, **kwargs)
+    assert lines[0].startswith("Wrote")
+    meta = json.loads((root / "dataset.json").read_text())
+    assert {k: meta[k] for k in ("per_class", "size", "seed")} == {"per_class": 1, "size": 32, "seed": 0, **kwargs}
+
+
+@pytest.mark.parametrize("size", [7, 0, -32])
+def test_ensure_checks_the_size_before_anything(tmp_path, size):
+    _ensure(tmp_path / "demo")
+    with pytest.raises(ValueError, match=rf"^Invalid `size`. Expected an int >= 32. Received: size={size}$"):
+        _ensure(tmp_path / "demo", size=size)
+    with pytest.raises(ValueError, match="Invalid `size`"):
+        _ensure(tmp_path / "new", size=size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ({"synth-w1.npy": b"\x93NUMPY"}, "holds class files but no dataset.json"),
+        ({"dataset.json": b'{"name": "street10", "synthetic": false}'}, "holds a dataset not made by"),
+        ({"dataset.json": b"{trunc"}, "dataset.json is not valid JSON"),
+    ],
+)
+def test_ensure_refuses_an_incomplete_or_other_dataset(tmp_path, content, problem):
+    root = tmp_path / "demo"
+    root.mkdir()
+    for name, data in content.items():
+        (root / name).write_bytes(data)
+    with pytest.raises(FileExistsError, match=problem):
+        _ensure(root)
+    assert sorted(p.name for p in root.iterdir()) == sorted(content)
+    _ensure(root, overwrite=True)
+    assert len(load_street10(root)) == 10
+
+
+def _fail_on_call(monkeypatch, n):
+    """Make the n-th np.save fail as on a full disk."""
+    calls = []
+    save = np.save
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(np, "save", full_disk)
+
+
+def test_generate_on_a_full_disk_leaves_nothing_and_a_rerun_works(tmp_path, monkeypatch):
+    root = tmp_path / "demo"
+    _fail_on_call(monkeypatch, 3)
+    with pytest.raises(OSError, match=rf"No space left on device: '{root}'") as info:
+        synth.generate(root, per_class=1, size=32, progress=False, workers=1)
+    assert info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    _ensure(root)
+    assert len(load_street10(root)) == 10 and sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+
+
+def test_cli_synth_if_missing_is_one_rule_with_ensure(tmp_path, capsys):
+    out = str(tmp_path / "demo")
+    synth_args = ["data", "synth", "--out", out, "--per-class", "1", "--size", "32", "--if-missing"]
+    assert main(synth_args) == 0
+    assert "Wrote the synthetic dataset" in capsys.readouterr().out
+    assert main([*synth_args, "--seed", "2"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"{out} holds a dataset made with seed=0, not seed=2. Choose another data_dir (--out), or pass "
+            f"overwrite=True (--overwrite) to replace it."
+        )
+    )
+    assert main([*synth_args[:-3], "--size", "7", "--if-missing"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Invalid `size`. Expected an int >= 32. Received: size=7" in err

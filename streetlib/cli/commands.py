@@ -11,23 +11,13 @@ from streetlib import paths
 
 
 def _cmd_synth(args):
-    import json
-    from pathlib import Path
-
     from streetlib.data import synth
 
-    meta_path = Path(args.out) / "dataset.json"
-    if args.if_missing and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        asked = {"per_class": args.per_class, "size": args.size, "seed": args.seed}
-        made = {k: meta.get(k) for k in asked}
-        if made != asked:
-            raise FileExistsError(
-                f"{args.out} holds a dataset made with {made}, not {asked}. Use another --out, or --overwrite."
-            )
-        print(f"Reusing the synthetic dataset in {args.out} ({made})")
+    params = {"per_class": args.per_class, "size": args.size, "seed": args.seed, "overwrite": args.overwrite}
+    if args.if_missing:
+        synth.ensure(args.out, **params)
         return
-    out = synth.generate(args.out, per_class=args.per_class, size=args.size, seed=args.seed, overwrite=args.overwrite)
+    out = synth.generate(args.out, **params)
     print(f"Wrote synthetic street dataset to {out}")
 
 
@@ -88,7 +78,10 @@ def _add_data_commands(sub):
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p.add_argument(
-        "--if-missing", action="store_true", help="reuse a dataset already in --out made with the same options"
+        "--if-missing",
+        action="store_true",
+        help="reuse a dataset already in --out made with the same options; one made otherwise is an error unless "
+        "--overwrite",
     )
     p.set_defaults(func=_cmd_synth)
 

@@ -22,6 +22,7 @@ came from a cue, so pixels outside the mask hold no cue colour at all.
 """
 
 import concurrent.futures
+import json
 import multiprocessing
 import numbers
 import os
@@ -34,8 +35,12 @@ from tqdm.auto import tqdm
 
 from streetlib.classes import SYNTH10
 from streetlib.data.loaders import write_street10
+from streetlib.paths import atomic_dir
 
 MIN_SIZE = 32
+# Recorded in dataset.json; a dataset is reused only when these and the parameters that made it match.
+_GENERATOR = "streetlib.data.synth"
+_VERSION = 1
 # Drawing at twice the size and averaging gives smooth edges while keeping cue colour inside the (max-pooled) mask.
 _SUPERSAMPLE = 2
 _NEAR_Z = 0.6
@@ -821,8 +826,26 @@ def make_synthetic(*, per_class=100, size=64, seed=0, spec=SYNTH10, cues=True, p
     return dict(zip(spec.classes, images, strict=True)), dict(zip(spec.classes, masks, strict=True))
 
 
+def _recipe(per_class, size, seed):
+    """What ``dataset.json`` records of how a synthetic dataset was made, once each parameter is checked."""
+    return {
+        "generator": _GENERATOR,
+        "version": _VERSION,
+        "per_class": _check_int(per_class, "per_class", 1),
+        "size": _check_int(size, "size", MIN_SIZE),
+        "seed": _check_int(seed, "seed", 0),
+    }
+
+
+def _describe(values, keys=("per_class", "size", "seed")):
+    return ", ".join(f"{key}={values.get(key)!r}" for key in keys)
+
+
 def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progress=True, workers=None):
     """Generate the synthetic Street10-format dataset (`SYNTH10` classes, with cue masks) and write it.
+
+    The files are written into a temporary folder beside ``out_dir`` and moved into place at the end, so a failure
+    (a full disk, Ctrl-C) leaves no partial dataset. ``dataset.json`` records the parameters (see `ensure`).
 
     Args:
         out_dir: str or Path, the directory to write; its name becomes the dataset name.
@@ -836,8 +859,14 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progre
 
     Returns:
         Path of ``out_dir``, loadable with `streetlib.data.loaders.load_street10`.
+
+    Raises:
+        ValueError: an invalid parameter, before anything is drawn.
+        FileExistsError: ``out_dir`` holds a dataset and ``overwrite`` is False.
+        OSError: writing failed (the message names ``out_dir``); nothing was left there.
     """
     out_dir = Path(out_dir)
+    recipe = _recipe(per_class, size, seed)
     # Checked before drawing too, so a taken directory fails at once rather than after the whole dataset is made.
     if not overwrite and any(out_dir.glob("*.npy")):
         raise FileExistsError(f"{out_dir} already holds a dataset. Choose another --out or pass overwrite=True.")
@@ -845,11 +874,66 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progre
     meta = {
         "name": out_dir.name,
         "synthetic": True,
-        "generator": "streetlib.data.synth",
-        "version": 1,
-        "seed": int(seed),
-        "per_class": int(per_class),
-        "size": int(size),
+        **recipe,
         "mean_cue_fraction": float(cue_fraction(np.concatenate(list(masks.values()))).mean()),
     }
-    return write_street10(out_dir, images, spec=SYNTH10, masks_by_class=masks, meta=meta, overwrite=overwrite)
+    with atomic_dir(out_dir) as tmp:
+        write_street10(tmp, images, spec=SYNTH10, masks_by_class=masks, meta=meta)
+    return out_dir
+
+
+def ensure(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progress=True, workers=None, report=print):
+    """The synthetic dataset in ``out_dir`` made with these parameters: reused when it is there, generated when the
+    folder holds no dataset.
+
+    The one rule by which notebook 00 and ``streetlib data synth --if-missing`` reuse data, so that a changed
+    parameter never silently reads images made with the old one.
+
+    Args:
+        out_dir: str or Path.
+        per_class, size, seed: as in `generate`; checked before anything is read or drawn.
+        overwrite: bool. If True, a dataset made otherwise (or an incomplete one) is replaced. Default False.
+        progress, workers: as in `generate`.
+        report: callable taking one line of text, saying whether the dataset was reused or written. Default print.
+
+    Returns:
+        Path of ``out_dir``.
+
+    Raises:
+        ValueError: an invalid ``per_class``, ``size`` or ``seed``.
+        FileExistsError: ``out_dir`` holds a dataset made with other parameters, one this generator did not make,
+            or class files without ``dataset.json`` (an incomplete dataset), and ``overwrite`` is False. The message
+            says which parameters differ.
+    """
+    out_dir = Path(out_dir)
+    recipe = _recipe(per_class, size, seed)
+    problem = _how_it_differs(out_dir, recipe)
+    if problem is None and (out_dir / "dataset.json").is_file():
+        report(f"Reusing the synthetic dataset in {out_dir} ({_describe(recipe)})")
+        return out_dir
+    if problem is not None and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} {problem}. Choose another data_dir (--out), or pass overwrite=True (--overwrite) to replace it."
+        )
+    generate(
+        out_dir, per_class=per_class, size=size, seed=seed, overwrite=overwrite, progress=progress, workers=workers
+    )
+    report(f"Wrote the synthetic dataset to {out_dir} ({_describe(recipe)})")
+    return out_dir
+
+
+def _how_it_differs(out_dir, recipe):
+    """None if ``out_dir`` holds no dataset or one made by ``recipe``; else how it differs, as a phrase."""
+    meta_path = out_dir / "dataset.json"
+    if not meta_path.is_file():
+        return "holds class files but no dataset.json: an incomplete dataset" if any(out_dir.glob("*.npy")) else None
+    try:
+        made = json.loads(meta_path.read_text())
+    except ValueError as err:
+        return f"holds a dataset whose dataset.json is not valid JSON ({err})"
+    if not isinstance(made, dict) or made.get("generator") != _GENERATOR:
+        return f"holds a dataset not made by {_GENERATOR}"
+    differ = [key for key in ("version", "per_class", "size", "seed") if made.get(key) != recipe[key]]
+    if differ:
+        return f"holds a dataset made with {_describe(made, differ)}, not {_describe(recipe, differ)}"
+    return None
