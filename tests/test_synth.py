@@ -365,3 +365,35 @@ def test_cli_synth_if_missing_is_one_rule_with_ensure(tmp_path, capsys):
     assert main([*synth_args[:-3], "--size", "7", "--if-missing"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Invalid `size`. Expected an int >= 32. Received: size=7" in err
+
+
+@pytest.mark.slow
+def test_notebook_00_stops_on_a_dataset_made_with_other_parameters(tmp_path, monkeypatch):
+    from streetlib.experiments import runner
+
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))  # the kernels inherit it
+
+    def run_00(**overrides):
+        (result,) = runner.run(
+            ["00"],
+            profile="smoke",
+            overrides=overrides,
+            force=True,
+            out_dir=tmp_path / "executed",
+            progress=False,
+            report=lambda line: None,
+        )
+        return result
+
+    assert run_00().status == "done"
+    root = tmp_path / "data" / "synth-smoke"
+    result = run_00(per_class=20)
+    assert result.status == "failed" and "holds a dataset made with per_class=6, not per_class=20" in result.error
+    assert json.loads((root / "dataset.json").read_text())["per_class"] == 6
+    result = run_00(image_size=7)
+    assert result.status == "failed" and "Invalid `size`. Expected an int >= 32. Received: size=7" in result.error
+    # New images invalidate the saved split, which make_splits refuses to reuse; the person deletes it.
+    (tmp_path / "data" / "splits" / "synth-smoke-seed42.json").unlink()
+    result = run_00(per_class=20, overwrite=True)
+    assert result.status == "done", result.error
+    assert json.loads((root / "dataset.json").read_text())["per_class"] == 20
