@@ -284,6 +284,90 @@ def test_image_folder_errors(tmp_path):
         read_image(root / "nope.jpg")
 
 
+@pytest.mark.parametrize("side", [40, 60])  # past MAX_IMAGE_PIXELS PIL warns; past twice that it refuses
+def test_a_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch, side):
+    root = _folder(tmp_path)
+    _save(root / "bb" / "9-bomb.png", Image.new("RGB", (side, side), (1, 2, 3)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 30 x 20 photos stay under it
+    with pytest.raises(DataError) as info:
+        load_image_folder(root, size=16)
+    message = str(info.value)
+    assert message.startswith(f"Cannot read image {root / 'bb' / '9-bomb.png'}: Image size ({side * side} pixels)")
+    assert "MAX_IMAGE_PIXELS" in message and "\n" not in message
+    data = load_image_folder(root, size=16, on_error="skip")
+    assert len(data) == 6
+    assert [(p, "decompression bomb" in reason) for p, reason in data.skipped] == [
+        (str(root / "bb" / "9-bomb.png"), True)
+    ]
+
+
+def test_directories_and_broken_links_named_like_images_are_unreadable(tmp_path):
+    root = _folder(tmp_path)
+    (root / "aa" / "5-folder.jpg").mkdir()
+    (root / "bb" / "5-link.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(DataError) as info:
+        load_image_folder(root, size=16)
+    message = str(info.value)
+    assert message.startswith(f"Cannot read image {root / 'aa' / '5-folder.jpg'}: it is a directory, not an image")
+    assert "not found" not in message and "\n" not in message
+    data = load_image_folder(root, size=16, on_error="skip")
+    assert len(data) == 6
+    reasons = dict(data.skipped)
+    assert sorted(reasons) == [str(root / "aa" / "5-folder.jpg"), str(root / "bb" / "5-link.jpg")]
+    assert "it is a directory" in reasons[str(root / "aa" / "5-folder.jpg")]
+    assert (
+        f"broken symbolic link (its target {tmp_path / 'gone.jpg'} does not exist)"
+        in reasons[str(root / "bb" / "5-link.jpg")]
+    )
+    (root / "aa" / "5-folder.jpg").rmdir()
+    with pytest.raises(DataError, match="Cannot read image .*5-link.jpg: it is a broken symbolic link"):
+        load_image_folder(root, size=16)
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        (np.full((6, 10), 0.5, np.float32), 128),  # floats in [0, 1]: the float convention, scaled by 255
+        (np.full((6, 10), 1.0, np.float32), 255),
+        (np.full((6, 10), 100.0, np.float32), 100),  # floats past 1: read on the 8-bit scale
+        (np.full((6, 10), 32767.5, np.float32), 128),  # past 255: the 16-bit scale
+        (np.full((6, 10), 1, np.int32), 1),  # 32-bit integers are never taken for [0, 1]
+        (np.full((6, 10), 200, np.int32), 200),
+        (np.full((6, 10), 65535, np.int32), 255),
+    ],
+)
+def test_32_bit_grayscale_is_scaled_by_the_range_of_its_values(tmp_path, values, expected):
+    path = _save(tmp_path / "deep.tif", Image.fromarray(values))
+    out = read_image(path)
+    assert out.shape == (6, 10, 3)
+    np.testing.assert_array_equal(out[3, 5], [expected] * 3)
+
+
+@pytest.mark.parametrize(
+    "values, shown",
+    [
+        (np.full((6, 10), -0.5, np.float32), "min -0.5"),
+        (np.full((6, 10), np.nan, np.float32), "min nan"),
+        (np.full((6, 10), 70000, np.int32), "max 70000"),
+    ],
+)
+def test_32_bit_grayscale_outside_the_16_bit_range_is_refused(tmp_path, values, shown):
+    path = _save(tmp_path / "deep.tif", Image.fromarray(values))
+    with pytest.raises(DataError, match=f"Cannot read image .*deep.tif: its 32-bit pixel values \\(.*{shown}.*outside"):
+        read_image(path)
+
+
+def test_image_folders_record_the_hash_of_each_image_before_resizing(tmp_path):
+    root = _folder(tmp_path)
+    small, large = load_image_folder(root, size=8), load_image_folder(root, size=16, policy="pad")
+    assert small.source_hashes == large.source_hashes == small.split_keys()
+    assert small.source_hashes == [content_hash(read_image(f)) for f in small.files]
+    assert small.content_hashes() != large.content_hashes()
+    write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
+    stored = load_street10(tmp_path / "ds")
+    assert stored.source_hashes is None and stored.split_keys() == stored.content_hashes()
+
+
 def test_content_hash_is_pixel_identity():
     a = np.zeros((4, 4, 3), np.uint8)
     b = a.copy()

@@ -7,7 +7,8 @@ the synthetic generator) and ``SHA256SUMS`` (checksums of the files, verified on
 `verify_checksums`).
 
 Image folders: ``root/<class>/*.{jpg,jpeg,png,webp,bmp}``. Every image becomes RGB uint8 at one size; the resize
-policy is explicit (see `fit_image`).
+policy is explicit (see `fit_image`). Each image's content hash is also taken before resizing
+(`StreetData.source_hashes`), so splits hold at every image size.
 
 Whatever the source, images are held as one uint8 array: 4,151 images at 224 px take 625 MB, where the original
 stacked float64 copies of about 5 GB. Float files are read memory-mapped and converted a chunk at a time.
@@ -16,7 +17,9 @@ stacked float64 copies of about 5 GB. Float files are read memory-mapped and con
 import hashlib
 import json
 import math
+import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +56,8 @@ class StreetData:
         files: list of str `(n,)`, where each image came from (``"london.npy[12]"`` or a file path).
         skipped: list of (path, reason) for images left out with ``on_error="skip"``.
         meta: dict, the contents of ``dataset.json`` if any.
+        source_hashes: optional list of str `(n,)`: the content hash of each image as read, before resizing (image
+            folders). None when the images are as stored (Street10 files), so their content hashes serve.
     """
 
     images: np.ndarray
@@ -65,6 +70,7 @@ class StreetData:
     files: list = None
     skipped: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    source_hashes: list = None
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
@@ -115,6 +121,11 @@ class StreetData:
         if self._hashes is None:
             self._hashes = [content_hash(img) for img in self.images]
         return self._hashes
+
+    def split_keys(self):
+        """The hash that keys each image in split files (list of str `(n,)`): its content hash before any resize,
+        so one split holds at every image size and resize policy."""
+        return self.content_hashes() if self.source_hashes is None else self.source_hashes
 
     def counts(self):
         """Images per class: dict class name -> int, in spec order."""
@@ -348,18 +359,89 @@ def fit_image(image, size, *, policy="crop"):
 
 def to_rgb(image):
     """Convert a PIL image of any mode to RGB, upright: EXIF orientation applied, alpha composited on white,
-    16-bit and 32-bit grayscale scaled to 8 bits."""
+    16-bit and 32-bit grayscale scaled to 8 bits (see `_deep_gray_to_uint8`).
+
+    Raises:
+        ValueError: 32-bit grayscale outside the ranges `_deep_gray_to_uint8` reads.
+    """
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).round().astype(np.uint8), mode="L")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        image = Image.fromarray(_deep_gray_to_uint8(np.asarray(image), image.mode))
     if image.mode == "P" or image.mode == "LA" or image.mode == "PA":
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
+
+
+def _deep_gray_to_uint8(pixels, mode):
+    """Scale grayscale of more than 8 bits to uint8, by the range the mode or the values give.
+
+    16-bit modes (``'I;16*'``) span [0, 65535]. 32-bit integer (``'I'``) and float (``'F'``) images take the first
+    range that holds all their values: [0, 1] (floats only: the float image convention, as in Street10 files),
+    [0, 255] (kept as is), [0, 65535] (the 16-bit scale). So an all-dark float image on the 0-255 scale, every value
+    <= 1, reads as [0, 1].
+
+    Args:
+        pixels: array `(H, W)`, the image's values.
+        mode: str, its PIL mode.
+
+    Returns:
+        uint8 `(H, W)`.
+
+    Raises:
+        ValueError: values negative, above 65535 or not finite; no range fits them, and clipping would hide it.
+    """
+    pixels = np.asarray(pixels, dtype=np.float64)
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if not np.isfinite(lo + hi) or lo < 0.0 or hi > 65535.0:
+        raise ValueError(
+            f"its 32-bit pixel values (min {lo:g}, max {hi:g}) are outside [0, 65535]; streetlib reads floats in "
+            f"[0, 1] and integers in [0, 255] or [0, 65535]"
+        )
+    if mode.startswith("I;16") or hi > 255.0:
+        top = 65535.0
+    elif mode == "F" and hi <= 1.0:
+        top = 1.0
+    else:
+        top = 255.0
+    return np.rint(pixels * (255.0 / top)).astype(np.uint8)
+
+
+def _not_a_file(path):
+    """Why the directory entry ``path`` cannot be an image file (str), or None if it is a regular file or absent."""
+    if path.is_symlink() and not path.exists():
+        return f"it is a broken symbolic link (its target {os.readlink(path)} does not exist). Fix or remove the link."
+    if path.is_dir():
+        return "it is a directory, not an image file. Rename it or move it out of the folder."
+    if path.exists() and not path.is_file():
+        # Opening a pipe would block: refuse anything but regular files.
+        return "it is not a regular file (a device, pipe or socket). Remove it."
+    return None
+
+
+def _read_rgb(path):
+    """Read one image file as an upright RGB PIL image at its own size. Raises as `read_image`."""
+    problem = _not_a_file(path)
+    if problem:
+        raise DataError(f"Cannot read image {path}: {problem}")
+    if not path.exists():
+        raise FileNotFoundError(f"Image not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            # Past MAX_IMAGE_PIXELS Pillow only warns (it refuses at twice that): refuse it there, before decoding.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(
+            f"Cannot read image {path}: {err} Replace or remove the file, or raise PIL.Image.MAX_IMAGE_PIXELS if "
+            f"you trust it."
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+        raise DataError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
 
 
 def read_image(path, *, size=None, policy="crop"):
@@ -374,18 +456,12 @@ def read_image(path, *, size=None, policy="crop"):
         uint8 `(H, W, 3)`.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        DataError: the file is not a readable image, or is truncated.
+        FileNotFoundError: nothing exists at ``path``.
+        DataError: the path is a directory, a broken link or not a regular file; or the file is not a readable
+            image, is truncated, has more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression
+            bomb) or 32-bit values out of range (see `_deep_gray_to_uint8`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
+    rgb = _read_rgb(Path(path))
     return np.asarray(rgb, dtype=np.uint8) if size is None else fit_image(rgb, size, policy=policy)
 
 
@@ -398,11 +474,17 @@ def load_image_folder(root, *, classes=None, size=224, policy="crop", on_error="
         size: int or (height, width), the target size in pixels. Default 224.
         policy: 'crop', 'pad' or 'stretch', see `fit_image`.
         on_error: 'raise' (default) stops at the first unreadable image; 'skip' leaves it out and records it in
-            ``StreetData.skipped`` as (path, reason).
+            ``StreetData.skipped`` as (path, reason). Unreadable: any reason `read_image` raises `DataError` for,
+            including directories and broken links with an image extension.
         name: dataset name. Default: the directory name.
 
     Returns:
-        `StreetData`, images in class order then file-name order.
+        `StreetData`, images in class order then file-name order, with ``source_hashes``: the content hash of
+        each image before resizing, which keys its splits whatever ``size`` and ``policy``.
+
+    Raises:
+        DataError: a missing or empty class folder, a class whose images are all unreadable, or (on_error='raise')
+            an unreadable image.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"Invalid `on_error`. Expected one of {ON_ERROR}. Received: on_error={on_error!r}")
@@ -417,7 +499,7 @@ def load_image_folder(root, *, classes=None, size=224, policy="crop", on_error="
             f"Class folder(s) {missing} not found in {root}. Found folders: {found or 'none'}. "
             f"Expected root/<class>/ for each class, or pass classes= a YAML spec naming your classes."
         )
-    images, city, files, skipped = [], [], [], []
+    images, sources, city, files, skipped = [], [], [], [], []
     for idx, cls in enumerate(spec.classes):
         paths = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not paths:
@@ -425,7 +507,7 @@ def load_image_folder(root, *, classes=None, size=224, policy="crop", on_error="
         kept = 0
         for path in paths:
             try:
-                images.append(read_image(path, size=size, policy=policy))
+                rgb = _read_rgb(path)
             except DataError as err:
                 if on_error == "raise":
                     # Callers include `streetlib data split`, which has no on_error: say what works from both.
@@ -435,6 +517,8 @@ def load_image_folder(root, *, classes=None, size=224, policy="crop", on_error="
                     ) from err.__cause__
                 skipped.append((str(path), str(err.__cause__ or err)))
                 continue
+            sources.append(content_hash(np.asarray(rgb, dtype=np.uint8)))
+            images.append(fit_image(rgb, size, policy=policy))
             city.append(idx)
             files.append(str(path))
             kept += 1
@@ -448,6 +532,7 @@ def load_image_folder(root, *, classes=None, size=224, policy="crop", on_error="
         source=str(root),
         files=files,
         skipped=skipped,
+        source_hashes=sources,
     )
 
 
