@@ -6,7 +6,7 @@ from PIL import Image
 
 from streetlib.classes import STREET10
 from streetlib.cli.commands import main
-from streetlib.data.loaders import StreetData
+from streetlib.data.loaders import StreetData, load_dataset
 from streetlib.data.splits import balanced_subset, make_split, make_splits
 
 STREET10_COUNTS = [482, 379, 503, 436, 354, 434, 553, 353, 275, 382]
@@ -106,6 +106,21 @@ def test_changed_data_or_fractions_are_refused(tmp_path):
         make_split(other, seed=1, directory=tmp_path)
 
 
+def test_a_class_too_small_to_train_on_is_refused(tmp_path):
+    with pytest.raises(ValueError) as info:
+        make_split(_data([20, 2] + [20] * 8), directory=tmp_path)
+    message = str(info.value)
+    assert message.startswith(
+        "Class 'moscow' has 2 distinct images: with test_size=0.1, val_size=0.15 it gets 1 test, 1 val and 0 train."
+    )
+    assert "Each class needs at least 3 images for these fractions" in message and "\n" not in message
+    assert not any(tmp_path.iterdir())  # nothing saved
+    with pytest.raises(ValueError, match="'moscow' has 3 distinct images: .* 1 test, 2 val and 0 train.*at least 5"):
+        make_split(_data([20, 3] + [20] * 8), test_size=0.3, val_size=0.6, directory=tmp_path)
+    smallest = make_split(_data([20, 3] + [20] * 8), directory=tmp_path)
+    assert np.sum(smallest.train < 23) == 15 + 1  # london's 15 and moscow's 1
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -149,6 +164,44 @@ def test_data_split_cli_says_what_to_do_with_an_unreadable_image(tmp_path, capsy
     err = _cli_error(capsys, ["data", "split", str(root)])
     assert err.startswith(f"streetlib data: error: Cannot read image {root / 'paris' / '1-broken.jpg'}: ")
     assert "Replace or remove the file" in err and "streetlib data build" in err
+
+
+def _photo_folder(tmp_path, per_class=4):
+    """An image folder of three cities, 40 x 30 photos, and its class spec."""
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for cls in ("london", "paris", "tokyo"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "classes.yaml").write_text("name: three\nregions:\n  western: [london, paris]\n  eastern: [tokyo]\n")
+    return root
+
+
+def test_a_split_made_by_data_split_holds_at_any_image_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))
+    root = _photo_folder(tmp_path)
+    assert main(["data", "split", str(root), "--seed", "3"]) == 0  # loads at 224 px
+    saved = tmp_path / "data" / "splits" / "photos-seed3.json"
+    assert f"-> {saved}" in capsys.readouterr().out
+    first = json.loads(saved.read_text())
+    for size, policy in [(64, "crop"), (24, "pad")]:
+        split = make_split(load_dataset(root, size=size, policy=policy), seed=3)
+        assert split.path == saved and [len(split[s]) for s in ("train", "val", "test")] == [6, 3, 3]
+    assert json.loads(saved.read_text()) == first  # reused, not rewritten
+
+
+def test_an_image_folder_split_saved_with_resized_pixel_hashes_is_still_accepted(tmp_path):
+    """Split files made before image folders were keyed by their source images hold the hashes of the pixels at
+    the size they were loaded at: at that size they still load, with the same assignment."""
+    data = load_dataset(_photo_folder(tmp_path), size=32)
+    pixels_only = StreetData(images=data.images, city=data.city, spec=data.spec, name=data.name)
+    old = make_split(pixels_only, seed=1, directory=tmp_path / "splits")
+    again = make_split(data, seed=1, directory=tmp_path / "splits")
+    for s in ("train", "val", "test"):
+        np.testing.assert_array_equal(again[s], old[s])
+    with pytest.raises(ValueError, match="does not match dataset 'photos': 12 of its images .*another image size"):
+        make_split(load_dataset(tmp_path / "photos", size=16), seed=1, directory=tmp_path / "splits")
 
 
 def test_a_balanced_subset_keeps_every_prefix_balanced():

@@ -86,7 +86,7 @@ def _add_data_commands(sub):
     p.set_defaults(func=_cmd_synth)
 
     p = data_sub.add_parser("split", help="make (or reload) the saved train/val/test splits of a dataset")
-    p.add_argument("data", help="a Street10-format directory or an image folder")
+    p.add_argument("data", help="a Street10-format directory or an image folder (its split holds at every image size)")
     p.add_argument("--classes", default=None, help="'street10', 'synth10' or a class-spec YAML file")
     p.add_argument("--seed", type=int, nargs="+", default=[42], help="one or more split seeds (default: 42)")
     p.add_argument("--test-size", type=float, default=0.10)

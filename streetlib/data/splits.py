@@ -4,6 +4,11 @@ A split is stratified per class and seeded, and saved to ``data/splits/<dataset>
 hashes (not indices), so the same split comes back on any machine and whatever order the files were listed in.
 Identical images (same hash) always land in the same split; they are reported, never counted twice.
 
+The hashes are of the images before any resize (`StreetData.split_keys`): a Street10 file's arrays, an image
+folder's photos at their own size. So a split made at one image size (``streetlib data split`` loads folders at
+224 px) holds at any other size and resize policy. Split files of image folders written before this keyed the
+pixels at the size they were loaded at; they are still accepted at that size.
+
 Sizes follow scikit-learn's ``train_test_split``, which the original study used per class: the test set takes
 ``ceil(test_size * n)`` of a class, validation ``ceil(val_size * rest)``. On Street10 that gives the original's
 3166 / 564 / 421 images.
@@ -66,12 +71,36 @@ def _check_fraction(value, name):
         raise ValueError(f"Invalid `{name}`. Expected a float in (0, 1). Received: {name}={value!r}")
 
 
-def _groups(data):
+def _groups(hashes):
     """Groups of indices with identical content, as {hash: [indices]} in first-seen order."""
     groups = {}
-    for i, h in enumerate(data.content_hashes()):
+    for i, h in enumerate(hashes):
         groups.setdefault(h, []).append(i)
     return groups
+
+
+def _part_sizes(n, test_size, val_size):
+    """(test, val, train) sizes of a class of ``n`` distinct images, as scikit-learn's ``train_test_split``."""
+    n_test = math.ceil(test_size * n)
+    n_val = math.ceil(val_size * (n - n_test))
+    return n_test, n_val, n - n_test - n_val
+
+
+def _check_class_size(name, n, test_size, val_size):
+    """Raise ValueError if a class of ``n`` distinct images would get no training image (it could not be learned).
+
+    Test and validation sizes round up, so every class with a training image also has a test and a validation one.
+    """
+    n_test, n_val, n_train = _part_sizes(n, test_size, val_size)
+    if n_train > 0:
+        return
+    # Train size never shrinks as n grows, so the first n with a training image is the minimum.
+    least = next(m for m in range(n + 1, 2**31) if _part_sizes(m, test_size, val_size)[2] > 0)
+    raise ValueError(
+        f"Class {name!r} has {n} distinct images: with test_size={test_size}, val_size={val_size} it gets {n_test} "
+        f"test, {n_val} val and 0 train. Each class needs at least {least} images for these fractions: add images, "
+        f"drop the class from the class spec, or lower test_size/val_size."
+    )
 
 
 def _assign(data, groups, *, seed, test_size, val_size):
@@ -82,11 +111,12 @@ def _assign(data, groups, *, seed, test_size, val_size):
     assignment = {}
     for cls in sorted(by_class):
         hashes = sorted(by_class[cls])
+        name = data.spec.classes[cls]
+        _check_class_size(name, len(hashes), test_size, val_size)
         # One generator per class, seeded by (seed, class name): adding a class never reshuffles another.
-        name_key = int.from_bytes(data.spec.classes[cls].encode()[:8].ljust(8, b"\0"), "little")
+        name_key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little")
         order = np.random.default_rng([seed, name_key]).permutation(len(hashes))
-        n_test = math.ceil(test_size * len(hashes))
-        n_val = math.ceil(val_size * (len(hashes) - n_test))
+        n_test, n_val, _ = _part_sizes(len(hashes), test_size, val_size)
         for rank, j in enumerate(order):
             assignment[hashes[j]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     return assignment
@@ -112,17 +142,18 @@ def make_split(data, *, seed=42, test_size=0.10, val_size=0.15, directory=None, 
         `Split`.
 
     Raises:
-        ValueError: a saved split was made with other fractions, or does not match the data's content.
+        ValueError: a saved split was made with other fractions, or does not match the data's content; or (a new
+            split) a class has too few images to give it a training image.
     """
     _check_fraction(test_size, "test_size")
     _check_fraction(val_size, "val_size")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"Invalid `seed`. Expected an int. Received: seed={seed!r}")
-    groups = _groups(data)
     path = split_path(data, seed, directory)
     if save and path.is_file():
-        assignment = _read_split(path, groups, data, test_size=test_size, val_size=val_size)
+        groups, assignment = _read_split(path, data, test_size=test_size, val_size=val_size)
     else:
+        groups = _groups(data.split_keys())
         assignment = _assign(data, groups, seed=seed, test_size=test_size, val_size=val_size)
     index = {s: [] for s in SPLIT_NAMES}
     for h, members in groups.items():
@@ -193,7 +224,12 @@ def _write_split(split, data, groups, assignment):
         tmp.write_text(json.dumps(doc, indent=1))
 
 
-def _read_split(path, groups, data, *, test_size, val_size):
+def _read_split(path, data, *, test_size, val_size):
+    """The groups of identical images of ``data`` and the saved split's assignment of their hashes.
+
+    Returns:
+        (groups, assignment): ``{hash: [indices]}`` and ``{hash: split name}``.
+    """
     doc = json.loads(Path(path).read_text())
     if (doc["test_size"], doc["val_size"]) != (test_size, val_size):
         raise ValueError(
@@ -201,10 +237,18 @@ def _read_split(path, groups, data, *, test_size, val_size):
             f"test_size={test_size}, val_size={val_size}. Pass the saved fractions, another seed, or another directory."
         )
     assignment = {h: s for s in SPLIT_NAMES for h in doc["hashes"][s]}
+    groups = _groups(data.split_keys())
     unknown = [h for h in groups if h not in assignment]
-    if unknown:
-        raise ValueError(
-            f"Saved split {path} does not match dataset {data.name!r}: {len(unknown)} of its images are not in the "
-            f"split file (the data changed). Delete {path.name} to make a new split, or give the dataset a new name."
-        )
-    return assignment
+    if not unknown:
+        return groups, assignment
+    cause = "the data changed"
+    if data.source_hashes is not None:
+        # An image folder's split file from before source keys holds the pixels at the size it was made at.
+        resized = _groups(data.content_hashes())
+        if all(h in assignment for h in resized):
+            return resized, assignment
+        cause += ", or an older streetlib made the file at another image size: load the folder at that size"
+    raise ValueError(
+        f"Saved split {path} does not match dataset {data.name!r}: {len(unknown)} of its images are not in the "
+        f"split file ({cause}). Delete {path.name} to make a new split, or give the dataset a new name."
+    )
