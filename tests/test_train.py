@@ -1,3 +1,4 @@
+import errno
 import json
 from pathlib import Path
 
@@ -242,7 +243,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_spli
     before = pd.read_csv(csv)
     assert before["epoch"].tolist() == [0, 1]
     assert manifest["status"] == "running" and manifest["epochs_done"] == 2
-    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 2
+    assert [p.name for p in backup.iterdir()] == ["epoch-0002.weights.h5"]  # one file, the last finished epoch
     # A kill between an epoch's CSV row and its backup leaves a row that will be redone: resuming must drop it.
     with open(csv, "a") as f:
         f.write(",".join(["2"] + ["0.5"] * (len(before.columns) - 1)) + "\n")
@@ -270,6 +271,58 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_spli
     assert result.manifest["best_val_city_accuracy"] == pytest.approx(after["val_city_accuracy"].max())
     assert result.manifest["wall_time_s"] > manifest["wall_time_s"]
     assert not backup.exists()
+
+
+class FullDiskAtEpoch(keras.callbacks.Callback):
+    """Makes the run's backup write fail at one epoch as a full disk would: part of the file is written, then ENOSPC."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch != self.epoch:
+            return
+
+        def save_weights(filepath, overwrite=True):
+            Path(filepath).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # an HDF5 signature and no more
+            raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+
+        self.model.save_weights = save_weights
+
+
+def test_a_full_disk_while_backing_up_leaves_a_run_that_resumes(tmp_path, toy_data, toy_data_split):
+    config = _config(epochs=3, augment=False, cache="none")
+    where = dict(run=RunId("disk", "r"), layout=RunLayout(hists_dir=tmp_path / "hists", models_dir=tmp_path / "models"))
+    backup = tmp_path / "models" / "disk" / "r.backup"
+    with pytest.raises(OSError, match=r"Could not write the run's backup .*epoch-0002\.weights\.h5: No space left"):
+        train.run_phase(toy_data, toy_data_split, config, execution=QUIET, callbacks=[FullDiskAtEpoch(1)], **where)
+    # Nothing half-written is left: the last good backup (epoch 1 done) is the only file.
+    assert [p.name for p in backup.iterdir()] == ["epoch-0001.weights.h5"]
+    first = _FirstEpoch()
+    result = train.run_phase(toy_data, toy_data_split, config, execution=QUIET, callbacks=[first], **where)
+    assert first.epoch == 1 and result.history.index.tolist() == [0, 1, 2]
+    assert result.manifest["status"] == "complete" and not backup.exists()
+
+
+def test_a_damaged_backup_is_set_aside_and_the_run_starts_over(tmp_path, toy_data, toy_data_split):
+    config = _config(epochs=2, augment=False, cache="none")
+    where = dict(
+        run=RunId("damaged", "r"), layout=RunLayout(hists_dir=tmp_path / "hists", models_dir=tmp_path / "models")
+    )
+    files = where["layout"].files(where["run"])
+    # An interrupted run whose backup was damaged outside streetlib (a disk error, another program).
+    with pytest.raises(OSError):
+        train.run_phase(toy_data, toy_data_split, config, execution=QUIET, callbacks=[FullDiskAtEpoch(0)], **where)
+    files["backup"].mkdir(exist_ok=True)
+    (files["backup"] / "epoch-0001.weights.h5").write_bytes(b"not an HDF5 file")
+    with pytest.warns(
+        UserWarning, match=r"epoch-0001\.weights\.h5 cannot be opened\): moved to .*r\.backup\.damaged-1"
+    ):
+        result = train.run_phase(toy_data, toy_data_split, config, execution=QUIET, **where)
+    assert result.history.index.tolist() == [0, 1] and result.manifest["status"] == "complete"
+    kept = files["backup"].with_name("r.backup.damaged-1") / "epoch-0001.weights.h5"
+    assert kept.read_bytes() == b"not an HDF5 file"  # set aside, not deleted
 
 
 DISTRIBUTED_SCRIPT = """

@@ -8,7 +8,8 @@ One run writes, for experiment ``<experiment>`` and run ``<run>`` (where: `stree
   package versions, git commit, device, wall time, the feature-cache decision, status).
 - ``models/<experiment>/<run>.best.keras`` (the epoch with the best validation city accuracy) and
   ``<run>.final.keras`` (the last epoch), both loadable with ``keras.models.load_model(path, safe_mode=True)``.
-- ``models/<experiment>/<run>.backup/``: Keras's BackupAndRestore state while the run is unfinished.
+- ``models/<experiment>/<run>.backup/``: the state of the run while it is unfinished (`RunBackup`: weights and
+  optimizer after the last finished epoch, written atomically; a damaged one is set aside, never deleted).
 
 With a frozen backbone (or frozen blocks), the frozen part's output is the same every epoch: it is computed once
 and only the rest of the network trains on it (``cache``). Without augmentation this gives the same numbers as
@@ -48,7 +49,7 @@ from streetlib.models import network as models
 from streetlib.models import weights as weights_lib
 from streetlib.paths import atomic_path
 from streetlib.runs import RunId, RunLayout
-from streetlib.training.callbacks import EpochProgress
+from streetlib.training.callbacks import EpochProgress, RunBackup
 from streetlib.training.config import MONITOR, OPTIMIZERS, Execution, RunConfig
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu")
@@ -109,7 +110,9 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
     if state == "reuse":
         return _load_finished(run_files)
     force = execution.force or state == "retrain"
-    initial_epoch, previous = _prepare_outputs(run_files, run, config, record, resume=execution.resume, force=force)
+    initial_epoch, restore, previous = _prepare_outputs(
+        run_files, run, config, record, resume=execution.resume, force=force
+    )
     _truncate_history(run_files["history"], initial_epoch)
 
     strategy = choose_strategy(execution.strategy)
@@ -134,10 +137,12 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
+        initial_epoch=initial_epoch,
         steps_per_epoch=steps,
         shuffle=False,  # the datasets shuffle themselves, seeded
         callbacks=_callbacks(
             run_files,
+            restore,
             saver,
             progress,
             early_stopping=config.early_stopping,
@@ -342,7 +347,7 @@ def _compile(model, config, *, xla):
     )
 
 
-def _callbacks(run_files, saver, record, *, early_stopping, extra, progress):
+def _callbacks(run_files, restore, saver, record, *, early_stopping, extra, progress):
     """The callbacks of a run, in the order that keeps its records consistent if it is killed between two."""
     stopping = [keras.callbacks.EarlyStopping(monitor="val_city_loss", mode="min", patience=early_stopping)]
     return [
@@ -353,7 +358,7 @@ def _callbacks(run_files, saver, record, *, early_stopping, extra, progress):
         *(stopping if early_stopping else []),
         record,
         # Last of ours: an epoch is backed up only after its row, best model and manifest are written.
-        keras.callbacks.BackupAndRestore(str(run_files["backup"])),
+        RunBackup(run_files["backup"], restore=restore),
         progress,
         *(extra or []),
     ]
@@ -369,7 +374,8 @@ def _metrics():
 
 
 def _prepare_outputs(run_files, run, config, record, *, resume, force):
-    """Decide how a run starts: (initial epoch, previous manifest or None). Deletes old results with ``force``.
+    """Decide how a run starts: (initial epoch, backup file to restore or None, previous manifest or None). Deletes
+    old results with ``force``.
 
     An interrupted run resumes only with an equal configuration (its `RunConfig.resumable` fields aside) and the
     same starting model (``record["init_from"]``).
@@ -379,9 +385,9 @@ def _prepare_outputs(run_files, run, config, record, *, resume, force):
     if force:
         for p in existing:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-        return 0, None
+        return 0, None, None
     if not existing:
-        return 0, None
+        return 0, None, None
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     if previous is None or previous.get("status") == "complete":
         raise FileExistsError(
@@ -402,9 +408,8 @@ def _prepare_outputs(run_files, run, config, record, *, resume, force):
             f"Cannot resume run {run.name!r} with different parameters ({detail}). "
             f"Use the same parameters, another run name, or force=True."
         )
-    metadata_path = run_files["backup"] / "training_metadata.json"
-    epoch = json.loads(metadata_path.read_text())["epoch"] if metadata_path.is_file() else 0
-    return int(epoch), previous
+    epoch, restore = RunBackup.restore_point(run_files["backup"])
+    return epoch, restore, previous
 
 
 def _finished_state(run_files, config, init_path):
