@@ -1,7 +1,9 @@
 """The clean-and-package path, offline, on synthetic photos and the shared street samples."""
 
 import csv
+import errno
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from PIL import Image
 
 from streetlib.classes import ClassSpec
+from streetlib.cli.commands import main
 from streetlib.data.build import (
     build_dataset,
     contact_sheet,
@@ -313,3 +316,75 @@ def test_crop_margin_cuts_every_side():
     assert np.array_equal(cropped, pixels[5:95, 10:190])
     with pytest.raises(ValueError, match="margin"):
         crop_margin(Image.fromarray(pixels), -0.1)
+
+
+def _small_raw(raw):
+    """Two distinct photos per class of `SPEC`."""
+    for c, cls in enumerate(SPEC.classes):
+        (raw / cls).mkdir(parents=True)
+        for k in range(2):
+            _synthetic_photo(300 + 10 * c + k).save(raw / cls / f"s{k}.jpg", quality=92)
+    SPEC.to_yaml(raw / "classes.yaml")
+    return raw
+
+
+def test_a_file_name_that_is_not_utf8_is_packaged_under_an_escaped_id(tmp_path):
+    raw = _small_raw(tmp_path / "raw")
+    _synthetic_photo(400).save(os.fsdecode(os.fsencode(raw / "tokyo") + b"/caf\xe9.jpg"), "JPEG")
+    report = build_dataset(raw, tmp_path / "out", size=SIZE)
+    assert report.kept["tokyo"] == 3
+    assert "tokyo/caf\\xe9.jpg" in [row["file"] for row in _rows(tmp_path / "out" / "manifest.csv")]
+    verify_checksums(tmp_path / "out")
+
+    (raw / "rejects.txt").write_text("tokyo/caf\\xe9.jpg  # as printed on the contact sheet\n")
+    report = build_dataset(raw, tmp_path / "again", size=SIZE)
+    assert report.kept["tokyo"] == 2 and ("tokyo/caf\\xe9.jpg", "marked", "listed in rejects.txt") in report.rejected
+
+
+def test_a_broken_symlink_is_rejected_with_its_reason(tmp_path):
+    raw = _small_raw(tmp_path / "raw")
+    (raw / "paris" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    report = build_dataset(raw, tmp_path / "out", size=SIZE)
+    rows = {row["file"]: row for row in _rows(tmp_path / "out" / "rejected.csv")}
+    assert rows["paris/gone.jpg"]["reason"] == "unreadable"
+    assert rows["paris/gone.jpg"]["detail"] == f"a broken symbolic link to {tmp_path / 'deleted.jpg'}"
+    assert report.kept["paris"] == 2
+
+
+@pytest.mark.parametrize("size", [0, -5, 100_000, (SIZE, 0), True, 64.0, "64"])
+def test_an_invalid_size_fails_before_anything(tmp_path, size):
+    raw = _small_raw(tmp_path / "raw")
+    with pytest.raises(ValueError, match=r"^Invalid `size`: expected an int in \[16, 4096\] or a \(height, width\)"):
+        build_dataset(raw, tmp_path / "out", size=size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_cli_build_with_size_0_is_one_line(tmp_path, capsys):
+    raw = _small_raw(tmp_path / "raw")
+    assert main(["data", "build", "--raw", str(raw), "--out", str(tmp_path / "out"), "--size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Invalid `size`" in err and "Received: size=0" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("owner, name", [(np, "save"), (Image.Image, "save")])
+def test_a_build_that_fails_part_way_leaves_nothing_and_a_rerun_works(tmp_path, monkeypatch, owner, name):
+    raw = _small_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    calls = []
+    original = getattr(owner, name)
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second .npy file, or the second contact sheet
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, full_disk)
+    with pytest.raises(OSError, match=rf"No space left on device: '{out}'"):
+        build_dataset(raw, out, size=SIZE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    monkeypatch.undo()
+    report = build_dataset(raw, out, size=SIZE)
+    assert sum(report.kept.values()) == 6
+    verify_checksums(out)

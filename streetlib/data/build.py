@@ -7,14 +7,17 @@ Input (what `streetlib.data.crawl.crawl_cities` writes, or photos put there by h
     raw/manifest.csv          optional: where each file came from (file, city, url, keyword, engine, filters)
     raw/rejects.txt           optional: file ids a person rejected, one per line (``tokyo/000012.jpg  # blurry``)
 
-Output::
+Output (written into a temporary folder beside ``out`` and moved into place at the end, so a failed build leaves
+nothing there)::
 
     out/<class>.npy, classes.yaml, dataset.json    the Street10 format (uint8), see `streetlib.data.loaders`
     out/manifest.csv          one row per packaged image: class, index in <class>.npy, file id, size, source URL
-    out/rejected.csv          one row per file left out: id, reason, detail
+    out/rejected.csv          one row per file left out: id, reason, detail (broken links and other non-files too)
     out/duplicates.csv        near-duplicates found in more than one class, for a person to resolve
     out/contact_sheets/       <class>-NN.png thumbnail grids labelled with file ids; duplicates-NN.png
     out/SHA256SUMS            checksums of the .npy files, classes.yaml and manifest.csv, verified on load
+
+A file id is ``<class>/<file name>``; the bytes of a name that is not valid UTF-8 are written as ``\\xe9`` escapes.
 
 Cleaning, in order: ids in rejects.txt are left out; unreadable or truncated files, files whose shorter side is
 below ``min_size`` and non-photos (animations, images of fewer than 32 colours: drawings, logos, placeholders) are
@@ -32,6 +35,8 @@ keeping it would put one photo under two labels and across train/test splits.
 import csv
 import io
 import itertools
+import numbers
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +46,6 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from streetlib.classes import get_class_spec
 from streetlib.data.loaders import (
-    CHECKSUMS,
     RESIZE_POLICIES,
     DataError,
     fit_image,
@@ -49,7 +53,7 @@ from streetlib.data.loaders import (
     write_checksums,
     write_street10,
 )
-from streetlib.paths import atomic_path
+from streetlib.paths import atomic_dir
 
 RAW_MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = ("file", "city", "url", "keyword", "engine", "filters")
@@ -64,6 +68,9 @@ _THUMB = 128
 # Photos, even grayscale or dark ones, show >= 50 distinct colours in a 64x64 sample; flat graphics far fewer.
 _MIN_COLOURS = 32
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# Packaged image sides: a 16 px thumbnail is the least a person can still review on a contact sheet; a 4096 px
+# image already takes 48 MiB in memory.
+MIN_SIZE, MAX_SIZE = 16, 4096
 
 
 @dataclass
@@ -272,7 +279,7 @@ def build_dataset(
         raw_dir: str or Path, one folder of photos per class (the crawl's output).
         out_dir: str or Path, where the dataset goes (see the module docstring for the files).
         classes: a `ClassSpec`, built-in name or YAML path. Default: ``raw_dir/classes.yaml``.
-        size: int or (height, width), the packaged image size in pixels. Default 224.
+        size: int or (height, width), the packaged image size in pixels, each in [16, 4096]. Default 224.
         policy: 'crop', 'pad' or 'stretch', the aspect policy of `streetlib.data.loaders.fit_image`.
         margin: float in [0, 0.5), the fraction cut from every side before resizing. Default 0.05.
         min_size: int, the smallest accepted shorter side of a raw photo in pixels. Default: the smaller of
@@ -285,11 +292,13 @@ def build_dataset(
         `BuildReport`.
 
     Raises:
+        ValueError: an invalid ``size``, ``policy`` or ``margin``, before anything is read.
         DataError: a class folder is missing, a rejects line names no file, or a class has no image left.
         FileExistsError: ``out_dir`` already holds a dataset and ``overwrite`` is False.
+        OSError: writing failed (the message names the file or ``out_dir``); nothing was left in ``out_dir``.
     """
     raw, out = _check_build_args(raw_dir, out_dir, policy=policy, margin=margin, overwrite=overwrite)
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    height, width = _check_size(size)
     min_size = min(height, width) if min_size is None else min_size
     spec = get_class_spec(classes if classes is not None else raw / "classes.yaml")
 
@@ -301,26 +310,24 @@ def build_dataset(
     dropped, cross = _resolve_duplicates(records, rejected, threshold)
     by_class = _group_kept(records, dropped, spec, rejected, raw=raw, rejects_file=rejects_file)
 
-    # Checksums of an earlier build must not outlive it if this one is interrupted.
-    (out / CHECKSUMS).unlink(missing_ok=True)
-    write_street10(
-        out,
-        {cls: np.stack([r["image"] for r in recs]) for cls, recs in by_class.items()},
-        spec=spec,
-        meta=_package_meta(raw, (height, width), policy, margin, threshold),
-        overwrite=overwrite,
-    )
     rejected.sort()
-    _write_tables(out, by_class, records, cross, rejected, sources)
-    sheets = _write_sheets(out / SHEETS, by_class, [[records[i] for i in g] for g in cross])
-    write_checksums(out, [f"{cls}.npy" for cls in spec.classes] + ["classes.yaml", "manifest.csv"])
+    with atomic_dir(out) as tmp:
+        write_street10(
+            tmp,
+            {cls: np.stack([r["image"] for r in recs]) for cls, recs in by_class.items()},
+            spec=spec,
+            meta={"name": out.name, **_package_meta(raw, (height, width), policy, margin, threshold)},
+        )
+        _write_tables(tmp, by_class, records, cross, rejected, sources)
+        sheets = _write_sheets(tmp / SHEETS, by_class, [[records[i] for i in g] for g in cross])
+        write_checksums(tmp, [f"{cls}.npy" for cls in spec.classes] + ["classes.yaml", "manifest.csv"])
     return BuildReport(
         out=out,
         kept={cls: len(recs) for cls, recs in by_class.items()},
         rejected=rejected,
         duplicates=[sorted(records[i]["id"] for i in g) for g in cross],
         rejects_file=rejects_file,
-        sheets=sheets,
+        sheets=[out / SHEETS / sheet.name for sheet in sheets],
     )
 
 
@@ -337,6 +344,22 @@ def _check_build_args(raw_dir, out_dir, *, policy, margin, overwrite):
         raise ValueError(f"Invalid `policy`. Expected one of {RESIZE_POLICIES}. Received: policy={policy!r}")
     _check_margin(margin)
     return raw, out
+
+
+def _check_size(size):
+    """(height, width) of ``size``: an int, or a pair of ints, each in [`MIN_SIZE`, `MAX_SIZE`]."""
+    sides = (size, size) if isinstance(size, numbers.Integral) else size
+    if (
+        not isinstance(sides, (tuple, list))
+        or len(sides) != 2
+        or not all(not isinstance(s, bool) and isinstance(s, numbers.Integral) for s in sides)
+        or not all(MIN_SIZE <= s <= MAX_SIZE for s in sides)
+    ):
+        raise ValueError(
+            f"Invalid `size`: expected an int in [{MIN_SIZE}, {MAX_SIZE}] or a (height, width) pair of them. "
+            f"Received: size={size!r}"
+        )
+    return int(sides[0]), int(sides[1])
 
 
 def _clean_all(files, marked, rejects_file, size, policy, margin, min_size):
@@ -423,7 +446,8 @@ class _Rejected(Exception):
 
 
 def _list_class_files(raw, spec):
-    """dict class -> sorted list of (file id, path) of the non-hidden files in ``raw/<class>/``."""
+    """dict class -> sorted list of (file id, path) of the non-hidden entries of ``raw/<class>/`` other than
+    folders (broken links included, so that `_clean` rejects them with a reason)."""
     missing = [c for c in spec.classes if not (raw / c).is_dir()]
     if missing:
         found = sorted(p.name for p in raw.iterdir() if p.is_dir())
@@ -433,7 +457,9 @@ def _list_class_files(raw, spec):
         )
     return {
         cls: [
-            (f"{cls}/{p.name}", p) for p in sorted((raw / cls).iterdir()) if p.is_file() and not p.name.startswith(".")
+            (f"{cls}/{_escaped(p.name)}", p)
+            for p in sorted((raw / cls).iterdir())
+            if not p.is_dir() and not p.name.startswith(".")
         ]
         for cls in spec.classes
     }
@@ -441,6 +467,10 @@ def _list_class_files(raw, spec):
 
 def _clean(path, cls, file_id, size, policy, margin, min_size):
     """Read, check, crop, resize and hash one raw file; raise `_Rejected` with the reason if it fails."""
+    if path.is_symlink() and not path.exists():
+        raise _Rejected("unreadable", f"a broken symbolic link to {_escaped(os.readlink(path))}")
+    if not path.is_file():
+        raise _Rejected("unreadable", "not a regular file (a pipe, socket or device)")
     try:
         with Image.open(path) as img:
             frames = getattr(img, "n_frames", 1)
@@ -451,7 +481,7 @@ def _clean(path, cls, file_id, size, policy, margin, min_size):
             img.load()
             rgb = to_rgb(img)
     except _READ_ERRORS as err:
-        raise _Rejected("unreadable", f"{type(err).__name__}: {err}") from err
+        raise _Rejected("unreadable", f"{type(err).__name__}: {_escaped(str(err))}") from err
     if min(width, height) < min_size:
         raise _Rejected("too-small", f"{width}x{height}: shorter side below min_size={min_size}")
     if frames > 1:
@@ -520,9 +550,7 @@ def _unit_pixels(image):
 
 
 def _write_sheets(sheet_dir, by_class, cross_groups, *, per_page=100):
-    # Sheets of an earlier build would show images this build no longer has.
-    for old in sheet_dir.glob("*.png"):
-        old.unlink()
+    sheet_dir.mkdir()
     pages = [(cls, [r["image"] for r in recs], [r["id"] for r in recs]) for cls, recs in by_class.items()]
     if cross_groups:
         members = [(g, r) for g, group in enumerate(cross_groups, start=1) for r in group]
@@ -531,9 +559,7 @@ def _write_sheets(sheet_dir, by_class, cross_groups, *, per_page=100):
     for name, images, labels in pages:
         for page, start in enumerate(range(0, len(images), per_page), start=1):
             path = sheet_dir / f"{name}-{page:02d}.png"
-            sheet = contact_sheet(images[start : start + per_page], labels[start : start + per_page], title=name)
-            with atomic_path(path) as tmp:
-                sheet.save(tmp)
+            contact_sheet(images[start : start + per_page], labels[start : start + per_page], title=name).save(path)
             written.append(path)
     return written
 
@@ -543,5 +569,10 @@ def _write_csv(path, header, rows):
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    path.write_text(buffer.getvalue())
+
+
+def _escaped(text):
+    """``text`` (a file name, or a message holding one) with the bytes that are not valid UTF-8 written as ``\\xe9``
+    escapes, so that it can be written to a CSV or a contact sheet and typed into a rejects file."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
