@@ -4,6 +4,7 @@ The output root is the repository root unless ``STREETLIB_ROOT`` is set (on Cola
 notebooks and the CLI never hold literal paths.
 """
 
+import errno
 import hashlib
 import os
 import shutil
@@ -101,6 +102,8 @@ class atomic_dir:
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
 
     def __enter__(self):
+        if os.path.lexists(self.path) and not self.path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory: choose a folder", str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Only a killed run of a process with this same id can have left it.
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -61,3 +61,10 @@ def test_atomic_dir_names_the_folder_in_an_os_error_without_a_file(tmp_path):
     ):
         raise OSError(errno.ENOSPC, "No space left on device")
     assert info.value.errno == errno.ENOSPC
+
+
+def test_atomic_dir_refuses_a_file_in_the_way_and_leaves_it(tmp_path):
+    (tmp_path / "ds").write_text("a person's file")
+    with pytest.raises(NotADirectoryError, match=r"Not a directory.*'.*ds'"), paths.atomic_dir(tmp_path / "ds"):
+        pass
+    assert _entries(tmp_path) == ["ds"] and (tmp_path / "ds").read_text() == "a person's file"
