@@ -52,6 +52,13 @@ def notebooks_dir():
     return REPO_ROOT / "notebooks"
 
 
+def executed_dir(profile, root_dir=None):
+    """Where ``streetlib run`` keeps the executed notebooks of a profile and the records of what finished:
+    ``<root>/notebooks/executed/<profile>``, under the output root the notebooks wrote to (default `root()`), so a
+    record never vouches for outputs of another root."""
+    return Path(root_dir or root()) / "notebooks" / "executed" / profile
+
+
 class atomic_path:
     """Context manager giving a temporary sibling path that replaces ``path`` only on success.
 

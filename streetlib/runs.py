@@ -1,8 +1,9 @@
 """What a training run is called and where its files go: `RunId` and `RunLayout`.
 
 A run is identified by its experiment (a folder under ``hists/``, ``models/`` and ``figs/``), its configuration
-name and, for runs repeated over split seeds, the seed: ``RunId("03-pretrained", "hed-bsds500-transfer", 42)`` is
-the run named ``hed-bsds500-transfer-seed42``. `RunLayout` turns an identity into every file of the run:
+name (with a variant's suffix, see `with_variant`) and, for runs repeated over split seeds, the seed:
+``RunId("03-pretrained", "hed-bsds500-transfer", 42)`` is the run named ``hed-bsds500-transfer-seed42``.
+`RunLayout` turns an identity into every file of the run:
 
 - ``hists/<experiment>/<run>.csv`` (history), ``<run>.json`` (manifest), ``<run>.eval.csv`` (evaluation rows);
 - ``models/<experiment>/<run>.best.keras`` and ``<run>.final.keras``, each with a sidecar ``<run>.<checkpoint>.json``
@@ -39,6 +40,25 @@ def check_name(value, name):
             f"Invalid `{name}`. Expected a plain file name (letters, digits, '.', '_', '-'). Received: {name}={value!r}"
         )
     return value
+
+
+def with_variant(config_name, variant):
+    """The configuration name of a variant: ``<config_name>-<variant>``, or ``config_name`` for no variant ('').
+
+    A variant tells apart runs of one configuration that differ in other settings, such as the points of a
+    ``streetlib run --grid``: without it they would share their run names, and so their files.
+
+    Args:
+        config_name: str, the configuration name (e.g. ``hed-bsds500-transfer``).
+        variant: str, e.g. ``pooling-max``, or ''.
+
+    Returns:
+        str.
+
+    Raises:
+        ValueError: ``variant`` is not '' or a plain file name.
+    """
+    return f"{config_name}-{check_name(variant, 'variant')}" if variant else config_name
 
 
 def sidecar_path(model_path):

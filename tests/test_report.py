@@ -91,3 +91,20 @@ def test_committed_readmes_are_up_to_date(folder):
         pytest.fail(f"{readme} is missing: run `streetlib report`.")
     expected = report.hists_markdown(root) if folder == "hists" else report.figs_markdown(root)
     assert readme.read_text() == expected, f"{readme} is stale: run `streetlib report`."
+
+
+def test_a_damaged_history_or_manifest_is_named(tmp_path):
+    """Issue #22: `streetlib report` names the file it cannot read, instead of a KeyError or a bare JSON message."""
+    _run(tmp_path, "demo", "a", val_city=[0.2], val_region=[0.5])
+    history = tmp_path / "demo" / "a.csv"
+    history.write_text("epoch,loss\n0,1.0\n")
+    with pytest.raises(ValueError, match=r"a\.csv: no column\(s\) \['val_city_accuracy', 'val_region_accuracy'\]"):
+        report.run_rows(tmp_path)
+    history.unlink()
+    manifest = tmp_path / "demo" / "a.json"
+    manifest.write_text('{"config": {"experiment": "demo"}}')
+    with pytest.raises(ValueError, match=r"a\.json: not a complete run manifest \(no entry 'run'\)"):
+        report.run_rows(tmp_path)
+    manifest.write_text("{")
+    with pytest.raises(ValueError, match=r"a\.json: not valid JSON"):
+        report.run_rows(tmp_path)

@@ -117,7 +117,7 @@ def test_grid_runs_every_combination(setup, tmp_path):
     ]
     assert sorted(log.read_text().splitlines()) == ["first 1 x", "first 1 y", "first 2 x", "first 2 y"]
     grid.write_text("notebook: '01'\ngrid:\n  colour: [red]\n")
-    with pytest.raises(ValueError, match=r"Unknown parameter\(s\) \['colour'\].*\(grid\)"):
+    with pytest.raises(ValueError, match=r"Unknown parameter\(s\) \[.colour.\].*\(grid file"):
         _run(out, grid=grid)
 
 
@@ -239,7 +239,7 @@ def _default_sigint():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
-def test_ctrl_c_ends_as_one_line_and_the_next_run_resumes(setup, tmp_path):
+def test_ctrl_c_ends_as_one_line_and_the_next_run_resumes(setup, tmp_path, monkeypatch):
     import os
     import signal
     import subprocess
@@ -260,6 +260,7 @@ def test_ctrl_c_ends_as_one_line_and_the_next_run_resumes(setup, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
         cwd=tmp_path,
+        env={**os.environ, "STREETLIB_ROOT": str(tmp_path / "root")},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -275,5 +276,183 @@ def test_ctrl_c_ends_as_one_line_and_the_next_run_resumes(setup, tmp_path):
     assert "INTERRUPTED 02_second.ipynb: cell [3] (`import pathlib, time`): stopped by Ctrl-C" in stderr
     assert "[done] 01_first.ipynb" in stdout
     _notebook(nbs / "02_second.ipynb", "size = 8\n", "")
-    assert [r.status for r in _run(nbs / "executed" / "p")] == ["skipped", "done"]
-    assert os.path.exists(nbs / "executed" / "p" / "02_second.done.json")
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path / "root"))
+    assert [r.status for r in _run(None)] == ["skipped", "done"]
+    assert os.path.exists(tmp_path / "root" / "notebooks" / "executed" / "p" / "02_second.done.json")
+
+
+def test_run_records_follow_the_output_root(setup, tmp_path, monkeypatch):
+    """Issue #22: the skip markers of one output root must not skip notebooks for another (whose data is not made)."""
+    nbs, log, _ = setup
+    _notebook(
+        nbs / "01_first.ipynb",
+        "size = 8\nname = 'a'\noutput_root = ''\n",
+        f"import os\nopen({str(log)!r}, 'a').write(os.environ['STREETLIB_ROOT'] + '\\n')",
+    )
+    first, second = tmp_path / "root-a", tmp_path / "root-b"
+    monkeypatch.setenv("STREETLIB_ROOT", str(first))
+    assert [r.status for r in _run(None, notebooks=["01"])] == ["done"]
+    assert (first / "notebooks" / "executed" / "p" / "01_first.done.json").is_file()
+    assert [r.status for r in _run(None, notebooks=["01"])] == ["skipped"]
+    monkeypatch.setenv("STREETLIB_ROOT", str(second))
+    results = _run(None, notebooks=["01"])
+    assert [r.status for r in results] == ["done"]
+    assert results[0].output == second / "notebooks" / "executed" / "p" / "01_first.ipynb"
+    # The notebooks' own output_root parameter moves the records with it; a relative one starts at the notebook.
+    results = _run(None, notebooks=["01"], overrides={"output_root": "../root-c"})
+    assert results[0].output == tmp_path / "root-c" / "notebooks" / "executed" / "p" / "01_first.ipynb"
+    # A record kept elsewhere (out_dir) still tells the roots apart.
+    out = tmp_path / "records"
+    assert [r.status for r in _run(out, notebooks=["01"])] == ["done"]
+    monkeypatch.setenv("STREETLIB_ROOT", str(first))
+    assert [r.status for r in _run(out, notebooks=["01"])] == ["done"]
+    # The kernel gets the root as an absolute path, whatever its working directory.
+    roots = [first, second, tmp_path / "root-c", second, first]
+    assert log.read_text().splitlines() == [str(r) for r in roots]
+
+
+def test_grid_points_get_their_own_variant(setup, tmp_path):
+    nbs, log, out = setup
+    _notebook(
+        nbs / "03_third.ipynb",
+        "size = 8\nseeds = [1]\nvariant = ''\n",
+        f"open({str(log)!r}, 'a').write(variant + '\\n')",
+    )
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("notebook: 3\ngrid:\n  size: [1, 2]\n  seeds: [[4, 5]]\n")
+    assert [r.status for r in _run(out, grid=grid)] == ["done", "done"]
+    assert log.read_text().splitlines() == ["size-1__seeds-4-5", "size-2__seeds-4-5"]
+    # A variant the grid names itself is kept.
+    grid.write_text("notebook: '03'\ngrid:\n  size: [3]\n  variant: [mine]\n")
+    assert [r.status for r in _run(out, grid=grid)] == ["done"]
+    assert log.read_text().splitlines()[-1] == "mine"
+
+
+def test_readme_grid_gives_each_combination_its_own_runs(tmp_path):
+    """The README's grid on the real notebook 03 and the demo profile: every point names its runs differently."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text('notebook: "03"\ngrid: {pooling: [avg, max], split_seeds: [[42], [43]]}\n')
+    plans = runner.plan(profile="demo", grid=grid)
+    assert [params["variant"] for _, _, params in plans] == [
+        "pooling-avg__split_seeds-42",
+        "pooling-avg__split_seeds-43",
+        "pooling-max__split_seeds-42",
+        "pooling-max__split_seeds-43",
+    ]
+    assert "variant" in runner.notebook_parameters(runner.find_notebook("04"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("notebook: '01'\ngrid: {size: [1, 2\n", r"grid\.yaml, line 3: not valid YAML \(expected ',' or '\]', but got"),
+        (
+            "notebook: '01'\ngrid: {size: [1]}\nprofile: demo\n",
+            r"unknown key\(s\) \['profile'\].*\['grid', 'notebook'\]",
+        ),
+        (
+            "notebook: '01'\ngrid: {size: [abc]}\n",
+            r"Invalid parameter 'size' for 01_first.ipynb \(grid file .*grid\.yaml\)",
+        ),
+        (
+            "notebook: '01'\ngrid: {colour: [red]}\n",
+            r"Unknown parameter\(s\) \['colour'\] for 01_first.ipynb \(grid file",
+        ),
+    ],
+)
+def test_a_bad_grid_file_is_one_line_naming_it(setup, tmp_path, text, message):
+    _, log, out = setup
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        _run(out, grid=grid)
+    assert str(grid) in str(err.value) and "\n" not in str(err.value)
+    assert not log.exists()
+
+
+def test_parameter_ranges_are_checked_before_any_kernel_starts(setup):
+    nbs, log, out = setup
+    _notebook(
+        nbs / "03_third.ipynb",
+        "samples_per_class = 6\nsplit_seeds = [42]\nweight_sources = ['random']\nlearning_rate = 0.1\n",
+        f"open({str(log)!r}, 'a').write('third\\n')",
+    )
+    cases = [
+        (
+            {"samples_per_class": 0},
+            r"'samples_per_class' for 03_third.ipynb. Expected an int >= 1. Received: samples_per_class=0",
+        ),
+        ({"split_seeds": []}, r"'split_seeds' for 03_third.ipynb. Expected a non-empty list of ints >= 0"),
+        ({"split_seeds": [-1]}, r"Received: split_seeds=\[-1\]"),
+        ({"weight_sources": []}, r"'weight_sources' for 03_third.ipynb. Expected a non-empty list"),
+        ({"learning_rate": 0}, r"'learning_rate' for 03_third.ipynb. Expected a float > 0"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _run(out, overrides=overrides)
+    assert not log.exists() and not out.exists()
+    # The same name may allow other values in another notebook (02's baselines may use no weight source).
+    _notebook(nbs / "02_second.ipynb", "weight_sources = ['random']\n", "")
+    assert [r.status for r in _run(out, notebooks=["02"], overrides={"weight_sources": []})] == ["done"]
+
+
+def test_cli_refuses_an_out_of_range_parameter_in_one_line(capsys):
+    """On the real notebooks: refused before a kernel starts."""
+    from streetlib.cli import commands as cli
+
+    status = cli.main(["run", "--profile", "smoke", "01", "-p", "samples_per_class", "0"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "01_data_exploration.ipynb" in err and "an int >= 1" in err and "samples_per_class=0" in err
+
+
+def test_a_negative_cell_timeout_is_refused_by_the_parser(capsys):
+    from streetlib.cli import commands as cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--cell-timeout", "-1", "--profile", "no-such-profile"])
+    assert exc.value.code == 2
+    assert "--cell-timeout: expected a number > 0, not '-1'" in capsys.readouterr().err
+
+
+def test_sigterm_ends_as_one_line_shuts_the_kernel_and_the_next_run_resumes(setup, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nbs, log, out = setup
+    pid_file = tmp_path / "kernel.pid"
+    _notebook(
+        nbs / "02_second.ipynb",
+        "size = 8\n",
+        f"import os, pathlib, time\npathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\ntime.sleep(60)",
+    )
+    script = INTERRUPT_SCRIPT.format(profiles=str(tmp_path / "profiles.yaml"), nbs=str(nbs))
+    env = {**os.environ, "STREETLIB_ROOT": str(tmp_path / "root")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # the pid is written: the cell runs
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert "INTERRUPTED 02_second.ipynb: cell [3] (`import os, pathlib, time`): stopped by SIGTERM" in stderr
+    kernel = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(kernel, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the kernel {kernel} still runs")
+    _notebook(nbs / "02_second.ipynb", "size = 8\n", "")
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path / "root"))
+    assert [r.status for r in _run(None)] == ["skipped", "done"]

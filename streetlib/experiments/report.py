@@ -16,6 +16,34 @@ from streetlib.paths import atomic_path
 from streetlib.runs import RunId, RunLayout
 
 
+def _manifest(path):
+    """The manifest in ``path``, a dict.
+
+    Raises:
+        ValueError: the file is not valid JSON; the message names it.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}). Restore it, or move it out of hists/.") from err
+
+
+def _table(path, columns):
+    """The CSV file ``path``, which must have ``columns``. Returns a DataFrame.
+
+    Raises:
+        ValueError: the file is not a CSV table with those columns; the message names it.
+    """
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable CSV table ({err}). Restore it, or move it out of hists/.") from err
+    missing = sorted(set(columns) - set(table.columns))
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing}. Restore it, or move it out of hists/.")
+    return table
+
+
 def run_rows(hists_dir=None):
     """One row per training run found under ``hists/<experiment>/<run>.json``.
 
@@ -24,18 +52,32 @@ def run_rows(hists_dir=None):
         seed, status, epochs, and for each output o: ``best_val_<o>`` and ``final_val_<o>`` (validation accuracy at
         the best epoch by validation city accuracy, and at the last epoch), ``test_<o>`` (test accuracy of the best
         checkpoint, when evaluated), plus the history, manifest and eval paths relative to ``hists_dir``.
+
+    Raises:
+        ValueError: a manifest, history or eval file that cannot be read, naming it.
     """
     layout = RunLayout(hists_dir=hists_dir)
-    hists = layout.hists_dir
     rows = []
-    for manifest_path in sorted(hists.glob("*/*.json")):
-        manifest = json.loads(manifest_path.read_text())
+    for manifest_path in sorted(layout.hists_dir.glob("*/*.json")):
+        manifest = _manifest(manifest_path)
         if "config" not in manifest:
             continue
-        config = manifest["config"]
         run = RunId.from_name(manifest_path.parent.name, manifest_path.stem)
-        history_path, eval_path = layout.history(run), layout.evals(run)
-        row = {
+        row = _manifest_row(layout, run, manifest_path, manifest)
+        if layout.history(run).is_file():
+            row.update(_history_scores(layout.history(run)))
+        if layout.evals(run).is_file():
+            row.update(_test_scores(layout.evals(run)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _manifest_row(layout, run, manifest_path, manifest):
+    """What a run's manifest says, and where its files are: the start of its row in `run_rows`."""
+    hists, eval_path = layout.hists_dir, layout.evals(run)
+    config = manifest["config"]
+    try:
+        return {
             "experiment": config["experiment"],
             "run": config["run"],
             "data": manifest["dataset"]["label"],
@@ -48,32 +90,44 @@ def run_rows(hists_dir=None):
             "seed": config["seed"],
             "status": manifest["status"],
             "epochs": 0,
-            "history": history_path.relative_to(hists).as_posix(),
+            "history": layout.history(run).relative_to(hists).as_posix(),
             "manifest": manifest_path.relative_to(hists).as_posix(),
             "eval": eval_path.relative_to(hists).as_posix() if eval_path.is_file() else "",
         }
-        if history_path.is_file():
-            history = pd.read_csv(history_path)
-            if len(history):
-                best = history.loc[history["val_city_accuracy"].idxmax()]
-                row["epochs"] = len(history)
-                for o in OUTPUTS:
-                    row[f"best_val_{o}"] = best[f"val_{o}_accuracy"]
-                    row[f"final_val_{o}"] = history[f"val_{o}_accuracy"].iloc[-1]
-        if eval_path.is_file():
-            scores = pd.read_csv(eval_path)
-            overall = scores[
-                (scores["metric"] == "accuracy")
-                & scores["class"].isna()
-                & (scores["subset"] == "test")
-                & (scores["checkpoint"] == "best")
-            ]
-            for o in OUTPUTS:
-                values = overall.loc[overall["output"] == o, "value"]
-                if len(values):
-                    row[f"test_{o}"] = float(values.iloc[-1])
-        rows.append(row)
-    return pd.DataFrame(rows)
+    except (KeyError, TypeError) as err:
+        raise ValueError(
+            f"{manifest_path}: not a complete run manifest (no entry {err}). Restore it, or move it out of hists/."
+        ) from err
+
+
+def _history_scores(path):
+    """Epochs, and validation accuracies at the best epoch (by validation city accuracy) and the last."""
+    history = _table(path, [f"val_{o}_accuracy" for o in OUTPUTS])
+    if not len(history):
+        return {}
+    best = history.loc[history["val_city_accuracy"].idxmax()]
+    scores = {"epochs": len(history)}
+    for o in OUTPUTS:
+        scores[f"best_val_{o}"] = best[f"val_{o}_accuracy"]
+        scores[f"final_val_{o}"] = history[f"val_{o}_accuracy"].iloc[-1]
+    return scores
+
+
+def _test_scores(path):
+    """Test accuracy of the best checkpoint per output, from a run's eval rows."""
+    scores = _table(path, ["metric", "class", "subset", "checkpoint", "output", "value"])
+    overall = scores[
+        (scores["metric"] == "accuracy")
+        & scores["class"].isna()
+        & (scores["subset"] == "test")
+        & (scores["checkpoint"] == "best")
+    ]
+    test = {}
+    for o in OUTPUTS:
+        values = overall.loc[overall["output"] == o, "value"]
+        if len(values):
+            test[f"test_{o}"] = float(values.iloc[-1])
+    return test
 
 
 def _cell(value):

@@ -1,23 +1,31 @@
 """Run the numbered notebooks headless with papermill: profiles, checked parameters, grids, resume.
 
-Profiles live in ``streetlib/experiments/profiles.yaml``: ``smoke`` for CI, ``demo`` the main
-job, ``full`` Street10 on a GPU.
-Executed notebooks go to ``notebooks/executed/<profile>/``; beside each, a ``.done.json`` records the parameters of a
-finished run, so an interrupted ``streetlib run`` resumes by skipping what already finished with the same parameters.
-Once a notebook of the sequence runs, every later one runs too, since it reads what the earlier ones wrote.
+Profiles live in ``streetlib/experiments/profiles.yaml``: ``smoke`` for CI, ``demo`` the main job, ``full``
+Street10 on a GPU. Parameters are checked before any kernel starts: their names, their types (those of the
+notebooks' defaults) and the ranges of `PARAMETER_RANGES`.
+Executed notebooks go to ``<output root>/notebooks/executed/<profile>/`` (`streetlib.paths.executed_dir`); beside
+each, a ``.done.json`` records the parameters and the output root of a finished run, so an interrupted ``streetlib
+run`` resumes by skipping what already finished with the same parameters into the same root. Once a notebook of the
+sequence runs, every later one runs too, since it reads what the earlier ones wrote. Each point of a grid passes its
+`variant_name` to a notebook with a ``variant`` parameter, which adds it to the names of its training runs.
 
 Cells have no time limit unless one is asked for: a training cell runs for hours on Street10. Each training epoch
 prints one progress line (see `streetlib.progress`). A cell that fails, times out, loses its kernel or is stopped
-with Ctrl-C ends the run with one line naming the notebook and the cell; the next run resumes (finished notebooks are
-skipped, interrupted training runs continue from their last epoch). The kernel's own stderr goes to
+with Ctrl-C or SIGTERM ends the run with one line naming the notebook and the cell; the next run resumes (finished
+notebooks are skipped, interrupted training runs continue from their last epoch). The kernel's own stderr goes to
 ``<notebook>.kernel.log`` beside the executed copy.
 """
 
 import ast
+import contextlib
 import hashlib
 import itertools
 import json
+import numbers
 import os
+import re
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +33,58 @@ from pathlib import Path
 import yaml
 
 from streetlib import paths
+from streetlib.constraints import Interval, Items
 from streetlib.paths import atomic_path
 from streetlib.progress import PROGRESS_ENV, follow
 
 PROFILES_FILE = Path(__file__).resolve().parent / "profiles.yaml"
+GRID_KEYS = ("grid", "notebook")
+
+_POSITIVE = Interval(numbers.Integral, 1, None, closed="left")
+_NATURAL = Interval(numbers.Integral, 0, None, closed="left")
+_COUNTS = Items("a non-empty list of ints >= 0", test=_NATURAL.is_satisfied_by, nonempty=True)
+_NAMES = Items("a non-empty list of names", test=lambda v: isinstance(v, str) and v != "", nonempty=True)
+
+# The ranges of notebook parameters, checked before any kernel starts. The notebooks' configurations check them
+# again, but only after a kernel has started and loaded the data, and an empty list fails deep inside pandas.
+# ("*", name) holds in every notebook with that parameter; ("NN", name) in notebook NN only, instead of ("*", name).
+# Names from registries in Keras modules (weight sources, poolings, optimizers) are left to the notebooks: the
+# runner does not import Keras.
+PARAMETER_RANGES = {
+    ("*", "image_size"): [_POSITIVE],
+    ("*", "per_class"): [_POSITIVE],
+    ("*", "samples_per_class"): [_POSITIVE],
+    ("*", "split_seed"): [_NATURAL],
+    ("*", "split_seeds"): [_COUNTS],
+    ("*", "synth_seed"): [_NATURAL],
+    ("*", "init_seed"): [_NATURAL],
+    ("*", "epochs"): [_POSITIVE],
+    ("*", "batch_size"): [_POSITIVE],
+    ("*", "filters"): [_POSITIVE],
+    ("*", "dropout"): [Interval(numbers.Real, 0, 1, closed="left")],
+    ("*", "learning_rate"): [Interval(numbers.Real, 0, None, closed="neither")],
+    ("*", "early_stopping"): [_NATURAL],
+    ("*", "scratch_epochs"): [_NATURAL],
+    # Notebooks 03 and 04: augmented copies of the training set; 02: a list of such counts, 0 for none.
+    ("*", "augment_copies"): [_POSITIVE, _COUNTS],
+    ("*", "weight_sources"): [_NAMES],
+    # Notebook 02 may fit its floors alone, without a network.
+    ("02", "weight_sources"): [Items("a list of names", test=lambda v: isinstance(v, str) and v != "")],
+    ("*", "poolings"): [_NAMES],
+    ("*", "classifiers"): [_NAMES],
+    ("*", "max_images"): [_POSITIVE],
+    ("*", "randomization_images"): [_POSITIVE],
+    ("*", "leaderboard_images"): [_POSITIVE],
+    ("*", "control_images"): [_POSITIVE],
+    ("*", "curve_steps"): [_POSITIVE],
+    ("*", "n_concepts"): [_POSITIVE],
+    ("*", "concept_images"): [_NATURAL],
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by SIGTERM while `run` runs, so that the run stops as it does for Ctrl-C: the kernel is shut down,
+    the notebook's run ends as 'interrupted' and the next run resumes."""
 
 
 @dataclass
@@ -39,9 +95,12 @@ class NotebookRun:
         notebook: Path of the source notebook.
         output: Path of the executed copy.
         parameters: dict of the parameters passed.
-        status: 'done', 'skipped' (finished before with the same parameters), 'failed' or 'interrupted' (Ctrl-C).
+        status: 'done', 'skipped' (finished before with the same parameters), 'failed' or 'interrupted' (Ctrl-C
+            or SIGTERM).
         seconds: float wall time (0 when skipped).
         error: for a failure or interruption, which cell and what happened, else ''.
+        signal: int, for an interruption the signal that stopped it (`signal.SIGINT` for Ctrl-C, `signal.SIGTERM`),
+            else 0.
     """
 
     notebook: Path
@@ -50,6 +109,7 @@ class NotebookRun:
     status: str = "done"
     seconds: float = 0.0
     error: str = ""
+    signal: int = 0
 
 
 def list_notebooks(directory=None):
@@ -92,10 +152,24 @@ def notebook_parameters(notebook):
     return params
 
 
+def _read_yaml(path):
+    """The document in a YAML file.
+
+    Raises:
+        ValueError: the file is not valid YAML; the message names the file and the line.
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', None) or err}).") from err
+
+
 def load_profile(name, *, path=None):
     """A profile from the profiles file: dict with 'description', 'all' (parameters for every notebook that has
     them) and 'notebooks' (notebook stem -> parameters)."""
-    profiles = yaml.safe_load(Path(path or PROFILES_FILE).read_text())
+    profiles = _read_yaml(path or PROFILES_FILE)
     if name not in profiles:
         raise ValueError(f"Invalid `profile`. Expected one of {sorted(profiles)}. Received: profile={name!r}")
     profile = profiles[name]
@@ -151,9 +225,21 @@ def _matches(value, default):
     return type(value) is type(default)
 
 
-def check_types(notebook, params):
+def _invalid(notebook, name, value, expected, where):
+    source = f" ({where})" if where else ""
+    return ValueError(
+        f"Invalid parameter {name!r} for {Path(notebook).name}{source}. Expected {expected}. Received: {name}={value!r}"
+    )
+
+
+def check_types(notebook, params, *, where=""):
     """Every value must have the type of the notebook's default for that name (an int for an int, a number for a
     float, a list of str for a list of str...); a default of None accepts anything.
+
+    Args:
+        notebook: path of the notebook.
+        params: dict of parameters.
+        where: str, where the parameters come from (e.g. 'grid file grid.yaml') for the message, or ''.
 
     Raises:
         ValueError: naming the notebook, the parameter, the expected type and the received value.
@@ -161,10 +247,26 @@ def check_types(notebook, params):
     defaults = notebook_parameters(notebook)
     for name, value in params.items():
         if name in defaults and not _matches(value, defaults[name]):
-            raise ValueError(
-                f"Invalid parameter {name!r} for {Path(notebook).name}. Expected {_describe_type(defaults[name])}, "
-                f"like its default {defaults[name]!r}. Received: {name}={value!r}"
-            )
+            expected = f"{_describe_type(defaults[name])}, like its default {defaults[name]!r}"
+            raise _invalid(notebook, name, value, expected, where)
+
+
+def check_ranges(notebook, params, *, where=""):
+    """Every value with a declared range (`PARAMETER_RANGES`) must be within it.
+
+    Args:
+        notebook: path of the notebook (its number picks the notebook's own ranges).
+        params: dict of parameters, of the right types (see `check_types`).
+        where: str, where the parameters come from for the message, or ''.
+
+    Raises:
+        ValueError: naming the notebook, the parameter, the allowed range and the received value.
+    """
+    number = Path(notebook).stem.split("_", 1)[0]
+    for name, value in params.items():
+        constraints = PARAMETER_RANGES.get((number, name)) or PARAMETER_RANGES.get(("*", name), [])
+        if constraints and not any(c.is_satisfied_by(value) for c in constraints):
+            raise _invalid(notebook, name, value, " or ".join(str(c) for c in constraints), where)
 
 
 def check_overrides(notebooks, overrides):
@@ -194,22 +296,61 @@ def expand_grid(grid):
 
 
 def load_grid(path):
-    """A grid file (YAML): ``notebook: 03`` and ``grid: {name: [values...]}``. Returns (notebook, list of dicts)."""
-    doc = yaml.safe_load(Path(path).read_text())
-    if not isinstance(doc, dict) or "notebook" not in doc or "grid" not in doc:
+    """A grid file (YAML): ``notebook: "03"`` and ``grid: {name: [values...]}``.
+
+    Every name must be a parameter of the notebook, every value of the type of its default and within its range.
+
+    Returns:
+        (notebook Path, list of dicts: the grid's points, see `expand_grid`).
+
+    Raises:
+        ValueError: naming the file and what is wrong in it.
+    """
+    doc = _read_yaml(path)
+    if not isinstance(doc, dict) or "notebook" not in doc or not isinstance(doc.get("grid"), dict):
         raise ValueError(f"Grid file {path} must have `notebook:` and `grid: {{name: [values]}}`.")
-    return find_notebook(str(doc["notebook"])), expand_grid(doc["grid"])
+    unknown = sorted(set(doc) - set(GRID_KEYS))
+    if unknown:
+        raise ValueError(f"Grid file {path} has unknown key(s) {unknown}. Allowed keys: {list(GRID_KEYS)}.")
+    # Unquoted, `notebook: 03` reads as the int 3.
+    name = doc["notebook"]
+    notebook = find_notebook(f"{name:02d}" if type(name) is int else str(name))
+    where = f"grid file {path}"
+    _check_names(notebook, doc["grid"], notebook_parameters(notebook), where)
+    points = expand_grid(doc["grid"])
+    for point in points:
+        check_types(notebook, point, where=where)
+        check_ranges(notebook, point, where=where)
+    return notebook, points
 
 
-def _fingerprint(notebook, params):
-    text = json.dumps({"source": Path(notebook).read_text(), "params": params}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def variant_name(point):
+    """The variant of a grid point, which a notebook adds to the names of its training runs (see
+    `streetlib.runs.with_variant`): ``{"pooling": "max", "split_seeds": [43]}`` -> ``pooling-max__split_seeds-43``.
+
+    Returns:
+        str of letters, digits, '.', '_' and '-'.
+    """
+    parts = [f"{name}-{'-'.join(map(str, v)) if isinstance(v, list) else v}" for name, v in point.items()]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "__".join(parts))
 
 
-def _output_name(notebook, variant):
-    if not variant:
+def _output_root(notebook, params):
+    """The output root a notebook writes under, absolute: its ``output_root`` parameter when set (relative to the
+    notebook's folder, the kernel's working directory, where the notebook reads it), else `paths.root()`."""
+    given = params.get("output_root")
+    return (notebook.parent / Path(given).expanduser()).resolve() if given else paths.root().resolve()
+
+
+def _fingerprint(notebook, params, root_dir):
+    record = {"source": Path(notebook).read_text(), "params": params, "output_root": str(root_dir)}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _output_name(notebook, point):
+    if not point:
         return notebook.name
-    suffix = "__".join(f"{k}={v}" for k, v in variant.items())
+    suffix = "__".join(f"{k}={v}" for k, v in point.items())
     return f"{notebook.stem}__{suffix}.ipynb".replace("/", "-").replace(" ", "")
 
 
@@ -242,17 +383,47 @@ def _kernel_manager(log, env):
     return RunnerKernelManager
 
 
-def execute(notebook, output, params, *, force=False, cell_timeout=None, progress=True, report=print):
+@contextlib.contextmanager
+def _sigterm_stops():
+    """While inside, SIGTERM raises `Terminated` in the main thread; a second SIGTERM ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        # Only the main thread may set signal handlers: elsewhere SIGTERM keeps its own.
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def execute(notebook, output, params, *, root_dir=None, force=False, cell_timeout=None, progress=True, report=print):
     """Execute one notebook with papermill, or skip it if it already finished with the same parameters.
 
     The working directory is the notebook's folder. Training progress lines from the kernel go to ``report`` as
-    they come. Returns a `NotebookRun`; a failed or interrupted one says which cell in ``error``.
+    they come.
+
+    Args:
+        notebook, output: paths of the notebook and of its executed copy.
+        params: dict of parameters.
+        root_dir: the output root the notebook writes under, given to the kernel as ``STREETLIB_ROOT``; a skip
+            needs the same root. Default `streetlib.paths.root()`.
+        force, cell_timeout, progress, report: as in `run`.
+
+    Returns:
+        `NotebookRun`; a failed or interrupted one says which cell in ``error``.
     """
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+    root_dir = Path(root_dir or paths.root()).resolve()
     done = output.with_suffix(".done.json")
-    fingerprint = _fingerprint(notebook, params)
+    fingerprint = _fingerprint(notebook, params, root_dir)
     if not force and done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
         return NotebookRun(notebook, output, params, status="skipped")
     done.unlink(missing_ok=True)
@@ -260,7 +431,8 @@ def execute(notebook, output, params, *, force=False, cell_timeout=None, progres
     progress_file, kernel_log = output.with_suffix(".progress.log"), output.with_suffix(".kernel.log")
     progress_file.unlink(missing_ok=True)
     start = time.monotonic()
-    status, error = "done", ""
+    status, error, stopped_by = "done", "", 0
+    kernel_env = {PROGRESS_ENV: str(progress_file.resolve()), "STREETLIB_ROOT": str(root_dir)}
     with open(kernel_log, "w") as log, follow(progress_file, lambda line: report(f"  {line}")):
         try:
             pm.execute_notebook(
@@ -272,10 +444,11 @@ def execute(notebook, output, params, *, force=False, cell_timeout=None, progres
                 execution_timeout=cell_timeout,
                 progress_bar=progress,
                 request_save_on_cell_execute=True,
-                kernel_manager_class=_kernel_manager(log, {PROGRESS_ENV: str(progress_file.resolve())}),
+                kernel_manager_class=_kernel_manager(log, kernel_env),
             )
         except pm.PapermillExecutionError as err:
             status = "interrupted" if err.ename == "KeyboardInterrupt" else "failed"
+            stopped_by = signal.SIGINT if status == "interrupted" else 0
             error = f"cell [{err.exec_count or err.cell_index}]: {err.ename}: {err.evalue}"
         except CellTimeoutError:
             status = "failed"
@@ -286,14 +459,50 @@ def execute(notebook, output, params, *, force=False, cell_timeout=None, progres
         except DeadKernelError:
             status = "failed"
             error = f"{_cell_where(output)}: the kernel died (out of memory?). Its log: {kernel_log}"
-        except KeyboardInterrupt:
-            status, error = "interrupted", f"{_cell_where(output)}: stopped by Ctrl-C"
+        except KeyboardInterrupt as err:
+            stopped_by = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+            how = "SIGTERM" if stopped_by == signal.SIGTERM else "Ctrl-C"
+            status, error = "interrupted", f"{_cell_where(output)}: stopped by {how}"
     seconds = time.monotonic() - start
     if status != "done":
-        return NotebookRun(notebook, output, params, status, seconds, error)
+        return NotebookRun(notebook, output, params, status, seconds, error, int(stopped_by))
+    record = {"fingerprint": fingerprint, "parameters": params, "output_root": str(root_dir), "seconds": seconds}
     with atomic_path(done) as tmp:
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "parameters": params, "seconds": seconds}, default=str))
+        tmp.write_text(json.dumps(record, default=str))
     return NotebookRun(notebook, output, params, "done", seconds)
+
+
+def plan(notebooks=None, *, profile="demo", overrides=None, grid=None):
+    """What `run` executes, checked before anything runs: every name, type and range of the parameters.
+
+    Args:
+        notebooks, profile, overrides, grid: as in `run`.
+
+    Returns:
+        list of (notebook Path, grid point dict ({} without a grid), dict of parameters), in order. A grid point's
+        parameters give a notebook with a ``variant`` parameter the point's `variant_name`, unless the grid sets it.
+
+    Raises:
+        ValueError: naming the notebook, the parameter and what is wrong.
+    """
+    overrides = dict(overrides or {})
+    prof = load_profile(profile)
+    if grid:
+        notebook, points = load_grid(grid)
+        jobs = [(notebook, point) for point in points]
+    else:
+        selected = [find_notebook(str(n)) for n in notebooks] if notebooks else list_notebooks()
+        jobs = [(nb, {}) for nb in selected]
+    check_overrides(sorted({nb for nb, _ in jobs}), overrides)
+    plans = []
+    for nb, point in jobs:
+        params = {**resolve_parameters(nb, prof, overrides), **point}
+        if point and "variant" in notebook_parameters(nb) and "variant" not in point:
+            params["variant"] = variant_name(point)
+        check_types(nb, params)
+        check_ranges(nb, params)
+        plans.append((nb, point, params))
+    return plans
 
 
 def run(
@@ -319,54 +528,48 @@ def run(
         grid: optional path of a grid file: run its notebook once per combination.
         force: bool, re-run notebooks that already finished with the same parameters. Without it, notebooks are
             skipped up to the first one that must run; from there on, all run.
-        keep_going: bool, after a failure go on with the rest (default: skip the rest). Ctrl-C always stops.
-        out_dir: where executed notebooks go. Default ``notebooks/executed/<profile>/``.
-        cell_timeout: optional int, seconds a cell may run. Default None: no limit.
+        keep_going: bool, after a failure go on with the rest (default: skip the rest). Ctrl-C and SIGTERM always
+            stop.
+        out_dir: where executed notebooks go. Default `streetlib.paths.executed_dir` of the profile, under the
+            output root each notebook writes to.
+        cell_timeout: optional number, seconds a cell may run. Default None: no limit.
         progress: bool, show papermill's cell progress bar.
         report: callable taking one line of text, for progress messages.
 
     Returns:
         list of `NotebookRun`, one per notebook (or grid point) attempted or skipped.
+
+    Raises:
+        ValueError: a profile, notebook, grid file or parameter that is wrong (see `plan`), before anything runs.
+        Terminated: SIGTERM between two notebooks (during one, that notebook's run ends as 'interrupted').
     """
-    overrides = dict(overrides or {})
-    prof = load_profile(profile)
-    if grid:
-        notebook, variants = load_grid(grid)
-        jobs = [(notebook, v) for v in variants]
-    else:
-        selected = [find_notebook(str(n)) for n in notebooks] if notebooks else list_notebooks()
-        jobs = [(nb, {}) for nb in selected]
-    check_overrides(sorted({nb for nb, _ in jobs}), overrides)
-    for nb, variant in jobs:
-        _check_names(nb, variant, notebook_parameters(nb), "grid")
-    plans = [(nb, variant, {**resolve_parameters(nb, prof, overrides), **variant}) for nb, variant in jobs]
-    for nb, _, params in plans:
-        check_types(nb, params)
-    out_dir = Path(out_dir or paths.notebooks_dir() / "executed" / profile)
+    plans = plan(notebooks, profile=profile, overrides=overrides, grid=grid)
     results, failed, upstream_ran = [], False, False
-    for nb, variant, params in plans:
-        output = out_dir / _output_name(nb, variant)
-        if failed and not keep_going:
-            report(f"[not run] {output.name}: an earlier notebook failed")
-            continue
-        report(f"[running] {output.name} {params}")
-        # Notebooks read what earlier ones wrote: once one runs, the rest of the sequence runs too (not grids,
-        # whose points are independent).
-        result = execute(
-            nb,
-            output,
-            params,
-            force=force or (upstream_ran and not grid),
-            cell_timeout=cell_timeout,
-            progress=progress,
-            report=report,
-        )
-        results.append(result)
-        report(
-            f"[{result.status}] {output.name} ({result.seconds:.0f} s){' - ' + result.error if result.error else ''}"
-        )
-        if result.status == "interrupted":
-            break
-        failed = failed or result.status == "failed"
-        upstream_ran = upstream_ran or result.status == "done"
+    with _sigterm_stops():
+        for nb, point, params in plans:
+            root_dir = _output_root(nb, params)
+            output = Path(out_dir or paths.executed_dir(profile, root_dir)) / _output_name(nb, point)
+            if failed and not keep_going:
+                report(f"[not run] {output.name}: an earlier notebook failed")
+                continue
+            report(f"[running] {output.name} {params}")
+            # Notebooks read what earlier ones wrote: once one runs, the rest of the sequence runs too (not grids,
+            # whose points are independent).
+            result = execute(
+                nb,
+                output,
+                params,
+                root_dir=root_dir,
+                force=force or (upstream_ran and not grid),
+                cell_timeout=cell_timeout,
+                progress=progress,
+                report=report,
+            )
+            results.append(result)
+            error = f" - {result.error}" if result.error else ""
+            report(f"[{result.status}] {output.name} ({result.seconds:.0f} s){error}")
+            if result.status == "interrupted":
+                break
+            failed = failed or result.status == "failed"
+            upstream_ran = upstream_ran or result.status == "done"
     return results

@@ -17,21 +17,22 @@ from streetlib import figures
 from streetlib.classes import OUTPUTS
 from streetlib.evaluation import evaluate
 from streetlib.models import weights as weights_lib
-from streetlib.runs import RunId, RunLayout
+from streetlib.runs import RunId, RunLayout, with_variant
 from streetlib.training import train
 from streetlib.training.config import ARCHITECTURE, PHASES, Execution, RunConfig
 
 
-def transfer_config(source):
-    """The configuration name of the transfer runs from weight source ``source``: ``<source>-transfer``."""
-    return f"{source}-transfer"
+def transfer_config(source, variant=""):
+    """The configuration name of the transfer runs from weight source ``source``: ``<source>-transfer``, plus
+    ``-<variant>`` for a variant (see `streetlib.runs.with_variant`)."""
+    return with_variant(f"{source}-transfer", variant)
 
 
-def finetune_config(source, finetune_from):
+def finetune_config(source, finetune_from, variant=""):
     """The configuration name of the runs fine-tuning ``source``'s transfer runs from the backbone layer
     ``finetune_from`` (e.g. 'block4_pool'): ``<source>-finetune-<block>``; ``<source>-finetune-all`` when
-    ``finetune_from`` is None (every layer trains)."""
-    return f"{source}-finetune-{'all' if finetune_from is None else finetune_from.split('_')[0]}"
+    ``finetune_from`` is None (every layer trains); plus ``-<variant>`` for a variant."""
+    return with_variant(f"{source}-finetune-{'all' if finetune_from is None else finetune_from.split('_')[0]}", variant)
 
 
 def available_sources(sources):
@@ -75,7 +76,9 @@ def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None
     return frames
 
 
-def run_transfer(data, config, *, sources, seeds, experiment, scratch_epochs=0, split_kwargs=None, execution=None):
+def run_transfer(
+    data, config, *, sources, seeds, experiment, variant="", scratch_epochs=0, split_kwargs=None, execution=None
+):
     """Transfer learning from each weight source, over split seeds, then evaluation.
 
     ``random`` as a source means a frozen random backbone (the floor of what features alone give). With
@@ -89,6 +92,7 @@ def run_transfer(data, config, *, sources, seeds, experiment, scratch_epochs=0, 
         sources: list of weight sources, all available (see `available_sources`).
         seeds: list of int split seeds.
         experiment: str, the experiment name (folder under hists/, models/, figs/).
+        variant: str added to the configuration names (see `transfer_config`), or '' for none.
         scratch_epochs: int, epochs of the from-scratch run; 0 skips it.
         split_kwargs: dict of `make_split` arguments.
         execution: `streetlib.training.config.Execution` (strategy, verbosity, ...). Runs that already finished with the
@@ -99,16 +103,28 @@ def run_transfer(data, config, *, sources, seeds, experiment, scratch_epochs=0, 
     """
     _check_phase(config, "transfer")
     # Every configuration is made (and checked) before the first run trains.
-    configs = {transfer_config(source): config.replace(weights=source) for source in sources}
+    configs = {transfer_config(source, variant): config.replace(weights=source) for source in sources}
     if scratch_epochs:
         scratch = {**PHASES["scratch"], "phase": "scratch", "epochs": scratch_epochs}
-        configs["random-scratch"] = config.replace(**scratch)
+        configs[with_variant("random-scratch", variant)] = config.replace(**scratch)
     return _run_configs(
         data, configs, seeds=seeds, experiment=experiment, split_kwargs=split_kwargs, execution=execution
     )
 
 
-def run_finetune(data, config, *, sources, seeds, experiment, transfer_experiment, split_kwargs=None, execution=None):
+def run_finetune(
+    data,
+    config,
+    *,
+    sources,
+    seeds,
+    experiment,
+    transfer_experiment,
+    variant="",
+    transfer_variant="",
+    split_kwargs=None,
+    execution=None,
+):
     """Fine-tune each source's best transfer model (per seed), then evaluate.
 
     The model's architecture and input (`config.ARCHITECTURE` fields: backbone, cut, head, image size,
@@ -119,6 +135,8 @@ def run_finetune(data, config, *, sources, seeds, experiment, transfer_experimen
             frozen_through="block3_pool")`` ('block4_pool': block5 and the head train; 'block3_pool': block4 too;
             None: every layer trains). Its `ARCHITECTURE` fields are replaced by the transfer runs'.
         transfer_experiment: str, where `run_transfer` saved the models (configurations `transfer_config`).
+        variant: str added to the configuration names of the fine-tune runs (see `finetune_config`), or ''.
+        transfer_variant: str, the variant of the transfer runs fine-tuned (`run_transfer`'s ``variant``), or ''.
         Other arguments as in `run_transfer`.
 
     Returns:
@@ -128,8 +146,8 @@ def run_finetune(data, config, *, sources, seeds, experiment, transfer_experimen
     layout = RunLayout()
     configs, init = {}, {}
     for source in sources:
-        name = finetune_config(source, config.frozen_through)
-        runs = {s: RunId(transfer_experiment, transfer_config(source), s) for s in seeds}
+        name = finetune_config(source, config.frozen_through, variant)
+        runs = {s: RunId(transfer_experiment, transfer_config(source, transfer_variant), s) for s in seeds}
         init[name] = {s: layout.model(run, "best") for s, run in runs.items()}
         missing = [str(p) for p in init[name].values() if not p.is_file()]
         if missing:
