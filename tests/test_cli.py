@@ -61,3 +61,34 @@ def test_build_packages_an_image_folder(tmp_path, capsys):
     assert data.images.shape == (6, 32, 32, 3) and data.spec.classes == ("aa", "bb")
     assert main(["data", "build", "--raw", str(raw), "--out", str(tmp_path / "out"), "--size", "32"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_an_os_error_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """Issue #22: a file that cannot be written (here a folder where the report goes) ends as one line, exit 2."""
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))
+    (tmp_path / "hists" / "README.md").mkdir(parents=True)
+    assert main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("streetlib report: error: ")
+    assert "Is a directory" in err and str(tmp_path / "hists" / "README.md") in err
+
+
+def test_a_corrupt_manifest_is_named_by_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))
+    manifest = tmp_path / "hists" / "03-pretrained" / "random-transfer-seed42.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"config": {"experiment": ')
+    assert main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(manifest) in err and "not valid JSON" in err
+    manifest.write_text('{"config": {}}')
+    assert main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(manifest) in err and "'experiment'" in err
+
+
+def test_a_negative_timeout_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "crawl", "--cities", "street10", "--out", "x", "--per-city", "1", "--timeout", "-1"])
+    assert exc.value.code == 2
+    assert "--timeout: expected a number > 0, not '-1'" in capsys.readouterr().err

@@ -1,13 +1,26 @@
 """The ``streetlib`` command: a thin layer over the modules.
 
-Each subcommand parses its arguments, calls one function and prints a short result; errors in user input end the
-command with one line on stderr and exit status 2.
+Each subcommand parses its arguments, calls one function and prints a short result. Errors in user input and
+files that cannot be read or written (a full disk, a missing permission...) end the command with one line on stderr
+and exit status 2; Ctrl-C ends it with 130 and SIGTERM, where a command handles it (``streetlib run``), with 143.
 """
 
 import argparse
+import signal
 import sys
 
 from streetlib import paths
+
+
+def _positive_number(text):
+    """An argparse type: a number > 0. Returns a float."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")  # not a number: refused below, as nan is
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, not {text!r}")
+    return value
 
 
 def _cmd_synth(args):
@@ -100,7 +113,7 @@ def _add_data_commands(sub):
     p.add_argument("--engine", choices=["google", "bing"], default="google")
     p.add_argument("--license", default="noncommercial,modify", help="licence filter, or 'none' (default: %(default)s)")
     p.add_argument("--min-size", type=int, default=256, help="smallest width and height in pixels")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    p.add_argument("--timeout", type=_positive_number, default=5.0, help="seconds per request")
     p.set_defaults(func=_cmd_crawl)
 
     p = data_sub.add_parser("build", help="clean, de-duplicate and package raw photos in the Street10 format")
@@ -121,21 +134,27 @@ def _cmd_run(args):
     from streetlib.experiments import runner
 
     overrides = {name: runner.parse_value(value) for name, value in args.param}
-    results = runner.run(
-        args.notebooks,
-        profile=args.profile,
-        overrides=overrides,
-        grid=args.grid,
-        force=args.force,
-        keep_going=args.keep_going,
-        cell_timeout=args.cell_timeout,
-    )
+    try:
+        results = runner.run(
+            args.notebooks,
+            profile=args.profile,
+            overrides=overrides,
+            grid=args.grid,
+            force=args.force,
+            keep_going=args.keep_going,
+            cell_timeout=args.cell_timeout,
+        )
+    except runner.Terminated:
+        print("streetlib run: stopped (SIGTERM). Run the same command again to resume.", file=sys.stderr)
+        return 128 + signal.SIGTERM
     for r in results:
         if r.status in ("failed", "interrupted"):
             print(f"{r.status.upper()} {r.output.name}: {r.error}", file=sys.stderr)
-    if any(r.status == "interrupted" for r in results):
+    stopped = [r.signal for r in results if r.status == "interrupted"]
+    if stopped:
         print("Stopped. Run the same command again to resume.", file=sys.stderr)
-        return 130
+        # The shell's convention: 128 + the signal, 130 for Ctrl-C, 143 for SIGTERM.
+        return 128 + stopped[0]
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
@@ -161,7 +180,7 @@ def _add_run_command(sub):
     p.add_argument("--keep-going", action="store_true", help="after a failure, run the remaining notebooks")
     p.add_argument(
         "--cell-timeout",
-        type=int,
+        type=_positive_number,
         default=None,
         help="stop a cell after this many seconds (default: no limit; training cells run for hours)",
     )
@@ -226,13 +245,23 @@ def build_parser():
     return parser
 
 
+def _error_line(err):
+    """One line saying what went wrong: for an error of the operating system, what happened to which file."""
+    if isinstance(err, OSError) and err.strerror:
+        files = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        text = f"{err.strerror}: {files}" if files else err.strerror
+    else:
+        text = str(err)
+    return " ".join(text.split())
+
+
 def main(argv=None):
     """Entry point of the ``streetlib`` console script. Returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"streetlib {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"streetlib {args.command}: error: {_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
