@@ -92,3 +92,15 @@ def test_a_negative_timeout_is_refused_by_the_parser(capsys):
         main(["data", "crawl", "--cities", "street10", "--out", "x", "--per-city", "1", "--timeout", "-1"])
     assert exc.value.code == 2
     assert "--timeout: expected a number > 0, not '-1'" in capsys.readouterr().err
+
+
+def test_sigterm_between_notebooks_is_one_line_and_exit_143(monkeypatch, capsys):
+    from streetlib.experiments import runner
+
+    def stopped(*args, **kwargs):
+        raise runner.Terminated()
+
+    monkeypatch.setattr(runner, "run", stopped)
+    assert main(["run", "01"]) == 143
+    err = capsys.readouterr().err
+    assert err == "streetlib run: stopped (SIGTERM). Run the same command again to resume.\n"
