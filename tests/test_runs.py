@@ -92,3 +92,16 @@ def test_inference_reads_the_sidecar_training_writes(tmp_path):
 def test_default_model_is_the_demo_fine_tuned_run():
     assert inference.DEFAULT_MODEL == RunLayout().model(RunId("04-finetune", "hed-bsds500-finetune-block3", 42), "best")
     assert inference.DEFAULT_MODEL.name == "hed-bsds500-finetune-block3-seed42.best.keras"
+
+
+def test_a_variant_extends_the_configuration_name():
+    """Issue #22: the points of a grid name their runs apart; the name still reads back into the same identity."""
+    from streetlib.runs import with_variant
+
+    assert with_variant("hed-bsds500-transfer", "") == "hed-bsds500-transfer"
+    name = with_variant("hed-bsds500-transfer", "pooling-max__split_seeds-43")
+    assert name == "hed-bsds500-transfer-pooling-max__split_seeds-43"
+    run = RunId("03-pretrained", name, 43)
+    assert RunId.from_name("03-pretrained", run.name) == run
+    with pytest.raises(ValueError, match=r"Invalid `variant`.*Received: variant='a/b'"):
+        with_variant("cfg", "a/b")
