@@ -75,7 +75,7 @@ def test_a_conv_head_on_a_cut_backbone(tmp_path):
 
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     maps = np.asarray(keras.Model(model.input, model.get_layer("head_conv2_relu").output)(x))
-    pooled = np.asarray(keras.Model(model.input, model.get_layer("pool").output)(x))
+    pooled = np.asarray(model.get_layer("pool")(maps))
     np.testing.assert_allclose(pooled[:, :8], maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pooled[:, 8:], maps.max(axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
@@ -227,3 +227,28 @@ def test_docstrings_name_every_argument(module_name):
         assert _documented_args(func.__doc__) == params, f"{module_name}.{name}"
         checked += 1
     assert checked >= 2
+
+
+PLAIN_KERAS_SCRIPT = """
+import sys
+import numpy as np, keras
+model = keras.models.load_model({path!r}, safe_mode=True)
+probs = model(np.load({x!r}))
+assert not any(name.split(".")[0] == "streetlib" for name in sys.modules), "streetlib was imported"
+np.save({out!r}, np.asarray(probs["city"]))
+"""
+
+
+@pytest.mark.parametrize("head", ["conv", "dense"])
+def test_a_saved_model_loads_with_plain_keras_without_streetlib(tmp_path, head):
+    from conftest import run_script
+
+    model = models.build_model(input_shape=(32, 32, 3), cut="block1_pool", head=head, pooling="avgmax", seed=0)
+    path, x, out = tmp_path / "model.keras", tmp_path / "x.npy", tmp_path / "city.npy"
+    model.save(path)
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.save(x, images)
+    proc = run_script(PLAIN_KERAS_SCRIPT.format(path=str(path), x=str(x), out=str(out)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The same graph and weights on the same CPU in another process: the same kernels, so float32 roundoff only.
+    np.testing.assert_allclose(np.load(out), np.asarray(model(images)["city"]), rtol=1e-5, atol=1e-6)

@@ -39,7 +39,8 @@ HEADS = ("dense", "conv")
 class GlobalAvgMaxPooling2D(keras.layers.Layer):
     """Global average and global max pooling side by side: `(batch, h, w, c)` -> `(batch, 2 * c)`.
 
-    The max keeps a small object that fires strongly in one place, which the average dilutes by the map's area.
+    Kept only so that models saved before `avgmax_pooling` (which needs no class of streetlib's) still load:
+    `CUSTOM_OBJECTS` names it for `streetlib.inference.load_model`.
     """
 
     def call(self, inputs):
@@ -47,6 +48,22 @@ class GlobalAvgMaxPooling2D(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 2 * input_shape[-1])
+
+
+def avgmax_pooling(channels, *, name="pool"):
+    """Global average and global max pooling side by side, `(batch, h, w, channels)` -> `(batch, 2 * channels)`, as
+    one layer.
+
+    The max keeps a small object that fires strongly in one place, which the average dilutes by the map's area. Made
+    of Keras's own layers (a nested functional model taking maps of any height and width), so a saved model loads
+    with plain ``keras.models.load_model``, without importing streetlib.
+    """
+    maps = keras.Input((None, None, channels), name=f"{name}_input")
+    pooled = [
+        keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")(maps),
+        keras.layers.GlobalMaxPooling2D(name=f"{name}_max")(maps),
+    ]
+    return keras.Model(maps, keras.layers.Concatenate(name=f"{name}_concat")(pooled), name=name)
 
 
 def build_backbone(name="vgg16", *, weights="random", input_shape=(224, 224, 3)):
@@ -141,8 +158,9 @@ def build_model(
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = trunk(inputs)
+    channels = int(trunk.output.shape[-1])
     head_args = {"pooling": pooling, "units": units, "filters": filters, "stride": head_stride, "dropout": dropout}
-    for layer in _new_head(head, **head_args):
+    for layer in _new_head(head, channels=channels, **head_args):
         x = layer(x)
     # float32 outputs keep the softmax and the loss stable under mixed precision.
     outputs = {}
@@ -167,8 +185,9 @@ def check_head(*, head="dense", pooling, units, filters=64, head_stride=2, dropo
             raise ValueError(f"Invalid `{name}`. Expected an int >= 1. Received: {name}={value!r}")
 
 
-def _new_head(head, *, pooling, units, filters, stride, dropout):
-    """The head's layers from the backbone's output to the logits, in call order (a chain). Returns list."""
+def _new_head(head, *, channels, pooling, units, filters, stride, dropout):
+    """The head's layers from the backbone's output (``channels`` deep) to the logits, in call order (a chain).
+    Returns list."""
     layers = []
     if head == "conv":
         for block, strides in (("head_conv1", stride), ("head_conv2", 1)):
@@ -178,8 +197,8 @@ def _new_head(head, *, pooling, units, filters, stride, dropout):
                 keras.layers.BatchNormalization(name=f"{block}_bn"),
                 keras.layers.Activation("relu", name=f"{block}_relu"),
             ]
-        return [*layers, _pool_layer(pooling), keras.layers.Dropout(dropout, name="head_dropout")]
-    layers.append(_pool_layer(pooling))
+        return [*layers, _pool_layer(pooling, filters), keras.layers.Dropout(dropout, name="head_dropout")]
+    layers.append(_pool_layer(pooling, channels))
     for layer, width in (("fc1", units or (4096 if pooling == "flatten" else 512)), ("fc2", 128)):
         layers += [
             keras.layers.Dense(width, name=layer),
@@ -190,7 +209,7 @@ def _new_head(head, *, pooling, units, filters, stride, dropout):
     return layers
 
 
-def _pool_layer(pooling):
+def _pool_layer(pooling, channels):
     if pooling == "avg":
         return keras.layers.GlobalAveragePooling2D(name="pool")
     elif pooling == "max":
@@ -198,7 +217,7 @@ def _pool_layer(pooling):
     elif pooling == "flatten":
         return keras.layers.Flatten(name="pool")
     elif pooling == "avgmax":
-        return GlobalAvgMaxPooling2D(name="pool")
+        return avgmax_pooling(channels, name="pool")
     else:
         raise ValueError(f"Invalid `pooling`. Expected one of {POOLINGS}. Received: pooling={pooling!r}")
 
