@@ -10,21 +10,25 @@ The model file is loaded with Keras's safe mode. What the model expects comes fr
 
 Arguments of `load_model` override it; without them, the defaults are 'street10' and 'samplewise'.
 
-Bad input (a missing file, a file that is not an image, a malformed or unreachable URL, one that does not serve an
-image or not within the timeout) raises `InputError` naming it; a model that cannot be loaded or lacks the ``region``
-and ``city`` outputs raises `ModelError`. Keras, TensorFlow and the attribution code are imported inside the
-functions that use them, so that importing this module costs no TensorFlow start-up.
+URLs are fetched only from addresses on the public internet (link-local and cloud-metadata addresses never, private
+and loopback ones on request), with a timeout, a size cap and a content-type check: see `fetch_url`.
+
+Bad input (a missing file, a file that is not an image, a malformed, refused or unreachable URL, one that does not
+serve an image or not within the timeout) raises `InputError` naming it; a model that cannot be loaded or lacks the
+``region`` and ``city`` outputs raises `ModelError`. Keras, TensorFlow and the attribution code are imported inside
+the functions that use them, so that importing this module costs no TensorFlow start-up.
 """
 
 import http.client
 import io
+import ipaddress
 import json
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 from zipfile import BadZipFile, is_zipfile
 
 import numpy as np
@@ -32,15 +36,17 @@ from PIL import Image, UnidentifiedImageError
 
 from streetlib.classes import OUTPUTS, ClassSpec, get_class_spec
 from streetlib.data.loaders import fit_image, to_rgb
-from streetlib.runs import RunId, RunLayout, sidecar_path
+from streetlib.runs import sidecar_path
 
-# The model `make demo` trains (synthetic classes); pass --model for one trained on Street10 or your cities.
-DEFAULT_MODEL = RunLayout().model(RunId("04-finetune", "hed-bsds500-finetune-block3", 42), "best")
 DEFAULT_NORMALIZATION = "samplewise"
 DEFAULT_CLASSES = "street10"
 URL_TIMEOUT = 10.0  # seconds
 MAX_DOWNLOAD_BYTES = 20 * 2**20
 CHUNK_BYTES = 64 * 2**10
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# Cloud metadata services outside 169.254.0.0/16: Alibaba Cloud's, and AWS's on IPv6.
+METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, ("100.100.100.200", "fd00:ec2::254")))
 # PIL's failures on damaged data (a truncated file, a broken stream), besides UnidentifiedImageError (not an image
 # it reads) and DecompressionBombError (an absurd pixel count), which get messages of their own.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError)
@@ -98,11 +104,11 @@ def _image_size(value, source):
     return size
 
 
-def load_model(path=DEFAULT_MODEL, *, classes=None, normalization=None):
+def load_model(path, *, classes=None, normalization=None):
     """Load a model for analysis (Keras safe mode) and check that it has the outputs and classes expected.
 
     Args:
-        path: str or Path of a ``.keras`` file. Default `DEFAULT_MODEL`.
+        path: str or Path of a ``.keras`` file.
         classes: None (the sidecar's, else 'street10'), a built-in spec name or a YAML path.
         normalization: None (the sidecar's, else 'samplewise') or one of `streetlib.data.pipeline.NORMALIZATIONS`.
 
@@ -181,38 +187,46 @@ def _check_url(url):
         raise InputError(f"{url}: invalid URL (no host name). Expected http(s)://HOST[:PORT]/PATH.")
 
 
-def fetch_url(url, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
+def fetch_url(url, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES, allow_private=False):
     """Download an image: bytes, after checking the address, the content type and the size.
+
+    Redirects are followed, at most `MAX_REDIRECTS`, each to an http(s) address checked as the first. Every
+    address a host resolves to is checked before any connection (see `_check_address`) and the connection goes
+    to one of the addresses checked, never to a second answer of the resolver (DNS rebinding). Proxies set in
+    the environment are not used: through one, the address connected to could not be checked.
 
     Args:
         url: str, http or https.
-        timeout: float, seconds for the whole download. Default 10. A server silent that long fails at once; one
-            that keeps sending, too slowly, is cut off at the first chunk of the body past the deadline (so within
-            twice the timeout).
+        timeout: float, seconds for the whole download, redirects included. Default 10. A server silent that long
+            fails at once; one that keeps sending, too slowly, is cut off at the first chunk of the body past the
+            deadline (so within twice the timeout).
         max_bytes: int, the largest body accepted. Default 20 MiB.
+        allow_private: bool, also fetch from private and loopback addresses (your own network). Default False.
+            Link-local and cloud-metadata addresses are refused regardless.
 
     Raises:
-        InputError: a malformed address, unreachable, an HTTP error, a timeout, a content type other than image/*,
-            too large, or a connection broken off.
+        InputError: a malformed address, a refused address, unreachable, an HTTP error, too many redirects, a
+            timeout, a content type other than image/*, too large, or a connection broken off.
     """
-    _check_url(url)
     deadline = time.monotonic() + timeout
-    request = urllib.request.Request(url, headers={"User-Agent": "streetlib-analyze"})
+    hop = url
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            kind = response.headers.get_content_type()
-            if not kind.startswith("image/"):
-                raise InputError(f"{url}: served {kind!r}, not an image (expected an image/* content type).")
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > max_bytes:
-                raise InputError(f"{url}: {int(length)} bytes is over the {max_bytes}-byte limit.")
-            return _read_body(response, url, deadline=deadline, timeout=timeout, max_bytes=max_bytes)
-    except urllib.error.HTTPError as err:
-        raise InputError(f"{url}: HTTP {err.code} {err.reason}.") from err
-    except urllib.error.URLError as err:
-        if isinstance(err.reason, TimeoutError):
-            raise InputError(f"{url}: no answer within {timeout:g} s.") from err
-        raise InputError(f"{url}: unreachable ({err.reason}).") from err
+        for _ in range(MAX_REDIRECTS + 1):
+            connection = _request(hop, url, timeout=deadline - time.monotonic(), allow_private=allow_private)
+            try:
+                response = connection.getresponse()
+                location = response.getheader("Location") if response.status in _REDIRECT_STATUSES else None
+                if location is None:
+                    return _read_response(response, url, deadline=deadline, timeout=timeout, max_bytes=max_bytes)
+            finally:
+                connection.close()
+            hop = urljoin(hop, location)
+            if not is_url(hop):
+                raise InputError(f"{url}: redirected to {hop}, not an http(s) URL. Check the URL.")
+        raise InputError(f"{url}: too many redirects (more than {MAX_REDIRECTS}). Check the URL.")
+    except _Refused as err:
+        where = "" if hop == url else f"redirected to {hop}, where "
+        raise InputError(f"{url}: refused: {where}{err}") from err
     except TimeoutError as err:
         raise InputError(f"{url}: no answer within {timeout:g} s.") from err
     except (http.client.InvalidURL, UnicodeEncodeError) as err:
@@ -222,6 +236,149 @@ def fetch_url(url, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
         ) from err
     except (http.client.HTTPException, OSError) as err:
         raise InputError(f"{url}: the connection broke off ({type(err).__name__}: {err}). Try again later.") from err
+
+
+def _request(hop, url, *, timeout, allow_private):
+    """Send a GET request for one URL of a redirect chain.
+
+    Args:
+        hop: str, the URL requested.
+        url: str, the URL the user gave, named in the errors.
+        timeout: float, seconds left for the download.
+        allow_private: bool, see `fetch_url`.
+
+    Returns:
+        The `http.client.HTTPConnection` that sent the request, its response to be read.
+
+    Raises:
+        InputError: ``hop`` is malformed, or its host unreachable.
+        _Refused: its host resolves to an address refused by `_check_address`.
+        TimeoutError: no time is left, or the host did not answer in time.
+        http.client.InvalidURL, UnicodeEncodeError: the path cannot be sent as it is.
+    """
+    _check_url(hop)
+    if timeout <= 0:
+        raise TimeoutError
+    parts = urlsplit(hop)
+    kind = _CheckedHTTPSConnection if parts.scheme.lower() == "https" else _CheckedHTTPConnection
+    # The port is always given: without one, http.client reads an IPv6 host's last group as the port.
+    port = parts.port or kind.default_port
+    connection = kind(parts.hostname, port, timeout=timeout, allow_private=allow_private)
+    # The request line is built (and its path checked) before connecting, so a malformed path is reported as such.
+    connection.putrequest("GET", urlunsplit(("", "", parts.path or "/", parts.query, "")))
+    connection.putheader("User-Agent", "streetlib-analyze")
+    connection.putheader("Connection", "close")
+    try:
+        connection.connect()
+    except (_Refused, TimeoutError):
+        raise
+    except OSError as err:
+        raise InputError(f"{url}: unreachable ({err}).") from err
+    connection.endheaders()
+    return connection
+
+
+def _read_response(response, url, *, deadline, timeout, max_bytes):
+    """The body of the final response of a redirect chain, after checking its status, type and size.
+
+    Raises:
+        InputError: an HTTP error status, a content type other than image/*, or a body too large or too slow.
+    """
+    if response.status >= 300:
+        raise InputError(f"{url}: HTTP {response.status} {response.reason}.")
+    kind = response.headers.get_content_type()
+    if not kind.startswith("image/"):
+        raise InputError(f"{url}: served {kind!r}, not an image (expected an image/* content type).")
+    length = response.getheader("Content-Length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise InputError(f"{url}: {int(length)} bytes is over the {max_bytes}-byte limit.")
+    return _read_body(response, url, deadline=deadline, timeout=timeout, max_bytes=max_bytes)
+
+
+class _Refused(Exception):
+    """A host resolves to an address that must not be fetched from; the message says which and why."""
+
+
+def _check_address(host, address, *, allow_private=False):
+    """Check that an address a host resolved to may be fetched from.
+
+    Link-local addresses (169.254.0.0/16, fe80::/10) and cloud-metadata services (`METADATA_ADDRESSES`) are always
+    refused: they answer with the credentials of the machine. Other addresses that are not on the public internet
+    (private ranges, loopback, unspecified, reserved) are refused unless ``allow_private``. An IPv4 address written
+    as IPv6 (``::ffff:169.254.169.254``) is checked as the IPv4 address it reaches.
+
+    Args:
+        host: str, the host name, named in the error.
+        address: str, an address as `socket.getaddrinfo` returns it (an IPv6 one may end in ``%scope``).
+        allow_private: bool. Default False.
+
+    Raises:
+        _Refused: the address is refused.
+    """
+    ip = ipaddress.ip_address(address)
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    if ip.is_link_local or ip in METADATA_ADDRESSES:
+        raise _Refused(f"{host} resolves to {address}, a link-local or cloud-metadata address: never fetched.")
+    if not (ip.is_global or allow_private):
+        raise _Refused(
+            f"{host} resolves to {address}, a private or loopback address (not on the public internet). "
+            f"Pass --allow-private to fetch from your own network."
+        )
+
+
+def _connect(host, port, timeout, *, allow_private):
+    """A TCP socket connected to ``host``, at one of the addresses it resolves to, all of them checked first.
+
+    Raises:
+        _Refused: an address is refused by `_check_address`.
+        OSError: the host does not resolve, or no address accepts the connection (the last address's error).
+    """
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    for *_, sockaddr in found:
+        _check_address(host, sockaddr[0], allow_private=allow_private)
+    error = OSError(f"{host} resolves to no address")
+    for family, kind, proto, _, sockaddr in found:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as err:
+            sock.close()
+            error = err
+    raise error
+
+
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection that connects only to a checked address of its host (see `_connect`).
+
+    Args:
+        host: str, the host name (sent as the Host header).
+        port: int.
+        timeout: float, seconds for the connection and each read.
+        allow_private: bool, see `_check_address`.
+    """
+
+    def __init__(self, host, port, *, timeout, allow_private):
+        super().__init__(host, port, timeout=timeout)
+        self.allow_private = allow_private
+
+    def connect(self):
+        self.sock = _connect(self.host, self.port, self.timeout, allow_private=self.allow_private)
+
+
+class _CheckedHTTPSConnection(_CheckedHTTPConnection):
+    """The same over TLS: the certificate is checked against the host name, as a browser does."""
+
+    default_port = http.client.HTTPS_PORT
+
+    def __init__(self, host, port, *, timeout, allow_private):
+        super().__init__(host, port, timeout=timeout, allow_private=allow_private)
+        self.tls = ssl.create_default_context()
+
+    def connect(self):
+        super().connect()
+        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
 
 
 def _read_body(response, url, *, deadline, timeout, max_bytes):
@@ -252,20 +409,21 @@ def _read_body(response, url, *, deadline, timeout, max_bytes):
     return b"".join(chunks)
 
 
-def read_input(source, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
+def read_input(source, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES, allow_private=False):
     """Read an image file or URL as RGB uint8 `(H, W, 3)` at its own size (EXIF orientation applied).
 
     Args:
         source: str or Path, an image file or an http(s) URL.
         timeout: float, seconds for a URL's whole download (see `fetch_url`).
         max_bytes: int, the largest download accepted.
+        allow_private: bool, also fetch URLs from private and loopback addresses (see `fetch_url`).
 
     Raises:
-        InputError: the file is missing, cannot be opened or is not a readable image, or the URL fails (see
-            `fetch_url`) or does not serve a readable image.
+        InputError: the file is missing, a directory, cannot be opened or is not a readable image, or the URL fails
+            (see `fetch_url`) or does not serve a readable image.
     """
     if is_url(source):
-        body = fetch_url(str(source), timeout=timeout, max_bytes=max_bytes)
+        body = fetch_url(str(source), timeout=timeout, max_bytes=max_bytes, allow_private=allow_private)
         return _decode(
             io.BytesIO(body),
             f"{source}: the download is not a readable image",
@@ -273,6 +431,8 @@ def read_input(source, *, timeout=URL_TIMEOUT, max_bytes=MAX_DOWNLOAD_BYTES):
         )
     path = Path(source)
     try:
+        if path.is_dir():
+            raise InputError(f"{path} is a directory, not an image file. Pass the image files in it instead.")
         if not path.is_file():
             raise InputError(f"Image not found: {path}")
         with path.open("rb") as file:

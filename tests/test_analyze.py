@@ -2,15 +2,19 @@
 local HTTP server on 127.0.0.1, models), and that one bad input never stops the others."""
 
 import argparse
+import errno
 import http.server
 import io
 import json
 import os
+import shlex
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import matplotlib
 
@@ -72,6 +76,11 @@ def good_image(tmp_path_factory):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     big = jpeg_bytes((300, 300))
+    redirects = {
+        "/to-street": "/street.jpg",
+        "/loop": "/loop",
+        "/to-metadata": "http://169.254.169.254/latest/meta-data/",
+    }
 
     def _send(self, status, kind, body, *, length=True):
         self.send_response(status)
@@ -97,6 +106,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, "image/jpeg", jpeg_bytes())
         elif self.path == "/drip.jpg":
             self._drip(jpeg_bytes())
+        elif self.path in self.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:
             self._send(404, "text/plain", b"missing")
 
@@ -222,7 +236,9 @@ def bad_file(tmp_path, kind):
         path.write_text("not an image")
         return path
     if kind == "directory":
-        return tmp_path
+        path = tmp_path / "x.jpg"
+        path.mkdir()
+        return path
     if kind == "long-name":
         return tmp_path / ("x" * 300 + ".jpg")
     raise ValueError(kind)
@@ -233,7 +249,7 @@ def bad_file(tmp_path, kind):
     [
         ("missing", "Image not found"),
         ("text", "Cannot read image"),
-        ("directory", "Image not found"),
+        ("directory", "is a directory, not an image file"),
         ("long-name", "File name too long. Check the path"),
     ],
 )
@@ -271,6 +287,7 @@ def test_bad_urls_are_reported_and_the_rest_analysed(url, expected, server, tiny
         "--max-bytes",
         "2000",
         "--json",
+        "--allow-private",
     ]
     status, out, err = run_cli(argv, capsys)
     assert status == 1
@@ -299,7 +316,8 @@ def test_malformed_urls_are_reported_and_the_rest_analysed(url, reason, advice, 
     message = str(err.value)
     assert message.startswith(f"{url}: invalid URL ({reason}") and advice in message and "\n" not in message
 
-    status, out, err = run_cli([good_image, url, f"{server}/street.jpg", "--model", tiny_model, "--no-save"], capsys)
+    argv = [good_image, url, f"{server}/street.jpg", "--model", tiny_model, "--no-save", "--allow-private"]
+    status, out, err = run_cli(argv, capsys)
     assert status == 1
     assert err == f"streetlib analyze: error: {message}\n"
     assert f"{good_image} (70x40)" in out and f"{server}/street.jpg (48x36)" in out
@@ -309,7 +327,7 @@ def test_download_time_is_bounded_as_a_whole(server):
     url = f"{server}/drip.jpg"  # a byte every 0.1 s: each read gets data in time, the whole would take 6 s
     start = time.monotonic()
     with pytest.raises(inference.InputError) as err:
-        inference.fetch_url(url, timeout=0.5)
+        inference.fetch_url(url, timeout=0.5, allow_private=True)
     elapsed = time.monotonic() - start
     # Half the 6 s the whole download takes: a bound per read would run to the end; 3 s leaves a busy CPU 2.5 s of
     # slack over the timeout.
@@ -317,7 +335,9 @@ def test_download_time_is_bounded_as_a_whole(server):
     message = str(err.value)
     assert message.startswith(f"{url}: not downloaded within the 0.5 s timeout (") and "bytes received" in message
     assert "raise --timeout" in message
-    assert inference.fetch_url(f"{server}/street.jpg", timeout=0.5) == jpeg_bytes()  # a prompt server still serves
+    assert (
+        inference.fetch_url(f"{server}/street.jpg", timeout=0.5, allow_private=True) == jpeg_bytes()
+    )  # a prompt server still serves
 
 
 @pytest.mark.parametrize("kind", ["text", "truncated"])
@@ -434,7 +454,8 @@ def test_image_size_of_a_model_that_accepts_any_size(models_dir):
 
 def test_decompression_bombs_are_refused(tiny_model, good_image, server, monkeypatch, capsys):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # our 70x40 and 48x36 images now count as bombs
-    status, out, err = run([good_image, f"{server}/street.jpg", "--model", tiny_model, "--no-save"], capsys)
+    argv = [good_image, f"{server}/street.jpg", "--model", tiny_model, "--no-save", "--allow-private"]
+    status, out, err = run(argv, capsys)
     assert status == 1 and out == ""
     assert err.count("decompression bomb") == 2 and "Cannot read image" in err and "not a readable image" in err
 
@@ -500,3 +521,282 @@ def test_attribute_images_explains_the_class_of_the_rank_asked(tiny_model, good_
         for method in ("grad_cam", "occlusion"):
             np.testing.assert_array_equal(maps[method][output].target, explanations[output].target)
             assert maps[method][output].maps.shape == (1, *fitted.shape[1:3])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile inputs of the batch: each bad one gets its line, the good ones their results
+
+
+def test_a_file_name_that_is_not_utf8_is_analysed_and_shown_escaped(tiny_model, good_image, tmp_path, capsys):
+    path = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png")
+    Path(path).write_bytes(Path(good_image).read_bytes())
+    status, out, err = run_cli([path, good_image, "--model", tiny_model, "--out", tmp_path / "figs"], capsys)
+    assert status == 0, err
+    shown = f"{tmp_path}/caf\\xe9.png"
+    assert f"{shown} (70x40)" in out and f"{good_image} (70x40)" in out
+    assert f"figure: {tmp_path}/figs/caf\\xe9_gradcam.png" in out
+    assert sorted(os.listdir(os.fsencode(tmp_path / "figs"))) == [b"caf\xe9_gradcam.png", b"street_gradcam.png"]
+    status, out, _ = run_cli([path, "--model", tiny_model, "--no-save", "--json"], capsys)
+    assert status == 0 and json.loads(out)[0]["input"] == shown
+
+
+def test_a_full_disk_loses_no_result(tiny_model, good_image, tmp_path, monkeypatch, capsys):
+    from matplotlib.figure import Figure
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    other = tmp_path / "other.png"
+    other.write_bytes(Path(good_image).read_bytes())
+    status, out, err = run_cli([good_image, other, "--model", tiny_model, "--out", tmp_path / "figs"], capsys)
+    assert status == 1
+    assert f"{good_image} (70x40)" in out and f"{other} (70x40)" in out and out.count("  top 3 cities: ") == 2
+    lines = err.splitlines()
+    assert len(lines) == 2
+    for line, name in zip(lines, ("street", "other"), strict=True):
+        assert line.startswith(f"streetlib analyze: error: cannot write the figure {tmp_path / 'figs' / name}")
+        assert "No space left on device" in line and "--no-save" in line
+    assert not list((tmp_path / "figs").iterdir())  # no half-written figure is left
+    status, out, _ = run_cli([good_image, "--model", tiny_model, "--out", tmp_path / "figs", "--json"], capsys)
+    (record,) = json.loads(out)
+    assert status == 1 and record["region"] and record["figure"] is None and "No space left" in record["error"]
+
+
+@pytest.mark.parametrize("where", ["below-a-file", "a-file"])
+def test_an_unusable_out_fails_once_up_front(where, tiny_model, good_image, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("a file")
+    out_dir = tmp_path / "notes.txt" / "figs" if where == "below-a-file" else tmp_path / "notes.txt"
+    status, out, err = run_cli([good_image, good_image, "--model", tiny_model, "--out", out_dir], capsys)
+    assert status == 2 and out == ""
+    assert err.startswith(f"streetlib analyze: error: cannot write figures to --out {out_dir}: ")
+    assert err.count("\n") == 1 and "Pass another --out, or --no-save." in err
+
+
+def test_only_cam_draws_a_large_image_at_a_bounded_size(tiny_model, tmp_path, monkeypatch, capsys):
+    from streetlib.attribution import methods
+
+    # The memory of this machine, scaled down: an overlay over more than 200 x 200 px fails as numpy does.
+    real_overlay = methods.overlay
+
+    def overlay(image, cam, **kwargs):
+        if image.shape[0] * image.shape[1] > 200 * 200:
+            raise MemoryError(f"Unable to allocate an array of shape {image.shape}")
+        return real_overlay(image, cam, **kwargs)
+
+    monkeypatch.setattr(methods, "overlay", overlay)
+    monkeypatch.setattr(analyze, "FIGURE_MAX_SIDE", 200, raising=False)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (450, 600, 3), dtype=np.uint8)).save(big)
+    status, out, err = run_cli([big, "--model", tiny_model, "--out", tmp_path, "--only-cam"], capsys)
+    assert status == 0, err
+    assert f"{big} (600x450)" in out and (tmp_path / "big_cam.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# URLs: no link-local or cloud-metadata address, in any encoding or after any redirect; private ones on request
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every address a socket connects to; any but 127.0.0.1 fails the test before a packet is sent."""
+    attempts = []
+    real = socket.socket.connect
+
+    def connect(sock, address):
+        attempts.append(address[0])
+        assert address[0] == "127.0.0.1", f"a connection to {address} was attempted"
+        return real(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """DNS without the network: names in the returned dict resolve to its addresses; numeric hosts are parsed by
+    the real resolver with AI_NUMERICHOST (so 2852039166 becomes 169.254.169.254 as it would, without a query)."""
+    names = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        if host in names:
+            return [
+                (socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))
+                for ip in names[host]
+            ]
+        return real(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return names
+
+
+def test_decimal_hosts_resolve_to_the_dotted_address():
+    # What the refusal relies on: the resolver, not the URL's text, says where a host is.
+    ((*_, address),) = socket.getaddrinfo(
+        "2852039166", 80, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+    )
+    assert address == ("169.254.169.254", 80)
+
+
+@pytest.mark.parametrize(
+    "url, addresses",
+    [
+        ("http://169.254.169.254/latest/meta-data/", None),
+        ("http://2852039166/latest/meta-data/", None),
+        ("http://[::ffff:169.254.169.254]/latest/meta-data/", None),
+        ("http://[::ffff:a9fe:a9fe]/", None),
+        ("http://[fe80::1]/", None),
+        ("https://metadata.aliyun.test/", ["100.100.100.200"]),
+        ("http://metadata.ec2.test/", ["fd00:ec2::254"]),
+        ("http://rebound.test/", ["93.184.216.34", "169.254.169.254"]),  # every address counts, not the first
+    ],
+)
+def test_link_local_and_metadata_addresses_are_refused(url, addresses, resolver, connections):
+    if addresses:
+        resolver[urlsplit(url).hostname] = addresses
+    with pytest.raises(inference.InputError) as err:
+        inference.fetch_url(url, allow_private=True)
+    message = str(err.value)
+    assert message.startswith(f"{url}: refused: ") and "link-local or cloud-metadata address" in message
+    assert "\n" not in message and connections == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3/x.jpg",
+        "http://172.16.0.1/x.jpg",
+        "http://192.168.1.1/x.jpg",
+        "http://127.0.0.1:9/x.jpg",
+        "http://[::1]/x.jpg",
+        "http://printer.test/x.jpg",
+    ],
+)
+def test_private_addresses_are_refused_unless_allowed(url, resolver, connections):
+    resolver["printer.test"] = ["192.168.1.20"]
+    with pytest.raises(inference.InputError) as err:
+        inference.fetch_url(url)
+    message = str(err.value)
+    assert message.startswith(f"{url}: refused: ") and "a private or loopback address" in message
+    assert "Pass --allow-private" in message and "\n" not in message and connections == []
+
+
+def test_allow_private_reaches_the_local_server_from_the_command_line(server, tiny_model, connections, capsys):
+    url = f"{server}/street.jpg"
+    status, out, err = run_cli([url, "--model", tiny_model, "--no-save"], capsys)
+    assert status == 1 and out == "" and err.count("\n") == 1 and "--allow-private" in err
+    status, out, err = run_cli([url, "--model", tiny_model, "--no-save", "--allow-private"], capsys)
+    assert status == 0 and f"{url} (48x36)" in out
+
+
+def test_every_redirect_is_checked(server, connections):
+    assert inference.fetch_url(f"{server}/to-street", allow_private=True) == jpeg_bytes()
+    url = f"{server}/to-metadata"
+    with pytest.raises(inference.InputError) as err:
+        inference.fetch_url(url, allow_private=True)
+    message = str(err.value)
+    assert message.startswith(f"{url}: refused: redirected to http://169.254.169.254/latest/meta-data/, ")
+    assert "link-local or cloud-metadata address" in message and "169.254.169.254" not in connections
+
+
+def test_a_redirect_loop_is_one_line(server, connections):
+    url = f"{server}/loop"
+    with pytest.raises(inference.InputError) as err:
+        inference.fetch_url(url, allow_private=True)
+    assert str(err.value) == f"{url}: too many redirects (more than {inference.MAX_REDIRECTS}). Check the URL."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Without --model: the headline model of the results on disk, as notebook 05 picks it
+
+
+def write_evals(root, experiment, config_name, city, *, seeds=(42, 43)):
+    """Validation rows of a config's runs, as `evaluate` writes them (accuracy of both outputs, best checkpoint)."""
+    import pandas as pd
+
+    from streetlib.evaluation.evaluate import COLUMNS
+    from streetlib.runs import RunId, RunLayout
+
+    layout = RunLayout(hists_dir=root / "hists")
+    for seed in seeds:
+        run_id = RunId(experiment, config_name, seed)
+        rows = [
+            {
+                "experiment": experiment,
+                "run": run_id.name,
+                "config_name": config_name,
+                "seed": seed,
+                "checkpoint": "best",
+                "subset": "val",
+                "output": output,
+                "metric": "accuracy",
+                "value": value,
+            }
+            for output, value in (("region", 0.9), ("city", city))
+        ]
+        layout.evals(run_id).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(layout.evals(run_id), index=False)
+
+
+@pytest.fixture
+def demo_root(tmp_path, monkeypatch):
+    """A STREETLIB_ROOT as `make demo` leaves it (eval rows of notebooks 03 and 04, their models), as the cwd."""
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photo.jpg").write_bytes(jpeg_bytes((80, 60)))
+    return tmp_path
+
+
+def test_readme_analyzer_examples_run_on_the_headline_model(demo_root, server, tiny_model, capsys):
+    from streetlib.runs import RunId, RunLayout
+
+    write_evals(demo_root, "03-pretrained", "slow-transfer", 0.5)
+    write_evals(demo_root, "04-finetune", "quick-finetune-all", 0.7)
+    headline = RunLayout().model(RunId("04-finetune", "quick-finetune-all", 42), "best")
+    headline.parent.mkdir(parents=True)
+    save_model(convention_model(32), headline)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## The analyzer", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0] for line in block.strip().splitlines()]
+    assert len(commands) == 3 and all(c.startswith("streetlib analyze ") for c in commands)
+    for command in commands:
+        # The README's web address and run name stand for the user's: the local test server and the headline run.
+        command = command.replace("https://example.org/street.jpg", f"{server}/street.jpg --allow-private")
+        command = command.replace("<run>", headline.name.removesuffix(".best.keras"))
+        status, out, err = run_cli(shlex.split(command)[2:], capsys)
+        assert status == 0, f"{command}\n{err}"
+        if "--json" in command:
+            assert json.loads(out)[0]["size"] == [80, 60]
+        else:
+            assert "photo.jpg (80x60)" in out
+        if "--model" in command:
+            assert err == ""
+        else:
+            assert err == (
+                f"streetlib analyze: using the headline model {headline} (best mean validation city accuracy in "
+                "hists/03-pretrained and hists/04-finetune, as notebook 05). Pass --model for another.\n"
+            )
+    assert sorted(p.name for p in (demo_root / "figs" / "analyze").iterdir()) == [
+        "photo_gradcam.png",
+        "photo_integrated_gradients.png",
+        "street_gradcam.png",
+    ]
+
+
+def test_without_results_or_model_file_analyze_says_to_run_make_demo(demo_root, capsys):
+    status, out, err = run_cli(["photo.jpg", "--no-save"], capsys)
+    assert status == 2 and out == ""
+    assert err == (
+        "streetlib analyze: error: no trained models: no evaluation results under "
+        f"{demo_root / 'hists'} (03-pretrained, 04-finetune). Run `make demo`, or pass --model PATH.\n"
+    )
+    write_evals(demo_root, "03-pretrained", "slow-transfer", 0.5)
+    write_evals(demo_root, "04-finetune", "quick-finetune-all", 0.7)
+    status, out, err = run_cli(["photo.jpg", "--no-save"], capsys)
+    missing = demo_root / "models" / "04-finetune" / "quick-finetune-all-seed42.best.keras"
+    assert status == 2 and out == ""
+    assert err == (
+        f"streetlib analyze: error: the headline model {missing} is not on disk (a fresh clone has the results, "
+        "not the models). Run `make demo`, or pass --model PATH.\n"
+    )

@@ -1,25 +1,34 @@
 """``streetlib analyze``: which city is this street in, and what in the picture says so?
 
 For each image file or URL: the region probabilities and the top-K cities, and a figure of Grad-CAM / Guided
-Grad-CAM maps for both outputs (or, with ``--only-cam``, the CAMs at the image's own resolution; with ``--method
-NAME``, that attribution method's maps; with ``--method all``, every method's maps side by side). The work is done by
-`streetlib.inference`; this module is the command: its options, its printed lines and its figures.
+Grad-CAM maps for both outputs (or, with ``--only-cam``, the CAMs over the image itself, drawn at most
+`FIGURE_MAX_SIDE` px wide; with ``--method NAME``, that attribution method's maps; with ``--method all``, every
+method's maps side by side). The work is done by `streetlib.inference`; this module is the command: its options, its
+printed lines and its figures.
 
-What the model expects comes from its sidecar (see `streetlib.inference`); ``--classes`` and ``--normalization``
-override it. Bad input gets one line on stderr and the other inputs are still analysed; the exit status is then 1.
-A model that cannot be loaded or lacks the ``region`` and ``city`` outputs stops the command with status 2.
+Without ``--model``, the model is the headline model of the results on disk, the one notebook 05 explains (see
+`streetlib.experiments.study.headline`); one line on stderr names it. What the model expects comes from its sidecar
+(see `streetlib.inference`); ``--classes`` and ``--normalization`` override it.
+
+Each image's results are printed before its figure is drawn. Bad input (an unreadable file or URL, a figure that
+cannot be written) gets one line on stderr and the other inputs are still analysed; the exit status is then 1. A
+model that cannot be loaded or lacks the ``region`` and ``city`` outputs, an invalid option or an ``--out`` that
+cannot be created stops the command with status 2.
 """
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+from PIL import Image
+
 from streetlib import paths
 from streetlib.data.loaders import RESIZE_POLICIES
 from streetlib.inference import (
-    DEFAULT_MODEL,
     MAX_DOWNLOAD_BYTES,
     URL_TIMEOUT,
     InputError,
@@ -28,9 +37,21 @@ from streetlib.inference import (
     load_model,
     read_input,
 )
+from streetlib.runs import RunId, RunLayout
 
 # Images per forward pass: bounds memory for long input lists.
 BATCH_SIZE = 16
+# Longest side, in px, of an image drawn in a figure: an overlay at a 13,000 px photo's own size needs gigabytes.
+FIGURE_MAX_SIDE = 2048
+# Where notebook 05 finds the model it explains (its defaults): the experiments whose configurations compete, and
+# the split seed of the run.
+HEADLINE_EXPERIMENTS = ("03-pretrained", "04-finetune")
+HEADLINE_SEED = 42
+
+
+def _shown(text):
+    """``text`` as it can be printed: the bytes of a file name that is not UTF-8 escaped (``caf\\xe9.png``)."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 def _figure_name(source, used):
@@ -55,14 +76,21 @@ def _print_result(record):
     print(f"  top {len(record['cities'])} cities: {cities}")
     explained = ", ".join(f"{o} {e['class']} (rank {e['rank']})" for o, e in record["explained"].items())
     print(f"  explained: {explained}")
-    if record["figure"]:
-        print(f"  figure: {record['figure']}")
+
+
+def _error(message):
+    print(f"streetlib analyze: error: {message}", file=sys.stderr)
 
 
 def add_arguments(parser):
     """Add the ``analyze`` options to an `argparse.ArgumentParser`."""
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_URL", help="image files or http(s) URLs")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a .keras model file (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a .keras model file (default: the headline model of the results on disk, the one notebook 05 explains: "
+        "best mean validation city accuracy in hists/03-pretrained and hists/04-finetune; `make demo` trains it)",
+    )
     parser.add_argument(
         "--classes",
         default=None,
@@ -85,7 +113,9 @@ def add_arguments(parser):
         help="how images are fitted to the model input (default: %(default)s)",
     )
     parser.add_argument(
-        "--only-cam", action="store_true", help="draw only the Grad-CAMs, at the image's own resolution"
+        "--only-cam",
+        action="store_true",
+        help=f"draw only the Grad-CAMs, over the image itself (at most {FIGURE_MAX_SIDE} px on its long side)",
     )
     parser.add_argument(
         "--rank",
@@ -110,6 +140,12 @@ def add_arguments(parser):
         type=_positive_int,
         default=MAX_DOWNLOAD_BYTES,
         help="largest URL download accepted (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="also fetch URLs from private and loopback addresses, your own network (never link-local or cloud "
+        "metadata ones)",
     )
     return parser
 
@@ -137,36 +173,137 @@ def _methods(args):
     return list(METHODS) if args.method == "all" else [args.method]
 
 
-def main(args):
-    """Run the analyzer on parsed arguments (see `add_arguments`). Returns the exit status: 0 when every input
-    was analysed, 1 when some could not be, 2 when the model or an option is unusable."""
+def _headline_model():
+    """The model notebook 05 explains: the best checkpoint, on split seed `HEADLINE_SEED`, of the configuration
+    `streetlib.experiments.study.headline` picks in `HEADLINE_EXPERIMENTS`.
+
+    Returns:
+        `Path` of the model file.
+
+    Raises:
+        ValueError: no evaluation results on disk, or the headline model's file is missing.
+    """
+    from streetlib.experiments import study
+
+    layout = RunLayout()
+    try:
+        experiment, config, _ = study.headline(list(HEADLINE_EXPERIMENTS))
+    except FileNotFoundError as err:
+        raise ValueError(
+            f"no trained models: no evaluation results under {layout.hists_dir} ({', '.join(HEADLINE_EXPERIMENTS)}). "
+            "Run `make demo`, or pass --model PATH."
+        ) from err
+    path = layout.model(RunId(experiment, config, HEADLINE_SEED), "best")
+    if not path.is_file():
+        raise ValueError(
+            f"the headline model {path} is not on disk (a fresh clone has the results, not the models). "
+            "Run `make demo`, or pass --model PATH."
+        )
+    return path
+
+
+def _model_path(args):
+    """``--model``, else the headline model, named on stderr (stdout stays the results, plain JSON with --json)."""
+    if args.model is not None:
+        return args.model
+    path = _headline_model()
+    print(
+        f"streetlib analyze: using the headline model {path} (best mean validation city accuracy in "
+        f"{' and '.join(f'hists/{e}' for e in HEADLINE_EXPERIMENTS)}, as notebook 05). Pass --model for another.",
+        file=sys.stderr,
+    )
+    return path
+
+
+def _make_out(out):
+    """Create the figure directory up front, so that one unusable for every image is one line, not one per image.
+
+    Raises:
+        ValueError: it cannot be created (a file is in the way, no permission...).
+    """
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"cannot write figures to --out {out}: {err.strerror or err}. Pass another --out, or --no-save."
+        ) from err
+
+
+def _figure_size(image):
+    """``image`` as drawn in a figure: at most `FIGURE_MAX_SIDE` px on its long side, downscaled if larger."""
+    if max(image.shape[:2]) <= FIGURE_MAX_SIDE:
+        return image
+    picture = Image.fromarray(image)
+    picture.thumbnail((FIGURE_MAX_SIDE, FIGURE_MAX_SIDE), Image.Resampling.LANCZOS)
+    return np.asarray(picture)
+
+
+def _figure_kind(args, methods):
+    """The end of the figure file names: what the figures show."""
+    if methods:
+        return "methods" if args.method == "all" else args.method
+    return "cam" if args.only_cam else "gradcam"
+
+
+def _draw(i, original, analysis, *, args, methods, loaded, title):
+    """The figure of the ``i``-th image of a batch; ``analysis`` is (fitted, explanations, attributions)."""
     from streetlib.attribution.methods import plot_cam_only, plot_explanation, plot_methods
 
+    fitted, explanations, attributions = analysis
+    if methods:
+        return plot_methods(fitted[i], attributions, i, spec=loaded.spec, title=title)
+    if args.only_cam:
+        picture = _figure_size(original)
+        return plot_cam_only(picture, explanations, i, spec=loaded.spec, policy=args.policy, title=title)
+    return plot_explanation(
+        fitted[i], explanations, i, spec=loaded.spec, normalization=loaded.normalization, title=title
+    )
+
+
+def _read_batch(sources, args, records):
+    """Read images, appending a record for each source to ``records``; an unreadable one gets its error line.
+
+    Returns:
+        list of (index in ``records``, source, uint8 image) of the readable ones.
+    """
+    readable = []
+    for source in sources:
+        record = {"input": _shown(source), "ok": True}
+        try:
+            image = read_input(source, timeout=args.timeout, max_bytes=args.max_bytes, allow_private=args.allow_private)
+            readable.append((len(records), source, image))
+        except InputError as err:
+            _error(err)
+            record.update(ok=False, error=str(err))
+        records.append(record)
+    return readable
+
+
+def main(args):
+    """Run the analyzer on parsed arguments (see `add_arguments`). Returns the exit status: 0 when every input
+    was analysed and its figure written, 1 when some could not be, 2 when the model, an option or ``--out`` is
+    unusable."""
     try:
         methods = _methods(args)
-        loaded = load_model(args.model, classes=args.classes, normalization=args.normalization)
+        if not args.no_save:
+            _make_out(args.out)
+        loaded = load_model(_model_path(args), classes=args.classes, normalization=args.normalization)
         if args.rank > loaded.spec.num_classes or args.top > loaded.spec.num_classes:
             raise ValueError(
                 f"--rank and --top must be at most {loaded.spec.num_classes} (the number of cities). "
                 f"Received: --rank {args.rank}, --top {args.top}."
             )
     except ValueError as err:
-        print(f"streetlib analyze: error: {err}", file=sys.stderr)
+        _error(err)
         return 2
-    records, readable = [], []
-    for source in args.inputs:
-        try:
-            readable.append((len(records), read_input(source, timeout=args.timeout, max_bytes=args.max_bytes)))
-            records.append({"input": source, "ok": True})
-        except InputError as err:
-            print(f"streetlib analyze: error: {err}", file=sys.stderr)
-            records.append({"input": source, "ok": False, "error": str(err)})
-    used = set()
-    for start in range(0, len(readable), BATCH_SIZE):
-        batch = readable[start : start + BATCH_SIZE]
+    records, used = [], set()
+    for start in range(0, len(args.inputs), BATCH_SIZE):
+        batch = _read_batch(args.inputs[start : start + BATCH_SIZE], args, records)
+        if not batch:
+            continue
         try:
             results, fitted, explanations = analyze_images(
-                [image for _, image in batch],
+                [image for _, _, image in batch],
                 loaded,
                 rank=args.rank,
                 top=args.top,
@@ -176,34 +313,41 @@ def main(args):
             )
             attributions = attribute_images(fitted, loaded, methods=methods, rank=args.rank, layer=args.layer)
         except ValueError as err:
-            print(f"streetlib analyze: error: {err}", file=sys.stderr)
+            _error(err)
             return 2
-        for i, ((k, original), result) in enumerate(zip(batch, results, strict=True)):
+        for i, ((k, source, original), result) in enumerate(zip(batch, results, strict=True)):
             record = records[k]
             record.update(size=[int(original.shape[1]), int(original.shape[0])], **result, figure=None)
+            # The results are out before the figure is drawn: a figure that fails loses none of them.
+            if not args.json:
+                _print_result(record)
             if args.no_save:
                 continue
-            name = _figure_name(record["input"], used)
-            title = f"{Path(urlparse(record['input']).path).name} - {loaded.path.name}"
-            if methods:
-                fig = plot_methods(fitted[i], attributions, i, spec=loaded.spec, title=title)
-                path = Path(args.out) / f"{name}_{'methods' if args.method == 'all' else args.method}.png"
-            elif args.only_cam:
-                fig = plot_cam_only(original, explanations, i, spec=loaded.spec, policy=args.policy, title=title)
-                path = Path(args.out) / f"{name}_cam.png"
-            else:
-                fig = plot_explanation(
-                    fitted[i], explanations, i, spec=loaded.spec, normalization=loaded.normalization, title=title
+            path = Path(args.out) / f"{_figure_name(source, used)}_{_figure_kind(args, methods)}.png"
+            title = _shown(f"{Path(urlparse(str(source)).path).name} - {loaded.path.name}")
+            try:
+                fig = _draw(
+                    i,
+                    original,
+                    (fitted, explanations, attributions),
+                    args=args,
+                    methods=methods,
+                    loaded=loaded,
+                    title=title,
                 )
-                path = Path(args.out) / f"{name}_gradcam.png"
-            record["figure"] = str(_save_figure(fig, path))
+                record["figure"] = _shown(str(_save_figure(fig, path)))
+            except OSError as err:
+                record["error"] = (
+                    f"cannot write the figure {_shown(str(path))} of {record['input']}: {err.strerror or err}. "
+                    "Free some space or pass another --out, or --no-save."
+                )
+                _error(record["error"])
+                continue
+            if not args.json:
+                print(f"  figure: {record['figure']}")
     if args.json:
         print(json.dumps(records, indent=2))
-    else:
-        for record in records:
-            if record["ok"]:
-                _print_result(record)
-    return 0 if all(r["ok"] for r in records) else 1
+    return 1 if any("error" in r for r in records) else 0
 
 
 if __name__ == "__main__":
