@@ -89,11 +89,6 @@ def test_inference_reads_the_sidecar_training_writes(tmp_path):
     assert inference.read_sidecar(layout.model(run, "final")) == {"image_size": 48}
 
 
-def test_default_model_is_the_demo_fine_tuned_run():
-    assert inference.DEFAULT_MODEL == RunLayout().model(RunId("04-finetune", "hed-bsds500-finetune-block3", 42), "best")
-    assert inference.DEFAULT_MODEL.name == "hed-bsds500-finetune-block3-seed42.best.keras"
-
-
 def test_a_variant_extends_the_configuration_name():
     """Issue #22: the points of a grid name their runs apart; the name still reads back into the same identity."""
     from streetlib.runs import with_variant
