@@ -15,8 +15,18 @@ REPO_ROOT = PACKAGE_DIR.parent
 
 
 def root():
-    """Output root: ``$STREETLIB_ROOT`` if set, else the repository root. Returns a `Path`."""
-    return Path(os.environ.get("STREETLIB_ROOT", REPO_ROOT)).expanduser()
+    """Output root: ``$STREETLIB_ROOT`` if set; else the repository root when streetlib runs from a source checkout
+    (``make``, an editable install); else the current directory, so an installed wheel (Colab's ``%pip install``)
+    never writes into site-packages. Returns a `Path`."""
+    if "STREETLIB_ROOT" in os.environ:
+        return Path(os.environ["STREETLIB_ROOT"]).expanduser()
+    return REPO_ROOT if is_source_checkout() else Path.cwd()
+
+
+def is_source_checkout():
+    """True when the package runs from the repository (its ``pyproject.toml`` beside it), not from an installed
+    wheel."""
+    return (REPO_ROOT / "pyproject.toml").is_file()
 
 
 def data_dir():

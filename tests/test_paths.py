@@ -1,4 +1,6 @@
 import errno
+import os
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,27 @@ def test_atomic_dir_refuses_a_file_in_the_way_and_leaves_it(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"Not a directory.*'.*ds'"), paths.atomic_dir(tmp_path / "ds"):
         pass
     assert _entries(tmp_path) == ["ds"] and (tmp_path / "ds").read_text() == "a person's file"
+
+
+def test_an_installed_wheel_writes_under_the_current_directory_never_site_packages(tmp_path):
+    # What Colab's `%pip install "streetlib @ git+..."` makes: the package alone in site-packages, no repository
+    # around it (a pure-Python wheel unpacks to exactly this copy), then asked where outputs go.
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(paths.__file__).resolve().parents[1]
+    site, work = tmp_path / "site-packages", tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(repo / "streetlib", site / "streetlib", ignore=shutil.ignore_patterns("__pycache__"))
+    script = "from streetlib import paths; print(paths.__file__); print(paths.root()); print(paths.hists_dir())"
+    env = {k: v for k, v in os.environ.items() if k != "STREETLIB_ROOT"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=work, env={**env, "PYTHONPATH": str(site)}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    module, root, hists = out.stdout.split()
+    assert Path(module).is_relative_to(site)  # the installed copy ran, not the checkout
+    assert Path(root) == work and Path(hists) == work / "hists"
+    # From the checkout (make, an editable install) the repository stays the root.
+    assert paths.is_source_checkout() and paths.REPO_ROOT == repo
