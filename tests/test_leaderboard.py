@@ -320,3 +320,27 @@ def test_methods_that_draw_random_numbers_take_the_spec_seed_and_repeat(planted)
     spec = L.LeaderboardSpec(**{**kwargs, "params": {**kwargs["params"], "rise": {"masks": 20, "cells": 4, "seed": 7}}})
     table = L.leaderboard(images, masks, model, normalization="unit", spec=spec)
     assert json.loads(table.loc[table["method"] == "rise", "params"].iloc[0])["seed"] == 7
+
+
+def test_without_cue_masks_everything_but_localisation_is_scored(planted):
+    # Street10 or a user's photographs: no ground truth for where the cues are, but faithfulness, both sanity checks
+    # and the cost need none.
+    images, masks, model = planted
+    spec = L.LeaderboardSpec(methods=("saliency", "grad_cam"), curve_steps=4, resamples=200)
+    table = L.leaderboard(images, None, model, normalization="unit", spec=spec)
+    with_masks = L.leaderboard(images, masks, model, normalization="unit", spec=spec)
+    assert not L.has_ground_truth(table) and L.has_ground_truth(with_masks)
+    assert set(table["metric"]) == set(L.HIGHER_IS_BETTER) - set(L.LOCALIZATION)
+    # What needs no mask is the same number with or without masks (the same maps, curves and controls).
+    keys = ["method", "output", "metric"]
+    merged = table.merge(with_masks, on=keys, suffixes=("", "_masks"))
+    assert len(merged) == len(table)
+    np.testing.assert_array_equal(merged["mean"], merged["mean_masks"])
+    assert table.loc[table["family"] != "floor", "cost"].gt(0).all()
+    lines = L.findings(table, output="region")
+    assert lines[0].startswith("Localisation (pointing_game, relevance_mass_accuracy") and "no ground truth" in lines[0]
+    assert lines[1].startswith("Best (insertion_auc, region output):")
+    with pytest.raises(ValueError, match="scored without cue masks \\(no ground truth\\)"):
+        L.ranking(table, metric="pointing_game")
+    fig = L.plot_leaderboard(table, output="region")
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == len(set(table["metric"]))

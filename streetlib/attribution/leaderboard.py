@@ -13,6 +13,9 @@ no layer) explains the same images' predicted classes, and each map is scored pe
 | random_logit | rank correlation with the map of a random other class (Sixt et al. 2020) | lower |
 | randomization | rank correlation with the map of the model, every layer re-initialised (Adebayo et al. 2018) | lower |
 
+Data without cue masks (Street10, a user's photographs) have no ground truth for the four localisation metrics: they
+are left out of the table (`has_ground_truth` tells) and the rest, which need no mask, is scored as usual.
+
 Each with its mean and 95% percentile-bootstrap interval over images, beside a random map (the floor) and the chance
 level, and the method's measured cost per image as a multiple of one forward pass of the same batch. A method that
 passes the sanity checks has a random-logit and a randomisation correlation near 0: its map depends on the class and
@@ -136,7 +139,7 @@ class _Context:
     """What every method of one output is scored against: the same images, classes and controls."""
 
     images: np.ndarray
-    masks: np.ndarray
+    masks: np.ndarray | None
     inputs: np.ndarray
     model: object
     randomized: object
@@ -182,6 +185,9 @@ def _curves(ctx, maps):
 
 
 def _localization(maps, masks):
+    """Per-image values of the localisation metrics; none without masks (no ground truth to score against)."""
+    if masks is None:
+        return {}
     return {
         "pointing_game": metrics.pointing_game(maps, masks),
         "relevance_mass_accuracy": metrics.relevance_mass_accuracy(maps, masks),
@@ -217,7 +223,7 @@ def _method_scores(ctx, method, layer):
     maps, seconds = _seconds(lambda: run(ctx.model, ctx.target, n))
     curves = _curves(ctx, maps)
     values = {
-        **_localization(maps, ctx.masks[:n]),
+        **_localization(maps, None if ctx.masks is None else ctx.masks[:n]),
         "deletion_auc": curves["deletion_auc"],
         "insertion_auc": curves["insertion_auc"],
         "random_logit": metrics.rank_correlation(maps[:k], run(ctx.model, ctx.other, k)),
@@ -228,7 +234,7 @@ def _method_scores(ctx, method, layer):
 
 def _floor_scores(ctx):
     """The random map's values: what a map that knows nothing scores."""
-    maps = metrics.random_maps(ctx.masks.shape, seed=ctx.spec.seed)
+    maps = metrics.random_maps(ctx.images.shape[:3], seed=ctx.spec.seed)
     curves = _curves(ctx, maps)
     return {
         **_localization(maps, ctx.masks),
@@ -238,13 +244,15 @@ def _floor_scores(ctx):
 
 
 def _chance(masks):
-    """What a map that knows nothing scores on average, per localisation metric."""
+    """What a map that knows nothing scores on average, per localisation metric (none without masks)."""
+    if masks is None:
+        return {}
     area = float((masks > 0).mean())
     return {"pointing_game": area, "relevance_mass_accuracy": area, "relevance_rank_accuracy": area, "mask_auc": 0.5}
 
 
 def _rows(ctx, values, *, method, family, layer, cost, params, images):
-    chance = _chance(ctx.masks[:images])
+    chance = _chance(None if ctx.masks is None else ctx.masks[:images])
     for metric, per_image in values.items():
         mean, low, high = metrics.bootstrap_interval(per_image, resamples=ctx.spec.resamples, seed=ctx.spec.seed)
         yield {
@@ -268,7 +276,8 @@ def leaderboard(images, masks, model, *, normalization, spec=None):
 
     Args:
         images: uint8 `(n, H, W, 3)` RGB at the model's input size.
-        masks: `(n, H, W)` cue masks in {0, 1}.
+        masks: `(n, H, W)` cue masks in {0, 1}, or None for data without a ground truth: the localisation metrics
+            are then left out, and faithfulness, the sanity checks and the costs are scored all the same.
         model: the `keras.Model` (one image input, ``<output>_logits`` layers).
         normalization: the model's input normalisation.
         spec: `LeaderboardSpec`. Default ``LeaderboardSpec()``: every method, both outputs, the last convolution.
@@ -280,8 +289,9 @@ def leaderboard(images, masks, model, *, normalization, spec=None):
         (family 'floor') is the random map.
     """
     spec = LeaderboardSpec() if spec is None else spec
-    images, masks = np.asarray(images), np.asarray(masks)
-    if images.shape[:3] != masks.shape:
+    images = np.asarray(images)
+    masks = None if masks is None else np.asarray(masks)
+    if masks is not None and images.shape[:3] != masks.shape:
         raise ValueError(f"`masks` must have shape {images.shape[:3]} to match `images`. Received {masks.shape}.")
     rows = []
     for output in spec.outputs:
@@ -298,6 +308,11 @@ def leaderboard(images, masks, model, *, normalization, spec=None):
         floor = _floor_scores(ctx)
         rows += _rows(ctx, floor, method="random", family="floor", layer=None, cost=np.nan, params={}, images=None)
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def has_ground_truth(table):
+    """True when ``table`` (a `leaderboard` DataFrame) was scored against cue masks (it has localisation rows)."""
+    return bool(table["metric"].isin(LOCALIZATION).any())
 
 
 def _label(row, rows):
@@ -342,6 +357,11 @@ def ranking(table, *, output="region", metric="relevance_mass_accuracy"):
         raise ValueError(f"Invalid `metric`. Expected one of {list(HIGHER_IS_BETTER)}. Received: metric={metric!r}")
     higher = HIGHER_IS_BETTER[metric]
     rows = table[(table["output"] == output) & (table["metric"] == metric)]
+    if rows.empty and metric in LOCALIZATION and not has_ground_truth(table):
+        raise ValueError(
+            f"Cannot rank on {metric!r}: the leaderboard was scored without cue masks (no ground truth). Rank on one "
+            f"of {[m for m in HIGHER_IS_BETTER if m not in LOCALIZATION]}."
+        )
     if rows.empty:
         raise ValueError(f"The table has no {metric!r} rows for output={output!r}.")
     floor = rows[rows["family"] == "floor"]
@@ -382,13 +402,28 @@ def sanity(table, *, threshold=0.5):
     return rows[columns].assign(verdict=verdict).reset_index(drop=True)
 
 
-def findings(table, *, output="region", metric="relevance_mass_accuracy", threshold=0.5):
+def findings(table, *, output="region", metric=None, threshold=0.5):
     """The leaderboard in words, every judgement computed by `ranking` and `sanity`.
+
+    Args:
+        table: the `leaderboard` DataFrame.
+        output: str. Default 'region'.
+        metric: the metric methods are ranked on. Default None: 'relevance_mass_accuracy' when the table was scored
+            against cue masks, else 'insertion_auc' (faithfulness needs no mask), and the first line says so.
+        threshold: float in (0, 1), see `sanity`.
 
     Returns:
         list of str: which methods find the cues best on ``metric`` (with their values and intervals), which are no
         better than the random map, and which pass and fail the randomisation and random-logit checks on ``output``.
     """
+    lines = []
+    if metric is None:
+        metric = "relevance_mass_accuracy" if has_ground_truth(table) else "insertion_auc"
+    if not has_ground_truth(table):
+        lines.append(
+            f"Localisation ({', '.join(LOCALIZATION)}): no ground truth (the data have no cue masks); methods are "
+            f"ranked on {metric}."
+        )
     ranked = ranking(table, output=output, metric=metric)
 
     rows = table[table["output"] == output]
@@ -397,10 +432,11 @@ def findings(table, *, output="region", metric="relevance_mass_accuracy", thresh
         return f"{_label(row, rows)} {row['mean']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
 
     top = ranked[ranked["vs_best"] != "below the best"]
-    lines = [
-        f"Finds the cues best ({metric}, {output} output): {value(top.iloc[0])}; not separable from it at these "
+    best = "Finds the cues best" if metric in LOCALIZATION else "Best"
+    lines.append(
+        f"{best} ({metric}, {output} output): {value(top.iloc[0])}; not separable from it at these "
         f"sample sizes: {', '.join(value(r) for _, r in top.iloc[1:].iterrows()) or 'none'}."
-    ]
+    )
     floor = ranked[ranked["vs_random"] != "better than the random map"]
     lines.append(f"Not better than a random map: {', '.join(_label(r, rows) for _, r in floor.iterrows()) or 'none'}.")
     checks = sanity(table, threshold=threshold)
