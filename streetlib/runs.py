@@ -5,10 +5,12 @@ name (with a variant's suffix, see `with_variant`) and, for runs repeated over s
 ``RunId("03-pretrained", "hed-bsds500-transfer", 42)`` is the run named ``hed-bsds500-transfer-seed42``.
 `RunLayout` turns an identity into every file of the run:
 
-- ``hists/<experiment>/<run>.csv`` (history), ``<run>.json`` (manifest), ``<run>.eval.csv`` (evaluation rows);
-- ``models/<experiment>/<run>.best.keras`` and ``<run>.final.keras``, each with a sidecar ``<run>.<checkpoint>.json``
-  (what a user of the model needs to feed it), and ``<run>.backup/`` while the run is unfinished;
-- ``figs/<experiment>/<run>.<checkpoint>.<subset>.<figure>.png``.
+- ``hists/<dataset>/<experiment>/<run>.csv`` (history), ``<run>.json`` (manifest), ``<run>.eval.csv`` (evaluation
+  rows);
+- ``models/<dataset>/<experiment>/<run>.best.keras`` and ``<run>.final.keras``, each with a sidecar
+  ``<run>.<checkpoint>.json`` (what a user of the model needs to feed it), and ``<run>.backup/`` (`RunBackup`) while
+  the run is unfinished;
+- ``figs/<dataset>/<experiment>/<run>.<checkpoint>.<subset>.<figure>.png``.
 
 Names are only ever built here; a name is read back into an identity by `RunId.from_name`, which accepts it only
 if building the identity gives the same name again.
@@ -124,22 +126,33 @@ class RunId:
 
 
 class RunLayout:
-    """Where every file of every run goes, under three output roots.
+    """Where every file of every run goes, under three output roots, one tree per dataset.
+
+    Results of two datasets never share a folder: with ``dataset``, each root gets the dataset's name below it
+    (``hists/<dataset>/<experiment>/<run>.csv``), so a notebook reading the runs of one dataset cannot see another's,
+    and the same run names on two datasets never block each other.
 
     Args:
+        dataset: str or None, the dataset's name (`StreetData.name`, e.g. ``synth-demo``). None: the roots as given,
+            with no dataset level (a caller that chose its own folders).
         hists_dir: root of histories, manifests and evaluation rows. Default `streetlib.paths.hists_dir()`.
         models_dir: root of saved models. Default `streetlib.paths.models_dir()`.
         figs_dir: root of figures. Default `streetlib.paths.figs_dir()`.
     """
 
-    def __init__(self, hists_dir=None, models_dir=None, figs_dir=None):
+    def __init__(self, hists_dir=None, models_dir=None, figs_dir=None, *, dataset=None):
+        self.dataset = None if dataset is None else check_name(dataset, "dataset")
+        below = () if dataset is None else (dataset,)
         # The defaults are read now, not at import, so that a changed STREETLIB_ROOT is followed.
-        self.hists_dir = Path(hists_dir or paths.hists_dir())
-        self.models_dir = Path(models_dir or paths.models_dir())
-        self.figs_dir = Path(figs_dir or paths.figs_dir())
+        self.hists_dir = Path(hists_dir or paths.hists_dir()).joinpath(*below)
+        self.models_dir = Path(models_dir or paths.models_dir()).joinpath(*below)
+        self.figs_dir = Path(figs_dir or paths.figs_dir()).joinpath(*below)
 
     def __repr__(self):
-        return f"RunLayout(hists_dir={self.hists_dir!r}, models_dir={self.models_dir!r}, figs_dir={self.figs_dir!r})"
+        return (
+            f"RunLayout(hists_dir={self.hists_dir!r}, models_dir={self.models_dir!r}, figs_dir={self.figs_dir!r}, "
+            f"dataset={self.dataset!r})"
+        )
 
     # -- experiment folders
 
@@ -182,7 +195,8 @@ class RunLayout:
         return sidecar_path(self.model(run, checkpoint))
 
     def backup(self, run):
-        """Keras's BackupAndRestore folder while the run is unfinished: ``models/<experiment>/<run>.backup``."""
+        """The state of the run while it is unfinished (`streetlib.training.callbacks.RunBackup`):
+        ``models/<experiment>/<run>.backup``."""
         return self.models(run.experiment) / f"{run.name}.backup"
 
     def figure_prefix(self, run, checkpoint, subset):
@@ -200,3 +214,26 @@ class RunLayout:
             "final_model": self.model(run, "final"),
             "backup": self.backup(run),
         }
+
+
+def dataset_layout(layout, dataset):
+    """The layout of one dataset's runs: ``layout``, or ``RunLayout(dataset=dataset)`` when it is None.
+
+    Args:
+        layout: `RunLayout` or None.
+        dataset: str, the name of the data the run is trained or evaluated on (`StreetData.name`).
+
+    Returns:
+        `RunLayout`.
+
+    Raises:
+        ValueError: ``layout`` belongs to another dataset, so the run's files would be filed with another dataset's.
+    """
+    if layout is None:
+        return RunLayout(dataset=dataset)
+    if layout.dataset is not None and layout.dataset != dataset:
+        raise ValueError(
+            f"The run layout is for dataset {layout.dataset!r}, the data are {dataset!r}: pass "
+            f"RunLayout(dataset={dataset!r}) (results of two datasets are never mixed)."
+        )
+    return layout

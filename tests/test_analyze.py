@@ -711,14 +711,15 @@ def test_a_redirect_loop_is_one_line(server, connections):
 # Without --model: the headline model of the results on disk, as notebook 05 picks it
 
 
-def write_evals(root, experiment, config_name, city, *, seeds=(42, 43)):
-    """Validation rows of a config's runs, as `evaluate` writes them (accuracy of both outputs, best checkpoint)."""
+def write_evals(root, experiment, config_name, city, *, seeds=(42, 43), dataset="synth-demo"):
+    """Validation rows of a config's runs on ``dataset``, as `evaluate` writes them (accuracy of both outputs, best
+    checkpoint)."""
     import pandas as pd
 
     from streetlib.evaluation.evaluate import COLUMNS
     from streetlib.runs import RunId, RunLayout
 
-    layout = RunLayout(hists_dir=root / "hists")
+    layout = RunLayout(hists_dir=root / "hists", dataset=dataset)
     for seed in seeds:
         run_id = RunId(experiment, config_name, seed)
         rows = [
@@ -753,7 +754,7 @@ def test_readme_analyzer_examples_run_on_the_headline_model(demo_root, server, t
 
     write_evals(demo_root, "03-pretrained", "slow-transfer", 0.5)
     write_evals(demo_root, "04-finetune", "quick-finetune-all", 0.7)
-    headline = RunLayout().model(RunId("04-finetune", "quick-finetune-all", 42), "best")
+    headline = RunLayout(dataset="synth-demo").model(RunId("04-finetune", "quick-finetune-all", 42), "best")
     headline.parent.mkdir(parents=True)
     save_model(convention_model(32), headline)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -775,7 +776,7 @@ def test_readme_analyzer_examples_run_on_the_headline_model(demo_root, server, t
         else:
             assert err == (
                 f"streetlib analyze: using the headline model {headline} (best mean validation city accuracy in "
-                "hists/03-pretrained and hists/04-finetune, as notebook 05). Pass --model for another.\n"
+                "03-pretrained and 04-finetune of synth-demo, as notebook 05). Pass --model for another.\n"
             )
     assert sorted(p.name for p in (demo_root / "figs" / "analyze").iterdir()) == [
         "photo_gradcam.png",
@@ -794,9 +795,17 @@ def test_without_results_or_model_file_analyze_says_to_run_make_demo(demo_root, 
     write_evals(demo_root, "03-pretrained", "slow-transfer", 0.5)
     write_evals(demo_root, "04-finetune", "quick-finetune-all", 0.7)
     status, out, err = run_cli(["photo.jpg", "--no-save"], capsys)
-    missing = demo_root / "models" / "04-finetune" / "quick-finetune-all-seed42.best.keras"
+    missing = demo_root / "models" / "synth-demo" / "04-finetune" / "quick-finetune-all-seed42.best.keras"
     assert status == 2 and out == ""
     assert err == (
         f"streetlib analyze: error: the headline model {missing} is not on disk (a fresh clone has the results, "
         "not the models). Run `make demo`, or pass --model PATH.\n"
     )
+    # Results of a second dataset: which one's headline model is meant must be said.
+    write_evals(demo_root, "03-pretrained", "slow-transfer", 0.5, dataset="street10")
+    status, _, err = run_cli(["photo.jpg", "--no-save"], capsys)
+    assert status == 2 and err == (
+        "streetlib analyze: error: results of several datasets on disk (street10, synth-demo): pass --dataset NAME.\n"
+    )
+    status, _, err = run_cli(["photo.jpg", "--no-save", "--dataset", "street10"], capsys)
+    assert status == 2 and f"no evaluation results under {demo_root / 'hists' / 'street10'}" in err

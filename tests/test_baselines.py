@@ -11,6 +11,7 @@ from streetlib.baselines.classifiers import fit_baseline, make_classifier
 from streetlib.classes import SYNTH10
 from streetlib.data.loaders import StreetData
 from streetlib.models import weights
+from streetlib.runs import RunLayout
 
 CLASSES = 10
 
@@ -186,7 +187,7 @@ def grid(tmp_path_factory):
             weights.WeightsDownloadError(f"Could not download the {source!r} weights: offline")
         ),
     )
-    dirs = {"cache_dir": root / "features", "hists_dir": root / "hists", "figs_dir": root / "figs"}
+    dirs = {"cache_dir": root / "features", "layout": RunLayout(hists_dir=root / "hists", figs_dir=root / "figs")}
     spec = baselines.BaselineGrid(
         weights=["imagenet", "random"], poolings=["avg"], classifiers=["svm-rbf", "logreg"], augment_copies=[0, 1]
     )
@@ -218,7 +219,7 @@ def test_grid_reports_unavailable_weights(grid):
 
 def test_grid_writes_the_csv_and_the_figures(grid):
     data, _, dirs, result = grid
-    assert result.path == dirs["hists_dir"] / "02-baselines" / "toy.csv"
+    assert result.path == dirs["layout"].hists_dir / "02-baselines" / "baselines.csv"
     saved = pd.read_csv(result.path)
     assert len(saved) == 16
     assert saved["test_acc"].tolist() == pytest.approx(result.table["test_acc"].tolist())
@@ -283,9 +284,9 @@ def test_grid_is_frozen_and_stored_in_one_form():
 def test_run_grid_takes_a_grid_and_checks_figure_seeds(tmp_path):
     data = make_toy_data(per_class=2, size=32)
     with pytest.raises(TypeError, match=r"Invalid `grid`. Expected a `BaselineGrid`"):
-        baselines.run_grid(data, [], {"weights": ["random"]}, hists_dir=tmp_path)
+        baselines.run_grid(data, [], {"weights": ["random"]}, layout=RunLayout(hists_dir=tmp_path))
     with pytest.raises(ValueError, match=r"Invalid `figure_seeds`.*figure_seeds=42"):
-        baselines.run_grid(data, [], baselines.BaselineGrid(), figure_seeds=42, hists_dir=tmp_path)
+        baselines.run_grid(data, [], baselines.BaselineGrid(), figure_seeds=42, layout=RunLayout(hists_dir=tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -441,7 +442,7 @@ def floor_grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("floors")
     data = make_toy_data(per_class=6, size=32)
     splits = [toy_split(data, seed=s) for s in (0, 1)]
-    dirs = {"cache_dir": root / "features", "hists_dir": root / "hists", "figs_dir": root / "figs"}
+    dirs = {"cache_dir": root / "features", "layout": RunLayout(hists_dir=root / "hists", figs_dir=root / "figs")}
     spec = baselines.BaselineGrid(weights=[], floors=["pixels", "colour-stats"], classifiers=["svm-rbf", "logreg"])
     result = baselines.run_grid(data, splits, spec, figure_seeds=[0], progress=False, **dirs)
     return data, splits, result
@@ -489,7 +490,8 @@ def test_concurrent_fits_give_the_same_rows_and_figures(tmp_path):
     spec = baselines.BaselineGrid(weights=[], floors=["pixels", "colour-stats"])
     results = {}
     for n_jobs in (1, 2):
-        dirs = {name: tmp_path / str(n_jobs) / name for name in ("cache_dir", "hists_dir", "figs_dir")}
+        out = tmp_path / str(n_jobs)
+        dirs = {"cache_dir": out / "cache", "layout": RunLayout(hists_dir=out / "hists", figs_dir=out / "figs")}
         run = baselines.run_grid(data, splits, spec, figure_seeds=[1], progress=False, n_jobs=n_jobs, **dirs)
         results[n_jobs] = run
     one, two = (results[n].table.drop(columns="seconds") for n in (1, 2))
@@ -502,7 +504,9 @@ def test_concurrent_fits_give_the_same_rows_and_figures(tmp_path):
 def test_run_grid_checks_n_jobs_before_writing(tmp_path, n_jobs):
     data = make_toy_data(per_class=2, size=32)
     with pytest.raises(ValueError, match=r"Invalid `n_jobs`. Expected an int >= 1. Received: n_jobs="):
-        baselines.run_grid(data, [], baselines.BaselineGrid(floors=["pixels"]), hists_dir=tmp_path, n_jobs=n_jobs)
+        baselines.run_grid(
+            data, [], baselines.BaselineGrid(floors=["pixels"]), layout=RunLayout(hists_dir=tmp_path), n_jobs=n_jobs
+        )
     assert list(tmp_path.iterdir()) == []
 
 

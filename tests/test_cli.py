@@ -75,7 +75,7 @@ def test_an_os_error_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
 
 def test_a_corrupt_manifest_is_named_by_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))
-    manifest = tmp_path / "hists" / "03-pretrained" / "random-transfer-seed42.json"
+    manifest = tmp_path / "hists" / "synth-demo" / "03-pretrained" / "random-transfer-seed42.json"
     manifest.parent.mkdir(parents=True)
     manifest.write_text('{"config": {"experiment": ')
     assert main(["report"]) == 2

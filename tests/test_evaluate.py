@@ -7,7 +7,7 @@ import pytest
 from streetlib import figures
 from streetlib.evaluation import evaluate
 from streetlib.models import network as models
-from streetlib.runs import RunId
+from streetlib.runs import RunId, RunLayout
 
 # Six predictions over four classes, worked out by hand below.
 Y = np.array([0, 0, 1, 1, 2, 3])
@@ -191,7 +191,7 @@ def _manifest(hists_dir, run="r"):
 def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_data_split, out_dirs):
     run = RunId("ev", "r", 3)
     _manifest(out_dirs["hists_dir"], run=run.name)
-    kwargs = dict(run=run, hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
+    kwargs = dict(run=run, layout=RunLayout(**out_dirs))
 
     frame = evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="embedding", **kwargs)
 
@@ -235,17 +235,17 @@ def test_evaluate_checkpoints_reads_the_manifest(tiny_model, toy_data, toy_data_
     tiny_model.save(saved / "r.final.keras")
     _manifest(out_dirs["hists_dir"])
 
-    frame = evaluate.evaluate_checkpoints(toy_data, toy_data_split, run=RunId("ev", "r"), **out_dirs)
+    frame = evaluate.evaluate_checkpoints(toy_data, toy_data_split, run=RunId("ev", "r"), layout=RunLayout(**out_dirs))
 
     assert set(frame["checkpoint"]) == {"best", "final"}
     best = frame[frame["checkpoint"] == "best"].reset_index(drop=True)
     final = frame[frame["checkpoint"] == "final"].reset_index(drop=True)
     np.testing.assert_allclose(best["value"], final["value"])  # the same weights give the same numbers
-    assert len(evaluate.read_evals("ev", hists_dir=out_dirs["hists_dir"])) == len(frame)
+    assert len(evaluate.read_evals("ev", layout=RunLayout(**out_dirs))) == len(frame)
 
 
 def test_evaluate_errors_are_named(tiny_model, toy_data, toy_data_split, out_dirs):
-    common = dict(run=RunId("ev", "none"), hists_dir=out_dirs["hists_dir"], figs_dir=out_dirs["figs_dir"])
+    common = dict(run=RunId("ev", "none"), layout=RunLayout(**out_dirs))
     with pytest.raises(ValueError, match="No manifest with `normalization` and `weights_label` at .*none.json"):
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, **common)
     with pytest.raises(ValueError, match=r"Invalid `checkpoint`.*Received: checkpoint='last'"):
@@ -253,11 +253,13 @@ def test_evaluate_errors_are_named(tiny_model, toy_data, toy_data_split, out_dir
     with pytest.raises(ValueError, match=r"Invalid `similarity`.*Received: similarity='pixels'"):
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="pixels", **common)
     with pytest.raises(FileNotFoundError, match="No best model for run 'none'"):
-        evaluate.evaluate_checkpoints(
-            toy_data, toy_data_split, run=RunId("ev", "none"), models_dir=out_dirs["models_dir"]
-        )
+        evaluate.evaluate_checkpoints(toy_data, toy_data_split, run=RunId("ev", "none"), layout=RunLayout(**out_dirs))
     with pytest.raises(FileNotFoundError, match="No evaluation results"):
-        evaluate.read_evals("ev", hists_dir=out_dirs["hists_dir"])
+        evaluate.read_evals("ev", layout=RunLayout(**out_dirs))
+    # A layout of another dataset would file the rows with that dataset's: refused, naming both.
+    other = RunLayout(**out_dirs, dataset="street10")
+    with pytest.raises(ValueError, match="layout is for dataset 'street10', the data are 'toy'"):
+        evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, run=RunId("ev", "none"), layout=other)
 
 
 def _seed_frame(scores):
@@ -318,7 +320,7 @@ def test_rows_written_before_they_carried_the_run_id_still_read(tmp_path):
         old = evaluate.eval_rows(_scores(), dataset="toy", weights="w", run=run, checkpoint="best", subset="test")
         old.drop(columns=["config_name", "seed"]).to_csv(hists / "ev" / f"{run.name}.eval.csv", index=False)
 
-    frame = evaluate.read_evals("ev", hists_dir=hists)
+    frame = evaluate.read_evals("ev", layout=RunLayout(hists_dir=hists))
 
     assert list(frame.columns) == evaluate.COLUMNS
     ids = frame[["run", "config_name", "seed"]].drop_duplicates().astype(object).values.tolist()

@@ -36,7 +36,7 @@ def test_00_writes_the_dataset_and_split(smoke):
 
 def test_01_writes_its_figures(smoke):
     root, _ = smoke
-    names = sorted(p.name for p in (root / "figs" / "01-data").iterdir())
+    names = sorted(p.name for p in (root / "figs" / "synth-smoke" / "01-data").iterdir())
     assert names == [
         "synth-smoke-class-counts.png",
         "synth-smoke-colour-stats.png",
@@ -48,7 +48,7 @@ def test_01_writes_its_figures(smoke):
 def _eval_rows(root, experiment, run):
     import pandas as pd
 
-    return pd.read_csv(root / "hists" / experiment / f"{run}.eval.csv")
+    return pd.read_csv(root / "hists" / "synth-smoke" / experiment / f"{run}.eval.csv")
 
 
 def test_03_and_04_train_evaluate_and_record(smoke):
@@ -60,10 +60,10 @@ def test_03_and_04_train_evaluate_and_record(smoke):
         ("04-finetune", ["hed-bsds500-finetune-all-seed42"]),
     ):
         for run in runs:
-            history = pd.read_csv(root / "hists" / experiment / f"{run}.csv")
+            history = pd.read_csv(root / "hists" / "synth-smoke" / experiment / f"{run}.csv")
             assert history["epoch"].tolist() == [0]
             assert {"val_region_accuracy", "val_city_accuracy", "val_city_top3"} <= set(history.columns)
-            manifest = json.loads((root / "hists" / experiment / f"{run}.json").read_text())
+            manifest = json.loads((root / "hists" / "synth-smoke" / experiment / f"{run}.json").read_text())
             assert manifest["status"] == "complete" and manifest["dataset"]["synthetic"] is True
             rows = _eval_rows(root, experiment, run)
             overall = rows[(rows["metric"] == "accuracy") & rows["class"].isna()]
@@ -75,7 +75,7 @@ def test_03_and_04_train_evaluate_and_record(smoke):
             assert set(overall["output"]) == {"region", "city"}
             assert manifest["config"]["cut"] == "block1_pool" and manifest["config"]["head"] == "conv"
             assert (root / "models" / experiment / f"{run}.best.keras").is_file()
-            assert (root / "figs" / experiment / f"{run}.best.test.confusion-city.png").is_file()
+            assert (root / "figs" / "synth-smoke" / experiment / f"{run}.best.test.confusion-city.png").is_file()
     executed = (root / "executed" / "03_pretrained_comparison.ipynb").read_text()
     assert "Unavailable: imagenet" in executed and "Unavailable: places365" in executed  # offline, said so
 
@@ -84,7 +84,7 @@ def test_05_scores_the_maps(smoke):
     import pandas as pd
 
     root, _ = smoke
-    board = pd.read_csv(root / "hists" / "05-attribution" / "leaderboard.csv")
+    board = pd.read_csv(root / "hists" / "synth-smoke" / "05-attribution" / "leaderboard.csv")
     # Every method of the registry on both outputs, with the random map as the floor, at the smoke profile's sizes.
     assert set(board["method"]) == {*METHODS, "random"} and set(board["output"]) == {"region", "city"}
     rows = board.set_index(["output", "method", "metric"])
@@ -92,23 +92,23 @@ def test_05_scores_the_maps(smoke):
     assert rows.loc[("region", "rise", "pointing_game"), "images"] == 4
     assert rows.loc[("city", "saliency", "randomization"), "images"] == 4
     assert json.loads(rows.loc[("region", "rise", "pointing_game"), "params"])["masks"] == 8
-    by_layer = pd.read_csv(root / "hists" / "05-attribution" / "localization-by-layer.csv")
+    by_layer = pd.read_csv(root / "hists" / "synth-smoke" / "05-attribution" / "localization-by-layer.csv")
     # The model's last three convolutions, last first: 32 px smoke images, 16 px after block1_pool, 8 px after the
     # head's strided first convolution.
     assert by_layer["layer"].tolist() == ["head_conv2", "head_conv1", "block1_conv2", "random"]
     assert by_layer["grid"].tolist()[:3] == ["8x8", "8x8", "32x32"]
-    randomization = pd.read_csv(root / "hists" / "05-attribution" / "randomization.csv")
+    randomization = pd.read_csv(root / "hists" / "synth-smoke" / "05-attribution" / "randomization.csv")
     assert randomization["layer"].iloc[0] == "city_logits" and "block1_conv1" in set(randomization["layer"])
     executed = (root / "executed" / "05_attribution.ipynb").read_text()
     assert "the first is explained below" in executed  # the headline model was chosen on validation
     assert "Finds the cues best (relevance_mass_accuracy, region output):" in executed  # the words, computed
-    concepts = pd.read_csv(root / "hists" / "05-attribution" / "concepts-region.csv")
+    concepts = pd.read_csv(root / "hists" / "synth-smoke" / "05-attribution" / "concepts-region.csv")
     # Each region found (a one-epoch model may get a region wholly wrong) has its three rows: the model's top concept,
     # the same on randomised weights, the baseline; the deletion test only for the model and the baseline.
     assert len(concepts) and (concepts.groupby("class")["source"].apply(list) == [list(SOURCES)]).all()
     assert concepts["deletion"].isna().tolist() == [s == SOURCES[1] for s in concepts["source"]]
     assert "of its map mass (pooled over the images) on cue pixels" in executed
-    figs = {p.name for p in (root / "figs" / "05-attribution").iterdir()}
+    figs = {p.name for p in (root / "figs" / "synth-smoke" / "05-attribution").iterdir()}
     assert {
         "leaderboard-region.png",
         "leaderboard-city.png",
@@ -126,10 +126,10 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
     import pandas as pd
 
     root, _ = smoke
-    table = pd.read_csv(root / "hists" / "06-results" / "side-by-side.csv")
+    table = pd.read_csv(root / "hists" / "synth-smoke" / "06-results" / "side-by-side.csv")
     assert {"hed-bsds500-transfer", "random-transfer", "hed-bsds500-finetune-all"} <= set(table["config"])
     assert table["family"].str.startswith("SVM on deep features").any()
-    comparisons = pd.read_csv(root / "hists" / "06-results" / "comparisons.csv")
+    comparisons = pd.read_csv(root / "hists" / "synth-smoke" / "06-results" / "comparisons.csv")
     assert comparisons["question"].str[:2].tolist() == ["1.", "1.", "2.", "2.", "3.", "3.", "4.", "4."]
     assert (comparisons["n"] == 2).all()
     for row in comparisons.itertuples():  # each verdict follows from its interval
@@ -142,7 +142,7 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
         )
         assert row.verdict == expected
     assert {"learning-curves-region.png", "side-by-side.png"} <= {
-        p.name for p in (root / "figs" / "06-results").iterdir()
+        p.name for p in (root / "figs" / "synth-smoke" / "06-results").iterdir()
     }
     # The attribution section reads notebook 05's leaderboard and says it in words.
     assert (
@@ -151,18 +151,18 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
     )
     hists_readme = (root / "hists" / "README.md").read_text()
     assert "hed-bsds500-finetune-all-seed42" in hists_readme
-    assert "](05-attribution/quadrants.png)" in (root / "figs" / "README.md").read_text()
+    assert "](synth-smoke/05-attribution/quadrants.png)" in (root / "figs" / "README.md").read_text()
 
 
 def test_02_writes_the_baselines(smoke):
     import pandas as pd
 
     root, _ = smoke
-    table = pd.read_csv(root / "hists" / "02-baselines" / "synth-smoke.csv")
+    table = pd.read_csv(root / "hists" / "synth-smoke" / "02-baselines" / "baselines.csv")
     assert set(table["weights"]) == {"hed-bsds500", "random", "none"} and set(table["output"]) == {"region", "city"}
     floors = table[table["weights"] == "none"]  # the no-network floor, on the same splits
     assert set(floors["backbone"]) == {"pixels", "colour-stats"} and set(floors["seed"]) == {42, 43}
     assert set(table["seed"]) == {42, 43}
     assert table[["train_acc", "val_acc", "test_acc"]].stack().between(0, 1).all()
-    assert (root / "figs" / "02-baselines" / "synth-smoke-summary.png").is_file()
+    assert (root / "figs" / "synth-smoke" / "02-baselines" / "summary.png").is_file()
     assert any((root / "data" / "features" / "synth-smoke").glob("*.npy"))

@@ -6,8 +6,8 @@ import pytest
 from streetlib.experiments import report
 
 
-def _run(hists, experiment, run, *, val_city, val_region, test=None, synthetic=True):
-    folder = hists / experiment
+def _run(hists, experiment, run, *, val_city, val_region, test=None, synthetic=True, dataset="synth-demo"):
+    folder = hists / dataset / experiment
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {
         "config": {
@@ -63,7 +63,7 @@ def test_run_table_reads_best_final_and_test(tmp_path):
     assert pd.isna(rows.loc["b", "test_city"]) and rows.loc["b", "eval"] == ""
     text = report.hists_markdown(tmp_path)
     assert "| demo | a | synth-demo (synthetic demo data) | hed-bsds500 | transfer | 42 | 3 | 0.700 | 0.600 |" in text
-    assert "[csv](demo/a.csv) [manifest](demo/a.json) [eval](demo/a.eval.csv)" in text
+    assert "[csv](synth-demo/demo/a.csv) [manifest](synth-demo/demo/a.json) [eval](synth-demo/demo/a.eval.csv)" in text
     assert "say nothing about real cities" in text
 
 
@@ -96,12 +96,12 @@ def test_committed_readmes_are_up_to_date(folder):
 def test_a_damaged_history_or_manifest_is_named(tmp_path):
     """Issue #22: `streetlib report` names the file it cannot read, instead of a KeyError or a bare JSON message."""
     _run(tmp_path, "demo", "a", val_city=[0.2], val_region=[0.5])
-    history = tmp_path / "demo" / "a.csv"
+    history = tmp_path / "synth-demo" / "demo" / "a.csv"
     history.write_text("epoch,loss\n0,1.0\n")
     with pytest.raises(ValueError, match=r"a\.csv: no column\(s\) \['val_city_accuracy', 'val_region_accuracy'\]"):
         report.run_rows(tmp_path)
     history.unlink()
-    manifest = tmp_path / "demo" / "a.json"
+    manifest = tmp_path / "synth-demo" / "demo" / "a.json"
     manifest.write_text('{"config": {"experiment": "demo"}}')
     with pytest.raises(ValueError, match=r"a\.json: not a complete run manifest \(no entry 'run'\)"):
         report.run_rows(tmp_path)

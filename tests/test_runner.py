@@ -456,3 +456,38 @@ def test_sigterm_ends_as_one_line_shuts_the_kernel_and_the_next_run_resumes(setu
     _notebook(nbs / "02_second.ipynb", "size = 8\n", "")
     monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path / "root"))
     assert [r.status for r in _run(None)] == ["skipped", "done"]
+
+
+def test_shared_parameters_have_one_default_in_every_notebook():
+    # The numbered notebooks run alone on Colab with their own defaults: the data, the split seeds, the source the
+    # study's questions ask about and the fine-tuning boundary must be the same wherever they appear.
+    defaults = {nb.stem: runner.notebook_parameters(nb) for nb in runner.list_notebooks()}
+    for name in runner.SHARED_PARAMETERS:
+        values = {stem: params[name] for stem, params in defaults.items() if name in params}
+        assert len({json.dumps(v) for v in values.values()}) == 1, f"{name}: {values}"
+    # Questions 1 and 2 of notebook 06 ask about runs that notebooks 03 and 04 make with their defaults.
+    assert defaults["06_results"]["pretrained_source"] in defaults["03_pretrained_comparison"]["weight_sources"]
+    assert defaults["06_results"]["finetune_from"] == defaults["04_fine_tuning"]["finetune_from"]
+
+
+@pytest.mark.parametrize("profile", ["smoke", "demo", "full"])
+def test_every_profile_resolves_and_gives_every_notebook_the_same_shared_values(profile):
+    loaded = runner.load_profile(profile)
+    resolved = {nb.stem: runner.resolve_parameters(nb, loaded, {}) for nb in runner.list_notebooks()}
+    defaults = {nb.stem: runner.notebook_parameters(nb) for nb in runner.list_notebooks()}
+    for name in runner.SHARED_PARAMETERS:
+        values = {
+            stem: {**defaults[stem], **params}[name] for stem, params in resolved.items() if name in defaults[stem]
+        }
+        assert len({json.dumps(v) for v in values.values()}) == 1, f"{profile}, {name}: {values}"
+    if profile == "full":  # notebook 00 reads the photographs it is pointed at, it does not generate the demo's
+        assert resolved["00_dataset"]["source"] == "street10"
+
+
+def test_a_shared_parameter_set_for_one_notebook_is_refused(setup, tmp_path, monkeypatch):
+    nbs, _, _ = setup
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("p:\n  notebooks:\n    01_first: {image_size: 64}\n")
+    _notebook(nbs / "01_first.ipynb", "image_size = 224\n", "pass")
+    with pytest.raises(ValueError, match=r"\['image_size'\] are set for 01_first.ipynb alone.*set them under `all`"):
+        runner.resolve_parameters(nbs / "01_first.ipynb", runner.load_profile("p"), {})

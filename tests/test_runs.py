@@ -1,7 +1,7 @@
 import pytest
 
 from streetlib import inference, paths
-from streetlib.runs import RunId, RunLayout, sidecar_path
+from streetlib.runs import RunId, RunLayout, dataset_layout, sidecar_path
 
 
 @pytest.mark.parametrize(
@@ -100,3 +100,20 @@ def test_a_variant_extends_the_configuration_name():
     assert RunId.from_name("03-pretrained", run.name) == run
     with pytest.raises(ValueError, match=r"Invalid `variant`.*Received: variant='a/b'"):
         with_variant("cfg", "a/b")
+
+
+def test_each_dataset_has_its_own_tree_and_a_layout_keeps_to_its_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))
+    run = RunId("03-pretrained", "hed-bsds500-transfer", 42)
+    demo, street10 = RunLayout(dataset="synth-demo"), RunLayout(dataset="street10")
+    # The same run on two datasets: two sets of files, so neither blocks nor is read as the other.
+    assert demo.manifest(run) == tmp_path / "hists" / "synth-demo" / "03-pretrained" / f"{run.name}.json"
+    assert street10.model(run, "best") == tmp_path / "models" / "street10" / "03-pretrained" / f"{run.name}.best.keras"
+    assert street10.figs("06-results") == tmp_path / "figs" / "street10" / "06-results"
+    assert not set(demo.files(run).values()) & set(street10.files(run).values())
+    assert dataset_layout(None, "street10").hists_dir == street10.hists_dir
+    assert dataset_layout(street10, "street10") is street10
+    with pytest.raises(ValueError, match=r"layout is for dataset 'synth-demo', the data are 'street10'"):
+        dataset_layout(demo, "street10")
+    with pytest.raises(ValueError, match="Invalid `dataset`"):
+        RunLayout(dataset="../x")

@@ -45,7 +45,7 @@ from streetlib.constraints import Items, Keys, validate_parameters
 from streetlib.evaluation.evaluate import confusion, top_k_accuracy
 from streetlib.models import weights as weights_lib
 from streetlib.models.network import POOLINGS
-from streetlib.runs import RunLayout
+from streetlib.runs import dataset_layout
 
 CLASSIFIERS = ("svm-rbf", "linear-svm", "logreg")
 # Candidates for the optional search on the validation split; C=1 (the original's SVM) is in every grid.
@@ -437,8 +437,7 @@ def run_grid(
     figure_seeds=None,
     experiment="02-baselines",
     cache_dir=None,
-    hists_dir=None,
-    figs_dir=None,
+    layout=None,
     progress=True,
     n_jobs=2,
 ):
@@ -456,7 +455,8 @@ def run_grid(
         figure_seeds: None (confusion figures for every split) or a list of split seeds to draw. Floor baselines
             are drawn too, as ``<dataset>-<floor>-none-none-none-<classifier>-seed<N>.test.confusion-<output>.png``.
         experiment: str, the folder under ``hists/`` and ``figs/``. Default '02-baselines'.
-        cache_dir, hists_dir, figs_dir: output roots. Default `streetlib.paths`'s.
+        cache_dir: root of the feature cache. Default `streetlib.paths.features_dir()`.
+        layout: `streetlib.runs.RunLayout` of the results and figures. Default ``RunLayout(dataset=data.name)``.
         progress: bool, progress bars while extracting. Default True.
         n_jobs: int >= 1, baselines fitted at once, on threads (libsvm releases the GIL while fitting and predicting;
             'linear-svm' fits still run one at a time, see `_fit_all`). Rows, their order and figures are the same
@@ -478,7 +478,7 @@ def run_grid(
         splits=list(splits),
         grid=grid,
         figure_seeds=figure_seeds,
-        figs=RunLayout(figs_dir=figs_dir).figs(experiment),
+        figs=dataset_layout(layout, data.name).figs(experiment),
         cache_dir=cache_dir,
         progress=progress,
         n_jobs=int(n_jobs),
@@ -488,7 +488,7 @@ def run_grid(
     for kind in grid.floors:
         _fit_floor(run, kind)
     table = pd.DataFrame(run.rows, columns=COLUMNS)
-    path = results_path(data, experiment=experiment, hists_dir=hists_dir)
+    path = results_path(data, experiment=experiment, layout=layout)
     save_results(table, path)
     return GridResult(table=table, unavailable=run.unavailable, path=path, figures=run.written)
 
@@ -663,9 +663,10 @@ def _confusion_figure(data, split, fit, row, weights):
     return run, figures.plot_confusion(cm, class_names=names, title=heading)
 
 
-def results_path(data, *, experiment="02-baselines", hists_dir=None):
-    """Where a dataset's baseline results go: ``hists/<experiment>/<dataset>.csv``. Returns a `Path`."""
-    return RunLayout(hists_dir=hists_dir).hists(experiment) / f"{data.name}.csv"
+def results_path(data, *, experiment="02-baselines", layout=None):
+    """Where a dataset's baseline results go: ``hists/<dataset>/<experiment>/baselines.csv`` (``layout``, default
+    ``RunLayout(dataset=data.name)``). Returns a `Path`."""
+    return dataset_layout(layout, data.name).hists(experiment) / "baselines.csv"
 
 
 def save_results(table, path):

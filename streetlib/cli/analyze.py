@@ -89,7 +89,12 @@ def add_arguments(parser):
         "--model",
         default=None,
         help="a .keras model file (default: the headline model of the results on disk, the one notebook 05 explains: "
-        "best mean validation city accuracy in hists/03-pretrained and hists/04-finetune; `make demo` trains it)",
+        "best mean validation city accuracy in hists/<dataset>/03-pretrained and 04-finetune; `make demo` trains it)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="without --model: the dataset whose headline model is used (default: the only one with results on disk)",
     )
     parser.add_argument(
         "--classes",
@@ -173,26 +178,41 @@ def _methods(args):
     return list(METHODS) if args.method == "all" else [args.method]
 
 
-def _headline_model():
+def _trained_datasets():
+    """The datasets with evaluation results of `HEADLINE_EXPERIMENTS` on disk (``hists/<dataset>/<experiment>/``)."""
+    root = RunLayout().hists_dir
+    found = {p.parent.parent.name for e in HEADLINE_EXPERIMENTS for p in root.glob(f"*/{e}/*.eval.csv")}
+    return sorted(found)
+
+
+def _headline_model(dataset=None):
     """The model notebook 05 explains: the best checkpoint, on split seed `HEADLINE_SEED`, of the configuration
-    `streetlib.experiments.study.headline` picks in `HEADLINE_EXPERIMENTS`.
+    `streetlib.experiments.study.headline` picks in `HEADLINE_EXPERIMENTS` of one dataset's results.
+
+    Args:
+        dataset: str or None: the dataset's name; None: the only dataset with results on disk.
 
     Returns:
         `Path` of the model file.
 
     Raises:
-        ValueError: no evaluation results on disk, or the headline model's file is missing.
+        ValueError: no evaluation results on disk, results of several datasets and none chosen, or the headline
+            model's file is missing.
     """
     from streetlib.experiments import study
 
-    layout = RunLayout()
+    if dataset is None:
+        datasets = _trained_datasets()
+        if len(datasets) > 1:
+            raise ValueError(f"results of several datasets on disk ({', '.join(datasets)}): pass --dataset NAME.")
+        if not datasets:
+            raise _no_models(RunLayout().hists_dir)
+        dataset = datasets[0]
+    layout = RunLayout(dataset=dataset)
     try:
-        experiment, config, _ = study.headline(list(HEADLINE_EXPERIMENTS))
+        experiment, config, _ = study.headline(list(HEADLINE_EXPERIMENTS), layout=layout)
     except FileNotFoundError as err:
-        raise ValueError(
-            f"no trained models: no evaluation results under {layout.hists_dir} ({', '.join(HEADLINE_EXPERIMENTS)}). "
-            "Run `make demo`, or pass --model PATH."
-        ) from err
+        raise _no_models(layout.hists_dir) from err
     path = layout.model(RunId(experiment, config, HEADLINE_SEED), "best")
     if not path.is_file():
         raise ValueError(
@@ -202,14 +222,22 @@ def _headline_model():
     return path
 
 
+def _no_models(where):
+    return ValueError(
+        f"no trained models: no evaluation results under {where} ({', '.join(HEADLINE_EXPERIMENTS)}). "
+        "Run `make demo`, or pass --model PATH."
+    )
+
+
 def _model_path(args):
     """``--model``, else the headline model, named on stderr (stdout stays the results, plain JSON with --json)."""
     if args.model is not None:
         return args.model
-    path = _headline_model()
+    path = _headline_model(args.dataset)
     print(
         f"streetlib analyze: using the headline model {path} (best mean validation city accuracy in "
-        f"{' and '.join(f'hists/{e}' for e in HEADLINE_EXPERIMENTS)}, as notebook 05). Pass --model for another.",
+        f"{' and '.join(HEADLINE_EXPERIMENTS)} of {path.parent.parent.name}, as notebook 05). Pass --model for "
+        "another.",
         file=sys.stderr,
     )
     return path

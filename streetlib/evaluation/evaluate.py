@@ -29,7 +29,7 @@ from streetlib.classes import OUTPUTS
 from streetlib.data import pipeline
 from streetlib.models import network as models
 from streetlib.paths import atomic_path
-from streetlib.runs import CHECKPOINTS, RunId, RunLayout
+from streetlib.runs import CHECKPOINTS, RunId, dataset_layout
 
 SIMILARITY = ("confusion", "embedding")
 COLUMNS = [
@@ -343,8 +343,7 @@ def evaluate_run(
     checkpoint="best",
     subset="test",
     similarity="confusion",
-    hists_dir=None,
-    figs_dir=None,
+    layout=None,
 ):
     """Score a model on one subset, append the rows to the run's eval CSV and save its figures.
 
@@ -355,12 +354,11 @@ def evaluate_run(
         model: a `keras.Model` or a path to a ``.keras`` file (loaded in safe mode).
         data: `StreetData`.
         split: `Split`.
-        run: `streetlib.runs.RunId`; its manifest ``hists/<experiment>/<run>.json`` must exist.
+        run: `streetlib.runs.RunId`; its manifest (``layout.manifest(run)``) must exist.
         checkpoint: str, which weights these are: 'best' (default) or 'final'.
         subset: 'test' (default), 'val' or 'train'.
         similarity: 'confusion' (default) or 'embedding', see `score`.
-        hists_dir: output root of the eval CSV. Default `streetlib.paths.hists_dir()`.
-        figs_dir: output root of the figures. Default `streetlib.paths.figs_dir()`.
+        layout: `streetlib.runs.RunLayout`, where the run's files are. Default ``RunLayout(dataset=data.name)``.
 
     Returns:
         pandas DataFrame of this evaluation's rows (columns `COLUMNS`).
@@ -368,7 +366,7 @@ def evaluate_run(
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"Invalid `checkpoint`. Expected one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
     _check_similarity(similarity)
-    layout = RunLayout(hists_dir=hists_dir, figs_dir=figs_dir)
+    layout = dataset_layout(layout, data.name)
     manifest = layout.manifest(run)
     config = json.loads(manifest.read_text())["config"] if manifest.is_file() else {}
     if "normalization" not in config or "weights_label" not in config:
@@ -395,10 +393,10 @@ def evaluate_run(
     return frame
 
 
-def evaluate_checkpoints(data, split, *, run, checkpoints=CHECKPOINTS, models_dir=None, **kwargs):
-    """`evaluate_run` on the saved best and final models of ``run`` (a `streetlib.runs.RunId`). Returns the
-    concatenated DataFrame."""
-    layout = RunLayout(models_dir=models_dir)
+def evaluate_checkpoints(data, split, *, run, checkpoints=CHECKPOINTS, layout=None, **kwargs):
+    """`evaluate_run` on the saved best and final models of ``run`` (a `streetlib.runs.RunId`) in ``layout`` (default
+    ``RunLayout(dataset=data.name)``). Returns the concatenated DataFrame."""
+    layout = dataset_layout(layout, data.name)
     frames = []
     for checkpoint in checkpoints:
         path = layout.model(run, checkpoint)
@@ -406,22 +404,22 @@ def evaluate_checkpoints(data, split, *, run, checkpoints=CHECKPOINTS, models_di
             raise FileNotFoundError(
                 f"No {checkpoint} model for run {run.name!r}: {path} does not exist. Train it first."
             )
-        frames.append(evaluate_run(path, data, split, run=run, checkpoint=checkpoint, **kwargs))
+        frames.append(evaluate_run(path, data, split, run=run, checkpoint=checkpoint, layout=layout, **kwargs))
     return pd.concat(frames, ignore_index=True)
 
 
-def read_evals(experiment, runs=None, *, hists_dir=None):
+def read_evals(experiment, runs=None, *, layout):
     """The eval CSVs of an experiment's runs, concatenated.
 
     Args:
         experiment: str, the experiment's folder name.
         runs: list of run names (`streetlib.runs.RunId.name`); None (default): every run with an eval CSV.
-        hists_dir: output root. Default `streetlib.paths.hists_dir()`.
+        layout: `streetlib.runs.RunLayout` of the dataset whose runs are read (``RunLayout(dataset=...)``): only
+            that dataset's runs are read.
 
     Returns:
         pandas DataFrame with `COLUMNS`.
     """
-    layout = RunLayout(hists_dir=hists_dir)
     hists = layout.hists(experiment)
     if runs is None:
         files = sorted(hists.glob("*.eval.csv"))

@@ -45,7 +45,7 @@ def _table(path, columns):
 
 
 def run_rows(hists_dir=None):
-    """One row per training run found under ``hists/<experiment>/<run>.json``.
+    """One row per training run found under ``hists/<dataset>/<experiment>/<run>.json``.
 
     Returns:
         DataFrame with columns experiment, run, data, synthetic, weights, phase, backbone, image_size, split_seed,
@@ -56,14 +56,15 @@ def run_rows(hists_dir=None):
     Raises:
         ValueError: a manifest, history or eval file that cannot be read, naming it.
     """
-    layout = RunLayout(hists_dir=hists_dir)
+    root = Path(hists_dir or paths.hists_dir())
     rows = []
-    for manifest_path in sorted(layout.hists_dir.glob("*/*.json")):
+    for manifest_path in sorted(root.glob("*/*/*.json")):
         manifest = _manifest(manifest_path)
         if "config" not in manifest:
             continue
+        layout = RunLayout(hists_dir=root, dataset=manifest_path.parent.parent.name)
         run = RunId.from_name(manifest_path.parent.name, manifest_path.stem)
-        row = _manifest_row(layout, run, manifest_path, manifest)
+        row = _manifest_row(layout, run, manifest_path, manifest, root)
         if layout.history(run).is_file():
             row.update(_history_scores(layout.history(run)))
         if layout.evals(run).is_file():
@@ -72,9 +73,10 @@ def run_rows(hists_dir=None):
     return pd.DataFrame(rows)
 
 
-def _manifest_row(layout, run, manifest_path, manifest):
-    """What a run's manifest says, and where its files are: the start of its row in `run_rows`."""
-    hists, eval_path = layout.hists_dir, layout.evals(run)
+def _manifest_row(layout, run, manifest_path, manifest, hists):
+    """What a run's manifest says, and where its files are (relative to ``hists``): the start of its row in
+    `run_rows`."""
+    eval_path = layout.evals(run)
     config = manifest["config"]
     try:
         return {
@@ -181,10 +183,16 @@ def hists_markdown(hists_dir=None):
             values += [r.get(f"{k}_{o}") for k in ("best_val", "final_val") for o in OUTPUTS]
             values += [r.get(f"test_{o}") for o in OUTPUTS] + [files]
             lines.append("| " + " | ".join(_cell(v) for v in values) + " |")
-    tables = sorted(p for p in hists.glob("*.csv"))
+    tables = [p.relative_to(hists).as_posix() for p in sorted(hists.glob("*/*/*.csv")) if not _is_run_file(p)]
     if tables:
-        lines += ["", "## Result tables", ""] + [f"- [{p.name}]({p.name})" for p in tables]
+        lines += ["", "## Result tables", ""] + [f"- [{p}]({p})" for p in tables]
     return "\n".join(lines) + "\n"
+
+
+def _is_run_file(path):
+    """True for a run's history or eval rows (listed in the runs table), not a notebook's result table."""
+    stem = path.name.removesuffix(".eval.csv").removesuffix(".csv")
+    return path.with_name(f"{stem}.json").is_file()
 
 
 def figure_caption(path, figs_dir):

@@ -50,6 +50,20 @@ _NAMES = Items("a non-empty list of names", test=lambda v: isinstance(v, str) an
 # ("*", name) holds in every notebook with that parameter; ("NN", name) in notebook NN only, instead of ("*", name).
 # Names from registries in Keras modules (weight sources, poolings, optimizers) are left to the notebooks: the
 # runner does not import Keras.
+# Parameters that mean one thing in every notebook that has them: the data, how it is split, the pretrained source the
+# study's questions ask about, the fine-tuning boundary, where outputs go. Their notebook defaults are equal (a test
+# checks it), and a profile sets them under `all`, never for one notebook, so no two notebooks of a run disagree.
+SHARED_PARAMETERS = (
+    "data_dir",
+    "classes",
+    "image_size",
+    "split_seeds",
+    "finetune_from",
+    "pretrained_source",
+    "colab_install",
+    "output_root",
+)
+
 PARAMETER_RANGES = {
     ("*", "image_size"): [_POSITIVE],
     ("*", "per_class"): [_POSITIVE],
@@ -183,11 +197,18 @@ def load_profile(name, *, path=None):
 def resolve_parameters(notebook, profile, overrides):
     """The parameters for one notebook: profile 'all' entries it has, its own profile entries, then overrides.
 
-    Profile entries for this notebook and every override must name one of its parameters.
+    Profile entries for this notebook and every override must name one of its parameters; `SHARED_PARAMETERS` are
+    set under the profile's 'all' only.
     """
     known = notebook_parameters(notebook)
     own = profile["notebooks"].get(notebook.stem, {})
     _check_names(notebook, own, known, "profile")
+    shared = sorted(set(own) & set(SHARED_PARAMETERS))
+    if shared:
+        raise ValueError(
+            f"Parameter(s) {shared} are set for {Path(notebook).name} alone in the profile: they are shared by every "
+            f"notebook ({', '.join(SHARED_PARAMETERS)}), so set them under `all`."
+        )
     params = {k: v for k, v in profile["all"].items() if k in known}
     params.update(own)
     params.update({k: v for k, v in overrides.items() if k in known})

@@ -61,7 +61,7 @@ def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None
     and on the test split (rows and figures)."""
     from streetlib.data.splits import make_split
 
-    layout, frames = RunLayout(), []
+    layout, frames = RunLayout(dataset=data.name), []
     for seed, result in results.items():
         split = make_split(data, seed=seed, **(split_kwargs or {}))
         run = RunId(experiment, config_name, seed)
@@ -71,7 +71,8 @@ def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None
         label = {"dataset": data.label, "weights": record["weights_label"]}
         val = evaluate.eval_rows(scores, **label, run=run, checkpoint="best", subset="val")
         evaluate.append_evals(val, layout.evals(run))
-        frames += [val, evaluate.evaluate_run(model, data, split, run=run, checkpoint="best", subset="test")]
+        test = evaluate.evaluate_run(model, data, split, run=run, checkpoint="best", subset="test", layout=layout)
+        frames += [val, test]
         del result.model
     return frames
 
@@ -143,7 +144,7 @@ def run_finetune(
         DataFrame of every evaluation row.
     """
     _check_phase(config, "finetune")
-    layout = RunLayout()
+    layout = RunLayout(dataset=data.name)
     configs, init = {}, {}
     for source in sources:
         name = finetune_config(source, config.frozen_through, variant)
@@ -200,9 +201,9 @@ def summary(frame, *, checkpoint="best", subset="test"):
     return pd.DataFrame(parts)
 
 
-def histories(experiments, *, hists_dir=None):
-    """Every run's history of the given experiments, long format: experiment, run, epoch and the CSV's columns."""
-    layout = RunLayout(hists_dir=hists_dir)
+def histories(experiments, *, layout):
+    """Every run's history of the given experiments in ``layout`` (one dataset's `RunLayout`), long format:
+    experiment, run, epoch and the CSV's columns."""
     frames = []
     for experiment in experiments:
         for path in sorted(layout.hists(experiment).glob("*.csv")):
@@ -253,31 +254,32 @@ ORIGINAL_RESULTS = pd.DataFrame(
 )
 
 
-def cnn_scores(experiments, *, checkpoint="best", subset="test", hists_dir=None):
-    """Per-seed accuracy of every CNN run of the given experiments, tidy: family, config, seed, output, value,
-    experiment. ``subset`` is 'test' (default) or 'val' (what configurations are chosen on)."""
+def cnn_scores(experiments, *, layout, checkpoint="best", subset="test"):
+    """Per-seed accuracy of every CNN run of the given experiments in ``layout`` (one dataset's `RunLayout`: only its
+    runs are read), tidy: family, config, seed, output, value, experiment. ``subset`` is 'test' (default) or 'val'
+    (what configurations are chosen on)."""
     frames = []
     for experiment in experiments:
-        evals = evaluate.read_evals(experiment, hists_dir=hists_dir)
+        evals = evaluate.read_evals(experiment, layout=layout)
         for output in OUTPUTS:
             scores = evaluate.seed_scores(evals, output=output, checkpoint=checkpoint, subset=subset)
             frames.append(scores.assign(family=f"CNN ({experiment})", output=output, experiment=experiment))
     return pd.concat(frames, ignore_index=True)[["family", "config", "seed", "output", "value", "experiment"]]
 
 
-def headline(experiments, *, config=None, hists_dir=None):
+def headline(experiments, *, layout, config=None):
     """The headline model: the CNN configuration with the best mean validation accuracy (see `best_config`).
 
     Args:
         experiments: list of experiment names whose runs compete.
+        layout: `RunLayout` of the dataset whose runs compete (``RunLayout(dataset=...)``).
         config: str or None. A configuration name to use instead of choosing (it must exist).
-        hists_dir: root of the eval rows. Default `streetlib.paths.hists_dir()`.
 
     Returns:
         (experiment, config, ranked): str, str and the DataFrame of `best_config` (every configuration's mean
         validation accuracy per output, best first).
     """
-    val = cnn_scores(experiments, subset="val", hists_dir=hists_dir)
+    val = cnn_scores(experiments, subset="val", layout=layout)
     best, ranked = best_config(val)
     chosen = config or best
     where = val.loc[val["config"] == chosen, "experiment"].unique()

@@ -4,8 +4,9 @@ One run writes, for experiment ``<experiment>`` and run ``<run>`` (where: `stree
 
 - ``hists/<experiment>/<run>.csv``: one row per epoch (Keras's CSVLogger). A resumed run appends; rows of epochs
   that are about to be redone are dropped first, so each epoch appears exactly once.
-- ``hists/<experiment>/<run>.json``: the manifest (every parameter, the weight source, data and split hashes,
-  package versions, git commit, device, wall time, the feature-cache decision, status).
+- ``hists/<experiment>/<run>.json``: the manifest (every parameter, the weight source and the file its weights were
+  read from with its SHA-256, data and split hashes, package versions, git commit, device, wall time, the
+  feature-cache decision, status).
 - ``models/<experiment>/<run>.best.keras`` (the epoch with the best validation city accuracy) and
   ``<run>.final.keras`` (the last epoch), both loadable with ``keras.models.load_model(path, safe_mode=True)``.
 - ``models/<experiment>/<run>.backup/``: the state of the run while it is unfinished (`RunBackup`: weights and
@@ -14,6 +15,9 @@ One run writes, for experiment ``<experiment>`` and run ``<run>`` (where: `stree
 With a frozen backbone (or frozen blocks), the frozen part's output is the same every epoch: it is computed once
 and only the rest of the network trains on it (``cache``). Without augmentation this gives the same numbers as
 training the whole model; with augmentation, K augmented copies are cached (epoch ``e`` sees copy ``e mod K``).
+The cache is held in memory when it fits ``Execution.max_cache_bytes``, else written to
+``models/<experiment>/<run>.features/`` (removed when the run ends) and read a batch at a time from a memory map,
+so host memory stays bounded (fine-tuning above ``block4_pool`` at 224 px caches 401,408 bytes per image).
 
 A resumed run restores the weights, the optimizer state (learning rate included) and the epoch from its backup;
 the patience counters of ReduceLROnPlateau and EarlyStopping start again from zero, and the plain path's shuffle
@@ -48,7 +52,7 @@ from streetlib.data.splits import make_split
 from streetlib.models import network as models
 from streetlib.models import weights as weights_lib
 from streetlib.paths import atomic_path
-from streetlib.runs import RunId, RunLayout
+from streetlib.runs import RunId, dataset_layout
 from streetlib.training.callbacks import EpochProgress, RunBackup
 from streetlib.training.config import MONITOR, OPTIMIZERS, Execution, RunConfig
 
@@ -88,7 +92,8 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
         init_from: for phase 'finetune' only: a `RunResult` or a path to a ``.keras`` model (the best transfer
             model). A config with ``weights=None`` takes the source of a `RunResult`; with a path, the config
             must name it.
-        layout: `streetlib.runs.RunLayout`, where the run's files go. Default ``RunLayout()``.
+        layout: `streetlib.runs.RunLayout`, where the run's files go. Default ``RunLayout(dataset=data.name)``; a
+            layout of another dataset is refused.
         execution: `config.Execution`, how to run it (resume, force, reuse, strategy, XLA, feature cache
             budget, verbosity); never part of the run's identity. Default ``Execution()``.
         callbacks: list of extra `keras.callbacks.Callback`, called after streetlib's own.
@@ -102,13 +107,18 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
         ValueError: an invalid ``init_from``, or a resume with a different configuration.
     """
     execution = execution or Execution()
-    layout = layout or RunLayout()
+    layout = dataset_layout(layout, data.name)
     run_files = layout.files(run)
     init_path, config = _resolve_init(config, init_from)
-    record = config.to_manifest(run, init_from=paths.portable(init_path) if init_path else None, xla=execution.xla)
     state = _reuse_state(run, run_files, config, init_path, execution)
     if state == "reuse":
         return _load_finished(run_files)
+    record = config.to_manifest(
+        run,
+        init_from=paths.portable(init_path) if init_path else None,
+        weights_file=_weights_file(config, init_path),
+        xla=execution.xla,
+    )
     force = execution.force or state == "retrain"
     initial_epoch, restore, previous = _prepare_outputs(
         run_files, run, config, record, resume=execution.resume, force=force
@@ -121,37 +131,73 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
     _write_sidecars(layout, run, data, record, run_files["manifest"])
 
     started = time.monotonic()
-    with _precision(config.mixed_precision, strategy), strategy.scope():
-        model = _build_model(data, config, run, init_path)
-        plan = _plan_run_cache(model, split, config, execution)
-        train_ds, val_ds, steps, train_model = _datasets(data, split, model, plan, config, initial_epoch=initial_epoch)
-        _compile(train_model, config, xla=execution.xla)
-    manifest.update(
-        {"cache_plan": plan, "params": models.count_params(model), "trainable_layers": models.trainable_layers(model)}
-    )
-    _write_json(run_files["manifest"], manifest)
+    with _scratch_folder(layout.models(run.experiment) / f"{run.name}.features") as features_dir:
+        with _precision(config.mixed_precision, strategy), strategy.scope():
+            model = _build_model(data, config, run, init_path)
+            plan = _plan_run_cache(model, split, config, execution, features_dir)
+            train_ds, val_ds, steps, train_model = _datasets(
+                data, split, model, plan, config, initial_epoch=initial_epoch, directory=features_dir
+            )
+            _compile(train_model, config, xla=execution.xla)
+        manifest.update(
+            {
+                "cache_plan": plan,
+                "params": models.count_params(model),
+                "trainable_layers": models.trainable_layers(model),
+            }
+        )
+        _write_json(run_files["manifest"], manifest)
 
-    saver = BestModelSaver(model, run_files["best_model"], monitor=MONITOR, **_saved_best(previous, initial_epoch))
-    progress = _ManifestRecord(run_files["manifest"], manifest, started, saver)
-    train_model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps,
-        shuffle=False,  # the datasets shuffle themselves, seeded
-        callbacks=_callbacks(
-            run_files,
-            restore,
-            saver,
-            progress,
-            early_stopping=config.early_stopping,
-            extra=callbacks,
-            progress=EpochProgress(str(run), config.epochs),
-        ),
-        verbose=execution.verbose,
-    )
+        saver = BestModelSaver(model, run_files["best_model"], monitor=MONITOR, **_saved_best(previous, initial_epoch))
+        progress = _ManifestRecord(run_files["manifest"], manifest, started, saver)
+        train_model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            shuffle=False,  # the datasets shuffle themselves, seeded
+            callbacks=_callbacks(
+                run_files,
+                restore,
+                saver,
+                progress,
+                early_stopping=config.early_stopping,
+                extra=callbacks,
+                progress=EpochProgress(str(run), config.epochs),
+            ),
+            verbose=execution.verbose,
+        )
     return _finish_run(model, run_files, progress)
+
+
+def _weights_file(config, init_path):
+    """The manifest's record of the file a run's starting weights are read from: its weight source's file (see
+    `streetlib.models.weights.provenance`), or for a fine-tune the model it starts from. Returns dict or None."""
+    if init_path is None:
+        return weights_lib.provenance(config.weights, backbone=config.backbone)
+    return {
+        "path": paths.portable(init_path),
+        "sha256": weights_lib.file_digests(init_path)["sha256"],
+        "verified": None,
+        "detail": "the model this fine-tune starts from (init_from)",
+    }
+
+
+@contextmanager
+def _scratch_folder(path):
+    """A folder path whose contents last only while the block runs (one left by a killed run is removed first).
+    Yields the `Path`; the folder is not created."""
+    _remove_folder(path)
+    try:
+        yield Path(path)
+    finally:
+        _remove_folder(path)
+
+
+def _remove_folder(path):
+    if Path(path).exists():
+        shutil.rmtree(path)
 
 
 def _reuse_state(run, run_files, config, init_path, execution):
@@ -169,8 +215,8 @@ def _reuse_state(run, run_files, config, init_path, execution):
     return state
 
 
-def _plan_run_cache(model, split, config, execution):
-    """`plan_cache` for a run's configuration, split sizes and the execution's cache budget."""
+def _plan_run_cache(model, split, config, execution, directory):
+    """`plan_cache` for a run's configuration, split sizes, the execution's cache budget and its cache folder."""
     return plan_cache(
         config.cache,
         model,
@@ -180,6 +226,7 @@ def _plan_run_cache(model, split, config, execution):
         n_train=len(split.train),
         n_val=len(split.val),
         max_bytes=execution.max_cache_bytes,
+        directory=directory,
     )
 
 
@@ -550,41 +597,92 @@ class _ManifestRecord(keras.callbacks.Callback):
 # -- feature caching ----------------------------------------------------------------------------------------------
 
 
-def plan_cache(cache, model, *, through, augment, copies, n_train, n_val, max_bytes):
-    """Decide whether to train on cached features of the frozen part.
+def plan_cache(cache, model, *, through, augment, copies, n_train, n_val, max_bytes, directory):
+    """Decide whether to train on cached features of the frozen part, and where to keep them.
+
+    The cache is held in memory when it fits ``max_bytes``; otherwise it is written to ``directory`` and read a batch
+    at a time (host memory stays bounded) when the disk there has room for it; otherwise ``cache='auto'`` trains
+    without a cache.
+
+    Args:
+        cache: a `streetlib.training.config.CACHE_MODES` value.
+        model: the full `keras.Model`.
+        through: str or None, the layer the model is frozen through.
+        augment: bool, whether training images are augmented (then ``copies`` augmented copies are cached).
+        copies: int, augmented copies to cache when augmenting.
+        n_train, n_val: int, training and validation images.
+        max_bytes: int, the largest cache held in memory, in bytes (`Execution.max_cache_bytes`).
+        directory: str or Path, the folder a disk cache goes to.
 
     Returns:
-        dict with ``mode`` ('features' or 'none'), ``copies`` (int, augmented copies cached), ``bytes`` (int, the
-        cache size) and ``reason`` (str): the decision as the manifest states it.
+        dict, the decision as the manifest states it: ``mode`` ('features' or 'none'), ``store`` ('memory', 'disk'
+        or None), ``copies`` (int, augmented copies cached), ``bytes`` (int, the cache size: float32 features of
+        ``copies * n_train + n_val`` images), ``path`` (str, the disk cache's folder as `streetlib.paths.portable`
+        writes it, else None) and ``reason`` (str, one line).
+
+    Raises:
+        ValueError: ``cache='features'`` with nothing frozen, or a frozen part that does not split off.
+        OSError: ``cache='features'`` and the cache fits neither ``max_bytes`` nor the free disk space.
     """
     if cache == "none":
-        return {"mode": "none", "copies": 0, "bytes": 0, "reason": "cache='none'"}
+        return _plan("none", reason="cache='none'")
     if through is None:
         if cache == "features":
             raise ValueError("cache='features' needs a frozen part, but this phase trains every layer.")
-        return {"mode": "none", "copies": 0, "bytes": 0, "reason": "nothing is frozen"}
+        return _plan("none", reason="nothing is frozen")
     try:
         frozen, _ = models.split_model(model, through=through)
     except ValueError as err:
         if cache == "features":
             raise
-        return {"mode": "none", "copies": 0, "bytes": 0, "reason": str(err)}
+        return _plan("none", reason=str(err))
     copies = copies if augment else 1
-    per_image = int(np.prod(frozen.output.shape[1:])) * 4
-    size = (copies * n_train + n_val) * per_image
-    if cache == "auto" and size > max_bytes:
-        return {
-            "mode": "none",
-            "copies": 0,
-            "bytes": 0,
-            "reason": f"a {copies}-copy cache needs {size} bytes > max_cache_bytes={max_bytes}",
-        }
-    reason = f"{copies} augmented copies of the frozen part's output" if augment else "no augmentation: exact"
-    return {"mode": "features", "copies": copies, "bytes": size, "reason": reason}
+    size = (copies * n_train + n_val) * feature_bytes(frozen)
+    what = f"{copies} augmented copies of the frozen part's output" if augment else "no augmentation: exact"
+    if size <= max_bytes:
+        return _plan("memory", copies, size, reason=f"{what}; in memory: {size} bytes <= max_cache_bytes={max_bytes}")
+    free = _free_bytes(directory)
+    if size <= free:
+        reason = f"{what}; on disk: {size} bytes > max_cache_bytes={max_bytes}, and {free} bytes are free there"
+        return _plan("disk", copies, size, path=paths.portable(directory), reason=reason)
+    line = (
+        f"a {copies}-copy feature cache needs {size} bytes: more than max_cache_bytes={max_bytes} in memory and "
+        f"than the {free} bytes free on the disk of {directory}"
+    )
+    if cache == "features":
+        raise OSError(f"cache='features' cannot be kept: {line}. Free disk space there, or pass cache='auto'.")
+    return _plan("none", reason=line)
 
 
-def _datasets(data, split, model, plan, config, *, initial_epoch):
-    """(train dataset, validation dataset, steps per epoch or None, the model to fit)."""
+def _plan(store, copies=0, size=0, *, path=None, reason):
+    """A `plan_cache` decision: store 'memory', 'disk' or 'none'."""
+    mode = "none" if store == "none" else "features"
+    return {
+        "mode": mode,
+        "store": None if store == "none" else store,
+        "copies": copies,
+        "bytes": size,
+        "path": path,
+        "reason": reason,
+    }
+
+
+def feature_bytes(frozen):
+    """Bytes of one image's cached features: the frozen part's output in float32. Returns int."""
+    return int(np.prod(frozen.output.shape[1:])) * 4
+
+
+def _free_bytes(directory):
+    """Free bytes on the disk that holds ``directory``, or would hold it (its nearest existing parent). Returns int."""
+    directory = Path(directory).resolve()
+    while not directory.exists():
+        directory = directory.parent
+    return shutil.disk_usage(directory).free
+
+
+def _datasets(data, split, model, plan, config, *, initial_epoch, directory):
+    """(train dataset, validation dataset, steps per epoch or None, the model to fit); a disk cache goes to
+    ``directory``."""
     batch_size, augment, seed = config.batch_size, config.augment, config.seed
     common = {"batch_size": batch_size, "normalization": config.input_normalization, "image_size": config.image_size}
     val_images = pipeline.make_dataset(data, split.val, training=False, **common)
@@ -592,9 +690,8 @@ def _datasets(data, split, model, plan, config, *, initial_epoch):
         train = pipeline.make_dataset(data, split.train, training=True, augment=augment, seed=seed, **common)
         return train, val_images, None, model
     frozen, rest = models.split_model(model, through=config.frozen_through)
-    copies = []
-    for c in range(plan["copies"]):
-        images = pipeline.make_dataset(
+    copies = [
+        pipeline.make_dataset(
             data,
             split.train,
             training=bool(augment),
@@ -603,26 +700,87 @@ def _datasets(data, split, model, plan, config, *, initial_epoch):
             seed=seed + 1000 * c,
             **common,
         )
-        copies.append(extract_features(frozen, images))
-    train_labels = _labels(data, split.train)
+        for c in range(plan["copies"])
+    ]
+    folder = directory if plan["store"] == "disk" else None
+    where = {"batch_size": batch_size, "directory": folder}
+    train_features = extract_features(frozen, copies, size=len(split.train), name="train", **where)
+    val_features = extract_features(frozen, [val_images], size=len(split.val), name="val", **where)
     val = _feature_dataset(
-        extract_features(frozen, val_images)[None],
-        _labels(data, split.val),
-        batch_size=batch_size,
-        shuffle=False,
-        seed=seed,
-        initial_epoch=0,
+        val_features, _labels(data, split.val), batch_size=batch_size, shuffle=False, seed=seed, initial_epoch=0
     )
     train = _feature_dataset(
-        np.stack(copies), train_labels, batch_size=batch_size, shuffle=True, seed=seed, initial_epoch=initial_epoch
+        train_features,
+        _labels(data, split.train),
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        initial_epoch=initial_epoch,
     )
     steps = math.ceil(len(split.train) / batch_size) if plan["copies"] > 1 else None
     return train, val, steps, rest
 
 
-def extract_features(frozen, dataset):
-    """Run the frozen part once over a dataset of ``(images, labels)``. Returns float32 `(n, *feature_shape)`."""
-    return np.asarray(frozen.predict(dataset.map(pipeline.images_only), verbose=0), dtype=np.float32)
+CHUNK_BYTES = 2**27  # features computed per `predict` call: what extraction holds in memory beyond the model's own
+
+
+def extract_features(frozen, datasets, *, size, batch_size, directory=None, name="features"):
+    """Run the frozen part once over K datasets of the same images (K augmented copies), a chunk at a time.
+
+    In memory or on disk, the features are computed by the same calls on the same batches, so the two stores hold
+    the same numbers.
+
+    Args:
+        frozen: `keras.Model`, the frozen part.
+        datasets: list of K finite `tf.data.Dataset`s of ``(images, labels)`` batches, ``size`` images each.
+        size: int, the images per dataset.
+        batch_size: int, the datasets' batch size (the frozen part sees batches of this size, as it did in them).
+        directory: None to return the features in memory; a folder to write them to ``<directory>/<name>.npy``
+            and return them memory-mapped read-only, so host memory holds one chunk (about `CHUNK_BYTES`) of them.
+        name: str, the file's name without ``.npy``.
+
+    Returns:
+        float32 array, or read-only `numpy.memmap`, `(K, size, *feature_shape)`.
+
+    Raises:
+        RuntimeError: a dataset yields another number of images than ``size``.
+    """
+    shape = (len(datasets), size, *frozen.output.shape[1:])
+    if directory is None:
+        features = np.empty(shape, np.float32)
+        for k, dataset in enumerate(datasets):
+            start = 0
+            for chunk in _feature_chunks(frozen, dataset, size, batch_size):
+                features[k, start : start + len(chunk)] = chunk
+                start += len(chunk)
+        return features
+    path = Path(directory) / f"{name}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Plain writes, not a writable memory map: written pages then belong to the OS's file cache, not the process.
+    with open(path, "wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_2_0(f, header)
+        for dataset in datasets:
+            for chunk in _feature_chunks(frozen, dataset, size, batch_size):
+                chunk.astype("<f4", copy=False).tofile(f)
+    return np.load(path, mmap_mode="r")
+
+
+def _feature_chunks(frozen, dataset, size, batch_size):
+    """The frozen part's float32 output over a dataset's images, in chunks of whole batches of about `CHUNK_BYTES`.
+
+    Yields float32 arrays `(chunk, *feature_shape)`; checks that they add up to ``size`` images.
+    """
+    images = dataset.map(pipeline.images_only)
+    batches = max(1, CHUNK_BYTES // (feature_bytes(frozen) * batch_size))
+    done = 0
+    for chunk in images.unbatch().batch(batches * batch_size):
+        # predict splits the chunk into the dataset's own batches, so each image meets the same kernels as before.
+        out = np.asarray(frozen.predict(chunk, batch_size=batch_size, verbose=0), dtype=np.float32)
+        done += len(out)
+        yield out
+    if done != size:
+        raise RuntimeError(f"The frozen part's features cover {done} images, expected {size}.")
 
 
 def _labels(data, indices):
@@ -631,7 +789,10 @@ def _labels(data, indices):
 
 
 def _feature_dataset(features, labels, *, batch_size, shuffle, seed, initial_epoch):
-    """Batches of cached features ``(copies, n, ...)`` with their labels.
+    """Batches of cached features with their labels.
+
+    ``features`` is a float32 array or read-only memory map `(copies, n, ...)`: only each batch's rows are read from
+    it, so a cache on disk is never loaded whole.
 
     One copy: a finite dataset shuffled exactly as `streetlib.data.pipeline.make_dataset` shuffles the images, so the
     cached path sees the same batches as the plain one. Several copies: an endless dataset where epoch ``e`` is copy
