@@ -1,4 +1,5 @@
 import errno
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import tensorflow as tf
 from conftest import run_script
 
 from streetlib.evaluation.evaluate import predict
+from streetlib.models import network as models
+from streetlib.models import weights
 from streetlib.runs import RunId, RunLayout
 from streetlib.training import train
 from streetlib.training.config import Execution, RunConfig
@@ -93,11 +96,14 @@ def _assert_same_training(a, b, start):
 def test_cached_features_train_like_the_plain_path(transfer_runs, toy_data, toy_data_split):
     runs, dirs, start = transfer_runs
     assert runs["none"].manifest["cache_plan"]["mode"] == "none"
+    size = (40 + 10) * 512 * 4
     assert runs["features"].manifest["cache_plan"] == {
         "mode": "features",
+        "store": "memory",
         "copies": 1,
-        "bytes": (40 + 10) * 512 * 4,
-        "reason": "no augmentation: exact",
+        "bytes": size,
+        "path": None,
+        "reason": f"no augmentation: exact; in memory: {size} bytes <= max_cache_bytes={2 * 2**30}",
     }
     # The head really trained (so agreeing is not two untouched models agreeing).
     assert runs["none"].history["city_loss"].iloc[-1] != runs["none"].history["city_loss"].iloc[0]
@@ -119,6 +125,14 @@ def test_cached_features_train_like_the_plain_path(transfer_runs, toy_data, toy_
     }
     assert finetuned["features"].manifest["cache_plan"]["bytes"] == (40 + 10) * 2 * 2 * 512 * 4  # block4_pool output
     assert finetuned["none"].manifest["config"]["weights"] == "hed-bsds500"  # the source of init_from
+    # The file a fine-tune's weights were read from is the model it starts from.
+    init = runs["features"].best_path
+    assert finetuned["none"].manifest["config"]["weights_file"] == {
+        "path": str(init.resolve()),
+        "sha256": hashlib.sha256(init.read_bytes()).hexdigest(),
+        "verified": None,
+        "detail": "the model this fine-tune starts from (init_from)",
+    }
     _assert_same_training(finetuned["none"], finetuned["features"], finetune_start.weights)
     block5 = finetuned["none"].model.get_layer("backbone").get_layer("block5_conv1").get_weights()[0]
     block4 = finetuned["none"].model.get_layer("backbone").get_layer("block4_conv3").get_weights()[0]
@@ -165,6 +179,8 @@ def test_a_run_writes_history_manifest_and_models(transfer_runs, toy_data, toy_d
     assert manifest["status"] == "complete" and manifest["epochs_done"] == 2
     config = manifest["config"]
     assert config["weights"] == "hed-bsds500" and config["normalization"] == "caffe-bvlc"
+    assert config["weights_file"]["verified"] is True and config["weights_file"]["path"].endswith(".weights.h5")
+    assert config["weights_file"]["sha256"] == hashlib.sha256(Path(weights._hed_file()).read_bytes()).hexdigest()
     assert config["optimizer"] == {"name": "nadam", "learning_rate": 0.002}
     assert config["loss_weights"] == {"region": 0.5, "city": 1.0} and config["frozen_through"] == "backbone"
     assert manifest["dataset"]["label"] == "toy (synthetic demo data)" and len(manifest["dataset"]["hash"]) == 40
@@ -386,25 +402,91 @@ def test_augmented_cache_cycles_through_copies():
         np.testing.assert_allclose((x - np.floor(x + 1e-6)) * 10, city, atol=1e-4)  # labels follow their features
 
 
-def test_cache_plan_states_its_choice(toy_data):
-    from streetlib.models import network as models
-
+def test_cache_plan_states_its_choice(toy_data, tmp_path, monkeypatch):
     model = models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec)
-    common = {"n_train": 40, "n_val": 10, "max_bytes": 10**6}
+    common = {"n_train": 40, "n_val": 10, "max_bytes": 10**6, "directory": tmp_path / "r.features"}
     plan = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **common)
+    size = (4 * 40 + 10) * 2048
     assert plan == {
         "mode": "features",
+        "store": "memory",
         "copies": 4,
-        "bytes": (4 * 40 + 10) * 2048,
-        "reason": "4 augmented copies of the frozen part's output",
+        "bytes": size,
+        "path": None,
+        "reason": f"4 augmented copies of the frozen part's output; in memory: {size} bytes <= max_cache_bytes=1000000",
     }
-    small = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **{**common, "max_bytes": 10})
-    assert small["mode"] == "none" and "max_cache_bytes=10" in small["reason"]
+    monkeypatch.setattr(train, "_free_bytes", lambda directory: 10**9)
+    disk = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **{**common, "max_bytes": 10})
+    assert disk["store"] == "disk" and disk["path"] == str(tmp_path / "r.features")
+    assert disk["reason"].endswith(f"on disk: {size} bytes > max_cache_bytes=10, and 1000000000 bytes are free there")
+
+    monkeypatch.setattr(train, "_free_bytes", lambda directory: 1000)
+    small = {**common, "max_bytes": 10}
+    neither = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **small)
+    assert neither["mode"] == "none" and neither["reason"] == (
+        f"a 4-copy feature cache needs {size} bytes: more than max_cache_bytes=10 in memory and than the 1000 bytes "
+        f"free on the disk of {tmp_path / 'r.features'}"
+    )
+    with pytest.raises(OSError, match=r"^cache='features' cannot be kept: a 4-copy feature cache needs"):
+        train.plan_cache("features", model, through="backbone", augment=True, copies=4, **small)
     assert train.plan_cache("auto", model, through=None, augment=False, copies=1, **common)["reason"] == (
         "nothing is frozen"
     )
     with pytest.raises(ValueError, match="cache='features' needs a frozen part"):
         train.plan_cache("features", model, through=None, augment=False, copies=1, **common)
+
+
+def test_finetuning_at_street10s_size_caches_on_disk(tmp_path, monkeypatch):
+    # Street10's split at 224 px, fine-tuned above block4_pool with 2 augmented copies, under the default budget:
+    # the cache is 2.77 GB, more than the 2 GiB held in memory, so it goes to disk instead of being dropped.
+    monkeypatch.setattr(train, "_free_bytes", lambda directory: 80 * 10**9)  # a Colab disk's free space
+    model = models.build_model(input_shape=(224, 224, 3))
+    plan = train.plan_cache(
+        "auto",
+        model,
+        through="block4_pool",
+        augment=True,
+        copies=2,
+        n_train=3166,
+        n_val=564,
+        max_bytes=Execution().max_cache_bytes,
+        directory=tmp_path / "r.features",
+    )
+    assert plan["bytes"] == (2 * 3166 + 564) * 14 * 14 * 512 * 4 == 2_768_109_568
+    assert plan["mode"] == "features" and plan["store"] == "disk", plan["reason"]
+
+
+class _FeatureFiles(keras.callbacks.Callback):
+    """Records the cache files present while the run trains."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder, self.files = folder, None
+
+    def on_train_begin(self, logs=None):
+        self.files = sorted(p.name for p in self.folder.iterdir()) if self.folder.exists() else []
+
+
+def test_a_cache_on_disk_trains_exactly_like_one_in_memory(toy_data, toy_data_split, out_dirs):
+    # Two augmented copies: the endless multi-copy dataset, read from a memory map in one run, from RAM in the other.
+    config = _config(epochs=2, augment=True, augment_copies=2, cache="features")
+    layout = RunLayout(**out_dirs)
+    results, seen = {}, {}
+    for store, budget in (("memory", 2 * 2**30), ("disk", 0)):
+        run = RunId("store", store)
+        seen[store] = _FeatureFiles(layout.models("store") / f"{store}.features")
+        execution = Execution(max_cache_bytes=budget, verbose=0)
+        results[store] = train.run_phase(
+            toy_data, toy_data_split, config, run=run, layout=layout, execution=execution, callbacks=[seen[store]]
+        )
+        assert results[store].manifest["cache_plan"]["store"] == store
+    assert seen["memory"].files == [] and seen["disk"].files == ["train.npy", "val.npy"]
+    assert not (layout.models("store") / "disk.features").exists()  # removed once the run finished
+    # The same kernels on the same batches in the same order: the stores hold bit-identical features, so the two
+    # trainings are one computation, equal to the last bit.
+    pd.testing.assert_frame_equal(results["disk"].history, results["memory"].history, check_exact=True)
+    for a, b in zip(results["disk"].model.weights, results["memory"].model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
 def test_invalid_starting_models_are_named(toy_data, toy_data_split, tmp_path):

@@ -93,8 +93,9 @@ class RunConfig:
         head, pooling, units, filters, head_stride, dropout: the head, see `network.build_model`. Default
             the original's dense head with average pooling.
         augment: bool or dict of `streetlib.data.pipeline.augmentation` arguments. Default True (the original's).
-        cache: 'auto' (default): train on cached frozen-part features when something is frozen and the cache fits
-            the execution's ``max_cache_bytes``; 'features': always cache; 'none': never.
+        cache: 'auto' (default): train on cached frozen-part features when something is frozen, in memory if the
+            cache fits the execution's ``max_cache_bytes``, else on disk if it has room, else without a cache;
+            'features': the same but an error when neither has room; 'none': never cache.
         augment_copies: int >= 1, K augmented copies cached when augmenting and caching. Default 4.
         seed: int >= 0, seeds weights, dropout, shuffling and augmentation. Default 0.
         frozen_through: str, the layer frozen through ('backbone', a backbone layer such as 'block4_pool'), or
@@ -273,12 +274,15 @@ class RunConfig:
             if f.name not in skipped and getattr(other, f.name) != getattr(self, f.name)
         }
 
-    def to_manifest(self, run, *, init_from=None, xla=False):
+    def to_manifest(self, run, *, init_from=None, weights_file=None, xla=False):
         """The manifest's ``config`` record of a run of this configuration.
 
         Args:
             run: `streetlib.runs.RunId`.
             init_from: str or None, the portable path of the model a fine-tune started from.
+            weights_file: dict or None, the file the starting weights were read from: ``path``, ``sha256``,
+                ``verified`` and ``detail`` (see `streetlib.models.weights.provenance`); recorded, not part of the
+                identity.
             xla: bool, whether the train step was XLA-compiled (recorded, not part of the identity).
 
         Returns:
@@ -292,6 +296,7 @@ class RunConfig:
             "phase": self.phase,
             "weights": self.weights,
             "weights_label": weights_lib.describe(self.weights),
+            "weights_file": weights_file,
             "init_from": init_from,
             "backbone": self.backbone,
             "image_size": self.image_size,
@@ -351,8 +356,9 @@ class Execution:
         strategy: None or 'auto' (TPU, several GPUs, one GPU or CPU, whichever is there), 'default', 'mirrored',
             'tpu', or a `tf.distribute.Strategy` (see `streetlib.training.train.choose_strategy`).
         xla: bool, compile the train step with XLA. Default False.
-        max_cache_bytes: int, the largest feature cache ``cache='auto'`` accepts: a memory budget (the manifest's
-            ``cache_plan`` records what it decided). Default 2 GiB.
+        max_cache_bytes: int, the largest feature cache held in memory, in bytes; a larger one is written to the
+            run's models folder and read from there a batch at a time (the manifest's ``cache_plan`` records what
+            was decided and why). Default 2 GiB.
         verbose: Keras's fit verbosity: 'auto' (default, a progress bar), 0, 1 or 2.
     """
 
