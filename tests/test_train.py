@@ -266,7 +266,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_spli
 
     config = _config(epochs=4, augment=False, cache="none")
     where = dict(run=RunId("resume", "r"), layout=RunLayout(**dirs))
-    with pytest.raises(FileExistsError, match="was interrupted. Pass resume=True"):
+    with pytest.raises(FileExistsError, match=r"was interrupted. Pass Execution\(resume=True\)"):
         train.run_phase(toy_data, toy_data_split, config, execution=Execution(resume=False, verbose=0), **where)
     with pytest.raises(ValueError, match=r"Cannot resume run 'r' with different parameters \(seed: 0 -> 1\)"):
         train.run_phase(toy_data, toy_data_split, config.replace(seed=1), execution=QUIET, **where)

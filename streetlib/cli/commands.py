@@ -202,6 +202,19 @@ def _cmd_report(args):
         print(f"Wrote {path}")
 
 
+def _cmd_colab(args):
+    from streetlib import colab
+
+    if args.repository:
+        changed = colab.set_repository(args.repository, ref=args.ref, branch=args.branch)
+    else:
+        changed = colab.sync()
+    config = colab.settings()
+    print(f"Colab installs {colab.install_spec(config)}; the badges open {colab.badge_base(config)}")
+    for path in changed:
+        print(f"Wrote {path}")
+
+
 def _cmd_bench(args):
     from pathlib import Path
 
@@ -233,6 +246,15 @@ def _add_results_commands(sub):
     )
     p.add_argument("--out", help="output Markdown file (default: BENCHMARKS.md in the repository; none with --quick)")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser(
+        "colab",
+        help="set the repository Colab installs from and the badges open ([tool.streetlib] in pyproject.toml), "
+        "and write it into the notebooks and the README",
+    )
+    p.add_argument("repository", nargs="?", help="OWNER/NAME of a fork on GitHub; omitted: write the current one")
+    p.add_argument("--ref", default=None, help="the tag or commit Colab installs (with a repository: required)")
+    p.add_argument("--branch", default="main", help="the branch the badges open (default: %(default)s)")
+    p.set_defaults(func=_cmd_colab)
 
 
 def build_parser():

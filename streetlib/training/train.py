@@ -439,12 +439,13 @@ def _prepare_outputs(run_files, run, config, record, *, resume, force):
     if previous is None or previous.get("status") == "complete":
         raise FileExistsError(
             f"Run {run.name!r} of experiment {run.experiment!r} already has results "
-            f"({', '.join(str(p) for p in existing)}). Choose another run name, or pass force=True to replace them."
+            f"({', '.join(str(p) for p in existing)}). Choose another run name (from the command line: -p variant "
+            "NAME), or pass Execution(force=True) to replace them."
         )
     if not resume:
         raise FileExistsError(
-            f"Run {run.name!r} of experiment {run.experiment!r} was interrupted. Pass resume=True to "
-            f"continue it, or force=True to start it over."
+            f"Run {run.name!r} of experiment {run.experiment!r} was interrupted. Pass Execution(resume=True) "
+            f"to continue it, or Execution(force=True) to start it over."
         )
     changed = config.changes(RunConfig.from_manifest(previous["config"]), resuming=True)
     if previous["config"].get("init_from") != record["init_from"]:
@@ -453,7 +454,8 @@ def _prepare_outputs(run_files, run, config, record, *, resume, force):
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ValueError(
             f"Cannot resume run {run.name!r} with different parameters ({detail}). "
-            f"Use the same parameters, another run name, or force=True."
+            f"Use the same parameters, another run name (from the command line: -p variant NAME), or "
+            "Execution(force=True)."
         )
     epoch, restore = RunBackup.restore_point(run_files["backup"])
     return epoch, restore, previous
