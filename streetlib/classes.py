@@ -180,6 +180,9 @@ STREET10 = ClassSpec.from_dict(
         },
     }
 )
+# The published Street10's images per class, in `STREET10.classes` order (4,151 in all): what a plan assumes when the
+# files are not there yet, and the size of the benchmarks' Street10-like data.
+STREET10_COUNTS = (482, 379, 503, 436, 354, 434, 553, 353, 275, 382)
 
 SYNTH10 = ClassSpec.from_dict(
     {

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-STREET10_COUNTS = (482, 379, 503, 436, 354, 434, 553, 353, 275, 382)
+from streetlib.classes import STREET10_COUNTS
 
 
 @dataclass

@@ -130,10 +130,29 @@ def _add_data_commands(sub):
     p.set_defaults(func=_cmd_build)
 
 
+def _cmd_plan(args, overrides):
+    """``streetlib run --plan``: the work, the time on this device and the peaks, against the budgets given."""
+    from streetlib.experiments import planning
+
+    budgets = {
+        "seconds": args.budget and planning.parse_seconds(args.budget),
+        "host_bytes": args.host_memory and planning.parse_bytes(args.host_memory),
+        "device_bytes": args.device_memory and planning.parse_bytes(args.device_memory),
+        "disk_bytes": args.disk and planning.parse_bytes(args.disk),
+    }
+    plan = planning.make_plan(args.notebooks, profile=args.profile, overrides=overrides, grid=args.grid)
+    calibration = planning.calibrate(plan.image_size, batch_size=plan.batch_size)
+    checks = planning.check_budgets(plan, calibration, **budgets)
+    print(planning.to_json(plan, calibration, checks) if args.json else planning.format_plan(plan, calibration, checks))
+    return 0 if all(c["fits"] for c in checks) else 1
+
+
 def _cmd_run(args):
     from streetlib.experiments import runner
 
     overrides = {name: runner.parse_value(value) for name, value in args.param}
+    if args.plan:
+        return _cmd_plan(args, overrides)
     try:
         results = runner.run(
             args.notebooks,
@@ -184,6 +203,17 @@ def _add_run_command(sub):
         default=None,
         help="stop a cell after this many seconds (default: no limit; training cells run for hours)",
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="run nothing: print every training run and the other work, the time on this device (a short "
+        "calibration), peak memory and disk, and whether they fit the budgets below (exit status 1 if not)",
+    )
+    p.add_argument("--budget", help="with --plan: the time available, e.g. 12h (a Colab session)")
+    p.add_argument("--host-memory", help="with --plan: the host's RAM, e.g. 12GB")
+    p.add_argument("--device-memory", help="with --plan: the accelerator's memory, e.g. 15GB (a T4)")
+    p.add_argument("--disk", help="with --plan: the free disk, e.g. 50GB")
+    p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
     p.set_defaults(func=_cmd_run)
 
 
