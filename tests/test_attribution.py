@@ -350,7 +350,10 @@ def test_models_that_cannot_be_split_or_explained():
     nested = keras.Model(inp, keras.layers.Dense(2, name="city_logits")(keras.layers.Flatten()(backbone(inp))))
     with pytest.raises(ValueError, match="Cannot split model .* at layer 'conv'"):
         A.Explainer(nested)
-    two = keras.Model([inp, keras.Input((2,))], keras.layers.Dense(2, name="city_logits")(keras.layers.Flatten()(conv)))
+    # Both inputs feed the logits: Keras 3.10 refuses a model with an unused input before attribution could.
+    extra = keras.Input((2,))
+    joined = keras.layers.Concatenate()([keras.layers.Flatten()(conv), extra])
+    two = keras.Model([inp, extra], keras.layers.Dense(2, name="city_logits")(joined))
     with pytest.raises(ValueError, match="has 2 tensors; attribution supports single-input"):
         A.Explainer(two)
 

@@ -399,7 +399,9 @@ def test_null_directions_of_the_svd_never_reach_nndsvd(planted, monkeypatch):
             vt[j] = np.eye(x.shape[1])[-1]
         return u, s, vt
 
-    monkeypatch.setattr(_nmf, "_randomized_svd", svd_with_bad_null_directions)
+    # The SVD that NNDSVD calls: `_randomized_svd` in scikit-learn 1.9 (the lock), `randomized_svd` in 1.6 (the floor).
+    svd_name = "_randomized_svd" if hasattr(_nmf, "_randomized_svd") else "randomized_svd"
+    monkeypatch.setattr(_nmf, svd_name, svd_with_bad_null_directions)
     images, _, labels, _ = planted
     found = C.discover_concepts(
         images,

@@ -128,6 +128,28 @@ def _single(tensors, what):
     return tensors[0]
 
 
+def _model_between(start, end):
+    """`keras.Model(start, end)` for two tensors of one model, refused with ValueError when ``end`` also depends on
+    a tensor before ``start`` (the model's input past a skip connection): no "start -> end" part exists.
+
+    Keras 3.11 and later refuse such a model themselves; Keras 3.10 builds it and fails only when it is called, with
+    a KeyError from inside its graph walk. So the graph is walked back from ``end`` here, node by node as Keras
+    records them, and every path must reach ``start`` before an input layer.
+    """
+    seen, stack = {id(start)}, [end]
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        operation, node_index, _ = tensor._keras_history
+        node = operation._inbound_nodes[node_index]
+        if node.is_input:
+            raise ValueError(f"{end.name} depends on the input {tensor.name}, not only on {start.name}")
+        stack.extend(node.input_tensors)
+    return keras.Model(start, end)
+
+
 def logits_tensor(model, output):
     """The symbolic logits of one output of ``model``, shape `(batch, classes)`.
 
@@ -314,7 +336,7 @@ class Explainer:
             # post[i] (i >= 1): nested model i's layer output -> its own output (none where they are the same
             # tensor); the outer model's part, per output, is built in `_layer_fn`.
             self._post = [
-                keras.Model(n.output_tensors[0], out)
+                _model_between(n.output_tensors[0], out)
                 for c, n in zip(containers[1:], nodes[1:], strict=True)
                 if (out := _single(c.outputs, f"Nested model {c.name!r} output")) is not n.output_tensors[0]
             ]
@@ -348,7 +370,7 @@ class Explainer:
         if output not in self._layer_fns:
             logits = logits_tensor(self.model, output)
             try:
-                head = keras.Model(self._split_at, logits)
+                head = _model_between(self._split_at, logits)
             except ValueError as err:
                 raise ValueError(f"Cannot split model {self.model.name!r} at layer {self.layer!r}: {err}") from err
             pre, post = self._pre, self._post

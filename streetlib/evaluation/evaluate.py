@@ -251,7 +251,7 @@ def predict(model, data, indices, *, normalization, image_size, batch_size=32):
         `(n, d)`, in the order of ``indices``.
     """
     embedding = models.head_layers(model)[-1].output
-    probe = keras.Model(model.input, {**{o: model.get_layer(o).output for o in OUTPUTS}, "embedding": embedding})
+    probe = keras.Model(model.inputs[0], {**{o: model.get_layer(o).output for o in OUTPUTS}, "embedding": embedding})
     ds = pipeline.make_dataset(
         data, indices, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
     )
@@ -277,7 +277,7 @@ def score_run(model, data, split, *, normalization, subset="test", similarity="c
     """
     _check_similarity(similarity)  # before predicting, which takes the time
     indices = split[subset]
-    image_size = int(model.input.shape[1])
+    image_size = int(model.inputs[0].shape[1])  # `model.input` is a list on a model loaded by Keras 3.10
     out = predict(model, data, indices, normalization=normalization, image_size=image_size, batch_size=batch_size)
     names = {output: data.spec.class_names(output) for output in OUTPUTS}
     return score(data.labels(indices), out, names, similarity=similarity, n_bins=n_bins)

@@ -423,6 +423,24 @@ def _sigterm_stops():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _retrieve_abandoned_cell(interrupt):
+    """Retrieve the error of the cell that Ctrl-C or SIGTERM abandoned, so asyncio prints no traceback for it.
+
+    The interrupt leaves the cell's task pending in asyncio's ``run_until_complete`` (its local ``future``, in a
+    frame of ``interrupt``'s traceback). While papermill then shuts the kernel down, a kernel of ipykernel 6.17 with
+    IPython 7.34 (Colab's, our floor) still answers the cell with a KeyboardInterrupt error: the task finishes with an
+    exception that nobody awaits, printed as a traceback when it is collected. The lock's ipykernel 7 does not answer.
+    """
+    import asyncio
+
+    tb = interrupt.__traceback__
+    while tb is not None:
+        task = tb.tb_frame.f_locals.get("future")
+        if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
+            task.exception()
+        tb = tb.tb_next
+
+
 def execute(notebook, output, params, *, root_dir=None, force=False, cell_timeout=None, progress=True, report=print):
     """Execute one notebook with papermill, or skip it if it already finished with the same parameters.
 
@@ -481,6 +499,7 @@ def execute(notebook, output, params, *, root_dir=None, force=False, cell_timeou
             status = "failed"
             error = f"{_cell_where(output)}: the kernel died (out of memory?). Its log: {kernel_log}"
         except KeyboardInterrupt as err:
+            _retrieve_abandoned_cell(err)
             stopped_by = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
             how = "SIGTERM" if stopped_by == signal.SIGTERM else "Ctrl-C"
             status, error = "interrupted", f"{_cell_where(output)}: stopped by {how}"
