@@ -1,3 +1,5 @@
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -198,7 +200,8 @@ def test_invalid_arguments_are_named():
 def _documented_args(doc):
     """Argument names of a Google-style ``Args:`` section ("a, b: ..." documents both)."""
     names, inside = [], False
-    for line in (doc or "").splitlines():
+    # Dedented first: Python 3.13 strips a docstring's common indentation when it compiles it, 3.11 keeps it.
+    for line in inspect.cleandoc(doc or "").splitlines():
         stripped = line.strip()
         if stripped == "Args:":
             inside = True
@@ -206,7 +209,7 @@ def _documented_args(doc):
         if inside and (stripped.endswith(":") and " " not in stripped or not stripped and names):
             break
         head = stripped.split(":", 1)[0]
-        if inside and ":" in stripped and line.startswith(" " * 8) and not line.startswith(" " * 12):
+        if inside and ":" in stripped and line.startswith(" " * 4) and not line.startswith(" " * 8):
             names += [n.strip().lstrip("*") for n in head.split(",")]
     return names
 
