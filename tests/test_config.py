@@ -88,7 +88,9 @@ def test_equal_settings_make_equal_configs():
     assert RunConfig(normalization="raw").replace(weights="random").input_normalization == "raw"
 
 
-@pytest.mark.parametrize("path", sorted(HISTS.glob("0[34]-*/*.json")), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path", sorted(HISTS.glob("*/0[34]-*/*.json")), ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.name}"
+)
 def test_the_manifest_record_round_trips_the_committed_runs(path):
     record = json.loads(path.read_text())["config"]
     config = RunConfig.from_manifest(record)
@@ -106,6 +108,7 @@ def test_a_transfer_record_is_the_one_training_writes():
         "phase": "transfer",
         "weights": "hed-bsds500",
         "weights_label": "HED-BSDS500 (VGG16 conv layers of an edge detector, not a scene classifier)",
+        "weights_file": None,
         "init_from": None,
         "backbone": "vgg16",
         "image_size": 64,

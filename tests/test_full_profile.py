@@ -160,7 +160,7 @@ def test_04_fine_tunes_above_block4_pool_from_each_transfer_run(rehearsal):
     for source in SOURCES:
         for seed in SEEDS:
             manifest = json.loads(
-                (_hists(root, "04-finetune") / f"{source}-finetune-block4_pool-seed{seed}.json").read_text()
+                (_hists(root, "04-finetune") / f"{source}-finetune-block4-seed{seed}.json").read_text()
             )
             assert manifest["status"] == "complete"
             assert manifest["config"]["frozen_through"] == "block4_pool"
