@@ -491,3 +491,45 @@ def test_a_shared_parameter_set_for_one_notebook_is_refused(setup, tmp_path, mon
     _notebook(nbs / "01_first.ipynb", "image_size = 224\n", "pass")
     with pytest.raises(ValueError, match=r"\['image_size'\] are set for 01_first.ipynb alone.*set them under `all`"):
         runner.resolve_parameters(nbs / "01_first.ipynb", runner.load_profile("p"), {})
+
+
+@pytest.mark.slow
+def test_a_colab_disconnect_mid_epoch_resumes_with_the_same_command(tmp_path, monkeypatch):
+    # What a Colab disconnect does: the kernel dies mid-epoch (SIGKILL: no handler, no clean-up) while the outputs
+    # live elsewhere (the Drive folder given as output_root). The same command then resumes the training run.
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    root = tmp_path / "drive"
+    monkeypatch.setattr(runner.paths, "notebooks_dir", lambda: runner.PROFILES_FILE.parents[2] / "notebooks")
+    overrides = {"output_root": str(root), "epochs": 4, "weight_sources": ["random"], "split_seeds": [42]}
+    command = dict(profile="smoke", overrides=overrides, progress=False, report=lambda line: None)
+    progress = root / "notebooks" / "executed" / "smoke" / "03_pretrained_comparison.progress.log"
+
+    def kill_the_kernel_after_epoch_2():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if progress.is_file() and "epoch 2/4" in progress.read_text():
+                for child in psutil.Process().children(recursive=True):
+                    if "ipykernel" in " ".join(child.cmdline()):
+                        child.send_signal(signal.SIGKILL)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_kernel_after_epoch_2, daemon=True)
+    killer.start()
+    first = runner.run(["00", "03"], **command)
+    killer.join()
+    assert [r.status for r in first] == ["done", "failed"] and "the kernel died" in first[1].error
+
+    again = runner.run(["00", "03"], **command)
+    assert [r.status for r in again] == ["skipped", "done"]
+    manifest = json.loads(
+        (root / "hists" / "synth-smoke" / "03-pretrained" / "random-transfer-seed42.json").read_text()
+    )
+    assert manifest["status"] == "complete" and manifest["resumed_at_epochs"][0] >= 2  # not from the start
+    history = (root / "hists" / "synth-smoke" / "03-pretrained" / "random-transfer-seed42.csv").read_text()
+    assert [line.split(",")[0] for line in history.splitlines()[1:]] == ["0", "1", "2", "3"]  # every epoch once
