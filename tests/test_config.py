@@ -95,7 +95,9 @@ def test_the_manifest_record_round_trips_the_committed_runs(path):
     record = json.loads(path.read_text())["config"]
     config = RunConfig.from_manifest(record)
     run = RunId.from_name(record["experiment"], record["run"])
-    written = config.to_manifest(run, init_from=record["init_from"], xla=record["xla"])
+    written = config.to_manifest(
+        run, init_from=record["init_from"], weights_file=record["weights_file"], xla=record["xla"]
+    )
     assert written == record and list(written) == list(record)  # same keys, values and order
     assert RunConfig.from_manifest(written) == config
 
