@@ -37,7 +37,12 @@ SHRUNK = {  # images and epochs, and the costly methods' sample counts: nothing 
     "leaderboard_images": 2,
     "leaderboard_outputs": ["city"],  # every method still runs, on one output: at 224 px each costs minutes here
     "method_images": {"occlusion": 1, "rise": 1, "score_cam": 1, "smoothgrad": 1, "integrated_gradients": 1},
-    "method_params": {"rise": {"masks": 8}, "smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 2}},
+    "method_params": {
+        "rise": {"masks": 8},
+        "smoothgrad": {"samples": 2},
+        "integrated_gradients": {"steps": 2},
+        "occlusion": {"patch": 56, "stride": 56},
+    },
     "control_images": 1,
     "randomization_images": 1,
     "curve_steps": 2,

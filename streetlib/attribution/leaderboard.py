@@ -219,7 +219,8 @@ def _method_scores(ctx, method, layer):
             inputs, model, method=method, output=ctx.output, layer=layer, target=target[:count], **params
         ).maps
 
-    attribute(ctx.inputs[:2], ctx.model, method=method, output=ctx.output, layer=layer, **params)  # traces once
+    # Traces once, on one image: a costly method's warm-up (Score-CAM: 513 forward passes an image) is not free.
+    attribute(ctx.inputs[:1], ctx.model, method=method, output=ctx.output, layer=layer, **params)
     maps, seconds = _seconds(lambda: run(ctx.model, ctx.target, n))
     curves = _curves(ctx, maps)
     values = {

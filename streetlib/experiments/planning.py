@@ -572,7 +572,7 @@ def _plan_attribution(ctx, params):
 
 def _leaderboard_passes(spec, images, *, channels, image_size):
     """(forward, backward) passes of the model for `board_lib.leaderboard` on ``images`` images: per output and
-    method, its maps (and a 2-image tracing call), the two sanity checks' maps and the deletion and insertion curves
+    method, its maps (and a 1-image tracing call), the two sanity checks' maps and the deletion and insertion curves
     on its control images; the random floor's curves; one timing forward pass of every image."""
     forward = backward = 0.0
     layers = len(spec.layers or [None])
@@ -581,8 +581,8 @@ def _leaderboard_passes(spec, images, *, channels, image_size):
         k = min(spec.control_images or n, n)
         f, b = method_passes(method, spec.params.get(method, {}), channels=channels, image_size=image_size)
         times = (layers if METHODS[method].uses_layer else 1) * len(spec.outputs)
-        forward += times * ((n + 2 + 2 * k) * f + 2 * k * (spec.curve_steps + 1))
-        backward += times * (n + 2 + 2 * k) * b
+        forward += times * ((n + 1 + 2 * k) * f + 2 * k * (spec.curve_steps + 1))
+        backward += times * (n + 1 + 2 * k) * b
     k = min(spec.control_images or images, images)
     forward += len(spec.outputs) * (images + 2 * k * (spec.curve_steps + 1))
     return forward, backward
