@@ -392,8 +392,10 @@ def test_notebook_00_stops_on_a_dataset_made_with_other_parameters(tmp_path, mon
     assert json.loads((root / "dataset.json").read_text())["per_class"] == 6
     result = run_00(image_size=7)
     assert result.status == "failed" and "Invalid `size`. Expected an int >= 32. Received: size=7" in result.error
-    # New images invalidate the saved split, which make_splits refuses to reuse; the person deletes it.
-    (tmp_path / "data" / "splits" / "synth-smoke-seed42.json").unlink()
+    # New images invalidate the saved splits (one per seed of the profile), which make_splits refuses to reuse; the
+    # person deletes them.
+    for split in (tmp_path / "data" / "splits").glob("synth-smoke-seed*.json"):
+        split.unlink()
     result = run_00(per_class=20, overwrite=True)
     assert result.status == "done", result.error
     assert json.loads((root / "dataset.json").read_text())["per_class"] == 20
