@@ -2,7 +2,8 @@
 ``_parameter_constraints`` is the model).
 
 A configuration class lists, per field, the constraints a value may satisfy (any one of them); `validate_parameters`
-checks an instance once, in ``__post_init__``, and names the first field that fits none, with what was expected.
+checks an instance once, in ``__post_init__``, and names the first field that fits none, with what was expected;
+`validate` does the same for a function's parameters.
 A constraint is None (the value None), ``bool`` or ``str`` (an instance of it), or an object with
 ``is_satisfied_by(value)`` and a ``__str__`` that says what it expects: `Interval`, `Options`, `Keys`, `Items`.
 Used by `streetlib.training.config.RunConfig` and ``Execution``, `streetlib.baselines.classifiers.BaselineGrid` and
@@ -81,17 +82,28 @@ def _describe(constraint):
     return {None: "None", bool: "a bool", str: "a str"}.get(constraint) or str(constraint)
 
 
+def validate(values, constraints):
+    """Check named values against their constraints: ``values`` maps a name to its value, ``constraints`` a name to
+    the list of constraints it may satisfy (any one of them). For the parameters of a function.
+
+    Raises:
+        ValueError: naming the first value that matches none of its constraints.
+    """
+    for name, allowed in constraints.items():
+        value = values[name]
+        if not any(_satisfied(c, value) for c in allowed):
+            expected = " or ".join(_describe(c) for c in allowed)
+            raise ValueError(f"Invalid `{name}`. Expected {expected}. Received: {name}={value!r}")
+
+
 def validate_parameters(owner):
-    """Check every field of a dataclass instance against its class's ``_parameter_constraints``.
+    """Check every field of a dataclass instance against its class's ``_parameter_constraints`` (see `validate`).
 
     Raises:
         ValueError: naming the first field whose value matches none of its constraints.
     """
-    for name, constraints in owner._parameter_constraints.items():
-        value = getattr(owner, name)
-        if not any(_satisfied(c, value) for c in constraints):
-            expected = " or ".join(_describe(c) for c in constraints)
-            raise ValueError(f"Invalid `{name}`. Expected {expected}. Received: {name}={value!r}")
+    fields = owner._parameter_constraints
+    validate({name: getattr(owner, name) for name in fields}, fields)
 
 
 class Items:
