@@ -24,7 +24,7 @@ from streetlib.experiments import runner, study
 ROOT = paths.REPO_ROOT
 # A fraction with at least two decimals (0.83, 0.6010; versions such as 3.11 are not results), or a percentage.
 NUMBER = re.compile(r"(?<![\w.\-/])(0\.\d{2,}|\d+(?:\.\d+)?)(\s?%)?(?![\w.]*\d)")
-CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
+CODE = re.compile(r"```.*?```|`[^`]*`", re.DOTALL)
 
 
 def _tracked(pattern):
