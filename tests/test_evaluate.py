@@ -283,33 +283,25 @@ def _seed_frame(scores):
     )
 
 
-def test_seed_summary_and_paired_comparison_by_hand():
-    frame = _seed_frame({"A": {1: 0.50, 2: 0.60, 3: 0.55}, "B": {1: 0.60, 2: 0.65, 3: 0.65, 4: 0.7}})
-
-    summary = evaluate.compare_seeds(frame)
-    assert summary.loc["A", "n"] == 3 and summary.loc["A", "mean"] == pytest.approx(0.55)
-    assert summary.loc["A", "std"] == pytest.approx(0.05) and summary.loc["B", "max"] == 0.7
-
-    result = evaluate.paired_comparison(frame, a="A", b="B")
-    assert result["n"] == 3  # seed 4 has no partner
-    assert result["mean_difference"] == pytest.approx(0.25 / 3)
-    assert result["std_difference"] == pytest.approx(np.std([0.1, 0.05, 0.1], ddof=1))
-    assert result["t"] == pytest.approx(5.0)  # mean / (std / sqrt(3)) = 0.08333 / 0.016667
-    assert result["p_value"] == pytest.approx(0.0377, abs=1e-4)
-    assert result["per_seed"]["difference"].tolist() == pytest.approx([0.1, 0.05, 0.1])
+def test_seed_scores_give_one_value_per_seeded_run():
+    frame = _seed_frame({"A": {1: 0.50, 2: 0.60}, "B": {2: 0.65}})
+    frame = pd.concat([frame, frame.assign(output="region", value=0.9)], ignore_index=True)
+    scores = evaluate.seed_scores(frame)  # city, best checkpoint, test: the defaults
+    assert scores.to_dict("records") == [
+        {"config": "A", "seed": 1, "value": 0.50},
+        {"config": "A", "seed": 2, "value": 0.60},
+        {"config": "B", "seed": 2, "value": 0.65},
+    ]
+    assert evaluate.seed_scores(frame, output="region")["value"].tolist() == [0.9, 0.9, 0.9]
 
 
 def test_repeated_run_errors_are_named():
     frame = _seed_frame({"A": {1: 0.5}, "B": {2: 0.6}})
-    with pytest.raises(ValueError, match="'A' and 'B' share no seed"):
-        evaluate.paired_comparison(frame, a="A", b="B")
-    with pytest.raises(ValueError, match=r"Configuration 'C' has no runs. Found: \['A', 'B'\]"):
-        evaluate.paired_comparison(frame, a="A", b="C")
     with pytest.raises(ValueError, match=r"No rows for metric='top3'"):
-        evaluate.compare_seeds(frame, metric="top3")
+        evaluate.seed_scores(frame, metric="top3")
     frame.loc[0, ["run", "config_name", "seed"]] = ["A-run1", "A-run1", np.nan]
     with pytest.raises(ValueError, match=r"Runs \['A-run1'\] have no seed"):
-        evaluate.compare_seeds(frame)
+        evaluate.seed_scores(frame)
 
 
 def test_rows_written_before_they_carried_the_run_id_still_read(tmp_path):

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from streetlib.attribution.concepts import SOURCES
 from streetlib.attribution.registry import METHODS
+from streetlib.evaluation import stats
 from streetlib.experiments import runner
 
 
@@ -130,18 +132,22 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
     table = pd.read_csv(root / "hists" / "synth-smoke" / "06-results" / "side-by-side.csv")
     assert {"hed-bsds500-transfer", "random-transfer", "hed-bsds500-finetune-all"} <= set(table["config"])
     assert table["family"].str.startswith("SVM on deep features").any()
-    comparisons = pd.read_csv(root / "hists" / "synth-smoke" / "06-results" / "comparisons.csv")
+    tables = root / "hists" / "synth-smoke" / "06-results"
+    comparisons = pd.read_csv(tables / "comparisons.csv")
     assert comparisons["question"].str[:2].tolist() == ["1.", "1.", "2.", "2.", "3.", "3.", "4.", "4."]
-    assert (comparisons["n"] == 2).all()
-    for row in comparisons.itertuples():  # each verdict follows from its interval
-        expected = (
-            f"resolved: {row.b} higher"
-            if row.low > 0
-            else f"resolved: {row.a} higher"
-            if row.high < 0
-            else "within seed noise"
-        )
-        assert row.verdict == expected
+    assert (comparisons["n"] == 2).all() and (comparisons["margin"] == 0.03).all()
+    # One family: Holm over the four questions on both outputs; each verdict is the statistics module's.
+    np.testing.assert_allclose(comparisons["p_holm"], stats.holm(comparisons["p"]))
+    for row in comparisons.itertuples():
+        kwargs = {"a": row.a, "b": row.b, "difference": row.difference, "margin": row.margin}
+        assert row.verdict == stats.verdict(**kwargs, p=row.p_holm, p_equivalence=row.p_equivalence_holm)
+    # The smoke splits: 6 images a city, 1 test and 4 training images each.
+    assert comparisons["overlap"].eq(10 / 40).all()
+    power = pd.read_csv(tables / "power.csv")
+    assert power[["question", "output"]].equals(comparisons[["question", "output"]]) and (power["tests"] == 8).all()
+    executed = (root / "executed" / "06_results.ipynb").read_text()
+    assert "over 2 seeds; this design resolves" in executed  # the power table, in words
+    assert "these verdicts test the pipeline, not the study's hypotheses about real cities" in executed
     assert {"learning-curves-region.png", "side-by-side.png"} <= {
         p.name for p in (root / "figs" / "synth-smoke" / "06-results").iterdir()
     }

@@ -57,7 +57,8 @@ def test_run_table_reads_best_final_and_test(tmp_path):
     )
     _run(tmp_path, "demo", "b", val_city=[0.3], val_region=[0.6])
     rows = report.run_rows(tmp_path).set_index("run")
-    assert rows.loc["a", "best_val_city"] == 0.6 and rows.loc["a", "best_val_region"] == 0.7  # at the best epoch
+    # The best checkpoint is the best epoch by validation city accuracy: region 0.7 there, not its best (0.8).
+    assert rows.loc["a", "checkpoint_val_city"] == 0.6 and rows.loc["a", "checkpoint_val_region"] == 0.7
     assert rows.loc["a", "final_val_region"] == 0.8 and rows.loc["a", "epochs"] == 3
     assert rows.loc["a", "test_city"] == 0.55 and rows.loc["a", "test_region"] == 0.75  # best checkpoint, overall
     assert pd.isna(rows.loc["b", "test_city"]) and rows.loc["b", "eval"] == ""
@@ -65,6 +66,7 @@ def test_run_table_reads_best_final_and_test(tmp_path):
     assert "| demo | a | synth-demo (synthetic demo data) | hed-bsds500 | transfer | 42 | 3 | 0.700 | 0.600 |" in text
     assert "[csv](synth-demo/demo/a.csv) [manifest](synth-demo/demo/a.json) [eval](synth-demo/demo/a.eval.csv)" in text
     assert "say nothing about real cities" in text
+    assert "| val region (best ckpt) | val city (best ckpt) | final val region |" in text
 
 
 def test_figs_gallery_lists_every_figure(tmp_path):

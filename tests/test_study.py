@@ -1,28 +1,10 @@
-"""The study's choices and comparisons: chosen on validation, paired over seeds, verdicts computed from intervals."""
-
-import math
+"""Reading the study's runs: per-seed summaries, configurations chosen on validation, the baselines' scores."""
 
 import pandas as pd
 import pytest
 
-from streetlib.evaluation import evaluate
 from streetlib.experiments import study
-
-# Student's t quantile for a two-sided 95% interval with 2 degrees of freedom (3 seeds), from a printed table.
-T_975_DF2 = 4.302653
-
-
-def test_paired_interval_is_the_student_t_interval():
-    out = evaluate.paired_interval([0.1, 0.2, 0.3])
-    half = T_975_DF2 * 0.1 / math.sqrt(3)  # sample sd of (0.1, 0.2, 0.3) is 0.1
-    assert out["n"] == 3 and out["mean"] == pytest.approx(0.2)
-    assert (out["low"], out["high"]) == (pytest.approx(0.2 - half, abs=1e-6), pytest.approx(0.2 + half, abs=1e-6))
-    assert out["verdict"] == "within seed noise"  # the interval contains 0
-    assert evaluate.paired_interval([0.10, 0.11, 0.12])["verdict"] == "b higher"
-    assert evaluate.paired_interval([-0.10, -0.11, -0.12])["verdict"] == "a higher"
-    assert evaluate.paired_interval([0.3])["verdict"] == "too few seeds"
-    with pytest.raises(ValueError, match=r"Invalid `confidence`.*Received: confidence=95"):
-        evaluate.paired_interval([0.1, 0.2], confidence=95)
+from streetlib.runs import RunId
 
 
 def _scores(values, *, family="CNN (03-pretrained)"):
@@ -49,25 +31,6 @@ def test_best_config_ranks_by_city_then_region():
     assert ranked.loc["a", "city"] == pytest.approx(0.6)
 
 
-def test_paired_comparisons_pair_by_seed_and_compute_verdicts():
-    scores = _scores(
-        {
-            "random-transfer": {"city": [0.50, 0.60, 0.70], "region": [0.80, 0.90, 0.85]},
-            "hed-transfer": {"city": [0.60, 0.71, 0.79], "region": [0.70, 0.95, 0.86]},
-        }
-    )
-    # Shuffled rows must pair by seed, not by position.
-    table = study.paired_comparisons(scores.sample(frac=1, random_state=0), [("q", "random-transfer", "hed-transfer")])
-    city = table[table["output"] == "city"].iloc[0]
-    assert city["n"] == 3 and city["difference"] == pytest.approx(0.10)
-    assert city["verdict"] == "resolved: hed-transfer higher"  # differences 0.10, 0.11, 0.09: consistent
-    region = table[table["output"] == "region"].iloc[0]
-    assert region["verdict"] == "within seed noise"  # differences -0.10, +0.05, +0.01
-    assert region["low"] < 0 < region["high"]
-    with pytest.raises(ValueError, match=r"No scores for configuration 'places-transfer'"):
-        study.paired_comparisons(scores, [("q", "random-transfer", "places-transfer")])
-
-
 def test_baseline_scores_separate_floors_from_deep_features(tmp_path):
     base = {"classifier": "svm-rbf", "augment_copies": 0, "search": False, "output": "city"}
     rows = [
@@ -92,3 +55,17 @@ def test_baseline_scores_separate_floors_from_deep_features(tmp_path):
     assert study.baseline_scores(path)["value"].tolist() == [0.4, 0.4]
     with pytest.raises(ValueError, match=r"Invalid `subset`. Expected 'val' or 'test'. Received: subset='train'"):
         study.baseline_scores(path, subset="train")
+
+
+def test_summary_gives_mean_spread_and_seeds_per_configuration():
+    rows = [
+        {"run": RunId("e", config, seed).name, "config_name": config, "seed": seed, "checkpoint": "best",
+         "subset": "test", "output": output, "metric": metric, "class": None, "value": value}
+        for config, values in {"A": [0.50, 0.60, 0.55], "B": [0.60, 0.65, 0.70]}.items()
+        for seed, value in zip((1, 2, 3), values, strict=True)
+        for output, metric in (("region", "accuracy"), ("city", "accuracy"), ("city", "top3"))
+    ]  # fmt: skip
+    table = study.summary(pd.DataFrame(rows))
+    assert table.loc["A", "city accuracy mean"] == pytest.approx(0.55)
+    assert table.loc["A", "city accuracy std"] == pytest.approx(0.05) and table.loc["B", "seeds"] == 3
+    assert table.loc["B", "city top3 mean"] == pytest.approx(0.65)

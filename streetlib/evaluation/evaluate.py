@@ -11,8 +11,9 @@ on one subset and writes:
 - ``figs/<experiment>/<run>.<checkpoint>.<subset>.<figure>.png``: normalised confusion matrices (region and city),
   a reliability diagram, and a dendrogram of city similarity.
 
-`compare_seeds` and `paired_comparison` summarise runs repeated over split seeds (`streetlib.runs.RunId` with a
-seed, as `streetlib.training.train.run_seeds` trains them), by the rows' ``config_name`` and ``seed``.
+`seed_scores` reads one score per run repeated over split seeds (`streetlib.runs.RunId` with a seed, as
+`streetlib.training.train.run_seeds` trains them), by the rows' ``config_name`` and ``seed``: what
+`streetlib.experiments.questions` compares, paired by seed, with `streetlib.evaluation.stats`.
 """
 
 import json
@@ -468,84 +469,3 @@ def seed_scores(frame, *, metric="accuracy", output="city", checkpoint="best", s
     return pd.DataFrame(
         {"config": rows["config_name"], "seed": rows["seed"].astype(int), "value": rows["value"].astype(float)}
     ).reset_index(drop=True)
-
-
-def compare_seeds(frame, **kwargs):
-    """Mean and spread of a metric over split seeds, per configuration.
-
-    Args:
-        frame: eval rows (see `read_evals`) of seeded runs.
-        **kwargs: metric, output, checkpoint, subset, as in `seed_scores`.
-
-    Returns:
-        DataFrame indexed by config: ``n``, ``mean``, ``std`` (sample, ddof=1), ``min``, ``max``.
-    """
-    scores = seed_scores(frame, **kwargs)
-    return scores.groupby("config")["value"].agg(n="count", mean="mean", std="std", min="min", max="max")
-
-
-def paired_comparison(frame, *, a, b, **kwargs):
-    """Compare two configurations on the seeds they share (same split per seed): differences ``b - a``.
-
-    Args:
-        frame: eval rows of seeded runs.
-        a, b: str, the two configuration names.
-        **kwargs: metric, output, checkpoint, subset, as in `seed_scores`.
-
-    Returns:
-        dict: ``n`` (shared seeds), ``mean_difference``, ``std_difference`` (ddof=1), ``t`` and ``p_value`` of the
-        paired t-test (NaN with fewer than 2 seeds), and ``per_seed`` (DataFrame: seed, a, b, difference).
-    """
-    from scipy import stats
-
-    scores = seed_scores(frame, **kwargs)
-    wide = scores.pivot_table(index="seed", columns="config", values="value")
-    for name in (a, b):
-        if name not in wide:
-            raise ValueError(f"Configuration {name!r} has no runs. Found: {sorted(wide.columns)}")
-    paired = wide[[a, b]].dropna()
-    if paired.empty:
-        raise ValueError(f"Configurations {a!r} and {b!r} share no seed: a paired comparison needs the same splits.")
-    per_seed = pd.DataFrame({"seed": paired.index, "a": paired[a].to_numpy(), "b": paired[b].to_numpy()})
-    per_seed["difference"] = per_seed["b"] - per_seed["a"]
-    n = len(per_seed)
-    if n >= 2 and per_seed["difference"].std() > 0:
-        t, p = stats.ttest_rel(per_seed["b"], per_seed["a"])
-    else:
-        t, p = np.nan, np.nan
-    return {
-        "a": a,
-        "b": b,
-        "n": n,
-        "mean_difference": float(per_seed["difference"].mean()),
-        "std_difference": float(per_seed["difference"].std()) if n >= 2 else np.nan,
-        "t": float(t),
-        "p_value": float(p),
-        "per_seed": per_seed,
-    }
-
-
-def paired_interval(differences, *, confidence=0.95):
-    """Mean of paired differences with a Student-t confidence interval, and the verdict it supports.
-
-    Args:
-        differences: 1-D array-like of per-seed differences ``b - a`` (same split per seed).
-        confidence: float in (0, 1), the interval's coverage. Default 0.95.
-
-    Returns:
-        dict: ``n``, ``mean``, ``low``, ``high`` (NaN with fewer than 2 differences) and ``verdict``: 'b higher'
-        or 'a higher' when the interval excludes 0 (resolved), 'within seed noise' when it contains 0, 'too few
-        seeds' below 2.
-    """
-    from scipy import stats
-
-    if not 0 < confidence < 1:
-        raise ValueError(f"Invalid `confidence`. Expected a float in (0, 1). Received: confidence={confidence!r}")
-    d = np.asarray(differences, dtype=float)
-    n, mean = len(d), float(d.mean()) if len(d) else np.nan
-    if n < 2:
-        return {"n": n, "mean": mean, "low": np.nan, "high": np.nan, "verdict": "too few seeds"}
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
-    low, high = mean - half, mean + half
-    verdict = "b higher" if low > 0 else "a higher" if high < 0 else "within seed noise"
-    return {"n": n, "mean": mean, "low": low, "high": high, "verdict": verdict}

@@ -49,9 +49,10 @@ def run_rows(hists_dir=None):
 
     Returns:
         DataFrame with columns experiment, run, data, synthetic, weights, phase, backbone, image_size, split_seed,
-        seed, status, epochs, and for each output o: ``best_val_<o>`` and ``final_val_<o>`` (validation accuracy at
-        the best epoch by validation city accuracy, and at the last epoch), ``test_<o>`` (test accuracy of the best
-        checkpoint, when evaluated), plus the history, manifest and eval paths relative to ``hists_dir``.
+        seed, status, epochs, and for each output o: ``checkpoint_val_<o>`` (validation accuracy of the best
+        checkpoint: the epoch with the best validation *city* accuracy, so for the region output not its own best),
+        ``final_val_<o>`` (at the last epoch), ``test_<o>`` (test accuracy of the best checkpoint, when evaluated),
+        plus the history, manifest and eval paths relative to ``hists_dir``.
 
     Raises:
         ValueError: a manifest, history or eval file that cannot be read, naming it.
@@ -103,14 +104,15 @@ def _manifest_row(layout, run, manifest_path, manifest, hists):
 
 
 def _history_scores(path):
-    """Epochs, and validation accuracies at the best epoch (by validation city accuracy) and the last."""
+    """Epochs, and validation accuracies of the best checkpoint (the epoch with the best validation city accuracy,
+    the one `streetlib.training.train` saves as best) and of the last epoch."""
     history = _table(path, [f"val_{o}_accuracy" for o in OUTPUTS])
     if not len(history):
         return {}
     best = history.loc[history["val_city_accuracy"].idxmax()]
     scores = {"epochs": len(history)}
     for o in OUTPUTS:
-        scores[f"best_val_{o}"] = best[f"val_{o}_accuracy"]
+        scores[f"checkpoint_val_{o}"] = best[f"val_{o}_accuracy"]
         scores[f"final_val_{o}"] = history[f"val_{o}_accuracy"].iloc[-1]
     return scores
 
@@ -149,6 +151,9 @@ def hists_markdown(hists_dir=None):
         "Each run has a CSV history (one row per epoch), a JSON manifest (every parameter, data and split hashes, "
         "package versions, git commit, wall time) and, once evaluated, an `.eval.csv` of test metrics.",
         "",
+        "*best ckpt*: the epoch with the best validation city accuracy, saved as the best model and tested; its "
+        "region accuracy is the region output's at that epoch, not the best the region output reached.",
+        "",
     ]
     if runs.empty:
         lines.append("No training runs yet.")
@@ -166,8 +171,8 @@ def hists_markdown(hists_dir=None):
             "phase",
             "split seed",
             "epochs",
-            "best val region",
-            "best val city",
+            "val region (best ckpt)",
+            "val city (best ckpt)",
             "final val region",
             "final val city",
             "test region",
@@ -180,7 +185,7 @@ def hists_markdown(hists_dir=None):
                 f" [eval]({r['eval']})" if r["eval"] else ""
             )
             values = [r["experiment"], r["run"], r["data"], r["weights"], r["phase"], r["split_seed"], r["epochs"]]
-            values += [r.get(f"{k}_{o}") for k in ("best_val", "final_val") for o in OUTPUTS]
+            values += [r.get(f"{k}_{o}") for k in ("checkpoint_val", "final_val") for o in OUTPUTS]
             values += [r.get(f"test_{o}") for o in OUTPUTS] + [files]
             lines.append("| " + " | ".join(_cell(v) for v in values) + " |")
     tables = [p.relative_to(hists).as_posix() for p in sorted(hists.glob("*/*/*.csv")) if not _is_run_file(p)]

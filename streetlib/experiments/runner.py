@@ -51,8 +51,9 @@ _NAMES = Items("a non-empty list of names", test=lambda v: isinstance(v, str) an
 # Names from registries in Keras modules (weight sources, poolings, optimizers) are left to the notebooks: the
 # runner does not import Keras.
 # Parameters that mean one thing in every notebook that has them: the data, how it is split, the pretrained source the
-# study's questions ask about, the fine-tuning boundary, where outputs go. Their notebook defaults are equal (a test
-# checks it), and a profile sets them under `all`, never for one notebook, so no two notebooks of a run disagree.
+# study's questions ask about, the fine-tuning boundary, the margin within which two accuracies are equivalent, where
+# outputs go. Their notebook defaults are equal (a test checks it), and a profile sets them under `all`, never for one
+# notebook, so no two notebooks of a run disagree.
 SHARED_PARAMETERS = (
     "data_dir",
     "classes",
@@ -60,6 +61,7 @@ SHARED_PARAMETERS = (
     "split_seeds",
     "finetune_from",
     "pretrained_source",
+    "equivalence_margin",
     "colab_install",
     "output_root",
 )
@@ -93,6 +95,7 @@ PARAMETER_RANGES = {
     ("*", "curve_steps"): [_POSITIVE],
     ("*", "n_concepts"): [_POSITIVE],
     ("*", "concept_images"): [_NATURAL],
+    ("*", "equivalence_margin"): [Interval(numbers.Real, 0, None, closed="neither")],
 }
 
 

@@ -1,10 +1,11 @@
-"""The study's experiments, as the notebooks run them: which starting point (weight source) is best for transfer,
-what fine-tuning adds, and all results side by side.
+"""The study's experiments, as the notebooks run them: running transfer and fine-tuning over split seeds, and
+reading the runs back (scores per seed, the headline model chosen on validation, histories). The questions the runs
+answer, paired over seeds, are `streetlib.experiments.questions`.
 
-Each function runs `streetlib.training.train.run_phase` over split seeds and evaluates the saved checkpoints with
-`evaluation.evaluate`, so a notebook is parameters plus one call per step. A run that already finished with the same
-parameters is reused, not trained again (``reuse=True``); one whose model files are missing, as in a fresh clone of
-the committed demo results, is trained again with a warning.
+`run_transfer` and `run_finetune` run `streetlib.training.train.run_phase` over split seeds and evaluate the saved
+checkpoints with `evaluation.evaluate`, so a notebook is parameters plus one call per step. A run that already
+finished with the same parameters is reused, not trained again (``reuse=True``); one whose model files are missing,
+as in a fresh clone of the committed demo results, is trained again with a warning.
 """
 
 import dataclasses
@@ -194,10 +195,11 @@ def summary(frame, *, checkpoint="best", subset="test"):
     """
     parts = {}
     for output, metric in (("region", "accuracy"), ("city", "accuracy"), ("city", "top3")):
-        stats = evaluate.compare_seeds(frame, metric=metric, output=output, checkpoint=checkpoint, subset=subset)
-        parts[f"{output} {metric} mean"] = stats["mean"]
-        parts[f"{output} {metric} std"] = stats["std"]
-        parts["seeds"] = stats["n"]
+        scores = evaluate.seed_scores(frame, metric=metric, output=output, checkpoint=checkpoint, subset=subset)
+        spread = scores.groupby("config")["value"].agg(["mean", "std", "count"])
+        parts[f"{output} {metric} mean"] = spread["mean"]
+        parts[f"{output} {metric} std"] = spread["std"]
+        parts["seeds"] = spread["count"]
     return pd.DataFrame(parts)
 
 
@@ -239,7 +241,7 @@ def plot_learning_curves(history, *, output, data_label):
     return fig
 
 
-# -- all results side by side (notebook 06) -------------------------------------------------------------------------
+# -- reading every result (notebook 06) ---------------------------------------------------------------------------
 
 # The original study's test accuracies on Street10 (its own splits; region, city), for reference lines only.
 ORIGINAL_RESULTS = pd.DataFrame(
@@ -341,98 +343,3 @@ def best_config(scores, *, output="city"):
     other = [o for o in OUTPUTS if o != output]
     ranked = means.sort_values([output, *other], ascending=False)
     return ranked.index[0], ranked
-
-
-def paired_comparisons(scores, pairs, *, confidence=0.95):
-    """Paired differences between configurations over the split seeds they share, with intervals and verdicts.
-
-    Args:
-        scores: tidy test scores (columns family, config, seed, output, value), e.g. `cnn_scores` and
-            `baseline_scores` concatenated.
-        pairs: list of (question, a, b): the configuration names compared as ``b - a``.
-        confidence: float, the intervals' coverage. Default 0.95.
-
-    Returns:
-        pandas DataFrame, one row per pair and output: question, output, a, b, n (seeds), mean_a, mean_b,
-        difference, low, high, verdict ('resolved: <b> higher', 'resolved: <a> higher', 'within seed noise' or
-        'too few seeds'), computed from the interval (see `streetlib.evaluation.evaluate.paired_interval`).
-    """
-    rows = []
-    for question, a, b in pairs:
-        for name in (a, b):
-            if name not in set(scores["config"]):
-                raise ValueError(
-                    f"No scores for configuration {name!r} ({question}). Found: {sorted(set(scores['config']))}"
-                )
-        for output in OUTPUTS:
-            part = scores[scores["output"] == output]
-            wide = part.pivot_table(index="seed", columns="config", values="value")[[a, b]].dropna()
-            interval = evaluate.paired_interval(wide[b] - wide[a], confidence=confidence)
-            verdict = {"b higher": f"resolved: {b} higher", "a higher": f"resolved: {a} higher"}.get(
-                interval["verdict"], interval["verdict"]
-            )
-            rows.append(
-                {
-                    "question": question,
-                    "output": output,
-                    "a": a,
-                    "b": b,
-                    "n": interval["n"],
-                    "mean_a": float(wide[a].mean()),
-                    "mean_b": float(wide[b].mean()),
-                    "difference": interval["mean"],
-                    "low": interval["low"],
-                    "high": interval["high"],
-                    "verdict": verdict,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def side_by_side(scores):
-    """Mean, std and number of seeds per family, config and output, one column pair per output."""
-    stats = scores.groupby(["family", "config", "output"], sort=False)["value"].agg(["mean", "std", "count"])
-    wide = stats.unstack("output")
-    wide.columns = [f"{output} {stat}" for stat, output in wide.columns]
-    ordered = [f"{o} {s}" for o in OUTPUTS for s in ("mean", "std")] + [f"{OUTPUTS[-1]} count"]
-    return wide[ordered].rename(columns={f"{OUTPUTS[-1]} count": "seeds"})
-
-
-def plot_side_by_side(scores, *, data_label, reference=None):
-    """Test accuracy per configuration (mean and seed spread, seeds as dots), one panel per output, with the
-    original study's numbers as reference lines when ``reference`` is given. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    configs = scores[["family", "config"]].drop_duplicates().reset_index(drop=True)
-    labels = [f"{f}: {c}" for f, c in configs.itertuples(index=False)]
-    fig, axes = plt.subplots(1, len(OUTPUTS), figsize=(13, 0.4 * len(labels) + 2), sharey=True)
-    for ax, output in zip(axes, OUTPUTS, strict=True):
-        for i, (family, config) in enumerate(configs.itertuples(index=False)):
-            values = scores.loc[
-                (scores["family"] == family) & (scores["config"] == config) & (scores["output"] == output), "value"
-            ].to_numpy()
-            ax.barh(
-                i,
-                values.mean(),
-                xerr=values.std(ddof=1) if len(values) > 1 else 0,
-                alpha=0.6,
-                capsize=2,
-                color="#4c72b0" if family.startswith("CNN") else "#dd8452",
-            )
-            ax.plot(values, [i] * len(values), "k.", markersize=3)
-        if reference is not None:
-            for _, row in reference.iterrows():
-                ax.axvline(row[output], linestyle=":", linewidth=0.8, color="gray")
-                ax.text(row[output], -0.6, row["run"], rotation=90, fontsize=5, va="top", color="gray")
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set_xlim(0, 1)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"test {output} accuracy (mean ± std over split seeds; dots: seeds)")
-    fig.suptitle(
-        figures.title(
-            "all results side by side", data_label=data_label, weights_label="per configuration (in the labels)"
-        )
-        + ("\ndotted: the original study on Street10 (its own splits)" if reference is not None else "")
-    )
-    fig.tight_layout()
-    return fig
