@@ -9,13 +9,19 @@ minus 2: an image is class 1 exactly when it holds the bright 4 x 4 square, and 
 class-1 logit reads. Chance for a map's mass on the square is 16 / 256 = 6.25%.
 """
 
+from dataclasses import replace
+
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
 from streetlib.attribution import concepts as C
 from streetlib.attribution import metrics
+from streetlib.data import synth
+from streetlib.data.loaders import load_dataset
+from streetlib.evaluation import stats
 
 SIZE = 16
 SQUARE = 4
@@ -246,6 +252,8 @@ def test_deleting_the_top_concept_drops_the_class_more_than_random_regions(plant
         ("nmf_tol", 0.0),
         ("deletion_area", 1.5),
         ("resamples", True),
+        ("share_target", 1.0),
+        ("share_margin", 0.0),
         ("seed", -1),
         ("layer", 3),
     ],
@@ -431,34 +439,47 @@ def test_a_factorisation_that_is_not_finite_is_one_clear_error(planted, monkeypa
         )
 
 
-def test_class_report_on_a_model_with_dead_units(planted):
-    images, masks, labels, _ = planted
-    table, _ = C.class_report(
-        images,
-        masks,
-        labels,
-        degenerate_model("dead units"),
-        normalization="unit",
-        spec=SPEC,
-        patch_spec=C.PatchSpec(patch=4, stride=2),
+def test_class_report_on_a_model_with_dead_units(planted, held_out):
+    images, _, labels, _ = planted
+    table, _, _ = C.class_report(
+        images, labels, degenerate_model("dead units"), **held_out, normalization="unit", spec=SPEC, patch_spec=PATCHES
     )
-    scored = table[table["class"] == 1]
-    assert np.isfinite(scored[["mask_share", "chance"]].to_numpy(float)).all()
-    assert (scored["vs_chance"] != "no cue pixels").all()
+    square = table[table["class"] == 1].set_index("source")
+    assert np.isfinite(square.loc["model", ["pooled_share", "per_image_share", "pooled_chance"]].to_numpy(float)).all()
+    # The randomised copy of this model may have no live unit at all (seed 0's has none): its concept then fires
+    # nowhere in the held-out images, has no share, and every share question about it is inconclusive.
+    control = square.loc["randomised weights"]
+    assert control["scored"] > 0 or control["pooled_vs_chance"] == control["per_image_vs_chance"] == "inconclusive"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Every class, checked against the ground truth
+# Every class: concepts found on discovery images, scored on held-out ones against the ground truth
+
+PATCHES = C.PatchSpec(patch=4, stride=2)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """Held-out images drawn with another seed than the discovery images (``planted``), as `class_report`'s
+    keyword arguments."""
+    images, masks, labels = planted_data(40, seed=1)
+    return {"test_images": images, "test_masks": masks, "test_labels": labels}
+
+
+@pytest.fixture(scope="module")
+def discovery(planted):
+    images, _, labels, model = planted
+    return C.discover_sources(
+        images, labels, model, normalization="unit", spec=SPEC, patch_spec=PATCHES, found_on="training images"
+    )
 
 
 # The spec's seed also draws the randomised copy: the report's checks must hold whichever copy is drawn.
 @pytest.fixture(scope="module", params=[0, 1, 2, 3])
-def report(planted, request):
-    images, masks, labels, model = planted
+def report(planted, held_out, request):
+    images, _, labels, model = planted
     spec = C.ConceptSpec(n_concepts=3, resamples=200, top_patches=4, seed=request.param)
-    return C.class_report(
-        images, masks, labels, model, normalization="unit", spec=spec, patch_spec=C.PatchSpec(patch=4, stride=2)
-    )
+    return C.class_report(images, labels, model, **held_out, normalization="unit", spec=spec, patch_spec=PATCHES)
 
 
 def test_pooled_share_weighs_each_image_by_the_concepts_mass_there():
@@ -488,52 +509,271 @@ def test_pooled_share_weighs_each_image_by_the_concepts_mass_there():
     assert shares["images"] == 1 and shares["mask_share"] == pytest.approx(0.25) == shares["chance"]
 
 
-def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(planted, report):
-    _, masks, labels, _ = planted
-    table, found = report
-    assert sorted(found) == [0, 1]
+def test_share_differences_by_hand():
+    # Two images: the concept fires with mass 15 and a share of 0.8 on the first, mass 1.6 and 0.25 on the second.
+    shares, mass = np.array([0.8, 0.25]), np.array([15.0, 1.6])
+    np.testing.assert_allclose(C.share_differences(shares, 0.5), [0.3, -0.25])
+    pooled = C.share_differences(shares, 0.5, mass)
+    # Their mean is the pooled share (12 + 0.4) / 16.6 minus the target.
+    assert pooled.mean() == pytest.approx(12.4 / 16.6 - 0.5)
+    # Their spread is the delta-method standard error of the ratio sum(a) / sum(b), a = w s, b = w.
+    rng = np.random.default_rng(0)
+    shares, mass = rng.uniform(0, 1, 30), rng.uniform(0.1, 5, 30)
+    ratio = np.sum(mass * shares) / mass.sum()
+    delta = np.sqrt(np.sum((mass * shares - ratio * mass) ** 2) / (30 * 29)) / mass.mean()
+    values = C.share_differences(shares, 0.5, mass)
+    assert values.std(ddof=1) / np.sqrt(30) == pytest.approx(delta, rel=1e-12)
+    # Against each image's chance (its cue area), the mean is the pooled share minus the mass-weighted chance.
+    area = rng.uniform(0.05, 0.2, 30)
+    assert C.share_differences(shares, area, mass).mean() == pytest.approx(ratio - np.average(area, weights=mass))
+
+
+def test_share_questions_score_both_shares_on_the_images_where_the_concept_fires():
+    masks = np.zeros((3, 4, 4), bool)
+    masks[:, :2, :2] = True  # a quarter of each image is cue
+    maps = np.zeros((3, 4, 4))
+    maps[0, :2, :2], maps[0, 3, 3] = 3.0, 3.0  # mass 15, 12 on the cue: 0.8
+    maps[1] = 0.1  # mass 1.6, 0.4 on the cue: 0.25
+    # Image 2: the concept does not fire there, so it has no share (not chance's 0.25).
+    summary, questions = C.share_questions(maps, masks, margin=0.05, target=0.5)
+    assert summary["scored"] == 2
+    assert summary["per_image_share"] == pytest.approx(0.525) and summary["pooled_share"] == pytest.approx(12.4 / 16.6)
+    assert summary["per_image_chance"] == summary["pooled_chance"] == pytest.approx(0.25)
+    assert summary["per_image_low"] < 0.525 < summary["per_image_high"]
+    asked = {q["question"]: q for q in questions}
+    assert set(asked) == set(C.QUESTIONS) - {"deletion vs random regions"}
+    assert asked["per-image share vs target"]["difference"] == pytest.approx(0.025)
+    assert asked["pooled share vs target"]["difference"] == pytest.approx(12.4 / 16.6 - 0.5)
+    assert asked["pooled share vs chance"]["difference"] == pytest.approx(12.4 / 16.6 - 0.25)
+    assert {(q["a"], q["b"]) for q in questions} == {("target", "concept"), ("chance", "concept")}
+    # Without a target only chance is asked.
+    _, questions = C.share_questions(maps, masks, margin=0.05)
+    assert [q["question"] for q in questions] == ["per-image share vs chance", "pooled share vs chance"]
+
+
+def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(report):
+    table, verdicts, discovery = report
+    assert sorted(discovery.concepts) == [0, 1]
     rows = table.set_index(["class", "source"])
     assert list(table["source"]) == [*C.SOURCES, *C.SOURCES]
+    assert set(table["found_on"]) == {"training images"} and set(table["scored_on"]) == {"test images"}
     model_row = rows.loc[(1, "model")]
-    # Class 1 is the planted square: its top concept sits on it, far above chance, and deleting it kills the class.
-    assert model_row["mask_share"] > 0.6 and model_row["vs_chance"] == "above"
+    # Found on the 20 class-1 training images, scored on the 20 class-1 test images (all of them right).
+    assert model_row["images"] == 20 and model_row["selected"] == model_row["scored"] == 20
+    # Class 1 is the planted square: on held-out images its top concept sits on it, both shares far above the
+    # 50% target and chance, and deleting it kills the class.
+    for prefix in ("per_image", "pooled"):
+        assert model_row[f"{prefix}_share"] > 0.6
+        assert model_row[f"{prefix}_low"] <= model_row[f"{prefix}_share"] <= model_row[f"{prefix}_high"]
+        assert model_row[f"{prefix}_vs_target"] == model_row[f"{prefix}_vs_chance"] == "concept higher"
     assert model_row["contribution_low"] <= model_row["contribution_share"] <= model_row["contribution_high"]
     assert model_row["contribution_share"] > 0.6
-    # The baseline never looks at the model: it has no contribution map.
-    assert np.isnan(rows.loc[(1, "baseline (no model)"), "contribution_share"])
+    assert model_row["deletion"] == "concept higher" and model_row["drop_low"] > 0.5
+    assert model_row["drop_difference"] == pytest.approx(model_row["drop_concept"] - model_row["drop_random"])
     # Every square has the same area, so weighting by the concept's mass leaves chance at the mean mask area.
-    assert model_row["chance"] == pytest.approx(masks[labels == 1].mean())
-    assert model_row["per_image_low"] <= model_row["per_image_share"] <= model_row["per_image_high"]
-    assert model_row["deletion"] == "separated" and model_row["drop_concept_low"] > model_row["drop_random_high"]
-    # The control re-initialises the model: it has no deletion test (that asks what the trained model relies on).
-    assert np.isnan(rows.loc[(1, "randomised weights"), "drop_concept"])
-    assert rows.loc[(1, "randomised weights"), "images"] == model_row["images"]  # the same images, random weights
-    # Class 0 images have no square: no cue pixel, so their share is undefined rather than a number.
-    assert rows.loc[(0, "model"), "chance"] == 0 and np.isnan(rows.loc[(0, "model"), "mask_share"])
-    assert rows.loc[(0, "model"), "vs_chance"] == "no cue pixels"
+    assert model_row["pooled_chance"] == pytest.approx(CHANCE)
+    # Only the trained model's concept is held to the target; the control has no deletion test; the baseline has
+    # no contribution map (it never looks at the model).
+    control, baseline = rows.loc[(1, "randomised weights")], rows.loc[(1, "baseline (no model)")]
+    assert pd.isna(control["pooled_vs_target"]) and pd.isna(baseline["per_image_vs_target"])
+    assert pd.isna(control["deletion"]) and isinstance(baseline["deletion"], str)
+    assert np.isnan(baseline["contribution_share"])
+    assert control["selected"] == baseline["selected"] == model_row["selected"]  # the same held-out images
+    # Class 0 images have no square: no cue pixel, so no share and no verdict but 'inconclusive'.
+    plain = rows.loc[(0, "model")]
+    assert plain["scored"] == 0 and np.isnan(plain["pooled_share"])
+    assert plain["pooled_vs_target"] == plain["per_image_vs_chance"] == "inconclusive"
 
 
-def test_report_findings_are_computed_from_the_table(report):
-    table, _ = report
-    lines = C.report_findings(table, names=["plain", "square"], share=0.5)
+def test_the_report_is_one_family_in_the_stats_modules_words(report):
+    table, verdicts, _ = report
+    # Per class: the model asks 4 share questions and the deletion test, the control 2, the baseline 3.
+    assert len(verdicts) == 2 * (5 + 2 + 3)
+    assert verdicts.groupby("source").size().to_dict() == {
+        "model": 10,
+        "randomised weights": 4,
+        "baseline (no model)": 6,
+    }
+    # One Holm family over every question of the report (the NaN p-values of unasked ones left out).
+    np.testing.assert_array_equal(verdicts["p_holm"], stats.holm(verdicts["p"]))
+    np.testing.assert_array_equal(verdicts["p_equivalence_holm"], stats.holm(verdicts["p_equivalence"]))
+    assert {stats.verdict_kind(v) for v in verdicts["verdict"]} <= set(stats.VERDICTS)
+    # The table's verdict columns are the family's verdicts.
+    rows = table.set_index(["class", "source"])
+    for row in verdicts.to_dict("records"):
+        assert rows.loc[(row["class"], row["source"]), C.QUESTIONS[row["question"]]] == row["verdict"]
+
+
+def test_report_findings_are_read_from_the_table(report):
+    table, _, _ = report
+    lines = C.report_findings(table, names=["plain", "square"])
     assert len(lines) == len(table)
     square = table[(table["class"] == 1) & (table["source"] == "model")].iloc[0]
     line = lines[int(square.name)]
-    assert line.startswith(f"square, model: top concept #{square['concept']} has {square['mask_share']:.2f}")
-    assert f"(per-image mean {square['per_image_share']:.2f} [" in line
-    # Judged by its interval: the whole of it lies above 50%.
-    assert square["low"] > 0.5 and "above the 50% target" in line and line.endswith(": separated.")
-    # An interval that straddles the target is not read as meeting it.
-    straddling = table.assign(low=0.45, high=0.55)
-    assert (
-        "not separable from the 50% target"
-        in C.report_findings(straddling, names=["plain", "square"])[int(square.name)]
+    assert line.startswith(
+        f"square, model: top concept #{square['concept']} (found on 20 training images), on 20 of 20 test images: "
+        f"{square['pooled_share']:.2f} [{square['pooled_low']:.2f}, {square['pooled_high']:.2f}] (vs the 50% "
+        f"target: concept higher; vs chance {square['pooled_chance']:.2f}: concept higher) of its map mass (pooled "
+        "over the images) on cue pixels; per-image mean "
+        f"{square['per_image_share']:.2f} [{square['per_image_low']:.2f}, {square['per_image_high']:.2f}] (vs the "
+        "50% target: concept higher;"
     )
     assert f"(its contribution map), {square['contribution_share']:.2f}" in line
+    assert line.endswith(
+        f"{square['drop_difference']:.2f} [{square['drop_low']:.2f}, {square['drop_high']:.2f}]: concept higher."
+    )
+    # The verdicts are the table's: another verdict in the table, other words.
+    changed = table.assign(pooled_vs_target="equivalent within ±0.05")
+    assert (
+        "(vs the 50% target: equivalent within ±0.05;"
+        in C.report_findings(changed, names=["plain", "square"])[int(square.name)]
+    )
     assert "target" not in lines[int(square.name) + 1]  # the control is not held to the target
-    # Class 0 has no cue pixels: its share is undefined, and so is any verdict on the target.
+    # Class 0 has no cue pixels: no share, and no verdict on it.
     plain = lines[int(table[(table["class"] == 0) & (table["source"] == "model")].index[0])]
-    assert "no cue pixels" in plain and "target" not in plain
+    assert "no image with a cue pixel where it fires, so no share" in plain and "target" not in plain
+
+
+def test_discovery_never_sees_the_held_out_images(planted, held_out):
+    images, _, labels, model = planted
+    common = dict(normalization="unit", spec=SPEC, patch_spec=PATCHES)
+    table, _, first = C.class_report(images, labels, model, **held_out, **common)
+    other_images, other_masks, other_labels = planted_data(40, seed=2)
+    other = dict(test_images=other_images, test_masks=other_masks, test_labels=other_labels)
+    other_table, _, second = C.class_report(images, labels, model, **other, **common)
+    # Other held-out images: other scores, the very same concepts, controls and clusters.
+    assert not np.allclose(table["pooled_share"].fillna(0), other_table["pooled_share"].fillna(0))
+    for target in (0, 1):
+        for found, again in zip(first.sources(target).values(), second.sources(target).values(), strict=True):
+            np.testing.assert_array_equal(found.order, again.order)
+            np.testing.assert_array_equal(found.indices, again.indices)
+        np.testing.assert_array_equal(first.concepts[target].bank, second.concepts[target].bank)
+        np.testing.assert_array_equal(first.controls[target].bank, second.controls[target].bank)
+        np.testing.assert_array_equal(
+            first.baselines[target].kmeans.cluster_centers_, second.baselines[target].kmeans.cluster_centers_
+        )
+    # And the discovery images cannot be scored as held-out ones.
+    mixed = np.concatenate([other_images[:5], images[:3]])
+    with pytest.raises(ValueError, match="3 of the 8 images to score are among the training images"):
+        C.held_out_report(first, mixed, other_masks[:8], other_labels[:8], model, normalization="unit")
+
+
+def test_patch_clusters_are_found_again_in_the_images_they_came_from(planted):
+    images, _, labels, _ = planted
+    clusters = C.doersch_baseline(images, labels, target_class=1, spec=PATCHES)
+    np.testing.assert_array_equal(C.patch_cluster_maps(images[clusters.indices], clusters), clusters.maps)
+    with pytest.raises(ValueError, match=r"`images` must be \(16, 16\) px"):
+        C.patch_cluster_maps(np.zeros((2, 8, 8, 3), np.uint8), clusters)
+
+
+def test_projected_contributions_are_where_the_concept_counts(planted, found):
+    _, _, _, model = planted
+    images, masks, labels = planted_data(10, seed=5)
+    projected = C.concept_projection(images[labels == 1], model, found, normalization="unit")
+    k, others = found.order[0], found.order[1:]
+    # As at discovery: the class logit is a mean of channel 0, so the square's contribution map is its activation
+    # map times one positive factor, and the concepts the logit ignores contribute nothing.
+    np.testing.assert_allclose(
+        C.concept_mask_share(projected["contributions"][..., k], masks[labels == 1]),
+        C.concept_mask_share(projected["maps"][..., k], masks[labels == 1]),
+        rtol=1e-5,
+    )
+    assert projected["contributions"][..., others].max() < 1e-6 * projected["contributions"][..., k].max()
+
+
+def asked(verdicts):
+    """The set of verdicts in a table's verdict columns, without the questions not asked (NaN)."""
+    return set(verdicts.stack().dropna())
+
+
+def test_degenerate_input_gives_inconclusive_verdicts_not_nan(planted, held_out, discovery):
+    images, _, labels, model = planted
+    test_images, test_masks, test_labels = held_out.values()
+    share_columns = [c for q, c in C.QUESTIONS.items() if "share" in q]
+    # All-zero activations: the model's concepts are empty, fire nowhere, and have no share anywhere.
+    table, verdicts, _ = C.class_report(
+        images,
+        labels,
+        degenerate_model("all zero"),
+        **held_out,
+        normalization="unit",
+        spec=replace(SPEC, selection="labelled"),
+        patch_spec=PATCHES,
+    )
+    assert verdicts["verdict"].notna().all()
+    silent = table[table["source"] != "baseline (no model)"]
+    assert (silent["scored"] == 0).all()
+    assert asked(silent[share_columns]) == {"inconclusive"}
+    assert table.loc[table["source"] == "model", share_columns].notna().all().all()  # asked, and answered
+    # Empty masks: nothing to score any share on, for any source.
+    table, verdicts = C.held_out_report(
+        discovery, test_images, np.zeros_like(test_masks), test_labels, model, normalization="unit"
+    )
+    assert (table["scored"] == 0).all() and asked(table[share_columns]) == {"inconclusive"}
+    assert {stats.verdict_kind(v) for v in verdicts["verdict"]} <= set(stats.VERDICTS)
+    # No held-out image of a class: nothing selected, every question of it inconclusive, deletion included.
+    plain = test_labels == 0
+    table, _ = C.held_out_report(
+        discovery, test_images[plain], test_masks[plain], test_labels[plain], model, normalization="unit"
+    )
+    square = table[table["class"] == 1]
+    assert (square["selected"] == 0).all()
+    assert asked(square[list(C.QUESTIONS.values())]) == {"inconclusive"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The confirmation: the same report on images of an unused generator seed
+
+
+def street_model(size):
+    """A random two-output model over ``size`` px images: one strided ReLU convolution, average pooling, dense
+    ``region_logits`` and ``city_logits`` (SYNTH10's 2 regions and 10 cities)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((size, size, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(6, 4, strides=4, activation="relu")(inp))
+    region = keras.layers.Dense(2, name="region_logits")(pooled)
+    city = keras.layers.Dense(10, name="city_logits")(pooled)
+    return keras.Model(inp, {"region": keras.layers.Softmax()(region), "city": keras.layers.Softmax()(city)})
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    """The synthetic generator's dataset (seed 0, 3 images per class, 32 px), written and loaded as notebook 00
+    does; a random model; its concepts found on every image (all of them 'training')."""
+    root = synth.generate(tmp_path_factory.mktemp("data") / "synth-tiny", per_class=3, size=32, progress=False)
+    data = load_dataset(root, size=32)
+    model = street_model(32)
+    spec = C.ConceptSpec(n_concepts=2, selection="labelled", resamples=50, deletion_repeats=1)
+    discovery = C.discover_sources(
+        data.images, data.region, model, normalization="unit", spec=spec, found_on="training images"
+    )
+    return data, model, discovery
+
+
+def test_the_confirmation_scores_images_of_an_unused_generator_seed(street):
+    data, model, discovery = street
+    table, verdicts, fresh = C.confirmation_report(discovery, data, model, normalization="unit", seed=1, per_class=2)
+    # Fresh images: the generator's own with seed 1, none of them among the dataset's (made with seed 0).
+    drawn, masks = synth.make_synthetic(per_class=2, size=32, seed=1)
+    np.testing.assert_array_equal(fresh.images, np.concatenate(list(drawn.values())))
+    np.testing.assert_array_equal(fresh.masks, np.concatenate(list(masks.values())))
+    assert not set(fresh.content_hashes()) & set(data.content_hashes())
+    assert fresh.meta["seed"] == 1 and fresh.name == "synth-tiny-seed1" and fresh.synthetic
+    np.testing.assert_array_equal(fresh.region, np.repeat([0, 1], 10))
+    # The same report: every class and source, scored on the 10 fresh images of each region, in the stats words.
+    assert list(table["source"]) == [*C.SOURCES, *C.SOURCES]
+    assert (table["selected"] == 10).all() and set(table["scored_on"]) == {"confirmation images (generator seed 1)"}
+    assert {stats.verdict_kind(v) for v in verdicts["verdict"]} <= set(stats.VERDICTS)
+    # The concepts are the training images' ones: the discovery is not redone.
+    assert table.set_index(["class", "source"]).loc[(0, "model"), "concept"] == discovery.concepts[0].order[0]
+
+
+def test_the_confirmation_refuses_the_datasets_own_seed_and_other_data(street, toy_data):
+    data, model, discovery = street
+    with pytest.raises(ValueError, match="was made with generator seed 0, so those are its own images"):
+        C.synthetic_confirmation(data, seed=0, per_class=2)
+    with pytest.raises(ValueError, match="toy was not made by streetlib.data.synth"):
+        C.synthetic_confirmation(toy_data, seed=1, per_class=2)
 
 
 def test_classes_without_images_are_left_out(planted):

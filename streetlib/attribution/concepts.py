@@ -43,17 +43,41 @@ one class of one output, the images the model gets right are pooled and their ac
 | gallery | crops centred on each image's maximum of a map, best first | ``top_patches`` (8), ``patch_size`` (H // 4) |
 | deletion | top ``area`` of a map's pixels -> mean colour, vs that shape rolled | ``deletion_area`` (0.1), |
 | | to random places (same area and shape) | ``deletion_repeats`` (4) |
-| mask share | pooled over a class's images (mass-weighted), per-image mean beside it | - |
-| intervals | percentile bootstrap over images (`metrics.bootstrap_interval`) | ``resamples`` (1000) |
+| gallery shares | pooled over the discovery images, bootstrap interval (`concept_table`) | ``resamples`` (1000) |
+| report | per-image and pooled mask shares vs a target and chance, deletion vs random | ``share_target`` (0.5), |
+| | regions, on held-out images; `stats.compare` per question, one `stats.family` | ``share_margin`` (0.05), |
+| | (Holm) per report (see the rule below) | ``drop_margin`` (0.02) |
 
 Scoring against the ground truth (synthetic data) lives in its own section below and takes maps, not models:
 `concept_mask_share` (per image, the share of a concept map's mass on cue pixels, chance = mean mask area),
 `pooled_shares` (the same over a class's images: the share of the concept's pooled mass, each image weighted by how
-much the concept fires there, beside the per-image mean; `class_report` scores both maps of the top concept this
-way), `concept_deletion` (probability drop when the concept's top pixels are removed, against random regions
-of the same area and shape) and `concept_table`. The sanity control is `discover_concepts` on
-`metrics.randomized_copy(model)`: nothing is cached per model here (the explainer cache is keyed weakly by the model
-object), so a copy gets its own activations.
+much the concept fires there, beside the per-image mean), `concept_deletion` (probability drop when the concept's top
+pixels are removed, against random regions of the same area and shape) and `concept_table`. The sanity control is
+`discover_concepts` on `metrics.randomized_copy(model)`: nothing is cached per model here (the explainer cache is keyed
+weakly by the model object), so a copy gets its own activations.
+
+The report's rule, fixed before any test image was scored with it (issue #24: the score had been changed after test
+results were seen):
+
+1. Discovery (`discover_sources`) sees only the discovery images (the training split): the trained model's concepts
+   of each class, the randomised copy's (on the same images) and the baseline's clusters, each class's *top*
+   concept (or purest cluster) chosen there. Nothing later changes them.
+2. Scoring (`held_out_report`) projects those fixed directions (and assigns patches to those fixed clusters) on
+   held-out images it refuses to share with discovery: the test split (`class_report`), and a confirmation set drawn
+   by the synthetic generator with a seed the dataset was not made with (`confirmation_report`). The images scored
+   for a class are its held-out images selected as discovery selects (``spec.selection``, by default labelled and
+   predicted as the class by the trained model); all three sources are scored on the same images.
+3. Per class and source, on the scored images (those with a cue pixel, where the map has mass: a concept that does
+   not fire in an image has no share there, and the pooled share gives it no weight anyway), BOTH shares:
+   the *per-image* share (the mean over images of the share of the map's mass inside the cue mask) and the *pooled*
+   share (the share of the mass summed over the images: a ratio estimator). Each is compared by `stats.compare`
+   (``overlap=0``: images share nothing) with the target ``share_target`` (the trained model's concept only) and with
+   chance (the mask's area; mass-weighted for the pooled share), equivalence margin ``share_margin``. The per-image
+   share's unit is the image (``share_i - reference_i``); the pooled share's are its linearised values
+   (`share_differences`, Woodruff's linearisation of a ratio), whose mean is the pooled share minus the reference and
+   whose spread gives the delta-method standard error. The deletion test compares, per image, the probability drop of
+   removing the concept's region with that of random regions of the same area and shape, margin ``drop_margin``.
+4. All of one report's questions form one `stats.family`: Holm over them, verdicts in the module's three words.
 
 The baseline, `doersch_baseline`, is Doersch et al. (2012)'s idea without the model: patches on a grid, described by
 their colour and a histogram of oriented gradients (computed here with NumPy), clustered with k-means, the clusters
@@ -84,6 +108,9 @@ from streetlib.attribution.methods import (
     upsample_maps,
 )
 from streetlib.constraints import Interval, Options, validate_parameters
+from streetlib.data import synth
+from streetlib.data.loaders import StreetData, content_hash
+from streetlib.evaluation import stats
 
 # Above this share of the activation mass below zero, a layer is refused rather than clipped (see the docstring).
 NEGATIVE_TOLERANCE = 0.01
@@ -122,7 +149,13 @@ class ConceptSpec:
         patch_size: None (a quarter of the image height) or int >= 1, gallery patch side in pixels.
         deletion_area: float in (0, 1), the share of pixels `concept_deletion` removes. Default 0.1.
         deletion_repeats: int >= 1, random placements averaged per image in `concept_deletion`. Default 4.
-        resamples: int >= 1, bootstrap resamples of the intervals. Default 1000.
+        resamples: int >= 1, bootstrap resamples of `concept_table`'s intervals. Default 1000.
+        share_target: float in (0, 1), the mask share the trained model's top concept is held to. Default 0.5.
+        share_margin: float > 0, the equivalence margin of the mask-share questions (shares are in [0, 1]): a share
+            within 0.05 of the target (or of chance) is at it. Fixed with the rule, before test. Default 0.05.
+        drop_margin: float > 0, the equivalence margin of the deletion test, in class probability: a concept whose
+            removal drops the probability within 0.02 of what random regions drop is no better than them. Default
+            0.02.
         batch_size: int >= 1, images per model call. Default 64.
         seed: int >= 0, for the image subset, NMF, random regions and the bootstrap. Default 0.
 
@@ -141,6 +174,9 @@ class ConceptSpec:
     deletion_area: float = 0.1
     deletion_repeats: int = 4
     resamples: int = 1000
+    share_target: float = 0.5
+    share_margin: float = 0.05
+    drop_margin: float = 0.02
     batch_size: int = 64
     seed: int = 0
 
@@ -157,6 +193,9 @@ class ConceptSpec:
         "deletion_area": [Interval(numbers.Real, 0, 1, closed="neither")],
         "deletion_repeats": [_int_at_least(1)],
         "resamples": [_int_at_least(1)],
+        "share_target": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "share_margin": [Interval(numbers.Real, 0, None, closed="neither")],
+        "drop_margin": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": [_int_at_least(1)],
         "seed": [_int_at_least(0)],
     }
@@ -506,9 +545,11 @@ def _upsample(u, size):
     return np.maximum(np.transpose(up, (0, 2, 3, 1)), 0).astype(np.float32)
 
 
-def concept_maps(images, model, concepts, *, normalization, batch_size=64):
-    """Where each concept of ``concepts`` fires in new images: their activations at the concepts' layer projected on
-    the fixed bank (NMF with ``W`` held fixed, as `sklearn.decomposition.NMF.transform`).
+def concept_projection(images, model, concepts, *, normalization, batch_size=64):
+    """Where each concept of ``concepts`` fires in new images, and where it counts for the class there: their
+    activations at the concepts' layer projected on the fixed bank (NMF with ``W`` held fixed, as
+    `sklearn.decomposition.NMF.transform`), and the positive part of ``U_k <G, W_k>`` with ``G`` the gradient of the
+    concepts' class logit (`concept_contributions`).
 
     Args:
         images: uint8 `(n, H, W, 3)` RGB at the model's input size.
@@ -518,16 +559,16 @@ def concept_maps(images, model, concepts, *, normalization, batch_size=64):
         batch_size: int >= 1, images per model call. Default 64.
 
     Returns:
-        float32 `(n, H, W, K)`, non-negative, not normalised, in the bank's concept order.
+        dict of float32 `(n, H, W, K)`, non-negative, not normalised, in the bank's concept order: ``maps`` and
+        ``contributions``.
     """
     images = _check_images(images)
     ex = explainer(model, layer=concepts.layer)
-    activations = []
+    parts = []
     for start in range(0, len(images), batch_size):
         x = model_inputs(images[start : start + batch_size], normalization=normalization)
-        g = ex.layer_gradients(x, output=concepts.output, target=concepts.target_class)
-        activations.append(g.activations)
-    activations, _ = _non_negative(np.concatenate(activations), concepts.layer)
+        parts.append(ex.layer_gradients(x, output=concepts.output, target=concepts.target_class))
+    activations, _ = _non_negative(np.concatenate([g.activations for g in parts]), concepts.layer)
     n, h, w, channels = activations.shape
     bank = concepts.bank.astype(np.float64)
     if bank.shape[1] != channels:
@@ -550,7 +591,19 @@ def concept_maps(images, model, concepts, *, normalization, batch_size=64):
             tol=concepts.spec.nmf_tol,
             random_state=concepts.spec.seed,
         )
-    return _upsample(u.reshape(n, h, w, len(bank)), images.shape[1:3])
+    u = u.reshape(n, h, w, len(bank))
+    contributions = concept_contributions(u, np.concatenate([g.gradients for g in parts]), bank)
+    size = images.shape[1:3]
+    return {"maps": _upsample(u, size), "contributions": _upsample(np.maximum(contributions, 0), size)}
+
+
+def concept_maps(images, model, concepts, *, normalization, batch_size=64):
+    """Where each concept of ``concepts`` fires in new images (`concept_projection`'s ``maps``).
+
+    Returns:
+        float32 `(n, H, W, K)`, non-negative, not normalised, in the bank's concept order.
+    """
+    return concept_projection(images, model, concepts, normalization=normalization, batch_size=batch_size)["maps"]
 
 
 def top_patches(images, concepts, k, *, size=None, top=None):
@@ -778,64 +831,14 @@ def concept_table(concepts, masks, *, resamples=None, seed=None):
 # Every class of one output, checked against the ground truth
 
 SOURCES = ("model", "randomised weights", "baseline (no model)")
-
-
-def _versus(low, high, level):
-    """'above', 'not separable from' or 'below': an interval against a level."""
-    return "above" if low > level else "below" if high < level else "not separable from"
-
-
-def _interval(values, spec):
-    return metrics.bootstrap_interval(values, resamples=spec.resamples, seed=spec.seed)
-
-
-def _top_row(found, images, masks, model, *, normalization, output, source, spec):
-    """The table row of the most important concept (or purest cluster) of ``found``: its mask share and, on the
-    trained ``model``, the deletion test."""
-    k = int(found.order[0])
-    picked = found.indices
-    bootstrap = {"resamples": spec.resamples, "seed": spec.seed}
-    shares = pooled_shares(found.maps[..., k], masks[picked], **bootstrap)
-    shares.pop("images")  # the row counts the images the concepts were found on, scored or not
-    # Images without a cue pixel have no share (NaN); a class with none at all cannot be scored against the masks.
-    scored = np.isfinite(shares["mask_share"])
-    # The baseline (`PatchClusters`) has no contribution maps: it never looks at the model's gradients.
-    where_it_counts = np.full(3, np.nan)
-    if scored and hasattr(found, "contributions"):
-        counts = pooled_shares(found.contributions[..., k], masks[picked], **bootstrap)
-        where_it_counts = [counts[key] for key in ("mask_share", "low", "high")]
-    row = {
-        "class": found.target_class,
-        "source": source,
-        "concept": k,
-        **shares,
-        "contribution_share": where_it_counts[0],
-        "contribution_low": where_it_counts[1],
-        "contribution_high": where_it_counts[2],
-        "vs_chance": _versus(shares["low"], shares["high"], shares["chance"]) if scored else "no cue pixels",
-        "images": len(picked),
-    }
-    if source == SOURCES[1]:
-        return row  # the deletion test asks what the trained model relies on, not a random one
-    drops = concept_deletion(
-        images[picked],
-        model,
-        found.maps[..., k],
-        normalization=normalization,
-        output=output,
-        target=found.target_class,
-        area=spec.deletion_area,
-        repeats=spec.deletion_repeats,
-        seed=spec.seed,
-        batch_size=spec.batch_size,
-    )
-    concept, random = _interval(drops["concept"], spec), _interval(drops["random"], spec)
-    return {
-        **row,
-        **dict(zip(("drop_concept", "drop_concept_low", "drop_concept_high"), concept, strict=True)),
-        **dict(zip(("drop_random", "drop_random_low", "drop_random_high"), random, strict=True)),
-        "deletion": "separated" if concept[1] > random[2] else "not separated",
-    }
+# The questions of a report, and the column of `held_out_report`'s table that holds each one's verdict.
+QUESTIONS = {
+    "per-image share vs target": "per_image_vs_target",
+    "pooled share vs target": "pooled_vs_target",
+    "per-image share vs chance": "per_image_vs_chance",
+    "pooled share vs chance": "pooled_vs_chance",
+    "deletion vs random regions": "deletion",
+}
 
 
 def discover_classes(images, model, *, normalization, output, labels=None, spec=None):
@@ -861,68 +864,434 @@ def discover_classes(images, model, *, normalization, output, labels=None, spec=
     return found
 
 
-def class_report(images, masks, labels, model, *, normalization, output="region", spec=None, patch_spec=None):
-    """For every class of ``output``: its most important concept in the model, the same on the model with every layer
-    re-initialised (the sanity control), and the purest cluster of the baseline that never looks at the model - each
-    scored against the cue masks, and (model and baseline) by the deletion test on the trained model.
+@dataclass
+class Discovery:
+    """What `discover_sources` found for every class of one output on the discovery images alone, fixed from then on:
+    what `held_out_report` scores on held-out images.
 
-    The control uses ``selection='labelled'`` on the images the trained model's concepts were found on: a random
-    model gets few right, and the point is the same images under random weights.
+    Attributes:
+        output: str, the output explained.
+        concepts: dict class index -> `Concepts` of the trained model (`discover_classes`), ranked on the discovery
+            images; a class without a selected image is missing.
+        controls: dict class index -> `Concepts` of ``randomized`` on the same images (selection 'labelled': a
+            random model gets few right, and the point is the same images under random weights).
+        baselines: dict class index -> `PatchClusters` (`doersch_baseline`, which never looks at the model).
+        randomized: the `keras.Model` copy with every layer re-initialised that the controls were found in.
+        image_hashes: frozenset of str, the content hashes (`streetlib.data.loaders.content_hash`) of the discovery
+            images, which `held_out_report` refuses to score.
+        found_on: str, what the discovery images were (e.g. 'training images of split 42'), for the tables.
+        spec: the `ConceptSpec` used (discovery, and the scoring rule: target, margins, deletion).
+    """
+
+    output: str
+    concepts: dict
+    controls: dict
+    baselines: dict
+    randomized: keras.Model
+    image_hashes: frozenset
+    found_on: str
+    spec: ConceptSpec
+
+    def sources(self, target):
+        """dict source (`SOURCES`) -> what it found for class ``target``: `Concepts` or `PatchClusters`."""
+        return dict(zip(SOURCES, (self.concepts[target], self.controls[target], self.baselines[target]), strict=True))
+
+
+def discover_sources(
+    images, labels, model, *, normalization, output="region", spec=None, patch_spec=None, found_on="discovery images"
+):
+    """Step 1 of the report's rule (module docstring): for every class of ``output``, the trained model's concepts, the
+    same discovery on the model with every layer re-initialised, and the baseline's patch clusters, all found on
+    ``images`` alone (the training split), each class's top concept chosen there.
 
     Args:
-        images: uint8 `(n, H, W, 3)` RGB at the model's input size, of every class.
-        masks: `(n, H, W)` cue masks.
+        images: uint8 `(n, H, W, 3)` RGB at the model's input size, of every class: the discovery images only.
         labels: int `(n,)`, each image's true ``output`` class.
         model: the trained `keras.Model`.
         normalization: the model's input normalisation.
         output: str. Default 'region'.
-        spec: `ConceptSpec` (also the bootstrap and deletion settings). Default ``ConceptSpec()``.
+        spec: `ConceptSpec`. Default ``ConceptSpec()``.
         patch_spec: `PatchSpec` of the baseline. Default ``PatchSpec()``.
+        found_on: str, what ``images`` are, for the tables. Default 'discovery images'.
 
     Returns:
-        (table, found): `pandas.DataFrame`, one row per class x source (`SOURCES`) with ``class``, ``source``,
-        ``concept``, `pooled_shares`'s columns for the top concept's map (``mask_share`` pooled over the images
-        with its 95% interval ``low``/``high``, NaN when those images have no cue pixel; ``per_image_share``,
-        ``per_image_low``, ``per_image_high``; ``chance``, the mean mask area weighted by the map's mass),
-        ``contribution_share`` with ``contribution_low``/``contribution_high`` (the pooled share of the top
-        concept's contribution map; NaN for the baseline, which has none), ``vs_chance`` (of the pooled share:
-        'above', 'not separable from', 'below' or 'no cue pixels'), ``images``, and for the
-        model and the baseline the mean probability drops ``drop_concept`` / ``drop_random`` with their intervals and
-        ``deletion`` ('separated' when the concept's interval lies above the random regions'); and dict class ->
-        the model's `Concepts`, for the galleries (see `discover_classes`: a class without images has no rows).
+        `Discovery`.
     """
     spec = ConceptSpec() if spec is None else spec
+    images, labels = _check_images(images), np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"`labels` must have shape ({len(images)},) to match `images`. Received {labels.shape}.")
+    common = {"normalization": normalization, "output": output}
+    concepts = discover_classes(images, model, labels=labels, spec=spec, **common)
+    randomized = metrics.randomized_copy(model, output=output, seed=spec.seed)
+    control_spec = replace(spec, selection="labelled", max_images=None)
+    controls, baselines = {}, {}
+    for target, found in concepts.items():
+        picked = found.indices
+        control = discover_concepts(
+            images[picked], randomized, target_class=target, labels=labels[picked], spec=control_spec, **common
+        )
+        controls[target] = replace(control, indices=picked[control.indices])
+        baselines[target] = doersch_baseline(images, labels, target_class=target, spec=patch_spec)
+    return Discovery(
+        output=output,
+        concepts=concepts,
+        controls=controls,
+        baselines=baselines,
+        randomized=randomized,
+        image_hashes=frozenset(content_hash(image) for image in images),
+        found_on=found_on,
+        spec=spec,
+    )
+
+
+def share_differences(shares, reference, weights=None):
+    """Per-image values whose mean is a mean share minus a reference, for `stats.compare` (``overlap=0``).
+
+    Without ``weights``: ``shares - reference``, the per-image share's paired differences. With ``weights`` (each
+    image's map mass), the pooled share ``R = sum w s / sum w`` is a ratio estimator; its differences from the
+    (equally weighted) reference, ``D = sum w (s - reference) / sum w``, are linearised (Woodruff 1971):
+    ``z_i = D + w_i / mean(w) * (s_i - reference_i - D)``. Their mean is exactly ``D``, and their standard deviation
+    over ``sqrt(n)`` is the delta-method standard error of the ratio,
+    ``sqrt(sum (a_i - R b_i)^2 / (n (n - 1))) / mean(b)`` with ``a = w s`` and ``b = w`` (for a constant reference).
+
+    Args:
+        shares: float `(n,)`, each image's share of the map's mass on cue pixels.
+        reference: float or float `(n,)`: the target, or each image's chance level (its cue area).
+        weights: None, or float `(n,)` positive: each image's map mass (`concept_mass`).
+
+    Returns:
+        float64 `(n,)`.
+    """
+    excess = np.asarray(shares, np.float64) - np.asarray(reference, np.float64)
+    if weights is None or not len(excess):
+        return excess
+    weights = np.asarray(weights, np.float64)
+    pooled = np.average(excess, weights=weights)
+    return pooled + weights / weights.mean() * (excess - pooled)
+
+
+def scored_shares(maps, masks):
+    """The images a share is computed on, and their numbers: those with a cue pixel where the map has mass.
+
+    Args:
+        maps: float `(n, H, W)`, non-negative: one concept's maps.
+        masks: `(n, H, W)`, non-zero on cue pixels.
+
+    Returns:
+        (shares, mass, area): float64 `(m,)` each, m <= n: each scored image's `concept_mask_share`, `concept_mass`
+        and cue area (its chance level).
+    """
+    maps, masks = np.asarray(maps, np.float64), np.asarray(masks)
+    if maps.shape != masks.shape or maps.ndim != 3:
+        raise ValueError(f"`maps` and `masks` must both have shape (n, H, W). Received {maps.shape} and {masks.shape}.")
+    if not len(maps):
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    share = concept_mask_share(maps, masks).astype(np.float64)
+    mass = concept_mass(maps)
+    # A map without mass has no share (0 / 0): `concept_mask_share` would call it uniform, i.e. at chance.
+    scored = np.isfinite(share) & (mass > 0)
+    return share[scored], mass[scored], (masks[scored] > 0).mean(axis=(1, 2))
+
+
+def _mean_interval(values, margin):
+    """(mean, low, high): the mean of per-image values and its 95% t interval, as `stats.compare` computes it."""
+    out = stats.compare(values, a="0", b="mean", margin=margin)
+    return out["difference"], out["low"], out["high"]
+
+
+def share_questions(maps, masks, *, margin, target=None):
+    """Steps 3 of the report's rule for one concept's maps over a class's held-out images: both shares, each with
+    its 95% interval, and their questions for `stats.family`.
+
+    Args:
+        maps: float `(n, H, W)`, non-negative: one concept's maps of the class's held-out images.
+        masks: `(n, H, W)`, their cue masks.
+        margin: float > 0, the equivalence margin (`ConceptSpec.share_margin`).
+        target: None, or float in (0, 1): ask whether each share is above, at or below it too.
+
+    Returns:
+        (summary, questions): dict with ``scored`` (images with a cue pixel where the map has mass), and for the
+        prefixes ``per_image`` and ``pooled``: ``<prefix>_share``, ``<prefix>_low``, ``<prefix>_high`` and
+        ``<prefix>_chance`` (NaN without a scored image); list of `stats.compare` dicts, each with a ``question``
+        (a key of `QUESTIONS`): ``a`` is 'chance' or 'target', ``b`` 'concept'.
+    """
+    shares, mass, area = scored_shares(maps, masks)
+    summary, questions = {"scored": len(shares)}, []
+    for prefix, weights in (("per_image", None), ("pooled", mass)):
+        mean, low, high = _mean_interval(share_differences(shares, 0.0, weights), margin)
+        chance = float(np.average(area, weights=weights)) if len(area) else np.nan
+        summary |= {f"{prefix}_share": mean, f"{prefix}_low": low, f"{prefix}_high": high, f"{prefix}_chance": chance}
+        references = {"chance": area} if target is None else {"target": target, "chance": area}
+        for name, reference in references.items():
+            differences = share_differences(shares, reference, weights)
+            compared = stats.compare(differences, a=name, b="concept", margin=margin)
+            questions.append({"question": f"{prefix.replace('_', '-')} share vs {name}", **compared})
+    return summary, questions
+
+
+def _held_out_row(found, source, pictures, masks, model, *, discovery, normalization):
+    """One source's top concept (or cluster), fixed at discovery, scored on one class's held-out images ``pictures``:
+    the table row and its questions."""
+    spec, k = discovery.spec, int(found.order[0])
+    n, size = len(pictures), masks.shape[1:]
+    maps, contributions = np.zeros((n, *size)), None
+    if isinstance(found, PatchClusters):
+        if n:
+            maps = patch_cluster_maps(pictures, found)[..., k]
+    else:
+        contributions = np.zeros((n, *size))
+        if n:
+            scorer = discovery.randomized if source == SOURCES[1] else model
+            projected = concept_projection(
+                pictures, scorer, found, normalization=normalization, batch_size=spec.batch_size
+            )
+            maps, contributions = projected["maps"][..., k], projected["contributions"][..., k]
+    target = spec.share_target if source == SOURCES[0] else None
+    summary, questions = share_questions(maps, masks, margin=spec.share_margin, target=target)
+    counts = np.full(3, np.nan)
+    if contributions is not None:
+        shares, mass, _ = scored_shares(contributions, masks)
+        counts = _mean_interval(share_differences(shares, 0.0, mass), spec.share_margin)
+    row = {
+        "concept": k,
+        "images": len(found.indices),
+        "selected": n,
+        "share_target": spec.share_target,
+        **summary,
+        **dict(zip(("contribution_share", "contribution_low", "contribution_high"), counts, strict=True)),
+    }
+    if source == SOURCES[1]:
+        return row, questions  # the deletion test asks what the trained model relies on, not a random one
+    drops = np.zeros(0)
+    drop_concept = drop_random = np.nan
+    if n:
+        deleted = concept_deletion(
+            pictures,
+            model,
+            maps,
+            normalization=normalization,
+            output=discovery.output,
+            target=found.target_class,
+            area=spec.deletion_area,
+            repeats=spec.deletion_repeats,
+            seed=spec.seed,
+            batch_size=spec.batch_size,
+        )
+        drops = deleted["concept"] - deleted["random"]
+        drop_concept, drop_random = float(deleted["concept"].mean()), float(deleted["random"].mean())
+    compared = stats.compare(drops, a="random regions", b="concept", margin=spec.drop_margin)
+    questions.append({"question": "deletion vs random regions", **compared})
+    row |= {
+        "drop_concept": drop_concept,
+        "drop_random": drop_random,
+        "drop_difference": compared["difference"],
+        "drop_low": compared["low"],
+        "drop_high": compared["high"],
+    }
+    return row, questions
+
+
+def held_out_report(discovery, images, masks, labels, model, *, normalization, scored_on="held-out images"):
+    """Steps 2 to 4 of the report's rule (module docstring): every class's top concept of each source, fixed by
+    ``discovery``, scored on held-out images against the cue masks and by the deletion test, every question of the
+    report in one `stats.family`.
+
+    Args:
+        discovery: `Discovery` (`discover_sources`), found on other images.
+        images: uint8 `(n, H, W, 3)` RGB held-out images of every class; none of them among the discovery images.
+        masks: `(n, H, W)` their cue masks.
+        labels: int `(n,)`, each image's true ``discovery.output`` class.
+        model: the trained `keras.Model` (the one ``discovery`` was made with).
+        normalization: the model's input normalisation.
+        scored_on: str, what ``images`` are, for the tables. Default 'held-out images'.
+
+    Returns:
+        (table, verdicts): `pandas.DataFrame` ``table``, one row per class x source (`SOURCES`), with ``class``,
+        ``source``, ``found_on``, ``scored_on``, ``concept`` (its index in the bank, or 0, the purest cluster),
+        ``images`` (discovery images it was found on), ``selected`` (held-out images of the class selected as
+        ``spec.selection`` says, scored by all three sources), ``share_target``, `share_questions`'s summary
+        (``scored``, ``per_image_share``/``_low``/``_high``/``_chance``, ``pooled_share``/``_low``/``_high``/
+        ``_chance``), ``contribution_share``/``_low``/``_high`` (the pooled share of its contribution map; NaN for
+        the baseline, which has none), for the model and the baseline ``drop_concept``, ``drop_random`` (mean
+        probability drops), ``drop_difference``, ``drop_low``, ``drop_high`` (their paired difference and its
+        interval), and the verdict columns of `QUESTIONS` (NaN where a question is not asked: the target for the
+        control and the baseline, deletion for the control); ``verdicts``, `stats.family` of every question, one
+        row each, labelled by ``class``, ``source``, ``question`` and ``scored_on``.
+
+    Raises:
+        ValueError: shapes that do not match, or held-out images that were discovery images.
+    """
+    spec = discovery.spec
     images, masks, labels = _check_images(images), np.asarray(masks), np.asarray(labels)
     if masks.shape != images.shape[:3] or labels.shape != (len(images),):
         raise ValueError(
             f"`masks` must have shape {images.shape[:3]} and `labels` ({len(images)},) to match `images`. "
             f"Received {masks.shape} and {labels.shape}."
         )
-    randomized = metrics.randomized_copy(model, output=output, seed=spec.seed)
-    control_spec = replace(spec, selection="labelled", max_images=None)
-    rows = []
-    common = {"normalization": normalization, "output": output}
-    found = discover_classes(images, model, labels=labels, spec=spec, **common)
-    for target in found:
-        picked = found[target].indices
-        control = discover_concepts(
-            images[picked], randomized, target_class=target, labels=labels[picked], spec=control_spec, **common
+    seen = sum(content_hash(image) in discovery.image_hashes for image in images)
+    if seen:
+        raise ValueError(
+            f"Invalid `images`: {seen} of the {len(images)} images to score are among the {discovery.found_on} the "
+            f"concepts were found on. Score held-out images: the test split, or `confirmation_report`'s fresh ones."
         )
-        control = replace(control, indices=picked[control.indices])
-        baseline = doersch_baseline(images, labels, target_class=target, spec=patch_spec)
-        for source, result in zip(SOURCES, (found[target], control, baseline), strict=True):
-            rows.append(_top_row(result, images, masks, model, source=source, spec=spec, **common))
-    return pd.DataFrame(rows), found
+    predicted = _predicted(
+        images,
+        model,
+        normalization=normalization,
+        output=discovery.output,
+        layer=concept_layer(model, spec.layer),
+        batch_size=spec.batch_size,
+    )
+    rows, questions = [], []
+    labels_of = {"found_on": discovery.found_on, "scored_on": scored_on}
+    for target in discovery.concepts:
+        picked = _select(labels, predicted, target, spec.selection, discovery.output)
+        for source, found in discovery.sources(target).items():
+            row, asked = _held_out_row(
+                found, source, images[picked], masks[picked], model, discovery=discovery, normalization=normalization
+            )
+            rows.append({"class": target, "source": source, **labels_of, **row})
+            questions += [{"class": target, "source": source, "scored_on": scored_on, **q} for q in asked]
+    verdicts = stats.family(questions)
+    table = pd.DataFrame(rows)
+    if len(verdicts):
+        wide = verdicts.pivot(index=["class", "source"], columns="question", values="verdict").rename(columns=QUESTIONS)
+        table = table.join(wide, on=["class", "source"])
+    columns = [c for c in table.columns if c not in QUESTIONS.values()]
+    return table.reindex(columns=[*columns, *QUESTIONS.values()]), verdicts
 
 
-def report_findings(table, *, names, share=0.5):
-    """The report in words, every judgement computed from ``table`` (`class_report`).
+def class_report(
+    images,
+    labels,
+    model,
+    *,
+    test_images,
+    test_masks,
+    test_labels,
+    normalization,
+    output="region",
+    spec=None,
+    patch_spec=None,
+    found_on="training images",
+    scored_on="test images",
+):
+    """The report's rule on a split: concepts found on the training images (`discover_sources`), scored on the test
+    images (`held_out_report`).
 
     Args:
-        table: the `class_report` DataFrame.
+        images, labels: the discovery (training) images, uint8 `(n, H, W, 3)`, and their true ``output`` class.
+        model: the trained `keras.Model`.
+        test_images, test_masks, test_labels: the held-out (test) images, their cue masks and true classes.
+        normalization: the model's input normalisation.
+        output: str. Default 'region'.
+        spec: `ConceptSpec` (discovery and the scoring rule). Default ``ConceptSpec()``.
+        patch_spec: `PatchSpec` of the baseline. Default ``PatchSpec()``.
+        found_on, scored_on: str, what the two sets of images are, for the tables.
+
+    Returns:
+        (table, verdicts, discovery): `held_out_report`'s two frames, and the `Discovery` (its ``concepts`` for the
+        galleries, all of it for `confirmation_report`).
+    """
+    common = {"normalization": normalization}
+    discovery = discover_sources(
+        images, labels, model, output=output, spec=spec, patch_spec=patch_spec, found_on=found_on, **common
+    )
+    table, verdicts = held_out_report(
+        discovery, test_images, test_masks, test_labels, model, scored_on=scored_on, **common
+    )
+    return table, verdicts, discovery
+
+
+def synthetic_confirmation(data, *, seed, per_class):
+    """Fresh images of ``data``'s classes from the synthetic generator with another generator seed: images nobody
+    has seen, for a confirmation the test split cannot give once its results have been read.
+
+    Args:
+        data: `streetlib.data.loaders.StreetData` made by `streetlib.data.synth` (its ``dataset.json`` says so and
+            records the seed).
+        seed: int >= 0, the generator seed; not the one ``data`` was made with.
+        per_class: int >= 1, images per class.
+
+    Returns:
+        `StreetData` of ``per_class`` images per class (class-major), with their cue masks, at ``data``'s image size,
+        named ``<data.name>-seed<seed>``, in memory.
+
+    Raises:
+        ValueError: ``data`` was not made by the generator, or ``seed`` is the one it was made with.
+    """
+    made = data.meta or {}
+    if not data.synthetic or made.get("generator") != synth.__name__:
+        raise ValueError(
+            f"A confirmation set is drawn by the synthetic generator: {data.name} was not made by {synth.__name__} "
+            f"(its dataset.json records generator={made.get('generator')!r}). Run the confirmation on the demo data."
+        )
+    if seed == made.get("seed"):
+        raise ValueError(
+            f"Invalid `seed`: {data.name} was made with generator seed {seed}, so those are its own images. "
+            "Pass a seed it was not made with."
+        )
+    height, width = data.image_size
+    if height != width:
+        raise ValueError(f"The generator draws square images; {data.name} has {height}x{width} px.")
+    # In this process: a few hundred images take seconds, less than spawning workers that import numpy and Pillow.
+    images, masks = synth.make_synthetic(per_class=per_class, size=height, seed=seed, spec=data.spec, workers=1)
+    return StreetData(
+        images=np.concatenate(list(images.values())),
+        city=np.repeat(np.arange(data.spec.num_classes), per_class),
+        spec=data.spec,
+        name=f"{data.name}-seed{seed}",
+        source=f"{synth.__name__}, in memory",
+        synthetic=True,
+        masks=np.concatenate(list(masks.values())),
+        meta={"generator": synth.__name__, "per_class": per_class, "size": height, "seed": seed},
+    )
+
+
+def confirmation_report(discovery, data, model, *, normalization, seed, per_class=30):
+    """The same report (`held_out_report`) on fresh images of the synthetic generator drawn with an unused seed
+    (`synthetic_confirmation`): the concepts found on the training images, the model not retrained.
+
+    Args:
+        discovery: `Discovery` of ``model`` on ``data``'s training images (`class_report`).
+        data: the `StreetData` the model was trained on, made by `streetlib.data.synth`.
+        model: the trained `keras.Model`.
+        normalization: the model's input normalisation.
+        seed: int >= 0, a generator seed ``data`` was not made with.
+        per_class: int >= 1, fresh images per class. Default 30 (the demo test split's 10% of 300).
+
+    Returns:
+        (table, verdicts, fresh): `held_out_report`'s frames (``scored_on`` names the seed; their own family: a
+        replication, not more questions of the test report) and the fresh `StreetData`.
+    """
+    fresh = synthetic_confirmation(data, seed=seed, per_class=per_class)
+    table, verdicts = held_out_report(
+        discovery,
+        fresh.images,
+        fresh.masks,
+        fresh.labels()[discovery.output],
+        model,
+        normalization=normalization,
+        scored_on=f"confirmation images (generator seed {seed})",
+    )
+    return table, verdicts, fresh
+
+
+def _share_words(row, prefix):
+    """'0.44 [0.37, 0.51] (vs the 50% target: <verdict>; vs chance 0.11: <verdict>)' for one share of a row."""
+    words = f"{row[f'{prefix}_share']:.2f} [{row[f'{prefix}_low']:.2f}, {row[f'{prefix}_high']:.2f}] ("
+    if isinstance(row.get(f"{prefix}_vs_target"), str):
+        words += f"vs the {row['share_target']:.0%} target: {row[f'{prefix}_vs_target']}; "
+    return words + f"vs chance {row[f'{prefix}_chance']:.2f}: {row[f'{prefix}_vs_chance']})"
+
+
+def report_findings(table, *, names):
+    """The report in words, every number and verdict read from ``table`` (`held_out_report`).
+
+    Args:
+        table: the `held_out_report` (or `class_report`) DataFrame.
         names: list of str, the class names of the output, by index.
-        share: float in (0, 1), the mask share the model's top concept is held to, by its interval ('above',
-            'not separable from' or 'below' the target). Default 0.5.
 
     Returns:
         list of str, one line per class and source.
@@ -930,26 +1299,26 @@ def report_findings(table, *, names, share=0.5):
     lines = []
     for row in table.to_dict("records"):
         line = (
-            f"{names[row['class']]}, {row['source']}: top concept #{row['concept']} has {row['mask_share']:.2f} "
-            f"[{row['low']:.2f}, {row['high']:.2f}] of its map mass (pooled over the images) on cue pixels, "
-            f"{row['vs_chance']} chance {row['chance']:.2f}"
+            f"{names[row['class']]}, {row['source']}: top concept #{row['concept']} (found on {row['images']} "
+            f"{row['found_on']}), on {row['scored']} of {row['selected']} {row['scored_on']}: "
         )
-        if np.isfinite(row.get("per_image_share", np.nan)):
-            per_image = f"{row['per_image_share']:.2f} [{row['per_image_low']:.2f}, {row['per_image_high']:.2f}]"
-            line += f" (per-image mean {per_image})"
-        if row["source"] == SOURCES[0] and np.isfinite(row["mask_share"]):
-            line += f", {_versus(row['low'], row['high'], share)} the {share:.0%} target"
-        if np.isfinite(row.get("contribution_share", np.nan)):
+        if row["scored"]:
+            line += (
+                f"{_share_words(row, 'pooled')} of its map mass (pooled over the images) on cue pixels; "
+                f"per-image mean {_share_words(row, 'per_image')}"
+            )
+        else:
+            line += "no image with a cue pixel where it fires, so no share"
+        if row["scored"] and np.isfinite(row.get("contribution_share", np.nan)):
             line += (
                 f"; where it counts for the class (its contribution map), {row['contribution_share']:.2f} "
                 f"[{row['contribution_low']:.2f}, {row['contribution_high']:.2f}]"
             )
-        if isinstance(row.get("deletion"), str):
+        if isinstance(row.get("deletion"), str) and row["selected"]:
             line += (
-                f"; deleting where it fires most drops the class probability by {row['drop_concept']:.2f} "
-                f"[{row['drop_concept_low']:.2f}, {row['drop_concept_high']:.2f}], random regions of the same area "
-                f"and shape by {row['drop_random']:.2f} [{row['drop_random_low']:.2f}, {row['drop_random_high']:.2f}]"
-                f": {row['deletion']}"
+                f"; deleting where it fires most drops the class probability by {row['drop_concept']:.2f}, random "
+                f"regions of the same area and shape by {row['drop_random']:.2f}, a difference of "
+                f"{row['drop_difference']:.2f} [{row['drop_low']:.2f}, {row['drop_high']:.2f}]: {row['deletion']}"
             )
         lines.append(line + ".")
     return lines
@@ -1021,6 +1390,10 @@ class PatchClusters:
         order: int64 `(keep,)`: ``arange(keep)`` (maps are already ranked), as `Concepts.order`.
         indices: int64 `(m,)`: the class's selected images, indices into ``images``.
         spec: the `PatchSpec` used.
+        kmeans: the fitted `sklearn.cluster.KMeans`, on standardised `patch_features`.
+        feature_mean, feature_std: float32 `(d,)`, the standardisation of the features, as fitted.
+        patch, stride: int, the grid's patch side and step in pixels.
+        (`patch_cluster_maps` reads the last four to find the same clusters in new images.)
     """
 
     target_class: int
@@ -1030,6 +1403,11 @@ class PatchClusters:
     order: np.ndarray
     indices: np.ndarray
     spec: PatchSpec
+    kmeans: KMeans
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    patch: int
+    stride: int
 
     score_name: ClassVar[str] = "purity"
 
@@ -1148,8 +1526,8 @@ def doersch_baseline(images, labels, *, target_class, spec=None):
     features = patch_features(images[chosen], patch=patch, stride=stride, bins=spec.bins)
     _, gy, gx, dims = features.shape
     flat = features.reshape(-1, dims)
-    flat = (flat - flat.mean(axis=0)) / (flat.std(axis=0) + 1e-6)
-    kmeans = KMeans(spec.clusters, n_init=3, random_state=spec.seed).fit(flat)
+    mean, std = flat.mean(axis=0), flat.std(axis=0) + 1e-6
+    kmeans = KMeans(spec.clusters, n_init=3, random_state=spec.seed).fit((flat - mean) / std)
     assignment = kmeans.labels_.reshape(len(chosen), gy, gx)
     from_class = np.repeat(labels[chosen] == target_class, gy * gx)
     total = np.bincount(kmeans.labels_, minlength=spec.clusters)
@@ -1158,23 +1536,59 @@ def doersch_baseline(images, labels, *, target_class, spec=None):
     purity = (hits + spec.smoothing * prior) / (total + spec.smoothing)
     ranked = np.argsort(-purity, kind="stable")[: spec.keep]
     members = np.flatnonzero(labels[chosen] == target_class)
-    ys, xs = _grid(H, patch, stride), _grid(W, patch, stride)
-    maps = np.zeros((len(members), H, W, spec.keep), np.float32)
-    for i, row in enumerate(members):
-        for a, y in enumerate(ys):
-            for b, x in enumerate(xs):
-                hit = ranked == assignment[row, a, b]
-                if hit.any():
-                    maps[i, y : y + patch, x : x + patch, np.flatnonzero(hit)[0]] += 1.0
     return PatchClusters(
         target_class=int(target_class),
         clusters=ranked.astype(np.int64),
         purity=purity[ranked].astype(np.float32),
-        maps=maps,
+        maps=_cluster_maps(assignment[members], ranked, (H, W), patch, stride),
         order=np.arange(spec.keep, dtype=np.int64),
         indices=chosen[members].astype(np.int64),
         spec=spec,
+        kmeans=kmeans,
+        feature_mean=mean,
+        feature_std=std,
+        patch=patch,
+        stride=stride,
     )
+
+
+def _cluster_maps(assignment, ranked, size, patch, stride):
+    """float32 `(m, H, W, keep)`: per image, how many patches of each of the ``ranked`` clusters cover each pixel,
+    from the cluster of every grid patch, int `(m, gy, gx)`."""
+    H, W = size
+    ys, xs = _grid(H, patch, stride), _grid(W, patch, stride)
+    maps = np.zeros((len(assignment), H, W, len(ranked)), np.float32)
+    for i, cells in enumerate(assignment):
+        for a, y in enumerate(ys):
+            for b, x in enumerate(xs):
+                hit = ranked == cells[a, b]
+                if hit.any():
+                    maps[i, y : y + patch, x : x + patch, np.flatnonzero(hit)[0]] += 1.0
+    return maps
+
+
+def patch_cluster_maps(images, clusters):
+    """Where the fixed clusters of ``clusters`` lie in new images: their grid patches described and standardised as
+    in `doersch_baseline`, each assigned to its nearest k-means centre, the kept clusters' patches counted per pixel.
+
+    Args:
+        images: uint8 `(n, H, W, 3)`, the size of the images the clusters were found in.
+        clusters: `PatchClusters`.
+
+    Returns:
+        float32 `(n, H, W, keep)`, in ``clusters.clusters`` order (most discriminative first).
+    """
+    images = _check_images(images)
+    if images.shape[1:3] != clusters.maps.shape[1:3]:
+        raise ValueError(
+            f"`images` must be {clusters.maps.shape[1:3]} px, the size the clusters were found at. "
+            f"Received {images.shape[1:3]}."
+        )
+    features = patch_features(images, patch=clusters.patch, stride=clusters.stride, bins=clusters.spec.bins)
+    n, gy, gx, dims = features.shape
+    standardised = (features.reshape(-1, dims) - clusters.feature_mean) / clusters.feature_std
+    assignment = clusters.kmeans.predict(standardised).reshape(n, gy, gx)
+    return _cluster_maps(assignment, clusters.clusters, images.shape[1:3], clusters.patch, clusters.stride)
 
 
 # ---------------------------------------------------------------------------------------------------------------
