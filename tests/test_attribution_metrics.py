@@ -52,6 +52,21 @@ def test_pointing_game_tolerance_widens_the_mask():
         M.pointing_game(maps, masks, tolerance=-1)
 
 
+def test_the_tolerance_is_zhang_s_15_pixels_at_224_scaled_to_the_image():
+    assert M.ZHANG_TOLERANCE == 15 / 224
+    assert [M.scaled_tolerance(side) for side in (224, 112, 64, 32, 16)] == [15, 8, 4, 2, 1]
+    assert M.scaled_tolerance(64, fraction=0) == 0
+    # The widened mask is a disk: a pixel at distance 2 is in it at tolerance 2, a diagonal one at distance 2.8 not.
+    masks = np.zeros((1, 9, 9), np.uint8)
+    masks[0, 4, 4] = 1
+    widened = M.dilate_masks(masks, 2)[0]
+    assert widened[4, 6] and widened[2, 4] and not widened[6, 6] and widened.sum() == 13
+    with pytest.raises(ValueError, match="Invalid `side`"):
+        M.scaled_tolerance(0)
+    with pytest.raises(ValueError, match="Invalid `fraction`"):
+        M.scaled_tolerance(64, fraction=1.5)
+
+
 def test_energy_pointing_game_by_hand():
     masks, maps = masks_and_maps()
     # 1 of 1 on the cue; 0.5 of 1.5; the all-zero map counts as uniform: 4/16.
@@ -79,6 +94,10 @@ def test_localization_table_ranks_a_perfect_map_above_the_random_floor():
     assert oracle["pointing_game"] == 1.0 and oracle["energy_pointing_game"] > 0.9
     assert abs(floor["energy_pointing_game"] - floor["chance"]) < 0.02
     assert floor["pointing_game"] < 0.5 and floor["images"] == 40
+    assert floor["pointing_chance"] == floor["chance"]  # no tolerance: the same mask
+    widened = M.localization_table({"oracle": masks.astype(np.float32)}, masks, tolerance=1).iloc[1]
+    assert widened["pointing_chance"] == pytest.approx(M.dilate_masks(masks, 1).mean())
+    assert widened["pointing_chance"] > widened["chance"]
     with pytest.raises(ValueError, match="`maps` is empty"):
         M.localization_table({}, masks)
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from test_attribution import convention_model, random_inputs
 
 from streetlib.attribution import cams, registry
@@ -27,7 +28,7 @@ def test_the_registry_holds_at_least_twelve_methods_with_their_own_parameters():
     assert registry.METHODS["integrated_gradients"].params == {"baseline": 0.0, "steps": 32, "batch_size": 64}
     assert registry.METHODS["grad_cam"].params == {}
     for name, method in registry.METHODS.items():
-        assert method.name == name and method.family in ("cam", "gradient", "perturbation", "guided")
+        assert method.name == name and method.family in ("cam", "gradient", "perturbation", "guided", "model-free")
         assert method.uses_layer == (method.family == "cam" or name == "guided_grad_cam")
 
 
@@ -75,3 +76,26 @@ def test_bad_names_parameters_and_layers_are_refused(model):
         registry.attribute(x, model, method="integrated_gradients", step=8)
     with pytest.raises(ValueError, match="reads no layer"):
         registry.attribute(x, model, method="saliency", layer="conv2")
+
+
+def test_the_edge_floor_is_the_image_s_sobel_edges_whatever_the_model(model):
+    x = random_inputs(2, 32, seed=5)
+    other = convention_model(32, seed=1)
+    first = registry.attribute(x, model, method="edge", output="city")
+    # Another model, another output and another class: the same map.
+    second = registry.attribute(x, other, method="edge", output="region", target=np.array([1, 0]))
+    np.testing.assert_array_equal(first.maps, second.maps)
+    # The Sobel gradient magnitude of each channel, combined over channels, normalised per image.
+    # (One image at a time: scipy's Sobel smooths along every other axis of an array, the batch's too.)
+    by_hand = np.stack(
+        [
+            np.sqrt(sum(ndimage.sobel(image[..., c], 0) ** 2 + ndimage.sobel(image[..., c], 1) ** 2 for c in range(3)))
+            for image in x
+        ]
+    )
+    np.testing.assert_allclose(first.maps, A.normalize_maps(by_hand.astype(np.float32)), rtol=1e-5, atol=1e-6)
+    # A step between two flat halves: the map is highest along the step and zero far from it.
+    step = np.zeros((1, 32, 32, 3), np.float32)
+    step[:, :, 16:] = 1.0
+    edges = registry.attribute(step, model, method="edge").maps[0]
+    assert set(np.flatnonzero(edges.max(axis=0) == 1.0)) == {15, 16} and edges[:, :14].max() == 0

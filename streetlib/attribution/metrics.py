@@ -5,14 +5,21 @@
   al. 2022) and the mask AUC (the map as a detector of cue pixels), with random maps as the floor.
 - Faithfulness: deletion and insertion curves (Petsiuk et al. 2018) and their areas.
 - Sanity: the cascading model-parameter randomisation check (Adebayo et al. 2018), as rank correlations between the
-  maps of the trained model and of models whose layers are randomised from the top down; the random-logit test
-  (Sixt et al. 2020), as rank correlations between the maps of the target and of a random other class.
-- Over images: every metric is per image, and `bootstrap_interval` gives a percentile interval of its mean.
+  maps of the trained model and of models whose layers are randomised from the top down; the data randomisation
+  test (Adebayo et al. 2018), whose model (`data_randomized_copy`) is trained on permuted labels; the random-logit
+  test (Sixt et al. 2020), as rank correlations between the maps of the target and of a random other class.
+- Over images: every metric is per image (`streetlib.attribution.leaderboard` compares them with
+  `streetlib.evaluation.stats`); `bootstrap_interval` gives a percentile interval of a mean.
 - Beyond one image: per-class mean CAMs and most-attributed patches, and the four-quadrant trick.
 
 Maps are float `(n, H, W)`, non-negative, at the resolution of the images and masks they are compared with (see
 `streetlib.attribution.registry.attribute`).
 """
+
+import dataclasses
+import json
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -34,6 +41,9 @@ from streetlib.attribution.methods import (
 from streetlib.attribution.registry import METHODS, ORIGINAL, attribute
 from streetlib.classes import OUTPUTS
 from streetlib.data.loaders import fit_image
+from streetlib.runs import RunId
+from streetlib.training import train
+from streetlib.training.config import Execution, RunConfig
 
 
 def _check_maps(maps, masks=None, *, name="maps"):
@@ -54,29 +64,66 @@ def _check_maps(maps, masks=None, *, name="maps"):
 # Localisation
 
 
+# Zhang et al. (2018)'s pointing game counts a hit within 15 px of the object at 224 px: as a fraction of the side.
+ZHANG_TOLERANCE = 15 / 224
+
+
+def scaled_tolerance(side, *, fraction=ZHANG_TOLERANCE):
+    """The pointing game's tolerance in pixels for images of ``side`` pixels: ``round(fraction * side)``, Zhang et
+    al.'s 15 px at 224 px scaled to the image (4 px at 64, 2 px at 32).
+
+    Args:
+        side: int >= 1, the image's side in pixels (the shorter one for a rectangle).
+        fraction: float >= 0, the tolerance as a fraction of the side. Default `ZHANG_TOLERANCE` (15 / 224).
+
+    Returns:
+        int >= 0.
+    """
+    if not isinstance(side, (int, np.integer)) or isinstance(side, bool) or side < 1:
+        raise ValueError(f"Invalid `side`: expected an int >= 1 (pixels). Received: side={side!r}")
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 <= fraction < 1:
+        raise ValueError(f"Invalid `fraction`: expected a float in [0, 1) of the side. Received: fraction={fraction!r}")
+    return round(fraction * side)
+
+
+def dilate_masks(masks, tolerance):
+    """Masks widened by ``tolerance`` pixels (a disk of that radius): where the pointing game counts a hit.
+
+    Args:
+        masks: `(n, H, W)`, non-zero on the cue pixels.
+        tolerance: int >= 0, pixels.
+
+    Returns:
+        bool `(n, H, W)`.
+    """
+    masks = np.asarray(masks) > 0
+    if not isinstance(tolerance, (int, np.integer)) or isinstance(tolerance, bool) or tolerance < 0:
+        raise ValueError(f"Invalid `tolerance`: expected an int >= 0 (pixels). Received: tolerance={tolerance!r}")
+    if not tolerance:
+        return masks
+    yy, xx = np.mgrid[-tolerance : tolerance + 1, -tolerance : tolerance + 1]
+    disk = (yy**2 + xx**2) <= tolerance**2
+    return np.stack([ndimage.binary_dilation(m, structure=disk) for m in masks])
+
+
 def pointing_game(maps, masks, *, tolerance=0):
     """Does the map's maximum fall on the cue?
 
-    A map scores the fraction of its maximal pixels that lie in the mask: 1 or 0 when the maximum is unique (the
-    usual pointing game, as Quantus's ``PointingGame``), and the chance level for a constant map, which points
-    nowhere.
+    A map scores the fraction of its maximal pixels that lie in the mask widened by ``tolerance`` (`dilate_masks`):
+    1 or 0 when the maximum is unique (the usual pointing game, as Quantus's ``PointingGame``), and the chance level
+    for a constant map, which points nowhere.
 
     Args:
         maps: float `(n, H, W)`, non-negative.
         masks: `(n, H, W)`, non-zero on the cue pixels.
-        tolerance: int >= 0, pixels by which the mask is widened (a disk), as Zhang et al.'s 15 px at 224 px.
-            Default 0.
+        tolerance: int >= 0, pixels by which the mask is widened (a disk): Zhang et al.'s 15 px at 224 px is
+            `scaled_tolerance` of the image's side. Default 0.
 
     Returns:
         float32 `(n,)` in [0, 1]; NaN for an image whose mask is empty.
     """
     maps, masks = _check_maps(maps, masks)
-    if not isinstance(tolerance, (int, np.integer)) or tolerance < 0:
-        raise ValueError(f"Invalid `tolerance`: expected an int >= 0 (pixels). Received: tolerance={tolerance!r}")
-    if tolerance:
-        yy, xx = np.mgrid[-tolerance : tolerance + 1, -tolerance : tolerance + 1]
-        disk = (yy**2 + xx**2) <= tolerance**2
-        masks = np.stack([ndimage.binary_dilation(m, structure=disk) for m in masks])
+    masks = dilate_masks(masks, tolerance)
     top = maps == maps.max(axis=(1, 2), keepdims=True)
     scores = (top & masks).sum(axis=(1, 2)) / top.sum(axis=(1, 2))
     return np.where(masks.any(axis=(1, 2)), scores, np.nan).astype(np.float32)
@@ -202,7 +249,8 @@ def mask_auc(maps, masks):
 
 
 def random_maps(shape, *, seed=0):
-    """The floor: independent uniform noise, float32 of ``shape`` in [0, 1)."""
+    """The floor: independent uniform noise, float32 of ``shape`` in [0, 1); ``seed`` an int or a tuple of ints
+    (as `numpy.random.default_rng` takes it)."""
     return np.random.default_rng(seed).random(shape, dtype=np.float32)
 
 
@@ -218,7 +266,8 @@ def localization_table(maps, masks, *, tolerance=0, seed=0):
     Returns:
         `pandas.DataFrame`, one row per method and a last row 'random': columns ``method``, ``pointing_game``
         and ``energy_pointing_game`` (means over images with a cue), ``chance`` (mean mask area fraction, what a
-        map that knows nothing scores on average) and ``images``.
+        map that knows nothing scores on average on the energy pointing game), ``pointing_chance`` (the same of the
+        masks widened by ``tolerance``: the pointing game's) and ``images``.
     """
     if not maps:
         raise ValueError("`maps` is empty: pass a dict method name -> maps.")
@@ -235,6 +284,7 @@ def localization_table(maps, masks, *, tolerance=0, seed=0):
                 "pointing_game": float(np.mean(point[has_cue])),
                 "energy_pointing_game": float(np.mean(energy[has_cue])),
                 "chance": float((masks[has_cue] > 0).mean()),
+                "pointing_chance": float(dilate_masks(masks[has_cue], tolerance).mean()),
                 "images": int(has_cue.sum()),
             }
         )
@@ -487,6 +537,74 @@ def randomized_copy(model, *, output=None, seed=0):
     return clone
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Data randomisation
+
+
+def permuted_labels(data, *, seed=0):
+    """The data of the data randomisation test (Adebayo et al. 2018): the same images with their city labels
+    permuted across the whole dataset (each region follows its city), so that nothing links an image to its label.
+
+    Args:
+        data: `streetlib.data.loaders.StreetData`.
+        seed: int, for the permutation.
+
+    Returns:
+        `StreetData`, a copy whose ``city`` is a permutation of ``data.city`` (class counts kept); images, masks
+        and name shared.
+    """
+    return dataclasses.replace(data, city=np.random.default_rng(seed).permutation(data.city))
+
+
+def first_phase(run, *, layout):
+    """The run a run starts from, followed back to its first phase: ``run`` itself for a transfer (or scratch) run,
+    the transfer run a fine-tune was initialised from (its manifest's ``init_from``), and so on.
+
+    Args:
+        run: `streetlib.runs.RunId`.
+        layout: the `streetlib.runs.RunLayout` of its dataset.
+
+    Returns:
+        (`RunId`, `streetlib.training.config.RunConfig`) of the first phase.
+    """
+    record = json.loads(layout.manifest(run).read_text())["config"]
+    while record["phase"] == "finetune":
+        model = Path(record["init_from"])
+        run = RunId.from_name(model.parent.name, re.sub(r"\.(best|final)\.keras$", "", model.name))
+        record = json.loads(layout.manifest(run).read_text())["config"]
+    return run, RunConfig.from_manifest(record)
+
+
+def data_randomized_copy(data, split, run, *, layout, experiment, epochs=None, execution=None):
+    """The model of the data randomisation test (Adebayo et al. 2018): ``run``'s configuration trained on
+    `permuted_labels` of ``data``.
+
+    Cheaply: only its first phase (`first_phase`) is trained again - for the demo's recipe, the conv head on the
+    frozen backbone's cached block1 features, not the fine-tuning of every layer on images - so a fine-tuned model's
+    copy keeps the weight source's backbone. Its final weights are kept: the validation labels are permuted too, so
+    the best epoch would be chosen on noise. The run is saved like any other (``<config>-permuted-labels-seed<N>``
+    in ``experiment``) and reused when it finished with the same configuration.
+
+    Args:
+        data: `StreetData` with the true labels.
+        split: `streetlib.data.splits.Split` the copy trains on (its seed seeds the permutation and the run).
+        run: `RunId` of the explained model (a seed's headline run).
+        layout: the `RunLayout` of ``data``'s runs.
+        experiment: str, where the copy's run goes (e.g. '05-attribution').
+        epochs: None (the first phase's own) or int >= 1.
+        execution: `streetlib.training.config.Execution`. Default: reuse a finished run, no progress bar.
+
+    Returns:
+        the trained `keras.Model`.
+    """
+    origin, config = first_phase(run, layout=layout)
+    config = config.replace(epochs=epochs or config.epochs, early_stopping=None, seed=split.seed)
+    copy = RunId(experiment, f"{origin.config_name}-permuted-labels", split.seed)
+    execution = execution or Execution(reuse=True, verbose=0)
+    permuted = permuted_labels(data, seed=split.seed)
+    return train.run_phase(permuted, split, config, run=copy, layout=layout, execution=execution).model
+
+
 def randomization_check(inputs, model, *, methods=ORIGINAL, output="city", layer=None, target=None, seed=0):
     """The cascading model-parameter randomisation check (Adebayo et al. 2018).
 
@@ -676,15 +794,22 @@ def plot_randomization(table, *, title=None):
     return fig
 
 
-def layer_localization(images, masks, model, *, layers, normalization, output="region", seed=0):
+def layer_localization(images, masks, model, *, layers, normalization, output="region", tolerance=0, seed=0):
     """Grad-CAM's pointing games at several layers: where a map is computed decides how finely it can point.
 
     At 64 px, VGG16's last convolution is a 4 x 4 grid (16 px cells) while the synthetic cues are small objects, so
     an earlier, finer layer can localise what a coarse one cannot.
 
+    Args:
+        images, masks: uint8 `(n, H, W, 3)` and `(n, H, W)`.
+        model: the `keras.Model`; layers: list of layer names; normalization: the model's.
+        output: str. Default 'region'.
+        tolerance: int >= 0, the pointing game's (`pointing_game`, `scaled_tolerance`). Default 0.
+        seed: int, for the random maps.
+
     Returns:
         DataFrame with columns layer, grid (the feature map's height x width), pointing_game, energy_pointing_game,
-        chance, plus a last row 'random' (the floor).
+        chance, pointing_chance, images, plus a last row 'random' (the floor).
     """
     inputs = model_inputs(images, normalization=normalization)
     rows = []
@@ -693,7 +818,7 @@ def layer_localization(images, masks, model, *, layers, normalization, output="r
         target = np.argmax(ex.logits(inputs, output=output), axis=1)
         coarse = ex.grad_cam(inputs, output=output, target=target, upsample=False).cam
         table = localization_table(
-            {"grad_cam": ex.grad_cam(inputs, output=output, target=target).cam}, masks, seed=seed
+            {"grad_cam": ex.grad_cam(inputs, output=output, target=target).cam}, masks, tolerance=tolerance, seed=seed
         )
         rows.append(
             {"layer": layer, "grid": f"{coarse.shape[1]}x{coarse.shape[2]}", **table.iloc[0].drop("method").to_dict()}

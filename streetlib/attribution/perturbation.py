@@ -93,10 +93,16 @@ def rise(ex, inputs, *, output="city", target=None, rank=1, masks=4000, cells=7,
     Each mask is a ``cells`` x ``cells`` grid of cells kept with probability ``p``, upsampled bilinearly to
     ``(cells + 1)`` cell sizes (a cell is ``ceil(H / cells)`` by ``ceil(W / cells)`` pixels) and cropped to `(H, W)` at
     a random shift of less than one cell, so the kept areas have soft edges at any position. The image is multiplied
-    by the mask (hidden pixels go to the model-space zero). The map is ``sum_n P_n * mask_n / (masks * p)``, with
+    by the mask (hidden pixels go to the model-space zero). The map is ``sum_n P_n * mask_n / sum_n mask_n``, with
     ``P_n`` the softmax probability of the class on masked copy ``n``: a Monte Carlo estimate of
     ``E[P | pixel kept]``. The probability, not the logit, as in the paper: it is bounded, so a few masks with
     extreme logits do not dominate the sum. All images of a call share the same masks.
+
+    Each pixel is divided by how much the masks drawn kept it (``sum_n mask_n``), not by its expectation
+    ``masks * p`` as in the paper: with the paper's divisor the masks' own uneven coverage is in every map, the same
+    for any model, so two models' maps agree by construction (the randomisation check's rank correlation with a
+    re-initialised model was 0.97 with 50 masks and 0.81 with 1,000 on 16 images of a demo model; 0.16 and 0.06 with
+    the ratio, which leaves a constant map for a model that ignores the image). A pixel no mask kept gets 0.
 
     Args:
         ex, inputs, output, target, rank: as `occlusion`; the class is picked on the clean image.
@@ -129,12 +135,15 @@ def rise(ex, inputs, *, output="city", target=None, rank=1, masks=4000, cells=7,
         return np.stack([m[dy : dy + H, dx : dx + W] for m, (dy, dx) in zip(up, shifts[number], strict=True)])
 
     total = np.zeros((len(x), H, W), np.float32)
+    coverage = np.zeros((len(x), H, W), np.float32)
     for image, number in copy_batches(len(x), masks, batch_size):
         kept = make_masks(number)
         logits = ex.logits(x[image] * kept[..., None], output=output)
         probs = softmax(logits, axis=1)[np.arange(len(image)), classes[image]]
         np.add.at(total, image, probs[:, None, None] * kept)
-    return Attribution("rise", output, classes, total / (masks * p))
+        np.add.at(coverage, image, kept)
+    maps = np.divide(total, coverage, out=np.zeros_like(total), where=coverage > 0)
+    return Attribution("rise", output, classes, maps)
 
 
 def _starts(size, patch, stride):

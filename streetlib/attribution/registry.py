@@ -14,6 +14,7 @@ whether it reads a feature layer, what it differentiates or perturbs, and its pa
 | saliency, gradient_x_input, smoothgrad, integrated_gradients | gradient | no | the class logit w.r.t. the input |
 | occlusion, rise | perturbation | no | the input, by patches or random masks (forward passes only) |
 | guided_backprop, guided_grad_cam | guided | guided_grad_cam | the class logit through guided ReLUs |
+| edge | model-free | no | nothing: the image's Sobel gradient magnitude, the same for every model (a floor) |
 """
 
 import inspect
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streetlib.attribution import cams, gradients, guided, perturbation
+from streetlib.attribution import cams, gradients, guided, model_free, perturbation
 from streetlib.attribution.methods import Attribution, explainer, normalize_maps, upsample_maps
 
 # The arguments every method takes; anything else a method declares is one of its own parameters.
@@ -35,7 +36,7 @@ class Method:
     Attributes:
         name: str, the method's name (`METHODS` key).
         function: callable ``(ex, inputs, *, output, target, rank, **params) -> Attribution``.
-        family: str, 'cam', 'gradient', 'perturbation' or 'guided'.
+        family: str, 'cam', 'gradient', 'perturbation', 'guided' or 'model-free'.
         uses_layer: bool, whether the method reads the feature map of a layer (``layer=`` of `attribute`).
         differentiates: str, what the method differentiates or perturbs, for tables and docs.
         params: dict name -> default of the method's own parameters (read from its signature).
@@ -75,6 +76,7 @@ METHODS = {
         _method(perturbation.rise, "perturbation", uses_layer=False, differentiates="the input, by random masks"),
         _method(guided.guided_backprop, "guided", uses_layer=False, differentiates="the logit, guided ReLUs"),
         _method(guided.guided_grad_cam, "guided", uses_layer=True, differentiates="the logit, guided ReLUs x CAM"),
+        _method(model_free.edge, "model-free", uses_layer=False, differentiates="nothing: the image's Sobel edges"),
     )
 }
 
