@@ -7,9 +7,11 @@ import pytest
 from conftest import make_toy_data, toy_split
 
 from streetlib.baselines import classifiers as baselines
+from streetlib.baselines import features
 from streetlib.baselines.classifiers import fit_baseline, make_classifier
 from streetlib.classes import SYNTH10
 from streetlib.data.loaders import StreetData
+from streetlib.evaluation import stats
 from streetlib.models import weights
 from streetlib.runs import RunLayout
 
@@ -114,6 +116,37 @@ def test_search_keeps_the_best_on_validation():
 def test_default_grids_contain_the_original_C():
     assert all(1.0 in grid["C"] for grid in baselines.SEARCH_GRIDS.values())
     assert set(baselines.SEARCH_GRIDS) == set(baselines.CLASSIFIERS)
+    # ... and the original's RBF width, scikit-learn's gamma='scale' (1/d on standardised features).
+    assert 1.0 in baselines.SEARCH_GRIDS["svm-rbf"]["gamma_scale"]
+
+
+def test_rbf_width_is_searched_in_units_of_one_over_the_width_of_the_features():
+    assert baselines.sklearn_params({"C": 10.0, "gamma_scale": 0.5}, 256) == {"C": 10.0, "gamma": 0.5 / 256}
+    assert baselines.sklearn_params({"C": 10.0}, 256) == {"C": 10.0}
+    x, y, split = circle_features(noise=2.0, seed=3)
+    fit = fit_baseline(x, y, split, classifier="svm-rbf", search={"svm-rbf": {"C": [1.0], "gamma_scale": [4.0]}})
+    assert fit.params == {"C": 1.0, "gamma_scale": 4.0}  # recorded as searched
+    assert fit.model.named_steps["clf"].gamma == pytest.approx(4.0 / x.shape[1])
+
+
+def test_c_and_gamma_are_chosen_on_validation_only():
+    # Scrambling the test labels changes the test score but not the choice: C and gamma are never chosen on test.
+    x, y, split = circle_features(noise=2.5, seed=1)
+    grid = {"svm-rbf": {"C": [0.01, 1.0, 100.0], "gamma_scale": [0.01, 1.0, 30.0]}}
+    fit = fit_baseline(x, y, split, classifier="svm-rbf", search=grid)
+    scrambled = y.copy()
+    scrambled[split.test] = np.random.default_rng(0).permutation(y[split.test])
+    assert (scrambled[split.test] != y[split.test]).any()
+    other = fit_baseline(x, scrambled, split, classifier="svm-rbf", search=grid)
+    assert other.params == fit.params and other.val_acc == fit.val_acc and other.test_acc != fit.test_acc
+    # The choice is the candidate with the best validation accuracy, by hand.
+    by_hand = {}
+    for c in grid["svm-rbf"]["C"]:
+        for g in grid["svm-rbf"]["gamma_scale"]:
+            model = make_classifier("svm-rbf", C=c, gamma=g / x.shape[1]).fit(x[split.train], y[split.train])
+            by_hand[(c, g)] = np.mean(model.predict(x[split.val]) == y[split.val])
+    assert by_hand[(fit.params["C"], fit.params["gamma_scale"])] == max(by_hand.values()) == fit.val_acc
+    assert len(set(by_hand.values())) > 1  # the candidates really differ on validation
 
 
 def test_make_classifier_is_the_original_svm_after_a_scaler():
@@ -196,6 +229,30 @@ def grid(tmp_path_factory):
     return data, splits, dirs, result
 
 
+def test_random_features_can_be_fed_a_pretrained_sources_normalisation(tmp_path):
+    # Question 1's confound: random weights fed their own 'samplewise' images, pretrained ones 'caffe-bvlc'. With
+    # random_normalization the random source's features are those of caffe-bvlc images, and its rows say so.
+    data = make_toy_data(per_class=3, size=32)
+    spec = baselines.BaselineGrid(
+        weights=["random"],
+        poolings=["grid2"],
+        classifiers=["logreg"],
+        outputs=["city"],
+        extractor={"layer": "block1_pool"},
+        random_normalization="caffe-bvlc",
+    )
+    dirs = {"cache_dir": tmp_path / "f", "layout": RunLayout(hists_dir=tmp_path / "h", figs_dir=tmp_path / "g")}
+    table = baselines.run_grid(data, [toy_split(data, seed=0)], spec, figure_seeds=[], progress=False, **dirs).table
+    assert table["normalization"].tolist() == ["caffe-bvlc"] and table["pooling"].tolist() == ["grid2"]
+    assert table["dim"].tolist() == [2 * 2 * 64]  # block1_pool's 16 x 16 x 64 maps at 32 px, on a 2 x 2 grid
+    expected = features.FeatureExtractor(weights="random", layer="block1_pool", normalization="caffe-bvlc")
+    cached = expected.features(data, poolings=["grid2"], cache_dir=tmp_path / "f", progress=False)["grid2"]
+    own = features.FeatureExtractor(weights="random", layer="block1_pool").extract(
+        data, poolings=["grid2"], progress=False
+    )
+    assert not np.allclose(cached, own["grid2"])  # another normalisation, other features
+
+
 def test_grid_rows_are_tidy(grid):
     data, _, _, result = grid
     table = result.table
@@ -250,6 +307,8 @@ def test_grid_run_again_replaces_its_rows_and_keeps_others(grid, tmp_path):
         ({"augment_copies": []}, r"Invalid `augment_copies`"),
         ({"classifiers": ["forest"]}, r"Invalid `classifiers`.*'forest'"),
         ({"poolings": ["sum"]}, r"Invalid `poolings`. Expected a non-empty list of \('avg'.*poolings=\['sum'\]"),
+        ({"poolings": ["grid0"]}, r"Invalid `poolings`.*'grid<k>' \(k >= 1\).*poolings=\['grid0'\]"),
+        ({"random_normalization": "zscore"}, r"Invalid `random_normalization`.*'zscore'"),
         ({"poolings": []}, r"Invalid `poolings`. Expected a non-empty list"),
         ({"weights": "random"}, r"Invalid `weights`. Expected a list of weight sources.*weights='random'"),
         ({"search": "yes"}, r"Invalid `search`. Expected a bool or a dict"),
@@ -322,44 +381,44 @@ def test_summarize_gives_the_seed_spread():
     assert row["std"] == pytest.approx(np.std([0.50, 0.45, 0.30], ddof=1))
 
 
-def test_compare_pairs_seeds():
-    out = baselines.compare(_table(), column="weights", a="random", b="hed-bsds500")
-    assert len(out) == 1
-    row = out.iloc[0]
-    assert row["n"] == 3 and row["b_wins"] == 2
-    assert row["mean_diff"] == pytest.approx((0.20 + 0.05 - 0.05) / 3)
-    assert row["std_diff"] == pytest.approx(np.std([0.20, 0.05, -0.05], ddof=1))
+STATS = {"margin": 0.03, "overlap": 0.15}
+
+
+def test_compare_pairs_seeds_and_feeds_their_differences_to_the_statistics_module():
+    (row,) = baselines.compare(_table(), column="weights", a="random", b="hed-bsds500", **STATS)
+    differences = [0.20, 0.05, -0.05]
+    expected = stats.compare(differences, a="random", b="hed-bsds500", **STATS)
+    assert {k: row[k] for k in expected} == pytest.approx(expected)
+    assert row["n"] == 3 and row["difference"] == pytest.approx(np.mean(differences))
+    assert row["column"] == "weights" and row["output"] == "city"
+    assert row["mean_a"] == pytest.approx(0.35) and row["mean_b"] == pytest.approx(1.25 / 3)
+
+
+def test_compared_baselines_get_the_statistics_modules_verdicts():
+    table = _table()
+    table.loc[table["weights"] == "random", "test_acc"] = 0.1
+    found = stats.family(baselines.compare(table, column="weights", a="random", b="hed-bsds500", **STATS))
+    assert found["verdict"].tolist() == ["hed-bsds500 higher"]
+    assert found["column"].tolist() == ["weights"] and found["output"].tolist() == ["city"]
+    # The same scores on both sides on every seed: exactly equivalent.
+    table.loc[table["weights"] == "random", "test_acc"] = table.loc[
+        table["weights"] == "hed-bsds500", "test_acc"
+    ].values
+    found = stats.family(baselines.compare(table, column="weights", a="random", b="hed-bsds500", **STATS))
+    assert found["verdict"].tolist() == ["equivalent within ±0.03"]
 
 
 def test_compare_errors():
     table = _table()
     with pytest.raises(ValueError, match="Invalid `column`.*column='seed'"):
-        baselines.compare(table, column="seed", a=42, b=43)
+        baselines.compare(table, column="seed", a=42, b=43, **STATS)
     with pytest.raises(ValueError, match="No rows with weights='imagenet'"):
-        baselines.compare(table, column="weights", a="random", b="imagenet")
+        baselines.compare(table, column="weights", a="random", b="imagenet", **STATS)
+    with pytest.raises(ValueError, match="Invalid `margin`"):
+        baselines.compare(table, column="weights", a="random", b="hed-bsds500", margin=0, overlap=0.15)
     table.loc[table["weights"] == "random", "seed"] += 100
     with pytest.raises(ValueError, match="share no configuration and seed"):
-        baselines.compare(table, column="weights", a="random", b="hed-bsds500")
-
-
-def test_verdicts_say_what_beats_what_with_the_spread():
-    table = _table()
-    lines = baselines.verdicts(
-        baselines.compare(table, column="weights", a="random", b="hed-bsds500"), a="random", b="hed-bsds500"
-    )
-    assert lines == [
-        "city: hed-bsds500 0.417 ± 0.104 vs random 0.350 ± 0.050, difference +0.067 ± 0.126 "
-        "(hed-bsds500 higher on 2, random on 1 of 3 seeds: within the seed spread)"
-    ]
-    table.loc[table["weights"] == "random", "test_acc"] = 0.1
-    lines = baselines.verdicts(
-        baselines.compare(table, column="weights", a="random", b="hed-bsds500"), a="random", b="hed-bsds500"
-    )
-    assert lines[0].endswith("(hed-bsds500 higher on all 3 seeds)")
-    lines = baselines.verdicts(
-        baselines.compare(table, column="weights", a="hed-bsds500", b="random"), a="hed-bsds500", b="random"
-    )
-    assert lines[0].endswith("(hed-bsds500 higher on all 3 seeds)")
+        baselines.compare(table, column="weights", a="random", b="hed-bsds500", **STATS)
 
 
 def test_seed_table_and_summary_plot():
@@ -406,15 +465,15 @@ def test_pixels_floor_matches_a_direct_weighted_sum():
     # 13 x 21 px: cells of 1.625 x 2.625 px, so most cells share pixels with their neighbours; 5 images in chunks of
     # 2, so the last chunk is short.
     images = np.random.default_rng(1).integers(0, 256, (5, 13, 21, 3), dtype=np.uint8)
-    features = baselines.floor_features(_crafted(list(images)), "pixels", chunk=2)
-    rows, cols = baselines._area_weights(13, 8), baselines._area_weights(21, 8)
+    floor = baselines.floor_features(_crafted(list(images)), "pixels", chunk=2)
+    rows, cols = features.area_weights(13, 8), features.area_weights(21, 8)
     direct = np.zeros((5, 8, 8, 3))
     for i, j in np.ndindex(8, 8):
         weights = rows[i][:, None] * cols[j][None, :]
         direct[:, i, j] = (weights[None, :, :, None] * images / 255.0).sum(axis=(1, 2))
     # Both sum in float64 (errors near 1e-16) in different orders; the float32 result can then differ by one rounding
     # step, 2**-24 ~ 6e-8 relative, far inside rtol=1e-6.
-    np.testing.assert_allclose(features, direct.reshape(5, -1), rtol=1e-6)
+    np.testing.assert_allclose(floor, direct.reshape(5, -1), rtol=1e-6)
 
 
 def test_colour_stats_floor_of_half_red_half_black():
@@ -536,7 +595,7 @@ def test_summaries_of_floor_and_deep_rows_together(grid, floor_grid):
 
     # Against the floor, each deep configuration pairs with it on the same seeds (the floor has no pooling,
     # weights or augmentation, so it is paired with every value the deep rows have).
-    out = baselines.compare(table, column="backbone", a="colour-stats", b="vgg16")
+    out = pd.DataFrame(baselines.compare(table, column="backbone", a="colour-stats", b="vgg16", **STATS))
     assert set(zip(out["augment_copies"], out["classifier"], out["output"], strict=True)) == {
         (k, c, o) for k in (0, 1) for c in ("svm-rbf", "logreg") for o in ("region", "city")
     }
@@ -546,5 +605,5 @@ def test_summaries_of_floor_and_deep_rows_together(grid, floor_grid):
     keys = ["classifier", "seed", "output"]
     paired = deep_rows.merge(floor_rows, on=keys, suffixes=("_b", "_a"))
     expected = (paired["test_acc_b"] - paired["test_acc_a"]).groupby([paired["classifier"], paired["output"]]).mean()
-    got = out[out["augment_copies"] == 1].set_index(["classifier", "output"])["mean_diff"]
+    got = out[out["augment_copies"] == 1].set_index(["classifier", "output"])["difference"]
     pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)

@@ -245,12 +245,32 @@ def test_invalid_layer_names_the_pools(data):
         FeatureExtractor(weights="random", layer="block6_pool").layer_name(data)
 
 
+def test_grid_pooling_averages_the_map_over_a_grid_of_cells(data):
+    fx = FeatureExtractor(weights="random", layer="block1_pool")  # 16 x 16 x 64 maps at 32 px
+    out = fx.extract(data, [0, 1], poolings=["flatten", "grid2", "grid4", "grid1", "avg"], progress=False)
+    maps = out["flatten"].reshape(2, 16, 16, 64)
+    # 2 x 2 cells of 8 x 8 positions, flattened in (row, column, channel) order.
+    expected = maps.reshape(2, 2, 8, 2, 8, 64).mean(axis=(2, 4)).reshape(2, -1)
+    np.testing.assert_allclose(out["grid2"], expected, rtol=1e-5, atol=1e-6)
+    assert out["grid4"].shape == (2, 4 * 4 * 64) and out["grid2"].dtype == np.float32
+    np.testing.assert_allclose(out["grid1"], out["avg"], rtol=1e-5, atol=1e-6)  # one cell: the global average
+    # Cells that cut positions weigh them by the overlap: 3 cells over 4 positions.
+    ramp = np.arange(4, dtype=np.float32)[None, :, None, None] * np.ones((1, 4, 4, 1), np.float32)
+    rows = features.grid_pool(ramp, 3).reshape(3, 3)[:, 0]
+    np.testing.assert_allclose(
+        rows, [(0 + 1 / 3) / (4 / 3), (2 / 3 + 2 * 2 / 3) / (4 / 3), (2 / 3 + 3) / (4 / 3)], rtol=1e-6
+    )
+    assert features.is_pooling("grid7") and not features.is_pooling("grid0") and not features.is_pooling("grid")
+    assert fx.key(data, pooling="grid2") != fx.key(data, pooling="grid4")
+
+
 @pytest.mark.parametrize(
     "poolings, match",
     [
         ("avg", "non-empty list"),
         ([], "non-empty list"),
         (["avg", "mean"], r"values in \('avg', 'max', 'flatten', 'avgmax'\).*'mean'"),
+        (["grid0"], r"values in \('avg', 'max', 'flatten', 'avgmax'\) or 'grid<k>' \(k >= 1\).*'grid0'"),
     ],
 )
 def test_invalid_poolings(data, extractor, poolings, match):

@@ -495,7 +495,7 @@ def test_invalid_starting_models_are_named(toy_data, toy_data_split, tmp_path):
         return train.run_phase(toy_data, toy_data_split, config, init_from=init_from, **where)
 
     with pytest.raises(ValueError, match="`init_from` is for phase='finetune'"):
-        run(_config(), tmp_path / "m.keras")
+        run(_config("scratch"), tmp_path / "m.keras")
     with pytest.raises(ValueError, match="phase='finetune' needs `init_from`"):
         run(_config("finetune"), None)
     with pytest.raises(ValueError, match=r"Invalid `init_from`. Expected a RunResult or an existing .keras file"):
@@ -506,12 +506,44 @@ def test_invalid_starting_models_are_named(toy_data, toy_data_split, tmp_path):
         run(_config("finetune"), tmp_path / "m.keras")
     with pytest.raises(ValueError, match=r"Invalid `strategy`.*Received: strategy='gpu'"):
         train.choose_strategy("gpu")
-    with pytest.raises(ValueError, match="`mixed_precision=True` needs a GPU or TPU"):
-        with train._precision(True, tf.distribute.get_strategy()):
-            pass
     with pytest.raises(ValueError, match=r"Invalid `optimizer`.*Received: 'adagrad'"):
         train.make_optimizer("adagrad", learning_rate=0.1)
     assert isinstance(train.choose_strategy(None), tf.distribute.Strategy)
+
+
+@pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="a GPU computes in float16, not bfloat16")
+def test_mixed_precision_on_a_cpu_trains_in_bfloat16_with_float32_outputs(toy_data, toy_data_split, out_dirs):
+    # The GPU path rehearsed on a CPU: bfloat16 compute, float32 variables, outputs and loss, and the global policy
+    # restored afterwards. Fine-tuning from block2: the trained convolutions backpropagate in bfloat16.
+    config = _config("scratch", epochs=1, cut="block2_pool", head="conv", augment=False, mixed_precision=True)
+    layout = RunLayout(hists_dir=out_dirs["hists_dir"], models_dir=out_dirs["models_dir"])
+    with pytest.warns(UserWarning, match="bfloat16 compute on the CPU .* meant for rehearsing the GPU path"):
+        result = train.run_phase(
+            toy_data, toy_data_split, config, run=RunId("mixed", "bf16"), layout=layout, execution=QUIET
+        )
+    assert keras.config.dtype_policy().name == "float32"
+    assert result.manifest["config"]["mixed_precision"] is True
+    assert np.isfinite(result.history[["loss", "val_loss"]].to_numpy()).all()
+    images = toy_data.images[toy_data_split.val[:4]].astype("float32")
+    for model in (result.model, keras.models.load_model(result.paths["best_model"], safe_mode=True)):
+        conv = model.get_layer("backbone").get_layer("block2_conv2")
+        assert conv.dtype_policy.name == "mixed_bfloat16" and conv.kernel.dtype == "float32"
+        for output in ("region", "city"):
+            assert model.get_layer(output).dtype_policy.name == "float32"
+        assert keras.backend.standardize_dtype(model.get_layer("backbone")(images).dtype) == "bfloat16"
+        probs = model(images, training=False)
+        dtypes = {name: keras.backend.standardize_dtype(p.dtype) for name, p in probs.items()}
+        assert dtypes == {"region": "float32", "city": "float32"}
+        np.testing.assert_allclose(np.sum(probs["city"], axis=1), 1.0, rtol=1e-5)
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_the_precision_policy_is_restored_when_building_fails():
+    with pytest.warns(UserWarning, match="mixed_bfloat16"), pytest.raises(RuntimeError, match="boom"):
+        with train._precision(True, tf.distribute.get_strategy()):
+            assert keras.config.dtype_policy().name == "mixed_bfloat16"
+            raise RuntimeError("boom")
+    assert keras.config.dtype_policy().name == "float32"
 
 
 def test_run_seeds_names_runs_by_seed(toy_data, tmp_path, monkeypatch):
@@ -557,3 +589,136 @@ def test_reuse_returns_a_finished_run_and_retrains_one_whose_models_are_gone(toy
         retrained = train.run_phase(toy_data, toy_data_split, config, execution=reuse, **where)
     assert retrained.manifest["finished_at"] != finished_at and retrained.paths["best_model"].is_file()
     assert retrained.history.index.tolist() == [0]  # the old history was replaced, not appended to
+
+
+# -- the feature store shared by runs -------------------------------------------------------------------------------
+
+BLOCK1 = {"cut": "block1_pool", "head": "conv", "filters": 8, "augment": False}
+
+
+class _Counted:
+    """`train.extract_features`, counting the passes over a dataset and the images each pass ran."""
+
+    def __init__(self, monkeypatch):
+        self.sizes, self._extract = [], train.extract_features
+        monkeypatch.setattr(train, "extract_features", self)
+
+    def __call__(self, frozen, datasets, *, size, **kwargs):
+        self.sizes.append(size)
+        return self._extract(frozen, datasets, size=size, **kwargs)
+
+
+def test_the_frozen_part_runs_once_per_source_whatever_the_number_of_seeds(toy_data, out_dirs, monkeypatch):
+    calls = _Counted(monkeypatch)
+    store = train.FeatureStore(2**30)
+    common = {"experiment": "store", "split_kwargs": {"test_size": 0.15, "val_size": 0.2, "save": False}}
+    where = {"layout": RunLayout(**out_dirs), "execution": QUIET, "store": store}
+    pretrained = train.run_seeds(
+        toy_data, _config(epochs=1, **BLOCK1), seeds=[1, 2, 3], config_name="hed", **common, **where
+    )
+    # One pass over every image of the dataset, for three seeds: pretrained weights are the same for each.
+    assert calls.sizes == [len(toy_data)] and store.extractions == 1
+    for result in pretrained.values():
+        plan = result.manifest["cache_plan"]
+        assert plan["shared"] is True and plan["bytes"] == len(toy_data) * 16 * 16 * 64 * 4
+    # A run continued later from the store (another configuration, the same frozen part) extracts nothing more.
+    train.run_seeds(
+        toy_data, _config(epochs=1, **BLOCK1, dropout=0.1), seeds=[1], config_name="hed2", **common, **where
+    )
+    assert calls.sizes == [len(toy_data)]
+    # Random weights are drawn anew for each seed: one pass per seed, as their features differ.
+    random = _config(epochs=1, **BLOCK1, weights="random")
+    train.run_seeds(toy_data, random, seeds=[1, 2], config_name="random", **common, **where)
+    assert calls.sizes == [len(toy_data)] * 3 and store.extractions == 3
+
+
+def test_a_run_served_by_the_store_trains_like_one_caching_its_own_split(toy_data, toy_data_split, out_dirs):
+    config = _config(epochs=2, **BLOCK1)
+    layout = RunLayout(**out_dirs)
+    store = train.FeatureStore(2**30)
+    own = train.run_phase(toy_data, toy_data_split, config, run=RunId("s", "own"), layout=layout, execution=QUIET)
+    shared = train.run_phase(
+        toy_data, toy_data_split, config, run=RunId("s", "shared"), layout=layout, execution=QUIET, store=store
+    )
+    assert "shared" not in own.manifest["cache_plan"] and shared.manifest["cache_plan"]["shared"] is True
+    assert list(own.history.columns) == list(shared.history.columns)
+    np.testing.assert_allclose(own.history.to_numpy(), shared.history.to_numpy(), rtol=HISTORY_RTOL)
+    for name in ("head_conv1", "city_logits"):
+        for a, b in zip(
+            own.model.get_layer(name).get_weights(), shared.model.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_store_keeps_what_fits_its_budget(toy_data):
+    model = models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv")
+    frozen, _ = models.split_model(model, through="backbone")
+    entry = len(toy_data) * train.feature_bytes(frozen)
+    common = {"normalization": "caffe-bvlc", "image_size": 32, "batch_size": 16}
+    store = train.FeatureStore(entry)
+    assert store.fits(frozen, toy_data) and not train.FeatureStore(entry - 1).fits(frozen, toy_data)
+    first = store.features(frozen, toy_data, **common)
+    assert first.shape == (len(toy_data), 16, 16, 64) and not first.flags.writeable
+    assert store.features(frozen, toy_data, **common) is first and store.extractions == 1
+    # Another normalisation is another entry; the budget holds one, so the older one is dropped.
+    other = store.features(frozen, toy_data, **{**common, "normalization": "samplewise"})
+    assert not np.array_equal(first, other) and store.extractions == 2
+    store.features(frozen, toy_data, **common)
+    assert store.extractions == 3
+    with pytest.raises(ValueError, match=r"Invalid `max_bytes`. Expected an int >= 0. Received: max_bytes=-1"):
+        train.FeatureStore(-1)
+
+
+def test_the_frozen_key_follows_the_weights_not_the_names(toy_data):
+    def frozen(seed, name):
+        model = models.build_model(
+            input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv", seed=seed, name=name
+        )
+        return models.split_model(model, through="backbone")[0]
+
+    common = {"normalization": "caffe-bvlc", "image_size": 32}
+    key = train.frozen_key(frozen(1, "a"), toy_data, **common)
+    assert train.frozen_key(frozen(1, "b"), toy_data, **common) == key  # the run's model name does not count
+    assert train.frozen_key(frozen(2, "a"), toy_data, **common) != key  # other random weights
+    assert train.frozen_key(frozen(1, "a"), toy_data, normalization="samplewise", image_size=32) != key
+
+
+def test_a_continued_transfer_trains_the_extra_epochs_from_the_transfers_best_weights(
+    toy_data, toy_data_split, out_dirs
+):
+    layout = RunLayout(**out_dirs)
+    transfer = train.run_phase(
+        toy_data, toy_data_split, _config(epochs=3, **BLOCK1), run=RunId("c", "t"), layout=layout, execution=QUIET
+    )
+    best = keras.models.load_model(transfer.best_path, safe_mode=True)
+    start_layers = ("head_conv1", "city_logits")
+    seen = {}
+
+    class _Start(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            # The model being fit is the head on cached features: compare the layers it holds.
+            seen.update({name: self.model.get_layer(name).get_weights() for name in start_layers})
+
+    continued = train.run_phase(
+        toy_data,
+        toy_data_split,
+        _config(epochs=2, **BLOCK1),
+        run=RunId("c", "t-continued"),
+        init_from=transfer,
+        layout=layout,
+        execution=QUIET,
+        callbacks=[_Start()],
+    )
+    for name in start_layers:  # the head starts from the best epoch's weights, not the last epoch's
+        for a, b in zip(seen[name], best.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert len(continued.history) == 2
+    assert continued.history["city_loss"].iloc[-1] != transfer.history["city_loss"].iloc[-1]
+    # The backbone stays frozen, as in the transfer run.
+    for a, b in zip(_weights(continued.model, "block1_conv2"), _weights(transfer.model, "block1_conv2"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    record = continued.manifest["config"]
+    assert record["phase"] == "transfer" and record["init_from"] == str(transfer.best_path.resolve())
+    assert record["weights_file"]["detail"] == "the model this run continues (init_from)"
+    with pytest.raises(ValueError, match=r"`init_from` is for phase='finetune' \(or 'transfer'"):
+        train.run_phase(toy_data, toy_data_split, _config("scratch"), run=RunId("c", "s"), init_from=transfer)

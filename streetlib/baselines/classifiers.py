@@ -39,18 +39,28 @@ from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
 from streetlib import figures, paths
-from streetlib.baselines.features import FeatureExtractor, check_poolings
+from streetlib.baselines.features import (
+    POOLING_NAMES,
+    FeatureExtractor,
+    area_average,
+    area_weights,
+    check_poolings,
+    is_pooling,
+)
 from streetlib.classes import OUTPUTS
-from streetlib.constraints import Items, Keys, validate_parameters
+from streetlib.constraints import Items, Keys, Options, validate_parameters
+from streetlib.data.pipeline import NORMALIZATIONS
+from streetlib.evaluation import stats
 from streetlib.evaluation.evaluate import confusion, top_k_accuracy
 from streetlib.models import weights as weights_lib
-from streetlib.models.network import POOLINGS
 from streetlib.runs import dataset_layout
 
 CLASSIFIERS = ("svm-rbf", "linear-svm", "logreg")
-# Candidates for the optional search on the validation split; C=1 (the original's SVM) is in every grid.
+# Candidates for the optional search on the validation split; C=1 (the original's SVM) is in every grid. The RBF
+# kernel's width is searched as ``gamma_scale``, gamma in units of 1/d (`sklearn_params`), so one grid suits features
+# of any width d; 1 is the original's (scikit-learn's gamma='scale' on standardised features).
 SEARCH_GRIDS = {
-    "svm-rbf": {"C": [0.1, 1.0, 10.0]},
+    "svm-rbf": {"C": [1.0, 10.0, 100.0], "gamma_scale": [0.1, 0.3, 1.0]},
     "linear-svm": {"C": [0.001, 0.01, 0.1, 1.0]},
     "logreg": {"C": [0.01, 0.1, 1.0, 10.0]},
 }
@@ -98,24 +108,6 @@ def _check_classifier(name):
     return name
 
 
-def _area_weights(size, cells):
-    """float64 `(cells, size)`: row i averages the pixels under cell i of ``cells`` equal cells, pixels that straddle
-    two cells counting in each by the fraction they overlap. Each row sums to 1."""
-    edges = np.arange(cells + 1) * (size / cells)
-    lo = np.maximum(edges[:-1, None], np.arange(size)[None, :])
-    hi = np.minimum(edges[1:, None], np.arange(size)[None, :] + 1)
-    return np.clip(hi - lo, 0, None) / (size / cells)
-
-
-def _area_average(x, rows, cols):
-    """``x`` averaged over cells: float64 `(n, i, j, c)` from float64 `(n, h, w, c)` and the weights `(i, h)` of
-    ``rows`` and `(j, w)` of ``cols`` (`_area_weights`). Two batched matrix products, one per axis: a single
-    einsum over both axes does not use BLAS and took most of the floor's time."""
-    n, h, w, c = x.shape
-    by_rows = np.matmul(rows, x.reshape(n, h, w * c)).reshape(n * len(rows), w, c)
-    return np.matmul(cols, by_rows).reshape(n, len(rows), len(cols), c)
-
-
 def floor_features(data, kind, *, chunk=64):
     """Features without any network, one vector per image of ``data``: the floor a classifier gets from the pixels.
 
@@ -139,12 +131,12 @@ def floor_features(data, kind, *, chunk=64):
     images = data.images
     n, height, width, _ = images.shape
     if kind == "pixels":
-        rows, cols = _area_weights(height, FLOOR_GRID), _area_weights(width, FLOOR_GRID)
+        rows, cols = area_weights(height, FLOOR_GRID), area_weights(width, FLOOR_GRID)
     out = []
     for start in range(0, n, chunk):
         x = images[start : start + chunk]
         if kind == "pixels":
-            out.append(_area_average(x.astype(np.float64) / 255.0, rows, cols).reshape(len(x), -1))
+            out.append(area_average(x.astype(np.float64) / 255.0, rows, cols).reshape(len(x), -1))
         else:
             flat = x.reshape(len(x), -1, 3)
             scaled = flat.astype(np.float64) / 255.0
@@ -179,6 +171,15 @@ def make_classifier(name, *, seed=0, **params):
         raise ValueError(f"Invalid `classifier`. Expected one of {CLASSIFIERS}. Received: classifier={name!r}")
     clf.set_params(**params)
     return Pipeline([("scaler", StandardScaler()), ("clf", clf)])
+
+
+def sklearn_params(params, dim):
+    """A search candidate as the classifier's own parameters: ``gamma_scale`` becomes scikit-learn's ``gamma =
+    gamma_scale / dim`` (``dim`` the features' width). Returns a new dict."""
+    params = dict(params)
+    if "gamma_scale" in params:
+        params["gamma"] = params.pop("gamma_scale") / dim
+    return params
 
 
 def class_scores(model, x, num_classes):
@@ -279,7 +280,7 @@ def fit_baseline(features, labels, split, *, classifier="svm-rbf", search=False,
     best, best_params, best_val = None, {}, -1.0
     with threadpool_limits(limits=threads):
         for params in ParameterGrid(grid) if grid else [{}]:
-            model = make_classifier(classifier, seed=seed, **params).fit(x_fit, y_fit)
+            model = make_classifier(classifier, seed=seed, **sklearn_params(params, x_fit.shape[1])).fit(x_fit, y_fit)
             val_acc = float(np.mean(model.predict(x_val) == y_val))
             if val_acc > best_val:
                 best, best_params, best_val = model, params, val_acc
@@ -335,7 +336,8 @@ class BaselineGrid:
         weights: list of weight sources (names or file paths), possibly empty when only ``floors`` are wanted. A
             source that cannot be downloaded is skipped by `run_grid` and reported in ``unavailable``. Default
             ('hed-bsds500', 'random').
-        poolings: non-empty list of `streetlib.models.network.POOLINGS`. Default ('avg', 'flatten').
+        poolings: non-empty list of poolings: `streetlib.models.network.POOLINGS` or 'grid<k>' (the map averaged
+            over a k x k grid, see `streetlib.baselines.features.grid_pool`). Default ('avg', 'flatten').
         classifiers: list of `CLASSIFIERS`. Default all.
         outputs: non-empty list of 'region' and 'city'. Default both.
         search: the validation-split search, see `fit_baseline`: False, True or a dict classifier ->
@@ -350,6 +352,9 @@ class BaselineGrid:
             rows have ``backbone=<floor>`` (e.g. 'pixels'), ``weights``, ``layer``, ``pooling`` and
             ``normalization`` 'none', ``augment_copies=0`` and the data's ``image_size``. Default () (none).
             ``weights`` and ``floors`` may not both be empty.
+        random_normalization: None (default: each source's own normalisation, 'samplewise' for random weights) or a
+            `streetlib.data.pipeline.NORMALIZATIONS` mode fed to the ``random`` source instead (over ``extractor``'s):
+            a pretrained source's, so that random and pretrained features differ in their weights alone.
     """
 
     weights: tuple = ("hed-bsds500", "random")
@@ -360,16 +365,18 @@ class BaselineGrid:
     augment_copies: tuple = (0,)
     extractor: dict | None = None
     floors: tuple = ()
+    random_normalization: str | None = None
 
     _parameter_constraints: ClassVar[dict] = {
         "weights": [Items("a list of weight sources (names or file paths)", test=_is_source)],
-        "poolings": [Items(f"a non-empty list of {POOLINGS}", values=POOLINGS, nonempty=True)],
+        "poolings": [Items(f"a non-empty list of {POOLING_NAMES}", test=is_pooling, nonempty=True)],
         "classifiers": [Items(f"a list of {CLASSIFIERS}", values=CLASSIFIERS)],
         "outputs": [Items(f"a non-empty list of {OUTPUTS}", values=OUTPUTS, nonempty=True)],
         "search": [bool, Keys(CLASSIFIERS)],
         "augment_copies": [Items("a non-empty list of ints >= 0", test=_is_copies, nonempty=True)],
         "extractor": [None, Keys(EXTRACTOR_ARGS)],
         "floors": [Items(f"a list of {FLOORS}", values=FLOORS)],
+        "random_normalization": [None, Options(sorted(NORMALIZATIONS))],
     }
 
     def __post_init__(self):
@@ -509,8 +516,11 @@ def _fit_weight_source(run, source):
     """Every augmented copies x split x pooling x classifier x output on one weight source's features. A source that
     cannot be downloaded is recorded in ``run.unavailable`` and skipped."""
     grid, data = run.grid, run.data
+    extractor = dict(grid.extractor or {})
+    if source == "random" and grid.random_normalization:
+        extractor["normalization"] = grid.random_normalization
     try:
-        fx = FeatureExtractor(weights=source, **(grid.extractor or {}))
+        fx = FeatureExtractor(weights=source, **extractor)
     except weights_lib.WeightsDownloadError as err:
         run.unavailable[str(source)] = str(err)
         return
@@ -696,8 +706,10 @@ def summarize(table, *, metric="test_acc"):
     return table.groupby(keys)[metric].agg(n="count", mean="mean", std="std", min="min", max="max")
 
 
-def compare(table, *, column, a, b, metric="test_acc"):
-    """Paired comparison of two values of one configuration column, on the split seeds both have.
+def compare(table, *, column, a, b, margin, overlap, metric="test_acc"):
+    """Paired comparisons of two values of one configuration column, on the split seeds both have, each by
+    `streetlib.evaluation.stats.compare`: pass every comparison a notebook makes to `streetlib.evaluation.stats.family`
+    together, which adjusts them for each other and words their verdicts.
 
     For every configuration that differs only in ``column`` (e.g. ``column="weights"``, ``a="random"``,
     ``b="hed-bsds500"``), the same seeds mean the same splits, so the per-seed differences ``b - a`` are paired.
@@ -707,10 +719,17 @@ def compare(table, *, column, a, b, metric="test_acc"):
     A floor (`FLOORS`, with ``column="backbone"``) has no weights, layer, pooling or augmentation: its rows pair with
     every value the other side has in each column where the floor has a single value (``augment_copies=0`` too).
 
+    Args:
+        table: baseline rows (`COLUMNS`).
+        column: str, one of `CONFIG`; a, b: its two values compared, as ``b - a``.
+        margin: float > 0, the equivalence margin in ``metric``'s unit, fixed before the test split is read.
+        overlap: float >= 0, ``n_test / n_train`` of the resampled splits (`streetlib.evaluation.stats.overlap`).
+        metric: str, a score column. Default 'test_acc'.
+
     Returns:
-        pandas DataFrame, one row per configuration and output: the other varying configuration columns,
-        ``output``, ``n`` (shared seeds), ``mean_a``, ``std_a``, ``mean_b``, ``std_b``, ``mean_diff``, ``std_diff``
-        (ddof=1), ``b_wins`` and ``a_wins`` (seeds where b, or a, scores strictly higher).
+        list of dicts, one per configuration and output: `stats.compare`'s fields (``a`` and ``b`` as str, ``n``
+        the shared seeds, ``difference``...) labelled with ``column``, the other varying configuration columns,
+        ``output``, and ``mean_a`` and ``mean_b`` over the shared seeds.
     """
     if column not in CONFIG:
         raise ValueError(f"Invalid `column`. Expected one of {CONFIG}. Received: column={column!r}")
@@ -729,22 +748,12 @@ def compare(table, *, column, a, b, metric="test_acc"):
     wide = sides.pivot_table(index=[*keys, "seed"], columns="_side", values=metric)[[str(a), str(b)]].dropna()
     if wide.empty:
         raise ValueError(f"{column}={a!r} and {column}={b!r} share no configuration and seed: nothing to pair.")
-    wide["diff"] = wide[str(b)] - wide[str(a)]
-    grouped = wide.groupby(level=keys)
-    out = pd.DataFrame(
-        {
-            "n": grouped["diff"].count(),
-            "mean_a": grouped[str(a)].mean(),
-            "std_a": grouped[str(a)].std(),
-            "mean_b": grouped[str(b)].mean(),
-            "std_b": grouped[str(b)].std(),
-            "mean_diff": grouped["diff"].mean(),
-            "std_diff": grouped["diff"].std(),
-            "b_wins": grouped["diff"].apply(lambda d: int((d > 0).sum())),
-            "a_wins": grouped["diff"].apply(lambda d: int((d < 0).sum())),
-        }
-    )
-    return out.reset_index()
+    comparisons = []
+    for labels, seeds in wide.groupby(level=keys):
+        result = stats.compare(seeds[str(b)] - seeds[str(a)], a=str(a), b=str(b), margin=margin, overlap=overlap)
+        means = {"mean_a": float(seeds[str(a)].mean()), "mean_b": float(seeds[str(b)].mean())}
+        comparisons.append({"column": column, **dict(zip(keys, labels, strict=True)), **means, **result})
+    return comparisons
 
 
 def _broadcast_unmatched(sides, keys, a, b, *, floors=()):
@@ -762,31 +771,6 @@ def _broadcast_unmatched(sides, keys, a, b, *, floors=()):
                 sides = pd.concat([sides[sides["_side"] != side], *copies], ignore_index=True)
                 break
     return sides
-
-
-def verdicts(comparison, *, a, b):
-    """One sentence per row of a `compare` table: both scores with their seed spread, the paired difference, and
-    whether every seed agrees.
-
-    Returns:
-        list of str.
-    """
-    keys = list(comparison.columns[: list(comparison.columns).index("n")])
-    lines = []
-    for row in comparison.to_dict("records"):
-        n = row["n"]
-        if row["b_wins"] == n:
-            verdict = f"{b} higher on all {n} seeds"
-        elif row["a_wins"] == n:
-            verdict = f"{a} higher on all {n} seeds"
-        else:
-            verdict = f"{b} higher on {row['b_wins']}, {a} on {row['a_wins']} of {n} seeds: within the seed spread"
-        lines.append(
-            f"{', '.join(str(row[k]) for k in keys)}: {b} {row['mean_b']:.3f} ± {row['std_b']:.3f} vs {a} "
-            f"{row['mean_a']:.3f} ± {row['std_a']:.3f}, difference {row['mean_diff']:+.3f} ± {row['std_diff']:.3f} "
-            f"({verdict})"
-        )
-    return lines
 
 
 def seed_table(table, *, metric="test_acc"):

@@ -2,7 +2,9 @@
 
 `FeatureExtractor` runs a backbone (any `backbones.BACKBONES` name, any weight source) up to one layer and
 turns its feature map into one vector per image: global average ('avg', 512-d for VGG16's ``block5_pool``), global
-max ('max') or the flattened map ('flatten', the original's "non-pooled" 25,088-d at 224 px).
+max ('max'), both ('avgmax'), the flattened map ('flatten', the original's "non-pooled" 25,088-d at 224 px), or the
+map averaged over a coarse spatial grid ('grid<k>': k x k cells, e.g. 'grid4' turns ``block1_pool``'s 32 x 32 x 64
+maps at 64 px into 4 x 4 x 64 = 1,024 values), which keeps where in the image a feature fired, as the conv head does.
 
 Cache layout: ``data/features/<dataset>/<backbone>-<weights>-<layer>-<pooling>-<H>x<W>[-aug...]-<hash>.npy`` with a
 ``.json`` beside it holding the full key. The key covers the backbone, the weights (the SHA-1 of the weights file, so
@@ -17,6 +19,7 @@ equals the requested one; anything else is recomputed and overwritten, never rea
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -34,6 +37,9 @@ from streetlib.paths import atomic_path, file_digest
 
 # Bump when the way features are computed changes, so older cache files stop matching.
 CACHE_VERSION = 1
+# 'grid<k>': the map averaged over k x k equal cells (see `grid_pool`).
+_GRID = re.compile(r"^grid([1-9][0-9]*)$")
+POOLING_NAMES = f"{POOLINGS} or 'grid<k>' (k >= 1)"
 
 
 def weights_fingerprint(weights, *, backbone="vgg16"):
@@ -71,8 +77,42 @@ def _sha1_lines(lines):
     return hashlib.sha1("\n".join(lines).encode()).hexdigest()
 
 
+def is_pooling(pooling):
+    """Whether ``pooling`` names a pooling of these features: one of `POOLINGS` or 'grid<k>' (k >= 1)."""
+    return pooling in POOLINGS or (isinstance(pooling, str) and bool(_GRID.match(pooling)))
+
+
+def area_weights(size, cells):
+    """float64 `(cells, size)`: row i averages the positions under cell i of ``cells`` equal cells, positions that
+    straddle two cells counting in each by the fraction they overlap. Each row sums to 1."""
+    edges = np.arange(cells + 1) * (size / cells)
+    lo = np.maximum(edges[:-1, None], np.arange(size)[None, :])
+    hi = np.minimum(edges[1:, None], np.arange(size)[None, :] + 1)
+    return np.clip(hi - lo, 0, None) / (size / cells)
+
+
+def area_average(x, rows, cols):
+    """``x`` averaged over cells: `(n, i, j, c)` from `(n, h, w, c)` and the weights `(i, h)` of ``rows`` and
+    `(j, w)` of ``cols`` (`area_weights`). Two batched matrix products, one per axis: a single einsum over both axes
+    does not use BLAS and took most of the pixels floor's time."""
+    n, h, w, c = x.shape
+    by_rows = np.matmul(rows, x.reshape(n, h, w * c)).reshape(n * len(rows), w, c)
+    return np.matmul(cols, by_rows).reshape(n, len(rows), len(cols), c)
+
+
+def grid_pool(maps, cells):
+    """Feature maps averaged over a ``cells`` x ``cells`` grid (by area, so any map size works), flattened in (row,
+    column, channel) order. Returns float32 `(batch, cells * cells * c)` from `(batch, h, w, c)`."""
+    _, h, w, _ = maps.shape
+    pooled = area_average(maps, area_weights(h, cells).astype(np.float32), area_weights(w, cells).astype(np.float32))
+    return pooled.reshape(len(maps), -1).astype(np.float32, copy=False)
+
+
 def _pool(maps, pooling):
     """One vector per image from float32 `(batch, h, w, c)` maps. Returns float32 `(batch, d)`."""
+    grid = _GRID.match(pooling) if isinstance(pooling, str) else None
+    if grid:
+        return grid_pool(maps, int(grid.group(1)))
     if pooling == "avg":
         return maps.mean(axis=(1, 2), dtype=np.float32)
     elif pooling == "max":
@@ -82,16 +122,17 @@ def _pool(maps, pooling):
     elif pooling == "avgmax":  # as the conv head's `pool` layer: average then max, side by side
         return np.concatenate([_pool(maps, "avg"), _pool(maps, "max")], axis=1)
     else:
-        raise ValueError(f"Invalid `pooling`. Expected one of {POOLINGS}. Received: pooling={pooling!r}")
+        raise ValueError(f"Invalid `pooling`. Expected one of {POOLING_NAMES}. Received: pooling={pooling!r}")
 
 
 def check_poolings(poolings):
-    """Validate a list of poolings. Returns a tuple of str, in the order given, without repeats."""
+    """Validate a list of poolings (`is_pooling`). Returns a tuple of str, in the order given, without repeats."""
     if isinstance(poolings, str) or not poolings:
-        raise ValueError(f"Invalid `poolings`. Expected a non-empty list of {POOLINGS}. Received: {poolings!r}")
-    bad = [p for p in poolings if p not in POOLINGS]
-    if bad:
-        raise ValueError(f"Invalid `poolings`. Expected values in {POOLINGS}. Received: poolings={list(poolings)!r}")
+        raise ValueError(f"Invalid `poolings`. Expected a non-empty list of {POOLING_NAMES}. Received: {poolings!r}")
+    if not all(is_pooling(p) for p in poolings):
+        raise ValueError(
+            f"Invalid `poolings`. Expected values in {POOLING_NAMES}. Received: poolings={list(poolings)!r}"
+        )
     return tuple(dict.fromkeys(poolings))
 
 
@@ -178,14 +219,15 @@ class FeatureExtractor:
         Args:
             data: `StreetData`.
             indices: int array of the images, default all, in that order.
-            poolings: list of str from `POOLINGS`; all come from one forward pass. Default ('avg',).
+            poolings: list of poolings (`is_pooling`); all come from one forward pass. Default ('avg',).
             augment: None (the images as they are), True (the original's augmentation) or a dict of
                 `streetlib.data.pipeline.augmentation` arguments.
             seed: int, the augmentation seed.
             progress: bool, show a progress bar. Default True.
 
         Returns:
-            dict pooling -> float32 `(len(indices), d)`: ``d = c`` for 'avg' and 'max', ``h * w * c`` for 'flatten'.
+            dict pooling -> float32 `(len(indices), d)`: ``d = c`` for 'avg' and 'max', ``2 c`` for 'avgmax',
+            ``h * w * c`` for 'flatten', ``k * k * c`` for 'grid<k>'.
         """
         poolings = check_poolings(poolings)
         indices = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -223,13 +265,13 @@ class FeatureExtractor:
 
         Args:
             data: `StreetData`.
-            pooling: str, one of `POOLINGS`.
+            pooling: str, a pooling (`is_pooling`).
             split: None for plain features of every image; a `streetlib.data.splits.Split` for augmented copies of its
                 training images (then ``copies`` >= 1).
             copies, augment, seed: the augmented copies (see `augmented`).
         """
-        if pooling not in POOLINGS:
-            raise ValueError(f"Invalid `pooling`. Expected one of {POOLINGS}. Received: pooling={pooling!r}")
+        if not is_pooling(pooling):
+            raise ValueError(f"Invalid `pooling`. Expected one of {POOLING_NAMES}. Received: pooling={pooling!r}")
         key = {
             "version": CACHE_VERSION,
             "backbone": self.backbone,
@@ -273,7 +315,7 @@ class FeatureExtractor:
 
         Args:
             data: `StreetData`.
-            poolings: list of str from `POOLINGS`. Default ('avg',).
+            poolings: list of poolings (`is_pooling`). Default ('avg',).
             cache_dir: str or Path. Default `streetlib.paths.features_dir()`.
             progress: bool, progress bar while extracting. Default True.
 

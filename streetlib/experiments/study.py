@@ -10,6 +10,7 @@ as in a fresh clone of the committed demo results, is trained again with a warni
 
 import dataclasses
 import json
+from pathlib import Path
 
 import keras
 import pandas as pd
@@ -27,6 +28,12 @@ def transfer_config(source, variant=""):
     """The configuration name of the transfer runs from weight source ``source``: ``<source>-transfer``, plus
     ``-<variant>`` for a variant (see `streetlib.runs.with_variant`)."""
     return with_variant(f"{source}-transfer", variant)
+
+
+def continued_config(source, variant=""):
+    """The configuration name of ``source``'s transfer runs continued from their best weights (`run_continued`):
+    ``<source>-transfer-continued``, plus ``-<variant>`` for a variant."""
+    return with_variant(f"{source}-transfer-continued", variant)
 
 
 def finetune_config(source, finetune_from, variant=""):
@@ -59,11 +66,12 @@ def available_sources(sources):
 
 def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None):
     """Score each seed's best checkpoint on the validation split (rows only: what configurations are chosen on)
-    and on the test split (rows and figures)."""
+    and on the test split (rows; figures for the first seed only: the others' would be the same figures again, and
+    drawing them took a few seconds a run)."""
     from streetlib.data.splits import make_split
 
     layout, frames = RunLayout(dataset=data.name), []
-    for seed, result in results.items():
+    for i, (seed, result) in enumerate(results.items()):
         split = make_split(data, seed=seed, **(split_kwargs or {}))
         run = RunId(experiment, config_name, seed)
         model = keras.models.load_model(layout.model(run, "best"), safe_mode=True, compile=False)
@@ -72,20 +80,36 @@ def _evaluate_seeds(data, results, *, experiment, config_name, split_kwargs=None
         label = {"dataset": data.label, "weights": record["weights_label"]}
         val = evaluate.eval_rows(scores, **label, run=run, checkpoint="best", subset="val")
         evaluate.append_evals(val, layout.evals(run))
-        test = evaluate.evaluate_run(model, data, split, run=run, checkpoint="best", subset="test", layout=layout)
+        if i == 0:
+            test = evaluate.evaluate_run(model, data, split, run=run, checkpoint="best", subset="test", layout=layout)
+        else:
+            scores = evaluate.score_run(model, data, split, normalization=record["normalization"], subset="test")
+            test = evaluate.eval_rows(scores, **label, run=run, checkpoint="best", subset="test")
+            evaluate.append_evals(test, layout.evals(run))
         frames += [val, test]
         del result.model
     return frames
 
 
 def run_transfer(
-    data, config, *, sources, seeds, experiment, variant="", scratch_epochs=0, split_kwargs=None, execution=None
+    data,
+    config,
+    *,
+    sources,
+    seeds,
+    experiment,
+    variant="",
+    scratch_epochs=0,
+    random_normalization=None,
+    split_kwargs=None,
+    execution=None,
 ):
     """Transfer learning from each weight source, over split seeds, then evaluation.
 
-    ``random`` as a source means a frozen random backbone (the floor of what features alone give). With
-    ``scratch_epochs`` > 0, a ``scratch`` run (random init, everything trains: the original's "random" arm) is
-    added, with ``config``'s other settings.
+    ``random`` as a source means a frozen random backbone (the floor of what features alone give), drawn anew for
+    each seed. With ``scratch_epochs`` > 0, a ``scratch`` run (random init, everything trains: the original's
+    "random" arm) is added, with ``config``'s other settings. Every configuration's seeds share one
+    `streetlib.training.train.FeatureStore`: a pretrained backbone is run over the dataset once for all of them.
 
     Args:
         data: `StreetData`.
@@ -96,6 +120,10 @@ def run_transfer(
         experiment: str, the experiment name (folder under hists/, models/, figs/).
         variant: str added to the configuration names (see `transfer_config`), or '' for none.
         scratch_epochs: int, epochs of the from-scratch run; 0 skips it.
+        random_normalization: None (default: random weights get their own normalisation, 'samplewise', as in the
+            original) or a `streetlib.data.pipeline.NORMALIZATIONS` mode for the ``random`` source (and the scratch
+            run): pass the pretrained source's (e.g. 'caffe-bvlc' for hed-bsds500 and places365) so that the two arms
+            of a comparison differ in their weights alone.
         split_kwargs: dict of `make_split` arguments.
         execution: `streetlib.training.config.Execution` (strategy, verbosity, ...). Runs that already finished with the
             same configuration are always reused (``reuse=True``).
@@ -105,10 +133,14 @@ def run_transfer(
     """
     _check_phase(config, "transfer")
     # Every configuration is made (and checked) before the first run trains.
-    configs = {transfer_config(source, variant): config.replace(weights=source) for source in sources}
+    random = {"normalization": random_normalization}
+    configs = {
+        transfer_config(source, variant): config.replace(weights=source, **(random if source == "random" else {}))
+        for source in sources
+    }
     if scratch_epochs:
         scratch = {**PHASES["scratch"], "phase": "scratch", "epochs": scratch_epochs}
-        configs[with_variant("random-scratch", variant)] = config.replace(**scratch)
+        configs[with_variant("random-scratch", variant)] = config.replace(**scratch, **random)
     return _run_configs(
         data, configs, seeds=seeds, experiment=experiment, split_kwargs=split_kwargs, execution=execution
     )
@@ -145,22 +177,66 @@ def run_finetune(
         DataFrame of every evaluation row.
     """
     _check_phase(config, "finetune")
-    layout = RunLayout(dataset=data.name)
     configs, init = {}, {}
     for source in sources:
         name = finetune_config(source, config.frozen_through, variant)
-        runs = {s: RunId(transfer_experiment, transfer_config(source, transfer_variant), s) for s in seeds}
-        init[name] = {s: layout.model(run, "best") for s, run in runs.items()}
-        missing = [str(p) for p in init[name].values() if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"No best transfer model for {source!r}: {missing}. Run the transfer phase first (notebook 03)."
-            )
-        transfer = RunConfig.from_manifest(json.loads(layout.manifest(runs[seeds[0]]).read_text())["config"])
+        init[name], transfer = _transfer_runs(data, source, seeds, transfer_experiment, transfer_variant)
         configs[name] = config.replace(weights=source, **{f: getattr(transfer, f) for f in ARCHITECTURE})
     return _run_configs(
         data, configs, seeds=seeds, experiment=experiment, split_kwargs=split_kwargs, execution=execution, init=init
     )
+
+
+def run_continued(
+    data,
+    *,
+    sources,
+    seeds,
+    epochs,
+    experiment,
+    transfer_experiment,
+    variant="",
+    transfer_variant="",
+    split_kwargs=None,
+    execution=None,
+):
+    """The control of "does fine-tuning beat transfer?": each source's transfer runs (per seed) trained ``epochs``
+    more from their best weights with their own recipe (backbone frozen, their optimiser, learning rate, batch size
+    and head), then evaluated. Fine-tuning adds ``epochs`` of training to a transfer run; comparing it with this run
+    of as many epochs separates what unfreezing the backbone adds from what more training of the head adds.
+
+    The runs are named `continued_config` (``<source>-transfer-continued``); the transfer's configuration is read
+    from its manifest, its seed from each run's split, and its optimiser state starts afresh, as a fine-tune's does.
+
+    Args:
+        epochs: int >= 1, the epochs to add: the fine-tuning runs' (notebook 04's ``epochs``).
+        Other arguments as in `run_finetune`.
+
+    Returns:
+        DataFrame of every evaluation row.
+    """
+    configs, init = {}, {}
+    for source in sources:
+        name = continued_config(source, variant)
+        init[name], transfer = _transfer_runs(data, source, seeds, transfer_experiment, transfer_variant)
+        configs[name] = transfer.replace(epochs=epochs)
+    return _run_configs(
+        data, configs, seeds=seeds, experiment=experiment, split_kwargs=split_kwargs, execution=execution, init=init
+    )
+
+
+def _transfer_runs(data, source, seeds, experiment, variant):
+    """The best models of ``source``'s transfer runs in ``experiment`` and their configuration: (dict seed -> model
+    path, `RunConfig` of the first seed's run). Raises FileNotFoundError naming the missing models."""
+    layout = RunLayout(dataset=data.name)
+    runs = {s: RunId(experiment, transfer_config(source, variant), s) for s in seeds}
+    paths = {s: layout.model(run, "best") for s, run in runs.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"No best transfer model for {source!r}: {missing}. Run the transfer phase first (notebook 03)."
+        )
+    return paths, RunConfig.from_manifest(json.loads(layout.manifest(runs[seeds[0]]).read_text())["config"])
 
 
 def _check_phase(config, phase):
@@ -171,6 +247,7 @@ def _check_phase(config, phase):
 def _run_configs(data, configs, *, seeds, experiment, split_kwargs, execution, init=None):
     """Train (or reuse) each configuration over the seeds and evaluate its checkpoints. Returns a DataFrame."""
     execution = dataclasses.replace(execution or Execution(), reuse=True)
+    store = train.FeatureStore(execution.max_cache_bytes)
     frames = []
     for name, config in configs.items():
         results = train.run_seeds(
@@ -182,6 +259,7 @@ def _run_configs(data, configs, *, seeds, experiment, split_kwargs, execution, i
             split_kwargs=split_kwargs,
             init_from=None if init is None else init[name],
             execution=execution,
+            store=store,
         )
         frames += _evaluate_seeds(data, results, experiment=experiment, config_name=name, split_kwargs=split_kwargs)
     return pd.concat(frames, ignore_index=True)
@@ -209,7 +287,8 @@ def histories(experiments, *, layout):
     frames = []
     for experiment in experiments:
         for path in sorted(layout.hists(experiment).glob("*.csv")):
-            if path.name.endswith(".eval.csv"):
+            # A run's history has its manifest beside it; evaluations and tables (training.csv) do not.
+            if path.name.endswith(".eval.csv") or not path.with_suffix(".json").is_file():
                 continue
             frame = train.read_history(path).reset_index()
             frame.insert(0, "run", path.stem)
@@ -218,6 +297,39 @@ def histories(experiments, *, layout):
     if not frames:
         raise FileNotFoundError(f"No histories under {layout.hists_dir} for experiments {list(experiments)}.")
     return pd.concat(frames, ignore_index=True)
+
+
+def training_table(history, *, last=3, metric="val_city_accuracy"):
+    """What each run's validation history says about its length: did it stop improving before it ended?
+
+    Args:
+        history: `histories` of some experiments.
+        last: int >= 1, the final epochs examined. Default 3.
+        metric: str, a validation column of the histories. Default 'val_city_accuracy' (what the best checkpoint is
+            chosen on).
+
+    Returns:
+        pandas DataFrame, one row per run: experiment, run, config, seed, epochs (trained), best_epoch (1-based, of
+        the best ``metric``), best (its value), gain_last (the best minus the best before the final ``last`` epochs:
+        0 when those epochs added nothing; NaN for a run of ``last`` epochs or fewer).
+    """
+    rows = []
+    for (experiment, run), epochs in history.groupby(["experiment", "run"], sort=False):
+        values = epochs.sort_values("epoch")[metric].to_numpy()
+        identity = RunId.from_name(experiment, run)
+        rows.append(
+            {
+                "experiment": experiment,
+                "run": run,
+                "config": identity.config_name,
+                "seed": identity.seed,
+                "epochs": len(values),
+                "best_epoch": int(values.argmax()) + 1,
+                "best": float(values.max()),
+                "gain_last": float(values.max() - values[:-last].max()) if len(values) > last else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def plot_learning_curves(history, *, output, data_label):
@@ -243,17 +355,10 @@ def plot_learning_curves(history, *, output, data_label):
 
 # -- reading every result (notebook 06) ---------------------------------------------------------------------------
 
-# The original study's test accuracies on Street10 (its own splits; region, city), for reference lines only.
-ORIGINAL_RESULTS = pd.DataFrame(
-    [
-        ("fine-tuned Places365, block5", 0.8290, 0.6010),
-        ("fine-tuned ImageNet, block5", 0.8242, 0.5748),
-        ("transfer Places365, avg", 0.8195, 0.5582),
-        ("random init, from scratch", 0.7340, 0.3729),
-        ("SVM on pooled Places365 features", 0.8118, 0.5288),
-    ],
-    columns=["run", "region", "city"],
-)
+# The original study's test accuracies on Street10 (region, city; ``split_seed`` empty for the SVMs' own split), as
+# published: the reference lines of notebook 06 and the source of every original number quoted in prose.
+ORIGINAL_STUDY_CSV = Path(__file__).resolve().parent / "original-study.csv"
+ORIGINAL_RESULTS = pd.read_csv(ORIGINAL_STUDY_CSV).dropna(subset=["region"])
 
 
 def cnn_scores(experiments, *, layout, checkpoint="best", subset="test"):
@@ -308,14 +413,17 @@ def baseline_scores(path, *, classifier="svm-rbf", subset="test"):
     if subset not in ("val", "test"):
         raise ValueError(f"Invalid `subset`. Expected 'val' or 'test'. Received: subset={subset!r}")
     table = pd.read_csv(path)
-    # The plain configuration of each weight source and pooling: no augmented copies, no search.
-    table = table[(table["classifier"] == classifier) & (table["augment_copies"] == 0) & ~table["search"].astype(bool)]
+    # One configuration of each weight source and pooling: no augmented copies; the hyper-parameters searched on
+    # validation when the grid searched them (a tuned classifier stands for its kind), else the defaults.
+    table = table[(table["classifier"] == classifier) & (table["augment_copies"] == 0)]
+    searched = table["search"].astype(bool)
+    table = table[searched] if searched.any() else table
     if table.empty:
         raise ValueError(f"No {classifier!r} rows in {path}.")
     floor = table["weights"].astype(str) == "none"
     deep = table["weights"].astype(str) + " " + table["layer"].astype(str) + " " + table["pooling"].astype(str)
     config = deep.where(~floor, table["backbone"].astype(str) + " (no network)").where(floor, deep + " features") + (
-        ", " + classifier
+        ", " + classifier + (" tuned" if searched.any() else "")
     )
     return pd.DataFrame(
         {

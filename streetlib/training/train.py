@@ -15,6 +15,9 @@ One run writes, for experiment ``<experiment>`` and run ``<run>`` (where: `stree
 With a frozen backbone (or frozen blocks), the frozen part's output is the same every epoch: it is computed once
 and only the rest of the network trains on it (``cache``). Without augmentation this gives the same numbers as
 training the whole model; with augmentation, K augmented copies are cached (epoch ``e`` sees copy ``e mod K``).
+Without augmentation an image's features do not depend on the split either: a `FeatureStore` passed to several runs
+(`run_seeds` makes one for its seeds) computes the frozen part's output once for every image of the dataset and
+serves each run's split from it, so the runs of several seeds, configurations or a continued run share one pass.
 The cache is held in memory when it fits ``Execution.max_cache_bytes``, else written to
 ``models/<experiment>/<run>.features/`` (removed when the run ends) and read a batch at a time from a memory map,
 so host memory stays bounded (fine-tuning above ``block4_pool`` at 224 px caches 401,408 bytes per image).
@@ -80,7 +83,7 @@ class RunResult:
         return self.paths["best_model"]
 
 
-def run_phase(data, split, config, *, run, init_from=None, layout=None, execution=None, callbacks=None):
+def run_phase(data, split, config, *, run, init_from=None, layout=None, execution=None, callbacks=None, store=None):
     """Train one phase of one run, resuming it if it was interrupted.
 
     Args:
@@ -89,14 +92,17 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
         config: `streetlib.training.config.RunConfig`, what to train, e.g. ``RunConfig.preset("transfer", epochs=30)``.
         run: `streetlib.runs.RunId`, the run; one that already finished is never overwritten unless
             ``execution.force``.
-        init_from: for phase 'finetune' only: a `RunResult` or a path to a ``.keras`` model (the best transfer
-            model). A config with ``weights=None`` takes the source of a `RunResult`; with a path, the config
-            must name it.
+        init_from: a `RunResult` or a path to a ``.keras`` model to start from (every layer's weights): required
+            for phase 'finetune' (the best transfer model); for phase 'transfer', a transfer run continued for
+            ``config.epochs`` more epochs. A config with ``weights=None`` (phase 'finetune') takes the source of a
+            `RunResult`; with a path, the config must name it.
         layout: `streetlib.runs.RunLayout`, where the run's files go. Default ``RunLayout(dataset=data.name)``; a
             layout of another dataset is refused.
         execution: `config.Execution`, how to run it (resume, force, reuse, strategy, XLA, feature cache
             budget, verbosity); never part of the run's identity. Default ``Execution()``.
         callbacks: list of extra `keras.callbacks.Callback`, called after streetlib's own.
+        store: a `FeatureStore` shared with other runs, or None (default): this run caches its own split. Used
+            when the run trains on cached features without augmentation and the dataset's features fit the store.
 
     Returns:
         `RunResult`.
@@ -135,8 +141,8 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
         with _precision(config.mixed_precision, strategy), strategy.scope():
             model = _build_model(data, config, run, init_path)
             plan = _plan_run_cache(model, split, config, execution, features_dir)
-            train_ds, val_ds, steps, train_model = _datasets(
-                data, split, model, plan, config, initial_epoch=initial_epoch, directory=features_dir
+            plan, (train_ds, val_ds, steps, train_model) = _datasets(
+                data, split, model, plan, config, initial_epoch=initial_epoch, directory=features_dir, store=store
             )
             _compile(train_model, config, xla=execution.xla)
         manifest.update(
@@ -180,7 +186,8 @@ def _weights_file(config, init_path):
         "path": paths.portable(init_path),
         "sha256": weights_lib.file_digests(init_path)["sha256"],
         "verified": None,
-        "detail": "the model this fine-tune starts from (init_from)",
+        "detail": f"the model this {'fine-tune starts from' if config.phase == 'finetune' else 'run continues'} "
+        "(init_from)",
     }
 
 
@@ -303,10 +310,21 @@ def _build_model(data, config, run, init_path):
 
 
 def run_seeds(
-    data, config, *, seeds, experiment, config_name, split_kwargs=None, init_from=None, layout=None, execution=None
+    data,
+    config,
+    *,
+    seeds,
+    experiment,
+    config_name,
+    split_kwargs=None,
+    init_from=None,
+    layout=None,
+    execution=None,
+    store=None,
 ):
     """The same configuration over several split seeds: runs ``RunId(experiment, config_name, N)`` (named
-    ``<config_name>-seed<N>``) on the split of seed N, seeded with N.
+    ``<config_name>-seed<N>``) on the split of seed N, seeded with N. The seeds share one `FeatureStore`, so a frozen
+    part that is the same for every seed (pretrained weights) is run over the dataset once.
 
     Args:
         data: `StreetData`.
@@ -315,8 +333,9 @@ def run_seeds(
         experiment: str, the experiment's folder name.
         config_name: str, the configuration name of the runs (`streetlib.runs.RunId`'s ``config_name``).
         split_kwargs: dict of `streetlib.data.splits.make_split` arguments (test_size, val_size, directory, save).
-        init_from: None, or dict seed -> `RunResult` or path (fine-tuning each seed from its own transfer run).
+        init_from: None, or dict seed -> `RunResult` or path (fine-tuning or continuing each seed's own transfer run).
         layout, execution: as in `run_phase`.
+        store: a `FeatureStore` to share with other calls, or None (default): one for these seeds.
 
     Returns:
         dict seed -> `RunResult`.
@@ -325,6 +344,7 @@ def run_seeds(
     if init_from is not None and sorted(init_from) != sorted(seeds):
         raise ValueError(f"`init_from` must map every seed {seeds} to a run. Received keys {sorted(init_from)}.")
     results = {}
+    store = store or FeatureStore((execution or Execution()).max_cache_bytes)
     for seed in seeds:
         split = make_split(data, seed=seed, **(split_kwargs or {}))
         results[seed] = run_phase(
@@ -335,6 +355,7 @@ def run_seeds(
             init_from=None if init_from is None else init_from[seed],
             layout=layout,
             execution=execution,
+            store=store,
         )
     return results
 
@@ -344,14 +365,17 @@ def run_seeds(
 
 def _resolve_init(config, init_from):
     """(path of the model to start from or None, the config with its weight source settled) for a run."""
-    if config.phase != "finetune":
-        if init_from is not None:
+    if init_from is None:
+        if config.phase == "finetune":
             raise ValueError(
-                f"`init_from` is for phase='finetune'. Received: phase={config.phase!r}, init_from={init_from!r}"
+                "phase='finetune' needs `init_from`: the best transfer model (a RunResult or a .keras path)."
             )
         return None, config
-    if init_from is None:
-        raise ValueError("phase='finetune' needs `init_from`: the best transfer model (a RunResult or a .keras path).")
+    if config.phase not in ("finetune", "transfer"):
+        raise ValueError(
+            "`init_from` is for phase='finetune' (or 'transfer', to continue a transfer run). "
+            f"Received: phase={config.phase!r}, init_from={init_from!r}"
+        )
     if isinstance(init_from, RunResult):
         source = init_from.manifest["config"]["weights"]
         if config.weights is not None and config.weights != source:
@@ -682,16 +706,47 @@ def _free_bytes(directory):
     return shutil.disk_usage(directory).free
 
 
-def _datasets(data, split, model, plan, config, *, initial_epoch, directory):
-    """(train dataset, validation dataset, steps per epoch or None, the model to fit); a disk cache goes to
-    ``directory``."""
+def _datasets(data, split, model, plan, config, *, initial_epoch, directory, store=None):
+    """(the cache plan as carried out, (train dataset, validation dataset, steps per epoch or None, the model to
+    fit)); a disk cache goes to ``directory``, a shared one to ``store`` (`FeatureStore`) when it holds the
+    dataset's features."""
+    batch_size, augment, seed = config.batch_size, config.augment, config.seed
+    common = {"batch_size": batch_size, "normalization": config.input_normalization, "image_size": config.image_size}
+    if plan["mode"] == "none":
+        val_images = pipeline.make_dataset(data, split.val, training=False, **common)
+        train = pipeline.make_dataset(data, split.train, training=True, augment=augment, seed=seed, **common)
+        return plan, (train, val_images, None, model)
+    frozen, rest = models.split_model(model, through=config.frozen_through)
+    if plan["copies"] == 1 and store is not None and store.fits(frozen, data):
+        every = store.features(frozen, data, **common)[None]  # one copy: (1, len(data), ...)
+        plan = store.plan(frozen, data)
+        train_features, val_features, train_rows, val_rows = every, every, split.train, split.val
+    else:
+        train_features, val_features = _split_features(data, split, frozen, plan, config, directory)
+        train_rows = val_rows = None
+    labels = {"val": _labels(data, split.val), "train": _labels(data, split.train)}
+    val = _feature_dataset(
+        val_features, labels["val"], batch_size=batch_size, shuffle=False, seed=seed, initial_epoch=0, rows=val_rows
+    )
+    train = _feature_dataset(
+        train_features,
+        labels["train"],
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        initial_epoch=initial_epoch,
+        rows=train_rows,
+    )
+    steps = math.ceil(len(split.train) / batch_size) if plan["copies"] > 1 else None
+    return plan, (train, val, steps, rest)
+
+
+def _split_features(data, split, frozen, plan, config, directory):
+    """This run's own cache: the frozen part's output on its K training copies and on its validation images, in
+    memory or in ``directory`` as ``plan`` says. Returns (train `(K, n_train, ...)`, val `(1, n_val, ...)`)."""
     batch_size, augment, seed = config.batch_size, config.augment, config.seed
     common = {"batch_size": batch_size, "normalization": config.input_normalization, "image_size": config.image_size}
     val_images = pipeline.make_dataset(data, split.val, training=False, **common)
-    if plan["mode"] == "none":
-        train = pipeline.make_dataset(data, split.train, training=True, augment=augment, seed=seed, **common)
-        return train, val_images, None, model
-    frozen, rest = models.split_model(model, through=config.frozen_through)
     copies = [
         pipeline.make_dataset(
             data,
@@ -708,19 +763,91 @@ def _datasets(data, split, model, plan, config, *, initial_epoch, directory):
     where = {"batch_size": batch_size, "directory": folder}
     train_features = extract_features(frozen, copies, size=len(split.train), name="train", **where)
     val_features = extract_features(frozen, [val_images], size=len(split.val), name="val", **where)
-    val = _feature_dataset(
-        val_features, _labels(data, split.val), batch_size=batch_size, shuffle=False, seed=seed, initial_epoch=0
-    )
-    train = _feature_dataset(
-        train_features,
-        _labels(data, split.train),
-        batch_size=batch_size,
-        shuffle=True,
-        seed=seed,
-        initial_epoch=initial_epoch,
-    )
-    steps = math.ceil(len(split.train) / batch_size) if plan["copies"] > 1 else None
-    return train, val, steps, rest
+    return train_features, val_features
+
+
+class FeatureStore:
+    """The frozen part's output for every image of a dataset, computed once and shared by every run whose frozen part
+    computes the same thing: the runs of several split seeds, of several configurations, a run continued later.
+
+    Without augmentation an image's features do not depend on the split, so one pass over the whole dataset (test
+    images included, a tenth more than one run needs) serves every split. An entry is found by `frozen_key`: the
+    frozen part's layers and weight values (two seeds of pretrained weights share one; random weights drawn per seed
+    do not), the images' normalisation and size, and the dataset's content. Entries are held in memory, at most
+    ``max_bytes`` in all: the least recently used one is dropped to make room. A dataset whose features alone exceed
+    ``max_bytes`` is not stored (`fits`): its runs cache their own split (in memory or on disk, `plan_cache`).
+
+    Args:
+        max_bytes: int >= 0, the memory the entries may take, in bytes (`Execution.max_cache_bytes`).
+
+    Attributes:
+        extractions: int, the passes over a dataset this store has made.
+    """
+
+    def __init__(self, max_bytes):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+            raise ValueError(f"Invalid `max_bytes`. Expected an int >= 0. Received: max_bytes={max_bytes!r}")
+        self.max_bytes = int(max_bytes)
+        self.extractions = 0
+        self._entries = {}  # key -> float32 array (len(data), ...), least recently used first
+
+    def fits(self, frozen, data):
+        """Whether the frozen part's features of every image of ``data`` fit the store. Returns bool."""
+        return len(data) * feature_bytes(frozen) <= self.max_bytes
+
+    def plan(self, frozen, data):
+        """The manifest's ``cache_plan`` of a run served by this store (as `plan_cache` states its own)."""
+        size = len(data) * feature_bytes(frozen)
+        reason = (
+            f"no augmentation: exact; the frozen part's output on all {len(data)} images, computed once and shared "
+            f"by the runs of one FeatureStore: {size} bytes <= max_cache_bytes={self.max_bytes}"
+        )
+        return _plan("memory", 1, size, reason=reason) | {"shared": True}
+
+    def features(self, frozen, data, *, normalization, image_size, batch_size):
+        """The frozen part's output for every image of ``data``, in its order, computed on the first request.
+
+        Args:
+            frozen: `keras.Model`, the frozen part (`streetlib.models.network.split_model`).
+            data: `StreetData`.
+            normalization: str, the images' normalisation (the run's ``input_normalization``).
+            image_size: int, the size images are fed at.
+            batch_size: int, the images per forward pass of an extraction (does not change the features).
+
+        Returns:
+            float32 array `(len(data), *feature_shape)`, shared: do not write to it.
+        """
+        key = frozen_key(frozen, data, normalization=normalization, image_size=image_size)
+        if key in self._entries:
+            self._entries[key] = self._entries.pop(key)  # now the most recently used
+            return self._entries[key]
+        images = pipeline.make_dataset(
+            data, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
+        )
+        array = extract_features(frozen, [images], size=len(data), batch_size=batch_size)[0]
+        self.extractions += 1
+        array.flags.writeable = False
+        while self._entries and sum(a.nbytes for a in self._entries.values()) + array.nbytes > self.max_bytes:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = array
+        return array
+
+
+def frozen_key(frozen, data, *, normalization, image_size):
+    """What a frozen part's features of a dataset depend on, as one SHA-1 hex str: every layer's class and
+    configuration (names aside: each run names its model), every weight's values, the normalisation, the image size
+    and the dataset's content (`data_hash`)."""
+    h = hashlib.sha1()
+    for layer in frozen.layers:
+        config = {k: v for k, v in layer.get_config().items() if k not in ("name", "trainable")}
+        h.update(type(layer).__name__.encode())
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for weight in frozen.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        h.update(f"{value.dtype}{value.shape}".encode())
+        h.update(value.tobytes())
+    h.update(json.dumps([normalization, image_size, data_hash(data)]).encode())
+    return h.hexdigest()
 
 
 CHUNK_BYTES = 2**27  # features computed per `predict` call: what extraction holds in memory beyond the model's own
@@ -790,23 +917,25 @@ def _labels(data, indices):
     return {name: values.astype(np.int32) for name, values in data.labels(indices).items()}
 
 
-def _feature_dataset(features, labels, *, batch_size, shuffle, seed, initial_epoch):
+def _feature_dataset(features, labels, *, batch_size, shuffle, seed, initial_epoch, rows=None):
     """Batches of cached features with their labels.
 
-    ``features`` is a float32 array or read-only memory map `(copies, n, ...)`: only each batch's rows are read from
-    it, so a cache on disk is never loaded whole.
+    ``features`` is a float32 array or read-only memory map `(copies, m, ...)`: only each batch's rows are read from
+    it, so a cache on disk is never loaded whole. ``rows`` (int `(n,)`, default ``0..m-1``) are the rows that make
+    the dataset, in order (a split's images in a `FeatureStore`'s whole-dataset array); ``labels`` follow them.
 
     One copy: a finite dataset shuffled exactly as `streetlib.data.pipeline.make_dataset` shuffles the images, so the
     cached path sees the same batches as the plain one. Several copies: an endless dataset where epoch ``e`` is copy
     ``e mod K`` in an order drawn from ``(seed, e)`` (fit with ``steps_per_epoch``); it starts at ``initial_epoch``,
     so a resumed run continues the same sequence.
     """
-    n_copies, n = features.shape[:2]
+    n_copies, n = features.shape[0], features.shape[1] if rows is None else len(rows)
     shape = features.shape[2:]
     label_tensors = {k: tf.constant(v) for k, v in labels.items()}
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
 
     def take(copy, positions):
-        return features[copy][positions]
+        return features[copy][rows[positions]]
 
     def gather(copy, positions):
         # numpy_function keeps the (possibly large) cache out of the graph.
@@ -899,7 +1028,12 @@ def _tpu_strategy():
 
 @contextmanager
 def _precision(mixed_precision, strategy):
-    """Set Keras's dtype policy for building the model, and restore it afterwards."""
+    """Set Keras's dtype policy for building the model, and restore it afterwards.
+
+    Mixed precision is 'mixed_float16' on a GPU, 'mixed_bfloat16' on a TPU and on a CPU (oneDNN has bfloat16
+    kernels; fast only on CPUs with AVX512_BF16 or AMX, slow but correct elsewhere), with a warning: on a CPU it is
+    for rehearsing the GPU path, not for speed. The layers keep their policy after the context ends.
+    """
     if not mixed_precision:
         yield
         return
@@ -908,7 +1042,13 @@ def _precision(mixed_precision, strategy):
     elif tf.config.list_logical_devices("GPU"):
         policy = "mixed_float16"
     else:
-        raise ValueError("`mixed_precision=True` needs a GPU or TPU; this machine has neither. Pass False.")
+        policy = "mixed_bfloat16"
+        warnings.warn(
+            "`mixed_precision=True` without a GPU or TPU: bfloat16 compute on the CPU ('mixed_bfloat16'), meant for "
+            "rehearsing the GPU path; on most CPUs it is slower than float32, and its numbers differ from a GPU's "
+            "float16.",
+            stacklevel=4,  # the caller of run_phase (through contextlib's __enter__ and run_phase)
+        )
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
