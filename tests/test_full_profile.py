@@ -4,8 +4,9 @@ Street10's format (ten ``<city>.npy`` files, uint8 and float), every weight sour
 stand-in files in a private Keras cache, listed in ``STREETLIB_STAND_IN_WEIGHTS``), the whole VGG16 at 224 px with
 the original's dense head, fine-tuning above ``block4_pool``, the profile's split seeds, in an output root that
 already holds the committed demo results. The costly attribution methods also get fewer samples, masks and steps
-(their defaults take minutes per image at 224 px on a CPU). Mixed precision is not rehearsed: `RunConfig` refuses it
-without a GPU or TPU. Assertions are on what each notebook writes, not only on its finishing.
+(their defaults take minutes per image at 224 px on a CPU). After the profile's run, notebook 04 fine-tunes one more
+run in mixed precision (one source, one seed; on a CPU 'mixed_bfloat16' stands in for a GPU's 'mixed_float16').
+Assertions are on what each notebook writes, not only on its finishing.
 """
 
 import hashlib
@@ -51,6 +52,16 @@ SHRUNK = {  # images and epochs, and the costly methods' sample counts: nothing 
     "concept_images": 10,
     "per_class": 1,
 }
+# The one mixed-precision run: notebook 04 again, on one transfer run, under its own variant, without the continued
+# transfer run it trains beside each fine-tuning as a control.
+MIXED = {
+    "weight_sources": ["places365"],
+    "split_seeds": SEEDS[:1],
+    "mixed_precision": True,
+    "variant": "mixed-precision",
+    "continued_control": False,
+}
+MIXED_RUN = f"places365-finetune-block4-mixed-precision-seed{SEEDS[0]}"
 
 
 def street10_mini(folder):
@@ -105,9 +116,17 @@ def rehearsal(tmp_path_factory):
     try:
         overrides = {"data_dir": str(data), "split_seeds": SEEDS, **SHRUNK}
         results = runner.run(profile="full", overrides=overrides, progress=False, report=lambda line: None)
+        (mixed,) = runner.run(
+            ["04"],
+            profile="full",
+            overrides={"data_dir": str(data), "epochs": SHRUNK["epochs"], **MIXED},
+            out_dir=base / "executed-mixed",  # beside the profile run's executed 04, not over it
+            progress=False,
+            report=lambda line: None,
+        )
     finally:
         mp.undo()
-    return root, {r.notebook.stem: r for r in results}, demo_before
+    return root, {r.notebook.stem: r for r in results}, demo_before, mixed
 
 
 def _hists(root, experiment):
@@ -115,13 +134,13 @@ def _hists(root, experiment):
 
 
 def test_every_notebook_of_the_full_profile_runs(rehearsal):
-    _, results, _ = rehearsal
+    _, results, *_ = rehearsal
     assert sorted(results) == [nb.stem for nb in runner.list_notebooks()]
     assert {name: r.error for name, r in results.items() if r.status != "done"} == {}
 
 
 def test_00_reads_the_street10_files_and_makes_the_profiles_splits(rehearsal):
-    root, _, _ = rehearsal
+    root, *_ = rehearsal
     for seed in SEEDS:
         split = json.loads((root / "data" / "splits" / f"{DATASET}-seed{seed}.json").read_text())
         assert sum(split["counts"].values()) == 10 * PER_CITY
@@ -129,7 +148,7 @@ def test_00_reads_the_street10_files_and_makes_the_profiles_splits(rehearsal):
 
 
 def test_02_and_03_use_every_source_on_the_same_seeds(rehearsal):
-    root, _, _ = rehearsal
+    root, *_ = rehearsal
     baselines = pd.read_csv(_hists(root, "02-baselines") / "baselines.csv")
     deep = baselines[baselines["weights"] != "none"]
     assert set(deep["weights"]) == set(SOURCES) and set(baselines["seed"]) == set(SEEDS)
@@ -151,7 +170,7 @@ def test_02_and_03_use_every_source_on_the_same_seeds(rehearsal):
 
 
 def test_04_fine_tunes_above_block4_pool_from_each_transfer_run(rehearsal):
-    root, _, _ = rehearsal
+    root, *_ = rehearsal
     for source in SOURCES:
         for seed in SEEDS:
             manifest = json.loads(
@@ -162,8 +181,49 @@ def test_04_fine_tunes_above_block4_pool_from_each_transfer_run(rehearsal):
             assert f"{source}-transfer-seed{seed}.best.keras" in manifest["config"]["init_from"]
 
 
+def _layer(model, name):
+    """The layer called ``name`` in ``model`` or in a model nested in it."""
+    import keras
+
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            found = _layer(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
+def test_04_fine_tunes_one_run_in_mixed_precision(rehearsal):
+    import keras
+
+    root, _, _, mixed = rehearsal
+    assert mixed.status == "done", mixed.error
+    assert "rehearsing the GPU path" in mixed.output.read_text()  # the notebook shows training's warning
+    mixed_runs = sorted(p.name for p in _hists(root, "04-finetune").glob("*mixed-precision*.json"))
+    assert mixed_runs == [f"{MIXED_RUN}.json"]  # exactly one run
+    manifest = json.loads((_hists(root, "04-finetune") / f"{MIXED_RUN}.json").read_text())
+    assert manifest["status"] == "complete" and manifest["config"]["mixed_precision"] is True
+    assert manifest["config"]["frozen_through"] == "block4_pool"
+    models_dir = root / "models" / DATASET / "04-finetune"
+    model = keras.models.load_model(models_dir / f"{MIXED_RUN}.best.keras", safe_mode=True)
+    plain = keras.models.load_model(models_dir / f"places365-finetune-block4-seed{SEEDS[0]}.best.keras", safe_mode=True)
+    for layer in ("block1_conv1", "block5_conv3"):  # frozen and trained alike compute in bfloat16
+        assert _layer(model, layer).dtype_policy.name == "mixed_bfloat16"
+        assert _layer(model, layer).kernel.dtype == "float32"
+        assert _layer(plain, layer).dtype_policy.name == "float32"
+    image = np.full((1, SIZE, SIZE, 3), 100.0, np.float32)
+    outputs = model(image, training=False)
+    assert {name: keras.backend.standardize_dtype(p.dtype) for name, p in outputs.items()} == {
+        "region": "float32",
+        "city": "float32",
+    }
+    assert keras.config.dtype_policy().name == "float32"
+
+
 def test_05_scores_what_needs_no_masks_on_real_data(rehearsal):
-    root, _, _ = rehearsal
+    root, *_ = rehearsal
     board = pd.read_csv(_hists(root, "05-attribution") / "leaderboard.csv")
     assert {"deletion_auc", "insertion_auc", "randomization", "random_logit"} <= set(board["metric"])
     assert set(board.loc[board["family"] != "floor", "method"]) == set(METHODS)
@@ -172,7 +232,7 @@ def test_05_scores_what_needs_no_masks_on_real_data(rehearsal):
 
 
 def test_06_answers_the_four_questions_on_this_dataset_only(rehearsal):
-    root, _, demo_before = rehearsal
+    root, _, demo_before, _ = rehearsal
     comparisons = pd.read_csv(_hists(root, "06-results") / "comparisons.csv")
     assert sorted(set(comparisons["question"].str[:2])) == ["1.", "2.", "3.", "4."]
     assert (comparisons["n"] == len(SEEDS)).all()

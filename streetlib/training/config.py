@@ -104,8 +104,11 @@ class RunConfig:
             means 0.9; Nesterov), None for the others.
         loss_weights: dict output -> float. Default ``{"region": 0.5, "city": 1.0}``.
         early_stopping: None (default) or int patience on the validation city loss.
-        mixed_precision: bool, mixed float16 (GPU) or bfloat16 (TPU) compute. Part of the configuration because
-            16-bit arithmetic changes the numbers a run reaches. Default False.
+        mixed_precision: bool, 16-bit compute with float32 variables and float32 outputs: Keras's 'mixed_float16'
+            policy on a GPU, 'mixed_bfloat16' on a TPU and on a CPU. On a CPU it is for rehearsing the GPU path
+            (training warns so): usually slower than float32 there (fast only with AVX512_BF16 or AMX), and its
+            numbers differ from a GPU's. Part of the configuration because 16-bit arithmetic changes the numbers a
+            run reaches. Default False.
     """
 
     phase: str = "transfer"
