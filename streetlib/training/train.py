@@ -1045,8 +1045,8 @@ def _precision(mixed_precision, strategy):
         policy = "mixed_bfloat16"
         warnings.warn(
             "`mixed_precision=True` without a GPU or TPU: bfloat16 compute on the CPU ('mixed_bfloat16'), meant for "
-            "rehearsing the GPU path; on most CPUs it is slower than float32, and its numbers differ from a GPU's "
-            "float16.",
+            "rehearsing the GPU path; it is usually slower than float32 on CPUs (those without AVX512_BF16 or AMX), "
+            "and its numbers differ from a GPU's float16.",
             stacklevel=4,  # the caller of run_phase (through contextlib's __enter__ and run_phase)
         )
     previous = keras.config.dtype_policy()
