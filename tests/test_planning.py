@@ -32,8 +32,13 @@ def test_training_runs_are_what_notebooks_03_and_04_train(profile, tmp_path):
     expected += [
         ("04", study.finetune_config(s, frozen), s, tuple(finetune["split_seeds"])) for s in finetune["weight_sources"]
     ]
+    assert finetune["continued_control"]  # each transfer run continued as long as its fine-tuning: question 2's control
+    expected += [
+        ("04", study.continued_config(s), s, tuple(finetune["split_seeds"])) for s in finetune["weight_sources"]
+    ]
     assert [(w.notebook, w.name, w.weights, w.seeds) for w in plan.work] == expected
     assert {w.epochs for w in plan.work if w.notebook == "03"} == {transfer["epochs"]}
+    assert {w.epochs for w in plan.work if w.notebook == "04"} == {finetune["epochs"]}
     assert {w.image_size for w in plan.work} == {transfer["image_size"]}
     split = plan.data.split_sizes()
     assert {w.images for w in plan.work} == {f"{split['train']}/{split['val']}/{split['test']}"}
@@ -138,6 +143,20 @@ def test_budgets_say_fits_or_what_is_needed(tmp_path):
     assert not any(c["fits"] for c in tight)
     assert tight[1]["line"].startswith("device memory: does not fit: ") and "needed" in tight[1]["line"]
     assert planning.check_budgets(plan, CALIBRATION) == []
+
+
+def test_host_memory_counts_the_runtime_and_on_a_cpu_the_device_memory(tmp_path):
+    overrides = {"data_dir": str(tmp_path / "absent")}
+    gpu = planning.make_plan(["03", "04"], profile="full", overrides=overrides, device="Tesla T4")
+    cpu = planning.make_plan(["03", "04"], profile="full", overrides=overrides, device="CPU (AMD EPYC)")
+    images = gpu.data.total * 224 * 224 * 3
+    assert gpu.host_bytes == planning.RUNTIME_BYTES + images + max(w.host_bytes for w in gpu.work)
+    # A CPU's device memory is host memory: the work holding the most decides the peak.
+    assert cpu.host_bytes == planning.RUNTIME_BYTES + images + max(w.host_bytes + w.device_bytes for w in cpu.work)
+    assert cpu.host_bytes > gpu.host_bytes and cpu.device_bytes == gpu.device_bytes
+    assert "the device being the CPU, its device memory" in planning.format_plan(cpu, CALIBRATION)
+    assert "the largest feature cache held)" in planning.format_plan(gpu, CALIBRATION)
+    assert json.loads(planning.to_json(cpu, CALIBRATION))["host_includes_device"] is True
 
 
 def test_sizes_and_durations_parse():

@@ -1,16 +1,19 @@
 """What ``streetlib run --profile NAME`` would do, and whether it fits, before anything runs.
 
-`make_plan` reads the parameters the run would use (`runner.plan`: the same profile, overrides and checks) and
-lists the work of each notebook: every training run of notebooks 03 and 04 (`study.transfer_config` and
-`study.finetune_config` names, one per weight source, over the split seeds), the baselines' feature extractions (02)
-and the attribution work (05). Work is counted in *passes*: forward passes of the whole VGG16 convolutional base
-over one image at the profile's image size. A layer's share of a pass is its multiply-adds, ``H*W*k*k*Cin*Cout`` for
-a convolution (the kernel's size times the output's positions), over VGG16's; a backward pass counts twice its
-forward. The time is the passes times the seconds a pass takes here (`calibrate`: a few timed batches of VGG16 with
-random weights), so it says what this device would take: run the plan on the machine that will run the profile.
+`make_plan` reads the parameters the run would use (`runner.plan`: the same profile, overrides and checks) and lists
+the work of each notebook: every training run of notebooks 03 and 04 (`study.transfer_config`,
+`study.finetune_config` and, for 04's ``continued_control``, `study.continued_config` names, one per weight source,
+over the split seeds), the baselines' feature extractions (02) and the attribution work (05). Work is counted in
+*passes*: forward passes of the whole VGG16 convolutional base over one image at the profile's image size. A layer's
+share of a pass is its multiply-adds, ``H*W*k*k*Cin*Cout`` for a convolution (the kernel's size times the output's
+positions), over VGG16's; a backward pass counts twice its forward. The time is the passes times the seconds a pass
+takes here (`calibrate`: a few timed batches of VGG16 with random weights), so it says what this device would take:
+run the plan on the machine that will run the profile.
 
 Memory and disk follow the run's own decisions: the feature cache of each training run is what `train.plan_cache`
-decides for it (in memory, on disk or none).
+decides for it (in memory, on disk or none). Peak host memory is the notebook process's runtime (`RUNTIME_BYTES`),
+the uint8 images and the largest work's host share: its feature cache held in memory and, on a CPU, whose memory is
+the device's too, its device memory (parameters, optimiser state, one batch's activations).
 """
 
 import dataclasses
@@ -43,6 +46,14 @@ GRADIENT_PASS = (1, 2)
 # Optimiser slots per trainable parameter (Keras): Adam and Nadam keep two moments, SGD with momentum and RMSprop one.
 OPTIMIZER_SLOTS = {"adam": 2, "nadam": 2, "sgd": 1, "rmsprop": 1}
 CHECKPOINTS = ("best", "final")
+# Resident memory of a notebook's Python process before it loads data or builds a model: TensorFlow, Keras, numpy,
+# pandas, matplotlib and streetlib imported (688 MB measured, VmRSS, TensorFlow 2.20 on Linux, 2026-12-04).
+RUNTIME_BYTES = 700 * 10**6
+# What the format says the largest work holds in host memory, on a CPU (True) or beside an accelerator (False).
+HOST_SHARE = {
+    False: "the largest feature cache held",
+    True: "the work holding the most: its feature cache and, the device being the CPU, its device memory",
+}
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -322,7 +333,10 @@ class Calibration:
 
 @dataclass
 class Plan:
-    """What a profile would run: its data, its work, and the peaks it would reach."""
+    """What a profile would run: its data, its work, and the peaks it would reach.
+
+    ``host_bytes`` counts the device memory of the largest work too when ``on_cpu`` (the device is the CPU).
+    """
 
     profile: str
     data: DataCounts
@@ -331,6 +345,7 @@ class Plan:
     host_bytes: int
     device_bytes: int
     disk_bytes: int
+    on_cpu: bool = False
 
     @property
     def passes(self):
@@ -481,18 +496,28 @@ def _plan_transfer(ctx, params):
 
 
 def _plan_finetune(ctx, params):
+    """Notebook 04: each source's fine-tuning runs, then (``continued_control``) its transfer runs continued as many
+    epochs with their own recipe (`study.run_continued`)."""
     transfer = transfer_run_config(ctx.params_of("03"))
     frozen = params["finetune_from"] or None
-    return [
+    sources, seeds, variant = params["weight_sources"], params["split_seeds"], params["variant"]
+    work = [
         _training_work(
             ctx,
             "04",
-            study.finetune_config(s, frozen, params["variant"]),
+            study.finetune_config(s, frozen, variant),
             finetune_run_config(params, transfer.replace(weights=s)),
-            params["split_seeds"],
+            seeds,
         )
-        for s in params["weight_sources"]
+        for s in sources
     ]
+    if params.get("continued_control"):
+        continued = transfer.replace(epochs=params["epochs"])
+        work += [
+            _training_work(ctx, "04", study.continued_config(s, variant), continued.replace(weights=s), seeds)
+            for s in sources
+        ]
+    return work
 
 
 def _plan_baselines(ctx, params):
@@ -617,11 +642,13 @@ def _with_defaults(notebook, params):
 PLANNERS = {"02": _plan_baselines, "03": _plan_transfer, "04": _plan_finetune, "05": _plan_attribution}
 
 
-def make_plan(notebooks=None, *, profile="demo", overrides=None, grid=None):
+def make_plan(notebooks=None, *, profile="demo", overrides=None, grid=None, device=None):
     """The plan of ``streetlib run``: every notebook's work, with its data counted and its peaks estimated.
 
     Args:
         notebooks, profile, overrides, grid: as in `runner.run` (checked the same way, by `runner.plan`).
+        device: str, the device the run would use, as `device_name` says ('CPU (...)' or a GPU's name). Default:
+            this machine's. On a CPU the peak host memory includes the device memory.
 
     Returns:
         `Plan`. Times need a `Calibration` (`calibrate`): ``plan.seconds(calibration)``.
@@ -650,12 +677,15 @@ def make_plan(notebooks=None, *, profile="demo", overrides=None, grid=None):
         planner = PLANNERS.get(nb.stem.split("_", 1)[0])
         work += planner(ctx, _with_defaults(nb, params)) if planner else []
     dataset_bytes = data.total * math.prod(data.image_shape) * 3
+    on_cpu = (device or device_name()).startswith("CPU")
+    largest = max((w.host_bytes + (w.device_bytes if on_cpu else 0) for w in work), default=0)
     return Plan(
         profile=profile,
         data=data,
         work=work,
         image_size=data_params["image_size"],
-        host_bytes=dataset_bytes + max((w.host_bytes for w in work), default=0),
+        host_bytes=RUNTIME_BYTES + dataset_bytes + largest,
+        on_cpu=on_cpu,
         device_bytes=max((w.device_bytes for w in work), default=0),
         disk_bytes=sum(w.disk_bytes for w in work) + max((w.scratch_bytes for w in work), default=0),
     )
@@ -848,8 +878,9 @@ def format_plan(plan, calibration, budgets=()):
         "",
         f"Passes and times are per configuration, all seeds; epochs are at most (early stopping may end sooner). "
         f"{runs} training runs.",
-        f"Peak host memory {_size(plan.host_bytes)} (uint8 images + the largest feature cache held), device memory "
-        f"{_size(plan.device_bytes)} (parameters, optimiser state, one batch's activations), disk "
+        f"Peak host memory {_size(plan.host_bytes)} (the Python runtime + uint8 images + {HOST_SHARE[plan.on_cpu]}), "
+        f"device memory {_size(plan.device_bytes)} "
+        f"(parameters, optimiser state, one batch's activations), disk "
         f"{_size(plan.disk_bytes)} (models x {len(CHECKPOINTS)} checkpoints, baseline features, the largest disk "
         "cache).",
     ]
@@ -867,6 +898,7 @@ def to_json(plan, calibration, budgets=()):
         "passes": plan.passes,
         "seconds": plan.seconds(calibration),
         "host_bytes": plan.host_bytes,
+        "host_includes_device": plan.on_cpu,
         "device_bytes": plan.device_bytes,
         "disk_bytes": plan.disk_bytes,
         "budgets": list(budgets),
