@@ -39,6 +39,7 @@ def _val_scores():
         {
             "random-transfer": {"city": _flat(0.3), "region": _flat(0.6)},
             "hed-bsds500-transfer": {"city": _flat(0.6), "region": _flat(0.8)},
+            "hed-bsds500-transfer-continued": {"city": _flat(0.62), "region": _flat(0.8)},
             "hed-bsds500-finetune-all": {"city": _flat(0.7), "region": _flat(0.9)},
         }
     )
@@ -59,15 +60,16 @@ def _val_scores():
     return pd.concat([cnn, svm, floor], ignore_index=True)
 
 
-def test_question_pairs_are_notebook_06s_four_questions_chosen_on_validation():
+def test_question_pairs_are_notebook_06s_questions_with_question_2s_control_chosen_on_validation():
     pairs, skipped = questions.question_pairs(
         _val_scores(), headline="hed-bsds500-finetune-all", pretrained_source="hed-bsds500", finetune_from=None
     )
     assert pairs == [
         (questions.QUESTIONS[0], "random-transfer", "hed-bsds500-transfer"),
         (questions.QUESTIONS[1], "hed-bsds500-transfer", "hed-bsds500-finetune-all"),
-        (questions.QUESTIONS[2], "hed-bsds500 block1_pool max features, svm-rbf", "hed-bsds500-finetune-all"),
-        (questions.QUESTIONS[3], "colour-stats (no network), svm-rbf", "hed-bsds500-finetune-all"),
+        (questions.QUESTIONS[2], "hed-bsds500-transfer-continued", "hed-bsds500-finetune-all"),
+        (questions.QUESTIONS[3], "hed-bsds500 block1_pool max features, svm-rbf", "hed-bsds500-finetune-all"),
+        (questions.QUESTIONS[4], "colour-stats (no network), svm-rbf", "hed-bsds500-finetune-all"),
     ]
     assert skipped == []
 
@@ -81,10 +83,11 @@ def test_question_pairs_skip_what_was_not_run_and_say_why():
     )
     assert pairs == []
     assert skipped == [
-        f"{questions.QUESTIONS[2]}: skipped, no SVM on deep features results (notebook 02)",
-        f"{questions.QUESTIONS[3]}: skipped, no floor results (notebook 02)",
+        f"{questions.QUESTIONS[3]}: skipped, no SVM on deep features results (notebook 02)",
+        f"{questions.QUESTIONS[4]}: skipped, no floor results (notebook 02)",
         f"{questions.QUESTIONS[0]}: skipped, no runs of ['places365-transfer']",
         f"{questions.QUESTIONS[1]}: skipped, no runs of ['places365-transfer', 'places365-finetune-block4']",
+        f"{questions.QUESTIONS[2]}: skipped, no runs of ['places365-transfer-continued', 'places365-finetune-block4']",
     ]
 
 

@@ -8,9 +8,9 @@ the equivalence test with the margin stated beforehand, and the three verdicts o
 `power_table` is the design's resolution: the smallest difference the seeds run can resolve, and the seeds a
 difference of the margin's size would need.
 
-`question_pairs` names notebook 06's four questions; which SVM, floor and CNN stand for their kind is chosen on the
-validation split, never on test. `side_by_side` and `plot_side_by_side` put every configuration's scores next to each
-other.
+`question_pairs` names notebook 06's four questions and question 2's control; which SVM, floor and CNN stand for
+their kind is chosen on the validation split, never on test. `side_by_side` and `plot_side_by_side` put every
+configuration's scores next to each other.
 
 Scores are tidy: columns family, config, seed, output, value (`streetlib.experiments.study.cnn_scores` and
 `streetlib.experiments.study.baseline_scores`).
@@ -31,11 +31,12 @@ EQUIVALENCE_MARGIN = 0.03
 QUESTIONS = (
     "1. does the starting point matter? (transfer)",
     "2. does fine-tuning beat transfer?",
+    "2b. does fine-tuning beat transfer trained as many epochs more?",
     "3. do CNNs beat SVMs on deep features?",
     "4. what does the CNN add over a floor baseline?",
 )
 # Question -> the family prefix (`study.baseline_scores`) of the baselines it chooses the best of on validation.
-_BASELINE_QUESTIONS = {QUESTIONS[2]: "SVM on deep features", QUESTIONS[3]: "floor"}
+_BASELINE_QUESTIONS = {QUESTIONS[3]: "SVM on deep features", QUESTIONS[4]: "floor"}
 
 # The most split seeds `power_table` considers a design could run.
 MOST_SEEDS = 200
@@ -84,10 +85,13 @@ def split_overlap(data, seeds, **split_kwargs):
 
 
 def question_pairs(val_scores, *, headline, pretrained_source, finetune_from):
-    """Notebook 06's four questions as (question, a, b) pairs, ``b - a`` compared.
+    """Notebook 06's four questions and question 2's control as (question, a, b) pairs, ``b - a`` compared.
 
     1. ``random-transfer`` vs ``<pretrained_source>-transfer``: does the starting point matter?
     2. ``<pretrained_source>-transfer`` vs its fine-tuned runs: does fine-tuning beat transfer?
+    2b. its control: ``<pretrained_source>-transfer-continued`` (the transfer runs trained as many epochs more with the
+       backbone frozen, notebook 04's ``continued_control``) vs the fine-tuned runs, so that a gain of fine-tuning is
+       not the extra epochs of its head;
     3. the best SVM on deep features vs the headline CNN;
     4. the best floor (no network) vs the headline CNN.
 
@@ -104,9 +108,11 @@ def question_pairs(val_scores, *, headline, pretrained_source, finetune_from):
         question that cannot be asked here, saying what is missing.
     """
     transfer = study.transfer_config(pretrained_source)
+    finetune = study.finetune_config(pretrained_source, finetune_from)
     pairs = [
         (QUESTIONS[0], study.transfer_config("random"), transfer),
-        (QUESTIONS[1], transfer, study.finetune_config(pretrained_source, finetune_from)),
+        (QUESTIONS[1], transfer, finetune),
+        (QUESTIONS[2], study.continued_config(pretrained_source), finetune),
     ]
     skipped = []
     for question, family in _BASELINE_QUESTIONS.items():
