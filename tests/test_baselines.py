@@ -6,9 +6,19 @@ import pandas as pd
 import pytest
 from conftest import make_toy_data, toy_split
 
-from streetlib.baselines import classifiers as baselines
 from streetlib.baselines import features
-from streetlib.baselines.classifiers import fit_baseline, make_classifier
+from streetlib.baselines.fit import (
+    CLASSIFIERS,
+    SEARCH_GRIDS,
+    class_scores,
+    fit_baseline,
+    make_classifier,
+    sklearn_params,
+)
+from streetlib.baselines.floors import floor_features
+from streetlib.baselines.grid import BaselineGridConfig, run_grid
+from streetlib.baselines.plots import plot_summary
+from streetlib.baselines.results import COLUMNS, CONFIG, compare, save_results, seed_table, summarize
 from streetlib.classes import SYNTH10
 from streetlib.data.loaders import StreetData
 from streetlib.evaluation import stats
@@ -47,7 +57,7 @@ def circle_features(*, per_class=8, noise=0.05, seed=0):
     return x, y, split
 
 
-@pytest.mark.parametrize("classifier", baselines.CLASSIFIERS)
+@pytest.mark.parametrize("classifier", CLASSIFIERS)
 def test_well_separated_classes_score_what_a_hand_check_says(classifier):
     x, y, split = circle_features()
     fit = fit_baseline(x, y, split, classifier=classifier)
@@ -114,15 +124,15 @@ def test_search_keeps_the_best_on_validation():
 
 
 def test_default_grids_contain_the_original_C():
-    assert all(1.0 in grid["C"] for grid in baselines.SEARCH_GRIDS.values())
-    assert set(baselines.SEARCH_GRIDS) == set(baselines.CLASSIFIERS)
+    assert all(1.0 in candidates["C"] for candidates in SEARCH_GRIDS.values())
+    assert set(SEARCH_GRIDS) == set(CLASSIFIERS)
     # ... and the original's RBF width, scikit-learn's gamma='scale' (1/d on standardised features).
-    assert 1.0 in baselines.SEARCH_GRIDS["svm-rbf"]["gamma_scale"]
+    assert 1.0 in SEARCH_GRIDS["svm-rbf"]["gamma_scale"]
 
 
 def test_rbf_width_is_searched_in_units_of_one_over_the_width_of_the_features():
-    assert baselines.sklearn_params({"C": 10.0, "gamma_scale": 0.5}, 256) == {"C": 10.0, "gamma": 0.5 / 256}
-    assert baselines.sklearn_params({"C": 10.0}, 256) == {"C": 10.0}
+    assert sklearn_params({"C": 10.0, "gamma_scale": 0.5}, 256) == {"C": 10.0, "gamma": 0.5 / 256}
+    assert sklearn_params({"C": 10.0}, 256) == {"C": 10.0}
     x, y, split = circle_features(noise=2.0, seed=3)
     fit = fit_baseline(x, y, split, classifier="svm-rbf", search={"svm-rbf": {"C": [1.0], "gamma_scale": [4.0]}})
     assert fit.params == {"C": 1.0, "gamma_scale": 4.0}  # recorded as searched
@@ -161,7 +171,7 @@ def test_class_scores_rank_binary_decisions():
     x, y, split = circle_features()
     region = (y >= 5).astype(np.int64)
     model = make_classifier("linear-svm").fit(x[split.train], region[split.train])
-    scores = baselines.class_scores(model, x[split.test], 2)
+    scores = class_scores(model, x[split.test], 2)
     assert scores.shape == (CLASSES, 2)
     np.testing.assert_array_equal(scores.argmax(axis=1), model.predict(x[split.test]))
 
@@ -170,9 +180,18 @@ def test_class_scores_give_untrained_classes_minus_infinity():
     x, y, split = circle_features()
     keep = split.train[y[split.train] != 9]
     model = make_classifier("logreg").fit(x[keep], y[keep])
-    scores = baselines.class_scores(model, x[split.test], CLASSES)
+    scores = class_scores(model, x[split.test], CLASSES)
     assert np.all(scores[:, 9] == -np.inf)
     np.testing.assert_allclose(scores[:, :9].sum(axis=1), 1.0)
+
+
+def test_top3_ranks_untrained_classes_last():
+    # scikit-learn's top_k_accuracy_score refuses -inf: an untrained class must still rank below every trained one.
+    x, y, split = circle_features()
+    split = SimpleNamespace(train=split.train[y[split.train] != 9], val=split.val, test=split.test)
+    fit = fit_baseline(x, y, split, classifier="logreg")
+    order = np.argsort(-class_scores(fit.model, x[split.test], CLASSES), axis=1, kind="stable")
+    assert fit.test_top3 == np.mean((order[:, :3] == y[split.test, None]).any(axis=1))
 
 
 @pytest.mark.parametrize(
@@ -221,10 +240,10 @@ def grid(tmp_path_factory):
         ),
     )
     dirs = {"cache_dir": root / "features", "layout": RunLayout(hists_dir=root / "hists", figs_dir=root / "figs")}
-    spec = baselines.BaselineGrid(
+    spec = BaselineGridConfig(
         weights=["imagenet", "random"], poolings=["avg"], classifiers=["svm-rbf", "logreg"], augment_copies=[0, 1]
     )
-    result = baselines.run_grid(data, splits, spec, figure_seeds=[1], progress=False, **dirs)
+    result = run_grid(data, splits, spec, figure_seeds=[1], progress=False, **dirs)
     mp.undo()
     return data, splits, dirs, result
 
@@ -233,7 +252,7 @@ def test_random_features_can_be_fed_a_pretrained_sources_normalisation(tmp_path)
     # Question 1's confound: random weights fed their own 'samplewise' images, pretrained ones 'caffe-bvlc'. With
     # random_normalization the random source's features are those of caffe-bvlc images, and its rows say so.
     data = make_toy_data(per_class=3, size=32)
-    spec = baselines.BaselineGrid(
+    spec = BaselineGridConfig(
         weights=["random"],
         poolings=["grid2"],
         classifiers=["logreg"],
@@ -242,7 +261,7 @@ def test_random_features_can_be_fed_a_pretrained_sources_normalisation(tmp_path)
         random_normalization="caffe-bvlc",
     )
     dirs = {"cache_dir": tmp_path / "f", "layout": RunLayout(hists_dir=tmp_path / "h", figs_dir=tmp_path / "g")}
-    table = baselines.run_grid(data, [toy_split(data, seed=0)], spec, figure_seeds=[], progress=False, **dirs).table
+    table = run_grid(data, [toy_split(data, seed=0)], spec, figure_seeds=[], progress=False, **dirs).table
     assert table["normalization"].tolist() == ["caffe-bvlc"] and table["pooling"].tolist() == ["grid2"]
     assert table["dim"].tolist() == [2 * 2 * 64]  # block1_pool's 16 x 16 x 64 maps at 32 px, on a 2 x 2 grid
     expected = features.FeatureExtractor(weights="random", layer="block1_pool", normalization="caffe-bvlc")
@@ -256,7 +275,7 @@ def test_random_features_can_be_fed_a_pretrained_sources_normalisation(tmp_path)
 def test_grid_rows_are_tidy(grid):
     data, _, _, result = grid
     table = result.table
-    assert list(table.columns) == baselines.COLUMNS
+    assert list(table.columns) == COLUMNS
     # weights x pooling x copies x classifier x seed x output = 1 x 1 x 2 x 2 x 2 x 2
     assert len(table) == 16
     assert not table.duplicated(["augment_copies", "classifier", "seed", "output"]).any()
@@ -288,12 +307,12 @@ def test_grid_writes_the_csv_and_the_figures(grid):
 
 def test_grid_run_again_replaces_its_rows_and_keeps_others(grid, tmp_path):
     data, splits, dirs, first = grid
-    spec = baselines.BaselineGrid(weights=["random"], poolings=["avg"], classifiers=["svm-rbf"])
-    again = baselines.run_grid(data, splits[:1], spec, figure_seeds=[], progress=False, **dirs)
+    spec = BaselineGridConfig(weights=["random"], poolings=["avg"], classifiers=["svm-rbf"])
+    again = run_grid(data, splits[:1], spec, figure_seeds=[], progress=False, **dirs)
     saved = pd.read_csv(again.path)
     assert len(saved) == 16
     assert len(again.figures) == 0
-    extra = baselines.run_grid(
+    extra = run_grid(
         data, splits[:1], spec.replace(classifiers=["linear-svm"]), figure_seeds=[], progress=False, **dirs
     )
     assert len(pd.read_csv(extra.path)) == 18
@@ -320,12 +339,12 @@ def test_grid_run_again_replaces_its_rows_and_keeps_others(grid, tmp_path):
 )
 def test_invalid_grid_fails_when_made_naming_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        baselines.BaselineGrid(**kwargs)
+        BaselineGridConfig(**kwargs)
 
 
 def test_grid_is_frozen_and_stored_in_one_form():
     search = {"svm-rbf": {"C": [1.0]}}
-    spec = baselines.BaselineGrid(
+    spec = BaselineGridConfig(
         poolings=["avg", "flatten", "avg"], classifiers=["svm-rbf"], floors=["pixels"], search=search
     )
     assert spec.poolings == ("avg", "flatten") and spec.floors == ("pixels",) and spec.outputs == ("region", "city")
@@ -334,7 +353,7 @@ def test_grid_is_frozen_and_stored_in_one_form():
     assert spec.replace(weights=["random"]).weights == ("random",)
     with pytest.raises(ValueError, match=r"Invalid `outputs`"):
         spec.replace(outputs=[])
-    assert spec == baselines.BaselineGrid(
+    assert spec == BaselineGridConfig(
         poolings=("avg", "flatten"), classifiers=("svm-rbf",), floors=("pixels",), search=search
     )
     assert spec.search == search and spec.search is not search
@@ -342,10 +361,10 @@ def test_grid_is_frozen_and_stored_in_one_form():
 
 def test_run_grid_takes_a_grid_and_checks_figure_seeds(tmp_path):
     data = make_toy_data(per_class=2, size=32)
-    with pytest.raises(TypeError, match=r"Invalid `grid`. Expected a `BaselineGrid`"):
-        baselines.run_grid(data, [], {"weights": ["random"]}, layout=RunLayout(hists_dir=tmp_path))
+    with pytest.raises(TypeError, match=r"Invalid `grid`. Expected a `BaselineGridConfig`"):
+        run_grid(data, [], {"weights": ["random"]}, layout=RunLayout(hists_dir=tmp_path))
     with pytest.raises(ValueError, match=r"Invalid `figure_seeds`.*figure_seeds=42"):
-        baselines.run_grid(data, [], baselines.BaselineGrid(), figure_seeds=42, layout=RunLayout(hists_dir=tmp_path))
+        run_grid(data, [], BaselineGridConfig(), figure_seeds=42, layout=RunLayout(hists_dir=tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -359,7 +378,7 @@ def _table():
     for w, norm in (("random", "samplewise"), ("hed-bsds500", "caffe-bvlc")):
         for seed, score in zip((42, 43, 44), scores[w], strict=True):
             rows.append(
-                {c: "x" for c in baselines.COLUMNS}
+                {c: "x" for c in COLUMNS}
                 | {
                     "weights": w,
                     "normalization": norm,
@@ -374,7 +393,7 @@ def _table():
 
 
 def test_summarize_gives_the_seed_spread():
-    summary = baselines.summarize(_table())
+    summary = summarize(_table())
     row = summary.loc[("hed-bsds500", "caffe-bvlc", "city")]
     assert row["n"] == 3
     assert row["mean"] == pytest.approx(1.25 / 3)
@@ -385,7 +404,7 @@ STATS = {"margin": 0.03, "overlap": 0.15}
 
 
 def test_compare_pairs_seeds_and_feeds_their_differences_to_the_statistics_module():
-    (row,) = baselines.compare(_table(), column="weights", a="random", b="hed-bsds500", **STATS)
+    (row,) = compare(_table(), column="weights", a="random", b="hed-bsds500", **STATS)
     differences = [0.20, 0.05, -0.05]
     expected = stats.compare(differences, a="random", b="hed-bsds500", **STATS)
     assert {k: row[k] for k in expected} == pytest.approx(expected)
@@ -397,36 +416,36 @@ def test_compare_pairs_seeds_and_feeds_their_differences_to_the_statistics_modul
 def test_compared_baselines_get_the_statistics_modules_verdicts():
     table = _table()
     table.loc[table["weights"] == "random", "test_acc"] = 0.1
-    found = stats.family(baselines.compare(table, column="weights", a="random", b="hed-bsds500", **STATS))
+    found = stats.family(compare(table, column="weights", a="random", b="hed-bsds500", **STATS))
     assert found["verdict"].tolist() == ["hed-bsds500 higher"]
     assert found["column"].tolist() == ["weights"] and found["output"].tolist() == ["city"]
     # The same scores on both sides on every seed: exactly equivalent.
     table.loc[table["weights"] == "random", "test_acc"] = table.loc[
         table["weights"] == "hed-bsds500", "test_acc"
     ].values
-    found = stats.family(baselines.compare(table, column="weights", a="random", b="hed-bsds500", **STATS))
+    found = stats.family(compare(table, column="weights", a="random", b="hed-bsds500", **STATS))
     assert found["verdict"].tolist() == ["equivalent within ±0.03"]
 
 
 def test_compare_errors():
     table = _table()
     with pytest.raises(ValueError, match="Invalid `column`.*column='seed'"):
-        baselines.compare(table, column="seed", a=42, b=43, **STATS)
+        compare(table, column="seed", a=42, b=43, **STATS)
     with pytest.raises(ValueError, match="No rows with weights='imagenet'"):
-        baselines.compare(table, column="weights", a="random", b="imagenet", **STATS)
+        compare(table, column="weights", a="random", b="imagenet", **STATS)
     with pytest.raises(ValueError, match="Invalid `margin`"):
-        baselines.compare(table, column="weights", a="random", b="hed-bsds500", margin=0, overlap=0.15)
+        compare(table, column="weights", a="random", b="hed-bsds500", margin=0, overlap=0.15)
     table.loc[table["weights"] == "random", "seed"] += 100
     with pytest.raises(ValueError, match="share no configuration and seed"):
-        baselines.compare(table, column="weights", a="random", b="hed-bsds500", **STATS)
+        compare(table, column="weights", a="random", b="hed-bsds500", **STATS)
 
 
 def test_seed_table_and_summary_plot():
     table = pd.concat([_table(), _table().assign(output="region", test_acc=0.8)], ignore_index=True)
-    text = baselines.seed_table(table)
+    text = seed_table(table)
     assert text.loc[("hed-bsds500", "caffe-bvlc"), "city"] == "0.417 ± 0.104"
     assert text.loc[("random", "samplewise"), "region"] == "0.800 ± 0.000"
-    fig = baselines.plot_summary(table, title="summary")
+    fig = plot_summary(table, title="summary")
     assert len(fig.axes) == 2
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["random / samplewise", "hed-bsds500 / caffe-bvlc"]
 
@@ -442,7 +461,7 @@ def _crafted(images):
 
 def test_pixels_floor_is_the_8x8_block_means():
     image = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
-    features = baselines.floor_features(_crafted([image, 255 - image]), "pixels")
+    features = floor_features(_crafted([image, 255 - image]), "pixels")
     assert features.shape == (2, 192) and features.dtype == np.float32
     # 16 x 24 px in 8 x 8 cells: each cell is a 2 x 3 block.
     blocks = image.astype(np.float64).reshape(8, 2, 8, 3, 3).mean(axis=(1, 3)) / 255
@@ -455,7 +474,7 @@ def test_pixels_floor_is_the_8x8_block_means():
 def test_pixels_floor_averages_by_area_when_cells_split_pixels():
     # 12 rows in 8 cells of 1.5 rows: cell 0 is row 0 and half of row 1, cell 1 the other half of row 1 and row 2.
     image = np.repeat((20 * np.arange(12, dtype=np.uint8))[:, None, None], 8, axis=1).repeat(3, axis=2)
-    features = baselines.floor_features(_crafted([image]), "pixels").reshape(8, 8, 3)
+    features = floor_features(_crafted([image]), "pixels").reshape(8, 8, 3)
     assert features[0, 0, 0] == pytest.approx((0 + 0.5 * 20) / 1.5 / 255, rel=1e-6)
     assert features[1, 5, 2] == pytest.approx((0.5 * 20 + 40) / 1.5 / 255, rel=1e-6)
     assert features[7, 0, 1] == pytest.approx((0.5 * 200 + 220) / 1.5 / 255, rel=1e-6)
@@ -465,7 +484,7 @@ def test_pixels_floor_matches_a_direct_weighted_sum():
     # 13 x 21 px: cells of 1.625 x 2.625 px, so most cells share pixels with their neighbours; 5 images in chunks of
     # 2, so the last chunk is short.
     images = np.random.default_rng(1).integers(0, 256, (5, 13, 21, 3), dtype=np.uint8)
-    floor = baselines.floor_features(_crafted(list(images)), "pixels", chunk=2)
+    floor = floor_features(_crafted(list(images)), "pixels", chunk=2)
     rows, cols = features.area_weights(13, 8), features.area_weights(21, 8)
     direct = np.zeros((5, 8, 8, 3))
     for i, j in np.ndindex(8, 8):
@@ -480,7 +499,7 @@ def test_colour_stats_floor_of_half_red_half_black():
     half = np.zeros((4, 6, 3), np.uint8)
     half[:, :3, 0] = 255
     grey = np.full((4, 6, 3), 100, np.uint8)
-    features = baselines.floor_features(_crafted([half, grey]), "colour-stats")
+    features = floor_features(_crafted([half, grey]), "colour-stats")
     assert features.shape == (2, 30) and features.dtype == np.float32
     # Per channel: mean, std (of values in [0, 1]), then the fraction of pixels in each 0-255 bin of width 32.
     red = [0.5, 0.5, 0.5, 0, 0, 0, 0, 0, 0, 0.5]
@@ -492,7 +511,7 @@ def test_colour_stats_floor_of_half_red_half_black():
 
 def test_floor_features_refuse_unknown_kinds():
     with pytest.raises(ValueError, match=r"Invalid `kind`.*'pixels'.*kind='hog'"):
-        baselines.floor_features(make_toy_data(per_class=1, size=8), "hog")
+        floor_features(make_toy_data(per_class=1, size=8), "hog")
 
 
 @pytest.fixture(scope="module")
@@ -502,15 +521,15 @@ def floor_grid(tmp_path_factory):
     data = make_toy_data(per_class=6, size=32)
     splits = [toy_split(data, seed=s) for s in (0, 1)]
     dirs = {"cache_dir": root / "features", "layout": RunLayout(hists_dir=root / "hists", figs_dir=root / "figs")}
-    spec = baselines.BaselineGrid(weights=[], floors=["pixels", "colour-stats"], classifiers=["svm-rbf", "logreg"])
-    result = baselines.run_grid(data, splits, spec, figure_seeds=[0], progress=False, **dirs)
+    spec = BaselineGridConfig(weights=[], floors=["pixels", "colour-stats"], classifiers=["svm-rbf", "logreg"])
+    result = run_grid(data, splits, spec, figure_seeds=[0], progress=False, **dirs)
     return data, splits, result
 
 
 def test_floor_grid_rows(floor_grid):
     data, splits, result = floor_grid
     table = result.table
-    assert list(table.columns) == baselines.COLUMNS
+    assert list(table.columns) == COLUMNS
     # floor x classifier x seed x output = 2 x 2 x 2 x 2
     assert len(table) == 16 and not table.duplicated(["backbone", "classifier", "seed", "output"]).any()
     pixels = table[table["backbone"] == "pixels"]
@@ -531,7 +550,7 @@ def test_floor_grid_rows(floor_grid):
     assert len(names) == 8 and all(p.is_file() for p in result.figures)
     assert "toy-colour-stats-none-none-none-logreg-seed0.test.confusion-city.png" in names
     saved = pd.read_csv(result.path)
-    assert saved[baselines.CONFIG].astype(str).equals(table[baselines.CONFIG].astype(str))
+    assert saved[CONFIG].astype(str).equals(table[CONFIG].astype(str))
 
 
 def test_colour_stats_floor_beats_chance_on_colour_classes(floor_grid):
@@ -546,12 +565,12 @@ def test_concurrent_fits_give_the_same_rows_and_figures(tmp_path):
     # Every classifier, linear-svm included (it must not run beside another fit, see `_fit_all`), on both floors.
     data = make_toy_data(per_class=6, size=32)
     splits = [toy_split(data, seed=s) for s in (0, 1)]
-    spec = baselines.BaselineGrid(weights=[], floors=["pixels", "colour-stats"])
+    spec = BaselineGridConfig(weights=[], floors=["pixels", "colour-stats"])
     results = {}
     for n_jobs in (1, 2):
         out = tmp_path / str(n_jobs)
         dirs = {"cache_dir": out / "cache", "layout": RunLayout(hists_dir=out / "hists", figs_dir=out / "figs")}
-        run = baselines.run_grid(data, splits, spec, figure_seeds=[1], progress=False, n_jobs=n_jobs, **dirs)
+        run = run_grid(data, splits, spec, figure_seeds=[1], progress=False, n_jobs=n_jobs, **dirs)
         results[n_jobs] = run
     one, two = (results[n].table.drop(columns="seconds") for n in (1, 2))
     assert len(one) == 2 * 3 * 2 * 2
@@ -563,18 +582,16 @@ def test_concurrent_fits_give_the_same_rows_and_figures(tmp_path):
 def test_run_grid_checks_n_jobs_before_writing(tmp_path, n_jobs):
     data = make_toy_data(per_class=2, size=32)
     with pytest.raises(ValueError, match=r"Invalid `n_jobs`. Expected an int >= 1. Received: n_jobs="):
-        baselines.run_grid(
-            data, [], baselines.BaselineGrid(floors=["pixels"]), layout=RunLayout(hists_dir=tmp_path), n_jobs=n_jobs
-        )
+        run_grid(data, [], BaselineGridConfig(floors=["pixels"]), layout=RunLayout(hists_dir=tmp_path), n_jobs=n_jobs)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_floor_grid_refuses_unknown_floors_before_writing():
     match = r"Invalid `floors`. Expected .*'colour-stats'.*Received: floors=\['pixels', 'hog'\]"
     with pytest.raises(ValueError, match=match):
-        baselines.BaselineGrid(weights=["random"], floors=["pixels", "hog"])
+        BaselineGridConfig(weights=["random"], floors=["pixels", "hog"])
     with pytest.raises(ValueError, match="Nothing to fit"):
-        baselines.BaselineGrid(weights=[])
+        BaselineGridConfig(weights=[])
 
 
 def test_summaries_of_floor_and_deep_rows_together(grid, floor_grid):
@@ -582,20 +599,20 @@ def test_summaries_of_floor_and_deep_rows_together(grid, floor_grid):
     _, _, floor = floor_grid
     # Through the CSV, as a notebook reads them: floor rows' "none" stay strings.
     path = floor.path.parent / "mixed.csv"
-    baselines.save_results(pd.concat([deep.table, floor.table], ignore_index=True), path)
+    save_results(pd.concat([deep.table, floor.table], ignore_index=True), path)
     table = pd.read_csv(path)
     assert set(table["pooling"]) == {"avg", "none"}
 
-    summary = baselines.summarize(table)
+    summary = summarize(table)
     assert summary.loc[("pixels", "none", "none", "none", "none", 0, "svm-rbf", "city"), "n"] == 2
-    text = baselines.seed_table(table)
+    text = seed_table(table)
     assert set(text.columns) == {"city", "region"} and len(text) == len(summary) // 2
-    fig = baselines.plot_summary(table)
+    fig = plot_summary(table)
     assert len(fig.axes) == 2
 
     # Against the floor, each deep configuration pairs with it on the same seeds (the floor has no pooling,
     # weights or augmentation, so it is paired with every value the deep rows have).
-    out = pd.DataFrame(baselines.compare(table, column="backbone", a="colour-stats", b="vgg16", **STATS))
+    out = pd.DataFrame(compare(table, column="backbone", a="colour-stats", b="vgg16", **STATS))
     assert set(zip(out["augment_copies"], out["classifier"], out["output"], strict=True)) == {
         (k, c, o) for k in (0, 1) for c in ("svm-rbf", "logreg") for o in ("region", "city")
     }

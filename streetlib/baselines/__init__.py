@@ -1,2 +1,3 @@
-"""Baselines without end-to-end training: deep features from a frozen backbone, and scikit-learn classifiers on
-them or on the no-network floor features."""
+"""Baselines without end-to-end training: deep features from a frozen backbone (`features`) and the no-network floor
+(`floors`), scikit-learn classifiers fitted on them (`fit`) over a grid of configurations and split seeds (`grid`),
+the results table and its comparisons (`results`), and their figures (`plots`)."""
