@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from streetlib.runs import RunId
-from streetlib.training.config import PHASES, Execution, RunConfig
+from streetlib.training.config import PHASES, ExecutionConfig, RunConfig
 
 HISTS = Path(__file__).resolve().parents[1] / "hists"
 
@@ -144,12 +144,12 @@ def test_execution_options_are_not_part_of_the_identity():
     with_xla = config.to_manifest(run, xla=True)
     assert with_xla["xla"] is True  # recorded ...
     assert RunConfig.from_manifest(with_xla) == RunConfig.from_manifest(config.to_manifest(run))  # ... not compared
-    execution_fields = {f.name for f in dataclasses.fields(Execution)}
+    execution_fields = {f.name for f in dataclasses.fields(ExecutionConfig)}
     assert not execution_fields & {f.name for f in dataclasses.fields(RunConfig)}
     with pytest.raises(ValueError, match=r"Invalid `verbose`. Expected one of \['auto'\] or an int in \[0, 2\]"):
-        Execution(verbose=3)
+        ExecutionConfig(verbose=3)
     with pytest.raises(ValueError, match=r"Invalid `force`. Expected a bool. Received: force=1"):
-        Execution(force=1)
+        ExecutionConfig(force=1)
 
 
 def test_changes_leave_out_the_resumable_fields_when_resuming():

@@ -6,7 +6,7 @@ import pytest
 
 from streetlib import figures
 from streetlib.evaluation import evaluate
-from streetlib.models import network as models
+from streetlib.models import network
 from streetlib.runs import RunId, RunLayout
 
 # Six predictions over four classes, worked out by hand below.
@@ -33,8 +33,6 @@ def test_accuracy_top3_and_calibration_by_hand():
     # Bins of width .1: (.5, .6] holds .55 and .51 (both wrong), then .64 wrong, .72 right, .83 right, .93 wrong.
     ece = (2 * 0.53 + 0.64 + (1 - 0.72) + (1 - 0.83) + 0.93) / 6
     assert overall["ece"] == pytest.approx(ece)  # 0.5133
-    assert evaluate.top_k_accuracy(Y, P, 1) == pytest.approx(2 / 6)
-    assert evaluate.top_k_accuracy(Y, P, 4) == 1.0
 
     table = evaluate.reliability(Y, P, n_bins=10)
     assert table["count"].tolist() == [0, 0, 0, 0, 0, 2, 1, 1, 1, 1]
@@ -51,6 +49,15 @@ def test_accuracy_top3_and_calibration_by_hand():
     np.testing.assert_array_equal(cm, [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0]])
     confusion_rows = rows[rows["metric"] == "confusion"]
     assert confusion_rows.set_index(["class", "predicted"]).loc[("b", "c"), "value"] == 1
+
+
+def test_top3_counts_classes_absent_from_the_subset_and_ranks_ties_by_the_higher_index():
+    # Two images of class "a" only: the scores still have four classes.
+    rows = pd.DataFrame(evaluate.metric_rows(Y[:2], P[:2], NAMES, output="city"))
+    assert rows.set_index("metric").loc["top3", "value"] == 1.0
+    # Class "b" ties with "c" and "d" for second place: the higher indices come first, so "b" is fourth.
+    tied = pd.DataFrame(evaluate.metric_rows([1], [[0.4, 0.2, 0.2, 0.2]], NAMES, output="city"))
+    assert tied.set_index("metric").loc["top3", "value"] == 0.0
 
 
 def test_region_rows_have_no_top3():
@@ -179,7 +186,7 @@ def test_score_figures_draw_the_scores_and_save_all_names_them(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(toy_data):
-    return models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, seed=0)
+    return network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, seed=0)
 
 
 def _manifest(hists_dir, run="r"):
@@ -228,14 +235,21 @@ def test_evaluate_run_writes_tidy_rows_and_figures(tiny_model, toy_data, toy_dat
     assert saved.groupby("checkpoint").size().to_dict() == {"best": len(frame), "final": len(frame)}
 
 
-def test_evaluate_checkpoints_reads_the_manifest(tiny_model, toy_data, toy_data_split, out_dirs):
+def test_evaluate_run_loads_saved_models_and_reads_the_manifest(tiny_model, toy_data, toy_data_split, out_dirs):
     saved = out_dirs["models_dir"] / "ev"
     saved.mkdir(parents=True)
     tiny_model.save(saved / "r.best.keras")
     tiny_model.save(saved / "r.final.keras")
     _manifest(out_dirs["hists_dir"])
 
-    frame = evaluate.evaluate_checkpoints(toy_data, toy_data_split, run=RunId("ev", "r"), layout=RunLayout(**out_dirs))
+    run, layout = RunId("ev", "r"), RunLayout(**out_dirs)
+    frame = pd.concat(
+        [
+            evaluate.evaluate_run(layout.model(run, c), toy_data, toy_data_split, run=run, checkpoint=c, layout=layout)
+            for c in ("best", "final")
+        ],
+        ignore_index=True,
+    )
 
     assert set(frame["checkpoint"]) == {"best", "final"}
     best = frame[frame["checkpoint"] == "best"].reset_index(drop=True)
@@ -252,8 +266,6 @@ def test_evaluate_errors_are_named(tiny_model, toy_data, toy_data_split, out_dir
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, checkpoint="last", **common)
     with pytest.raises(ValueError, match=r"Invalid `similarity`.*Received: similarity='pixels'"):
         evaluate.evaluate_run(tiny_model, toy_data, toy_data_split, similarity="pixels", **common)
-    with pytest.raises(FileNotFoundError, match="No best model for run 'none'"):
-        evaluate.evaluate_checkpoints(toy_data, toy_data_split, run=RunId("ev", "none"), layout=RunLayout(**out_dirs))
     with pytest.raises(FileNotFoundError, match="No evaluation results"):
         evaluate.read_evals("ev", layout=RunLayout(**out_dirs))
     # A layout of another dataset would file the rows with that dataset's: refused, naming both.

@@ -16,7 +16,8 @@ from streetlib.attribution import metrics
 from streetlib.evaluation import stats
 from streetlib.runs import RunId, RunLayout
 from streetlib.training import train
-from streetlib.training.config import Execution, RunConfig
+from streetlib.training.config import ExecutionConfig, RunConfig
+from streetlib.training.manifest import data_hash
 
 SIZE = 16
 # The cue: the model reads only this square, so it is where a faithful map must point.
@@ -242,7 +243,7 @@ def toy_runs(tmp_path_factory):
         pooling="avgmax", augment=False, optimizer="adam", learning_rate=0.003, dropout=0.0,
     )  # fmt: skip
     run = RunId("03-pretrained", "toy-transfer", 0)
-    real = train.run_phase(data, split, config, run=run, layout=layout, execution=Execution(verbose=0))
+    real = train.run_phase(data, split, config, run=run, layout=layout, execution=ExecutionConfig(verbose=0))
     copy = metrics.data_randomized_copy(data, split, run, layout=layout, experiment="05-attribution")
     return data, split, layout, config, real.model, copy
 
@@ -252,7 +253,7 @@ def test_the_data_randomisation_check_tells_a_permuted_label_model_from_a_copy(t
     manifest = json.loads(layout.manifest(RunId("05-attribution", "toy-transfer-permuted-labels", 0)).read_text())
     # The same configuration, trained on the same images with their labels permuted.
     assert RunConfig.from_manifest(manifest["config"]) == config
-    assert manifest["dataset"]["hash"] != train.data_hash(data)
+    assert manifest["dataset"]["hash"] != data_hash(data)
     permuted = metrics.permuted_labels(data, seed=0)
     assert sorted(permuted.city) == sorted(data.city) and (permuted.city != data.city).mean() > 0.5
     spec = L.LeaderboardSpec(methods=("grad_cam", "saliency"), outputs=("city",), curve_steps=1)
@@ -276,7 +277,7 @@ def test_a_fine_tuned_run_s_copy_retrains_its_first_phase(toy_runs):
     )
     run = RunId("04-finetune", "toy-finetune", 0)
     init = layout.model(RunId("03-pretrained", "toy-transfer", 0), "best")
-    train.run_phase(data, split, finetune, run=run, init_from=init, layout=layout, execution=Execution(verbose=0))
+    train.run_phase(data, split, finetune, run=run, init_from=init, layout=layout, execution=ExecutionConfig(verbose=0))
     origin, first = metrics.first_phase(run, layout=layout)
     assert origin == RunId("03-pretrained", "toy-transfer", 0) and first == config
 

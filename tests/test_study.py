@@ -109,24 +109,24 @@ def study_runs(tmp_path_factory):
     import keras  # noqa: F401  (TensorFlow loaded before the monkeypatch, as in the notebooks)
     from conftest import make_toy_data
 
-    from streetlib.training import train
-    from streetlib.training.config import Execution, RunConfig
+    from streetlib.training import cache
+    from streetlib.training.config import ExecutionConfig, RunConfig
 
     root = tmp_path_factory.mktemp("study")
     mp = pytest.MonkeyPatch()
     mp.setenv("STREETLIB_ROOT", str(root))
-    sizes, extract = [], train.extract_features
+    sizes, extract = [], cache.extract_features
 
     def counted(frozen, datasets, *, size, **kwargs):
         sizes.append(size)
         return extract(frozen, datasets, size=size, **kwargs)
 
-    mp.setattr(train, "extract_features", counted)
+    mp.setattr(cache, "extract_features", counted)
     data = make_toy_data(per_class=6, size=32)
     config = RunConfig.preset(
         "transfer", image_size=32, epochs=1, batch_size=16, cut="block1_pool", head="conv", filters=8, augment=False
     )
-    quiet = Execution(verbose=0)
+    quiet = ExecutionConfig(verbose=0)
     common = {"seeds": [0, 1], "split_kwargs": {"test_size": 0.15, "val_size": 0.2}, "execution": quiet}
     try:
         transfer = study.run_transfer(

@@ -11,15 +11,15 @@ import tensorflow as tf
 from conftest import run_script
 
 from streetlib.evaluation.evaluate import predict
-from streetlib.models import network as models
-from streetlib.models import weights
+from streetlib.models import network, weights
 from streetlib.runs import RunId, RunLayout
-from streetlib.training import train
-from streetlib.training.config import Execution, RunConfig
+from streetlib.training import cache, train
+from streetlib.training.config import ExecutionConfig, RunConfig
+from streetlib.training.strategy import choose_strategy, precision_policy
 
 TESTS = Path(__file__).resolve().parent
 SMALL = {"image_size": 32, "batch_size": 16}
-QUIET = Execution(verbose=0)
+QUIET = ExecutionConfig(verbose=0)
 
 
 def _config(phase="transfer", **overrides):
@@ -150,7 +150,7 @@ def test_the_comparison_of_two_trainings_catches_a_real_divergence(transfer_runs
         _config(epochs=2, cache="none", **{"augment": False, **change}),
         run=RunId("eq", "transfer-diverged"),
         layout=RunLayout(**dirs),
-        execution=Execution(force=True, verbose=0),
+        execution=ExecutionConfig(force=True, verbose=0),
     )
     with pytest.raises(AssertionError):
         _assert_same_training(runs["none"], other, start)
@@ -203,7 +203,9 @@ def test_finished_runs_are_never_overwritten(transfer_runs, toy_data, toy_data_s
     kwargs = dict(run=RunId("eq", "transfer-none"), layout=RunLayout(**dirs))
     with pytest.raises(FileExistsError, match="'transfer-none' of experiment 'eq' already has results"):
         train.run_phase(toy_data, toy_data_split, config, execution=QUIET, **kwargs)
-    redone = train.run_phase(toy_data, toy_data_split, config, execution=Execution(force=True, verbose=0), **kwargs)
+    redone = train.run_phase(
+        toy_data, toy_data_split, config, execution=ExecutionConfig(force=True, verbose=0), **kwargs
+    )
     assert redone.history.index.tolist() == [0]
     assert json.loads(redone.paths["manifest"].read_text())["config"]["epochs"] == 1
 
@@ -214,7 +216,7 @@ import numpy as np, keras
 sys.path.insert(0, {tests!r})
 from conftest import make_toy_data, toy_split
 from streetlib.training import train
-from streetlib.training.config import Execution, RunConfig
+from streetlib.training.config import ExecutionConfig, RunConfig
 from streetlib.runs import RunId, RunLayout
 
 from conftest import run_script
@@ -230,7 +232,7 @@ class KillAtEpoch2(keras.callbacks.Callback):
 data = make_toy_data()
 config = RunConfig.preset("transfer", epochs=4, image_size=32, batch_size=16, augment=False, cache="none")
 train.run_phase(data, toy_split(data), config, run=RunId("resume", "r"), callbacks=[KillAtEpoch2()],
-                layout=RunLayout(hists_dir={hists!r}, models_dir={models!r}), execution=Execution(verbose=0))
+                layout=RunLayout(hists_dir={hists!r}, models_dir={models!r}), execution=ExecutionConfig(verbose=0))
 """
 
 
@@ -266,8 +268,8 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, toy_data, toy_data_spli
 
     config = _config(epochs=4, augment=False, cache="none")
     where = dict(run=RunId("resume", "r"), layout=RunLayout(**dirs))
-    with pytest.raises(FileExistsError, match=r"was interrupted. Pass Execution\(resume=True\)"):
-        train.run_phase(toy_data, toy_data_split, config, execution=Execution(resume=False, verbose=0), **where)
+    with pytest.raises(FileExistsError, match=r"was interrupted. Pass ExecutionConfig\(resume=True\)"):
+        train.run_phase(toy_data, toy_data_split, config, execution=ExecutionConfig(resume=False, verbose=0), **where)
     with pytest.raises(ValueError, match=r"Cannot resume run 'r' with different parameters \(seed: 0 -> 1\)"):
         train.run_phase(toy_data, toy_data_split, config.replace(seed=1), execution=QUIET, **where)
 
@@ -349,7 +351,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, {tests!r})
 from conftest import make_toy_data, toy_split
 from streetlib.training import train
-from streetlib.training.config import Execution, RunConfig
+from streetlib.training.config import ExecutionConfig, RunConfig
 from streetlib.runs import RunId, RunLayout
 
 from conftest import run_script
@@ -360,7 +362,7 @@ for cache in ("none", "features"):
     config = RunConfig.preset("transfer", epochs=1, image_size=32, batch_size=16, augment=False, cache=cache)
     result = train.run_phase(data, toy_split(data), config, run=RunId("dist", cache),
                              layout=RunLayout(hists_dir={root!r} + "/hists", models_dir={root!r} + "/models"),
-                             execution=Execution(strategy="mirrored", verbose=0))
+                             execution=ExecutionConfig(strategy="mirrored", verbose=0))
     out[cache] = {{"env": result.manifest["environment"], "loss": float(result.history["loss"].iloc[-1]),
                   "epochs": result.history.index.tolist()}}
 print("RESULT" + json.dumps(out))
@@ -372,10 +374,10 @@ def test_training_under_mirrored_strategy_on_two_cpus(tmp_path):
     done = run_script(script)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.split("RESULT")[-1])
-    for cache in ("none", "features"):
-        env = out[cache]["env"]
+    for mode in ("none", "features"):
+        env = out[mode]["env"]
         assert env["strategy"] == "MirroredStrategy" and env["replicas"] == 2
-        assert out[cache]["epochs"] == [0] and np.isfinite(out[cache]["loss"])
+        assert out[mode]["epochs"] == [0] and np.isfinite(out[mode]["loss"])
     assert (tmp_path / "models" / "dist" / "none.best.keras").is_file()
 
 
@@ -392,7 +394,7 @@ def test_augmented_cache_cycles_through_copies():
     features = np.stack([np.full((n, 1), c, np.float32) for c in range(copies)])
     features[:, :, 0] += np.arange(n) / 10.0  # each row says (copy, position)
     labels = {"region": np.zeros(n, np.int32), "city": np.arange(n, dtype=np.int32)}
-    ds = train._feature_dataset(features, labels, batch_size=2, shuffle=True, seed=0, initial_epoch=1)
+    ds = cache._feature_dataset(features, labels, batch_size=2, shuffle=True, seed=0, initial_epoch=1)
     batches = list(ds.take(3 * 4))  # 4 epochs of 3 batches
     for e in range(4):
         x = np.concatenate([b[0].numpy()[:, 0] for b in batches[3 * e : 3 * e + 3]])
@@ -403,9 +405,9 @@ def test_augmented_cache_cycles_through_copies():
 
 
 def test_cache_plan_states_its_choice(toy_data, tmp_path, monkeypatch):
-    model = models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec)
+    model = network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec)
     common = {"n_train": 40, "n_val": 10, "max_bytes": 10**6, "directory": tmp_path / "r.features"}
-    plan = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **common)
+    plan = cache.plan_cache("auto", model, through="backbone", augment=True, copies=4, **common)
     size = (4 * 40 + 10) * 2048
     assert plan == {
         "mode": "features",
@@ -415,33 +417,33 @@ def test_cache_plan_states_its_choice(toy_data, tmp_path, monkeypatch):
         "path": None,
         "reason": f"4 augmented copies of the frozen part's output; in memory: {size} bytes <= max_cache_bytes=1000000",
     }
-    monkeypatch.setattr(train, "_free_bytes", lambda directory: 10**9)
-    disk = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **{**common, "max_bytes": 10})
+    monkeypatch.setattr(cache, "_free_bytes", lambda directory: 10**9)
+    disk = cache.plan_cache("auto", model, through="backbone", augment=True, copies=4, **{**common, "max_bytes": 10})
     assert disk["store"] == "disk" and disk["path"] == str(tmp_path / "r.features")
     assert disk["reason"].endswith(f"on disk: {size} bytes > max_cache_bytes=10, and 1000000000 bytes are free there")
 
-    monkeypatch.setattr(train, "_free_bytes", lambda directory: 1000)
+    monkeypatch.setattr(cache, "_free_bytes", lambda directory: 1000)
     small = {**common, "max_bytes": 10}
-    neither = train.plan_cache("auto", model, through="backbone", augment=True, copies=4, **small)
+    neither = cache.plan_cache("auto", model, through="backbone", augment=True, copies=4, **small)
     assert neither["mode"] == "none" and neither["reason"] == (
         f"a 4-copy feature cache needs {size} bytes: more than max_cache_bytes=10 in memory and than the 1000 bytes "
         f"free on the disk of {tmp_path / 'r.features'}"
     )
     with pytest.raises(OSError, match=r"^cache='features' cannot be kept: a 4-copy feature cache needs"):
-        train.plan_cache("features", model, through="backbone", augment=True, copies=4, **small)
-    assert train.plan_cache("auto", model, through=None, augment=False, copies=1, **common)["reason"] == (
+        cache.plan_cache("features", model, through="backbone", augment=True, copies=4, **small)
+    assert cache.plan_cache("auto", model, through=None, augment=False, copies=1, **common)["reason"] == (
         "nothing is frozen"
     )
     with pytest.raises(ValueError, match="cache='features' needs a frozen part"):
-        train.plan_cache("features", model, through=None, augment=False, copies=1, **common)
+        cache.plan_cache("features", model, through=None, augment=False, copies=1, **common)
 
 
 def test_finetuning_at_street10s_size_caches_on_disk(tmp_path, monkeypatch):
     # Street10's split at 224 px, fine-tuned above block4_pool with 2 augmented copies, under the default budget:
     # the cache is 2.77 GB, more than the 2 GiB held in memory, so it goes to disk instead of being dropped.
-    monkeypatch.setattr(train, "_free_bytes", lambda directory: 80 * 10**9)  # a Colab disk's free space
-    model = models.build_model(input_shape=(224, 224, 3))
-    plan = train.plan_cache(
+    monkeypatch.setattr(cache, "_free_bytes", lambda directory: 80 * 10**9)  # a Colab disk's free space
+    model = network.build_model(input_shape=(224, 224, 3))
+    plan = cache.plan_cache(
         "auto",
         model,
         through="block4_pool",
@@ -449,7 +451,7 @@ def test_finetuning_at_street10s_size_caches_on_disk(tmp_path, monkeypatch):
         copies=2,
         n_train=3166,
         n_val=564,
-        max_bytes=Execution().max_cache_bytes,
+        max_bytes=ExecutionConfig().max_cache_bytes,
         directory=tmp_path / "r.features",
     )
     assert plan["bytes"] == (2 * 3166 + 564) * 14 * 14 * 512 * 4 == 2_768_109_568
@@ -475,7 +477,7 @@ def test_a_cache_on_disk_trains_exactly_like_one_in_memory(toy_data, toy_data_sp
     for store, budget in (("memory", 2 * 2**30), ("disk", 0)):
         run = RunId("store", store)
         seen[store] = _FeatureFiles(layout.models("store") / f"{store}.features")
-        execution = Execution(max_cache_bytes=budget, verbose=0)
+        execution = ExecutionConfig(max_cache_bytes=budget, verbose=0)
         results[store] = train.run_phase(
             toy_data, toy_data_split, config, run=run, layout=layout, execution=execution, callbacks=[seen[store]]
         )
@@ -505,10 +507,10 @@ def test_invalid_starting_models_are_named(toy_data, toy_data_split, tmp_path):
     with pytest.raises(ValueError, match="pass `weights=` the weight source of that transfer run"):
         run(_config("finetune"), tmp_path / "m.keras")
     with pytest.raises(ValueError, match=r"Invalid `strategy`.*Received: strategy='gpu'"):
-        train.choose_strategy("gpu")
+        choose_strategy("gpu")
     with pytest.raises(ValueError, match=r"Invalid `optimizer`.*Received: 'adagrad'"):
         train.make_optimizer("adagrad", learning_rate=0.1)
-    assert isinstance(train.choose_strategy(None), tf.distribute.Strategy)
+    assert isinstance(choose_strategy(None), tf.distribute.Strategy)
 
 
 @pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="a GPU computes in float16, not bfloat16")
@@ -540,7 +542,7 @@ def test_mixed_precision_on_a_cpu_trains_in_bfloat16_with_float32_outputs(toy_da
 
 def test_the_precision_policy_is_restored_when_building_fails():
     with pytest.warns(UserWarning, match="mixed_bfloat16"), pytest.raises(RuntimeError, match="boom"):
-        with train._precision(True, tf.distribute.get_strategy()):
+        with precision_policy(True, tf.distribute.get_strategy()):
             assert keras.config.dtype_policy().name == "mixed_bfloat16"
             raise RuntimeError("boom")
     assert keras.config.dtype_policy().name == "float32"
@@ -572,11 +574,11 @@ def test_run_seeds_names_runs_by_seed(toy_data, tmp_path, monkeypatch):
 def test_reuse_returns_a_finished_run_and_retrains_one_whose_models_are_gone(toy_data, toy_data_split, out_dirs):
     config = _config(epochs=1, augment=False)
     where = dict(run=RunId("reuse", "r"), layout=RunLayout(**out_dirs))
-    reuse = Execution(reuse=True, verbose=0)
+    reuse = ExecutionConfig(reuse=True, verbose=0)
     first = train.run_phase(toy_data, toy_data_split, config, execution=QUIET, **where)
     finished_at = first.manifest["finished_at"]
-    # Execution options are not the run's identity: a run trained without XLA is reused when XLA is asked for.
-    again = train.run_phase(toy_data, toy_data_split, config, execution=Execution(reuse=True, xla=True), **where)
+    # ExecutionConfig options are not the run's identity: a run trained without XLA is reused when XLA is asked for.
+    again = train.run_phase(toy_data, toy_data_split, config, execution=ExecutionConfig(reuse=True, xla=True), **where)
     assert again.manifest["finished_at"] == finished_at  # not trained again
     np.testing.assert_array_equal(
         again.model.get_layer("city_logits").get_weights()[0], first.model.get_layer("city_logits").get_weights()[0]
@@ -597,11 +599,11 @@ BLOCK1 = {"cut": "block1_pool", "head": "conv", "filters": 8, "augment": False}
 
 
 class _Counted:
-    """`train.extract_features`, counting the passes over a dataset and the images each pass ran."""
+    """`cache.extract_features`, counting the passes over a dataset and the images each pass ran."""
 
     def __init__(self, monkeypatch):
-        self.sizes, self._extract = [], train.extract_features
-        monkeypatch.setattr(train, "extract_features", self)
+        self.sizes, self._extract = [], cache.extract_features
+        monkeypatch.setattr(cache, "extract_features", self)
 
     def __call__(self, frozen, datasets, *, size, **kwargs):
         self.sizes.append(size)
@@ -610,7 +612,7 @@ class _Counted:
 
 def test_the_frozen_part_runs_once_per_source_whatever_the_number_of_seeds(toy_data, out_dirs, monkeypatch):
     calls = _Counted(monkeypatch)
-    store = train.FeatureStore(2**30)
+    store = cache.FeatureStore(2**30)
     common = {"experiment": "store", "split_kwargs": {"test_size": 0.15, "val_size": 0.2, "save": False}}
     where = {"layout": RunLayout(**out_dirs), "execution": QUIET, "store": store}
     pretrained = train.run_seeds(
@@ -635,7 +637,7 @@ def test_the_frozen_part_runs_once_per_source_whatever_the_number_of_seeds(toy_d
 def test_a_run_served_by_the_store_trains_like_one_caching_its_own_split(toy_data, toy_data_split, out_dirs):
     config = _config(epochs=2, **BLOCK1)
     layout = RunLayout(**out_dirs)
-    store = train.FeatureStore(2**30)
+    store = cache.FeatureStore(2**30)
     own = train.run_phase(toy_data, toy_data_split, config, run=RunId("s", "own"), layout=layout, execution=QUIET)
     shared = train.run_phase(
         toy_data, toy_data_split, config, run=RunId("s", "shared"), layout=layout, execution=QUIET, store=store
@@ -651,12 +653,12 @@ def test_a_run_served_by_the_store_trains_like_one_caching_its_own_split(toy_dat
 
 
 def test_the_store_keeps_what_fits_its_budget(toy_data):
-    model = models.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv")
-    frozen, _ = models.split_model(model, through="backbone")
-    entry = len(toy_data) * train.feature_bytes(frozen)
+    model = network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv")
+    frozen, _ = network.split_model(model, through="backbone")
+    entry = len(toy_data) * cache.feature_bytes(frozen)
     common = {"normalization": "caffe-bvlc", "image_size": 32, "batch_size": 16}
-    store = train.FeatureStore(entry)
-    assert store.fits(frozen, toy_data) and not train.FeatureStore(entry - 1).fits(frozen, toy_data)
+    store = cache.FeatureStore(entry)
+    assert store.fits(frozen, toy_data) and not cache.FeatureStore(entry - 1).fits(frozen, toy_data)
     first = store.features(frozen, toy_data, **common)
     assert first.shape == (len(toy_data), 16, 16, 64) and not first.flags.writeable
     assert store.features(frozen, toy_data, **common) is first and store.extractions == 1
@@ -666,21 +668,21 @@ def test_the_store_keeps_what_fits_its_budget(toy_data):
     store.features(frozen, toy_data, **common)
     assert store.extractions == 3
     with pytest.raises(ValueError, match=r"Invalid `max_bytes`. Expected an int >= 0. Received: max_bytes=-1"):
-        train.FeatureStore(-1)
+        cache.FeatureStore(-1)
 
 
 def test_the_frozen_key_follows_the_weights_not_the_names(toy_data):
     def frozen(seed, name):
-        model = models.build_model(
+        model = network.build_model(
             input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv", seed=seed, name=name
         )
-        return models.split_model(model, through="backbone")[0]
+        return network.split_model(model, through="backbone")[0]
 
     common = {"normalization": "caffe-bvlc", "image_size": 32}
-    key = train.frozen_key(frozen(1, "a"), toy_data, **common)
-    assert train.frozen_key(frozen(1, "b"), toy_data, **common) == key  # the run's model name does not count
-    assert train.frozen_key(frozen(2, "a"), toy_data, **common) != key  # other random weights
-    assert train.frozen_key(frozen(1, "a"), toy_data, normalization="samplewise", image_size=32) != key
+    key = cache.frozen_key(frozen(1, "a"), toy_data, **common)
+    assert cache.frozen_key(frozen(1, "b"), toy_data, **common) == key  # the run's model name does not count
+    assert cache.frozen_key(frozen(2, "a"), toy_data, **common) != key  # other random weights
+    assert cache.frozen_key(frozen(1, "a"), toy_data, normalization="samplewise", image_size=32) != key
 
 
 def test_a_continued_transfer_trains_the_extra_epochs_from_the_transfers_best_weights(

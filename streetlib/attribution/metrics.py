@@ -43,7 +43,7 @@ from streetlib.classes import OUTPUTS
 from streetlib.data.loaders import fit_image
 from streetlib.runs import RunId
 from streetlib.training import train
-from streetlib.training.config import Execution, RunConfig
+from streetlib.training.config import ExecutionConfig, RunConfig
 
 
 def _check_maps(maps, masks=None, *, name="maps"):
@@ -592,7 +592,7 @@ def data_randomized_copy(data, split, run, *, layout, experiment, epochs=None, e
         layout: the `RunLayout` of ``data``'s runs.
         experiment: str, where the copy's run goes (e.g. '05-attribution').
         epochs: None (the first phase's own) or int >= 1.
-        execution: `streetlib.training.config.Execution`. Default: reuse a finished run, no progress bar.
+        execution: `streetlib.training.config.ExecutionConfig`. Default: reuse a finished run, no progress bar.
 
     Returns:
         the trained `keras.Model`.
@@ -600,7 +600,7 @@ def data_randomized_copy(data, split, run, *, layout, experiment, epochs=None, e
     origin, config = first_phase(run, layout=layout)
     config = config.replace(epochs=epochs or config.epochs, early_stopping=None, seed=split.seed)
     copy = RunId(experiment, f"{origin.config_name}-permuted-labels", split.seed)
-    execution = execution or Execution(reuse=True, verbose=0)
+    execution = execution or ExecutionConfig(reuse=True, verbose=0)
     permuted = permuted_labels(data, seed=split.seed)
     return train.run_phase(permuted, split, config, run=copy, layout=layout, execution=execution).model
 

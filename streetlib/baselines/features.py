@@ -30,9 +30,8 @@ from tqdm.auto import tqdm
 from streetlib import paths
 from streetlib.data import pipeline
 from streetlib.models import backbones
-from streetlib.models import network as models
-from streetlib.models import weights as weights_lib
-from streetlib.models.network import POOLINGS
+from streetlib.models.network import POOLINGS, build_backbone, cut_backbone
+from streetlib.models.weights import WEIGHT_SOURCES, check_weights, fetch, hed_file, normalization_for
 from streetlib.paths import atomic_path, file_digest
 
 # Bump when the way features are computed changes, so older cache files stop matching.
@@ -56,21 +55,19 @@ def weights_fingerprint(weights, *, backbone="vgg16"):
         WeightsDownloadError: 'imagenet' or 'places365' for VGG16 is neither in the Keras cache nor downloadable.
     """
     backbone = backbones.get_backbone(backbone).name
-    weights = weights_lib.check_weights(weights, backbone=backbone)
+    weights = check_weights(weights, backbone=backbone)
     if isinstance(weights, Path):
         return f"file {weights.name} sha1:{file_digest(weights, 'sha1')}"
     if weights == "random":
         return "random"
     if weights == "hed-bsds500":
-        return f"hed-bsds500 sha1:{file_digest(weights_lib.hed_file(), 'sha1')}"
+        return f"hed-bsds500 sha1:{file_digest(hed_file(), 'sha1')}"
     if weights in ("imagenet", "places365") and backbone == "vgg16":
-        return f"{weights} sha1:{file_digest(weights_lib.fetch(weights), 'sha1')}"
+        return f"{weights} sha1:{file_digest(fetch(weights), 'sha1')}"
     if weights == "imagenet":
         # keras.applications downloads these itself; its version pins which file it fetches.
         return f"imagenet keras.applications {keras.__version__}"
-    raise ValueError(
-        f"Invalid `weights`. Expected one of {list(weights_lib.WEIGHT_SOURCES)} or a file. Received: {weights!r}"
-    )
+    raise ValueError(f"Invalid `weights`. Expected one of {list(WEIGHT_SOURCES)} or a file. Received: {weights!r}")
 
 
 def _sha1_lines(lines):
@@ -170,9 +167,9 @@ class FeatureExtractor:
         batch_size=32,
     ):
         self.backbone = backbones.get_backbone(backbone).name
-        self.weights = weights_lib.check_weights(weights, backbone=self.backbone)
+        self.weights = check_weights(weights, backbone=self.backbone)
         self.normalization = pipeline.check_normalization(
-            normalization or weights_lib.normalization_for(self.weights, self.backbone)
+            normalization or normalization_for(self.weights, self.backbone)
         )
         if image_size is not None:
             size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -208,9 +205,9 @@ class FeatureExtractor:
         if size not in self._models:
             if self.weights == "random":
                 keras.utils.set_random_seed(self.init_seed)
-            backbone = models.build_backbone(self.backbone, weights=self.weights, input_shape=(*size, 3))
+            backbone = build_backbone(self.backbone, weights=self.weights, input_shape=(*size, 3))
             layer = backbone.layers[-1].name if self._layer is None else self._layer
-            self._models[size] = (models.cut_backbone(backbone, layer, alternatives=(None,)), layer)
+            self._models[size] = (cut_backbone(backbone, layer, alternatives=(None,)), layer)
         return self._models[size]
 
     def extract(self, data, indices=None, *, poolings=("avg",), augment=None, seed=0, progress=True):

@@ -173,7 +173,7 @@ def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
     """Wall time of a transfer phase (frozen VGG16, no augmentation): cached features versus plain ``fit``."""
     from streetlib.data.splits import make_split
     from streetlib.runs import RunId, RunLayout
-    from streetlib.training.config import Execution, RunConfig
+    from streetlib.training.config import ExecutionConfig, RunConfig
     from streetlib.training.train import run_phase
 
     data = _street_data(per_class * 10, size) if data is None else data
@@ -191,7 +191,7 @@ def bench_transfer(*, data=None, per_class=100, size=64, epochs=10, repeats=2):
             config,
             run=RunId("bench", f"{cache}-{k}"),
             layout=RunLayout(hists_dir=out / "hists", models_dir=out / "models"),
-            execution=Execution(verbose=0),
+            execution=ExecutionConfig(verbose=0),
         )
         results[cache] = result.history
 
@@ -924,7 +924,7 @@ def bench_vgg16(*, sizes=(64, 128, 224), batch=16, repeats=3):
 
 def environment():
     """Machine, date and versions, for the report."""
-    from streetlib.training.train import package_versions
+    from streetlib.training.manifest import package_versions
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -23,12 +23,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
 from streetlib import figures
 from streetlib.classes import OUTPUTS
 from streetlib.data import pipeline
-from streetlib.models import network as models
+from streetlib.models.network import head_layers
 from streetlib.paths import atomic_path
 from streetlib.runs import CHECKPOINTS, RunId, dataset_layout
 
@@ -51,22 +51,6 @@ COLUMNS = [
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------
-
-
-def top_k_accuracy(y_true, probs, k):
-    """Fraction of samples whose true class is among the ``k`` highest probabilities.
-
-    Args:
-        y_true: int `(n,)`.
-        probs: float `(n, classes)`.
-        k: int >= 1.
-
-    Returns:
-        float in [0, 1]. Ties are broken towards the lower class index.
-    """
-    probs = np.asarray(probs)
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(order == np.asarray(y_true)[:, None], axis=1)))
 
 
 def reliability(y_true, probs, *, n_bins=10):
@@ -149,15 +133,16 @@ def metric_rows(y_true, probs, class_names, *, output, n_bins=10):
 
     Returns:
         list of dict with ``output``, ``metric``, ``class`` (None for overall metrics), ``predicted`` (for
-        confusion rows) and ``value``. Metrics: accuracy, top3 (more than 3 classes), ece, n, per-class precision,
-        recall, f1, support, and ``confusion`` counts.
+        confusion rows) and ``value``. Metrics: accuracy, top3 (more than 3 classes; by
+        `sklearn.metrics.top_k_accuracy_score`, which ranks the higher class index first among equal
+        probabilities), ece, n, per-class precision, recall, f1, support, and ``confusion`` counts.
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(probs).argmax(axis=1)
     n = len(class_names)
     rows = [("accuracy", None, None, float(np.mean(y_pred == y_true)))]
     if n > 3:
-        rows.append(("top3", None, None, top_k_accuracy(y_true, probs, 3)))
+        rows.append(("top3", None, None, top_k_accuracy_score(y_true, probs, k=3, labels=np.arange(n))))
     rows += [
         ("ece", None, None, expected_calibration_error(y_true, probs, n_bins=n_bins)),
         ("n", None, None, float(len(y_true))),
@@ -251,7 +236,7 @@ def predict(model, data, indices, *, normalization, image_size, batch_size=32):
         dict: ``region`` float32 `(n, num_regions)`, ``city`` float32 `(n, num_classes)`, ``embedding`` float32
         `(n, d)`, in the order of ``indices``.
     """
-    embedding = models.head_layers(model)[-1].output
+    embedding = head_layers(model)[-1].output
     probe = keras.Model(model.inputs[0], {**{o: model.get_layer(o).output for o in OUTPUTS}, "embedding": embedding})
     ds = pipeline.make_dataset(
         data, indices, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
@@ -392,21 +377,6 @@ def evaluate_run(
     prefix = layout.figure_prefix(run, checkpoint, subset)
     figures.save_all(drawn, prefix.parent, stem=prefix.name)
     return frame
-
-
-def evaluate_checkpoints(data, split, *, run, checkpoints=CHECKPOINTS, layout=None, **kwargs):
-    """`evaluate_run` on the saved best and final models of ``run`` (a `streetlib.runs.RunId`) in ``layout`` (default
-    ``RunLayout(dataset=data.name)``). Returns the concatenated DataFrame."""
-    layout = dataset_layout(layout, data.name)
-    frames = []
-    for checkpoint in checkpoints:
-        path = layout.model(run, checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"No {checkpoint} model for run {run.name!r}: {path} does not exist. Train it first."
-            )
-        frames.append(evaluate_run(path, data, split, run=run, checkpoint=checkpoint, layout=layout, **kwargs))
-    return pd.concat(frames, ignore_index=True)
 
 
 def read_evals(experiment, runs=None, *, layout):

@@ -10,7 +10,7 @@ positions), over VGG16's; a backward pass counts twice its forward. The time is 
 takes here (`calibrate`: a few timed batches of VGG16 with random weights), so it says what this device would take:
 run the plan on the machine that will run the profile.
 
-Memory and disk follow the run's own decisions: the feature cache of each training run is what `train.plan_cache`
+Memory and disk follow the run's own decisions: the feature cache of each training run is what `cache.plan_cache`
 decides for it (in memory, on disk or none). Peak host memory is the notebook process's runtime (`RUNTIME_BYTES`),
 the uint8 images and the largest work's host share: its feature cache held in memory and, on a CPU, whose memory is
 the device's too, its device memory (parameters, optimiser state, one batch's activations).
@@ -38,8 +38,8 @@ from streetlib.data import loaders
 from streetlib.data.splits import _part_sizes, make_split
 from streetlib.experiments import runner, study
 from streetlib.models import network
-from streetlib.training import train
-from streetlib.training.config import ARCHITECTURE, Execution, RunConfig
+from streetlib.training.cache import plan_cache
+from streetlib.training.config import ARCHITECTURE, ExecutionConfig, RunConfig
 
 # A gradient pass: one forward and one backward (twice the forward's work), as (forward, backward) passes.
 GRADIENT_PASS = (1, 2)
@@ -173,7 +173,7 @@ def training_passes(n_train, n_val, *, epochs, frozen, trainable, cached_copies)
         n_train, n_val: int, training and validation images.
         epochs: int, at most this many epochs (early stopping may end sooner).
         frozen, trainable: float, the frozen and the trainable part's share of a pass (see `vgg16_flops`).
-        cached_copies: int, copies of the training set cached (`train.plan_cache`'s ``copies``), 0 for no cache.
+        cached_copies: int, copies of the training set cached (`plan_cache`'s ``copies``), 0 for no cache.
 
     Returns:
         (float forward passes, float backward passes).
@@ -273,7 +273,7 @@ class Work:
         epochs: int or None.
         image_size: int, pixels.
         forward, backward: float passes of one run (one seed).
-        cache: str, the feature cache (`train.plan_cache`'s decision), or ''.
+        cache: str, the feature cache (`plan_cache`'s decision), or ''.
         host_bytes: int, host memory beyond the dataset (the feature cache it holds).
         device_bytes: int, device memory.
         disk_bytes: int, disk it leaves behind (models, baseline features), for all its seeds.
@@ -439,7 +439,7 @@ def _training_work(ctx, notebook, name, config, seeds):
     """The `Work` of one configuration over its seeds."""
     model = ctx.model(config)
     n_train, n_val = ctx.splits["train"], ctx.splits["val"]
-    cache = train.plan_cache(
+    cache = plan_cache(
         config.cache,
         model,
         through=config.frozen_through,
@@ -447,7 +447,7 @@ def _training_work(ctx, notebook, name, config, seeds):
         copies=config.augment_copies,
         n_train=n_train,
         n_val=n_val,
-        max_bytes=Execution().max_cache_bytes,
+        max_bytes=ExecutionConfig().max_cache_bytes,
         directory=ctx.root_dir / "models",
     )
     if config.frozen_through is None:

@@ -21,7 +21,8 @@ from streetlib.evaluation import evaluate
 from streetlib.models import weights as weights_lib
 from streetlib.runs import RunId, RunLayout, with_variant
 from streetlib.training import train
-from streetlib.training.config import ARCHITECTURE, PHASES, Execution, RunConfig
+from streetlib.training.cache import FeatureStore
+from streetlib.training.config import ARCHITECTURE, PHASES, ExecutionConfig, RunConfig
 
 
 def transfer_config(source, variant=""):
@@ -125,8 +126,8 @@ def run_transfer(
             run): pass the pretrained source's (e.g. 'caffe-bvlc' for hed-bsds500 and places365) so that the two arms
             of a comparison differ in their weights alone.
         split_kwargs: dict of `make_split` arguments.
-        execution: `streetlib.training.config.Execution` (strategy, verbosity, ...). Runs that already finished with the
-            same configuration are always reused (``reuse=True``).
+        execution: `streetlib.training.config.ExecutionConfig` (strategy, verbosity, ...). Runs that already
+            finished with the same configuration are always reused (``reuse=True``).
 
     Returns:
         DataFrame of every evaluation row (see `streetlib.evaluation.evaluate.evaluate_run`).
@@ -246,8 +247,8 @@ def _check_phase(config, phase):
 
 def _run_configs(data, configs, *, seeds, experiment, split_kwargs, execution, init=None):
     """Train (or reuse) each configuration over the seeds and evaluate its checkpoints. Returns a DataFrame."""
-    execution = dataclasses.replace(execution or Execution(), reuse=True)
-    store = train.FeatureStore(execution.max_cache_bytes)
+    execution = dataclasses.replace(execution or ExecutionConfig(), reuse=True)
+    store = FeatureStore(execution.max_cache_bytes)
     frames = []
     for name, config in configs.items():
         results = train.run_seeds(

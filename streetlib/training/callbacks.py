@@ -1,6 +1,7 @@
-"""Keras callbacks that streetlib adds to every training run, beside Keras's own: progress lines and the backup
-of an unfinished run."""
+"""Keras callbacks that streetlib adds to every training run, beside Keras's own: progress lines, the best model
+so far, the manifest's progress and the backup of an unfinished run."""
 
+import math
 import os
 import shutil
 import time
@@ -10,7 +11,10 @@ from pathlib import Path
 import h5py
 import keras
 
+from streetlib.paths import atomic_path
 from streetlib.progress import PROGRESS_ENV, format_seconds
+from streetlib.training.config import MONITOR
+from streetlib.training.manifest import utc_now, write_json
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -135,6 +139,74 @@ class RunBackup(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class BestModelSaver(keras.callbacks.Callback):
+    """Save a model whenever the monitored validation metric improves (higher is better), atomically.
+
+    Args:
+        model: the full `keras.Model` to save (it may differ from the model being fit, which can be its trainable
+            part on cached features).
+        path: str or Path of the ``.keras`` file.
+        monitor: str, a key of the epoch logs. Default 'val_city_accuracy'.
+        best: float or None, the best value so far (from earlier epochs of a resumed run).
+        best_epoch: int or None, the epoch of ``best``.
+    """
+
+    def __init__(self, model, path, *, monitor=MONITOR, best=None, best_epoch=None):
+        super().__init__()
+        self.full_model = model
+        self.path = Path(path)
+        self.monitor = monitor
+        self.best = -math.inf if best is None else best
+        self.best_epoch = best_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor not in (logs or {}):
+            raise KeyError(f"BestModelSaver monitors {self.monitor!r}, absent from the logs: {sorted(logs or {})}.")
+        value = float(logs[self.monitor])
+        if value > self.best:
+            self.best, self.best_epoch = value, epoch
+            with atomic_path(self.path) as tmp:
+                self.full_model.save(tmp)
+
+
+class ManifestRecord(keras.callbacks.Callback):
+    """Keeps the manifest's progress, best epoch and wall time current at every epoch, so a killed run's time is
+    counted and a resumed run knows which epoch its best model file holds.
+
+    Args:
+        path: `Path` of the manifest, rewritten atomically at every epoch.
+        manifest: dict, the run's manifest (`streetlib.training.manifest.start_manifest`), updated in place.
+        started: float, `time.monotonic()` when this session of the run started.
+        saver: the run's `BestModelSaver`, whose best epoch and value are recorded.
+    """
+
+    def __init__(self, path, manifest, started, saver):
+        super().__init__()
+        self.path, self.manifest, self.started, self.saver = path, manifest, started, saver
+        self.base_wall = float(manifest.get("wall_time_s", 0.0))
+
+    def _update(self, **fields):
+        self.manifest.update(fields, wall_time_s=round(self.base_wall + time.monotonic() - self.started, 2))
+        write_json(self.path, self.manifest)
+
+    def _best(self):
+        found = self.saver.best_epoch is not None
+        return {"best_epoch": self.saver.best_epoch, "best_val_city_accuracy": self.saver.best if found else None}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._update(epochs_done=epoch + 1, **self._best())
+
+    def finish(self, history):
+        self._update(
+            status="complete",
+            finished_at=utc_now(),
+            epochs_done=len(history),
+            final=history.iloc[-1].to_dict() if len(history) else {},
+            **self._best(),
+        )
+        return self.manifest
 
 
 def _readable(path):

@@ -3,7 +3,7 @@
 A `RunConfig` holds every setting that changes what a run computes (two runs with equal configurations, data and
 split train the same model), so it is the run's identity: a finished run is reused, or an interrupted one resumed,
 only under an equal configuration. How a run is executed (resume or start over, the device strategy, XLA, the feature
-cache's memory budget, verbosity) is an `Execution`, kept apart so it never changes that identity.
+cache's memory budget, verbosity) is an `ExecutionConfig`, kept apart so it never changes that identity.
 
 Each dataclass checks its fields against a table of constraints, after scikit-learn's ``_parameter_constraints``:
 field name -> list of accepted kinds of value, any of which may match.
@@ -19,8 +19,8 @@ from streetlib.classes import OUTPUTS
 from streetlib.constraints import Interval, Keys, Options, validate_parameters
 from streetlib.data import pipeline
 from streetlib.models import backbones
-from streetlib.models import network as models
-from streetlib.models import weights as weights_lib
+from streetlib.models.network import HEADS, POOLINGS
+from streetlib.models.weights import check_weights, describe, normalization_for
 
 # The original study's phases (what `RunConfig.preset` fills in). Its from-scratch settings are not published:
 # 'scratch' reuses the transfer optimiser.
@@ -149,8 +149,8 @@ class RunConfig:
         "epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "cut": [str, None],
-        "head": [Options(models.HEADS)],
-        "pooling": [Options(models.POOLINGS)],
+        "head": [Options(HEADS)],
+        "pooling": [Options(POOLINGS)],
         "units": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "filters": [Interval(numbers.Integral, 1, None, closed="left")],
         "head_stride": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -187,7 +187,7 @@ class RunConfig:
         if self.weights is None and self.phase != "finetune":
             raise ValueError(f"`weights=None` is for phase='finetune' only. Received: phase={self.phase!r}")
         if self.weights is not None:
-            weights_lib.check_weights(self.weights, backbone=self.backbone)
+            check_weights(self.weights, backbone=self.backbone)
         if self.momentum is not None and self.optimizer != "sgd":
             raise ValueError(f"`momentum` applies to optimizer='sgd' only. Received: optimizer={self.optimizer!r}")
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in self.loss_weights.values()):
@@ -214,9 +214,7 @@ class RunConfig:
         self._set("loss_weights", {k: float(v) for k, v in self.loss_weights.items()})
         if self.optimizer == "sgd":
             self._set("momentum", float(SGD_MOMENTUM if self.momentum is None else self.momentum))
-        if self.weights is not None and self.normalization == weights_lib.normalization_for(
-            self.weights, self.backbone
-        ):
+        if self.weights is not None and self.normalization == normalization_for(self.weights, self.backbone):
             self._set("normalization", None)
 
     @classmethod
@@ -245,7 +243,7 @@ class RunConfig:
 
     def _source_normalization(self):
         """The normalisation the weight source expects (see `weights.normalization_for`). Returns str."""
-        return weights_lib.normalization_for(self.weights, self.backbone)
+        return normalization_for(self.weights, self.backbone)
 
     @property
     def input_normalization(self):
@@ -298,7 +296,7 @@ class RunConfig:
             "run": run.name,
             "phase": self.phase,
             "weights": self.weights,
-            "weights_label": weights_lib.describe(self.weights),
+            "weights_label": describe(self.weights),
             "weights_file": weights_file,
             "init_from": init_from,
             "backbone": self.backbone,
@@ -347,7 +345,7 @@ class RunConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Execution:
+class ExecutionConfig:
     """How a run is executed: options that never change what it computes, so never its identity.
 
     Attributes:
@@ -357,7 +355,7 @@ class Execution:
             if its model files are missing (a fresh clone of committed results), it is trained again, with a
             warning. Default False.
         strategy: None or 'auto' (TPU, several GPUs, one GPU or CPU, whichever is there), 'default', 'mirrored',
-            'tpu', or a `tf.distribute.Strategy` (see `streetlib.training.train.choose_strategy`).
+            'tpu', or a `tf.distribute.Strategy` (see `streetlib.training.strategy.choose_strategy`).
         xla: bool, compile the train step with XLA. Default False.
         max_cache_bytes: int, the largest feature cache held in memory, in bytes; a larger one is written to the
             run's models folder and read from there a batch at a time (the manifest's ``cache_plan`` records what
