@@ -110,7 +110,7 @@ def run_transfer(
     ``random`` as a source means a frozen random backbone (the floor of what features alone give), drawn anew for
     each seed. With ``scratch_epochs`` > 0, a ``scratch`` run (random init, everything trains: the original's
     "random" arm) is added, with ``config``'s other settings. Every configuration's seeds share one
-    `streetlib.training.train.FeatureStore`: a pretrained backbone is run over the dataset once for all of them.
+    `streetlib.training.cache.FeatureStore`: a pretrained backbone is run over the dataset once for all of them.
 
     Args:
         data: `StreetData`.
@@ -403,7 +403,7 @@ def baseline_scores(path, *, classifier="svm-rbf", subset="test"):
     """Per-seed accuracy of the baselines in ``path`` (notebook 02's CSV), same columns as `cnn_scores`.
 
     Rows on deep features are family ``SVM on deep features`` (config ``<weights> <layer> <pooling> features,
-    <classifier>``); rows on no network (``weights`` 'none', see `classifiers.FLOORS`) are family ``floor``
+    <classifier>``); rows on no network (``weights`` 'none', see `floors.FLOORS`) are family ``floor``
     (config ``<kind> (no network), <classifier>``).
 
     Args:

@@ -127,11 +127,7 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
             )
             _compile(train_model, config, xla=execution.xla)
         manifest.update(
-            {
-                "cache_plan": plan,
-                "params": network.count_params(model),
-                "trainable_layers": network.trainable_layers(model),
-            }
+            cache_plan=plan, params=network.count_params(model), trainable_layers=network.trainable_layers(model)
         )
         write_json(run_files["manifest"], manifest)
 
