@@ -94,7 +94,8 @@ def compare(table, *, column, a, b, margin, overlap, metric="test_acc"):
 
     Args:
         table: baseline rows (`COLUMNS`).
-        column: str, one of `CONFIG`; a, b: its two values compared, as ``b - a``.
+        column: str, one of `CONFIG`.
+        a, b: its two values compared, as ``b - a``.
         margin: float > 0, the equivalence margin in ``metric``'s unit, fixed before the test split is read.
         overlap: float >= 0, ``n_test / n_train`` of the resampled splits (`streetlib.evaluation.stats.overlap`).
         metric: str, a score column. Default 'test_acc'.

@@ -186,6 +186,11 @@ class Scores:
     n: int
 
 
+def _check_checkpoint(checkpoint):
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"Invalid `checkpoint`. Expected one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
+
+
 def _check_similarity(similarity):
     if similarity not in SIMILARITY:
         raise ValueError(f"Invalid `similarity`. Expected one of {SIMILARITY}. Received: similarity={similarity!r}")
@@ -284,8 +289,7 @@ def eval_rows(scores, *, dataset, weights, run, checkpoint, subset):
     Returns:
         pandas DataFrame with columns `COLUMNS`.
     """
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"Invalid `checkpoint`. Expected one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
+    _check_checkpoint(checkpoint)
     labels = {
         "dataset": dataset,
         "weights": weights,
@@ -349,8 +353,7 @@ def evaluate_run(
     Returns:
         pandas DataFrame of this evaluation's rows (columns `COLUMNS`).
     """
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"Invalid `checkpoint`. Expected one of {CHECKPOINTS}. Received: checkpoint={checkpoint!r}")
+    _check_checkpoint(checkpoint)
     _check_similarity(similarity)
     layout = dataset_layout(layout, data.name)
     manifest = layout.manifest(run)
