@@ -232,13 +232,13 @@ def grid(tmp_path_factory):
     data = make_toy_data(per_class=6, size=32)
     splits = [toy_split(data, seed=s) for s in (0, 1)]
     mp = pytest.MonkeyPatch()
-    mp.setattr(
-        weights,
-        "fetch",
-        lambda source: (_ for _ in ()).throw(
-            weights.WeightsDownloadError(f"Could not download the {source!r} weights: offline")
-        ),
-    )
+
+    def offline(source):
+        raise weights.WeightsDownloadError(f"Could not download the {source!r} weights: offline")
+
+    # Where a download is tried: the weights module, and the features' fingerprint of the source's file.
+    mp.setattr(weights, "fetch", offline)
+    mp.setattr(features, "fetch", offline)
     dirs = {"cache_dir": root / "features", "layout": RunLayout(hists_dir=root / "hists", figs_dir=root / "figs")}
     spec = BaselineGridConfig(
         weights=["imagenet", "random"], poolings=["avg"], classifiers=["svm-rbf", "logreg"], augment_copies=[0, 1]

@@ -217,10 +217,11 @@ def test_fingerprint_refuses_a_source_it_does_not_know(monkeypatch):
 
 def test_unavailable_weights_fail_when_the_extractor_is_made(monkeypatch):
     def offline(source):
-        raise weights.WeightsDownloadError(f"Could not download the {source!r} weights")
+        raise weights.WeightsDownloadError(f"Could not download the {source!r} weights: offline")
 
     monkeypatch.setattr(weights, "fetch", offline)
-    with pytest.raises(weights.WeightsDownloadError, match="Could not download the 'places365'"):
+    monkeypatch.setattr(features, "fetch", offline)  # the features' fingerprint of the source's file
+    with pytest.raises(weights.WeightsDownloadError, match="Could not download the 'places365' weights: offline"):
         FeatureExtractor(weights="places365")
 
 
