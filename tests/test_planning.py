@@ -217,7 +217,8 @@ def test_attribution_plan_scores_every_seeds_model_and_trains_the_permuted_label
 def test_budgets_say_fits_or_what_is_needed(tmp_path):
     plan = work.make_plan(["03"], profile="demo", overrides={"data_dir": str(tmp_path / "absent")})
     seconds = plan.seconds(CALIBRATION)
-    assert seconds == pytest.approx(sum(w.runs * (w.forward * 0.01 + w.backward * 0.02) for w in plan.work))
+    expected = sum(w.runs * (w.forward * 0.01 + w.backward * 0.02) + w.shared * 0.01 for w in plan.work)
+    assert seconds == pytest.approx(expected)
     roomy = report.check_budgets(
         plan, CALIBRATION, seconds=2 * seconds, host_bytes=2 * plan.host_bytes, disk_bytes=2 * plan.disk_bytes
     )
