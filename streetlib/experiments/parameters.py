@@ -37,11 +37,6 @@ class _Values:
         return self.text
 
 
-# The ranges of notebook parameters, checked before any kernel starts. The notebooks' configurations check them
-# again, but only after a kernel has started and loaded the data, and an empty list fails deep inside pandas.
-# ("*", name) holds in every notebook with that parameter; ("NN", name) in notebook NN only, instead of ("*", name).
-# Names from registries in Keras modules (weight sources, poolings, optimizers) are left to the notebooks: the
-# runner does not import Keras.
 # Parameters that mean one thing in every notebook that has them: the data, how it is split, the pretrained source the
 # study's questions ask about, the fine-tuning boundary, the margin within which two accuracies are equivalent, where
 # outputs go. Their notebook defaults are equal (a test checks it), and a profile sets them under `all`, never for one
@@ -58,6 +53,11 @@ SHARED_PARAMETERS = (
     "output_root",
 )
 
+# The ranges of notebook parameters, checked before any kernel starts. The notebooks' configurations check them
+# again, but only after a kernel has started and loaded the data, and an empty list fails deep inside pandas.
+# ("*", name) holds in every notebook with that parameter; ("NN", name) in notebook NN only, instead of ("*", name).
+# Names from registries in Keras modules (weight sources, poolings, optimizers) are left to the notebooks: this
+# module does not import Keras.
 PARAMETER_RANGES = {
     ("*", "image_size"): [_POSITIVE],
     ("*", "per_class"): [_POSITIVE],
