@@ -46,7 +46,31 @@ def environment():
 def run_all(*, quick=False, report=print):
     """Run every comparison; ``quick`` shrinks sizes and repeats to finish in minutes. Returns a dict."""
     results = {"environment": environment(), "quick": quick, "comparisons": []}
-    steps = [
+    for label, step in _steps(quick):
+        report(f"[bench] {label} ...")
+        start = time.perf_counter()
+        out = step()  # a Comparison, or a list of them (one row group each in the report)
+        comparisons = out if isinstance(out, list) else [out]
+        results["comparisons"].extend(comparisons)
+        ratios = "; ".join(f"{c.name}: {c.ratios}" for c in comparisons)
+        report(f"[bench] {label}: {ratios} ({time.perf_counter() - start:.0f} s)")
+    report("[bench] attribution method costs ...")
+    start = time.perf_counter()
+    results["method_costs"] = bench_method_costs(
+        **method_costs_settings(quick=quick),
+        report=lambda row: report(f"[bench]   {row['method']}: {row['cost']:.3g}x forward"),
+    )
+    report(f"[bench] attribution method costs ({time.perf_counter() - start:.0f} s)")
+    report("[bench] VGG16 throughput ...")
+    results["vgg16"] = bench_vgg16(
+        sizes=(64,) if quick else (64, 128, 224), batch=8 if quick else 16, repeats=2 if quick else 3
+    )
+    return results
+
+
+def _steps(quick):
+    """`run_all`'s comparisons, in order: list of (label, callable returning a `Comparison` or a list of them)."""
+    return [
         (
             "input pipeline",
             lambda: bench_input_pipeline(
@@ -89,26 +113,6 @@ def run_all(*, quick=False, report=print):
             ),
         ),
     ]
-    for label, step in steps:
-        report(f"[bench] {label} ...")
-        start = time.perf_counter()
-        out = step()  # a Comparison, or a list of them (one row group each in the report)
-        comparisons = out if isinstance(out, list) else [out]
-        results["comparisons"].extend(comparisons)
-        ratios = "; ".join(f"{c.name}: {c.ratios}" for c in comparisons)
-        report(f"[bench] {label}: {ratios} ({time.perf_counter() - start:.0f} s)")
-    report("[bench] attribution method costs ...")
-    start = time.perf_counter()
-    results["method_costs"] = bench_method_costs(
-        **method_costs_settings(quick=quick),
-        report=lambda row: report(f"[bench]   {row['method']}: {row['cost']:.3g}x forward"),
-    )
-    report(f"[bench] attribution method costs ({time.perf_counter() - start:.0f} s)")
-    report("[bench] VGG16 throughput ...")
-    results["vgg16"] = bench_vgg16(
-        sizes=(64,) if quick else (64, 128, 224), batch=8 if quick else 16, repeats=2 if quick else 3
-    )
-    return results
 
 
 def _fmt(values, unit):

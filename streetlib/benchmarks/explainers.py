@@ -244,70 +244,15 @@ def bench_attribution(
     Returns:
         list of `Comparison`, one per method (img/s), then the Score-CAM memory one (MB) with ``memory``.
     """
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.layercam import Layercam
-    from tf_keras_vis.saliency import Saliency
-    from tf_keras_vis.scorecam import Scorecam
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    from streetlib.attribution import cams, gradients
     from streetlib.attribution.methods import Explainer
 
-    layer, seed, chunk = "block5_conv3", 0, 32
+    layer, chunk = "block5_conv3", 32
     model = flat_vgg16(size)
     x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
     targets = np.argmax(model.predict(x, verbose=0), axis=1)
     ex = Explainer(model, layer=layer)
-
-    def peer(cls):  # tf-keras-vis on a clone with a linear output: its score is the logit, as ours
-        return cls(model, model_modifier=ReplaceToLinear(), clone=True)
-
-    gradcam_pp, layercam, saliency, scorecam = (peer(c) for c in (GradcamPlusPlus, Layercam, Saliency, Scorecam))
-    cam_args = dict(penultimate_layer=layer, expand_cam=False, normalize_cam=False)
-
-    def ours(method, **params):
-        return lambda x, t: method(ex, x, output="city", target=t, **params).maps
-
-    def theirs(visualiser, **params):
-        def run(x, t):
-            # Score-CAM's model.predict prints a progress bar it offers no way to turn off: kept out of the report.
-            with contextlib.redirect_stdout(io.StringIO()):
-                return np.asarray(visualiser(CategoricalScore(t.tolist()), x, **params))
-
-        return run
-
-    pairs = [
-        _Pair("Grad-CAM++", ours(cams.grad_cam_plus_plus), theirs(gradcam_pp, **cam_args)),
-        _Pair("LayerCAM", ours(cams.layer_cam), theirs(layercam, **cam_args)),
-        _Pair("Saliency", ours(gradients.saliency), theirs(saliency, normalize_map=False)),
-        _Pair(
-            f"SmoothGrad ({smoothgrad_samples} samples, noise 0.2)",
-            ours(gradients.smoothgrad, samples=smoothgrad_samples, noise=0.2, seed=seed),
-            theirs(saliency, smooth_samples=smoothgrad_samples, smooth_noise=0.2, normalize_map=False),
-            same_inputs=lambda x: _same_noise(x, samples=smoothgrad_samples, seed=seed),
-            check_images=4,
-            check_note="on identical noise (tf-keras-vis handed our normals); timed with its own noise",
-        ),
-        _Pair(
-            "Score-CAM (its own smaller batch)",
-            ours(cams.score_cam, chunk_size=chunk),
-            theirs(scorecam, batch_size=chunk, **cam_args),
-            same_inputs=lambda x: _same_upsampling(),
-            check_note="with tf-keras-vis's scipy zoom (corners aligned) swapped for our half-pixel bilinear "
-            "upsampling; timed with its own",
-            batch=min(scorecam_batch, batch),
-            check_images=1,
-            # What a first call builds, without its 512 forward passes: our compiled functions, tf-keras-vis's
-            # predict function (it builds its truncated model anew in every call).
-            warmups=(
-                lambda x, t: (ex.layer_gradients(x, output="city", target=t), ex.logits(x, output="city")),
-                lambda x, t: scorecam.model.predict(x, verbose=0),
-            ),
-            notes=f"on its own batch of the first {min(scorecam_batch, batch)} of the {batch} images: one forward pass "
-            f"per image and channel, {512 * min(scorecam_batch, batch)} per call, {chunk} at a time on both sides",
-        ),
-    ]
+    scorecam_images = min(scorecam_batch, batch)
+    pairs = _pairs(model, ex, layer=layer, chunk=chunk, batch=scorecam_images, images=batch, samples=smoothgrad_samples)
     comparisons = []
     for pair in pairs:
         comparisons.append(_measure_pair(pair, x, targets, repeats=repeats, size=size))
@@ -372,3 +317,68 @@ def _scorecam_memory(*, size, layer, chunk):
         f"tiled over the colour channels) before predicting them {chunk} at a time. Both also hold the forward pass "
         f"of {chunk} images (at 224 px one block1 activation is 32 x 224 x 224 x 64 x 4 bytes = 392 MB).",
     )
+
+
+def _pairs(model, ex, *, layer, chunk, batch, images, samples):
+    """The `_Pair` of each method `bench_attribution` compares: ours through ``ex`` (an `Explainer` of ``model`` at
+    ``layer``), tf-keras-vis's on a clone of ``model``. Score-CAM runs on its own ``batch`` of the ``images``,
+    ``chunk`` masked images at a time on both sides; SmoothGrad takes ``samples`` samples."""
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from streetlib.attribution import cams, gradients
+
+    seed = 0
+
+    def peer(cls):  # tf-keras-vis on a clone with a linear output: its score is the logit, as ours
+        return cls(model, model_modifier=ReplaceToLinear(), clone=True)
+
+    gradcam_pp, layercam, saliency, scorecam = (peer(c) for c in (GradcamPlusPlus, Layercam, Saliency, Scorecam))
+    cam_args = dict(penultimate_layer=layer, expand_cam=False, normalize_cam=False)
+
+    def ours(method, **params):
+        return lambda x, t: method(ex, x, output="city", target=t, **params).maps
+
+    def theirs(visualiser, **params):
+        def run(x, t):
+            # Score-CAM's model.predict prints a progress bar it offers no way to turn off: kept out of the report.
+            with contextlib.redirect_stdout(io.StringIO()):
+                return np.asarray(visualiser(CategoricalScore(t.tolist()), x, **params))
+
+        return run
+
+    return [
+        _Pair("Grad-CAM++", ours(cams.grad_cam_plus_plus), theirs(gradcam_pp, **cam_args)),
+        _Pair("LayerCAM", ours(cams.layer_cam), theirs(layercam, **cam_args)),
+        _Pair("Saliency", ours(gradients.saliency), theirs(saliency, normalize_map=False)),
+        _Pair(
+            f"SmoothGrad ({samples} samples, noise 0.2)",
+            ours(gradients.smoothgrad, samples=samples, noise=0.2, seed=seed),
+            theirs(saliency, smooth_samples=samples, smooth_noise=0.2, normalize_map=False),
+            same_inputs=lambda x: _same_noise(x, samples=samples, seed=seed),
+            check_images=4,
+            check_note="on identical noise (tf-keras-vis handed our normals); timed with its own noise",
+        ),
+        _Pair(
+            "Score-CAM (its own smaller batch)",
+            ours(cams.score_cam, chunk_size=chunk),
+            theirs(scorecam, batch_size=chunk, **cam_args),
+            same_inputs=lambda x: _same_upsampling(),
+            check_note="with tf-keras-vis's scipy zoom (corners aligned) swapped for our half-pixel bilinear "
+            "upsampling; timed with its own",
+            batch=batch,
+            check_images=1,
+            # What a first call builds, without its 512 forward passes: our compiled functions, tf-keras-vis's
+            # predict function (it builds its truncated model anew in every call).
+            warmups=(
+                lambda x, t: (ex.layer_gradients(x, output="city", target=t), ex.logits(x, output="city")),
+                lambda x, t: scorecam.model.predict(x, verbose=0),
+            ),
+            notes=f"on its own batch of the first {batch} of the {images} images: one forward pass "
+            f"per image and channel, {512 * batch} per call, {chunk} at a time on both sides",
+        ),
+    ]

@@ -100,7 +100,7 @@ def bench_method_costs(
         called with each row as soon as it is measured.
     """
     from streetlib.attribution.methods import explainer
-    from streetlib.attribution.registry import METHODS, attribute
+    from streetlib.attribution.registry import METHODS
 
     params = method_cost_params(size) if params is None else params
     methods = list(METHODS) if methods is None else list(methods)
@@ -113,42 +113,13 @@ def bench_method_costs(
     x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
     ex = explainer(model, layer=layer)
     targets = np.argmax(ex.logits(x, output="city"), axis=1)
-
-    forward = {}
-    for n in sorted({batch, min(costly_batch, batch)}, reverse=True):
-        ex.logits(x[:n], output="city")  # traces once; the first call at a batch size also sets up its kernels
-        seconds = _best_seconds(
-            functools.partial(ex.logits, x[:n], output="city"), repeats=max(repeats, 3), budget=budget
-        )
-        forward[n] = seconds / n
-
-    def call(images, name, where, method_params):
-        return attribute(
-            x[:images], model, method=name, output="city", layer=where, target=targets[:images], **method_params
-        )
-
+    batches = sorted({batch, min(costly_batch, batch)}, reverse=True)
+    forward = _forward_seconds(ex, x, batches, repeats=max(repeats, 3), budget=budget)
     rows = []
     for name in methods:
-        method = METHODS[name]
         n = min(costly_batch, batch) if name in COSTLY_METHODS else batch
-        where = layer if method.uses_layer else None
-        warm = _warmup_params(name, params.get(name, {}), size)
-        call(n, *((name, where, warm) if warm is not None else ("grad_cam", layer, {})))
-        timed_call = functools.partial(call, n, name, where, params.get(name, {}))
-        seconds = _best_seconds(timed_call, repeats=repeats, budget=budget) / n
-        rows.append(
-            {
-                "method": name,
-                "family": method.family,
-                "differentiates": method.differentiates,
-                "layer": where,
-                "params": {**method.params, **params.get(name, {})},
-                "batch": n,
-                "seconds_per_image": seconds,
-                "forward_seconds_per_image": forward[n],
-                "cost": seconds / forward[n],
-            }
-        )
+        timing = {"repeats": repeats, "budget": budget}
+        rows.append(_method_row(model, x[:n], targets[:n], name, layer, params.get(name, {}), forward[n], **timing))
         if report is not None:
             report(rows[-1])
     return {
@@ -158,4 +129,44 @@ def bench_method_costs(
         "layer": layer,
         "forward": forward,
         "rows": rows,
+    }
+
+
+def _forward_seconds(ex, x, batches, *, repeats, budget):
+    """Seconds per image of one forward pass (the city logits) at each batch size of ``batches``: the least of the
+    timed calls (`_best_seconds`) after an untimed one. Returns dict batch size -> float."""
+    forward = {}
+    for n in batches:
+        ex.logits(x[:n], output="city")  # traces once; the first call at a batch size also sets up its kernels
+        logits = functools.partial(ex.logits, x[:n], output="city")
+        forward[n] = _best_seconds(logits, repeats=repeats, budget=budget) / n
+    return forward
+
+
+def _method_row(model, x, targets, name, layer, params, forward, *, repeats, budget):
+    """One method's row of `bench_method_costs` on the images ``x`` (their classes ``targets``): one untimed call
+    (`_warmup_params`), then the least of the timed ones, over ``forward`` (seconds per image of a forward pass)."""
+    from streetlib.attribution.registry import METHODS, attribute
+
+    method = METHODS[name]
+    where = layer if method.uses_layer else None
+
+    def call(method_name, method_layer, method_params):
+        return attribute(
+            x, model, method=method_name, output="city", layer=method_layer, target=targets, **method_params
+        )
+
+    warm = _warmup_params(name, params, x.shape[1])
+    call(*((name, where, warm) if warm is not None else ("grad_cam", layer, {})))
+    seconds = _best_seconds(functools.partial(call, name, where, params), repeats=repeats, budget=budget) / len(x)
+    return {
+        "method": name,
+        "family": method.family,
+        "differentiates": method.differentiates,
+        "layer": where,
+        "params": {**method.params, **params},
+        "batch": len(x),
+        "seconds_per_image": seconds,
+        "forward_seconds_per_image": forward,
+        "cost": seconds / forward,
     }
