@@ -72,8 +72,8 @@ def format_plan(plan, calibration, budgets=()):
     runs = sum(w.runs for w in plan.work if w.epochs is not None)
     lines += [
         "",
-        f"Passes and times are per configuration, all seeds; epochs are at most (early stopping may end sooner). "
-        f"{runs} training runs.",
+        f"Passes and times are per configuration, all seeds (features a 'shared' cache serves extracted once); epochs "
+        f"are at most (early stopping may end sooner). {runs} training runs.",
         f"Peak host memory {format_bytes(plan.host_bytes)} (the Python runtime + uint8 images + "
         f"{HOST_SHARE[plan.on_cpu]}), device memory {format_bytes(plan.device_bytes)} "
         f"(parameters, optimiser state, one batch's activations), disk {format_bytes(plan.disk_bytes)} "
