@@ -56,10 +56,10 @@ def test_missing_street10_is_planned_with_the_published_counts(tmp_path):
 
 
 def test_street10_counts_come_from_the_npy_headers(tmp_path, monkeypatch):
-    counts = [12, 10, 11, 10, 13, 10, 10, 14, 10, 10]
+    per_class = [12, 10, 11, 10, 13, 10, 10, 14, 10, 10]
     rng = np.random.default_rng(0)
     images = {
-        c: rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for c, n in zip(STREET10.classes, counts, strict=True)
+        c: rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for c, n in zip(STREET10.classes, per_class, strict=True)
     }
     write_street10(tmp_path / "s10", images, spec=STREET10)
     split = make_split(load_street10(tmp_path / "s10"), seed=42, directory=tmp_path / "splits")
@@ -69,7 +69,7 @@ def test_street10_counts_come_from_the_npy_headers(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "load", lambda *a, **kw: read.append(kw.get("mmap_mode")) or original(*a, **kw))
     data = counts.count_images(tmp_path / "s10")
     assert read == ["r"] * 10  # memory-mapped headers, the images never read
-    assert not data.assumed and data.total == sum(counts) and data.image_shape == (8, 8)
+    assert not data.assumed and data.total == sum(per_class) and data.image_shape == (8, 8)
     assert data.split_sizes() == {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
 
 
