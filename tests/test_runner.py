@@ -406,6 +406,9 @@ def test_cli_refuses_an_out_of_range_parameter_in_one_line(capsys):
     assert "01_data_exploration.ipynb" in err and "an int >= 1" in err and "samples_per_class=0" in err
 
 
+_CONCEPT_MARGINS = "a dict of a float > 0 for each of 'share', 'deletion'"
+
+
 @pytest.mark.parametrize(
     ("number", "name", "value", "expected"),
     [
@@ -417,8 +420,8 @@ def test_cli_refuses_an_out_of_range_parameter_in_one_line(capsys):
         ("05", "confirmation_per_class", 0, "an int >= 1"),
         ("05", "method_images", {"rise": 0}, "a dict of method name -> int >= 1"),
         ("05", "margins", {"sanity": 0.0}, "a dict of metric family -> float > 0"),
-        ("05", "concept_margins", {"share": 0.05}, "a dict of a float > 0 for each of 'share', 'deletion'"),
-        ("05", "concept_margins", {"share": 0.05, "deletion": -1.0}, "for each of 'share', 'deletion'"),
+        ("05", "concept_margins", {"share": 0.05}, _CONCEPT_MARGINS),
+        ("05", "concept_margins", {"share": 0.05, "deletion": -1.0}, _CONCEPT_MARGINS),
         ("02", "figure_seeds", [42, -1], "a list of ints >= 0"),
     ],
 )
