@@ -310,3 +310,17 @@ def test_run_configs_are_built_as_the_notebooks_build_them(number, phase, builde
         "".join(c["source"]) for c in cells if c["cell_type"] == "code" and "preset(" in "".join(c["source"])
     )
     assert _preset_keywords(inspect.getsource(builder), phase) == _preset_keywords(code, phase)
+
+
+def test_baseline_features_of_a_grid_pooling_are_k_by_k_cells(tmp_path):
+    """Notebook 02 of the demo reads block1_pool averaged over a 2 x 2 grid ('grid2')."""
+    absent = {"data_dir": str(tmp_path / "absent")}
+    plan = work.make_plan(["02"], profile="demo", overrides=absent)
+    params = _params("demo", "02", absent)
+    assert params["poolings"] == ["grid2"] and params["layer"] == "block1_pool"
+    (features,) = plan.work
+    split = plan.data.split_sizes()
+    images = plan.data.total + sum(k * len(params["split_seeds"]) * split["train"] for k in params["augment_copies"])
+    # block1_pool has 64 channels, averaged over 2 x 2 cells: 256 float32 values an image.
+    assert features.host_bytes == images * 2 * 2 * 64 * 4
+    assert features.disk_bytes == features.host_bytes * len(params["weight_sources"])

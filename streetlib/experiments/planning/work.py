@@ -347,7 +347,9 @@ def _plan_baselines(ctx, params):
     images = ctx.data.total + sum(k * len(seeds) * ctx.splits["train"] for k in params["augment_copies"])
     *grid, channels = cut.output.shape[1:]
     dims = {"avg": channels, "max": channels, "avgmax": 2 * channels, "flatten": math.prod(grid) * channels}
-    feature_bytes = images * sum(dims[p] for p in params["poolings"]) * 4
+    # 'grid<k>': the map averaged over k x k cells (`baselines.features.grid_pool`).
+    sizes = [dims[p] if p in dims else int(p.removeprefix("grid")) ** 2 * channels for p in params["poolings"]]
+    feature_bytes = images * sum(sizes) * 4
     return [
         Work(
             notebook="02",
