@@ -15,6 +15,7 @@ work's host share: its feature cache held in memory and, on a CPU, whose memory 
 memory (parameters, optimiser state, one batch's activations).
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,7 +392,10 @@ def _plan_attribution(ctx, params):
     batch = max(p.get("batch_size", 1) for p in (m.params for m in METHODS.values()))
     device = network.count_params(model)["total"] * 4 + activation_bytes(model, batch_size=batch, training=True)
     return [
-        _training_work(ctx, "05", "the headline's first phase, permuted labels", permuted, seeds[:1]),
+        dataclasses.replace(
+            _training_work(ctx, "05", "the headline's first phase, permuted labels", permuted, seeds[:1]),
+            weights="the headline model's source",
+        ),
         Work(
             name=f"leaderboard: {len(spec.methods)} methods x {len(spec.outputs)} outputs",
             seeds=tuple(seeds),
