@@ -559,7 +559,7 @@ def _plan_attribution(ctx, params):
     share = _model_flops(model) / ctx.unit(size)
     layer = params["layer"] or methods_lib.default_layer(model)
     channels = methods_lib.find_layer_path(model, layer)[-1].output.shape[-1]
-    spec = board_lib.LeaderboardSpec(
+    spec = board_lib.LeaderboardConfig(
         outputs=params["leaderboard_outputs"],
         layers=[layer] if params["layer"] else None,
         params=params["method_params"],
