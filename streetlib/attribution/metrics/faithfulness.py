@@ -122,6 +122,11 @@ def perturbation_curves(
     return {"fractions": fractions, **curves, **areas}
 
 
+def _area(kind, maps, images, model, **kwargs):
+    """The area under one kind of `perturbation_curves`: float32 `(n,)` in [0, 1]."""
+    return perturbation_curves(images, maps, model, kinds=(kind,), **kwargs)[f"{kind}_auc"]
+
+
 def deletion_auc(maps, *, images, model, output, target, normalization, steps, seed):
     """The area under the deletion curve of each map (`perturbation_curves`): lower is more faithful.
 
@@ -133,18 +138,11 @@ def deletion_auc(maps, *, images, model, output, target, normalization, steps, s
         float32 `(n,)` in [0, 1].
     """
     kwargs = dict(output=output, target=target, normalization=normalization, steps=steps, seed=seed)
-    return perturbation_curves(images, maps, model, kinds=("deletion",), **kwargs)["deletion_auc"]
+    return _area("deletion", maps, images, model, **kwargs)
 
 
 def insertion_auc(maps, *, images, model, output, target, normalization, steps, seed):
-    """The area under the insertion curve of each map (`perturbation_curves`): higher is more faithful.
-
-    Args:
-        maps: float `(n, H, W)`, non-negative.
-        images, model, output, target, normalization, steps, seed: as `perturbation_curves`.
-
-    Returns:
-        float32 `(n,)` in [0, 1].
-    """
+    """The area under the insertion curve of each map: higher is more faithful. Arguments and return as
+    `deletion_auc`'s."""
     kwargs = dict(output=output, target=target, normalization=normalization, steps=steps, seed=seed)
-    return perturbation_curves(images, maps, model, kinds=("insertion",), **kwargs)["insertion_auc"]
+    return _area("insertion", maps, images, model, **kwargs)
