@@ -49,6 +49,24 @@ def pixel_ranks(map_, rng):
     return rank
 
 
+def _check_curve_inputs(images, maps, target, *, steps, kinds):
+    """`perturbation_curves`'s arrays checked: (uint8 images, float32 maps, int64 target)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"`images` must be uint8 of shape (n, H, W, 3). Received {images.dtype} {images.shape}.")
+    maps = check_maps(maps)
+    if maps.shape != images.shape[:3]:
+        raise ValueError(f"`maps` must have shape {images.shape[:3]} to match `images`. Received {maps.shape}.")
+    target = np.asarray(target, dtype=np.int64)
+    if target.shape != (len(images),):
+        raise ValueError(f"`target` must have shape ({len(images)},). Received shape {target.shape}.")
+    if isinstance(kinds, str) or not kinds or set(kinds) - set(CURVES):
+        raise ValueError(f"Invalid `kinds`. Expected a non-empty sequence of {list(CURVES)}. Received: kinds={kinds!r}")
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"Invalid `steps`: expected an int >= 1. Received: steps={steps!r}")
+    return images, maps, target
+
+
 def perturbation_curves(
     images, maps, model, *, output, target, normalization, steps=16, batch_size=64, seed=0, kinds=CURVES
 ):
@@ -75,19 +93,7 @@ def perturbation_curves(
         dict with ``fractions`` float32 `(steps + 1,)` in [0, 1] and, for each of ``kinds``, ``<kind>`` float32
         `(n, steps + 1)` probabilities and ``<kind>_auc`` float32 `(n,)` in [0, 1].
     """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"`images` must be uint8 of shape (n, H, W, 3). Received {images.dtype} {images.shape}.")
-    maps = check_maps(maps)
-    if maps.shape != images.shape[:3]:
-        raise ValueError(f"`maps` must have shape {images.shape[:3]} to match `images`. Received {maps.shape}.")
-    target = np.asarray(target, dtype=np.int64)
-    if target.shape != (len(images),):
-        raise ValueError(f"`target` must have shape ({len(images)},). Received shape {target.shape}.")
-    if isinstance(kinds, str) or not kinds or set(kinds) - set(CURVES):
-        raise ValueError(f"Invalid `kinds`. Expected a non-empty sequence of {list(CURVES)}. Received: kinds={kinds!r}")
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"Invalid `steps`: expected an int >= 1. Received: steps={steps!r}")
+    images, maps, target = _check_curve_inputs(images, maps, target, steps=steps, kinds=kinds)
     n, H, W = maps.shape
     fractions = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32)
     counts = np.rint(fractions * H * W).astype(np.int64)
