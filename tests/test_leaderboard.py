@@ -556,7 +556,9 @@ def test_a_registered_metric_is_scored_judged_ranked_and_drawn(planted, monkeypa
         """The map's largest value on the cue: float `(n,)` in [0, 1]."""
         return (maps * (masks > 0)).max(axis=(1, 2))
 
-    toy = Metric("cue_peak", cue_peak, "higher", "localization", chance=0.0, description="the map's peak on the cue")
+    toy = Metric(
+        "cue_peak", cue_peak, direction="higher", family="localization", chance=0.0, description="the peak on the cue"
+    )
     monkeypatch.setitem(METRICS, "cue_peak", toy)
     images, masks, model = planted
     board_config = L.LeaderboardConfig(methods=("saliency", "edge"), outputs=("region",), curve_steps=1)
