@@ -95,7 +95,8 @@ class LeaderboardConfig:
 
     Attributes:
         methods: list of `registry.METHODS` names. Default all (the edge map included).
-        metrics: None (every metric of `metrics.registry.METRICS`, read when scoring) or a list of their names.
+        metrics: None (every metric of `metrics.registry.METRICS`, read when scoring) or a list of their names;
+            scored in the registry's order.
         outputs: list of output names. Default ('region', 'city').
         layers: None (the model's last convolution) or a list of layer names; CAM methods (and Guided Grad-CAM) run
             at each, the others once.
@@ -200,7 +201,7 @@ class _Context:
 def _context(images, masks, model, permuted, normalization, output, config, split_seed):
     """The `_Context` of one output: its predicted classes, the models and targets of the controls the metrics ask
     for (only those: a randomised copy costs a clone of the model), and the forward pass's time."""
-    metrics = tuple(METRICS.values()) if config.metrics is None else tuple(METRICS[m] for m in config.metrics)
+    metrics = tuple(m for name, m in METRICS.items() if config.metrics is None or name in config.metrics)
     needs = {name for metric in metrics for name in metric.needs}
     inputs = model_inputs(images, normalization=normalization)
     logits = explainer(model).logits(inputs, output=output)
