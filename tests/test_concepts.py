@@ -18,7 +18,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from streetlib.attribution import concepts as C
-from streetlib.attribution import metrics
+from streetlib.attribution.metrics import intervals, sanity
 from streetlib.data import synth
 from streetlib.data.loaders import load_dataset
 from streetlib.evaluation import stats
@@ -224,7 +224,7 @@ def test_deleting_the_top_concept_drops_the_class_more_than_random_regions(plant
     )
     assert set(drops) == {"clean", "concept", "random"}
     assert (drops["clean"] > 0.9).all()
-    mean, low, _ = metrics.bootstrap_interval(drops["concept"] - drops["random"], resamples=200)
+    mean, low, _ = intervals.bootstrap_interval(drops["concept"] - drops["random"], resamples=200)
     assert low > 0.5 and mean > 0.5
     # Removing the square takes the logit to its bias: probability 1 / (1 + e^2) = 0.12.
     np.testing.assert_allclose(drops["clean"] - drops["concept"], 1 / (1 + np.e**2), atol=1e-3)
@@ -330,7 +330,7 @@ def test_randomised_weights_lose_the_planted_concept(planted, found):
     spec = C.ConceptSpec(n_concepts=3, selection="labelled", resamples=200, nmf_max_iter=1000)
     tops = []
     for seed in range(6):
-        randomized = metrics.randomized_copy(model, output="region", seed=seed)
+        randomized = sanity.randomized_copy(model, output="region", seed=seed)
         control = C.discover_concepts(
             images, randomized, normalization="unit", output="region", target_class=1, labels=labels, spec=spec
         )

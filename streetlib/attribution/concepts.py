@@ -53,8 +53,8 @@ Scoring against the ground truth (synthetic data) lives in its own section below
 `pooled_shares` (the same over a class's images: the share of the concept's pooled mass, each image weighted by how
 much the concept fires there, beside the per-image mean), `concept_deletion` (probability drop when the concept's top
 pixels are removed, against random regions of the same area and shape) and `concept_table`. The sanity control is
-`discover_concepts` on `metrics.randomized_copy(model)`: nothing is cached per model here (the explainer cache is keyed
-weakly by the model object), so a copy gets its own activations.
+`discover_concepts` on `metrics.sanity.randomized_copy(model)`: nothing is cached per model here (the explainer
+cache is keyed weakly by the model object), so a copy gets its own activations.
 
 The report's rule, fixed before any test image was scored with it (issue #24: the score had been changed after test
 results were seen):
@@ -96,7 +96,6 @@ from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
 from sklearn.decomposition import NMF, non_negative_factorization
 
-from streetlib.attribution import metrics
 from streetlib.attribution.methods import (
     all_layers,
     default_layer,
@@ -107,6 +106,7 @@ from streetlib.attribution.methods import (
     overlay,
     upsample_maps,
 )
+from streetlib.attribution.metrics import faithfulness, intervals, localization, sanity
 from streetlib.constraints import Interval, Options, validate_parameters
 from streetlib.data import synth
 from streetlib.data.loaders import StreetData, content_hash
@@ -653,7 +653,7 @@ def top_patches(images, concepts, k, *, size=None, top=None):
 
 
 def concept_mask_share(maps, masks):
-    """The share of each concept map's mass on cue pixels (`metrics.relevance_mass_accuracy`).
+    """The share of each concept map's mass on cue pixels (`metrics.localization.relevance_mass_accuracy`).
 
     Args:
         maps: float `(n, H, W)`, non-negative: one concept's maps.
@@ -663,7 +663,7 @@ def concept_mask_share(maps, masks):
         float32 `(n,)` in [0, 1]; NaN for an image without cue pixels. Chance is `mask_chance` (``masks``' mean
         area): what a map that knows nothing scores on average.
     """
-    return metrics.relevance_mass_accuracy(maps, masks)
+    return localization.relevance_mass_accuracy(maps, masks)
 
 
 def mask_chance(masks, weights=None):
@@ -698,7 +698,7 @@ def pooled_shares(maps, masks, *, resamples=1000, seed=0):
     Args:
         maps: float `(n, H, W)`, non-negative: one concept's maps.
         masks: `(n, H, W)`, non-zero on cue pixels.
-        resamples, seed: bootstrap settings (`metrics.bootstrap_interval`, resampling images).
+        resamples, seed: bootstrap settings (`metrics.intervals.bootstrap_interval`, resampling images).
 
     Returns:
         dict: ``mask_share``, ``low``, ``high`` (pooled, with its 95% interval), ``per_image_share``,
@@ -719,7 +719,7 @@ def pooled_shares(maps, masks, *, resamples=1000, seed=0):
     names = (("mask_share", "low", "high"), ("per_image_share", "per_image_low", "per_image_high"))
     for keys, w in zip(names, (weights, None), strict=True):
         values = (
-            metrics.bootstrap_interval(share[scored], weights=w, resamples=resamples, seed=seed)
+            intervals.bootstrap_interval(share[scored], weights=w, resamples=resamples, seed=seed)
             if scored.any()
             else (np.nan,) * 3
         )
@@ -743,9 +743,10 @@ def concept_deletion(images, model, maps, *, normalization, output, target, area
     """Does removing a concept's region lower the class probability more than removing a random region?
 
     For each image the ``area`` share of pixels with the highest map values (ties broken at random) is filled with
-    the image's mean colour (as `metrics.perturbation_curves` deletes). The control fills the same region rolled,
-    wrapping round, by a uniform random offset: exactly the same area and shape at a random place (scattered random
-    pixels would be a weaker perturbation than a compact region, which would flatter the concept), averaged over
+    the image's mean colour (as `metrics.faithfulness.perturbation_curves` deletes). The control fills the same
+    region rolled, wrapping round, by a uniform random offset: exactly the same area and shape at a random place
+    (scattered random pixels would be a weaker perturbation than a compact region, which would flatter the concept),
+    averaged over
     ``repeats`` offsets.
 
     Args:
@@ -763,7 +764,7 @@ def concept_deletion(images, model, maps, *, normalization, output, target, area
     Returns:
         dict of float32 `(n,)`: ``clean`` (the probability of the intact image), ``concept`` and ``random`` (the
         drop in probability, clean minus perturbed; ``random`` the mean over placements). Pass the drops, or their
-        difference, to `metrics.bootstrap_interval`.
+        difference, to `metrics.intervals.bootstrap_interval`.
     """
     images = _check_images(images)
     maps = np.asarray(maps, dtype=np.float32)
@@ -780,13 +781,13 @@ def concept_deletion(images, model, maps, *, normalization, output, target, area
     target = np.broadcast_to(target.astype(np.int64), (n,))
     count = max(1, int(round(area * H * W)))
     rng = np.random.default_rng(seed)
-    chosen = np.stack([metrics.pixel_ranks(m, rng) < count for m in maps]).reshape(n, H, W)
+    chosen = np.stack([faithfulness.pixel_ranks(m, rng) < count for m in maps]).reshape(n, H, W)
     rolled = _roll_masks(chosen, rng, repeats)
     pictures = images.astype(np.float32)
     grey = pictures.mean(axis=(1, 2), keepdims=True)
 
     def probability(batch, classes):
-        return metrics._class_probability(
+        return faithfulness.class_probability(
             batch, model, output=output, target=classes, normalization=normalization, batch_size=batch_size
         )
 
@@ -923,7 +924,7 @@ def discover_sources(
         raise ValueError(f"`labels` must have shape ({len(images)},) to match `images`. Received {labels.shape}.")
     common = {"normalization": normalization, "output": output}
     concepts = discover_classes(images, model, labels=labels, spec=spec, **common)
-    randomized = metrics.randomized_copy(model, output=output, seed=spec.seed)
+    randomized = sanity.randomized_copy(model, output=output, seed=spec.seed)
     control_spec = replace(spec, selection="labelled", max_images=None)
     controls, baselines = {}, {}
     for target, found in concepts.items():
