@@ -18,7 +18,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from streetlib.attribution import metrics, plots
-from streetlib.attribution.concepts import config, discover, doersch, report, score
+from streetlib.attribution.concepts import activations, config, discover, doersch, report, score
 from streetlib.data import synth
 from streetlib.data.loaders import load_dataset
 from streetlib.evaluation import stats
@@ -302,7 +302,7 @@ def test_the_default_layer_moves_past_batch_norm_and_relu_and_negative_layers_ar
     x = keras.layers.ReLU(name="head_conv2_relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inp, keras.layers.Dense(2, name="region_logits")(x))
-    assert discover.concept_layer(model) == "head_conv2_relu"
+    assert activations.concept_layer(model) == "head_conv2_relu"
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
     kwargs = dict(normalization="samplewise", output="region", target_class=0, labels=np.zeros(6, np.int64))
     found = discover.discover_concepts(

@@ -10,6 +10,7 @@ in the order the data flows through them (each imports only the ones after it):
 - `discover`: NMF of a layer's activations over a class's images, ranked by gradient x concept activation; the
   trained model, its randomised-weights copy and the baseline on the discovery images (`discover_sources`).
 - `doersch`: the baseline without the model (Doersch et al. 2012), with its own small HOG.
+- `activations`: reading a layer of the model: which layer, activations and gradients in batches, predictions.
 - `config`: the settings (`ConceptConfig`, `PatchConfig`) and the checks of the images every function takes.
 
 Their figures are in `streetlib.attribution.plots`.

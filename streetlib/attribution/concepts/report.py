@@ -30,14 +30,9 @@ results were seen):
 import numpy as np
 import pandas as pd
 
+from streetlib.attribution.concepts.activations import concept_layer, predicted_classes
 from streetlib.attribution.concepts.config import check_images
-from streetlib.attribution.concepts.discover import (
-    SOURCES,
-    concept_layer,
-    discover_sources,
-    predicted_classes,
-    select_images,
-)
+from streetlib.attribution.concepts.discover import SOURCES, discover_sources, select_images
 from streetlib.attribution.concepts.doersch import PatchClusters, patch_cluster_maps
 from streetlib.attribution.concepts.score import (
     concept_deletion,

@@ -19,13 +19,9 @@ import pandas as pd
 from sklearn.decomposition import non_negative_factorization
 
 from streetlib.attribution import metrics
+from streetlib.attribution.concepts.activations import layer_pass, non_negative
 from streetlib.attribution.concepts.config import check_images
-from streetlib.attribution.concepts.discover import (
-    concept_contributions,
-    layer_pass,
-    non_negative,
-    upsample_concept_maps,
-)
+from streetlib.attribution.concepts.discover import concept_contributions, upsample_concept_maps
 
 
 def concept_projection(images, model, concepts, *, normalization, batch_size=64):
