@@ -173,7 +173,7 @@ def test_transfer_runs_share_one_extraction_per_pretrained_source(tmp_path):
 
 
 def test_leaderboard_passes_follow_the_formulas():
-    spec = board_lib.LeaderboardSpec(
+    spec = board_lib.LeaderboardConfig(
         methods=("grad_cam", "saliency"), outputs=("region",), control_images=4, curve_steps=2
     )
     n, k, curve = 10, 4, 2 * (2 + 1)

@@ -157,7 +157,7 @@ def leaderboard_passes(spec, images, *, channels, image_size, permuted):
     floor's curves.
 
     Args:
-        spec: `leaderboard.LeaderboardSpec`.
+        spec: `leaderboard.LeaderboardConfig`.
         images: int, the images scored.
         channels, image_size: as in `method_passes`.
         permuted: bool, whether the model trained on permuted labels is given (the data randomisation check).

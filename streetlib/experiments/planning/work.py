@@ -424,10 +424,10 @@ def per_seed_share(total, seeds):
 
 
 def attribution_spec(params):
-    """The `LeaderboardSpec` notebook 05 scores each seed's model with, from its parameters (its budgets of images
+    """The `LeaderboardConfig` notebook 05 scores each seed's model with, from its parameters (its budgets of images
     divided over the seeds, `per_seed_share`); the tolerance, which costs nothing, is left at its default."""
     seeds = params["split_seeds"]
-    return board_lib.LeaderboardSpec(
+    return board_lib.LeaderboardConfig(
         outputs=params["leaderboard_outputs"],
         layers=[params["layer"]] if params["layer"] else None,
         params=params["method_params"],
