@@ -6,8 +6,8 @@ checks an instance once, in ``__post_init__``, and names the first field that fi
 `validate` does the same for a function's parameters.
 A constraint is None (the value None), ``bool`` or ``str`` (an instance of it), or an object with
 ``is_satisfied_by(value)`` and a ``__str__`` that says what it expects: `Interval`, `Options`, `Keys`, `Items`.
-Used by `streetlib.training.config.RunConfig` and ``ExecutionConfig``,
-`streetlib.baselines.grid.BaselineGridConfig` and `streetlib.attribution.leaderboard.LeaderboardSpec`.
+Used by `streetlib.training.config.RunConfig` and ``ExecutionConfig``, `streetlib.baselines.grid.BaselineGridConfig`
+and `streetlib.attribution.leaderboard.LeaderboardConfig`.
 """
 
 import numbers

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from streetlib.attribution.concepts import SOURCES
+from streetlib.attribution.concepts.discover import SOURCES
 from streetlib.attribution.registry import METHODS
 from streetlib.evaluation import stats
 from streetlib.experiments import runner
@@ -134,9 +134,10 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
     assert table["family"].str.startswith("SVM on deep features").any()
     tables = root / "hists" / "synth-smoke" / "06-results"
     comparisons = pd.read_csv(tables / "comparisons.csv")
-    assert comparisons["question"].str[:2].tolist() == ["1.", "1.", "2.", "2.", "3.", "3.", "4.", "4."]
+    questions = comparisons["question"].str.split(".").str[0].tolist()
+    assert questions == ["1", "1", "2", "2", "2b", "2b", "3", "3", "4", "4"]  # 2b: question 2's control
     assert (comparisons["n"] == 2).all() and (comparisons["margin"] == 0.03).all()
-    # One family: Holm over the four questions on both outputs; each verdict is the statistics module's.
+    # One family: Holm over the five questions on both outputs; each verdict is the statistics module's.
     np.testing.assert_allclose(comparisons["p_holm"], stats.holm(comparisons["p"]))
     for row in comparisons.itertuples():
         kwargs = {"a": row.a, "b": row.b, "difference": row.difference, "margin": row.margin}
@@ -144,7 +145,7 @@ def test_06_puts_results_side_by_side_and_indexes_them(smoke):
     # The smoke splits: 6 images a city, 1 test and 4 training images each.
     assert comparisons["overlap"].eq(10 / 40).all()
     power = pd.read_csv(tables / "power.csv")
-    assert power[["question", "output"]].equals(comparisons[["question", "output"]]) and (power["tests"] == 8).all()
+    assert power[["question", "output"]].equals(comparisons[["question", "output"]]) and (power["tests"] == 10).all()
     executed = (root / "executed" / "06_results.ipynb").read_text()
     assert "over 2 seeds; this design resolves" in executed  # the power table, in words
     assert "these verdicts test the pipeline, not the study's hypotheses about real cities" in executed

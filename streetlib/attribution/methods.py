@@ -1022,7 +1022,7 @@ def plot_quadrants(quadrants, explanation, *, spec, output="city", title=None):
     """The four quadrants of an image, each classified and explained on its own: images on top, maps below.
 
     Args:
-        quadrants: uint8 `(4, H, W, 3)`, as from `streetlib.attribution.metrics.quadrant_images`.
+        quadrants: uint8 `(4, H, W, 3)`, as from `streetlib.attribution.summaries.quadrant_images`.
         explanation: the `Explanation` of ``output`` for that batch of 4.
         spec: the `ClassSpec`.
         output: str, default 'city'.
