@@ -97,16 +97,15 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import NMF, non_negative_factorization
 
 from streetlib.attribution import metrics
-from streetlib.attribution.methods import (
+from streetlib.attribution.explainer import (
     all_layers,
     default_layer,
     explainer,
     find_layer_path,
     logits_tensor,
     model_inputs,
-    overlay,
-    upsample_maps,
 )
+from streetlib.attribution.maps import overlay, upsample_maps
 from streetlib.constraints import Interval, Options, validate_parameters
 from streetlib.data import synth
 from streetlib.data.loaders import StreetData, content_hash
@@ -260,7 +259,7 @@ class Concepts:
 
 def concept_layer(model, layer=None):
     """The layer concepts are read from: ``layer`` if given; otherwise the model's default Grad-CAM layer
-    (`methods.default_layer`), or, when that layer has no ReLU of its own and is directly followed by an optional
+    (`explainer.default_layer`), or, when that layer has no ReLU of its own and is directly followed by an optional
     batch normalisation and a ReLU, that ReLU (NMF needs the non-negative map the model passes on).
 
     Returns:

@@ -57,7 +57,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from streetlib.attribution import metrics
-from streetlib.attribution.methods import explainer, model_inputs
+from streetlib.attribution.explainer import explainer, model_inputs
 from streetlib.attribution.registry import METHODS, attribute
 from streetlib.classes import OUTPUTS
 from streetlib.constraints import Interval, Items, Keys, validate, validate_parameters
@@ -150,7 +150,7 @@ class LeaderboardSpec:
     seed: int = 0
 
     _parameter_constraints: ClassVar[dict] = {
-        "methods": [Items(f"a non-empty list of {sorted(METHODS)}", values=tuple(METHODS), nonempty=True)],
+        "methods": [Items(f"a non-empty list of {sorted(METHODS)}", values=METHODS, nonempty=True)],
         "outputs": [Items(f"a non-empty list of {list(OUTPUTS)}", values=OUTPUTS, nonempty=True)],
         "layers": [None, Items("a non-empty list of layer names", test=lambda v: isinstance(v, str), nonempty=True)],
         "params": [Keys(METHODS)],

@@ -28,17 +28,16 @@ from PIL import Image
 from scipy import ndimage, stats
 from scipy.special import softmax
 
-from streetlib.attribution.methods import (
+from streetlib.attribution.explainer import (
     all_layers,
     clone_with_weights,
-    explain,
     explainer,
     find_layer_path,
     logits_tensor,
     model_input_size,
     model_inputs,
 )
-from streetlib.attribution.registry import METHODS, ORIGINAL, attribute
+from streetlib.attribution.registry import METHODS, ORIGINAL, attribute, explain
 from streetlib.classes import OUTPUTS
 from streetlib.data.loaders import fit_image
 from streetlib.runs import RunId
@@ -749,11 +748,11 @@ def explain_quadrants(image, model, *, normalization, policy="crop", layer=None,
         outputs: sequence of output names. Default ('region', 'city').
 
     Returns:
-        (quadrants uint8 `(4, h, w, 3)`, dict output -> `Explanation` of the 4-image batch, without guided maps).
+        (quadrants uint8 `(4, h, w, 3)`, dict output -> Grad-CAM `Attribution` of the 4-image batch).
     """
     quads = quadrant_images(image, size=model_input_size(model) or (224, 224), policy=policy)
     x = model_inputs(quads, normalization=normalization)
-    return quads, explain(x, model, outputs=outputs, layer=layer, guided=False)
+    return quads, explain(x, model, methods=("grad_cam",), outputs=outputs, layer=layer)["grad_cam"]
 
 
 def randomization_table(check):
@@ -816,10 +815,9 @@ def layer_localization(images, masks, model, *, layers, normalization, output="r
     for layer in layers:
         ex = explainer(model, layer=layer)
         target = np.argmax(ex.logits(inputs, output=output), axis=1)
-        coarse = ex.grad_cam(inputs, output=output, target=target, upsample=False).cam
-        table = localization_table(
-            {"grad_cam": ex.grad_cam(inputs, output=output, target=target).cam}, masks, tolerance=tolerance, seed=seed
-        )
+        coarse = ex.grad_cam(inputs, output=output, target=target).maps
+        cam = attribute(inputs, model, method="grad_cam", output=output, layer=layer, target=target).maps
+        table = localization_table({"grad_cam": cam}, masks, tolerance=tolerance, seed=seed)
         rows.append(
             {"layer": layer, "grid": f"{coarse.shape[1]}x{coarse.shape[2]}", **table.iloc[0].drop("method").to_dict()}
         )

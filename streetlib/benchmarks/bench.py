@@ -271,7 +271,7 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore
 
-    from streetlib.attribution.methods import Explainer
+    from streetlib.attribution.explainer import Explainer
 
     model = _flat_vgg16(size)
     x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
@@ -280,7 +280,7 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
     gradcam = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
 
     def ours():
-        return explainer.grad_cam(x, output="city", target=targets, upsample=False).cam
+        return explainer.grad_cam(x, output="city", target=targets).maps
 
     def peer():
         return gradcam(CategoricalScore(targets.tolist()), x, penultimate_layer="block5_conv3", expand_cam=False)
@@ -344,7 +344,7 @@ def _same_upsampling():
     """Make tf-keras-vis's Score-CAM upsample the feature map as ours inside the block.
 
     tf-keras-vis upsamples with scipy's ``zoom(order=1)`` (linear, corners aligned), ours with the project's
-    half-pixel bilinear resize (`methods.upsample_maps`, ``tf.image.resize``); the masks, hence the weights, differ
+    half-pixel bilinear resize (`maps.upsample_maps`, ``tf.image.resize``); the masks, hence the weights, differ
     by that alone. The patched ``zoom`` is that same resize, so the rest of the two computations is compared.
     """
     import tensorflow as tf
@@ -406,7 +406,7 @@ x = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype(np.float32)
 target = np.argmax(model.predict(x, verbose=0), axis=1)
 if side == "ours":
     from streetlib.attribution.cams import score_cam
-    from streetlib.attribution.methods import Explainer
+    from streetlib.attribution.explainer import Explainer
 
     ex = Explainer(model, layer="block5_conv3")
     ex.layer_gradients(x, output="city", target=target), ex.logits(x, output="city")  # trace
@@ -465,7 +465,7 @@ def bench_attribution(
     from tf_keras_vis.utils.scores import CategoricalScore
 
     from streetlib.attribution import cams, gradients
-    from streetlib.attribution.methods import Explainer
+    from streetlib.attribution.explainer import Explainer
 
     layer, seed, chunk = "block5_conv3", 0, 32
     model = _flat_vgg16(size)
@@ -681,7 +681,7 @@ def bench_method_costs(
         ``seconds_per_image``, ``forward_seconds_per_image`` and ``cost`` (their ratio). ``report``, if given, is
         called with each row as soon as it is measured.
     """
-    from streetlib.attribution.methods import explainer
+    from streetlib.attribution.explainer import explainer
     from streetlib.attribution.registry import METHODS, attribute
 
     params = method_cost_params(size) if params is None else params

@@ -30,8 +30,8 @@ import keras
 import numpy as np
 
 from streetlib import paths
+from streetlib.attribution import explainer
 from streetlib.attribution import leaderboard as board_lib
-from streetlib.attribution import methods as methods_lib
 from streetlib.attribution.registry import METHODS, ORIGINAL
 from streetlib.classes import STREET10, STREET10_COUNTS, SYNTH10
 from streetlib.data import loaders
@@ -144,7 +144,7 @@ def layer_flops(model):
     the kernel's size times the output positions (``H*W*k*k*Cin*Cout`` for a convolution). Returns a list of
     (layer name, int)."""
     out = []
-    for layer in methods_lib.all_layers(model):
+    for layer in explainer.all_layers(model):
         kernel = getattr(layer, "kernel", None)
         if kernel is not None and not isinstance(layer, keras.Model):
             positions = math.prod(layer.output.shape[1:-1])
@@ -221,7 +221,7 @@ def _outputs(model):
     """Per-image float32 values of each layer's output, and whether the layer has a non-linear activation (whose
     input a backward pass needs too)."""
     out = []
-    for layer in methods_lib.all_layers(model):
+    for layer in explainer.all_layers(model):
         if isinstance(layer, (keras.Model, keras.layers.InputLayer)):
             continue
         activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
@@ -557,8 +557,8 @@ def _plan_attribution(ctx, params):
     model = ctx.model(transfer)
     size = transfer.image_size
     share = _model_flops(model) / ctx.unit(size)
-    layer = params["layer"] or methods_lib.default_layer(model)
-    channels = methods_lib.find_layer_path(model, layer)[-1].output.shape[-1]
+    layer = params["layer"] or explainer.default_layer(model)
+    channels = explainer.find_layer_path(model, layer)[-1].output.shape[-1]
     spec = board_lib.LeaderboardSpec(
         outputs=params["leaderboard_outputs"],
         layers=[layer] if params["layer"] else None,
@@ -619,7 +619,7 @@ def _other_attribution_passes(params, model, explained, n_test):
     model's weighted layers), Grad-CAM per compared layer, one gradient pass per concept image and output."""
     original = [method_passes(m, {}, channels=0, image_size=0) for m in ORIGINAL]
     three = tuple(map(sum, zip(*original, strict=True)))
-    layers = sum(1 for layer in methods_lib.all_layers(model) if layer.weights and not hasattr(layer, "layers"))
+    layers = sum(1 for layer in explainer.all_layers(model) if layer.weights and not hasattr(layer, "layers"))
     concept_images = params["concept_images"] or n_test
     compared = len(params["compare_layers"]) or 3
     passes = [
