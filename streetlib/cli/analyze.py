@@ -165,12 +165,13 @@ def _positive_int(text):
 
 
 def _methods(args):
-    """The methods the figures draw, computed for every image: the original three for the default 'grad_cam'
-    (Grad-CAM alone with --only-cam), else every method ('all') or the one named."""
-    from streetlib.attribution.registry import METHODS, ORIGINAL
+    """The methods the figures draw, computed for every image: for the default 'grad_cam', Grad-CAM and the guided
+    backprop the original figure multiplies it by (Grad-CAM alone with --only-cam); else every method ('all') or
+    the one named."""
+    from streetlib.attribution.registry import METHODS
 
     if args.method == "grad_cam":
-        return ["grad_cam"] if args.only_cam else list(ORIGINAL)
+        return ["grad_cam"] if args.only_cam else ["grad_cam", "guided_backprop"]
     if args.method != "all" and args.method not in METHODS:
         raise ValueError(f"Invalid --method {args.method!r}. Expected 'all' or one of {sorted(METHODS)}.")
     if args.only_cam:
