@@ -7,7 +7,7 @@ checks an instance once, in ``__post_init__``, and names the first field that fi
 A constraint is None (the value None), ``bool`` or ``str`` (an instance of it), or an object with
 ``is_satisfied_by(value)`` and a ``__str__`` that says what it expects: `Interval`, `Options`, `Keys`, `Items`.
 Used by `streetlib.training.config.RunConfig` and ``Execution``, `streetlib.baselines.classifiers.BaselineGrid` and
-`streetlib.attribution.leaderboard.LeaderboardSpec`.
+`streetlib.attribution.leaderboard.LeaderboardConfig`.
 """
 
 import numbers

@@ -1,6 +1,6 @@
-"""Tests of streetlib.attribution.metrics: the pointing games and the other localisation metrics, deletion/insertion,
-the randomisation and random-logit checks (with cross-checks against Quantus where it is installed), bootstrap
-intervals, dataset-level street features and quadrants."""
+"""Tests of streetlib.attribution.metrics: the pointing game and the other localisation metrics with their chance
+levels, deletion/insertion, the randomisation and random-logit checks (with cross-checks against Quantus where it is
+installed), bootstrap intervals, and the registry."""
 
 import matplotlib
 
@@ -13,10 +13,10 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 from test_attribution import convention_model, random_inputs  # noqa: E402
 
-from streetlib.attribution import explainer, plots, registry  # noqa: E402
-from streetlib.attribution import metrics as M  # noqa: E402
+from streetlib.attribution import registry  # noqa: E402
+from streetlib.attribution.metrics import faithfulness, intervals, localization, sanity  # noqa: E402
+from streetlib.attribution.metrics.registry import INPUTS, METRICS, Metric, get_metric, of_family  # noqa: E402
 from streetlib.attribution.registry import ORIGINAL  # noqa: E402
-from streetlib.classes import STREET10, ClassSpec  # noqa: E402
 
 
 def masks_and_maps():
@@ -36,9 +36,9 @@ def masks_and_maps():
 def test_pointing_game_by_hand():
     masks, maps = masks_and_maps()
     # A hit, a miss, and the constant map scoring its chance level (4 of 16 pixels).
-    np.testing.assert_allclose(M.pointing_game(maps, masks), [1.0, 0.0, 0.25])
+    np.testing.assert_allclose(localization.pointing_game(maps, masks), [1.0, 0.0, 0.25])
     masks[2] = 0
-    assert np.isnan(M.pointing_game(maps, masks)[2])
+    assert np.isnan(localization.pointing_game(maps, masks)[2])
 
 
 def test_pointing_game_tolerance_widens_the_mask():
@@ -46,60 +46,54 @@ def test_pointing_game_tolerance_widens_the_mask():
     masks[0, 4, 4] = 1
     maps = np.zeros((1, 9, 9), np.float32)
     maps[0, 4, 6] = 1.0  # two pixels right of the cue
-    assert M.pointing_game(maps, masks, tolerance=1)[0] == 0.0
-    assert M.pointing_game(maps, masks, tolerance=2)[0] == 1.0
+    assert localization.pointing_game(maps, masks, tolerance=1)[0] == 0.0
+    assert localization.pointing_game(maps, masks, tolerance=2)[0] == 1.0
     with pytest.raises(ValueError, match="Invalid `tolerance`"):
-        M.pointing_game(maps, masks, tolerance=-1)
+        localization.pointing_game(maps, masks, tolerance=-1)
 
 
 def test_the_tolerance_is_zhang_s_15_pixels_at_224_scaled_to_the_image():
-    assert M.ZHANG_TOLERANCE == 15 / 224
-    assert [M.scaled_tolerance(side) for side in (224, 112, 64, 32, 16)] == [15, 8, 4, 2, 1]
-    assert M.scaled_tolerance(64, fraction=0) == 0
+    assert localization.ZHANG_TOLERANCE == 15 / 224
+    assert [localization.scaled_tolerance(side) for side in (224, 112, 64, 32, 16)] == [15, 8, 4, 2, 1]
+    assert localization.scaled_tolerance(64, fraction=0) == 0
     # The widened mask is a disk: a pixel at distance 2 is in it at tolerance 2, a diagonal one at distance 2.8 not.
     masks = np.zeros((1, 9, 9), np.uint8)
     masks[0, 4, 4] = 1
-    widened = M.dilate_masks(masks, 2)[0]
+    widened = localization.dilate_masks(masks, 2)[0]
     assert widened[4, 6] and widened[2, 4] and not widened[6, 6] and widened.sum() == 13
     with pytest.raises(ValueError, match="Invalid `side`"):
-        M.scaled_tolerance(0)
+        localization.scaled_tolerance(0)
     with pytest.raises(ValueError, match="Invalid `fraction`"):
-        M.scaled_tolerance(64, fraction=1.5)
-
-
-def test_energy_pointing_game_by_hand():
-    masks, maps = masks_and_maps()
-    # 1 of 1 on the cue; 0.5 of 1.5; the all-zero map counts as uniform: 4/16.
-    np.testing.assert_allclose(M.energy_pointing_game(maps, masks), [1.0, 1 / 3, 0.25], rtol=1e-6)
-    masks[0] = 0
-    assert np.isnan(M.energy_pointing_game(maps, masks)[0])
+        localization.scaled_tolerance(64, fraction=1.5)
 
 
 def test_maps_are_validated():
     masks, maps = masks_and_maps()
     with pytest.raises(ValueError, match="must be finite and non-negative"):
-        M.pointing_game(maps - 1, masks)
+        localization.pointing_game(maps - 1, masks)
     with pytest.raises(ValueError, match=r"`masks` must match `maps`: expected shape \(3, 4, 4\)"):
-        M.energy_pointing_game(maps, masks[:2])
+        localization.relevance_mass_accuracy(maps, masks[:2])
     with pytest.raises(ValueError, match=r"`maps` must have shape \(n, H, W\)"):
-        M.pointing_game(maps[0], masks[0])
+        localization.pointing_game(maps[0], masks[0])
 
 
-def test_localization_table_ranks_a_perfect_map_above_the_random_floor():
+def test_chance_levels_and_the_random_floor():
     rng = np.random.default_rng(0)
     masks = (rng.random((40, 16, 16)) < 0.2).astype(np.uint8)
-    table = M.localization_table({"oracle": masks.astype(np.float32) + 0.01 * rng.random((40, 16, 16))}, masks)
-    assert list(table["method"]) == ["oracle", "random"]
-    oracle, floor = table.iloc[0], table.iloc[1]
-    assert oracle["pointing_game"] == 1.0 and oracle["energy_pointing_game"] > 0.9
-    assert abs(floor["energy_pointing_game"] - floor["chance"]) < 0.02
-    assert floor["pointing_game"] < 0.5 and floor["images"] == 40
-    assert floor["pointing_chance"] == floor["chance"]  # no tolerance: the same mask
-    widened = M.localization_table({"oracle": masks.astype(np.float32)}, masks, tolerance=1).iloc[1]
-    assert widened["pointing_chance"] == pytest.approx(M.dilate_masks(masks, 1).mean())
-    assert widened["pointing_chance"] > widened["chance"]
-    with pytest.raises(ValueError, match="`maps` is empty"):
-        M.localization_table({}, masks)
+    oracle = masks.astype(np.float32) + 0.01 * rng.random((40, 16, 16))
+    assert (localization.pointing_game(oracle, masks) == 1.0).all()
+    assert localization.relevance_mass_accuracy(oracle, masks).mean() > 0.9
+    floor = localization.random_maps((40, 16, 16), seed=0)
+    area = localization.mask_area(masks)
+    assert area.dtype == np.float64 and area.mean() == pytest.approx(masks.mean())
+    # Random maps spread their mass evenly (the cue's area) and seldom point at the cue.
+    assert abs(localization.relevance_mass_accuracy(floor, masks).mean() - area.mean()) < 0.02
+    assert localization.pointing_game(floor, masks).mean() < 0.5
+    # No tolerance: the same mask; widened, the pointing game's chance grows.
+    np.testing.assert_array_equal(localization.widened_area(masks, tolerance=0), area)
+    widened = localization.widened_area(masks, tolerance=1)
+    assert widened.mean() == pytest.approx(localization.dilate_masks(masks, 1).mean())
+    assert widened.mean() > area.mean()
 
 
 def test_pointing_game_agrees_with_quantus():
@@ -115,7 +109,7 @@ def test_pointing_game_agrees_with_quantus():
         s_batch=masks[:, None],
         channel_first=True,
     )
-    ours = M.pointing_game(maps, masks)
+    ours = localization.pointing_game(maps, masks)
     assert 0 < ours.mean() < 1
     np.testing.assert_array_equal(ours, np.asarray(theirs, dtype=np.float32))
 
@@ -148,11 +142,11 @@ def test_relevance_rank_accuracy_by_hand():
     maps[0, 3, 3], maps[0, 0, 0], maps[0, 0, 1], maps[0, 1, 0], maps[0, 1, 1] = 5, 4, 3, 2, 1
     maps[1] = 0.7  # constant: the chance level, 4 / 16
     maps[2, 2:, 2:] = 1.0  # all on the wrong quarter
-    np.testing.assert_allclose(M.relevance_rank_accuracy(maps, masks), [0.75, 0.25, 0.0])
+    np.testing.assert_allclose(localization.relevance_rank_accuracy(maps, masks), [0.75, 0.25, 0.0])
     full = np.ones((1, 4, 4), np.uint8)
-    assert M.relevance_rank_accuracy(maps[:1], full)[0] == 1.0  # K = every pixel
+    assert localization.relevance_rank_accuracy(maps[:1], full)[0] == 1.0  # K = every pixel
     masks[1] = 0
-    result = M.relevance_rank_accuracy(maps, masks)
+    result = localization.relevance_rank_accuracy(maps, masks)
     assert np.isnan(result[1]) and result[0] == 0.75
 
 
@@ -163,36 +157,31 @@ def test_relevance_rank_accuracy_shares_tied_slots_evenly():
     # Six pixels tie at 1 for the 3 remaining slots: 2 on the cue, 4 off. Each counts 3/6: (1 + 2 * 0.5) / 4.
     for y, x in [(0, 1), (1, 0), (3, 0), (3, 1), (3, 2), (3, 3)]:
         maps[0, y, x] = 1.0
-    score = M.relevance_rank_accuracy(maps, masks)[0]
+    score = localization.relevance_rank_accuracy(maps, masks)[0]
     assert score == 0.5
     # The rule does not depend on where the tied pixels are: flipping map and mask together changes nothing.
-    flipped = M.relevance_rank_accuracy(maps[:, ::-1, ::-1], masks[:, ::-1, ::-1])[0]
+    flipped = localization.relevance_rank_accuracy(maps[:, ::-1, ::-1], masks[:, ::-1, ::-1])[0]
     assert flipped == score
     # It is the mean over random tie-breaks: jitter the tied values far below the gap to the next value.
     rng = np.random.default_rng(0)
     tied = maps == 1.0
-    draws = [M.relevance_rank_accuracy(maps + tied * 1e-3 * rng.random(maps.shape), masks)[0] for _ in range(2000)]
+    draws = [
+        localization.relevance_rank_accuracy(maps + tied * 1e-3 * rng.random(maps.shape), masks)[0] for _ in range(2000)
+    ]
     # One draw's score has standard deviation about 0.16 (hypergeometric), the mean of 2000 about 0.0035.
     assert abs(np.mean(draws) - score) < 0.02
 
 
-def test_relevance_mass_accuracy_is_the_energy_pointing_game():
+def test_relevance_mass_accuracy_by_hand():
     masks, maps = masks_and_maps()
     # 1 of 1 on the cue; 0.5 of 1.5; the all-zero map counts as uniform: 4/16.
-    np.testing.assert_allclose(M.relevance_mass_accuracy(maps, masks), [1.0, 1 / 3, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(localization.relevance_mass_accuracy(maps, masks), [1.0, 1 / 3, 0.25], rtol=1e-6)
+    masks[0] = 0
+    assert np.isnan(localization.relevance_mass_accuracy(maps, masks)[0])
     rng = np.random.default_rng(4)
     maps, masks = rng.random((10, 8, 8)), rng.random((10, 8, 8)) < 0.3
-    np.testing.assert_array_equal(M.relevance_mass_accuracy(maps, masks), M.energy_pointing_game(maps, masks))
     masks[3] = False
-    assert np.isnan(M.relevance_mass_accuracy(maps, masks)[3])
-
-
-def test_relevance_mass_accuracy_and_energy_pointing_game_share_one_computation(monkeypatch):
-    sentinel = np.array([0.123], np.float32)
-    monkeypatch.setattr(M, "_mass_inside", lambda maps, masks: sentinel)
-    masks, maps = masks_and_maps()
-    assert M.relevance_mass_accuracy(maps, masks) is sentinel
-    assert M.energy_pointing_game(maps, masks) is sentinel
+    assert np.isnan(localization.relevance_mass_accuracy(maps, masks)[3])
 
 
 def test_mask_auc_by_hand():
@@ -203,11 +192,15 @@ def test_mask_auc_by_hand():
     # Per cue pixel, the others below it plus half the others equal to it: 12 + (11 + 0.5) + 11 + 11 / 2 = 40,
     # out of 4 x 12 pairs.
     maps[1] = 0.3  # constant: every pair ties, 0.5
-    np.testing.assert_allclose(M.mask_auc(maps, masks), [40 / 48, 0.5], rtol=1e-6)
-    np.testing.assert_allclose(M.mask_auc(7 * maps, masks), M.mask_auc(maps, masks))  # scale does not matter
-    np.testing.assert_allclose(M.mask_auc(maps.max() - maps, masks)[0], 8 / 48, rtol=1e-6)  # reversed: 1 - AUC
+    np.testing.assert_allclose(localization.mask_auc(maps, masks), [40 / 48, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        localization.mask_auc(7 * maps, masks), localization.mask_auc(maps, masks)
+    )  # scale does not matter
+    np.testing.assert_allclose(
+        localization.mask_auc(maps.max() - maps, masks)[0], 8 / 48, rtol=1e-6
+    )  # reversed: 1 - AUC
     masks[0], masks[1] = 0, 1  # empty and full masks have no positives or no negatives
-    assert np.isnan(M.mask_auc(maps, masks)).all()
+    assert np.isnan(localization.mask_auc(maps, masks)).all()
 
 
 def test_mask_auc_agrees_with_sklearn():
@@ -218,14 +211,7 @@ def test_mask_auc_agrees_with_sklearn():
     maps[masks] += 0.2 * rng.random()  # some signal
     expected = [roc_auc_score(masks[i].ravel(), maps[i].ravel()) for i in range(30)]
     # Both are exact ratios of pair counts; ours is then rounded to float32 (6e-8 at most in [0, 1]).
-    np.testing.assert_allclose(M.mask_auc(maps, masks), expected, atol=1e-6)
-
-
-def test_average_ranks_match_scipy():
-    rng = np.random.default_rng(6)
-    x = np.round(rng.random((20, 50)), 1)
-    x[0] = 1.0  # one all-tied row
-    np.testing.assert_array_equal(M._average_ranks(x), stats.rankdata(x, axis=1))
+    np.testing.assert_allclose(localization.mask_auc(maps, masks), expected, atol=1e-6)
 
 
 def test_localisation_metrics_agree_with_quantus():
@@ -235,12 +221,12 @@ def test_localisation_metrics_agree_with_quantus():
     maps = rng.random((20, 16, 16)).astype(np.float32)
     masks = (rng.random((20, 16, 16)) < 0.3).astype(np.uint8)
     masks[:10, 4:12, 4:12] = 1  # some larger cues, so scores spread
-    rank = M.relevance_rank_accuracy(maps, masks)
+    rank = localization.relevance_rank_accuracy(maps, masks)
     assert rank.std() > 0
     # Both are a ratio of the same integer counts; they differ only by our final rounding to float32.
     np.testing.assert_allclose(rank, quantus_localisation(quantus.RelevanceRankAccuracy, maps, masks), atol=1e-7)
     # Sums of 256 float32 values in [0, 1], in possibly different orders: relative error far below 1e-5.
-    mass = M.relevance_mass_accuracy(maps, masks)
+    mass = localization.relevance_mass_accuracy(maps, masks)
     np.testing.assert_allclose(mass, quantus_localisation(quantus.RelevanceMassAccuracy, maps, masks), rtol=1e-5)
 
 
@@ -248,9 +234,9 @@ def test_localisation_metrics_rank_an_oracle_above_random_maps():
     rng = np.random.default_rng(8)
     masks = rng.random((50, 16, 16)) < 0.2
     oracle = masks + 0.01 * rng.random((50, 16, 16))
-    floor = M.random_maps((50, 16, 16), seed=1)
+    floor = localization.random_maps((50, 16, 16), seed=1)
     chance = masks.mean(axis=(1, 2))
-    for metric, at_chance in [(M.relevance_rank_accuracy, chance), (M.mask_auc, 0.5)]:
+    for metric, at_chance in [(localization.relevance_rank_accuracy, chance), (localization.mask_auc, 0.5)]:
         assert (metric(oracle, masks) == 1.0).all()
         np.testing.assert_allclose(metric(floor, masks).mean(), np.mean(at_chance), atol=0.05)
 
@@ -260,28 +246,32 @@ def test_localisation_metrics_rank_an_oracle_above_random_maps():
 
 
 def test_bootstrap_interval_by_hand():
-    assert M.bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)  # every resample has mean 2
+    assert intervals.bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)  # every resample has mean 2
     # Two images, 0 and 1: a resample's mean is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4. The central 95 %
     # reaches both ends; the central 40 % (quantiles 0.3 and 0.7) lies inside the middle half.
-    assert M.bootstrap_interval([0.0, 1.0], resamples=10000) == (0.5, 0.0, 1.0)
-    assert M.bootstrap_interval([0.0, 1.0], confidence=0.4, resamples=10000) == (0.5, 0.5, 0.5)
-    mean, low, high = M.bootstrap_interval(np.array([1.0, np.nan, 3.0]))  # NaNs are dropped
+    assert intervals.bootstrap_interval([0.0, 1.0], resamples=10000) == (0.5, 0.0, 1.0)
+    assert intervals.bootstrap_interval([0.0, 1.0], confidence=0.4, resamples=10000) == (0.5, 0.5, 0.5)
+    mean, low, high = intervals.bootstrap_interval(np.array([1.0, np.nan, 3.0]))  # NaNs are dropped
     assert mean == 2.0 and 1.0 <= low <= high <= 3.0
 
 
 def test_weighted_bootstrap_interval_is_the_share_of_the_pooled_weight():
     # Scores 0.2 and 0.8 weighing 1 and 3: the weighted mean is (0.2 + 2.4) / 4 = 0.65, not the plain 0.5. A
     # resample holds the first image 0, 1 or 2 times: 0.8, 0.65 or 0.2, so the 95 % interval spans them all.
-    assert M.bootstrap_interval([0.2, 0.8], weights=[1.0, 3.0], resamples=10000) == pytest.approx((0.65, 0.2, 0.8))
+    assert intervals.bootstrap_interval([0.2, 0.8], weights=[1.0, 3.0], resamples=10000) == pytest.approx(
+        (0.65, 0.2, 0.8)
+    )
     # A NaN score drops its weight with it; unit weights are the plain mean.
-    assert M.bootstrap_interval([0.2, np.nan, 0.8], weights=[1.0, 100.0, 3.0])[0] == pytest.approx(0.65)
+    assert intervals.bootstrap_interval([0.2, np.nan, 0.8], weights=[1.0, 100.0, 3.0])[0] == pytest.approx(0.65)
     values = np.random.default_rng(11).random(40)
-    np.testing.assert_allclose(M.bootstrap_interval(values, weights=np.ones(40)), M.bootstrap_interval(values))
+    np.testing.assert_allclose(
+        intervals.bootstrap_interval(values, weights=np.ones(40)), intervals.bootstrap_interval(values)
+    )
     # A zero-weight image does not count in the mean.
-    assert M.bootstrap_interval([0.2, 0.8, 0.9], weights=[1.0, 3.0, 0.0])[0] == pytest.approx(0.65)
+    assert intervals.bootstrap_interval([0.2, 0.8, 0.9], weights=[1.0, 3.0, 0.0])[0] == pytest.approx(0.65)
     # Seed 0's one resample draws the zero-weight image twice: no mean, so no interval, and the error says so.
     with pytest.raises(ValueError, match="none of the 1 resamples drew an image of positive weight"):
-        M.bootstrap_interval([0.2, 0.8], weights=[1.0, 0.0], resamples=1, seed=0)
+        intervals.bootstrap_interval([0.2, 0.8], weights=[1.0, 0.0], resamples=1, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -290,14 +280,14 @@ def test_weighted_bootstrap_interval_is_the_share_of_the_pooled_weight():
 )
 def test_bad_bootstrap_weights_are_named(weights, match):
     with pytest.raises(ValueError, match="`weights`") as error:
-        M.bootstrap_interval([0.2, 0.8], weights=weights)
+        intervals.bootstrap_interval([0.2, 0.8], weights=weights)
     assert match in str(error.value)
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_images():
     rng = np.random.default_rng(9)
     values = rng.normal(0.6, 1.0, 10000)
-    few, many = M.bootstrap_interval(values[:100]), M.bootstrap_interval(values[:10000])
+    few, many = intervals.bootstrap_interval(values[:100]), intervals.bootstrap_interval(values[:10000])
     for mean, low, high in (few, many):
         assert low < mean < high
     assert few[0] == np.mean(values[:100])
@@ -310,23 +300,23 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_images():
 
 def test_bootstrap_interval_is_reproducible_with_a_seed():
     values = np.random.default_rng(10).random(50)
-    assert M.bootstrap_interval(values, seed=3) == M.bootstrap_interval(values, seed=3)
-    assert M.bootstrap_interval(values, seed=3)[1:] != M.bootstrap_interval(values, seed=4)[1:]
-    low90, high90 = M.bootstrap_interval(values, confidence=0.9)[1:]
-    low99, high99 = M.bootstrap_interval(values, confidence=0.99)[1:]
+    assert intervals.bootstrap_interval(values, seed=3) == intervals.bootstrap_interval(values, seed=3)
+    assert intervals.bootstrap_interval(values, seed=3)[1:] != intervals.bootstrap_interval(values, seed=4)[1:]
+    low90, high90 = intervals.bootstrap_interval(values, confidence=0.9)[1:]
+    low99, high99 = intervals.bootstrap_interval(values, confidence=0.99)[1:]
     assert low99 < low90 and high90 < high99
 
 
 def test_bootstrap_interval_validates_its_arguments():
     for confidence in (0, 1, 95, "0.9", True):
         with pytest.raises(ValueError, match="Invalid `confidence`"):
-            M.bootstrap_interval([1.0, 2.0], confidence=confidence)
+            intervals.bootstrap_interval([1.0, 2.0], confidence=confidence)
     for resamples in (0, 2.5):
         with pytest.raises(ValueError, match="Invalid `resamples`"):
-            M.bootstrap_interval([1.0, 2.0], resamples=resamples)
+            intervals.bootstrap_interval([1.0, 2.0], resamples=resamples)
     for values in ([], [np.nan, np.nan], [1.0, np.inf]):
         with pytest.raises(ValueError, match="Invalid `values`"):
-            M.bootstrap_interval(values)
+            intervals.bootstrap_interval(values)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -358,8 +348,8 @@ def test_deletion_and_insertion_reward_the_faithful_map():
     bad = 1.0 - good
     model = checker_model()
     kw = dict(output="city", target=np.array([0]), normalization="unit", steps=8)
-    g = M.perturbation_curves(image, good, model, **kw)
-    b = M.perturbation_curves(image, bad, model, **kw)
+    g = faithfulness.perturbation_curves(image, good, model, **kw)
+    b = faithfulness.perturbation_curves(image, bad, model, **kw)
     assert g["deletion"].shape == (1, 9) and g["fractions"][[0, -1]].tolist() == [0.0, 1.0]
     intact = model(image / 255.0).numpy()[0, 0]
     assert intact > 0.85
@@ -368,13 +358,13 @@ def test_deletion_and_insertion_reward_the_faithful_map():
     assert g["deletion_auc"][0] < b["deletion_auc"][0] - 0.2
     assert g["insertion_auc"][0] > b["insertion_auc"][0] + 0.2
     with pytest.raises(ValueError, match="`target` must have shape"):
-        M.perturbation_curves(image, good, model, **{**kw, "target": np.array([0, 1])})
+        faithfulness.perturbation_curves(image, good, model, **{**kw, "target": np.array([0, 1])})
     with pytest.raises(ValueError, match="Invalid `steps`"):
-        M.perturbation_curves(image, good, model, **{**kw, "steps": 0})
+        faithfulness.perturbation_curves(image, good, model, **{**kw, "steps": 0})
     with pytest.raises(ValueError, match=r"`maps` must have shape \(1, 16, 16\) to match `images`"):
-        M.perturbation_curves(image, good[:, :4], model, **kw)
+        faithfulness.perturbation_curves(image, good[:, :4], model, **kw)
     with pytest.raises(ValueError, match="`images` must be uint8"):
-        M.perturbation_curves(image.astype(np.float32), good, model, **kw)
+        faithfulness.perturbation_curves(image.astype(np.float32), good, model, **kw)
 
 
 def test_curves_of_several_images_share_model_calls_without_mixing_them_up():
@@ -385,9 +375,11 @@ def test_curves_of_several_images_share_model_calls_without_mixing_them_up():
     model = checker_model()
     kw = dict(output="city", normalization="unit", steps=8)
     # batch_size 20 puts two images' 9 + 9 copies in a call (the last call holds one image).
-    together = M.perturbation_curves(images, maps, model, target=target, batch_size=20, **kw)
+    together = faithfulness.perturbation_curves(images, maps, model, target=target, batch_size=20, **kw)
     for i in range(5):
-        alone = M.perturbation_curves(images[i : i + 1], maps[i : i + 1], model, target=target[i : i + 1], **kw)
+        alone = faithfulness.perturbation_curves(
+            images[i : i + 1], maps[i : i + 1], model, target=target[i : i + 1], **kw
+        )
         for kind in ("deletion", "insertion"):
             # Batches of other shapes may run other float kernels: probabilities agree to float32 rounding.
             np.testing.assert_allclose(together[kind][i], alone[kind][0], atol=1e-6)
@@ -403,18 +395,18 @@ def test_rank_correlation_matches_scipy_and_handles_constant_maps():
     a[2] = np.round(a[2], 1)  # ties
     b = rng.random((3, 5, 5))
     expected = [stats.spearmanr(a[i].ravel(), b[i].ravel())[0] for i in range(3)]
-    np.testing.assert_allclose(M.rank_correlation(a, b), expected, atol=1e-6)
-    np.testing.assert_allclose(M.rank_correlation(a, a), 1.0, atol=1e-6)
-    np.testing.assert_allclose(M.rank_correlation(a, -a), -1.0, atol=1e-6)
-    assert M.rank_correlation(a[:1], np.zeros((1, 5, 5)))[0] == 0.0
+    np.testing.assert_allclose(sanity.rank_correlation(a, b), expected, atol=1e-6)
+    np.testing.assert_allclose(sanity.rank_correlation(a, a), 1.0, atol=1e-6)
+    np.testing.assert_allclose(sanity.rank_correlation(a, -a), -1.0, atol=1e-6)
+    assert sanity.rank_correlation(a[:1], np.zeros((1, 5, 5)))[0] == 0.0
     with pytest.raises(ValueError, match="must have the same shape"):
-        M.rank_correlation(a, b[:2])
+        sanity.rank_correlation(a, b[:2])
 
 
 def test_random_logit_targets_draw_uniformly_among_the_other_classes():
     logits = np.zeros((3000, 4), np.float32)
     target = np.arange(3000) % 4
-    other = M.random_logit_targets(logits, target, seed=1)
+    other = sanity.random_logit_targets(logits, target, seed=1)
     assert other.dtype == np.int64 and other.shape == (3000,)
     assert (other != target).all() and other.min() >= 0 and other.max() <= 3
     # For each target, each of the 3 other classes about a third of 750 times (standard error about 0.017).
@@ -422,47 +414,53 @@ def test_random_logit_targets_draw_uniformly_among_the_other_classes():
         shares = np.bincount(other[target == k], minlength=4) / 750
         assert shares[k] == 0
         np.testing.assert_allclose(np.delete(shares, k), 1 / 3, atol=0.07)
-    np.testing.assert_array_equal(other, M.random_logit_targets(logits, target, seed=1))
-    assert (other != M.random_logit_targets(logits, target, seed=2)).any()
+    np.testing.assert_array_equal(other, sanity.random_logit_targets(logits, target, seed=1))
+    assert (other != sanity.random_logit_targets(logits, target, seed=2)).any()
     # With two classes there is one other.
-    np.testing.assert_array_equal(M.random_logit_targets(np.zeros((3, 2)), np.array([0, 1, 1])), [1, 0, 0])
+    np.testing.assert_array_equal(sanity.random_logit_targets(np.zeros((3, 2)), np.array([0, 1, 1])), [1, 0, 0])
 
 
 def test_random_logit_test_passes_a_class_sensitive_map_and_fails_a_class_blind_one():
     rng = np.random.default_rng(11)
     per_class = rng.random((3, 8, 8))  # a class-sensitive "method": a different map for every class
     target = np.array([0, 1, 2, 0])
-    other = M.random_logit_targets(np.zeros((4, 3)), target)
-    assert (np.abs(M.rank_correlation(per_class[target], per_class[other])) < 0.5).all()
+    other = sanity.random_logit_targets(np.zeros((4, 3)), target)
+    assert (np.abs(sanity.rank_correlation(per_class[target], per_class[other])) < 0.5).all()
     edges = rng.random((4, 8, 8))  # a class-blind one: the same map whatever the class
-    np.testing.assert_allclose(M.rank_correlation(edges, edges), 1.0, atol=1e-6)
+    np.testing.assert_allclose(sanity.rank_correlation(edges, edges), 1.0, atol=1e-6)
 
 
 def test_random_logit_targets_validate_their_arguments():
     with pytest.raises(ValueError, match=r"`logits` must have shape \(n, C\) with C >= 2"):
-        M.random_logit_targets(np.zeros((3, 1)), np.zeros(3, int))
+        sanity.random_logit_targets(np.zeros((3, 1)), np.zeros(3, int))
     with pytest.raises(ValueError, match=r"`logits` must have shape"):
-        M.random_logit_targets(np.zeros(3), np.zeros(3, int))
+        sanity.random_logit_targets(np.zeros(3), np.zeros(3, int))
     with pytest.raises(ValueError, match=r"`target` must be int of shape \(3,\)"):
-        M.random_logit_targets(np.zeros((3, 4)), np.zeros(2, int))
+        sanity.random_logit_targets(np.zeros((3, 4)), np.zeros(2, int))
     with pytest.raises(ValueError, match="`target` must be int"):
-        M.random_logit_targets(np.zeros((3, 4)), np.zeros(3))
+        sanity.random_logit_targets(np.zeros((3, 4)), np.zeros(3))
     with pytest.raises(ValueError, match=r"`target` must be in \[0, 4\)"):
-        M.random_logit_targets(np.zeros((3, 4)), np.array([0, 4, 1]))
+        sanity.random_logit_targets(np.zeros((3, 4)), np.array([0, 4, 1]))
 
 
 def test_randomization_layers_go_from_the_output_down_through_the_backbone():
     model = convention_model(32)
-    assert M.randomization_layers(model, output="city") == ["city_logits", "fc2", "fc1", "block5_conv3", "block1_conv1"]
-    assert "region_logits" in M.randomization_layers(model)
+    assert sanity.randomization_layers(model, output="city") == [
+        "city_logits",
+        "fc2",
+        "fc1",
+        "block5_conv3",
+        "block1_conv1",
+    ]
+    assert "region_logits" in sanity.randomization_layers(model)
 
 
 def test_randomization_check_randomises_a_copy_only():
     model = convention_model(32)
     weights = [w.copy() for w in model.get_weights()]
     x = random_inputs(4, 32)
-    result = M.randomization_check(x, model, output="city", seed=0)
-    assert result["layers"] == M.randomization_layers(model, output="city")
+    result = sanity.randomization_check(x, model, output="city", seed=0)
+    assert result["layers"] == sanity.randomization_layers(model, output="city")
     for method in ORIGINAL:
         corr = result["spearman"][method]
         assert corr.shape == (5, 4) and np.all(np.abs(corr) <= 1)
@@ -472,7 +470,7 @@ def test_randomization_check_randomises_a_copy_only():
     for before, after in zip(weights, model.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
     with pytest.raises(ValueError, match="Invalid `methods`"):
-        M.randomization_check(x, model, methods=("lime",))
+        sanity.randomization_check(x, model, methods=("lime",))
 
 
 def small_flat_model():
@@ -502,83 +500,107 @@ def test_randomisation_correlations_agree_with_quantus_mprt_on_the_same_maps():
         model=model, x_batch=x, y_batch=y, a_batch=None, explain_func=explain_func, channel_first=False
     )
     # Quantus randomises the same layers in the same order (it permutes weights, we redraw them).
-    assert list(theirs)[1:] == M.randomization_layers(model)
+    assert list(theirs)[1:] == sanity.randomization_layers(model)
     original, randomised = seen[1], seen[2:]
     for layer, maps in zip(list(theirs)[1:], randomised, strict=True):
         expected = np.asarray(theirs[layer], dtype=np.float64)
         defined = np.isfinite(expected)  # scipy gives NaN for a constant map, where we give 0
         assert defined.sum() >= 3
-        np.testing.assert_allclose(M.rank_correlation(original, maps)[defined], expected[defined], atol=1e-5)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Beyond one image
-
-
-def test_street_features_by_hand():
-    images = np.zeros((4, 8, 8, 3), np.uint8)
-    images[:, :4, 4:] = 200  # a bright top-right corner
-    cams = np.zeros((4, 8, 8), np.float32)
-    cams[:, :4, 4:] = [[1.0]], [[0.5]], [[0.8]], [[1.0]]
-    labels = np.array([0, 0, 1, 1])
-    predicted = np.array([0, 0, 1, 0])  # image 3 is misclassified
-    f = M.street_features(images, cams, labels, predicted, num_classes=3, patch_size=4, top=8)
-    np.testing.assert_array_equal(f["counts"], [2, 1, 0])
-    np.testing.assert_allclose(f["mean_cams"][0], (cams[0] + cams[1]) / 2)
-    np.testing.assert_array_equal(f["mean_cams"][2], 0.0)
-    assert f["patches"][0].shape == (2, 4, 4, 3) and (f["patches"][0] == 200).all()
-    np.testing.assert_array_equal(f["patch_info"][0]["index"], [0, 1])  # best first
-    np.testing.assert_array_equal(f["patch_info"][0]["yx"], [[0, 4], [0, 4]])
-    np.testing.assert_allclose(f["patch_info"][0]["score"], [1.0, 0.5])
-    assert f["patches"][2].shape == (0, 4, 4, 3)
-    spec = ClassSpec.from_dict({"name": "three", "regions": {"west": ["a", "b"], "east": ["c"]}})
-    gallery = plots.plot_patch_gallery(f["patches"], classes=spec)
-    assert [ax.get_title(loc="left") for ax in gallery.axes[::2]] == ["a", "b", "c"]
-    assert len(gallery.axes[0].images) == 1 and len(gallery.axes[2].images) == 1 and not gallery.axes[4].images
-    means = plots.plot_mean_cams(f["mean_cams"], f["counts"], classes=spec)
-    assert [ax.get_title() for ax in means.axes] == ["a (n=2)", "b (n=1)", "c (n=0)"]
-    with pytest.raises(ValueError, match="one entry per class of 'street10'"):
-        plots.plot_mean_cams(f["mean_cams"], f["counts"], classes=STREET10)
-    with pytest.raises(ValueError, match="`patches` needs one entry per class"):
-        plots.plot_patch_gallery(f["patches"], classes=STREET10)
-    with pytest.raises(ValueError, match="Invalid `patch_size`"):
-        M.street_features(images, cams, labels, predicted, num_classes=3, patch_size=9)
-    with pytest.raises(ValueError, match="must match `images`"):
-        M.street_features(images, cams, labels[:3], predicted, num_classes=3)
-
-
-def test_quadrants_are_cut_in_reading_order_and_explained():
-    image = np.zeros((40, 60, 3), np.uint8)
-    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
-    image[:20, :30], image[:20, 30:], image[20:, :30], image[20:, 30:] = colours
-    quads = M.quadrant_images(image, size=16)
-    assert quads.shape == (4, 16, 16, 3)
-    for q, colour in zip(quads, colours, strict=True):
-        np.testing.assert_array_equal(q[8, 8], colour)
-    with pytest.raises(ValueError, match="must be uint8 RGB"):
-        M.quadrant_images(image[:1], size=16)
-    model = convention_model(32)
-    quads, ex = M.explain_quadrants(image, model, normalization="samplewise")
-    assert quads.shape == (4, 32, 32, 3)
-    assert ex["city"].maps.shape == (4, 32, 32) and ex["city"].method == "grad_cam"
-    fig = plots.plot_quadrants(quads, ex["city"], classes=STREET10)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert titles[:4] == ["top left", "top right", "bottom left", "bottom right"]
-    assert titles[4].startswith(STREET10.classes[ex["city"].target[0]] + " ")
-    np.testing.assert_allclose(
-        ex["city"].logits,
-        explainer.explainer(model).logits(explainer.model_inputs(quads, normalization="samplewise")),
-        atol=1e-5,
-    )
+        np.testing.assert_allclose(sanity.rank_correlation(original, maps)[defined], expected[defined], atol=1e-5)
 
 
 def test_pixel_ranks_order_by_value_and_break_ties_at_random():
     # Two distinct values and a tie of six pixels: the larger values come first, the tie's order depends on the seed.
     map_ = np.array([[0.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, 9.0]])
-    ranks = [M.pixel_ranks(map_, np.random.default_rng(seed)) for seed in range(20)]
+    ranks = [faithfulness.pixel_ranks(map_, np.random.default_rng(seed)) for seed in range(20)]
     for rank in ranks:
         assert sorted(rank) == list(range(8))
         assert rank[7] == 0 and rank[4] == 1
     ties = {tuple(rank[[0, 1, 2, 3, 5, 6]]) for rank in ranks}
     assert len(ties) > 1
-    assert np.array_equal(M.pixel_ranks(map_, np.random.default_rng(3)), ranks[3])
+    assert np.array_equal(faithfulness.pixel_ranks(map_, np.random.default_rng(3)), ranks[3])
+
+
+def test_either_curve_alone_is_the_same_as_both():
+    # The leaderboard scores deletion_auc and insertion_auc one at a time: the ties are broken by the same draws, so
+    # each equals its half of the curves computed together.
+    rng = np.random.default_rng(12)
+    images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    maps = np.round(rng.random((5, 16, 16)), 1).astype(np.float32)  # rounded: many ties
+    target = np.array([0, 1, 0, 1, 1])
+    model = checker_model()
+    kw = dict(output="city", target=target, normalization="unit", steps=4, seed=3)
+    both = faithfulness.perturbation_curves(images, maps, model, **kw)
+    for kind in faithfulness.CURVES:
+        alone = faithfulness.perturbation_curves(images, maps, model, kinds=(kind,), **kw)
+        assert set(alone) == {"fractions", kind, f"{kind}_auc"}
+        np.testing.assert_array_equal(alone[kind], both[kind])
+    np.testing.assert_array_equal(
+        faithfulness.deletion_auc(maps, images=images, model=model, **kw), both["deletion_auc"]
+    )
+    np.testing.assert_array_equal(
+        faithfulness.insertion_auc(maps, images=images, model=model, **kw), both["insertion_auc"]
+    )
+    for kinds in ("deletion", (), ("erosion",)):
+        with pytest.raises(ValueError, match="Invalid `kinds`"):
+            faithfulness.perturbation_curves(images, maps, model, kinds=kinds, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry
+
+
+def test_every_metric_is_registered_once_with_what_it_needs():
+    assert list(METRICS) == [
+        "pointing_game",
+        "relevance_mass_accuracy",
+        "relevance_rank_accuracy",
+        "mask_auc",
+        "deletion_auc",
+        "insertion_auc",
+        "random_logit",
+        "randomization",
+        "data_randomization",
+    ]
+    assert of_family("localization") == (
+        "pointing_game",
+        "relevance_mass_accuracy",
+        "relevance_rank_accuracy",
+        "mask_auc",
+    )
+    assert of_family("sanity") == ("random_logit", "randomization", "data_randomization")
+    for metric in METRICS.values():
+        assert set(metric.needs) <= set(INPUTS) and metric.description
+        # Localisation needs masks and never runs the model; the others run it (the leaderboard's control images).
+        assert ("masks" in metric.needs) == (metric.family == "localization") == (not metric.runs_model)
+    assert get_metric("pointing_game").needs == ("masks", "tolerance") and get_metric("pointing_game").hits
+    assert [m.direction for m in METRICS.values()].count("lower") == 4  # deletion and the three sanity checks
+    masks = quarter_mask(2)
+    given = {"masks": masks, "tolerance": 1}
+    np.testing.assert_allclose(get_metric("mask_auc").chance_of(given, 2), [0.5, 0.5])
+    np.testing.assert_allclose(get_metric("relevance_mass_accuracy").chance_of(given, 2), [0.25, 0.25])
+    np.testing.assert_allclose(
+        get_metric("pointing_game").chance_of(given, 2), localization.widened_area(masks, tolerance=1)
+    )
+    assert np.isnan(get_metric("insertion_auc").chance_of(given, 2)).all()
+    assert get_metric("data_randomization").available({"permuted_model": None, "explain": len, "target": 0}) is False
+    with pytest.raises(ValueError, match="Invalid `metric`. Expected one of"):
+        get_metric("energy_pointing_game")
+    with pytest.raises(ValueError, match="Invalid `family`"):
+        of_family("fidelity")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"direction": "up"}, "Invalid `direction`"),
+        ({"family": "fidelity"}, "Invalid `family`"),
+        ({"chance": "half"}, "Invalid `chance`"),
+        ({"function": lambda maps, labels: maps}, r"Invalid parameters \['labels'\] of '<lambda>'"),
+        ({"chance": lambda areas: areas}, r"Invalid parameters \['areas'\]"),
+    ],
+)
+def test_a_bad_metric_is_refused_when_made(kwargs, match):
+    given = {"name": "toy", "function": lambda maps, masks: maps, "direction": "higher", "family": "localization"}
+    with pytest.raises(ValueError, match=match):
+        Metric(**{**given, **kwargs})

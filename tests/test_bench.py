@@ -7,36 +7,36 @@ import keras
 import numpy as np
 import pytest
 
-from streetlib.benchmarks import bench
+from streetlib.benchmarks import bench, comparison, explainers, method_costs, pipelines, throughput
 from streetlib.data.pipeline import make_dataset
 
 
 def test_vgg16_flops_match_the_published_count():
     # VGG16's 13 conv layers: 15.35 G multiply-adds at 224 px (30.7 GFLOP); the cost scales with the pixel count.
-    assert bench.vgg16_flops(224) == pytest.approx(30.7e9, rel=0.01)
-    assert bench.vgg16_flops(112) == pytest.approx(bench.vgg16_flops(224) / 4, rel=0.01)
+    assert throughput.vgg16_flops(224) == pytest.approx(30.7e9, rel=0.01)
+    assert throughput.vgg16_flops(112) == pytest.approx(throughput.vgg16_flops(224) / 4, rel=0.01)
 
 
 def test_legacy_generator_feeds_what_our_pipeline_feeds():
-    data = bench._street_data(20, 32)
+    data = pipelines.street_data(20, 32)
     idx = np.arange(20)
     ours_x, ours_y = next(iter(make_dataset(data, idx, batch_size=20, normalization="samplewise")))
-    ref_x, ref_y = next(bench.legacy_generator(data, idx, batch_size=20, augment=False))
+    ref_x, ref_y = next(pipelines.legacy_generator(data, idx, batch_size=20, augment=False))
     np.testing.assert_allclose(ours_x.numpy(), ref_x, atol=1e-4)
     np.testing.assert_array_equal(ref_y["city"].argmax(1), ours_y["city"].numpy())
     np.testing.assert_array_equal(ref_y["region"].argmax(1), ours_y["region"].numpy())
-    augmented, _ = next(bench.legacy_generator(data, idx, batch_size=20, augment=True))
+    augmented, _ = next(pipelines.legacy_generator(data, idx, batch_size=20, augment=True))
     assert not np.allclose(augmented, ref_x)
 
 
 def test_original_grad_cam_loop_gives_one_max_normalised_map_per_image():
     from streetlib.attribution.explainer import Explainer
 
-    model = bench._flat_vgg16(32, num_classes=3)
+    model = explainers.flat_vgg16(32, num_classes=3)
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
     targets = np.argmax(model.predict(x, verbose=0), axis=1)
     ours = Explainer(model, layer="block5_conv3").grad_cam(x, output="city", target=targets).maps
-    original = bench.original_grad_cam(model, x, targets)
+    original = explainers.original_grad_cam(model, x, targets)
     assert original.shape == np.asarray(ours).shape == (3, 2, 2)
     assert np.isfinite(original).all()
     peaks = original.reshape(3, -1).max(axis=1)
@@ -44,11 +44,11 @@ def test_original_grad_cam_loop_gives_one_max_normalised_map_per_image():
 
 
 def test_comparison_ratios_point_the_better_way():
-    speed = bench.Comparison("x", {"ours": [10.0, 12.0]}, {"ref": [2.0, 2.0]}, "img/s", 5.0)
+    speed = comparison.Comparison("x", {"ours": [10.0, 12.0]}, {"ref": [2.0, 2.0]}, "img/s", 5.0)
     assert speed.ratios == {"ref": pytest.approx(5.5)}
-    time = bench.Comparison("x", {"ours": [1.0]}, {"ref": [8.0]}, "s", 8.0)
+    time = comparison.Comparison("x", {"ours": [1.0]}, {"ref": [8.0]}, "s", 8.0)
     assert time.ratios == {"ref": 8.0}
-    memory = bench.Comparison("x", {"ours": [700.0]}, {"uint8": [625.0]}, "MB", 1 / 1.3)
+    memory = comparison.Comparison("x", {"ours": [700.0]}, {"uint8": [625.0]}, "MB", 1 / 1.3)
     assert memory.ratios["uint8"] == pytest.approx(625 / 700)
 
 
@@ -63,9 +63,9 @@ def test_markdown_report_names_machine_command_and_verdicts():
         },
         "quick": False,
         "comparisons": [
-            bench.Comparison("pipeline", {"ours": [600.0]}, {"IDG": [200.0]}, "img/s", 5.0, check="same batches"),
-            bench.Comparison("memory", {"ours": [650.0]}, {"uint8": [625.0]}, "MB", 1 / 1.3),
-            bench.Comparison(
+            comparison.Comparison("pipeline", {"ours": [600.0]}, {"IDG": [200.0]}, "img/s", 5.0, check="same batches"),
+            comparison.Comparison("memory", {"ours": [650.0]}, {"uint8": [625.0]}, "MB", 1 / 1.3),
+            comparison.Comparison(
                 "cam", {"ours": [10.0]}, {"loop": [2.0], "peer": [3.0]}, "img/s", {"loop": 4.0, "peer": 3.0}
             ),
         ],
@@ -101,7 +101,7 @@ def test_markdown_report_names_machine_command_and_verdicts():
 @pytest.fixture(scope="module")
 def attribution_comparisons():
     pytest.importorskip("tf_keras_vis")
-    return bench.bench_attribution(size=32, batch=2, repeats=1, scorecam_batch=1, smoothgrad_samples=2)
+    return explainers.bench_attribution(size=32, batch=2, repeats=1, scorecam_batch=1, smoothgrad_samples=2)
 
 
 METHOD_NAMES = ("Grad-CAM++", "LayerCAM", "Saliency", "SmoothGrad", "Score-CAM")
@@ -162,7 +162,7 @@ def test_score_cam_memory_is_measured_against_tf_keras_vis(attribution_compariso
 def test_same_noise_refuses_a_draw_it_does_not_expect_and_restores_numpy():
     x = np.zeros((2, 4, 4, 3), np.float32)
     draw = np.random.normal
-    with bench._same_noise(x, samples=3, seed=0):
+    with explainers._same_noise(x, samples=3, seed=0):
         noise = np.random.normal(0.0, np.ones((3, 2, 1, 1, 1), np.float32), (3, 2, 4, 4, 3))
         with pytest.raises(RuntimeError, match="update _same_noise"):
             np.random.normal(0.0, 1.0, (2, 3, 4, 4, 3))
@@ -174,7 +174,7 @@ def test_same_noise_refuses_a_draw_it_does_not_expect_and_restores_numpy():
 
 def test_run_all_reports_every_comparison_of_a_step_that_returns_several(monkeypatch):
     def one(name):
-        return lambda **_: bench.Comparison(name, {"ours": [2.0]}, {"ref": [1.0]}, "img/s", 1.0)
+        return lambda **_: comparison.Comparison(name, {"ours": [2.0]}, {"ref": [1.0]}, "img/s", 1.0)
 
     for fn in ("bench_input_pipeline", "bench_transfer", "bench_grad_cam", "bench_predict", "bench_memory"):
         monkeypatch.setattr(bench, fn, one(fn))
@@ -224,24 +224,24 @@ def test_quick_bench_prints_and_leaves_the_recorded_benchmarks_alone(monkeypatch
 
 
 @pytest.fixture(scope="module")
-def method_costs():
+def quick_costs():
     # What `streetlib bench --quick` runs.
-    return bench.bench_method_costs(**bench.method_costs_settings(quick=True))
+    return method_costs.bench_method_costs(**method_costs.method_costs_settings(quick=True))
 
 
-def test_every_registry_method_has_one_positive_finite_cost(method_costs):
+def test_every_registry_method_has_one_positive_finite_cost(quick_costs):
     from streetlib.attribution.registry import METHODS
 
-    rows = method_costs["rows"]
+    rows = quick_costs["rows"]
     assert [r["method"] for r in rows] == list(METHODS)
-    settings = bench.method_costs_settings(quick=True)
+    settings = method_costs.method_costs_settings(quick=True)
     for r in rows:
         assert np.isfinite(r["cost"]) and r["cost"] > 0, r
         assert np.isfinite(r["seconds_per_image"]) and r["seconds_per_image"] > 0, r
         # Over a forward pass of the method's own batch size: the costly methods on their smaller batch.
-        costly = r["method"] in bench.COSTLY_METHODS
+        costly = r["method"] in method_costs.COSTLY_METHODS
         assert r["batch"] == (settings["costly_batch"] if costly else settings["batch"])
-        assert r["forward_seconds_per_image"] == method_costs["forward"][r["batch"]]
+        assert r["forward_seconds_per_image"] == quick_costs["forward"][r["batch"]]
         assert r["cost"] == pytest.approx(r["seconds_per_image"] / r["forward_seconds_per_image"])
         # Every parameter is stated, the registry's defaults included, with the settings' values where they set one.
         assert r["params"] == {**METHODS[r["method"]].params, **settings["params"].get(r["method"], {})}
@@ -260,7 +260,7 @@ class _ImagesSeen(keras.layers.Layer):
 
 
 def _counting_model(size, num_classes=10, seed=0, *, regions=None):
-    """A small stand-in for `bench._flat_vgg16`: the same two heads over a convolution named block5_conv3 (6
+    """A small stand-in for `explainers.flat_vgg16`: the same two heads over a convolution named block5_conv3 (6
     channels), with `_ImagesSeen` first."""
     keras.utils.set_random_seed(seed)
     images = keras.Input((size, size, 3))
@@ -279,8 +279,9 @@ def test_costs_count_the_forward_passes_each_method_makes(monkeypatch):
     # then exactly its forward passes per image, and it matches the count its docstring states only if every pass
     # of the timed call is timed, with the stated parameters, over one pass per image of the forward batch.
     _ImagesSeen.total = keras.Variable(0.0, trainable=False, name="images_seen")
-    monkeypatch.setattr(bench, "_flat_vgg16", _counting_model)
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: float(_ImagesSeen.total.numpy())))
+    monkeypatch.setattr(method_costs, "flat_vgg16", _counting_model)
+    clock = types.SimpleNamespace(perf_counter=lambda: float(_ImagesSeen.total.numpy()))
+    monkeypatch.setattr(method_costs, "time", clock)
     size, samples, steps, masks = 16, 3, 5, 7
     params = {
         "smoothgrad": {"samples": samples, "seed": 0},
@@ -288,7 +289,7 @@ def test_costs_count_the_forward_passes_each_method_makes(monkeypatch):
         "occlusion": {"patch": 4, "stride": 4},
         "rise": {"masks": masks, "seed": 0},
     }
-    costs = bench.bench_method_costs(size=size, batch=4, costly_batch=2, params=params, repeats=2, budget=1e9)
+    costs = method_costs.bench_method_costs(size=size, batch=4, costly_batch=2, params=params, repeats=2, budget=1e9)
     assert costs["forward"] == {4: 1.0, 2: 1.0}
     cost = {r["method"]: r["cost"] for r in costs["rows"]}
     # The docstrings' "Cost per image": one pass to pick the class, then one per channel, sample, step, position
@@ -306,20 +307,20 @@ def test_costs_count_the_forward_passes_each_method_makes(monkeypatch):
     assert cost == {name: expected.get(name, 1.0) for name in cost}
 
 
-def test_method_costs_table_is_in_the_markdown(method_costs):
+def test_method_costs_table_is_in_the_markdown(quick_costs):
     results = {
         "environment": {"date": "d", "cpu": "AMD EPYC", "cores": 2, "python": "3.11", "versions": {}},
         "quick": True,
         "comparisons": [],
         "vgg16": {"peak_flops": 1e11, "batch": 8, "rows": []},
-        "method_costs": method_costs,
+        "method_costs": quick_costs,
     }
     text = bench.to_markdown(results, command="streetlib bench --quick")
     assert "## Attribution methods: cost per image in forward passes" in text
     header = "| method | family | differentiates / layer | params | seconds per image | cost (x forward) |"
     table = text.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
-    assert len(table) == len(method_costs["rows"])
-    for line, r in zip(table, method_costs["rows"], strict=True):
+    assert len(table) == len(quick_costs["rows"])
+    for line, r in zip(table, quick_costs["rows"], strict=True):
         assert line.startswith(f"| {r['method']} | {r['family']} | ") and line.endswith(f" | {r['cost']:.3g}x |")
     (rise,) = [line for line in table if line.startswith("| rise |")]
     assert "masks=64" in rise and "(batch of" not in rise  # quick mode: every method on the same batch of 2

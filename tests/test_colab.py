@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from streetlib import colab, paths
-from streetlib.experiments import runner
+from streetlib.experiments import parameters, runner
 
 
 def _checkout(tmp_path):
@@ -27,7 +27,7 @@ def test_the_committed_notebooks_and_readme_follow_the_one_setting(tmp_path):
     assert colab.sync(root) == []  # nothing to write: they already agree
     spec = colab.install_spec(colab.settings(root))
     for notebook in runner.list_notebooks(root / "notebooks"):
-        assert runner.notebook_parameters(notebook)["colab_install"] == spec
+        assert parameters.notebook_parameters(notebook)["colab_install"] == spec
     badges = _badges(root / "README.md")
     assert len(badges) == len(runner.list_notebooks(root / "notebooks"))
     assert all(colab.badge_base(colab.settings(root)) in line for line in badges)
@@ -40,7 +40,7 @@ def test_a_fork_changes_one_table_and_every_notebook_and_badge_follows(tmp_path)
     assert root / "pyproject.toml" in changed and root / "README.md" in changed
     assert colab.settings(root) == {"repository": "ada/streetlib-fork", "ref": "0123abc", "branch": "dev"}
     for notebook in runner.list_notebooks(root / "notebooks"):
-        params = runner.notebook_parameters(notebook)
+        params = parameters.notebook_parameters(notebook)
         assert params["colab_install"] == "git+https://github.com/ada/streetlib-fork@0123abc"
         # Only that line changed: every other cell and line is as it was.
         old, new = before[notebook.name], json.loads(notebook.read_text())

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from streetlib.attribution import concepts as C
-from streetlib.attribution import metrics
+from streetlib.attribution import plots
+from streetlib.attribution.concepts import activations, config, discover, doersch, report, score
+from streetlib.attribution.metrics import intervals, sanity
 from streetlib.data import synth
 from streetlib.data.loaders import load_dataset
 from streetlib.evaluation import stats
@@ -76,7 +77,7 @@ def planted_data(n, seed):
     return images, masks, labels
 
 
-SPEC = C.ConceptSpec(n_concepts=3, resamples=200, top_patches=4)
+CONFIG = config.ConceptConfig(n_concepts=3, resamples=200, top_patches=4)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,8 @@ def planted():
 @pytest.fixture(scope="module")
 def found(planted):
     images, _, labels, model = planted
-    return C.discover_concepts(
-        images, model, normalization="unit", output="region", target_class=1, labels=labels, spec=SPEC
+    return discover.discover_concepts(
+        images, model, normalization="unit", output="region", target_class=1, labels=labels, config=CONFIG
     )
 
 
@@ -112,7 +113,7 @@ def test_discovery_shapes_and_selection(planted, found):
 
 def test_nmf_recovers_the_planted_concept_and_ranks_it_first(planted, found):
     _, masks, _, _ = planted
-    table = C.concept_table(found, masks)
+    table = score.concept_table(found, masks)
     best = table.iloc[0]
     assert best["concept"] == found.order[0] and best["rank"] == 1
     # The square's concept: most of its mass on the square (chance 6%), and the only one the class logit reads.
@@ -150,9 +151,12 @@ def test_concept_importance_by_hand():
     g = np.array([[1, 2], [3, -1]], np.float32).reshape(1, 1, 2, 2)
     w = np.array([[1, 0], [1, 1]], np.float32)
     u = np.array([[2, 0], [1, 4]], np.float32).reshape(1, 1, 2, 2)
-    np.testing.assert_array_equal(C.concept_importance(u, g, w), [[5.0, 8.0]])
+    # Summed over positions, as `discover_concepts` sums them into each image's importance.
+    np.testing.assert_array_equal(discover.concept_contributions(u, g, w).sum(axis=(1, 2)), [[5.0, 8.0]])
     # Position by position: concept 0 gives 2 * 1 and 1 * 3, concept 1 gives 0 * 3 and 4 * 2; the sums above.
-    np.testing.assert_array_equal(C.concept_contributions(u, g, w), np.array([[2, 0], [3, 8]]).reshape(1, 1, 2, 2))
+    np.testing.assert_array_equal(
+        discover.concept_contributions(u, g, w), np.array([[2, 0], [3, 8]]).reshape(1, 1, 2, 2)
+    )
 
 
 def test_contribution_maps_are_where_a_concept_raises_the_logit(planted, found):
@@ -164,8 +168,8 @@ def test_contribution_maps_are_where_a_concept_raises_the_logit(planted, found):
     # roundoff only, 1e-5 is far above it), and the concepts the logit ignores contribute nothing.
     picked = masks[found.indices]
     np.testing.assert_allclose(
-        C.concept_mask_share(found.contributions[..., k], picked),
-        C.concept_mask_share(found.maps[..., k], picked),
+        score.concept_mask_share(found.contributions[..., k], picked),
+        score.concept_mask_share(found.maps[..., k], picked),
         rtol=1e-5,
     )
     others = [j for j in range(3) if j != k]
@@ -175,36 +179,36 @@ def test_contribution_maps_are_where_a_concept_raises_the_logit(planted, found):
 def test_concept_maps_find_the_square_in_new_images(planted, found):
     _, _, _, model = planted
     images, masks, labels = planted_data(10, seed=5)
-    maps = C.concept_maps(images, model, found, normalization="unit")
+    maps = score.concept_maps(images, model, found, normalization="unit")
     assert maps.shape == (10, SIZE, SIZE, 3) and (maps >= 0).all()
     square = maps[labels == 1][..., found.order[0]]
-    assert C.concept_mask_share(square, masks[labels == 1]).min() > 0.6
+    assert score.concept_mask_share(square, masks[labels == 1]).min() > 0.6
     # No square, no concept: the class-0 images leave the square's concept silent.
     assert maps[labels == 0][..., found.order[0]].max() < 0.1 * square.max()
 
 
 def test_top_patches_show_the_square(planted, found):
     images, _, _, _ = planted
-    gallery = C.top_patches(images, found, int(found.order[0]), size=4)
+    gallery = discover.top_patches(images, found, int(found.order[0]), size=4)
     assert gallery["patches"].shape == (4, 4, 4, 3) and gallery["patches"].dtype == np.uint8
     assert (np.diff(gallery["score"]) <= 0).all()
     assert set(gallery["index"]) <= set(found.indices)
     # Each crop is centred on the concept's peak, inside the square: at least a quarter of it is white.
     assert ((gallery["patches"] == 255).all(axis=-1).mean(axis=(1, 2)) >= 0.25).all()
     with pytest.raises(ValueError, match="Invalid `k`"):
-        C.top_patches(images, found, 3)
+        discover.top_patches(images, found, 3)
     with pytest.raises(ValueError, match="Invalid `size`"):
-        C.top_patches(images, found, 0, size=SIZE + 1)
+        discover.top_patches(images, found, 0, size=SIZE + 1)
     with pytest.raises(ValueError, match="the array the concepts were found in"):
-        C.top_patches(images[:5], found, 0)
+        discover.top_patches(images[:5], found, 0)
 
 
 def test_gallery_is_a_figure_with_the_callers_title(planted, found):
     images, masks, _, _ = planted
-    shares = C.concept_table(found, masks).set_index("concept")["mask_share"].sort_index().to_numpy()
-    fig = C.plot_concept_gallery(images, found, title="planted squares - weights: by hand", shares=shares)
+    shares = score.concept_table(found, masks).set_index("concept")["mask_share"].sort_index().to_numpy()
+    fig = plots.plot_concept_gallery(images, found, title="planted squares - weights: by hand", shares=shares)
     assert isinstance(fig, Figure) and fig._suptitle.get_text() == "planted squares - weights: by hand"
-    assert len(fig.axes) == 3 * (1 + SPEC.top_patches)
+    assert len(fig.axes) == 3 * (1 + CONFIG.top_patches)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,7 +217,7 @@ def test_gallery_is_a_figure_with_the_callers_title(planted, found):
 
 def test_deleting_the_top_concept_drops_the_class_more_than_random_regions(planted, found):
     images, _, _, model = planted
-    drops = C.concept_deletion(
+    drops = score.concept_deletion(
         images[found.indices],
         model,
         found.maps[..., found.order[0]],
@@ -224,18 +228,22 @@ def test_deleting_the_top_concept_drops_the_class_more_than_random_regions(plant
     )
     assert set(drops) == {"clean", "concept", "random"}
     assert (drops["clean"] > 0.9).all()
-    mean, low, _ = metrics.bootstrap_interval(drops["concept"] - drops["random"], resamples=200)
+    mean, low, _ = intervals.bootstrap_interval(drops["concept"] - drops["random"], resamples=200)
     assert low > 0.5 and mean > 0.5
     # Removing the square takes the logit to its bias: probability 1 / (1 + e^2) = 0.12.
     np.testing.assert_allclose(drops["clean"] - drops["concept"], 1 / (1 + np.e**2), atol=1e-3)
     with pytest.raises(ValueError, match="Invalid `area`"):
-        C.concept_deletion(
+        score.concept_deletion(
             images[:2], model, found.maps[:2, ..., 0], normalization="unit", output="region", target=1, area=1.0
         )
     with pytest.raises(ValueError, match="Invalid `target`"):
-        C.concept_deletion(images[:2], model, found.maps[:2, ..., 0], normalization="unit", output="region", target=[1])
+        score.concept_deletion(
+            images[:2], model, found.maps[:2, ..., 0], normalization="unit", output="region", target=[1]
+        )
     with pytest.raises(ValueError, match="`maps` must have shape"):
-        C.concept_deletion(images[:2], model, found.maps[:3, ..., 0], normalization="unit", output="region", target=1)
+        score.concept_deletion(
+            images[:2], model, found.maps[:3, ..., 0], normalization="unit", output="region", target=1
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,31 +266,33 @@ def test_deleting_the_top_concept_drops_the_class_more_than_random_regions(plant
         ("layer", 3),
     ],
 )
-def test_bad_spec_values_name_the_argument(field, value):
+def test_bad_config_values_name_the_argument(field, value):
     with pytest.raises(ValueError, match=f"Invalid `{field}`.*Received: {field}="):
-        C.ConceptSpec(**{field: value})
+        config.ConceptConfig(**{field: value})
 
 
-def test_bad_patch_spec_values_name_the_argument():
+def test_bad_patch_config_values_name_the_argument():
     with pytest.raises(ValueError, match="Invalid `clusters`"):
-        C.PatchSpec(clusters=1)
+        config.PatchConfig(clusters=1)
     with pytest.raises(ValueError, match="Invalid `smoothing`"):
-        C.PatchSpec(smoothing=-1.0)
+        config.PatchConfig(smoothing=-1.0)
 
 
 def test_no_image_of_the_class_is_a_clear_error(planted):
     images, _, labels, model = planted
-    kwargs = dict(normalization="unit", output="region", target_class=1, spec=SPEC)
+    kwargs = dict(normalization="unit", output="region", target_class=1, config=CONFIG)
     with pytest.raises(ValueError, match="No image is labelled and predicted as class 1 of output 'region'"):
-        C.discover_concepts(images[labels == 0], model, labels=labels[labels == 0], **kwargs)
+        discover.discover_concepts(images[labels == 0], model, labels=labels[labels == 0], **kwargs)
     with pytest.raises(ValueError, match="`labels` are needed for selection='correct'"):
-        C.discover_concepts(images, model, **kwargs)
+        discover.discover_concepts(images, model, **kwargs)
     with pytest.raises(ValueError, match="Invalid `target_class`"):
-        C.discover_concepts(images, model, **{**kwargs, "target_class": 2}, labels=labels)
+        discover.discover_concepts(images, model, **{**kwargs, "target_class": 2}, labels=labels)
     with pytest.raises(ValueError, match="Invalid `n_concepts`: layer 'conv' has 4 channels"):
-        C.discover_concepts(images, model, **{**kwargs, "spec": C.ConceptSpec(n_concepts=5)}, labels=labels)
+        discover.discover_concepts(
+            images, model, **{**kwargs, "config": config.ConceptConfig(n_concepts=5)}, labels=labels
+        )
     with pytest.raises(ValueError, match="`labels` must have shape"):
-        C.discover_concepts(images, model, labels=labels[:3], **kwargs)
+        discover.discover_concepts(images, model, labels=labels[:3], **kwargs)
 
 
 def test_the_default_layer_moves_past_batch_norm_and_relu_and_negative_layers_are_refused():
@@ -293,13 +303,17 @@ def test_the_default_layer_moves_past_batch_norm_and_relu_and_negative_layers_ar
     x = keras.layers.ReLU(name="head_conv2_relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inp, keras.layers.Dense(2, name="region_logits")(x))
-    assert C.concept_layer(model) == "head_conv2_relu"
+    assert activations.concept_layer(model) == "head_conv2_relu"
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)).astype(np.uint8)
     kwargs = dict(normalization="samplewise", output="region", target_class=0, labels=np.zeros(6, np.int64))
-    found = C.discover_concepts(images, model, **kwargs, spec=C.ConceptSpec(n_concepts=2, selection="labelled"))
+    found = discover.discover_concepts(
+        images, model, **kwargs, config=config.ConceptConfig(n_concepts=2, selection="labelled")
+    )
     assert found.layer == "head_conv2_relu"
     with pytest.raises(ValueError, match="Invalid `layer`: .* of the activation mass of 'head_conv2' is negative"):
-        C.discover_concepts(images, model, **kwargs, spec=C.ConceptSpec(layer="head_conv2", selection="labelled"))
+        discover.discover_concepts(
+            images, model, **kwargs, config=config.ConceptConfig(layer="head_conv2", selection="labelled")
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,15 +322,15 @@ def test_the_default_layer_moves_past_batch_norm_and_relu_and_negative_layers_ar
 
 def test_patch_cluster_baseline_finds_the_square(planted):
     images, masks, labels, _ = planted
-    spec = C.PatchSpec(patch=4, stride=2, clusters=8, keep=3, resamples=200)
-    clusters = C.doersch_baseline(images, labels, target_class=1, spec=spec)
+    settings = config.PatchConfig(patch=4, stride=2, clusters=8, keep=3, resamples=200)
+    clusters = doersch.doersch_baseline(images, labels, target_class=1, config=settings)
     np.testing.assert_array_equal(clusters.indices, np.flatnonzero(labels == 1))
     assert clusters.maps.shape == (20, SIZE, SIZE, 3) and (np.diff(clusters.purity) <= 0).all()
-    table = C.concept_table(clusters, masks)
+    table = score.concept_table(clusters, masks)
     # Its purest cluster is made of patches on the square: far above chance, scored by the same function.
     assert table["purity"].iloc[0] > 0.9 and table["mask_share"].iloc[0] > 4 * CHANCE
     with pytest.raises(ValueError, match="needs images of class 1 and of other classes"):
-        C.doersch_baseline(images[labels == 1], labels[labels == 1], target_class=1, spec=spec)
+        doersch.doersch_baseline(images[labels == 1], labels[labels == 1], target_class=1, config=settings)
 
 
 def test_randomised_weights_lose_the_planted_concept(planted, found):
@@ -326,16 +340,16 @@ def test_randomised_weights_lose_the_planted_concept(planted, found):
     # link to the decision. Over a few random copies the top-ranked concept is, on average, far less on the square
     # than the trained model's, and at least one copy is near chance.
     images, masks, labels, model = planted
-    trained = C.concept_table(found, masks)["mask_share"].iloc[0]
-    spec = C.ConceptSpec(n_concepts=3, selection="labelled", resamples=200, nmf_max_iter=1000)
+    trained = score.concept_table(found, masks)["mask_share"].iloc[0]
+    settings = config.ConceptConfig(n_concepts=3, selection="labelled", resamples=200, nmf_max_iter=1000)
     tops = []
     for seed in range(6):
-        randomized = metrics.randomized_copy(model, output="region", seed=seed)
-        control = C.discover_concepts(
-            images, randomized, normalization="unit", output="region", target_class=1, labels=labels, spec=spec
+        randomized = sanity.randomized_copy(model, output="region", seed=seed)
+        control = discover.discover_concepts(
+            images, randomized, normalization="unit", output="region", target_class=1, labels=labels, config=settings
         )
         assert control.layer == "conv" and not np.allclose(control.bank, found.bank)
-        tops.append(C.concept_table(control, masks)["mask_share"].iloc[0])
+        tops.append(score.concept_table(control, masks)["mask_share"].iloc[0])
     assert np.mean(tops) < 0.5 * trained
     assert min(tops) < 2 * CHANCE
 
@@ -366,14 +380,14 @@ def degenerate_model(kind):
 RANKS = {"dead units": 2, "constant": 1, "all zero": 0}
 
 
-@pytest.mark.parametrize("init", C.NMF_INITS)
+@pytest.mark.parametrize("init", config.NMF_INITS)
 @pytest.mark.parametrize("kind", list(RANKS))
 def test_degenerate_activations_give_empty_concepts_not_nan(planted, kind, init):
     images, masks, labels, _ = planted
     model = degenerate_model(kind)
-    spec = C.ConceptSpec(n_concepts=3, selection="labelled", resamples=50, nmf_init=init)
-    found = C.discover_concepts(
-        images, model, normalization="unit", output="region", target_class=1, labels=labels, spec=spec
+    settings = config.ConceptConfig(n_concepts=3, selection="labelled", resamples=50, nmf_init=init)
+    found = discover.discover_concepts(
+        images, model, normalization="unit", output="region", target_class=1, labels=labels, config=settings
     )
     rank = RANKS[kind]
     assert found.rank == rank
@@ -384,9 +398,9 @@ def test_degenerate_activations_give_empty_concepts_not_nan(planted, kind, init)
     assert found.bank[:rank].any(axis=1).all()
     assert sorted(found.order[rank:]) == list(range(rank, 3))
     # An empty concept fires nowhere in new images either, and the table scores it at chance rather than NaN.
-    projected = C.concept_maps(images[:6], model, found, normalization="unit")
+    projected = score.concept_maps(images[:6], model, found, normalization="unit")
     assert np.isfinite(projected).all() and not projected[..., rank:].any()
-    table = C.concept_table(found, masks)
+    table = score.concept_table(found, masks)
     assert np.isfinite(table["mask_share"]).all()
     assert table.loc[table["concept"] >= rank, "mask_share"].to_numpy() == pytest.approx(CHANCE)
 
@@ -401,7 +415,7 @@ def test_null_directions_of_the_svd_never_reach_nndsvd(planted, monkeypatch):
     def svd_with_bad_null_directions(x, n_components, **_):
         u, s, vt = np.linalg.svd(x, full_matrices=False)
         u, s, vt = u[:, :n_components].copy(), s[:n_components].copy(), vt[:n_components].copy()
-        for j in np.flatnonzero(s <= C.RANK_TOLERANCE * s[0]):
+        for j in np.flatnonzero(s <= discover.RANK_TOLERANCE * s[0]):
             s[j] = 0.0
             u[:, j] = -np.abs(u[:, j]) / np.linalg.norm(u[:, j])
             vt[j] = np.eye(x.shape[1])[-1]
@@ -411,14 +425,14 @@ def test_null_directions_of_the_svd_never_reach_nndsvd(planted, monkeypatch):
     svd_name = "_randomized_svd" if hasattr(_nmf, "_randomized_svd") else "randomized_svd"
     monkeypatch.setattr(_nmf, svd_name, svd_with_bad_null_directions)
     images, _, labels, _ = planted
-    found = C.discover_concepts(
+    found = discover.discover_concepts(
         images,
         degenerate_model("dead units"),
         normalization="unit",
         output="region",
         target_class=1,
         labels=labels,
-        spec=C.ConceptSpec(n_concepts=3, selection="labelled", resamples=50),
+        config=config.ConceptConfig(n_concepts=3, selection="labelled", resamples=50),
     )
     assert found.rank == 2 and np.isfinite(found.maps).all() and np.isfinite(found.importance).all()
 
@@ -431,18 +445,24 @@ def test_a_factorisation_that_is_not_finite_is_one_clear_error(planted, monkeypa
         def fit_transform(self, flat):
             return np.full((len(flat), len(self.components_)), np.nan)
 
-    monkeypatch.setattr(C, "NMF", NaNFactorisation)
+    monkeypatch.setattr(discover, "NMF", NaNFactorisation)
     images, _, labels, model = planted
     with pytest.raises(ValueError, match=r"layer 'conv' did not converge.*nmf_init='random'"):
-        C.discover_concepts(
-            images, model, normalization="unit", output="region", target_class=1, labels=labels, spec=SPEC
+        discover.discover_concepts(
+            images, model, normalization="unit", output="region", target_class=1, labels=labels, config=CONFIG
         )
 
 
 def test_class_report_on_a_model_with_dead_units(planted, held_out):
     images, _, labels, _ = planted
-    table, _, _ = C.class_report(
-        images, labels, degenerate_model("dead units"), **held_out, normalization="unit", spec=SPEC, patch_spec=PATCHES
+    table, _, _ = report.class_report(
+        images,
+        labels,
+        degenerate_model("dead units"),
+        **held_out,
+        normalization="unit",
+        config=CONFIG,
+        patch_config=PATCHES,
     )
     square = table[table["class"] == 1].set_index("source")
     assert np.isfinite(square.loc["model", ["pooled_share", "per_image_share", "pooled_chance"]].to_numpy(float)).all()
@@ -455,7 +475,7 @@ def test_class_report_on_a_model_with_dead_units(planted, held_out):
 # ---------------------------------------------------------------------------------------------------------------
 # Every class: concepts found on discovery images, scored on held-out ones against the ground truth
 
-PATCHES = C.PatchSpec(patch=4, stride=2)
+PATCHES = config.PatchConfig(patch=4, stride=2)
 
 
 @pytest.fixture(scope="module")
@@ -469,17 +489,19 @@ def held_out():
 @pytest.fixture(scope="module")
 def discovery(planted):
     images, _, labels, model = planted
-    return C.discover_sources(
-        images, labels, model, normalization="unit", spec=SPEC, patch_spec=PATCHES, found_on="training images"
+    return discover.discover_sources(
+        images, labels, model, normalization="unit", config=CONFIG, patch_config=PATCHES, found_on="training images"
     )
 
 
-# The spec's seed also draws the randomised copy: the report's checks must hold whichever copy is drawn.
+# The configuration's seed also draws the randomised copy: the report's checks must hold whichever copy is drawn.
 @pytest.fixture(scope="module", params=[0, 1, 2, 3])
-def report(planted, held_out, request):
+def seeded_report(planted, held_out, request):
     images, _, labels, model = planted
-    spec = C.ConceptSpec(n_concepts=3, resamples=200, top_patches=4, seed=request.param)
-    return C.class_report(images, labels, model, **held_out, normalization="unit", spec=spec, patch_spec=PATCHES)
+    settings = config.ConceptConfig(n_concepts=3, resamples=200, top_patches=4, seed=request.param)
+    return report.class_report(
+        images, labels, model, **held_out, normalization="unit", config=settings, patch_config=PATCHES
+    )
 
 
 def test_pooled_share_weighs_each_image_by_the_concepts_mass_there():
@@ -488,7 +510,7 @@ def test_pooled_share_weighs_each_image_by_the_concepts_mass_there():
     maps = np.zeros((2, 4, 4))
     maps[0, :2, :2], maps[0, 3, 3] = 3.0, 3.0  # fires strongly: mass 15, of it 12 on the cue (0.8)
     maps[1] = 0.1  # a faint wash: mass 1.6, of it 0.4 on the cue (0.25, the chance level)
-    shares = C.pooled_shares(maps, masks, resamples=200)
+    shares = score.pooled_shares(maps, masks, resamples=200)
     # Per image 0.8 and 0.25, mean 0.525; pooled (12 + 0.4) / (15 + 1.6), the image where it fires counts most.
     assert shares["per_image_share"] == pytest.approx(0.525)
     assert shares["mask_share"] == pytest.approx(12.4 / 16.6)
@@ -497,23 +519,23 @@ def test_pooled_share_weighs_each_image_by_the_concepts_mass_there():
     # Chance is weighted by the mass too: a uniform map over a larger cue scores more, and counts more if it is heavier.
     masks[1, :2, :] = True  # half of image 1 is cue
     maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)])  # uniform maps, mass 16 and 48
-    shares = C.pooled_shares(maps, masks, resamples=200)
+    shares = score.pooled_shares(maps, masks, resamples=200)
     assert shares["chance"] == pytest.approx((0.25 * 16 + 0.5 * 48) / 64) == pytest.approx(shares["mask_share"])
     # A concept that fires nowhere counts as uniform on every image (as an all-zero map does per image).
-    shares = C.pooled_shares(np.zeros((2, 4, 4)), masks, resamples=200)
+    shares = score.pooled_shares(np.zeros((2, 4, 4)), masks, resamples=200)
     assert shares["mask_share"] == shares["per_image_share"] == pytest.approx(0.375) == shares["chance"]
     # An image without cue pixels has no share, and its mass (however large) must not pull chance down either.
     masks = np.concatenate([masks[:1], np.zeros((1, 4, 4), bool)])
     maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 100.0)])
-    shares = C.pooled_shares(maps, masks, resamples=200)
+    shares = score.pooled_shares(maps, masks, resamples=200)
     assert shares["images"] == 1 and shares["mask_share"] == pytest.approx(0.25) == shares["chance"]
 
 
 def test_share_differences_by_hand():
     # Two images: the concept fires with mass 15 and a share of 0.8 on the first, mass 1.6 and 0.25 on the second.
     shares, mass = np.array([0.8, 0.25]), np.array([15.0, 1.6])
-    np.testing.assert_allclose(C.share_differences(shares, 0.5), [0.3, -0.25])
-    pooled = C.share_differences(shares, 0.5, mass)
+    np.testing.assert_allclose(score.share_differences(shares, 0.5), [0.3, -0.25])
+    pooled = score.share_differences(shares, 0.5, mass)
     # Their mean is the pooled share (12 + 0.4) / 16.6 minus the target.
     assert pooled.mean() == pytest.approx(12.4 / 16.6 - 0.5)
     # Their spread is the delta-method standard error of the ratio sum(a) / sum(b), a = w s, b = w.
@@ -521,11 +543,11 @@ def test_share_differences_by_hand():
     shares, mass = rng.uniform(0, 1, 30), rng.uniform(0.1, 5, 30)
     ratio = np.sum(mass * shares) / mass.sum()
     delta = np.sqrt(np.sum((mass * shares - ratio * mass) ** 2) / (30 * 29)) / mass.mean()
-    values = C.share_differences(shares, 0.5, mass)
+    values = score.share_differences(shares, 0.5, mass)
     assert values.std(ddof=1) / np.sqrt(30) == pytest.approx(delta, rel=1e-12)
     # Against each image's chance (its cue area), the mean is the pooled share minus the mass-weighted chance.
     area = rng.uniform(0.05, 0.2, 30)
-    assert C.share_differences(shares, area, mass).mean() == pytest.approx(ratio - np.average(area, weights=mass))
+    assert score.share_differences(shares, area, mass).mean() == pytest.approx(ratio - np.average(area, weights=mass))
 
 
 def test_share_questions_score_both_shares_on_the_images_where_the_concept_fires():
@@ -535,27 +557,27 @@ def test_share_questions_score_both_shares_on_the_images_where_the_concept_fires
     maps[0, :2, :2], maps[0, 3, 3] = 3.0, 3.0  # mass 15, 12 on the cue: 0.8
     maps[1] = 0.1  # mass 1.6, 0.4 on the cue: 0.25
     # Image 2: the concept does not fire there, so it has no share (not chance's 0.25).
-    summary, questions = C.share_questions(maps, masks, margin=0.05, target=0.5)
+    summary, questions = report.share_questions(maps, masks, margin=0.05, target=0.5)
     assert summary["scored"] == 2
     assert summary["per_image_share"] == pytest.approx(0.525) and summary["pooled_share"] == pytest.approx(12.4 / 16.6)
     assert summary["per_image_chance"] == summary["pooled_chance"] == pytest.approx(0.25)
     assert summary["per_image_low"] < 0.525 < summary["per_image_high"]
     asked = {q["question"]: q for q in questions}
-    assert set(asked) == set(C.QUESTIONS) - {"deletion vs random regions"}
+    assert set(asked) == set(report.QUESTIONS) - {"deletion vs random regions"}
     assert asked["per-image share vs target"]["difference"] == pytest.approx(0.025)
     assert asked["pooled share vs target"]["difference"] == pytest.approx(12.4 / 16.6 - 0.5)
     assert asked["pooled share vs chance"]["difference"] == pytest.approx(12.4 / 16.6 - 0.25)
     assert {(q["a"], q["b"]) for q in questions} == {("target", "concept"), ("chance", "concept")}
     # Without a target only chance is asked.
-    _, questions = C.share_questions(maps, masks, margin=0.05)
+    _, questions = report.share_questions(maps, masks, margin=0.05)
     assert [q["question"] for q in questions] == ["per-image share vs chance", "pooled share vs chance"]
 
 
-def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(report):
-    table, verdicts, discovery = report
+def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(seeded_report):
+    table, verdicts, discovery = seeded_report
     assert sorted(discovery.concepts) == [0, 1]
     rows = table.set_index(["class", "source"])
-    assert list(table["source"]) == [*C.SOURCES, *C.SOURCES]
+    assert list(table["source"]) == [*discover.SOURCES, *discover.SOURCES]
     assert set(table["found_on"]) == {"training images"} and set(table["scored_on"]) == {"test images"}
     model_row = rows.loc[(1, "model")]
     # Found on the 20 class-1 training images, scored on the 20 class-1 test images (all of them right).
@@ -585,8 +607,8 @@ def test_class_report_scores_the_model_its_randomised_copy_and_the_baseline(repo
     assert plain["pooled_vs_target"] == plain["per_image_vs_chance"] == "inconclusive"
 
 
-def test_the_report_is_one_family_in_the_stats_modules_words(report):
-    table, verdicts, _ = report
+def test_the_report_is_one_family_in_the_stats_modules_words(seeded_report):
+    table, verdicts, _ = seeded_report
     # Per class: the model asks 4 share questions and the deletion test, the control 2, the baseline 3.
     assert len(verdicts) == 2 * (5 + 2 + 3)
     assert verdicts.groupby("source").size().to_dict() == {
@@ -601,12 +623,12 @@ def test_the_report_is_one_family_in_the_stats_modules_words(report):
     # The table's verdict columns are the family's verdicts.
     rows = table.set_index(["class", "source"])
     for row in verdicts.to_dict("records"):
-        assert rows.loc[(row["class"], row["source"]), C.QUESTIONS[row["question"]]] == row["verdict"]
+        assert rows.loc[(row["class"], row["source"]), report.QUESTIONS[row["question"]]] == row["verdict"]
 
 
-def test_report_findings_are_read_from_the_table(report):
-    table, _, _ = report
-    lines = C.report_findings(table, names=["plain", "square"])
+def test_report_findings_are_read_from_the_table(seeded_report):
+    table, _, _ = seeded_report
+    lines = report.report_findings(table, names=["plain", "square"])
     assert len(lines) == len(table)
     square = table[(table["class"] == 1) & (table["source"] == "model")].iloc[0]
     line = lines[int(square.name)]
@@ -626,7 +648,7 @@ def test_report_findings_are_read_from_the_table(report):
     changed = table.assign(pooled_vs_target="equivalent within ±0.05")
     assert (
         "(vs the 50% target: equivalent within ±0.05;"
-        in C.report_findings(changed, names=["plain", "square"])[int(square.name)]
+        in report.report_findings(changed, names=["plain", "square"])[int(square.name)]
     )
     assert "target" not in lines[int(square.name) + 1]  # the control is not held to the target
     # Class 0 has no cue pixels: no share, and no verdict on it.
@@ -636,11 +658,11 @@ def test_report_findings_are_read_from_the_table(report):
 
 def test_discovery_never_sees_the_held_out_images(planted, held_out):
     images, _, labels, model = planted
-    common = dict(normalization="unit", spec=SPEC, patch_spec=PATCHES)
-    table, _, first = C.class_report(images, labels, model, **held_out, **common)
+    common = dict(normalization="unit", config=CONFIG, patch_config=PATCHES)
+    table, _, first = report.class_report(images, labels, model, **held_out, **common)
     other_images, other_masks, other_labels = planted_data(40, seed=2)
     other = dict(test_images=other_images, test_masks=other_masks, test_labels=other_labels)
-    other_table, _, second = C.class_report(images, labels, model, **other, **common)
+    other_table, _, second = report.class_report(images, labels, model, **other, **common)
     # Other held-out images: other scores, the very same concepts, controls and clusters.
     assert not np.allclose(table["pooled_share"].fillna(0), other_table["pooled_share"].fillna(0))
     for target in (0, 1):
@@ -655,27 +677,27 @@ def test_discovery_never_sees_the_held_out_images(planted, held_out):
     # And the discovery images cannot be scored as held-out ones.
     mixed = np.concatenate([other_images[:5], images[:3]])
     with pytest.raises(ValueError, match="3 of the 8 images to score are among the training images"):
-        C.held_out_report(first, mixed, other_masks[:8], other_labels[:8], model, normalization="unit")
+        report.held_out_report(first, mixed, other_masks[:8], other_labels[:8], model, normalization="unit")
 
 
 def test_patch_clusters_are_found_again_in_the_images_they_came_from(planted):
     images, _, labels, _ = planted
-    clusters = C.doersch_baseline(images, labels, target_class=1, spec=PATCHES)
-    np.testing.assert_array_equal(C.patch_cluster_maps(images[clusters.indices], clusters), clusters.maps)
+    clusters = doersch.doersch_baseline(images, labels, target_class=1, config=PATCHES)
+    np.testing.assert_array_equal(doersch.patch_cluster_maps(images[clusters.indices], clusters), clusters.maps)
     with pytest.raises(ValueError, match=r"`images` must be \(16, 16\) px"):
-        C.patch_cluster_maps(np.zeros((2, 8, 8, 3), np.uint8), clusters)
+        doersch.patch_cluster_maps(np.zeros((2, 8, 8, 3), np.uint8), clusters)
 
 
 def test_projected_contributions_are_where_the_concept_counts(planted, found):
     _, _, _, model = planted
     images, masks, labels = planted_data(10, seed=5)
-    projected = C.concept_projection(images[labels == 1], model, found, normalization="unit")
+    projected = score.concept_projection(images[labels == 1], model, found, normalization="unit")
     k, others = found.order[0], found.order[1:]
     # As at discovery: the class logit is a mean of channel 0, so the square's contribution map is its activation
     # map times one positive factor, and the concepts the logit ignores contribute nothing.
     np.testing.assert_allclose(
-        C.concept_mask_share(projected["contributions"][..., k], masks[labels == 1]),
-        C.concept_mask_share(projected["maps"][..., k], masks[labels == 1]),
+        score.concept_mask_share(projected["contributions"][..., k], masks[labels == 1]),
+        score.concept_mask_share(projected["maps"][..., k], masks[labels == 1]),
         rtol=1e-5,
     )
     assert projected["contributions"][..., others].max() < 1e-6 * projected["contributions"][..., k].max()
@@ -689,16 +711,16 @@ def asked(verdicts):
 def test_degenerate_input_gives_inconclusive_verdicts_not_nan(planted, held_out, discovery):
     images, _, labels, model = planted
     test_images, test_masks, test_labels = held_out.values()
-    share_columns = [c for q, c in C.QUESTIONS.items() if "share" in q]
+    share_columns = [c for q, c in report.QUESTIONS.items() if "share" in q]
     # All-zero activations: the model's concepts are empty, fire nowhere, and have no share anywhere.
-    table, verdicts, _ = C.class_report(
+    table, verdicts, _ = report.class_report(
         images,
         labels,
         degenerate_model("all zero"),
         **held_out,
         normalization="unit",
-        spec=replace(SPEC, selection="labelled"),
-        patch_spec=PATCHES,
+        config=replace(CONFIG, selection="labelled"),
+        patch_config=PATCHES,
     )
     assert verdicts["verdict"].notna().all()
     silent = table[table["source"] != "baseline (no model)"]
@@ -706,19 +728,19 @@ def test_degenerate_input_gives_inconclusive_verdicts_not_nan(planted, held_out,
     assert asked(silent[share_columns]) == {"inconclusive"}
     assert table.loc[table["source"] == "model", share_columns].notna().all().all()  # asked, and answered
     # Empty masks: nothing to score any share on, for any source.
-    table, verdicts = C.held_out_report(
+    table, verdicts = report.held_out_report(
         discovery, test_images, np.zeros_like(test_masks), test_labels, model, normalization="unit"
     )
     assert (table["scored"] == 0).all() and asked(table[share_columns]) == {"inconclusive"}
     assert {stats.verdict_kind(v) for v in verdicts["verdict"]} <= set(stats.VERDICTS)
     # No held-out image of a class: nothing selected, every question of it inconclusive, deletion included.
     plain = test_labels == 0
-    table, _ = C.held_out_report(
+    table, _ = report.held_out_report(
         discovery, test_images[plain], test_masks[plain], test_labels[plain], model, normalization="unit"
     )
     square = table[table["class"] == 1]
     assert (square["selected"] == 0).all()
-    assert asked(square[list(C.QUESTIONS.values())]) == {"inconclusive"}
+    assert asked(square[list(report.QUESTIONS.values())]) == {"inconclusive"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -743,16 +765,18 @@ def street(tmp_path_factory):
     root = synth.generate(tmp_path_factory.mktemp("data") / "synth-tiny", per_class=3, size=32, progress=False)
     data = load_dataset(root, size=32)
     model = street_model(32)
-    spec = C.ConceptSpec(n_concepts=2, selection="labelled", resamples=50, deletion_repeats=1)
-    discovery = C.discover_sources(
-        data.images, data.region, model, normalization="unit", spec=spec, found_on="training images"
+    settings = config.ConceptConfig(n_concepts=2, selection="labelled", resamples=50, deletion_repeats=1)
+    discovery = discover.discover_sources(
+        data.images, data.region, model, normalization="unit", config=settings, found_on="training images"
     )
     return data, model, discovery
 
 
 def test_the_confirmation_scores_images_of_an_unused_generator_seed(street):
     data, model, discovery = street
-    table, verdicts, fresh = C.confirmation_report(discovery, data, model, normalization="unit", seed=1, per_class=2)
+    table, verdicts, fresh = report.confirmation_report(
+        discovery, data, model, normalization="unit", seed=1, per_class=2
+    )
     # Fresh images: the generator's own with seed 1, none of them among the dataset's (made with seed 0).
     drawn, masks = synth.make_synthetic(per_class=2, size=32, seed=1)
     np.testing.assert_array_equal(fresh.images, np.concatenate(list(drawn.values())))
@@ -761,7 +785,7 @@ def test_the_confirmation_scores_images_of_an_unused_generator_seed(street):
     assert fresh.meta["seed"] == 1 and fresh.name == "synth-tiny-seed1" and fresh.synthetic
     np.testing.assert_array_equal(fresh.region, np.repeat([0, 1], 10))
     # The same report: every class and source, scored on the 10 fresh images of each region, in the stats words.
-    assert list(table["source"]) == [*C.SOURCES, *C.SOURCES]
+    assert list(table["source"]) == [*discover.SOURCES, *discover.SOURCES]
     assert (table["selected"] == 10).all() and set(table["scored_on"]) == {"confirmation images (generator seed 1)"}
     assert {stats.verdict_kind(v) for v in verdicts["verdict"]} <= set(stats.VERDICTS)
     # The concepts are the training images' ones: the discovery is not redone.
@@ -771,27 +795,27 @@ def test_the_confirmation_scores_images_of_an_unused_generator_seed(street):
 def test_the_confirmation_refuses_the_datasets_own_seed_and_other_data(street, toy_data):
     data, model, discovery = street
     with pytest.raises(ValueError, match="was made with generator seed 0, so those are its own images"):
-        C.synthetic_confirmation(data, seed=0, per_class=2)
+        report.synthetic_confirmation(data, seed=0, per_class=2)
     with pytest.raises(ValueError, match="toy was not made by streetlib.data.synth"):
-        C.synthetic_confirmation(toy_data, seed=1, per_class=2)
+        report.synthetic_confirmation(toy_data, seed=1, per_class=2)
 
 
 def test_classes_without_images_are_left_out(planted):
     images, _, labels, model = planted
-    found = C.discover_classes(
-        images[labels == 1], model, normalization="unit", output="region", labels=labels[labels == 1], spec=SPEC
+    found = discover.discover_classes(
+        images[labels == 1], model, normalization="unit", output="region", labels=labels[labels == 1], config=CONFIG
     )
     assert sorted(found) == [1]  # no image of class 0: nothing to find, and no error
-    fig = C.plot_class_concepts(images[labels == 1], found, names=["plain", "square"], title="planted: per class")
+    fig = plots.plot_class_concepts(images[labels == 1], found, names=["plain", "square"], title="planted: per class")
     assert isinstance(fig, Figure) and fig.axes[0].get_title(loc="left").startswith("square: #")
     with pytest.raises(ValueError, match="`found` is empty"):
-        C.plot_class_concepts(images, {}, names=["plain", "square"], title="t")
+        plots.plot_class_concepts(images, {}, names=["plain", "square"], title="t")
 
 
 def test_photo_concepts_show_one_overlay_per_concept(planted, found):
     images, _, _, model = planted
-    maps = C.concept_maps(images[:3], model, found, normalization="unit")
-    fig = C.plot_photo_concepts(
+    maps = score.concept_maps(images[:3], model, found, normalization="unit")
+    fig = plots.plot_photo_concepts(
         images[:3], {"square": maps[..., found.order[0]]}, names=["a", "b", "c"], title="planted: pictures"
     )
     assert len(fig.axes) == 6 and fig.axes[0].get_title() == "a" and fig.axes[1].get_title().startswith("square: ")
@@ -801,17 +825,17 @@ def test_predictions_given_by_the_caller_select_the_images(planted, found):
     images, _, labels, model = planted
     # Predictions that call every image class 1: the 'predicted' selection takes them all, which the model's own
     # predictions (only the images with the square) would not.
-    every = C.discover_concepts(
+    every = discover.discover_concepts(
         images,
         model,
         normalization="unit",
         output="region",
         target_class=1,
-        spec=C.ConceptSpec(n_concepts=3, selection="predicted", max_images=None),
+        config=config.ConceptConfig(n_concepts=3, selection="predicted", max_images=None),
         predicted=np.ones(len(images), np.int64),
     )
     np.testing.assert_array_equal(every.indices, np.arange(len(images)))
     with pytest.raises(ValueError, match=r"`predicted` must have shape \(40,\)"):
-        C.discover_concepts(
+        discover.discover_concepts(
             images, model, normalization="unit", output="region", target_class=1, labels=labels, predicted=np.ones(3)
         )

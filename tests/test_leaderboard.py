@@ -1,5 +1,6 @@
-"""Tests of attribution.leaderboard: every method scored against cue masks per image, then compared pair by pair with
-`streetlib.evaluation.stats` (intervals, paired verdicts, floors, sanity checks, costs)."""
+"""Tests of attribution.leaderboard and attribution.verdicts: every method scored per image by every registered metric,
+then compared pair by pair with `streetlib.evaluation.stats` (intervals, paired verdicts, floors, sanity checks,
+costs), and the table read into words."""
 
 import inspect
 import json
@@ -12,7 +13,9 @@ from conftest import make_toy_data, toy_split
 from test_attribution import convention_model
 
 from streetlib.attribution import leaderboard as L
-from streetlib.attribution import metrics
+from streetlib.attribution import plots, verdicts
+from streetlib.attribution.metrics import localization, sanity
+from streetlib.attribution.metrics.registry import METRICS, Metric, of_family
 from streetlib.evaluation import stats
 from streetlib.runs import RunId, RunLayout
 from streetlib.training import train
@@ -69,11 +72,17 @@ METHODS = ("saliency", "gradient_x_input", "grad_cam", "occlusion", "edge")
 def scores(planted):
     """Two seeds' scores: each seed's model (the same planted one) on its own six images."""
     images, masks, model = planted
-    spec = L.LeaderboardSpec(methods=METHODS, params={"occlusion": {"patch": 4, "stride": 4}}, curve_steps=4)
+    board_config = L.LeaderboardConfig(methods=METHODS, params={"occlusion": {"patch": 4, "stride": 4}}, curve_steps=4)
     return pd.concat(
         [
             L.score(
-                images[s::2], masks[s::2], model, normalization="unit", spec=spec, permuted=twin(model), split_seed=s
+                images[s::2],
+                masks[s::2],
+                model,
+                normalization="unit",
+                config=board_config,
+                permuted=twin(model),
+                split_seed=s,
             )  # fmt: skip
             for s in (0, 1)
         ],
@@ -92,10 +101,10 @@ def test_one_row_per_method_output_and_metric_with_the_two_floors(table, scores)
         rows = table[table["output"] == output]
         assert sorted(set(rows["method"])) == sorted([*METHODS, "random"])
         for method in METHODS:
-            assert sorted(rows[rows["method"] == method]["metric"]) == sorted(L.HIGHER_IS_BETTER)
+            assert sorted(rows[rows["method"] == method]["metric"]) == sorted(METRICS)
         # The random map has no class to compare with and no cost; the edge map is a method like the others.
         floor = rows[rows["method"] == "random"]
-        assert set(floor["metric"]) == {*L.LOCALIZATION, *L.FAITHFULNESS}
+        assert set(floor["metric"]) == {*of_family("localization"), *of_family("faithfulness")}
         assert floor["cost"].isna().all() and (floor["family"] == "floor").all()
         assert (rows.loc[rows["method"] == "edge", "family"] == "model-free").all()
     assert (table["low"] <= table["mean"] + 1e-9).all() and (table["mean"] <= table["high"] + 1e-9).all()
@@ -153,7 +162,7 @@ def test_methods_are_judged_by_paired_comparisons_in_one_family_per_output_and_m
         assert board.loc[method, "vs_best"] in ("best", "equivalent within ±0.05")
         assert board.loc[method, "vs_random"] == f"{method} higher"
         assert board.loc[method, "vs_edge"] == f"{method} higher"
-    assert board.loc["edge", "vs_edge"] == "" and (board.loc["random", list(L._VERDICT_COLUMNS)] == "").all()
+    assert board.loc["edge", "vs_edge"] == "" and (board.loc["random", list(L.VERDICT_COLUMNS)] == "").all()
     # No interval-overlap rule is left: every verdict of the module comes from stats.family.
     source = inspect.getsource(L)
     assert "_separable" not in source and "intervals overlap" not in source
@@ -161,8 +170,8 @@ def test_methods_are_judged_by_paired_comparisons_in_one_family_per_output_and_m
 
 def test_with_one_seed_the_units_are_the_images(planted):
     images, masks, model = planted
-    spec = L.LeaderboardSpec(methods=("saliency", "edge"), outputs=("region",), curve_steps=2)
-    one = L.score(images, masks, model, normalization="unit", spec=spec)
+    board_config = L.LeaderboardConfig(methods=("saliency", "edge"), outputs=("region",), curve_steps=2)
+    one = L.score(images, masks, model, normalization="unit", config=board_config)
     table = L.leaderboard(one, overlap=0.2).set_index(["method", "metric"])
     assert table.loc[("saliency", "mask_auc"), "interval"] == "t over images"
     found = L.comparisons(one, overlap=0.2)
@@ -192,15 +201,15 @@ def test_the_pointing_game_interval_is_exact():
 
 
 def test_the_pointing_game_tolerance_scales_with_the_image_side(planted):
-    assert [metrics.scaled_tolerance(side) for side in (224, 64, 32)] == [15, 4, 2]
+    assert [localization.scaled_tolerance(side) for side in (224, 64, 32)] == [15, 4, 2]
     images, masks, model = planted
-    spec = L.LeaderboardSpec(methods=("edge",), outputs=("region",), curve_steps=1)
-    exact = L.LeaderboardSpec(methods=("edge",), outputs=("region",), curve_steps=1, pointing_tolerance=0)
+    board_config = L.LeaderboardConfig(methods=("edge",), outputs=("region",), curve_steps=1)
+    exact = L.LeaderboardConfig(methods=("edge",), outputs=("region",), curve_steps=1, pointing_tolerance=0)
     chance = {
-        name: L.score(images, masks, model, normalization="unit", spec=s)
+        name: L.score(images, masks, model, normalization="unit", config=s)
         .query("metric == 'pointing_game'")["chance"]
         .mean()
-        for name, s in (("scaled", spec), ("exact", exact))
+        for name, s in (("scaled", board_config), ("exact", exact))
     }
     # 15 / 224 of 16 px is one pixel: the cue square, 8 x 8 on the image's right edge, widened by a pixel-radius
     # disk, gains one column (8 px) on its left and one row (8 px) above and below.
@@ -219,14 +228,14 @@ def test_the_sanity_checks_tell_a_class_map_from_a_class_agnostic_one(table, pla
     assert rows.loc[("saliency", "randomization"), "mean"] < 0.5
     # The 'permuted' model of this fixture is a twin of the model: every map survives, a fail by construction.
     np.testing.assert_allclose(rows.xs("data_randomization", level="metric")["mean"], 1.0, atol=1e-6)
-    checks = L.sanity(table).set_index(["output", "method", "metric"])["check"]
+    checks = verdicts.sanity(table).set_index(["output", "method", "metric"])["check"]
     assert checks[("city", "saliency", "randomization")] == "passes"
     assert checks[("city", "saliency", "data_randomization")] == "fails"
     # The edge map is the same map for any class and model: it fails every check.
     assert (checks.xs("edge", level="method") == "fails").all()
     # Eigen-CAM ignores the class: its random-logit map is the same map.
-    spec = L.LeaderboardSpec(methods=("eigen_cam",), outputs=("city",), curve_steps=2)
-    eigen = L.leaderboard(L.score(images, masks, model, normalization="unit", spec=spec))
+    board_config = L.LeaderboardConfig(methods=("eigen_cam",), outputs=("city",), curve_steps=2)
+    eigen = L.leaderboard(L.score(images, masks, model, normalization="unit", config=board_config))
     assert eigen.set_index(["method", "metric"]).loc[("eigen_cam", "random_logit"), "mean"] == pytest.approx(1.0)
     assert "data_randomization" not in set(eigen["metric"])  # no permuted-label model given: not scored
 
@@ -243,7 +252,7 @@ def toy_runs(tmp_path_factory):
     )  # fmt: skip
     run = RunId("03-pretrained", "toy-transfer", 0)
     real = train.run_phase(data, split, config, run=run, layout=layout, execution=Execution(verbose=0))
-    copy = metrics.data_randomized_copy(data, split, run, layout=layout, experiment="05-attribution")
+    copy = sanity.data_randomized_copy(data, split, run, layout=layout, experiment="05-attribution")
     return data, split, layout, config, real.model, copy
 
 
@@ -253,13 +262,13 @@ def test_the_data_randomisation_check_tells_a_permuted_label_model_from_a_copy(t
     # The same configuration, trained on the same images with their labels permuted.
     assert RunConfig.from_manifest(manifest["config"]) == config
     assert manifest["dataset"]["hash"] != train.data_hash(data)
-    permuted = metrics.permuted_labels(data, seed=0)
+    permuted = sanity.permuted_labels(data, seed=0)
     assert sorted(permuted.city) == sorted(data.city) and (permuted.city != data.city).mean() > 0.5
-    spec = L.LeaderboardSpec(methods=("grad_cam", "saliency"), outputs=("city",), curve_steps=1)
+    board_config = L.LeaderboardConfig(methods=("grad_cam", "saliency"), outputs=("city",), curve_steps=1)
     images = data.images[np.r_[split.test, split.val]]
 
     def similarity(other):
-        s = L.score(images, None, model, normalization=config.input_normalization, spec=spec, permuted=other)
+        s = L.score(images, None, model, normalization=config.input_normalization, config=board_config, permuted=other)
         return s[s["metric"] == "data_randomization"].groupby("method")["value"].mean()
 
     # A copy of the model: every map is the same map. The permuted-label model's maps share little of the ranking
@@ -277,7 +286,7 @@ def test_a_fine_tuned_run_s_copy_retrains_its_first_phase(toy_runs):
     run = RunId("04-finetune", "toy-finetune", 0)
     init = layout.model(RunId("03-pretrained", "toy-transfer", 0), "best")
     train.run_phase(data, split, finetune, run=run, init_from=init, layout=layout, execution=Execution(verbose=0))
-    origin, first = metrics.first_phase(run, layout=layout)
+    origin, first = sanity.first_phase(run, layout=layout)
     assert origin == RunId("03-pretrained", "toy-transfer", 0) and first == config
 
 
@@ -286,21 +295,21 @@ def test_cam_methods_run_at_every_layer_asked():
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     masks = rng.random((3, 32, 32)) < 0.2
-    spec = L.LeaderboardSpec(
+    board_config = L.LeaderboardConfig(
         methods=("grad_cam", "saliency"), outputs=("region",), layers=("block1_conv1", "block5_conv3"), curve_steps=2
     )
-    table = L.leaderboard(L.score(images, masks, model, normalization="unit", spec=spec))
+    table = L.leaderboard(L.score(images, masks, model, normalization="unit", config=board_config))
     assert set(table[table["method"] == "grad_cam"]["layer"]) == {"block1_conv1", "block5_conv3"}
     assert set(table[table["method"] == "saliency"]["layer"]) == {""}
     # Several layers: the verdicts name each row with its layer; a method without one is named alone.
-    found = L.comparisons(L.score(images, masks, model, normalization="unit", spec=spec))
+    found = L.comparisons(L.score(images, masks, model, normalization="unit", config=board_config))
     assert {"grad_cam @block1_conv1", "grad_cam @block5_conv3", "saliency"} <= set(found["b"])
 
 
 def test_the_costly_measurements_can_use_fewer_images(planted):
     images, masks, model = planted
-    spec = L.LeaderboardSpec(methods=("saliency",), outputs=("region",), curve_steps=2, control_images=5)
-    table = L.leaderboard(L.score(images, masks, model, normalization="unit", spec=spec))
+    board_config = L.LeaderboardConfig(methods=("saliency",), outputs=("region",), curve_steps=2, control_images=5)
+    table = L.leaderboard(L.score(images, masks, model, normalization="unit", config=board_config))
     table = table.set_index(["method", "metric"])
     for metric in ("deletion_auc", "insertion_auc", "random_logit", "randomization"):
         assert table.loc[("saliency", metric), "images"] == 5
@@ -311,7 +320,7 @@ def test_a_costly_method_can_explain_fewer_images_and_says_so(planted):
     images, masks, model = planted
     masks = masks.copy()
     masks[:4, :, :8] = 1  # the first images have larger masks, so their chance level differs from the rest's
-    spec = L.LeaderboardSpec(
+    board_config = L.LeaderboardConfig(
         methods=("saliency", "occlusion"),
         outputs=("region",),
         params={"occlusion": {"patch": 4, "stride": 4}},
@@ -319,7 +328,7 @@ def test_a_costly_method_can_explain_fewer_images_and_says_so(planted):
         control_images=3,
         curve_steps=2,
     )
-    table = L.leaderboard(L.score(images, masks, model, normalization="unit", spec=spec))
+    table = L.leaderboard(L.score(images, masks, model, normalization="unit", config=board_config))
     rows = table.set_index(["method", "metric"])
     assert rows.loc[("occlusion", "pointing_game"), "images"] == 4
     assert rows.loc[("occlusion", "randomization"), "images"] == 3
@@ -327,7 +336,7 @@ def test_a_costly_method_can_explain_fewer_images_and_says_so(planted):
     assert rows.loc[("occlusion", "mask_auc"), "chance"] == pytest.approx(0.5)
     assert rows.loc[("occlusion", "relevance_mass_accuracy"), "chance"] == pytest.approx(masks[:4].mean())
     assert rows.loc[("saliency", "relevance_mass_accuracy"), "chance"] == pytest.approx(masks.mean())
-    fig = L.plot_leaderboard(table, output="region")
+    fig = plots.plot_leaderboard(table, output="region")
     assert "occlusion (n=4)" in [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
 
 
@@ -347,9 +356,9 @@ def _rows(method, metric, mean, *, family="gradient", layer="", images=10, **ver
         "seeds": 8,
         "cost": 1.0,
         "params": "{}",
-        "margin": 0.05 if metric not in L.SANITY else 0.1,
-        "threshold": 0.5 if metric in L.SANITY else np.nan,
-        **dict.fromkeys(L._VERDICT_COLUMNS, ""),
+        "margin": 0.05 if metric not in of_family("sanity") else 0.1,
+        "threshold": 0.5 if metric in of_family("sanity") else np.nan,
+        **dict.fromkeys(L.VERDICT_COLUMNS, ""),
         **verdicts,
     }
 
@@ -372,16 +381,18 @@ def test_findings_word_the_verdicts_and_survive_a_csv_round_trip(tmp_path):
     table.to_csv(tmp_path / "leaderboard.csv", index=False)
     read = pd.read_csv(tmp_path / "leaderboard.csv")  # empty layers and verdicts come back as NaN
     assert read["layer"].isna().any()
-    lines = L.findings(read)
+    lines = verdicts.findings(read)
     assert lines[0].startswith("Finds the cues best (relevance_mass_accuracy, region output): a 0.60 [0.55, 0.65]")
     assert "(corrected t over seed means (overlap 0.150), 8 seeds, 10 images; higher is better)" in lines[0]
     assert "equivalent to it within ±0.05: b 0.55 [0.50, 0.60]; not resolved from it: c 0.40 [0.35, 0.45]." in lines[0]
     assert "@nan" not in " ".join(lines)
     assert lines[1] == "Not shown better than the random map (random): d."
     assert lines[2] == "Not shown better than the edge map (edge): b, d."
-    assert lines[3].endswith("shown below 0.5) - passes: a; fails: b; unclear: none.")
-    assert lines[4].startswith("random_logit check") and lines[4].endswith("passes: none; fails: none; unclear: a.")
-    ranked = L.ranking(read, output="region", metric=metric)
+    # The sanity checks in the registry's order: random_logit, randomization (data_randomization has no rows).
+    assert lines[3].startswith("random_logit check") and lines[3].endswith("passes: none; fails: none; unclear: a.")
+    assert lines[4].startswith("randomization check (rank correlation with the map of the model with every layer")
+    assert lines[4].endswith("shown below 0.5) - passes: a; fails: b; unclear: none.")
+    ranked = verdicts.ranking(read, output="region", metric=metric)
     assert list(ranked["method"]) == ["a", "b", "c", "edge", "d"]
     assert {"method", "layer", "mean", "low", "high", "images", "cost", "vs_best", "vs_random"} <= set(ranked)
     # Lower is better for deletion: the smallest area ranks first, and 'edge higher' means the edge map is worse.
@@ -392,12 +403,12 @@ def test_findings_word_the_verdicts_and_survive_a_csv_round_trip(tmp_path):
             _rows("edge", "deletion_auc", 0.6, family="model-free"),
         ]
     )
-    assert list(L.ranking(deletion, metric="deletion_auc")["method"]) == ["b", "a", "edge"]
-    assert L.findings(deletion, metric="deletion_auc")[-1] == "Not shown better than the edge map (edge): a."
+    assert list(verdicts.ranking(deletion, metric="deletion_auc")["method"]) == ["b", "a", "edge"]
+    assert verdicts.findings(deletion, metric="deletion_auc")[-1] == "Not shown better than the edge map (edge): a."
     with pytest.raises(ValueError, match="Invalid `metric`"):
-        L.ranking(table, metric="accuracy")
+        verdicts.ranking(table, metric="accuracy")
     with pytest.raises(ValueError, match="no 'mask_auc' rows"):
-        L.ranking(table, metric="mask_auc")
+        verdicts.ranking(table, metric="mask_auc")
 
 
 @pytest.mark.parametrize(
@@ -416,11 +427,14 @@ def test_findings_word_the_verdicts_and_survive_a_csv_round_trip(tmp_path):
         ({"methods": ("rise",), "images": {"saliency": 4}}, r"Invalid `images` for 'saliency'"),
         ({"images": {"lime": 4}}, r"Invalid `images`. Expected a dict with keys among"),
         ({"pointing_tolerance": 1.5}, "Invalid `pointing_tolerance`"),
+        ({"metrics": ("energy_pointing_game",)}, "Invalid `metrics`"),
+        ({"metrics": ()}, "Invalid `metrics`"),
+        ({"metrics": "mask_auc"}, "Invalid `metrics`"),
     ],
 )
-def test_a_bad_spec_is_refused_when_made(kwargs, match):
+def test_a_bad_configuration_is_refused_when_made(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        L.LeaderboardSpec(**kwargs)
+        L.LeaderboardConfig(**kwargs)
 
 
 def test_bad_inputs_are_refused(planted, scores):
@@ -438,7 +452,7 @@ def test_bad_inputs_are_refused(planted, scores):
 def test_randomized_copy_changes_every_layer_of_the_output_and_not_the_model(planted):
     _, _, model = planted
     before = [w.copy() for w in model.get_weights()]
-    clone = metrics.randomized_copy(model, output="region", seed=0)
+    clone = sanity.randomized_copy(model, output="region", seed=0)
     for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     changed = {
@@ -453,9 +467,9 @@ def test_randomized_copy_changes_every_layer_of_the_output_and_not_the_model(pla
 
 
 def test_the_figure_ranks_methods_best_first_in_each_panel(table):
-    fig = L.plot_leaderboard(table, output="region", title="planted model")
+    fig = plots.plot_leaderboard(table, output="region", title="planted model")
     panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(panels) == len(L.HIGHER_IS_BETTER)
+    assert len(panels) == len(METRICS)
     assert "2 seed(s)" in fig.get_suptitle() and "corrected t over seed means" in fig.get_suptitle()
     rows = table[(table["output"] == "region") & (table["family"] != "floor")]
     for ax in panels:
@@ -463,11 +477,11 @@ def test_the_figure_ranks_methods_best_first_in_each_panel(table):
         means = rows[rows["metric"] == metric].set_index("method")["mean"]
         shown = [t.get_text() for t in ax.get_yticklabels()]  # top to bottom: best first
         ordered = [means[m] for m in shown]
-        assert ordered == sorted(ordered, reverse=L.HIGHER_IS_BETTER[metric])
+        assert ordered == sorted(ordered, reverse=METRICS[metric].higher_is_better)
 
 
 def test_methods_that_draw_random_numbers_take_the_spec_seed_and_repeat(planted):
-    # SmoothGrad's noise and RISE's masks come from the spec's seed unless its params give one: the same scores
+    # SmoothGrad's noise and RISE's masks come from the configuration's seed unless its params give one: the same scores
     # twice (same draws on the same model and inputs; the maps then differ only by float roundoff of one
     # computation repeated, and the metrics, ranks and sums of them, by less than 1e-6), and another seed gives
     # other maps.
@@ -481,8 +495,8 @@ def test_methods_that_draw_random_numbers_take_the_spec_seed_and_repeat(planted)
     )
 
     def run(seed):
-        spec = L.LeaderboardSpec(**kwargs, seed=seed)
-        return L.score(images, masks, model, normalization="unit", spec=spec)
+        board_config = L.LeaderboardConfig(**kwargs, seed=seed)
+        return L.score(images, masks, model, normalization="unit", config=board_config)
 
     first, again, other = run(0), run(0), run(1)
     np.testing.assert_allclose(first["value"], again["value"], rtol=0, atol=1e-6)
@@ -490,9 +504,11 @@ def test_methods_that_draw_random_numbers_take_the_spec_seed_and_repeat(planted)
         assert json.loads(first.loc[first["method"] == method, "params"].iloc[0])["seed"] == 0
     rows = first["metric"].isin(["relevance_mass_accuracy", "mask_auc"]) & (first["method"] != "random")
     assert np.abs(first.loc[rows, "value"].to_numpy() - other.loc[rows, "value"].to_numpy()).max() > 1e-4
-    # A seed in the params wins over the spec's.
-    spec = L.LeaderboardSpec(**{**kwargs, "params": {**kwargs["params"], "rise": {"masks": 20, "cells": 4, "seed": 7}}})
-    table = L.score(images, masks, model, normalization="unit", spec=spec)
+    # A seed in the params wins over the configuration's.
+    board_config = L.LeaderboardConfig(
+        **{**kwargs, "params": {**kwargs["params"], "rise": {"masks": 20, "cells": 4, "seed": 7}}}
+    )
+    table = L.score(images, masks, model, normalization="unit", config=board_config)
     assert json.loads(table.loc[table["method"] == "rise", "params"].iloc[0])["seed"] == 7
 
 
@@ -502,9 +518,10 @@ def test_rise_does_not_fail_the_randomisation_check_by_construction(planted):
     # pixel's coverage removes it: the planted model reads only the cue, its re-initialised copy every pixel, and
     # with few masks their RISE maps share little of their ranking.
     images, masks, model = planted
-    spec = L.LeaderboardSpec(methods=("rise",), outputs=("region",), params={"rise": {"masks": 50, "cells": 4}},
-                             curve_steps=1)  # fmt: skip
-    table = L.leaderboard(L.score(images, masks, model, normalization="unit", spec=spec))
+    board_config = L.LeaderboardConfig(
+        methods=("rise",), outputs=("region",), params={"rise": {"masks": 50, "cells": 4}}, curve_steps=1
+    )
+    table = L.leaderboard(L.score(images, masks, model, normalization="unit", config=board_config))
     assert table.set_index(["method", "metric"]).loc[("rise", "randomization"), "mean"] < 0.5
 
 
@@ -512,21 +529,65 @@ def test_without_cue_masks_everything_but_localisation_is_scored(planted):
     # Street10 or a user's photographs: no ground truth for where the cues are, but faithfulness, the sanity checks
     # and the cost need none.
     images, masks, model = planted
-    spec = L.LeaderboardSpec(methods=("saliency", "grad_cam"), curve_steps=4)
-    table = L.leaderboard(L.score(images, None, model, normalization="unit", spec=spec))
-    with_masks = L.leaderboard(L.score(images, masks, model, normalization="unit", spec=spec))
-    assert not L.has_ground_truth(table) and L.has_ground_truth(with_masks)
-    assert set(table["metric"]) == set(L.HIGHER_IS_BETTER) - set(L.LOCALIZATION) - {"data_randomization"}
+    board_config = L.LeaderboardConfig(methods=("saliency", "grad_cam"), curve_steps=4)
+    table = L.leaderboard(L.score(images, None, model, normalization="unit", config=board_config))
+    with_masks = L.leaderboard(L.score(images, masks, model, normalization="unit", config=board_config))
+    assert not verdicts.has_ground_truth(table) and verdicts.has_ground_truth(with_masks)
+    assert set(table["metric"]) == set(METRICS) - set(of_family("localization")) - {"data_randomization"}
     # What needs no mask is the same number with or without masks (the same maps, curves and controls).
     keys = ["method", "output", "metric"]
     merged = table.merge(with_masks, on=keys, suffixes=("", "_masks"))
     assert len(merged) == len(table)
     np.testing.assert_array_equal(merged["mean"], merged["mean_masks"])
     assert table.loc[table["family"] != "floor", "cost"].gt(0).all()
-    lines = L.findings(table, output="region")
+    lines = verdicts.findings(table, output="region")
     assert lines[0].startswith("Localisation (pointing_game, relevance_mass_accuracy") and "no ground truth" in lines[0]
     assert lines[1].startswith("Best (insertion_auc, region output):")
     with pytest.raises(ValueError, match="scored without cue masks \\(no ground truth\\)"):
-        L.ranking(table, metric="pointing_game")
-    fig = L.plot_leaderboard(table, output="region")
+        verdicts.ranking(table, metric="pointing_game")
+    fig = plots.plot_leaderboard(table, output="region")
     assert len([ax for ax in fig.axes if ax.get_visible()]) == len(set(table["metric"]))
+
+
+def test_a_registered_metric_is_scored_judged_ranked_and_drawn(planted, monkeypatch):
+    # Adding a metric is one function and one registry entry: the leaderboard then scores it per image with its
+    # chance level, judges it with the others of its family, ranks it and draws its panel.
+    def cue_peak(maps, masks):
+        """The map's largest value on the cue: float `(n,)` in [0, 1]."""
+        return (maps * (masks > 0)).max(axis=(1, 2))
+
+    toy = Metric(
+        "cue_peak", cue_peak, direction="higher", family="localization", chance=0.0, description="the peak on the cue"
+    )
+    monkeypatch.setitem(METRICS, "cue_peak", toy)
+    images, masks, model = planted
+    board_config = L.LeaderboardConfig(methods=("saliency", "edge"), outputs=("region",), curve_steps=1)
+    scores = L.score(images, masks, model, normalization="unit", config=board_config)
+    rows = scores[scores["metric"] == "cue_peak"]
+    assert set(rows["method"]) == {"saliency", "edge", "random"} and len(rows) == 3 * len(images)
+    assert (rows["chance"] == 0.0).all()
+    table = L.leaderboard(scores)
+    peak = table[table["metric"] == "cue_peak"].set_index("method")
+    assert peak.loc["saliency", "mean"] == pytest.approx(1.0)  # the saliency maps are normalised, peaking on the cue
+    assert peak.loc["saliency", "margin"] == L.MARGINS["localization"] and peak["vs_best"].eq("best").sum() == 1
+    assert list(verdicts.ranking(table, metric="cue_peak")["method"])[0] == "saliency"
+    fig = plots.plot_leaderboard(table, output="region")
+    assert "cue_peak (higher is better)" in [ax.get_title() for ax in fig.axes]
+
+
+def test_the_configuration_chooses_the_metrics(planted):
+    # Only the metrics asked for are scored (the by-layer table of notebook 05 asks for localisation alone), with
+    # the same values as when every metric is scored.
+    images, masks, model = planted
+    kwargs = dict(methods=("grad_cam",), outputs=("region",), curve_steps=1)
+    chosen = ("mask_auc", "pointing_game")
+    some = L.score(images, masks, model, normalization="unit", config=L.LeaderboardConfig(**kwargs, metrics=chosen))
+    every = L.score(images, masks, model, normalization="unit", config=L.LeaderboardConfig(**kwargs))
+    assert list(dict.fromkeys(some["metric"])) == ["pointing_game", "mask_auc"]  # in the registry's order
+    pd.testing.assert_frame_equal(
+        some.drop(columns="cost").reset_index(drop=True),
+        every[every["metric"].isin(chosen)].drop(columns="cost").reset_index(drop=True),
+    )
+    nothing = L.LeaderboardConfig(**kwargs, metrics=("data_randomization",))
+    with pytest.raises(ValueError, match="Nothing to score: none of the metrics \\['data_randomization'\\]"):
+        L.score(images, masks, model, normalization="unit", config=nothing)

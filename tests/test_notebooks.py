@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from streetlib.attribution.concepts import SOURCES
+from streetlib.attribution.concepts.discover import SOURCES
 from streetlib.attribution.registry import METHODS
 from streetlib.evaluation import stats
 from streetlib.experiments import runner

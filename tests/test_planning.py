@@ -6,26 +6,30 @@ import keras
 import numpy as np
 import pytest
 
+from streetlib.attribution import leaderboard as board_lib
 from streetlib.classes import STREET10
 from streetlib.cli.commands import main
 from streetlib.data.loaders import load_street10, write_street10
 from streetlib.data.splits import make_split
-from streetlib.experiments import planning, runner, study
+from streetlib.experiments import parameters, planning, runner, study
+from streetlib.experiments.planning import calibration, costs, counts, report, units, work
+from streetlib.models import network
+from streetlib.training.config import Execution
 
 # Seconds per pass given, not measured: no test depends on this machine's speed.
-CALIBRATION = planning.Calibration(forward=0.01, backward=0.02, device="given", image_size=64, batch_size=4)
+CALIBRATION = calibration.Calibration(forward=0.01, backward=0.02, device="given", image_size=64, batch_size=4)
 
 
 def _params(profile, number, overrides):
     notebook = runner.find_notebook(number)
     params = runner.resolve_parameters(notebook, runner.load_profile(profile), overrides)
-    return {**runner.notebook_parameters(notebook), **params}
+    return {**parameters.notebook_parameters(notebook), **params}
 
 
 @pytest.mark.parametrize("profile", ["demo", "full"])
 def test_training_runs_are_what_notebooks_03_and_04_train(profile, tmp_path):
     overrides = {"data_dir": str(tmp_path / "absent")}
-    plan = planning.make_plan(["03", "04"], profile=profile, overrides=overrides)
+    plan = work.make_plan(["03", "04"], profile=profile, overrides=overrides)
     transfer, finetune = _params(profile, "03", overrides), _params(profile, "04", overrides)
     frozen = finetune["finetune_from"] or None
     expected = [("03", study.transfer_config(s), s, tuple(transfer["split_seeds"])) for s in transfer["weight_sources"]]
@@ -45,17 +49,17 @@ def test_training_runs_are_what_notebooks_03_and_04_train(profile, tmp_path):
 
 
 def test_missing_street10_is_planned_with_the_published_counts(tmp_path):
-    plan = planning.make_plan(["03"], profile="full", overrides={"data_dir": str(tmp_path / "absent")})
+    plan = work.make_plan(["03"], profile="full", overrides={"data_dir": str(tmp_path / "absent")})
     assert plan.data.assumed and plan.data.total == 4151 and "not found" in plan.data.note
     # As make_split sizes the published Street10 (tests/test_splits.py).
     assert plan.data.split_sizes() == {"train": 3166, "val": 564, "test": 421}
 
 
 def test_street10_counts_come_from_the_npy_headers(tmp_path, monkeypatch):
-    counts = [12, 10, 11, 10, 13, 10, 10, 14, 10, 10]
+    per_class = [12, 10, 11, 10, 13, 10, 10, 14, 10, 10]
     rng = np.random.default_rng(0)
     images = {
-        c: rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for c, n in zip(STREET10.classes, counts, strict=True)
+        c: rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for c, n in zip(STREET10.classes, per_class, strict=True)
     }
     write_street10(tmp_path / "s10", images, spec=STREET10)
     split = make_split(load_street10(tmp_path / "s10"), seed=42, directory=tmp_path / "splits")
@@ -63,9 +67,9 @@ def test_street10_counts_come_from_the_npy_headers(tmp_path, monkeypatch):
     read = []
     original = np.load
     monkeypatch.setattr(np, "load", lambda *a, **kw: read.append(kw.get("mmap_mode")) or original(*a, **kw))
-    data = planning.count_images(tmp_path / "s10")
+    data = counts.count_images(tmp_path / "s10")
     assert read == ["r"] * 10  # memory-mapped headers, the images never read
-    assert not data.assumed and data.total == sum(counts) and data.image_shape == (8, 8)
+    assert not data.assumed and data.total == sum(per_class) and data.image_shape == (8, 8)
     assert data.split_sizes() == {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
 
 
@@ -75,13 +79,13 @@ def test_image_folder_counts_its_files_per_class(tmp_path):
         for i in range(n):
             (tmp_path / cls / f"{i}.jpg").touch()
         (tmp_path / cls / "notes.txt").touch()
-    data = planning.count_images(tmp_path, source="folder", image_size=96)
+    data = counts.count_images(tmp_path, source="folder", image_size=96)
     assert data.counts == {cls: n for n, cls in enumerate(STREET10.classes, start=1)}
     assert data.image_shape == (96, 96) and not data.assumed
 
 
 def test_synthetic_data_not_generated_is_per_class_times_ten(tmp_path):
-    data = planning.count_images(tmp_path / "synth", source="synth", per_class=7, image_size=32)
+    data = counts.count_images(tmp_path / "synth", source="synth", per_class=7, image_size=32)
     assert data.assumed and data.total == 70 and "not generated yet" in data.note
 
 
@@ -91,82 +95,163 @@ def test_layer_flops_are_kernel_size_times_output_positions():
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Conv2D(5, 3, padding="same")(x)
     outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
-    flops = planning.layer_flops(keras.Model(inputs, outputs))
+    flops = costs.layer_flops(keras.Model(inputs, outputs))
     assert [f for _, f in flops] == [8 * 8 * 3 * 3 * 3 * 4, 4 * 4 * 3 * 3 * 4 * 5, 5 * 2]
 
 
 def test_training_passes_follow_the_formulas():
     # Cached: the frozen part once per cached image (2 copies of 10 training images, 4 validation ones), then the
     # trainable part forward on every image and backward (x2) on the training ones, each epoch.
-    forward, backward = planning.training_passes(10, 4, epochs=3, frozen=0.75, trainable=0.25, cached_copies=2)
+    forward, backward = costs.training_passes(10, 4, epochs=3, frozen=0.75, trainable=0.25, cached_copies=2)
     assert forward == pytest.approx(0.75 * 24 + 3 * 0.25 * 14)
     assert backward == pytest.approx(3 * 2 * 0.25 * 10)
     # Without a cache the whole model runs forward every epoch.
-    forward, backward = planning.training_passes(10, 4, epochs=3, frozen=0.75, trainable=0.25, cached_copies=0)
+    forward, backward = costs.training_passes(10, 4, epochs=3, frozen=0.75, trainable=0.25, cached_copies=0)
     assert forward == pytest.approx(3 * 14) and backward == pytest.approx(3 * 2 * 0.25 * 10)
 
 
 def test_method_passes_follow_their_parameters():
-    assert planning.method_passes("grad_cam", {}, channels=512, image_size=224) == (1, 0)
-    assert planning.method_passes("score_cam", {}, channels=512, image_size=224) == (513, 0)
-    assert planning.method_passes("saliency", {}, channels=512, image_size=224) == (1, 2)
-    assert planning.method_passes("smoothgrad", {"samples": 4}, channels=0, image_size=32) == (5, 8)
-    assert planning.method_passes("integrated_gradients", {"steps": 3}, channels=0, image_size=32) == (4, 8)
+    assert costs.method_passes("grad_cam", {}, channels=512, image_size=224) == (1, 0)
+    assert costs.method_passes("score_cam", {}, channels=512, image_size=224) == (513, 0)
+    assert costs.method_passes("saliency", {}, channels=512, image_size=224) == (1, 2)
+    assert costs.method_passes("smoothgrad", {"samples": 4}, channels=0, image_size=32) == (5, 8)
+    assert costs.method_passes("integrated_gradients", {"steps": 3}, channels=0, image_size=32) == (4, 8)
     # 32 px, a 16 px square moved by 8: 3 x 3 positions, plus the pass that picks the class.
-    assert planning.method_passes("occlusion", {"patch": 16, "stride": 8}, channels=0, image_size=32) == (10, 0)
-    assert planning.method_passes("rise", {"masks": 50}, channels=0, image_size=32) == (51, 0)
+    assert costs.method_passes("occlusion", {"patch": 16, "stride": 8}, channels=0, image_size=32) == (10, 0)
+    assert costs.method_passes("rise", {"masks": 50}, channels=0, image_size=32) == (51, 0)
+
+
+def _block1_share(image_size):
+    """block1's share of a VGG16 pass: the frozen part of the demo's recipe (cut after block1_pool)."""
+    frozen = costs.layer_flops(network.build_backbone("vgg16", input_shape=(image_size, image_size, 3)))
+    return sum(f for name, f in frozen if name.startswith("block1")) / sum(f for _, f in frozen)
 
 
 def test_a_cached_transfer_costs_one_frozen_pass_per_cached_image(tmp_path):
-    overrides = {"data_dir": str(tmp_path / "absent"), "epochs": 1}
-    plan = planning.make_plan(["03"], profile="demo", overrides=overrides)
+    # With augmentation each run caches its own augmented copies (no shared store): 2 copies of its training split.
+    overrides = {"data_dir": str(tmp_path / "absent"), "epochs": 1, "augment": True, "augment_copies": 2}
+    plan = work.make_plan(["03"], profile="demo", overrides=overrides)
     split = plan.data.split_sizes()
-    work = plan.work[0]
-    assert work.cache.startswith("memory")  # the demo's no-augmentation cache fits the default 2 GiB
-    frozen = planning.layer_flops(planning.network.build_backbone("vgg16", input_shape=(64, 64, 3)))
-    block1 = sum(f for name, f in frozen if name.startswith("block1")) / sum(f for _, f in frozen)
-    extraction = block1 * (split["train"] + split["val"])
+    transfer = plan.work[0]
+    assert transfer.cache.startswith("memory") and transfer.shared == 0  # 2 copies fit the default 2 GiB
+    extraction = _block1_share(64) * (2 * split["train"] + split["val"])
     # The conv head on top is small: an epoch adds a few percent, not another pass of the frozen part.
-    assert extraction < work.forward < 1.5 * extraction
+    assert extraction < transfer.forward < 1.5 * extraction
+
+
+def test_transfer_runs_share_one_extraction_per_pretrained_source(tmp_path):
+    """Notebook 03 without augmentation: one `train.FeatureStore` runs a pretrained frozen part over the whole dataset
+    once for all seeds; random weights, drawn per seed, once per seed."""
+    seeds = [42, 43, 44]
+    overrides = {
+        "data_dir": str(tmp_path / "absent"),
+        "split_seeds": seeds,
+        "weight_sources": ["hed-bsds500", "random"],
+    }
+    plan = work.make_plan(["03"], profile="demo", overrides=overrides)
+    pretrained, random = plan.work
+    extraction = _block1_share(64) * plan.data.total
+    assert pretrained.cache.startswith("shared") and random.cache.startswith("shared")
+    assert pretrained.shared == pytest.approx(extraction) and random.shared == 0
+    assert random.forward == pytest.approx(pretrained.forward + extraction)  # each seed extracts its own
+    assert pretrained.passes == pytest.approx((pretrained.forward + pretrained.backward) * len(seeds) + extraction)
+    assert random.passes - pretrained.passes == pytest.approx((len(seeds) - 1) * extraction)
+    # Per run, only the head's epochs: the training formula without the frozen part's passes.
+    split = plan.data.split_sizes()
+    head = pretrained.backward / (2 * pretrained.epochs * split["train"])
+    expected = costs.training_passes(
+        split["train"], split["val"], epochs=pretrained.epochs, frozen=1.0, trainable=head, cached_copies=1, shared=True
+    )
+    assert (pretrained.forward, pretrained.backward) == pytest.approx(expected)
+    seconds = plan.work[0].seconds(CALIBRATION)
+    assert seconds == pytest.approx(
+        len(seeds) * (pretrained.forward * 0.01 + pretrained.backward * 0.02) + extraction * 0.01
+    )
+    # The store holds every entry it took, within its memory: the pretrained source's, then one per random seed.
+    entry = pretrained.host_bytes
+    assert random.host_bytes == min(Execution().max_cache_bytes, entry * (1 + len(seeds)))
+
+
+def test_leaderboard_passes_follow_the_formulas():
+    spec = board_lib.LeaderboardConfig(
+        methods=("grad_cam", "saliency"), outputs=("region",), control_images=4, curve_steps=2
+    )
+    n, k, curve = 10, 4, 2 * (2 + 1)
+    # Per method: maps of n images, a 1-image tracing call, each sanity check's maps of k images, k deletion and
+    # insertion curves; per output: logits and timing calls (4 passes an image and a 2-image warm-up), the floor's
+    # curves. Grad-CAM costs (1, 0) an image, saliency (1, 2).
+    for permuted, checks in ((True, 3), (False, 2)):
+        maps = n + 1 + checks * k
+        forward, backward = costs.leaderboard_passes(spec, n, channels=8, image_size=32, permuted=permuted)
+        assert forward == pytest.approx(2 * (maps + curve * k) + 4 * n + 2 + curve * k)
+        assert backward == pytest.approx(2 * maps)
+
+
+def test_attribution_plan_scores_every_seeds_model_and_trains_the_permuted_label_model(tmp_path, monkeypatch):
+    calls = []
+    original = work.leaderboard_passes
+    monkeypatch.setattr(work, "leaderboard_passes", lambda *a, **kw: calls.append((a, kw)) or original(*a, **kw))
+    absent = {"data_dir": str(tmp_path / "absent")}
+    plan = work.make_plan(["05"], profile="demo", overrides=absent)
+    params = _params("demo", "05", absent)
+    seeds = params["split_seeds"]
+    permuted, board, other = plan.work
+    split = plan.data.split_sizes()
+    # The leaderboard runs on each seed's model with its share of the images, every sanity check included.
+    share = -(-params["leaderboard_images"] // len(seeds))
+    assert board.seeds == tuple(seeds) and board.images == f"{share} test a seed"
+    (spec, images), kwargs = calls[0][0][:2], calls[0][1]
+    assert images == min(share, split["test"]) and kwargs["permuted"] is True
+    assert spec.control_images == -(-params["control_images"] // len(seeds))
+    assert board.passes == pytest.approx((board.forward + board.backward) * len(seeds))
+    # The data randomisation check trains the headline's first phase once, on the first seed's split, for
+    # permuted_epochs, caching its own split's features: notebook 03's transfer run at those epochs, extraction apart.
+    assert (permuted.notebook, permuted.seeds, permuted.epochs) == ("05", (seeds[0],), params["permuted_epochs"])
+    transfer = work.make_plan(["03"], profile="demo", overrides={**absent, "epochs": params["permuted_epochs"]}).work[0]
+    extraction = _block1_share(64) * (split["train"] + split["val"])
+    assert permuted.forward == pytest.approx(transfer.forward + extraction) and permuted.shared == 0
+    assert permuted.backward == pytest.approx(transfer.backward)
+    assert other.seeds == () and other.runs == 1
 
 
 def test_budgets_say_fits_or_what_is_needed(tmp_path):
-    plan = planning.make_plan(["03"], profile="demo", overrides={"data_dir": str(tmp_path / "absent")})
+    plan = work.make_plan(["03"], profile="demo", overrides={"data_dir": str(tmp_path / "absent")})
     seconds = plan.seconds(CALIBRATION)
-    assert seconds == pytest.approx(sum(w.runs * (w.forward * 0.01 + w.backward * 0.02) for w in plan.work))
-    roomy = planning.check_budgets(
+    expected = sum(w.runs * (w.forward * 0.01 + w.backward * 0.02) + w.shared * 0.01 for w in plan.work)
+    assert seconds == pytest.approx(expected)
+    roomy = report.check_budgets(
         plan, CALIBRATION, seconds=2 * seconds, host_bytes=2 * plan.host_bytes, disk_bytes=2 * plan.disk_bytes
     )
     assert [c["what"] for c in roomy] == ["time", "host memory", "disk"] and all(c["fits"] for c in roomy)
     assert roomy[0]["line"].startswith("time: fits")
-    tight = planning.check_budgets(plan, CALIBRATION, seconds=seconds / 2, device_bytes=plan.device_bytes // 2)
+    tight = report.check_budgets(plan, CALIBRATION, seconds=seconds / 2, device_bytes=plan.device_bytes // 2)
     assert not any(c["fits"] for c in tight)
     assert tight[1]["line"].startswith("device memory: does not fit: ") and "needed" in tight[1]["line"]
-    assert planning.check_budgets(plan, CALIBRATION) == []
+    assert report.check_budgets(plan, CALIBRATION) == []
 
 
 def test_host_memory_counts_the_runtime_and_on_a_cpu_the_device_memory(tmp_path):
     overrides = {"data_dir": str(tmp_path / "absent")}
-    gpu = planning.make_plan(["03", "04"], profile="full", overrides=overrides, device="Tesla T4")
-    cpu = planning.make_plan(["03", "04"], profile="full", overrides=overrides, device="CPU (AMD EPYC)")
+    gpu = work.make_plan(["03", "04"], profile="full", overrides=overrides, device="Tesla T4")
+    cpu = work.make_plan(["03", "04"], profile="full", overrides=overrides, device="CPU (AMD EPYC)")
     images = gpu.data.total * 224 * 224 * 3
-    assert gpu.host_bytes == planning.RUNTIME_BYTES + images + max(w.host_bytes for w in gpu.work)
+    assert gpu.host_bytes == work.RUNTIME_BYTES + images + max(w.host_bytes for w in gpu.work)
     # A CPU's device memory is host memory: the work holding the most decides the peak.
-    assert cpu.host_bytes == planning.RUNTIME_BYTES + images + max(w.host_bytes + w.device_bytes for w in cpu.work)
+    assert cpu.host_bytes == work.RUNTIME_BYTES + images + max(w.host_bytes + w.device_bytes for w in cpu.work)
     assert cpu.host_bytes > gpu.host_bytes and cpu.device_bytes == gpu.device_bytes
-    assert "the device being the CPU, its device memory" in planning.format_plan(cpu, CALIBRATION)
-    assert "the largest feature cache held)" in planning.format_plan(gpu, CALIBRATION)
-    assert json.loads(planning.to_json(cpu, CALIBRATION))["host_includes_device"] is True
+    assert "the device being the CPU, its device memory" in report.format_plan(cpu, CALIBRATION)
+    assert "the largest feature cache held)" in report.format_plan(gpu, CALIBRATION)
+    assert json.loads(report.to_json(cpu, CALIBRATION))["host_includes_device"] is True
 
 
 def test_sizes_and_durations_parse():
-    assert planning.parse_bytes("15GB") == 15 * 10**9
-    assert planning.parse_bytes("1.5 GiB") == int(1.5 * 2**30)
-    assert planning.parse_seconds("12h") == 12 * 3600 and planning.parse_seconds("90m") == 5400
+    assert units.parse_bytes("15GB") == 15 * 10**9
+    assert units.parse_bytes("1.5 GiB") == int(1.5 * 2**30)
+    assert units.parse_seconds("12h") == 12 * 3600 and units.parse_seconds("90m") == 5400
     with pytest.raises(ValueError, match="Invalid size"):
-        planning.parse_bytes("lots")
+        units.parse_bytes("lots")
     with pytest.raises(ValueError, match="Invalid duration"):
-        planning.parse_seconds("12 parsecs")
+        units.parse_seconds("12 parsecs")
 
 
 def test_cli_plan_runs_nothing_and_says_the_data_is_missing_in_one_line(tmp_path, monkeypatch, capsys):
@@ -217,7 +302,7 @@ def _preset_keywords(source, phase):
 
 @pytest.mark.parametrize(
     ("number", "phase", "builder"),
-    [("03", "transfer", planning.transfer_run_config), ("04", "finetune", planning.finetune_run_config)],
+    [("03", "transfer", work.transfer_run_config), ("04", "finetune", work.finetune_run_config)],
 )
 def test_run_configs_are_built_as_the_notebooks_build_them(number, phase, builder):
     cells = json.loads(runner.find_notebook(number).read_text())["cells"]
@@ -225,3 +310,17 @@ def test_run_configs_are_built_as_the_notebooks_build_them(number, phase, builde
         "".join(c["source"]) for c in cells if c["cell_type"] == "code" and "preset(" in "".join(c["source"])
     )
     assert _preset_keywords(inspect.getsource(builder), phase) == _preset_keywords(code, phase)
+
+
+def test_baseline_features_of_a_grid_pooling_are_k_by_k_cells(tmp_path):
+    """Notebook 02 of the demo reads block1_pool averaged over a 2 x 2 grid ('grid2')."""
+    absent = {"data_dir": str(tmp_path / "absent")}
+    plan = work.make_plan(["02"], profile="demo", overrides=absent)
+    params = _params("demo", "02", absent)
+    assert params["poolings"] == ["grid2"] and params["layer"] == "block1_pool"
+    (features,) = plan.work
+    split = plan.data.split_sizes()
+    images = plan.data.total + sum(k * len(params["split_seeds"]) * split["train"] for k in params["augment_copies"])
+    # block1_pool has 64 channels, averaged over 2 x 2 cells: 256 float32 values an image.
+    assert features.host_bytes == images * 2 * 2 * 64 * 4
+    assert features.disk_bytes == features.host_bytes * len(params["weight_sources"])

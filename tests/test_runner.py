@@ -3,7 +3,7 @@ import json
 import nbformat
 import pytest
 
-from streetlib.experiments import runner
+from streetlib.experiments import parameters, runner
 
 
 def _notebook(path, params_source, body):
@@ -48,10 +48,10 @@ def _run(out, **kwargs):
 
 def test_parameters_cell_is_parsed(setup):
     nbs, _, _ = setup
-    assert runner.notebook_parameters(nbs / "01_first.ipynb") == {"size": 8, "name": "a"}
+    assert parameters.notebook_parameters(nbs / "01_first.ipynb") == {"size": 8, "name": "a"}
     bad = _notebook(nbs / "09_bad.ipynb", "size = 2 * 4\n", "")
     with pytest.raises(ValueError, match="'size' is not a plain literal"):
-        runner.notebook_parameters(bad)
+        parameters.notebook_parameters(bad)
 
 
 def test_runs_in_order_then_skips_what_finished(setup):
@@ -129,15 +129,15 @@ def test_invalid_profile_and_notebook(setup):
 
 
 def test_parse_value():
-    assert runner.parse_value("3") == 3 and runner.parse_value("0.5") == 0.5
-    assert runner.parse_value("[1, 2]") == [1, 2] and runner.parse_value("hed-bsds500") == "hed-bsds500"
+    assert parameters.parse_value("3") == 3 and parameters.parse_value("0.5") == 0.5
+    assert parameters.parse_value("[1, 2]") == [1, 2] and parameters.parse_value("hed-bsds500") == "hed-bsds500"
 
 
 def test_parameter_types_are_checked_before_anything_runs(setup):
     nbs, log, out = setup
     _notebook(nbs / "03_typed.ipynb", "seeds = [42]\nrate = 0.5\nflag = False\nanything = None\n", "")
     typed = nbs / "03_typed.ipynb"
-    runner.check_types(typed, {"seeds": [1, 2], "rate": 1, "flag": True, "anything": "x"})
+    parameters.check_types(typed, {"seeds": [1, 2], "rate": 1, "flag": True, "anything": "x"})
     cases = [
         (
             {"size": "abc"},
@@ -156,11 +156,11 @@ def test_parameter_types_are_checked_before_anything_runs(setup):
         match=r"'seeds' for 03_typed.ipynb. Expected a list of int, like its default "
         r"\[42\]. Received: seeds=42",
     ):
-        runner.check_types(typed, {"seeds": 42})
+        parameters.check_types(typed, {"seeds": 42})
     with pytest.raises(ValueError, match="Expected a list of int"):
-        runner.check_types(typed, {"seeds": [1, "2"]})
+        parameters.check_types(typed, {"seeds": [1, "2"]})
     with pytest.raises(ValueError, match=r"Expected a bool \(True or False\)"):
-        runner.check_types(typed, {"flag": 1})
+        parameters.check_types(typed, {"flag": 1})
 
 
 def test_cli_refuses_a_wrongly_typed_parameter_in_one_line(capsys):
@@ -339,7 +339,7 @@ def test_readme_grid_gives_each_combination_its_own_runs(tmp_path):
         "pooling-max__split_seeds-42",
         "pooling-max__split_seeds-43",
     ]
-    assert "variant" in runner.notebook_parameters(runner.find_notebook("04"))
+    assert "variant" in parameters.notebook_parameters(runner.find_notebook("04"))
 
 
 @pytest.mark.parametrize(
@@ -406,6 +406,69 @@ def test_cli_refuses_an_out_of_range_parameter_in_one_line(capsys):
     assert "01_data_exploration.ipynb" in err and "an int >= 1" in err and "samples_per_class=0" in err
 
 
+_CONCEPT_MARGINS = "a dict of a float > 0 for each of 'share', 'deletion'"
+
+
+@pytest.mark.parametrize(
+    ("number", "name", "value", "expected"),
+    [
+        ("05", "permuted_epochs", -1, "an int >= 0"),
+        ("05", "pointing_tolerance", -0.5, "a float in [0, 224)"),
+        ("05", "pointing_tolerance", 224, "a float in [0, 224)"),
+        ("05", "concept_target", 1.0, "a float in (0, 1)"),
+        ("05", "confirmation_seed", -1, "an int >= 0"),
+        ("05", "confirmation_per_class", 0, "an int >= 1"),
+        ("05", "method_images", {"rise": 0}, "a dict of method name -> int >= 1"),
+        ("05", "margins", {"sanity": 0.0}, "a dict of metric family -> float > 0"),
+        ("05", "concept_margins", {"share": 0.05}, _CONCEPT_MARGINS),
+        ("05", "concept_margins", {"share": 0.05, "deletion": -1.0}, _CONCEPT_MARGINS),
+        ("02", "figure_seeds", [42, -1], "a list of ints >= 0"),
+    ],
+)
+def test_the_notebooks_numeric_parameters_are_refused_out_of_range(number, name, value, expected):
+    """On the real notebooks, before a kernel starts: one message naming the notebook, the range and the value."""
+    with pytest.raises(ValueError) as err:
+        runner.plan([number], profile="smoke", overrides={name: value})
+    message = str(err.value)
+    assert "\n" not in message and f"Invalid parameter {name!r} for {number}_" in message
+    assert f"Expected {expected}" in message and f"Received: {name}={value!r}" in message
+
+
+def test_the_notebooks_numeric_parameters_accept_their_range():
+    overrides = {
+        "permuted_epochs": 0,  # as many as the permuted-label model's configuration has
+        "pointing_tolerance": 7.5,
+        "method_images": {"rise": 4},
+        "margins": {"sanity": 0.2},
+        "concept_margins": {"share": 0.1, "deletion": 0.01},
+        "figure_seeds": [],
+    }
+    plans = runner.plan(["02", "05"], profile="smoke", overrides=overrides)
+    assert plans[1][2]["pointing_tolerance"] == 7.5 and plans[0][2]["figure_seeds"] == []
+
+
+def test_every_numeric_notebook_parameter_has_a_range():
+    """A new numeric parameter (a number, a list of numbers, a dict of numbers) needs its range here too."""
+
+    def numeric(value):
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, (int, float)):
+            return True
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        return any(numeric(v) for v in values)
+
+    missing = [
+        (nb.stem, name)
+        for nb in runner.list_notebooks()
+        for name, value in parameters.notebook_parameters(nb).items()
+        if numeric(value)
+        and ("*", name) not in parameters.PARAMETER_RANGES
+        and (nb.stem[:2], name) not in parameters.PARAMETER_RANGES
+    ]
+    assert missing == []
+
+
 def test_a_negative_cell_timeout_is_refused_by_the_parser(capsys):
     from streetlib.cli import commands as cli
 
@@ -461,8 +524,8 @@ def test_sigterm_ends_as_one_line_shuts_the_kernel_and_the_next_run_resumes(setu
 def test_shared_parameters_have_one_default_in_every_notebook():
     # The numbered notebooks run alone on Colab with their own defaults: the data, the split seeds, the source the
     # study's questions ask about and the fine-tuning boundary must be the same wherever they appear.
-    defaults = {nb.stem: runner.notebook_parameters(nb) for nb in runner.list_notebooks()}
-    for name in runner.SHARED_PARAMETERS:
+    defaults = {nb.stem: parameters.notebook_parameters(nb) for nb in runner.list_notebooks()}
+    for name in parameters.SHARED_PARAMETERS:
         values = {stem: params[name] for stem, params in defaults.items() if name in params}
         assert len({json.dumps(v) for v in values.values()}) == 1, f"{name}: {values}"
     # Questions 1 and 2 of notebook 06 ask about runs that notebooks 03 and 04 make with their defaults.
@@ -474,8 +537,8 @@ def test_shared_parameters_have_one_default_in_every_notebook():
 def test_every_profile_resolves_and_gives_every_notebook_the_same_shared_values(profile):
     loaded = runner.load_profile(profile)
     resolved = {nb.stem: runner.resolve_parameters(nb, loaded, {}) for nb in runner.list_notebooks()}
-    defaults = {nb.stem: runner.notebook_parameters(nb) for nb in runner.list_notebooks()}
-    for name in runner.SHARED_PARAMETERS:
+    defaults = {nb.stem: parameters.notebook_parameters(nb) for nb in runner.list_notebooks()}
+    for name in parameters.SHARED_PARAMETERS:
         values = {
             stem: {**defaults[stem], **params}[name] for stem, params in resolved.items() if name in defaults[stem]
         }

@@ -148,9 +148,9 @@ def _cmd_plan(args, overrides):
 
 
 def _cmd_run(args):
-    from streetlib.experiments import runner
+    from streetlib.experiments import parameters, runner
 
-    overrides = {name: runner.parse_value(value) for name, value in args.param}
+    overrides = {name: parameters.parse_value(value) for name, value in args.param}
     if args.plan:
         return _cmd_plan(args, overrides)
     try:

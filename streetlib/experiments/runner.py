@@ -2,7 +2,7 @@
 
 Profiles live in ``streetlib/experiments/profiles.yaml``: ``smoke`` for CI, ``demo`` the main job, ``full``
 Street10 on a GPU. Parameters are checked before any kernel starts: their names, their types (those of the
-notebooks' defaults) and the ranges of `PARAMETER_RANGES`.
+notebooks' defaults) and their ranges (`streetlib.experiments.parameters`).
 Executed notebooks go to ``<output root>/notebooks/executed/<profile>/`` (`streetlib.paths.executed_dir`); beside
 each, a ``.done.json`` records the parameters and the output root of a finished run, so an interrupted ``streetlib
 run`` resumes by skipping what already finished with the same parameters into the same root. Once a notebook of the
@@ -16,12 +16,10 @@ notebooks are skipped, interrupted training runs continue from their last epoch)
 ``<notebook>.kernel.log`` beside the executed copy.
 """
 
-import ast
 import contextlib
 import hashlib
 import itertools
 import json
-import numbers
 import os
 import re
 import signal
@@ -33,70 +31,18 @@ from pathlib import Path
 import yaml
 
 from streetlib import paths
-from streetlib.constraints import Interval, Items
+from streetlib.experiments.parameters import (
+    SHARED_PARAMETERS,
+    check_overrides,
+    check_ranges,
+    check_types,
+    notebook_parameters,
+)
 from streetlib.paths import atomic_path
 from streetlib.progress import PROGRESS_ENV, follow
 
 PROFILES_FILE = Path(__file__).resolve().parent / "profiles.yaml"
 GRID_KEYS = ("grid", "notebook")
-
-_POSITIVE = Interval(numbers.Integral, 1, None, closed="left")
-_NATURAL = Interval(numbers.Integral, 0, None, closed="left")
-_COUNTS = Items("a non-empty list of ints >= 0", test=_NATURAL.is_satisfied_by, nonempty=True)
-_NAMES = Items("a non-empty list of names", test=lambda v: isinstance(v, str) and v != "", nonempty=True)
-
-# The ranges of notebook parameters, checked before any kernel starts. The notebooks' configurations check them
-# again, but only after a kernel has started and loaded the data, and an empty list fails deep inside pandas.
-# ("*", name) holds in every notebook with that parameter; ("NN", name) in notebook NN only, instead of ("*", name).
-# Names from registries in Keras modules (weight sources, poolings, optimizers) are left to the notebooks: the
-# runner does not import Keras.
-# Parameters that mean one thing in every notebook that has them: the data, how it is split, the pretrained source the
-# study's questions ask about, the fine-tuning boundary, the margin within which two accuracies are equivalent, where
-# outputs go. Their notebook defaults are equal (a test checks it), and a profile sets them under `all`, never for one
-# notebook, so no two notebooks of a run disagree.
-SHARED_PARAMETERS = (
-    "data_dir",
-    "classes",
-    "image_size",
-    "split_seeds",
-    "finetune_from",
-    "pretrained_source",
-    "equivalence_margin",
-    "colab_install",
-    "output_root",
-)
-
-PARAMETER_RANGES = {
-    ("*", "image_size"): [_POSITIVE],
-    ("*", "per_class"): [_POSITIVE],
-    ("*", "samples_per_class"): [_POSITIVE],
-    ("*", "split_seed"): [_NATURAL],
-    ("*", "split_seeds"): [_COUNTS],
-    ("*", "synth_seed"): [_NATURAL],
-    ("*", "init_seed"): [_NATURAL],
-    ("*", "epochs"): [_POSITIVE],
-    ("*", "batch_size"): [_POSITIVE],
-    ("*", "filters"): [_POSITIVE],
-    ("*", "dropout"): [Interval(numbers.Real, 0, 1, closed="left")],
-    ("*", "learning_rate"): [Interval(numbers.Real, 0, None, closed="neither")],
-    ("*", "early_stopping"): [_NATURAL],
-    ("*", "scratch_epochs"): [_NATURAL],
-    # Notebooks 03 and 04: augmented copies of the training set; 02: a list of such counts, 0 for none.
-    ("*", "augment_copies"): [_POSITIVE, _COUNTS],
-    ("*", "weight_sources"): [_NAMES],
-    # Notebook 02 may fit its floors alone, without a network.
-    ("02", "weight_sources"): [Items("a list of names", test=lambda v: isinstance(v, str) and v != "")],
-    ("*", "poolings"): [_NAMES],
-    ("*", "classifiers"): [_NAMES],
-    ("*", "max_images"): [_POSITIVE],
-    ("*", "randomization_images"): [_POSITIVE],
-    ("*", "leaderboard_images"): [_POSITIVE],
-    ("*", "control_images"): [_POSITIVE],
-    ("*", "curve_steps"): [_POSITIVE],
-    ("*", "n_concepts"): [_POSITIVE],
-    ("*", "concept_images"): [_NATURAL],
-    ("*", "equivalence_margin"): [Interval(numbers.Real, 0, None, closed="neither")],
-}
 
 
 class Terminated(KeyboardInterrupt):
@@ -145,28 +91,6 @@ def find_notebook(name, directory=None):
         names = [nb.stem for nb in list_notebooks(directory)]
         raise ValueError(f"Unknown notebook {name!r}. Expected a number or one of {names}.")
     return matches[0]
-
-
-def notebook_parameters(notebook):
-    """The parameters cell of a notebook: dict name -> default value (plain literals).
-
-    Raises:
-        ValueError: no cell tagged 'parameters', or a parameter that is not a plain literal.
-    """
-    nb = json.loads(Path(notebook).read_text())
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
-        raise ValueError(f"{notebook} must have exactly one cell tagged 'parameters'; it has {len(cells)}.")
-    source = "".join(cells[0]["source"])
-    params = {}
-    for node in ast.parse(source).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ValueError(f"{notebook}: the parameters cell must hold only `name = literal` lines.")
-        try:
-            params[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError as err:
-            raise ValueError(f"{notebook}: parameter {node.targets[0].id!r} is not a plain literal.") from err
-    return params
 
 
 def _read_yaml(path):
@@ -224,90 +148,6 @@ def _check_names(notebook, params, known, where):
         raise ValueError(
             f"Unknown parameter(s) {unknown} for {Path(notebook).name} ({where}). Valid names: {sorted(known)}."
         )
-
-
-def _describe_type(default):
-    """What a value must be to replace ``default``: 'an int', 'a list of str', ..."""
-    if isinstance(default, list):
-        kinds = {_describe_type(v) for v in default}
-        return f"a list of {kinds.pop().split(' ', 1)[1]}" if len(kinds) == 1 else "a list"
-    names = {bool: "a bool (True or False)", int: "an int", float: "a number", str: "a str", dict: "a dict"}
-    return names.get(type(default), "a " + type(default).__name__)
-
-
-def _matches(value, default):
-    if default is None:
-        return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, list):
-        kinds = {type(v) for v in default}
-        # An empty default, or one of mixed kinds, says nothing about the elements.
-        return isinstance(value, list) and (len(kinds) != 1 or all(_matches(v, default[0]) for v in value))
-    return type(value) is type(default)
-
-
-def _invalid(notebook, name, value, expected, where):
-    source = f" ({where})" if where else ""
-    return ValueError(
-        f"Invalid parameter {name!r} for {Path(notebook).name}{source}. Expected {expected}. Received: {name}={value!r}"
-    )
-
-
-def check_types(notebook, params, *, where=""):
-    """Every value must have the type of the notebook's default for that name (an int for an int, a number for a
-    float, a list of str for a list of str...); a default of None accepts anything.
-
-    Args:
-        notebook: path of the notebook.
-        params: dict of parameters.
-        where: str, where the parameters come from (e.g. 'grid file grid.yaml') for the message, or ''.
-
-    Raises:
-        ValueError: naming the notebook, the parameter, the expected type and the received value.
-    """
-    defaults = notebook_parameters(notebook)
-    for name, value in params.items():
-        if name in defaults and not _matches(value, defaults[name]):
-            expected = f"{_describe_type(defaults[name])}, like its default {defaults[name]!r}"
-            raise _invalid(notebook, name, value, expected, where)
-
-
-def check_ranges(notebook, params, *, where=""):
-    """Every value with a declared range (`PARAMETER_RANGES`) must be within it.
-
-    Args:
-        notebook: path of the notebook (its number picks the notebook's own ranges).
-        params: dict of parameters, of the right types (see `check_types`).
-        where: str, where the parameters come from for the message, or ''.
-
-    Raises:
-        ValueError: naming the notebook, the parameter, the allowed range and the received value.
-    """
-    number = Path(notebook).stem.split("_", 1)[0]
-    for name, value in params.items():
-        constraints = PARAMETER_RANGES.get((number, name)) or PARAMETER_RANGES.get(("*", name), [])
-        if constraints and not any(c.is_satisfied_by(value) for c in constraints):
-            raise _invalid(notebook, name, value, " or ".join(str(c) for c in constraints), where)
-
-
-def check_overrides(notebooks, overrides):
-    """Every override must be a parameter of at least one of the notebooks to run."""
-    known = set().union(*(notebook_parameters(nb) for nb in notebooks))
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        names = ", ".join(nb.name for nb in notebooks)
-        raise ValueError(f"Unknown parameter(s) {unknown} for {names}. Valid names: {sorted(known)}.")
-
-
-def parse_value(text):
-    """A ``-p NAME VALUE`` value: a Python literal when it parses as one (3, 0.5, True, [1, 2]), else the string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def expand_grid(grid):
