@@ -50,8 +50,8 @@ def street_images(n=4, size=32):
 def test_the_leaderboard_scores_a_registered_method(toy, model):
     masks = np.zeros((4, 32, 32), np.uint8)
     masks[:, 12:20, 12:20] = 1  # the cue at the centre, where the toy points
-    spec = leaderboard.LeaderboardSpec(methods=("grad_cam", "centre"), outputs=("city",), curve_steps=2)
-    scores = leaderboard.score(street_images(), masks, model, normalization="samplewise", spec=spec)
+    config = leaderboard.LeaderboardConfig(methods=("grad_cam", "centre"), outputs=("city",), curve_steps=2)
+    scores = leaderboard.score(street_images(), masks, model, normalization="samplewise", config=config)
     rows = scores[scores["method"] == "centre"]
     assert set(rows["family"]) == {"model-free"} and set(rows["layer"]) == {""}
     assert {"pointing_game", "relevance_mass_accuracy", "deletion_auc", "randomization"} <= set(rows["metric"])
