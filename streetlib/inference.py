@@ -121,7 +121,7 @@ def load_model(path, *, classes=None, normalization=None):
     """
     import keras
 
-    from streetlib.attribution.methods import logits_tensor, model_input_size
+    from streetlib.attribution.explainer import logits_tensor, model_input_size
     from streetlib.data.pipeline import check_normalization
     from streetlib.models.network import CUSTOM_OBJECTS
 
@@ -473,25 +473,29 @@ def _class_entry(names, probs, k):
     return {"class": names[k], "probability": round(float(probs[k]), 4)}
 
 
-def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", guided=True):
+def analyze_images(images, loaded, *, methods=None, rank=1, top=3, layer=None, policy="crop"):
     """Classify and explain a batch of images in one call.
 
     Args:
         images: list of uint8 `(H, W, 3)` RGB, any sizes.
         loaded: `LoadedModel`.
+        methods: None (default: the original study's three, `streetlib.attribution.registry.ORIGINAL`) or a
+            sequence of `registry.METHODS` names. The first one picks the classes explained; the results are read
+            from its logits.
         rank: int, explain the class of this rank (1: the prediction); capped at the number of regions for the
             region output.
         top: int, cities listed per image.
-        layer: str or None, the Grad-CAM layer.
+        layer: str or None, the layer of the methods that read one (the others ignore it).
         policy: how images are fitted to the model input ('crop', 'pad', 'stretch').
-        guided: bool, also compute Guided Backprop / Guided Grad-CAM.
 
     Returns:
-        (results, fitted, explanations): a list of dicts (``region``: {name: probability}, ``cities``: top-K
+        (results, fitted, explanation): a list of dicts (``region``: {name: probability}, ``cities``: top-K
         [{class, probability}], ``explained``: {output: {class, probability, rank}}), the fitted uint8 images
-        `(n, h, w, 3)`, and dict output -> `Explanation`.
+        `(n, h, w, 3)`, and dict method -> dict output -> `Attribution` (maps float32 `(n, h, w)` in [0, 1]), as
+        `streetlib.attribution.registry.explain` returns it.
     """
-    from streetlib.attribution.methods import explain, model_inputs
+    from streetlib.attribution.explainer import model_inputs
+    from streetlib.attribution.registry import ORIGINAL, explain
 
     n_cities = loaded.spec.num_classes
     if not 1 <= rank <= n_cities:
@@ -500,12 +504,14 @@ def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", 
         raise ValueError(f"Invalid `top`: expected an int in [1, {n_cities}]. Received: top={top!r}")
     fitted = np.stack([fit_image(Image.fromarray(im), loaded.image_size, policy=policy) for im in images])
     x = model_inputs(fitted, normalization=loaded.normalization)
-    explanations = explain(x, loaded.model, outputs=OUTPUTS, layer=layer, rank=rank, guided=guided)
+    methods = ORIGINAL if methods is None else methods
+    explanation = explain(x, loaded.model, methods=methods, outputs=OUTPUTS, layer=layer, rank=rank)
+    first = next(iter(explanation.values()))
     names = {o: loaded.spec.class_names(o) for o in OUTPUTS}
     results = []
     for i in range(len(fitted)):
-        probs = {o: explanations[o].probs[i] for o in OUTPUTS}
-        targets = {o: int(explanations[o].target[i]) for o in OUTPUTS}
+        probs = {o: first[o].probs[i] for o in OUTPUTS}
+        targets = {o: int(first[o].target[i]) for o in OUTPUTS}
         order = np.argsort(-probs["city"], kind="stable")[:top]
         results.append(
             {
@@ -517,39 +523,4 @@ def analyze_images(images, loaded, *, rank=1, top=3, layer=None, policy="crop", 
                 },
             }
         )
-    return results, fitted, explanations
-
-
-def attribute_images(fitted, loaded, *, methods, rank=1, layer=None):
-    """Any attribution methods' maps for images already fitted to the model, both outputs, the classes of rank
-    ``rank`` (as `analyze_images` explains them).
-
-    Args:
-        fitted: uint8 `(n, h, w, 3)`, images at the model's input size (`analyze_images` returns them).
-        loaded: `LoadedModel`.
-        methods: list of `streetlib.attribution.registry.METHODS` names.
-        rank: int, the class of this rank is explained (1: the prediction); capped at each output's classes.
-        layer: str or None, the layer of the methods that read one (the others ignore it).
-
-    Returns:
-        dict method -> dict output -> `Attribution` (maps float32 `(n, h, w)` in [0, 1]).
-    """
-    from streetlib.attribution.methods import model_inputs
-    from streetlib.attribution.registry import attribute, get_method
-
-    x = model_inputs(fitted, normalization=loaded.normalization)
-    result = {}
-    for method in methods:
-        uses_layer = get_method(method).uses_layer
-        result[method] = {
-            output: attribute(
-                x,
-                loaded.model,
-                method=method,
-                output=output,
-                layer=layer if uses_layer else None,
-                rank=min(rank, len(loaded.spec.class_names(output))),
-            )
-            for output in OUTPUTS
-        }
-    return result
+    return results, fitted, explanation

@@ -512,15 +512,17 @@ def test_an_unknown_method_or_method_with_only_cam_is_refused(tiny_model, good_i
     assert status == 2 and "--only-cam draws Grad-CAM only" in err
 
 
-def test_attribute_images_explains_the_class_of_the_rank_asked(tiny_model, good_image):
+def test_analyze_images_explains_the_class_of_the_rank_asked_with_every_method(tiny_model, good_image):
     loaded = inference.load_model(tiny_model)
     image = np.asarray(Image.open(good_image).convert("RGB"))
-    results, fitted, explanations = inference.analyze_images([image], loaded, rank=2, guided=False)
-    maps = inference.attribute_images(fitted, loaded, methods=["grad_cam", "occlusion"], rank=2)
+    _, _, alone = inference.analyze_images([image], loaded, methods=["grad_cam"], rank=2)
+    results, fitted, maps = inference.analyze_images([image], loaded, methods=["grad_cam", "occlusion"], rank=2)
+    assert list(maps) == ["grad_cam", "occlusion"]
     for output in ("region", "city"):
         for method in ("grad_cam", "occlusion"):
-            np.testing.assert_array_equal(maps[method][output].target, explanations[output].target)
+            np.testing.assert_array_equal(maps[method][output].target, alone["grad_cam"][output].target)
             assert maps[method][output].maps.shape == (1, *fitted.shape[1:3])
+        assert results[0]["explained"][output]["rank"] == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -574,17 +576,17 @@ def test_an_unusable_out_fails_once_up_front(where, tiny_model, good_image, tmp_
 
 
 def test_only_cam_draws_a_large_image_at_a_bounded_size(tiny_model, tmp_path, monkeypatch, capsys):
-    from streetlib.attribution import methods
+    from streetlib.attribution import plots
 
     # The memory of this machine, scaled down: an overlay over more than 200 x 200 px fails as numpy does.
-    real_overlay = methods.overlay
+    real_overlay = plots.overlay
 
     def overlay(image, cam, **kwargs):
         if image.shape[0] * image.shape[1] > 200 * 200:
             raise MemoryError(f"Unable to allocate an array of shape {image.shape}")
         return real_overlay(image, cam, **kwargs)
 
-    monkeypatch.setattr(methods, "overlay", overlay)
+    monkeypatch.setattr(plots, "overlay", overlay)
     monkeypatch.setattr(analyze, "FIGURE_MAX_SIDE", 200, raising=False)
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (450, 600, 3), dtype=np.uint8)).save(big)

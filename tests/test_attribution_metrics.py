@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 from test_attribution import convention_model, random_inputs  # noqa: E402
 
-from streetlib.attribution import methods as A  # noqa: E402
+from streetlib.attribution import registry  # noqa: E402
 from streetlib.attribution.metrics import faithfulness, intervals, localization, sanity  # noqa: E402
 from streetlib.attribution.metrics.registry import INPUTS, METRICS, Metric, get_metric, of_family  # noqa: E402
 from streetlib.attribution.registry import ORIGINAL  # noqa: E402
@@ -492,7 +492,7 @@ def test_randomisation_correlations_agree_with_quantus_mprt_on_the_same_maps():
     def explain_func(model, inputs, targets, **kwargs):
         # Quantus works channels-first inside and hands some calls channels-first inputs.
         inputs = np.moveaxis(inputs, 1, -1) if inputs.shape[1] == 3 else inputs
-        maps = A.grad_cam(inputs, model, output="city_logits", target=np.asarray(targets))
+        maps = registry.attribute(inputs, model, output="city_logits", target=np.asarray(targets)).maps
         seen.append(maps)
         return maps[:, None]
 

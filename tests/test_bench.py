@@ -30,12 +30,12 @@ def test_legacy_generator_feeds_what_our_pipeline_feeds():
 
 
 def test_original_grad_cam_loop_gives_one_max_normalised_map_per_image():
-    from streetlib.attribution.methods import Explainer
+    from streetlib.attribution.explainer import Explainer
 
     model = explainers.flat_vgg16(32, num_classes=3)
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
     targets = np.argmax(model.predict(x, verbose=0), axis=1)
-    ours = Explainer(model, layer="block5_conv3").grad_cam(x, output="city", target=targets, upsample=False).cam
+    ours = Explainer(model, layer="block5_conv3").grad_cam(x, output="city", target=targets).maps
     original = explainers.original_grad_cam(model, x, targets)
     assert original.shape == np.asarray(ours).shape == (3, 2, 2)
     assert np.isfinite(original).all()

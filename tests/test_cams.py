@@ -17,7 +17,7 @@ from conftest import assert_same_computation
 from test_attribution import X_HAND, convention_model, hand_model, random_inputs
 
 from streetlib.attribution import cams as C
-from streetlib.attribution import methods as A
+from streetlib.attribution import explainer
 
 CLASS_METHODS = (C.grad_cam, C.grad_cam_plus_plus, C.hires_cam, C.xgrad_cam, C.layer_cam, C.score_cam)
 ALL_METHODS = (*CLASS_METHODS, C.eigen_cam)
@@ -71,7 +71,7 @@ def test_gradient_cams_agree_with_tf_keras_vis(ours, theirs_module, theirs_class
     theirs = getattr(module, theirs_class)(model, clone=True)(
         CategoricalScore(targets), x, penultimate_layer="last_conv", expand_cam=False, normalize_cam=True
     )
-    a = ours(A.explainer(model, layer="last_conv"), x, output="predictions", target=np.array(targets))
+    a = ours(explainer.explainer(model, layer="last_conv"), x, output="predictions", target=np.array(targets))
     assert a.maps.shape == (3, 16, 16)
     np.testing.assert_array_equal(a.target, targets)
     assert (a.maps.max(axis=(1, 2)) > a.maps.min(axis=(1, 2))).all(), "degenerate maps would agree trivially"
@@ -99,7 +99,7 @@ def test_score_cam_agrees_with_tf_keras_vis():
     theirs = scorecam.Scorecam(model, clone=True)(
         CategoricalScore(targets), x, penultimate_layer="last_conv", expand_cam=False, normalize_cam=True
     )
-    a = C.score_cam(A.explainer(model, layer="last_conv"), x, output="predictions", target=np.array(targets))
+    a = C.score_cam(explainer.explainer(model, layer="last_conv"), x, output="predictions", target=np.array(targets))
     assert a.maps.shape == (3, 16, 16)
     assert (a.maps.max(axis=(1, 2)) > a.maps.min(axis=(1, 2))).all(), "degenerate maps would agree trivially"
     assert_same_computation(normalize(a.maps), np.asarray(theirs))
@@ -129,7 +129,7 @@ HAND_MAPS = {
 @pytest.mark.parametrize("name", sorted(HAND_MAPS))
 def test_maps_match_hand_computation(name, nested):
     model = hand_model(nested)  # the explainer holds its model weakly
-    a = getattr(C, name)(A.explainer(model), X_HAND, target=1)
+    a = getattr(C, name)(explainer.explainer(model), X_HAND, target=1)
     assert a.method == name
     np.testing.assert_allclose(a.maps[0], HAND_MAPS[name], rtol=0, atol=HAND_ATOL)
 
@@ -140,7 +140,7 @@ def test_eigen_cam_matches_hand_computation(nested):
     # for the image x and for -x alike. The sign rule keeps the one that sums to a non-negative value, x |v| (sum
     # 10 |v|), for both; the other sign would leave relu(-x) |v| = [[0, 2 |v|], [0, 0]].
     model = hand_model(nested)
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     expected = np.maximum(X_HAND[0, ..., 0], 0) * np.sqrt(1.25)
     for x in (X_HAND, -X_HAND):
         a = C.eigen_cam(ex, x)
@@ -161,17 +161,18 @@ def nested_model():
 @pytest.mark.parametrize("method", ALL_METHODS, ids=lambda m: m.__name__)
 def test_every_method_on_the_nested_two_output_model(nested_model, method, output):
     x = random_inputs(2, 32, seed=3)
-    a = method(A.explainer(nested_model), x, output=output)
+    a = method(explainer.explainer(nested_model), x, output=output)
     assert (a.method, a.output) == (method.__name__, output)
     assert a.maps.dtype == np.float32 and a.maps.shape == (2, 16, 16)  # block5_conv3 of the 32 px backbone
     assert np.isfinite(a.maps).all() and (a.maps >= 0).all()
     assert (a.maps.max(axis=(1, 2)) > 0).all(), "an all-zero map would pass every other check"
-    np.testing.assert_array_equal(a.target, np.argmax(A.explainer(nested_model).logits(x, output=output), axis=1))
+    logits = explainer.explainer(nested_model).logits(x, output=output)
+    np.testing.assert_array_equal(a.target, np.argmax(logits, axis=1))
 
 
 @pytest.mark.parametrize("method", ALL_METHODS, ids=lambda m: m.__name__)
 def test_target_and_rank_are_honoured(nested_model, method):
-    ex = A.explainer(nested_model)
+    ex = explainer.explainer(nested_model)
     x = random_inputs(2, 32, seed=4)
     order = np.argsort(-ex.logits(x, output="city"), axis=1, kind="stable")
     predicted, runner_up = method(ex, x, target=order[:, 0]), method(ex, x, rank=2)
@@ -186,7 +187,7 @@ def test_target_and_rank_are_honoured(nested_model, method):
 
 
 def test_score_cam_chunk_size_bounds_batches_and_keeps_maps(nested_model, monkeypatch):
-    ex = A.explainer(nested_model)
+    ex = explainer.explainer(nested_model)
     x = random_inputs(3, 32, seed=5)
     whole = C.score_cam(ex, x, chunk_size=10_000)
     batches = []
@@ -211,4 +212,4 @@ def test_score_cam_chunk_size_bounds_batches_and_keeps_maps(nested_model, monkey
 def test_score_cam_refuses_a_bad_chunk_size(chunk_size):
     model = hand_model(False)
     with pytest.raises(ValueError, match="chunk_size"):
-        C.score_cam(A.explainer(model), X_HAND, chunk_size=chunk_size)
+        C.score_cam(explainer.explainer(model), X_HAND, chunk_size=chunk_size)

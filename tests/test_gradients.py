@@ -11,8 +11,8 @@ import pytest
 from conftest import assert_same_computation
 from test_attribution import convention_model, random_inputs
 
+from streetlib.attribution import explainer
 from streetlib.attribution import gradients as G
-from streetlib.attribution import methods as A
 
 METHODS = {
     "saliency": (G.saliency, {}),
@@ -64,7 +64,7 @@ def test_saliency_agrees_with_tf_keras_vis():
     x = random_inputs(3, 16, seed=1)
     targets = np.array([0, 2, 4])
     theirs = saliency.Saliency(model, clone=False)(CategoricalScore(list(targets)), x)
-    ours = G.saliency(A.explainer(model), x, output="predictions", target=targets)
+    ours = G.saliency(explainer.explainer(model), x, output="predictions", target=targets)
     np.testing.assert_array_equal(ours.target, targets)
     assert (ours.maps.max(axis=(1, 2)) > ours.maps.min(axis=(1, 2))).all(), "flat maps would agree trivially"
     # One computation, the same gradient graph, through different kernels: see SAME_COMPUTATION_RTOL in conftest.
@@ -97,8 +97,8 @@ def test_smoothgrad_agrees_with_tf_keras_vis_on_the_same_noise(monkeypatch):
     )
     monkeypatch.undo()
     assert calls == [(samples, 2, 16, 16, 3)], "tf-keras-vis no longer draws its noise the way this test assumes"
-    ours = G.smoothgrad(A.explainer(model), x, output="predictions", target=targets, samples=samples, seed=seed)
-    vanilla = G.saliency(A.explainer(model), x, output="predictions", target=targets).maps
+    ours = G.smoothgrad(explainer.explainer(model), x, output="predictions", target=targets, samples=samples, seed=seed)
+    vanilla = G.saliency(explainer.explainer(model), x, output="predictions", target=targets).maps
     assert not np.allclose(normalize(ours.maps), normalize(vanilla), atol=0.05), "the noise changed nothing"
     # Same images, same gradients, summed in a different order through different kernels: see conftest.
     assert_same_computation(normalize(ours.maps), np.asarray(theirs))
@@ -115,7 +115,7 @@ W_LIN = np.stack([np.zeros_like(W1), W1], axis=-1)
 
 def test_gradient_x_input_on_a_linear_model_by_hand():
     model = linear_model(W_LIN)  # the explainer holds the model weakly
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     # |x * w summed over channels|: [[|1 + 2|, |-2 - 0.5|], [|1.5 - 2|, |0 + 4|]].
     expected = np.array([[3.0, 2.5], [0.5, 4.0]], np.float32)
     result = G.gradient_x_input(ex, X_LIN, target=1)
@@ -128,7 +128,7 @@ def test_gradient_x_input_on_a_linear_model_by_hand():
 @pytest.mark.parametrize("baseline", [0.0, 0.5, X_LIN[..., ::-1]], ids=["zero", "scalar", "image"])
 def test_integrated_gradients_on_a_linear_model_is_exact(baseline):
     model = linear_model(W_LIN)
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     # The gradient is the constant W1, and the trapezoid weights sum to 1: IG = (x - baseline) * W1 for any steps.
     expected = np.abs(((X_LIN - baseline) * W1).sum(axis=-1))
     for steps in (1, 3):
@@ -153,7 +153,7 @@ def monotone_model(size=6, seed=0):
 
 def test_integrated_gradients_completeness_within_the_trapezoid_error():
     model = monotone_model()
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     x = np.random.default_rng(1).uniform(0, 1, (2, 6, 6, 3)).astype(np.float32)
     # Every weight is positive and every activation increasing, so with x >= baseline = 0 each attribution is >= 0:
     # the map |sum over channels| loses no sign, and its sum is the sum of the attributions.
@@ -182,7 +182,7 @@ def test_integrated_gradients_completeness_within_the_trapezoid_error():
 @pytest.fixture(scope="module")
 def nested():
     model = convention_model(32)
-    return model, A.explainer(model), random_inputs(3, 32)
+    return model, explainer.explainer(model), random_inputs(3, 32)
 
 
 def assert_explains_any_class(method, name, ex, x, output, **kwargs):
@@ -232,7 +232,7 @@ def test_smoothgrad_seed_reproduces(nested):
 def test_smoothgrad_explains_the_clean_images_class_in_every_copy():
     # The untrained nested model predicts the same class for everything; a random linear model's prediction moves.
     model = linear_model(np.random.default_rng(0).normal(size=(8, 8, 3, 4)).astype(np.float32))
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     x = random_inputs(3, 8, seed=5)
     first = G.smoothgrad(ex, x, samples=6, noise=0.5, seed=3)
     np.testing.assert_array_equal(first.target, ex.logits(x).argmax(axis=1))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import assert_same_computation
 
-from streetlib.attribution.methods import logits_tensor
+from streetlib.attribution.explainer import logits_tensor
 from streetlib.classes import OUTPUTS, STREET10, SYNTH10
 from streetlib.models import backbones, weights
 from streetlib.models import network as models

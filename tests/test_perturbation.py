@@ -8,7 +8,7 @@ from scipy.special import softmax
 from test_attribution import convention_model, random_inputs
 from test_gradients import assert_explains_any_class, linear_model
 
-from streetlib.attribution import methods as A
+from streetlib.attribution import explainer
 from streetlib.attribution import perturbation as P
 
 METHODS = {
@@ -27,7 +27,7 @@ W_OCC = np.array([[1.0, 2.0, -4.0], [0.0, 1.0, -1.0]], np.float32)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_occlusion_by_hand(stride):
     model = linear_model(np.stack([np.zeros_like(W_OCC), W_OCC], axis=-1)[:, :, None])
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     x = np.ones((1, 2, 3, 1), np.float32)
     # A 2x2 patch has two positions: columns 0-1 (hiding 1 + 2 + 0 + 1, a drop of 4) and columns 1-2 (hiding
     # 2 - 4 + 1 - 1, a rise of 2). With stride 2 the second is the one added flush with the right edge.
@@ -43,7 +43,7 @@ def test_occlusion_baseline_is_per_channel():
     weights = np.zeros((2, 2, 2, 2), np.float32)
     weights[..., 0, 1] = 1.0  # class 1 reads channel 0 only
     model = linear_model(weights)
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     x = np.ones((1, 2, 2, 2), np.float32)
     # Channel 0 filled with -1 (each pixel drops by 2, four pixels per patch); channel 1's fill is not read.
     result = P.occlusion(ex, x, target=1, patch=2, stride=1, baseline=[-1.0, 5.0])
@@ -57,7 +57,7 @@ def test_occlusion_baseline_is_per_channel():
 def test_rise_keeping_everything_gives_the_clean_probability():
     # With p = 1 every mask keeps every pixel, so the map is N * P(x) / (N * 1) = P(x) everywhere.
     model = linear_model(np.random.default_rng(0).normal(size=(8, 8, 3, 4)).astype(np.float32) * 0.1)
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     x = random_inputs(2, 8)
     result = P.rise(ex, x, masks=5, cells=3, p=1.0, seed=0, rank=2)
     probs = softmax(ex.logits(x), axis=1)[np.arange(2), result.target]
@@ -69,7 +69,7 @@ def test_rise_of_a_model_that_ignores_the_image_is_its_probability():
     # Zero weights: P = 1/4 whatever the mask. Bilinear upsampling keeps a cell's mean, so a mask's expected value is
     # p at every pixel and the map's expectation is 1/4 everywhere: the division by p is what makes it so.
     model = linear_model(np.zeros((16, 16, 1, 4), np.float32))
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     maps = P.rise(ex, np.ones((1, 16, 16, 1), np.float32), masks=300, cells=4, p=0.3, seed=0).maps
     # The image-wide mean of one mask has a standard deviation of about sqrt(p (1 - p) / 16) = 0.11 (16 cells), so
     # the mean over 300 masks, divided by p, is off by about 0.11 / sqrt(300) / 0.3 = 2% (0.005 in 0.25); 0.03 is
@@ -83,7 +83,7 @@ def test_rise_finds_the_region_the_model_reads():
     weights = np.zeros((16, 16, 1, 2), np.float32)
     weights[:8, :8, 0, 1] = 4 / 64
     model = linear_model(weights, np.array([2.0, 0.0], np.float32))
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     maps = P.rise(ex, np.ones((1, 16, 16, 1), np.float32), target=1, masks=1000, cells=4, seed=0).maps[0]
     cue, rest = maps[:8, :8], maps.copy()
     rest[:8, :8] = np.nan
@@ -100,7 +100,7 @@ def test_rise_finds_the_region_the_model_reads():
 def test_rise_explains_the_clean_images_class_in_every_copy():
     # A random linear model: masking moves its prediction, so a class re-picked per copy would differ.
     model = linear_model(np.random.default_rng(1).normal(size=(8, 8, 3, 4)).astype(np.float32))
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     x = random_inputs(3, 8, seed=2)
     first = P.rise(ex, x, masks=20, cells=3, seed=1)
     np.testing.assert_array_equal(first.target, ex.logits(x).argmax(axis=1))
@@ -117,7 +117,7 @@ def test_rise_explains_the_clean_images_class_in_every_copy():
 @pytest.fixture(scope="module")
 def nested():
     model = convention_model(32)
-    return model, A.explainer(model), random_inputs(3, 32)
+    return model, explainer.explainer(model), random_inputs(3, 32)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -5,8 +5,7 @@ import pytest
 from scipy import ndimage
 from test_attribution import convention_model, random_inputs
 
-from streetlib.attribution import cams, registry
-from streetlib.attribution import methods as A
+from streetlib.attribution import cams, explainer, maps, registry
 
 # Cheap settings for the costly methods, so that every method runs in about a second on a 32 px model.
 CHEAP = {
@@ -41,23 +40,26 @@ def test_every_method_gives_unit_range_maps_at_input_resolution_for_the_class_as
     np.testing.assert_array_equal(a.target, target)
     assert a.maps.shape == (2, 32, 32) and a.maps.dtype == np.float32
     assert np.isfinite(a.maps).all() and a.maps.min() >= 0 and a.maps.max() <= 1
+    # What was explained: the clean inputs' logits, and the layer read by the methods that read one.
+    np.testing.assert_allclose(a.logits, explainer.explainer(model).logits(x, output="city"), atol=1e-5)
+    assert a.layer == ("block5_conv3" if registry.METHODS[name].uses_layer else None)
 
 
 def test_attribute_upsamples_and_normalises_the_method_s_own_map(model):
     x = random_inputs(3, 32, seed=2)
-    ex = A.explainer(model)
+    ex = explainer.explainer(model)
     raw = cams.hires_cam(ex, x, output="region")
     # The same computation through the same kernels: only the resize and the per-image division differ.
-    expected = A.normalize_maps(A.upsample_maps(raw.maps, (32, 32)))
+    expected = maps.normalize_maps(maps.upsample_maps(raw.maps, (32, 32)))
     np.testing.assert_array_equal(registry.attribute(x, model, method="hires_cam", output="region").maps, expected)
 
 
 def test_grad_cam_through_the_registry_is_the_explainer_s(model):
     x = random_inputs(2, 32, seed=3)
-    np.testing.assert_array_equal(
-        registry.attribute(x, model, method="grad_cam", output="region").maps,
-        A.explainer(model).grad_cam(x, output="region").cam,
-    )
+    raw = explainer.explainer(model).grad_cam(x, output="region")
+    a = registry.attribute(x, model, method="grad_cam", output="region")
+    np.testing.assert_array_equal(a.maps, maps.normalize_maps(maps.upsample_maps(raw.maps, (32, 32))))
+    np.testing.assert_array_equal(a.logits, raw.logits)
 
 
 def test_parameters_reach_the_method(model):
@@ -93,9 +95,25 @@ def test_the_edge_floor_is_the_image_s_sobel_edges_whatever_the_model(model):
             for image in x
         ]
     )
-    np.testing.assert_allclose(first.maps, A.normalize_maps(by_hand.astype(np.float32)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first.maps, maps.normalize_maps(by_hand.astype(np.float32)), rtol=1e-5, atol=1e-6)
     # A step between two flat halves: the map is highest along the step and zero far from it.
     step = np.zeros((1, 32, 32, 3), np.float32)
     step[:, :, 16:] = 1.0
     edges = registry.attribute(step, model, method="edge").maps[0]
     assert set(np.flatnonzero(edges.max(axis=0) == 1.0)) == {15, 16} and edges[:, :14].max() == 0
+
+
+def test_a_method_registers_once_and_is_refused_a_second_time(model):
+    def constant(ex, inputs, *, output="city", target=None, rank=1, level=1.0):
+        logits, classes = ex.classes(inputs, output=output, target=target, rank=rank)
+        return maps.Attribution("constant", output, classes, np.full(np.shape(inputs)[:3], level, np.float32), logits)
+
+    method = registry.register(constant, "model-free", uses_layer=False, differentiates="nothing")
+    try:
+        assert registry.METHODS["constant"] is method and method.params == {"level": 1.0}
+        a = registry.attribute(random_inputs(1, 32), model, method="constant", level=2.0)
+        np.testing.assert_array_equal(a.maps, 1.0)
+        with pytest.raises(ValueError, match="a method named 'constant' is registered already"):
+            registry.register(constant, "model-free", uses_layer=False, differentiates="nothing")
+    finally:
+        del registry.METHODS["constant"]

@@ -10,8 +10,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from test_attribution import convention_model  # noqa: E402
 
-from streetlib.attribution import methods as A  # noqa: E402
-from streetlib.attribution import plots, summaries  # noqa: E402
+from streetlib.attribution import (  # noqa: E402
+    explainer,  # noqa: E402
+    plots,
+    summaries,
+)
 from streetlib.classes import STREET10, ClassSpec  # noqa: E402
 
 
@@ -32,15 +35,15 @@ def test_street_features_by_hand():
     np.testing.assert_allclose(f["patch_info"][0]["score"], [1.0, 0.5])
     assert f["patches"][2].shape == (0, 4, 4, 3)
     spec = ClassSpec.from_dict({"name": "three", "regions": {"west": ["a", "b"], "east": ["c"]}})
-    gallery = A.plot_patch_gallery(f["patches"], spec=spec)
+    gallery = plots.plot_patch_gallery(f["patches"], classes=spec)
     assert [ax.get_title(loc="left") for ax in gallery.axes[::2]] == ["a", "b", "c"]
     assert len(gallery.axes[0].images) == 1 and len(gallery.axes[2].images) == 1 and not gallery.axes[4].images
-    means = A.plot_mean_cams(f["mean_cams"], f["counts"], spec=spec)
+    means = plots.plot_mean_cams(f["mean_cams"], f["counts"], classes=spec)
     assert [ax.get_title() for ax in means.axes] == ["a (n=2)", "b (n=1)", "c (n=0)"]
     with pytest.raises(ValueError, match="one entry per class of 'street10'"):
-        A.plot_mean_cams(f["mean_cams"], f["counts"], spec=STREET10)
+        plots.plot_mean_cams(f["mean_cams"], f["counts"], classes=STREET10)
     with pytest.raises(ValueError, match="`patches` needs one entry per class"):
-        A.plot_patch_gallery(f["patches"], spec=STREET10)
+        plots.plot_patch_gallery(f["patches"], classes=STREET10)
     with pytest.raises(ValueError, match="Invalid `patch_size`"):
         summaries.street_features(images, cams, labels, predicted, num_classes=3, patch_size=9)
     with pytest.raises(ValueError, match="must match `images`"):
@@ -60,13 +63,15 @@ def test_quadrants_are_cut_in_reading_order_and_explained():
     model = convention_model(32)
     quads, ex = summaries.explain_quadrants(image, model, normalization="samplewise")
     assert quads.shape == (4, 32, 32, 3)
-    assert ex["city"].cam.shape == (4, 32, 32) and ex["city"].guided is None
-    fig = A.plot_quadrants(quads, ex["city"], spec=STREET10)
+    assert ex["city"].maps.shape == (4, 32, 32) and ex["city"].method == "grad_cam"
+    fig = plots.plot_quadrants(quads, ex["city"], classes=STREET10)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:4] == ["top left", "top right", "bottom left", "bottom right"]
     assert titles[4].startswith(STREET10.classes[ex["city"].target[0]] + " ")
     np.testing.assert_allclose(
-        ex["city"].logits, A.explainer(model).logits(A.model_inputs(quads, normalization="samplewise")), atol=1e-5
+        ex["city"].logits,
+        explainer.explainer(model).logits(explainer.model_inputs(quads, normalization="samplewise")),
+        atol=1e-5,
     )
 
 

@@ -1,1 +1,2 @@
-"""Explaining predictions: attribution methods (`methods`) and the metrics that score them (`metrics`)."""
+"""Explaining predictions: attribution methods by name (`registry`), the metrics that score them (`metrics`), the
+leaderboard and concepts built on both, and their figures (`plots`)."""

@@ -1,12 +1,12 @@
 """The CAM family: Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM, Eigen-CAM and Score-CAM, batched.
 
 Every method is a function ``method(ex, inputs, *, output="city", target=None, rank=1) -> Attribution`` on an
-`Explainer` (``streetlib.attribution.methods.explainer(model, layer=...)``), so it works on the nested two-output
+`Explainer` (``streetlib.attribution.explainer.explainer(model, layer=...)``), so it works on the nested two-output
 models and on flat ones alike, at the explainer's layer. Shared conventions:
 
 - ``inputs``: float32 `(batch, H, W, C)`, normalised as the model expects.
 - ``output``: the output explained, 'region' or 'city' (or, for a flat model, the name of a linear layer; see
-  `methods.logits_tensor`). Default 'city'.
+  `explainer.logits_tensor`). Default 'city'.
 - ``target``: None (default: the class of rank ``rank`` for each image), an int class index, or int `(batch,)`.
   ``rank``: 1 (default) the predicted class, 2 the runner-up, ...; only with ``target=None``.
 - Gradient methods differentiate the class *logit*, never the softmax probability (which saturates, so its gradient
@@ -14,20 +14,21 @@ models and on flat ones alike, at the explainer's layer. Shared conventions:
 - A map is ``relu(sum_c W_c * A_c)`` for per-channel (`(batch, 1, 1, c)`) or per-position (`(batch, h, w, c)`)
   weights ``W``, which is all that tells the methods apart (Eigen-CAM aside).
 - Result: `Attribution` with ``maps`` float32 `(batch, h, w)` at the feature map's resolution, non-negative and not
-  normalised (`methods.normalize_maps` and `methods.upsample_maps` do that for display), and ``target`` int64
-  `(batch,)` the class explained (for class-agnostic Eigen-CAM: the class picked from the logits, for the record).
+  normalised (`registry.attribute` upsamples and normalises them), ``target`` int64 `(batch,)` the class explained
+  (for class-agnostic Eigen-CAM: the class picked from the logits, for the record) and the ``logits``.
 """
 
 import numpy as np
 from scipy.special import softmax
 
-from streetlib.attribution.methods import Attribution, check_counts, copy_batches, normalize_maps, upsample_maps
+from streetlib.attribution.explainer import check_counts, copy_batches
+from streetlib.attribution.maps import Attribution, normalize_maps, upsample_maps
 
 
 def _weighted_maps(method, g, weights):
     """``relu(sum_c weights * A)`` over the channels of ``g.activations`` as the ``method``'s `Attribution`."""
     maps = np.maximum(np.sum(g.activations * weights, axis=-1), 0)
-    return Attribution(method=method, output=g.output, target=g.target, maps=maps.astype(np.float32))
+    return Attribution(method, g.output, g.target, maps.astype(np.float32), logits=g.logits)
 
 
 def _spatial_sum(array):
@@ -43,14 +44,13 @@ def _divide(numerator, denominator):
 def grad_cam(ex, inputs, *, output="city", target=None, rank=1):
     """Grad-CAM (Selvaraju et al. 2017): ``relu(sum_c mean_ij(dS/dA_c) * A_c)``, S the class logit.
 
-    Differentiates the logit w.r.t. the feature map at ``ex.layer``; see `methods.Explainer.grad_cam`, of which this
-    is the raw, feature-map-resolution map. Arguments as the module's conventions.
+    Differentiates the logit w.r.t. the feature map at ``ex.layer``: `explainer.Explainer.grad_cam`, the primitive
+    Guided Grad-CAM shares. Arguments as the module's conventions.
 
     Returns:
         `Attribution`, ``maps`` float32 `(batch, h, w)`.
     """
-    e = ex.grad_cam(inputs, output=output, target=target, rank=rank, upsample=False, normalize=False)
-    return Attribution(method="grad_cam", output=e.output, target=e.target, maps=e.cam)
+    return ex.grad_cam(inputs, output=output, target=target, rank=rank)
 
 
 def grad_cam_plus_plus(ex, inputs, *, output="city", target=None, rank=1):
@@ -141,7 +141,7 @@ def eigen_cam(ex, inputs, *, output="city", target=None, rank=1):
     projection = np.einsum("bpc,bc->bp", matrix, vt[:, 0, :])
     projection *= np.where(projection.sum(axis=1, keepdims=True) < 0, -1, 1)
     maps = np.maximum(projection, 0).reshape(batch, h, w).astype(np.float32)
-    return Attribution(method="eigen_cam", output=g.output, target=g.target, maps=maps)
+    return Attribution("eigen_cam", g.output, g.target, maps, logits=g.logits)
 
 
 def score_cam(ex, inputs, *, output="city", target=None, rank=1, chunk_size=32):
@@ -149,7 +149,7 @@ def score_cam(ex, inputs, *, output="city", target=None, rank=1, chunk_size=32):
     what the channel highlights. No gradient.
 
     For each image and channel c of the feature map at ``ex.layer``: ``A_c`` is upsampled to the input size
-    (`methods.upsample_maps`, bilinear with half-pixel centres, as the displayed maps), min-max normalised to
+    (`maps.upsample_maps`, bilinear with half-pixel centres, as the displayed maps), min-max normalised to
     [0, 1] (a constant channel gives an all-zero mask) and multiplies the input (broadcast over the colour
     channels); the weight ``w_c`` is the softmax probability of the target class for that masked input. As the
     authors' code and tf-keras-vis: the probability itself, with no baseline subtracted (the paper's "increase of

@@ -2,17 +2,17 @@
 
 Every method here differentiates one output's class *logit* (not its softmax probability, whose gradient vanishes
 where the model is confident) with respect to the model input, through the model's own ReLUs, using
-`methods.Explainer.input_gradients`. Conventions shared by the family:
+`explainer.Explainer.input_gradients`. Conventions shared by the family:
 
-- ``ex`` is a `methods.Explainer` (see `methods.explainer`) of a model with one image input: nested or flat, any
+- ``ex`` is an `explainer.Explainer` (see `explainer.explainer`) of a model with one image input: nested or flat, any
   output with a ``<output>_logits`` layer (or a linear layer named ``output``).
 - ``inputs`` are float32 `(batch, H, W, C)`, normalised as the model expects. Noise levels and baselines are in that
   space, not in pixel values.
 - The explained class is fixed once per image from the clean input: ``target`` (an int or int `(batch,)`) or, when it
   is None, the class of rank ``rank`` (1 the predicted class, 2 the runner-up, ...). Noisy copies and points on the
   integration path are explained for that same class, even where the model would rank them otherwise.
-- The result is a `methods.Attribution` with maps float32 `(batch, H, W)` at input resolution, non-negative and not
-  normalised (`methods.normalize_maps` divides by each map's maximum).
+- The result is a `maps.Attribution` with maps float32 `(batch, H, W)` at input resolution, non-negative and not
+  normalised (`registry.attribute` divides each by its maximum), and the logits of the clean inputs.
 - Copies of an image (noisy samples, path points) go through the model at most ``batch_size`` at a time, so memory
   does not grow with ``samples`` or ``steps``; the result does not depend on ``batch_size`` beyond float rounding.
 - Costs are counted per image in passes through the model: a gradient costs one forward and one backward pass.
@@ -20,7 +20,8 @@ where the model is confident) with respect to the model input, through the model
 
 import numpy as np
 
-from streetlib.attribution.methods import Attribution, check_counts, copy_batches
+from streetlib.attribution.explainer import check_counts, copy_batches
+from streetlib.attribution.maps import Attribution
 
 
 def saliency(ex, inputs, *, output="city", target=None, rank=1):
@@ -31,7 +32,7 @@ def saliency(ex, inputs, *, output="city", target=None, rank=1):
     (`guided.guided_backprop` sums the absolute guided gradients over channels instead.)
 
     Args:
-        ex: `methods.Explainer` of the model.
+        ex: `explainer.Explainer` of the model.
         inputs: float32 `(batch, H, W, C)`, normalised as the model expects.
         output: str, the output to explain. Default 'city'.
         target: None (default: the class of rank ``rank``), an int class index, or int `(batch,)`.
@@ -43,7 +44,7 @@ def saliency(ex, inputs, *, output="city", target=None, rank=1):
     Cost per image: one forward and one backward pass.
     """
     g = ex.input_gradients(inputs, output=output, target=target, rank=rank)
-    return Attribution("saliency", output, g.target, np.abs(g.gradients).max(axis=-1))
+    return Attribution("saliency", output, g.target, np.abs(g.gradients).max(axis=-1), logits=g.logits)
 
 
 def gradient_x_input(ex, inputs, *, output="city", target=None, rank=1):
@@ -61,7 +62,8 @@ def gradient_x_input(ex, inputs, *, output="city", target=None, rank=1):
     Cost per image: one forward and one backward pass.
     """
     g = ex.input_gradients(inputs, output=output, target=target, rank=rank)
-    return Attribution("gradient_x_input", output, g.target, np.abs((g.gradients * g.activations).sum(axis=-1)))
+    maps = np.abs((g.gradients * g.activations).sum(axis=-1))
+    return Attribution("gradient_x_input", output, g.target, maps, logits=g.logits)
 
 
 def smoothgrad(ex, inputs, *, output="city", target=None, rank=1, samples=50, noise=0.2, seed=None, batch_size=64):
@@ -91,7 +93,7 @@ def smoothgrad(ex, inputs, *, output="city", target=None, rank=1, samples=50, no
     if not noise >= 0:
         raise ValueError(f"Invalid `noise`: expected a float >= 0. Received: noise={noise!r}")
     x = ex.check_inputs(inputs)
-    _, classes = ex.classes(x, output=output, target=target, rank=rank)
+    logits, classes = ex.classes(x, output=output, target=target, rank=rank)
     sigma = (noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))).astype(np.float32)
     rng = np.random.default_rng(seed)
 
@@ -103,7 +105,7 @@ def smoothgrad(ex, inputs, *, output="city", target=None, rank=1, samples=50, no
     for image, _ in copy_batches(len(x), samples, batch_size):
         gradients = ex.input_gradients(noisy(image), output=output, target=classes[image]).gradients
         np.add.at(total, image, np.abs(gradients))
-    return Attribution("smoothgrad", output, classes, (total / samples).max(axis=-1))
+    return Attribution("smoothgrad", output, classes, (total / samples).max(axis=-1), logits=logits)
 
 
 def integrated_gradients(ex, inputs, *, output="city", target=None, rank=1, baseline=0.0, steps=32, batch_size=64):
@@ -151,4 +153,4 @@ def integrated_gradients(ex, inputs, *, output="city", target=None, rank=1, base
         gradients = ex.input_gradients(on_path, output=output, target=clean.target[image]).gradients
         np.add.at(total, image, weights[step, None, None, None] * gradients)
     maps = np.abs(((x - base) * total).sum(axis=-1))
-    return Attribution("integrated_gradients", output, clean.target, maps)
+    return Attribution("integrated_gradients", output, clean.target, maps, logits=clean.logits)

@@ -48,7 +48,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from streetlib.attribution.methods import explainer, model_inputs
+from streetlib.attribution.explainer import explainer, model_inputs
 from streetlib.attribution.metrics.localization import ZHANG_TOLERANCE, random_maps, scaled_tolerance
 from streetlib.attribution.metrics.registry import FAMILIES, METRICS, get_metric
 from streetlib.attribution.metrics.sanity import random_logit_targets, randomized_copy
@@ -131,7 +131,7 @@ class LeaderboardConfig:
     seed: int = 0
 
     _parameter_constraints: ClassVar[dict] = {
-        "methods": [Items(f"a non-empty list of {sorted(METHODS)}", values=tuple(METHODS), nonempty=True)],
+        "methods": [Items(f"a non-empty list of {sorted(METHODS)}", values=METHODS, nonempty=True)],
         "metrics": [
             None,
             Items(

@@ -12,7 +12,7 @@ which marks what failing looks like.
 import numpy as np
 from scipy import ndimage
 
-from streetlib.attribution.methods import Attribution
+from streetlib.attribution.maps import Attribution
 
 
 def edge(ex, inputs, *, output="city", target=None, rank=1):
@@ -23,7 +23,7 @@ def edge(ex, inputs, *, output="city", target=None, rank=1):
     normalisation's per-channel scale weighs the channels (under 'caffe' and 'unit' every channel counts alike).
 
     Args:
-        ex: `methods.Explainer` of the model; used only to name the class each map is said to explain, never for
+        ex: `explainer.Explainer` of the model; used only to name the class each map is said to explain, never for
             the map itself.
         inputs: float32 `(batch, H, W, C)`, normalised as the model expects.
         output: str, the output whose class is recorded. Default 'city'.
@@ -35,9 +35,10 @@ def edge(ex, inputs, *, output="city", target=None, rank=1):
 
     Cost per image: one forward pass (the class it records); the map itself needs no model.
     """
-    _, classes = ex.classes(inputs, output=output, target=target, rank=rank)
+    logits, classes = ex.classes(inputs, output=output, target=target, rank=rank)
     x = ex.check_inputs(inputs)
     per_channel = np.stack(
         [[ndimage.generic_gradient_magnitude(image[..., c], ndimage.sobel) for c in range(x.shape[-1])] for image in x]
     )
-    return Attribution("edge", output, classes, np.sqrt((per_channel**2).sum(axis=1)).astype(np.float32))
+    maps = np.sqrt((per_channel**2).sum(axis=1)).astype(np.float32)
+    return Attribution("edge", output, classes, maps, logits=logits)

@@ -4,7 +4,7 @@ Both methods explain a class by hiding parts of the image and watching the model
 only forward passes, so they see the model as a black box (saturated or non-ReLU models included). Conventions
 shared by the family:
 
-- ``ex`` is a `methods.Explainer` (see `methods.explainer`) of a model with one image input: nested or flat, any
+- ``ex`` is an `explainer.Explainer` (see `explainer.explainer`) of a model with one image input: nested or flat, any
   output with a ``<output>_logits`` layer (or a linear layer named ``output``).
 - ``inputs`` are float32 `(batch, H, W, C)`, normalised as the model expects. Hidden pixels take a value in that
   space: occlusion's ``baseline``, RISE's zero (it multiplies the input by the mask). Zero is the model-space zero,
@@ -13,8 +13,8 @@ shared by the family:
 - The explained class is fixed once per image from the clean input: ``target`` (an int or int `(batch,)`) or, when it
   is None, the class of rank ``rank`` (1 the predicted class, 2 the runner-up, ...); every perturbed copy is scored
   for that class.
-- The result is a `methods.Attribution` with maps float32 `(batch, H, W)` at input resolution, non-negative and not
-  normalised (`methods.normalize_maps` divides by each map's maximum).
+- The result is a `maps.Attribution` with maps float32 `(batch, H, W)` at input resolution, non-negative and not
+  normalised (`registry.attribute` divides each by its maximum), and the logits of the clean inputs.
 - Perturbed copies go through the model at most ``batch_size`` at a time, so memory does not grow with the number of
   patches or masks; the result does not depend on ``batch_size`` beyond float rounding.
 - Costs are counted per image in forward passes (these methods need no backward pass).
@@ -25,7 +25,8 @@ import math
 import numpy as np
 from scipy.special import softmax
 
-from streetlib.attribution.methods import Attribution, check_counts, copy_batches, upsample_maps
+from streetlib.attribution.explainer import check_counts, copy_batches
+from streetlib.attribution.maps import Attribution, upsample_maps
 
 
 def occlusion(ex, inputs, *, output="city", target=None, rank=1, patch=16, stride=8, baseline=0.0, batch_size=64):
@@ -37,7 +38,7 @@ def occlusion(ex, inputs, *, output="city", target=None, rank=1, patch=16, strid
     positions whose square covers it, then clipped at 0 (squares whose hiding raises the logit count as no evidence).
 
     Args:
-        ex: `methods.Explainer` of the model.
+        ex: `explainer.Explainer` of the model.
         inputs: float32 `(batch, H, W, C)`, normalised as the model expects.
         output: str, the output to explain. Default 'city'.
         target: None (default: the class of rank ``rank``), an int class index, or int `(batch,)`.
@@ -84,7 +85,7 @@ def occlusion(ex, inputs, *, output="city", target=None, rank=1, patch=16, strid
     for k, (top, left) in enumerate(corners):
         total[:, top : top + patch, left : left + patch] += drops[:, k, None, None]
         covers[top : top + patch, left : left + patch] += 1
-    return Attribution("occlusion", output, classes, np.maximum(total / covers, 0))
+    return Attribution("occlusion", output, classes, np.maximum(total / covers, 0), logits=clean)
 
 
 def rise(ex, inputs, *, output="city", target=None, rank=1, masks=4000, cells=7, p=0.5, seed=None, batch_size=64):
@@ -124,7 +125,7 @@ def rise(ex, inputs, *, output="city", target=None, rank=1, masks=4000, cells=7,
         raise ValueError(f"Invalid `p`: expected a probability in (0, 1]. Received: p={p!r}")
     x = ex.check_inputs(inputs)
     H, W = x.shape[1:3]
-    _, classes = ex.classes(x, output=output, target=target, rank=rank)
+    clean, classes = ex.classes(x, output=output, target=target, rank=rank)
     rng = np.random.default_rng(seed)
     cell = np.array([math.ceil(H / cells), math.ceil(W / cells)])
     grids = (rng.random((masks, cells, cells)) < p).astype(np.float32)
@@ -143,7 +144,7 @@ def rise(ex, inputs, *, output="city", target=None, rank=1, masks=4000, cells=7,
         np.add.at(total, image, probs[:, None, None] * kept)
         np.add.at(coverage, image, kept)
     maps = np.divide(total, coverage, out=np.zeros_like(total), where=coverage > 0)
-    return Attribution("rise", output, classes, maps)
+    return Attribution("rise", output, classes, maps, logits=clean)
 
 
 def _starts(size, patch, stride):

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from streetlib.attribution.methods import explain, model_input_size, model_inputs
+from streetlib.attribution.explainer import model_input_size, model_inputs
 from streetlib.attribution.metrics.localization import check_maps
+from streetlib.attribution.registry import explain
 from streetlib.classes import OUTPUTS
 from streetlib.data.loaders import fit_image
 
@@ -112,11 +113,11 @@ def explain_quadrants(image, model, *, normalization, policy="crop", layer=None,
         outputs: sequence of output names. Default ('region', 'city').
 
     Returns:
-        (quadrants uint8 `(4, h, w, 3)`, dict output -> `Explanation` of the 4-image batch, without guided maps).
+        (quadrants uint8 `(4, h, w, 3)`, dict output -> Grad-CAM `Attribution` of the 4-image batch).
     """
     quads = quadrant_images(image, size=model_input_size(model) or (224, 224), policy=policy)
     x = model_inputs(quads, normalization=normalization)
-    return quads, explain(x, model, outputs=outputs, layer=layer, guided=False)
+    return quads, explain(x, model, methods=("grad_cam",), outputs=outputs, layer=layer)["grad_cam"]
 
 
 def randomization_table(check):

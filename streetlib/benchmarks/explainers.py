@@ -62,7 +62,7 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore
 
-    from streetlib.attribution.methods import Explainer
+    from streetlib.attribution.explainer import Explainer
 
     model = flat_vgg16(size)
     x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
@@ -71,7 +71,7 @@ def bench_grad_cam(*, size=224, batch=32, repeats=3):
     gradcam = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
 
     def ours():
-        return explainer.grad_cam(x, output="city", target=targets, upsample=False).cam
+        return explainer.grad_cam(x, output="city", target=targets).maps
 
     def peer():
         return gradcam(CategoricalScore(targets.tolist()), x, penultimate_layer="block5_conv3", expand_cam=False)
@@ -131,7 +131,7 @@ def _same_upsampling():
     """Make tf-keras-vis's Score-CAM upsample the feature map as ours inside the block.
 
     tf-keras-vis upsamples with scipy's ``zoom(order=1)`` (linear, corners aligned), ours with the project's
-    half-pixel bilinear resize (`methods.upsample_maps`, ``tf.image.resize``); the masks, hence the weights, differ
+    half-pixel bilinear resize (`maps.upsample_maps`, ``tf.image.resize``); the masks, hence the weights, differ
     by that alone. The patched ``zoom`` is that same resize, so the rest of the two computations is compared.
     """
     import tensorflow as tf
@@ -193,7 +193,7 @@ x = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype(np.float32)
 target = np.argmax(model.predict(x, verbose=0), axis=1)
 if side == "ours":
     from streetlib.attribution.cams import score_cam
-    from streetlib.attribution.methods import Explainer
+    from streetlib.attribution.explainer import Explainer
 
     ex = Explainer(model, layer="block5_conv3")
     ex.layer_gradients(x, output="city", target=target), ex.logits(x, output="city")  # trace
@@ -244,7 +244,7 @@ def bench_attribution(
     Returns:
         list of `Comparison`, one per method (img/s), then the Score-CAM memory one (MB) with ``memory``.
     """
-    from streetlib.attribution.methods import Explainer
+    from streetlib.attribution.explainer import Explainer
 
     layer, chunk = "block5_conv3", 32
     model = flat_vgg16(size)

@@ -99,7 +99,7 @@ def bench_method_costs(
         ``seconds_per_image``, ``forward_seconds_per_image`` and ``cost`` (their ratio). ``report``, if given, is
         called with each row as soon as it is measured.
     """
-    from streetlib.attribution.methods import explainer
+    from streetlib.attribution.explainer import explainer
     from streetlib.attribution.registry import METHODS
 
     params = method_cost_params(size) if params is None else params

@@ -33,7 +33,6 @@ from streetlib.inference import (
     URL_TIMEOUT,
     InputError,
     analyze_images,
-    attribute_images,
     load_model,
     read_input,
 )
@@ -166,11 +165,13 @@ def _positive_int(text):
 
 
 def _methods(args):
-    """The methods whose maps replace the original's figure: [] for the default 'grad_cam', else a list of names."""
+    """The methods the figures draw, computed for every image: for the default 'grad_cam', Grad-CAM and the guided
+    backprop the original figure multiplies it by (Grad-CAM alone with --only-cam); else every method ('all') or
+    the one named."""
     from streetlib.attribution.registry import METHODS
 
     if args.method == "grad_cam":
-        return []
+        return ["grad_cam"] if args.only_cam else ["grad_cam", "guided_backprop"]
     if args.method != "all" and args.method not in METHODS:
         raise ValueError(f"Invalid --method {args.method!r}. Expected 'all' or one of {sorted(METHODS)}.")
     if args.only_cam:
@@ -266,25 +267,26 @@ def _figure_size(image):
     return np.asarray(picture)
 
 
-def _figure_kind(args, methods):
+def _figure_kind(args):
     """The end of the figure file names: what the figures show."""
-    if methods:
+    if args.method != "grad_cam":
         return "methods" if args.method == "all" else args.method
     return "cam" if args.only_cam else "gradcam"
 
 
-def _draw(i, original, analysis, *, args, methods, loaded, title):
-    """The figure of the ``i``-th image of a batch; ``analysis`` is (fitted, explanations, attributions)."""
-    from streetlib.attribution.methods import plot_cam_only, plot_explanation, plot_methods
+def _draw(i, original, fitted, explanation, *, args, loaded, title):
+    """The figure of the ``i``-th image of a batch, from its fitted images and `analyze_images`'s explanation."""
+    from streetlib.attribution import plots
 
-    fitted, explanations, attributions = analysis
-    if methods:
-        return plot_methods(fitted[i], attributions, i, spec=loaded.spec, title=title)
+    if args.method != "grad_cam":
+        return plots.plot_methods(fitted[i], explanation, i, classes=loaded.spec, title=title)
     if args.only_cam:
         picture = _figure_size(original)
-        return plot_cam_only(picture, explanations, i, spec=loaded.spec, policy=args.policy, title=title)
-    return plot_explanation(
-        fitted[i], explanations, i, spec=loaded.spec, normalization=loaded.normalization, title=title
+        return plots.plot_cam_only(
+            picture, explanation["grad_cam"], i, classes=loaded.spec, policy=args.policy, title=title
+        )
+    return plots.plot_explanation(
+        fitted[i], explanation, i, classes=loaded.spec, normalization=loaded.normalization, title=title
     )
 
 
@@ -330,16 +332,15 @@ def main(args):
         if not batch:
             continue
         try:
-            results, fitted, explanations = analyze_images(
+            results, fitted, explanation = analyze_images(
                 [image for _, _, image in batch],
                 loaded,
+                methods=methods,
                 rank=args.rank,
                 top=args.top,
                 layer=args.layer,
                 policy=args.policy,
-                guided=not (args.only_cam or methods),
             )
-            attributions = attribute_images(fitted, loaded, methods=methods, rank=args.rank, layer=args.layer)
         except ValueError as err:
             _error(err)
             return 2
@@ -351,18 +352,10 @@ def main(args):
                 _print_result(record)
             if args.no_save:
                 continue
-            path = Path(args.out) / f"{_figure_name(source, used)}_{_figure_kind(args, methods)}.png"
+            path = Path(args.out) / f"{_figure_name(source, used)}_{_figure_kind(args)}.png"
             title = _shown(f"{Path(urlparse(str(source)).path).name} - {loaded.path.name}")
             try:
-                fig = _draw(
-                    i,
-                    original,
-                    (fitted, explanations, attributions),
-                    args=args,
-                    methods=methods,
-                    loaded=loaded,
-                    title=title,
-                )
+                fig = _draw(i, original, fitted, explanation, args=args, loaded=loaded, title=title)
                 record["figure"] = _shown(str(_save_figure(fig, path)))
             except OSError as err:
                 record["error"] = (

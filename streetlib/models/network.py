@@ -13,7 +13,7 @@ Layout (every name is part of the contract other modules build on)::
 The head is a chain of layers from the backbone's output to the logits (`head_layers` lists it), so it can be
 replayed on cached feature maps (`split_model`).
 
-The model returns ``{"region": probabilities, "city": probabilities}``; `attribution.methods.logits_tensor` finds
+The model returns ``{"region": probabilities, "city": probabilities}``; `attribution.explainer.logits_tensor` finds
 the pre-softmax scores (the ``<output>_logits`` layers).
 No Lambda layers, so saved ``.keras`` files load with ``keras.models.load_model(path, safe_mode=True)``.
 """

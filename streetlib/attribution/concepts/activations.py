@@ -10,7 +10,7 @@ of what the model computes.
 import keras
 import numpy as np
 
-from streetlib.attribution.methods import all_layers, default_layer, explainer, find_layer_path, model_inputs
+from streetlib.attribution.explainer import all_layers, default_layer, explainer, find_layer_path, model_inputs
 
 # Above this share of the activation mass below zero, a layer is refused rather than clipped.
 NEGATIVE_TOLERANCE = 0.01
@@ -18,7 +18,7 @@ NEGATIVE_TOLERANCE = 0.01
 
 def concept_layer(model, layer=None):
     """The layer concepts are read from: ``layer`` if given; otherwise the model's default Grad-CAM layer
-    (`methods.default_layer`), or, when that layer has no ReLU of its own and is directly followed by an optional
+    (`explainer.default_layer`), or, when that layer has no ReLU of its own and is directly followed by an optional
     batch normalisation and a ReLU, that ReLU (NMF needs the non-negative map the model passes on).
 
     Args:

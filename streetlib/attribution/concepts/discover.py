@@ -44,7 +44,8 @@ from sklearn.decomposition import NMF
 from streetlib.attribution.concepts.activations import concept_layer, layer_pass, non_negative, predicted_classes
 from streetlib.attribution.concepts.config import SELECTIONS, ConceptConfig, check_images, check_labels
 from streetlib.attribution.concepts.doersch import doersch_baseline
-from streetlib.attribution.methods import logits_tensor, upsample_maps
+from streetlib.attribution.explainer import logits_tensor
+from streetlib.attribution.maps import upsample_maps
 from streetlib.attribution.metrics import sanity
 from streetlib.data.loaders import content_hash
 

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import softmax
 
-from streetlib.attribution.methods import explainer, model_inputs
+from streetlib.attribution.explainer import explainer, model_inputs
 from streetlib.attribution.metrics.localization import check_maps
 
 CURVES = ("deletion", "insertion")

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from scipy import stats
 
-from streetlib.attribution.methods import all_layers, clone_with_weights, explainer, find_layer_path, logits_tensor
+from streetlib.attribution.explainer import all_layers, clone_with_weights, explainer, find_layer_path, logits_tensor
 from streetlib.attribution.registry import METHODS, ORIGINAL, attribute
 from streetlib.runs import RunId
 from streetlib.training import train

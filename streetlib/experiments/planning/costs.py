@@ -10,7 +10,7 @@ import math
 
 import keras
 
-from streetlib.attribution import methods as methods_lib
+from streetlib.attribution import explainer
 from streetlib.attribution.registry import METHODS
 from streetlib.models import network
 
@@ -25,7 +25,7 @@ def layer_flops(model):
     the kernel's size times the output positions (``H*W*k*k*Cin*Cout`` for a convolution). Returns a list of
     (layer name, int)."""
     out = []
-    for layer in methods_lib.all_layers(model):
+    for layer in explainer.all_layers(model):
         kernel = getattr(layer, "kernel", None)
         if kernel is not None and not isinstance(layer, keras.Model):
             positions = math.prod(layer.output.shape[1:-1])
@@ -104,7 +104,7 @@ def _outputs(model):
     """Per-image float32 values of each layer's output, and whether the layer has a non-linear activation (whose
     input a backward pass needs too)."""
     out = []
-    for layer in methods_lib.all_layers(model):
+    for layer in explainer.all_layers(model):
         if isinstance(layer, (keras.Model, keras.layers.InputLayer)):
             continue
         activation = getattr(getattr(layer, "activation", None), "__name__", "linear")

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streetlib import paths
+from streetlib.attribution import explainer
 from streetlib.attribution import leaderboard as board_lib
-from streetlib.attribution import methods as methods_lib
 from streetlib.attribution.registry import METHODS, ORIGINAL
 from streetlib.classes import STREET10, SYNTH10
 from streetlib.experiments import runner, study
@@ -380,8 +380,8 @@ def _plan_attribution(ctx, params):
     model = ctx.model(transfer)
     size = transfer.image_size
     share = model_flops(model) / ctx.unit(size)
-    layer = params["layer"] or methods_lib.default_layer(model)
-    channels = methods_lib.find_layer_path(model, layer)[-1].output.shape[-1]
+    layer = params["layer"] or explainer.default_layer(model)
+    channels = explainer.find_layer_path(model, layer)[-1].output.shape[-1]
     spec = attribution_spec(params)
     explained = min(params["max_images"], ctx.splits["test"])
     scored = min(per_seed_share(params["leaderboard_images"], seeds), ctx.splits["test"])
@@ -443,7 +443,7 @@ def _other_attribution_passes(params, model, explained, n_test):
     model's weighted layers), Grad-CAM per compared layer, one gradient pass per concept image and output."""
     original = [method_passes(m, {}, channels=0, image_size=0) for m in ORIGINAL]
     three = tuple(map(sum, zip(*original, strict=True)))
-    layers = sum(1 for layer in methods_lib.all_layers(model) if layer.weights and not hasattr(layer, "layers"))
+    layers = sum(1 for layer in explainer.all_layers(model) if layer.weights and not hasattr(layer, "layers"))
     concept_images = params["concept_images"] or n_test
     compared = len(params["compare_layers"]) or 3
     passes = [

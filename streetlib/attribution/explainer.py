@@ -1,21 +1,17 @@
-"""Attribution maps: Grad-CAM, Guided Backpropagation and Guided Grad-CAM, batched, with their figures.
+"""The model split at a layer and the compiled gradients every attribution method is computed from.
 
-What differs from the original study, and why:
-
-- Grad-CAM takes the gradient of the class *logit*: the softmax probability saturates, so its gradient vanishes
-  exactly where the model is most confident.
-- One compiled function per model, layer and output serves every batch; the original built a gradient graph per image.
 - Nested backbone-plus-head models work: the model is split at the chosen layer into "input -> feature map" and
   "feature map -> logits" sub-models made of the model's own layers (so they share its weights and see later
   training), through every level of nesting. Libraries that ask Keras for ``model.get_layer(...).output`` of a layer
   inside a nested backbone fail there ("not connected to inputs").
+- One compiled function per model, layer and output serves every batch; the original built a gradient graph per image.
+- Gradients are of the class *logit*: the softmax probability saturates, so its gradient vanishes exactly where the
+  model is most confident.
 - Guided Backpropagation runs on a clone whose ReLUs (activations of Conv/Dense layers, standalone ``ReLU`` and
   ``Activation("relu")`` layers) have the guided gradient; the user's model is never changed, and the clone's weights
   are refreshed from the model before every call.
-- Maps are normalised per image with a guard, so an all-zero map stays zero instead of becoming NaN.
-- Figures use a perceptual colour map and show RGB images as RGB; guided gradients of models fed BGR ('caffe'
-  normalisations) are flipped back to RGB before display. They are `matplotlib.figure.Figure` objects, outside
-  pyplot's state, so there is nothing to close.
+- What the methods share besides: model inputs from uint8 images (`model_inputs`), and copies of images handed out
+  in bounded chunks (`copy_batches`).
 
 Model convention: a single image input; for each output name ``o`` (``"region"``, ``"city"``) a linear layer
 ``o_logits`` feeding a softmax. Flat models without ``*_logits`` layers work when ``output`` names a linear layer
@@ -26,19 +22,12 @@ import weakref
 from dataclasses import dataclass
 
 import keras
-import matplotlib
 import numpy as np
 import tensorflow as tf
-from matplotlib.figure import Figure
-from PIL import Image
-from scipy.special import softmax
 
-from streetlib.classes import OUTPUTS
+from streetlib.attribution.maps import Attribution
 from streetlib.data.pipeline import check_normalization, normalize
 
-DEFAULT_CMAP = "inferno"
-# Normalisations that feed the model BGR channels: gradients w.r.t. the input come back in BGR order.
-BGR_NORMALIZATIONS = ("caffe", "caffe-bvlc")
 _CONV_TYPES = (
     keras.layers.Conv2D,
     keras.layers.SeparableConv2D,
@@ -227,38 +216,6 @@ def clone_with_weights(model, *, clone_function=None):
 
 
 @dataclass
-class Explanation:
-    """Attribution of one model output for a batch.
-
-    Attributes:
-        output: str, the output explained ('region' or 'city').
-        logits: float32 `(batch, classes)`.
-        target: int64 `(batch,)`, the class explained for each image.
-        cam: float32 `(batch, H, W)` in [0, 1], Grad-CAM at input resolution.
-        guided: float32 `(batch, H, W, C)` or None, guided-backprop gradients w.r.t. the model input (channel order
-            of the model input).
-        guided_cam: float32 `(batch, H, W, C)` or None, Guided Grad-CAM: ``guided * cam``.
-    """
-
-    output: str
-    logits: np.ndarray
-    target: np.ndarray
-    cam: np.ndarray
-    guided: np.ndarray = None
-    guided_cam: np.ndarray = None
-
-    @property
-    def probs(self):
-        """float32 `(batch, classes)`: softmax of the logits."""
-        return softmax(self.logits, axis=1).astype(np.float32)
-
-    @property
-    def target_prob(self):
-        """float32 `(batch,)`: the probability of each image's explained class."""
-        return np.take_along_axis(self.probs, self.target[:, None], axis=1)[:, 0]
-
-
-@dataclass
 class LayerGradients:
     """A feature map (or the input) and the gradient of one class logit w.r.t. it, for a batch.
 
@@ -277,28 +234,12 @@ class LayerGradients:
     gradients: np.ndarray
 
 
-@dataclass
-class Attribution:
-    """One method's raw maps for a batch: what every method of `streetlib.attribution.registry` returns.
-
-    Attributes:
-        method: str, the method's name in the registry.
-        output: str, the output explained ('region' or 'city').
-        target: int64 `(batch,)`, the class explained for each image.
-        maps: float32 `(batch, h, w)`, non-negative, at the method's own resolution (the feature map's for CAMs,
-            the input's for gradient and perturbation methods), not normalised.
-    """
-
-    method: str
-    output: str
-    target: np.ndarray
-    maps: np.ndarray
-
-
 class Explainer:
-    """Compiled Grad-CAM / Guided Backprop for one model and one feature layer.
+    """The compiled gradients of one model at one feature layer: the feature map and the logit's gradient there
+    (every CAM), the logit's gradient at the input, plain or through guided ReLUs, and the logits alone.
 
-    Each output gets one `tf.function` (traced once, for any batch size); the guided clone is built on first use.
+    Each output gets one `tf.function` per kind (traced once, for any batch size); the guided clone is built on first
+    use. The methods of `streetlib.attribution.registry` take an Explainer (``explainer(model, layer=...)``).
 
     Args:
         model: a functional `keras.Model` with one image input; nested models (a ``backbone``) are followed.
@@ -545,76 +486,24 @@ class Explainer:
             gradients=grads.numpy(),
         )
 
-    def grad_cam(self, inputs, *, output="city", target=None, rank=1, upsample=True, normalize=True):
-        """Grad-CAM (Selvaraju et al. 2017) of the class logit.
+    def grad_cam(self, inputs, *, output="city", target=None, rank=1):
+        """Grad-CAM (Selvaraju et al. 2017) of the class logit, raw: the primitive `cams.grad_cam` registers and
+        `guided.guided_grad_cam` multiplies the guided gradients by (two method families that may not import each
+        other). `registry.attribute(..., method="grad_cam")` is the entry point.
 
-        Channel weights are the spatially averaged gradients of the logit w.r.t. the feature map; the weighted sum
-        of the feature maps goes through a ReLU, is upsampled bilinearly to the input size and divided by its
-        per-image maximum (an all-zero map stays zero).
+        Channel weights are the spatially averaged gradients of the logit w.r.t. the feature map; the weighted sum of
+        the feature maps goes through a ReLU.
 
-        Args:
-            inputs: float32 `(batch, H, W, C)`, normalised as the model expects.
-            output: str, the output to explain. Default 'city'.
-            target: None (default: the class of rank ``rank``), an int class index, or int `(batch,)`.
-            rank: int >= 1, which class to explain when ``target`` is None: 1 (default) the predicted class,
-                2 the runner-up, ...
-            upsample: bool, default True. False returns the map at feature-map resolution `(batch, h, w)`.
-            normalize: bool, default True. False returns the raw non-negative map.
+        Args: as `layer_gradients`.
 
         Returns:
-            `Explanation` with ``cam`` float32 `(batch, H, W)` in [0, 1] (shapes and range as set by ``upsample``
-            and ``normalize``), and no guided maps.
+            `Attribution` 'grad_cam', maps float32 `(batch, h, w)` at the feature map's resolution, non-negative and
+            not normalised.
         """
-        x = self.check_inputs(inputs)
-        g = self.layer_gradients(x, output=output, target=target, rank=rank)
+        g = self.layer_gradients(inputs, output=output, target=target, rank=rank)
         weights = g.gradients.mean(axis=(1, 2))  # (batch, channels)
-        cam = np.maximum(np.einsum("bhwc,bc->bhw", g.activations, weights), 0).astype(np.float32)
-        if upsample:
-            cam = upsample_maps(cam, x.shape[1:3])
-        if normalize:
-            cam = normalize_maps(cam)
-        return Explanation(output=output, logits=g.logits, target=g.target, cam=cam)
-
-    def guided_backprop(self, inputs, *, output="city", target=None, rank=1):
-        """Guided Backpropagation: the gradient of the class logit w.r.t. the input, through guided ReLUs.
-
-        Args: as `grad_cam`.
-
-        Returns:
-            float32 `(batch, H, W, C)`, raw gradients in the model input's channel order.
-        """
-        return self.guided_gradients(inputs, output=output, target=target, rank=rank).gradients
-
-    def explain(self, inputs, *, outputs=OUTPUTS, rank=1, target=None, guided=True):
-        """Grad-CAM, and optionally Guided Backprop and Guided Grad-CAM, for several outputs at once.
-
-        Args:
-            inputs: float32 `(batch, H, W, C)`, normalised as the model expects.
-            outputs: sequence of output names. Default ('region', 'city').
-            rank: int >= 1, default 1 (the predicted class); capped at each output's number of classes, so
-                ``rank=3`` explains the 3rd city and the last of two regions.
-            target: None, or a dict output name -> int or int `(batch,)`; outputs not in it use ``rank``.
-            guided: bool, default True: also compute ``guided`` and ``guided_cam``.
-
-        Returns:
-            dict output name -> `Explanation`; maps at input resolution, CAMs in [0, 1].
-        """
-        if isinstance(outputs, str):
-            raise TypeError(f"`outputs` must be a sequence of output names. Received the string {outputs!r}.")
-        target = {} if target is None else dict(target)
-        unknown = sorted(set(target) - set(outputs))
-        if unknown:
-            raise ValueError(f"Invalid `target`: outputs {unknown} are not in outputs={list(outputs)}.")
-        result = {}
-        for output in outputs:
-            out_rank = 1 if output in target else min(rank, self._num_classes(output))
-            e = self.grad_cam(inputs, output=output, target=target.get(output), rank=out_rank)
-            if guided:
-                # Explain exactly the classes Grad-CAM explained, whatever ``rank`` picked.
-                e.guided = self.guided_backprop(inputs, output=output, target=e.target)
-                e.guided_cam = e.guided * e.cam[..., None]
-            result[output] = e
-        return result
+        maps = np.maximum(np.einsum("bhwc,bc->bhw", g.activations, weights), 0).astype(np.float32)
+        return Attribution("grad_cam", output, g.target, maps, logits=g.logits)
 
 
 _EXPLAINERS = weakref.WeakKeyDictionary()
@@ -629,32 +518,8 @@ def explainer(model, *, layer=None):
     return per_model[key]
 
 
-def grad_cam(inputs, model, *, output="city", layer=None, target=None, rank=1, upsample=True, normalize=True):
-    """Grad-CAM maps of a batch: float32 `(batch, H, W)` in [0, 1]. See `Explainer.grad_cam` for the arguments."""
-    e = explainer(model, layer=layer).grad_cam(
-        inputs, output=output, target=target, rank=rank, upsample=upsample, normalize=normalize
-    )
-    return e.cam
-
-
-def guided_backprop(inputs, model, *, output="city", target=None, rank=1):
-    """Guided-backprop gradients of a batch: float32 `(batch, H, W, C)`. See `Explainer.guided_backprop`."""
-    return explainer(model).guided_backprop(inputs, output=output, target=target, rank=rank)
-
-
-def guided_grad_cam(inputs, model, *, output="city", layer=None, target=None, rank=1):
-    """Guided Grad-CAM of a batch, float32 `(batch, H, W, C)`: guided backprop times the Grad-CAM map."""
-    target = None if target is None else {output: target}
-    return explain(inputs, model, outputs=(output,), layer=layer, rank=rank, target=target)[output].guided_cam
-
-
-def explain(inputs, model, *, outputs=OUTPUTS, layer=None, rank=1, target=None, guided=True):
-    """All maps for several outputs: dict output -> `Explanation`. See `Explainer.explain`."""
-    return explainer(model, layer=layer).explain(inputs, outputs=outputs, rank=rank, target=target, guided=guided)
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# Inputs and map utilities
+# Inputs
 
 
 def copy_batches(batch, count, batch_size):
@@ -694,349 +559,3 @@ def model_input_size(model):
     """(H, W) of the model's image input, or None where the model accepts any size."""
     h, w = _single(model.inputs, f"Model {model.name!r} input").shape[1:3]
     return None if h is None or w is None else (int(h), int(w))
-
-
-def normalize_maps(maps):
-    """Divide each non-negative map by its maximum; all-zero maps stay zero (no NaN).
-
-    Args:
-        maps: float `(batch, ...)`, non-negative.
-
-    Returns:
-        float32, same shape, in [0, 1].
-    """
-    maps = np.asarray(maps, dtype=np.float32)
-    top = maps.max(axis=tuple(range(1, maps.ndim)), keepdims=True)
-    return np.divide(maps, top, out=np.zeros_like(maps), where=top > 0)
-
-
-def upsample_maps(maps, size):
-    """Bilinear resize of maps `(batch, h, w)` to ``size`` (H, W): float32 `(batch, H, W)`."""
-    maps = np.asarray(maps, dtype=np.float32)
-    if tuple(maps.shape[1:3]) == tuple(size):
-        return maps
-    return tf.image.resize(maps[..., None], tuple(size), method="bilinear").numpy()[..., 0]
-
-
-def gradient_to_rgb(gradients, *, normalization):
-    """Gradient maps as displayable RGB images: standardised per image, then ``0.5 + 0.15 * z`` clipped.
-
-    Args:
-        gradients: float `(batch, H, W, 3)`, in the model input's channel order.
-        normalization: the model's normalisation (see `streetlib.data.pipeline.NORMALIZATIONS`); 'caffe' modes feed
-            BGR, so their gradients are flipped to RGB.
-
-    Returns:
-        float32 `(batch, H, W, 3)` in [0, 1], RGB.
-    """
-    check_normalization(normalization)
-    g = np.asarray(gradients, dtype=np.float32)
-    if g.ndim != 4 or g.shape[-1] != 3:
-        raise ValueError(f"`gradients` must have shape (batch, H, W, 3). Received shape {g.shape}.")
-    if normalization in BGR_NORMALIZATIONS:
-        g = g[..., ::-1]
-    g = g - g.mean(axis=(1, 2, 3), keepdims=True)
-    g = g / (g.std(axis=(1, 2, 3), keepdims=True) + 1e-8)
-    return np.clip(0.5 + 0.15 * g, 0.0, 1.0).astype(np.float32)
-
-
-def map_to_original(cam, shape, *, policy):
-    """Bring a map computed on a fitted image back onto the original image's pixels.
-
-    Args:
-        cam: float `(h, w)`, a map over the fitted (model-size) image.
-        shape: (H, W) of the original image.
-        policy: how the original was fitted, as `streetlib.data.loaders.fit_image`: 'crop' (centre crop), 'pad' (the
-            padding is cut off) or 'stretch'.
-
-    Returns:
-        float32 `(H, W)`; NaN where the model did not see the image (outside the crop).
-    """
-    cam = np.asarray(cam, dtype=np.float32)
-    h, w = cam.shape
-    H, W = shape
-    if policy == "stretch":
-        return _resize(cam, (H, W))
-    if policy == "crop":
-        scale = max(h / H, w / W)  # the fitted image covers the crop box
-        ch, cw = min(H, round(h / scale)), min(W, round(w / scale))
-        top, left = (H - ch) // 2, (W - cw) // 2
-        out = np.full((H, W), np.nan, np.float32)
-        out[top : top + ch, left : left + cw] = _resize(cam, (ch, cw))
-        return out
-    if policy == "pad":
-        scale = min(h / H, w / W)  # the original fits inside the fitted image
-        ih, iw = max(1, round(H * scale)), max(1, round(W * scale))
-        top, left = (h - ih) // 2, (w - iw) // 2
-        return _resize(cam[top : top + ih, left : left + iw], (H, W))
-    raise ValueError(f"Invalid `policy`. Expected one of ('crop', 'pad', 'stretch'). Received: policy={policy!r}")
-
-
-def _resize(array, size):
-    """Bilinear resize of a float 2-D array to (H, W)."""
-    H, W = size
-    if array.shape == (H, W):
-        return array.astype(np.float32)
-    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((W, H), Image.Resampling.BILINEAR))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Figures
-
-
-def overlay(image, cam, *, cmap=DEFAULT_CMAP, alpha=0.5):
-    """Blend a map over an image.
-
-    Args:
-        image: uint8 `(H, W, 3)`, RGB.
-        cam: float `(h, w)` in [0, 1]; resized bilinearly to (H, W) if needed. NaN pixels (not seen by the
-            model, see `map_to_original`) show the image alone.
-        cmap: str, a matplotlib colour map. Default 'inferno' (perceptually uniform).
-        alpha: float in [0, 1], the weight of the map. Default 0.5.
-
-    Returns:
-        float32 `(H, W, 3)` in [0, 1], RGB.
-    """
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"`image` must be uint8 RGB of shape (H, W, 3). Received {image.dtype} {image.shape}.")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"Invalid `alpha`: expected a float in [0, 1]. Received: alpha={alpha!r}")
-    cam = _resize(np.asarray(cam, dtype=np.float32), image.shape[:2])
-    seen = np.isfinite(cam)[..., None]
-    heat = matplotlib.colormaps[cmap](np.clip(np.nan_to_num(cam), 0, 1))[..., :3]
-    picture = image / 255.0
-    return np.where(seen, (1 - alpha) * picture + alpha * heat, picture).astype(np.float32)
-
-
-def _label(names, explanation, i):
-    cls = int(explanation.target[i])
-    rank = int(np.sum(explanation.logits[i] > explanation.logits[i, cls])) + 1
-    text = f"{names[cls]} {explanation.target_prob[i]:.2f}"
-    return text if rank == 1 else f"{text} (rank {rank})"
-
-
-def _show(ax, picture, title):
-    ax.imshow(picture)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-
-
-def plot_explanation(image, explanations, i=0, *, spec, normalization, title=None):
-    """The original study's per-image figure, 2 x 3: input, Grad-CAM region, Guided Grad-CAM region / guided
-    backprop (city), Grad-CAM city, Guided Grad-CAM city.
-
-    Args:
-        image: uint8 `(H, W, 3)` RGB, the image as the model saw it.
-        explanations: dict with 'region' and 'city' `Explanation`s computed with ``guided=True``.
-        i: int, the image's index in the explained batch. Default 0.
-        spec: the `ClassSpec` naming the classes.
-        normalization: the model's normalisation (for the colour order of gradients).
-        title: str or None, the figure title.
-
-    Returns:
-        `matplotlib.figure.Figure`.
-    """
-    region, city = explanations["region"], explanations["city"]
-    if region.guided is None or city.guided is None:
-        raise ValueError("`explanations` need guided maps: compute them with explain(..., guided=True).")
-    rgb = {k: gradient_to_rgb(e.guided_cam[i : i + 1], normalization=normalization)[0] for k, e in explanations.items()}
-    fig = Figure(figsize=(9, 6.8))
-    axes = fig.subplots(2, 3)
-    _show(axes[0, 0], image, f"input {image.shape[1]}x{image.shape[0]}")
-    region_title = f"Grad-CAM region: {_label(spec.class_names('region'), region, i)}"
-    _show(axes[0, 1], overlay(image, region.cam[i]), region_title)
-    _show(axes[0, 2], rgb["region"], "Guided Grad-CAM region")
-    city_name = spec.class_names("city")[city.target[i]]
-    _show(
-        axes[1, 0],
-        gradient_to_rgb(city.guided[i : i + 1], normalization=normalization)[0],
-        f"guided backprop ({city_name})",
-    )
-    _show(axes[1, 1], overlay(image, city.cam[i]), f"Grad-CAM city: {_label(spec.class_names('city'), city, i)}")
-    _show(axes[1, 2], rgb["city"], "Guided Grad-CAM city")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_methods(image, attributions, i=0, *, spec, title=None):
-    """Every method's map of one image side by side: one row per output, the image first, then one column per method,
-    each titled with the class it explains.
-
-    Args:
-        image: uint8 `(H, W, 3)` RGB, the image as the model saw it.
-        attributions: dict method name -> dict output -> `Attribution` with maps `(batch, H, W)` in [0, 1] (as
-            `streetlib.attribution.registry.attribute` returns them).
-        i: int, the image's index in the batch. Default 0.
-        spec: the `ClassSpec` naming the classes.
-        title: str or None, the figure title.
-
-    Returns:
-        `matplotlib.figure.Figure`.
-    """
-    methods = list(attributions)
-    outputs = list(attributions[methods[0]])
-    fig = Figure(figsize=(2.1 * (len(methods) + 1), 2.3 * len(outputs)), layout="constrained")
-    axes = fig.subplots(len(outputs), len(methods) + 1, squeeze=False)
-    for row, output in zip(axes, outputs, strict=True):
-        names = spec.class_names(output)
-        _show(row[0], image, f"{output}: {names[int(attributions[methods[0]][output].target[i])]}")
-        for ax, method in zip(row[1:], methods, strict=True):
-            _show(ax, overlay(image, attributions[method][output].maps[i]), method.replace("_", " "))
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
-
-
-def plot_cam_only(original, explanations, i=0, *, spec, policy, title=None):
-    """The original study's CAM-only figure, 1 x 3 at the original image's resolution: the image, Grad-CAM
-    region, Grad-CAM city.
-
-    Args:
-        original: uint8 `(H, W, 3)` RGB at its own size.
-        explanations: dict with 'region' and 'city' `Explanation`s.
-        i: int, the image's index in the explained batch.
-        spec: the `ClassSpec`.
-        policy: how the image was fitted to the model ('crop', 'pad', 'stretch'); see `map_to_original`.
-        title: str or None.
-
-    Returns:
-        `matplotlib.figure.Figure`.
-    """
-    H, W = original.shape[:2]
-    fig = Figure(figsize=(12, 4 * H / W + 0.6))
-    axes = fig.subplots(1, 3)
-    _show(axes[0], original, f"input {W}x{H}")
-    for ax, output in zip(axes[1:], OUTPUTS, strict=True):
-        e = explanations[output]
-        cam = map_to_original(e.cam[i], (H, W), policy=policy)
-        _show(ax, overlay(original, cam), f"Grad-CAM {output}: {_label(spec.class_names(output), e, i)}")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_class_grid(images, cams, labels, predicted, probs, *, spec, region, per_class=5, title=None):
-    """For each class of one region, a row of its images and below it a row of their maps, each titled with
-    the prediction (the original study's appendix figures; call once per region).
-
-    Args:
-        images: uint8 `(n, H, W, 3)` RGB.
-        cams: float `(n, H, W)` in [0, 1].
-        labels: int `(n,)`, true class indices.
-        predicted: int `(n,)`, predicted class indices.
-        probs: float `(n,)`, the predicted class's probability.
-        spec: the `ClassSpec`.
-        region: str, one of ``spec.region_names``.
-        per_class: int, images per class (the first ones of each class). Default 5.
-        title: str or None; default names the region.
-
-    Returns:
-        `matplotlib.figure.Figure` with ``2 * len(spec.classes_in(region))`` rows of axes.
-    """
-    classes = spec.classes_in(region)
-    labels, predicted = np.asarray(labels), np.asarray(predicted)
-    fig = Figure(figsize=(2 * per_class, 4.2 * len(classes)))
-    axes = fig.subplots(2 * len(classes), per_class, squeeze=False)
-    for row, cls in enumerate(classes):
-        members = np.flatnonzero(labels == spec.classes.index(cls))[:per_class]
-        for col in range(per_class):
-            top, bottom = axes[2 * row, col], axes[2 * row + 1, col]
-            top.axis("off")
-            bottom.axis("off")
-            if col >= len(members):
-                continue
-            k = members[col]
-            mark = "" if predicted[k] == labels[k] else " (wrong)"
-            _show(top, images[k], cls if col == 0 else "")
-            _show(bottom, overlay(images[k], cams[k]), f"{spec.classes[predicted[k]]} {probs[k]:.2f}{mark}")
-    fig.suptitle(title or f"Grad-CAM of the predicted city, {region} cities")
-    fig.tight_layout()
-    return fig
-
-
-def plot_mean_cams(mean_cams, counts, *, spec, title=None, cmap="viridis"):
-    """One panel per class: its mean Grad-CAM over correctly classified images.
-
-    Args:
-        mean_cams: float `(num_classes, H, W)`.
-        counts: int `(num_classes,)`, images averaged per class.
-        spec: the `ClassSpec`.
-
-    Returns:
-        `matplotlib.figure.Figure`.
-    """
-    n = spec.num_classes
-    if len(mean_cams) != n or len(counts) != n:
-        raise ValueError(
-            f"`mean_cams` and `counts` need one entry per class of {spec.name!r} ({n}). "
-            f"Received {len(mean_cams)} and {len(counts)}."
-        )
-    cols = min(n, 5)
-    rows = -(-n // cols)
-    fig = Figure(figsize=(2.4 * cols, 2.6 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(mean_cams[k], cmap=cmap, vmin=0, vmax=1)
-            ax.set_title(f"{spec.classes[k]} (n={int(counts[k])})", fontsize=9)
-    fig.suptitle(title or "Mean Grad-CAM of correctly classified images")
-    fig.tight_layout()
-    return fig
-
-
-def plot_patch_gallery(patches, *, spec, title=None):
-    """One row per class: the image patches with the highest attribution.
-
-    Args:
-        patches: list (one per class) of uint8 `(k, p, p, 3)`, as in `street_features`'s ``patches``.
-        spec: the `ClassSpec`.
-
-    Returns:
-        `matplotlib.figure.Figure`.
-    """
-    if len(patches) != spec.num_classes:
-        raise ValueError(
-            f"`patches` needs one entry per class of {spec.name!r} ({spec.num_classes}). Received {len(patches)}."
-        )
-    cols = max(1, max(len(p) for p in patches))
-    fig = Figure(figsize=(1.3 * cols + 1, 1.4 * len(patches)))
-    axes = fig.subplots(len(patches), cols, squeeze=False)
-    for row, crops in enumerate(patches):
-        for col in range(cols):
-            ax = axes[row, col]
-            ax.axis("off")
-            if col < len(crops):
-                ax.imshow(crops[col])
-        axes[row, 0].set_title(spec.classes[row], fontsize=8, loc="left")
-    fig.suptitle(title or "Most attributed patches per class")
-    fig.tight_layout()
-    return fig
-
-
-def plot_quadrants(quadrants, explanation, *, spec, output="city", title=None):
-    """The four quadrants of an image, each classified and explained on its own: images on top, maps below.
-
-    Args:
-        quadrants: uint8 `(4, H, W, 3)`, as from `streetlib.attribution.summaries.quadrant_images`.
-        explanation: the `Explanation` of ``output`` for that batch of 4.
-        spec: the `ClassSpec`.
-        output: str, default 'city'.
-
-    Returns:
-        `matplotlib.figure.Figure`.
-    """
-    names = spec.class_names(output)
-    fig = Figure(figsize=(11, 6))
-    axes = fig.subplots(2, 4)
-    for q, where in enumerate(("top left", "top right", "bottom left", "bottom right")):
-        _show(axes[0, q], quadrants[q], where)
-        _show(axes[1, q], overlay(quadrants[q], explanation.cam[q]), _label(names, explanation, q))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
