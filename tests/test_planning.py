@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from streetlib.attribution import leaderboard as board_lib
+from streetlib.attribution.leaderboard import LeaderboardConfig
 from streetlib.classes import STREET10
 from streetlib.cli.commands import main
 from streetlib.data.loaders import load_street10, write_street10
@@ -173,9 +173,7 @@ def test_transfer_runs_share_one_extraction_per_pretrained_source(tmp_path):
 
 
 def test_leaderboard_passes_follow_the_formulas():
-    spec = board_lib.LeaderboardConfig(
-        methods=("grad_cam", "saliency"), outputs=("region",), control_images=4, curve_steps=2
-    )
+    spec = LeaderboardConfig(methods=("grad_cam", "saliency"), outputs=("region",), control_images=4, curve_steps=2)
     n, k, curve = 10, 4, 2 * (2 + 1)
     # Per method: maps of n images, a 1-image tracing call, each sanity check's maps of k images, k deletion and
     # insertion curves; per output: logits and timing calls (4 passes an image and a 2-image warm-up), the floor's

@@ -6,6 +6,8 @@ The maps of any registered method can be drawn: the original study's figures sho
 ``method=`` (or the method's `Attribution`) for another.
 """
 
+import functools
+
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
@@ -17,6 +19,18 @@ from streetlib.attribution.maps import gradient_to_rgb, map_to_original, overlay
 from streetlib.attribution.metrics.registry import METRICS
 from streetlib.attribution.verdicts import row_label, text_columns
 from streetlib.classes import OUTPUTS
+
+
+def _styled(plot):
+    """Draws ``plot``'s figure inside the shared style (`streetlib.figures.STYLE`)."""
+
+    @functools.wraps(plot)
+    def styled(*args, **kwargs):
+        with matplotlib.rc_context(figures.STYLE):
+            return plot(*args, **kwargs)
+
+    return styled
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The original study's figures and every method's maps
@@ -42,6 +56,7 @@ def _show(ax, picture, title):
     ax.axis("off")
 
 
+@_styled
 def plot_explanation(image, explanation, i=0, *, classes, normalization, method="grad_cam", title=None):
     """The original study's per-image figure, 2 x 3: input, Grad-CAM region, Guided Grad-CAM region / guided
     backprop (city), Grad-CAM city, Guided Grad-CAM city; or the same with another method in Grad-CAM's place.
@@ -101,6 +116,7 @@ def plot_explanation(image, explanation, i=0, *, classes, normalization, method=
     return fig
 
 
+@_styled
 def plot_methods(image, attributions, i=0, *, classes, title=None):
     """Every method's map of one image side by side: one row per output, the image first, then one column per method,
     each titled with the class it explains.
@@ -130,6 +146,7 @@ def plot_methods(image, attributions, i=0, *, classes, title=None):
     return fig
 
 
+@_styled
 def plot_cam_only(original, attributions, i=0, *, classes, policy, title=None):
     """The original study's CAM-only figure, 1 x 3 at the original image's resolution: the image, then the maps of
     the region and the city.
@@ -161,6 +178,7 @@ def plot_cam_only(original, attributions, i=0, *, classes, policy, title=None):
     return fig
 
 
+@_styled
 def plot_class_grid(images, attribution, labels, *, classes, region, per_class=5, title=None):
     """For each city of one region, a row of its images and below it a row of their maps, each titled with the
     prediction (the original study's appendix figures; call once per region).
@@ -203,6 +221,7 @@ def plot_class_grid(images, attribution, labels, *, classes, region, per_class=5
     return fig
 
 
+@_styled
 def plot_mean_cams(mean_cams, counts, *, classes, title=None, cmap="viridis"):
     """One panel per class: its mean map over correctly classified images.
 
@@ -236,6 +255,7 @@ def plot_mean_cams(mean_cams, counts, *, classes, title=None, cmap="viridis"):
     return fig
 
 
+@_styled
 def plot_patch_gallery(patches, *, classes, title=None):
     """One row per class: the image patches with the highest attribution.
 
@@ -266,6 +286,7 @@ def plot_patch_gallery(patches, *, classes, title=None):
     return fig
 
 
+@_styled
 def plot_quadrants(quadrants, attribution, *, classes, title=None):
     """The four quadrants of an image, each classified and explained on its own: images on top, maps below.
 

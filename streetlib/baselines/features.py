@@ -25,7 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from streetlib import paths
 from streetlib.data import pipeline

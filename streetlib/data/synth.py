@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from streetlib.classes import SYNTH10
 from streetlib.data.loaders import write_street10

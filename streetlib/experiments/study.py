@@ -18,7 +18,7 @@ import pandas as pd
 from streetlib import figures
 from streetlib.classes import OUTPUTS
 from streetlib.evaluation import evaluate
-from streetlib.models import weights as weights_lib
+from streetlib.models.weights import WEIGHT_SOURCES, WeightsDownloadError, check_weights, fetch
 from streetlib.runs import RunId, RunLayout, with_variant
 from streetlib.training import train
 from streetlib.training.cache import FeatureStore
@@ -54,11 +54,11 @@ def available_sources(sources):
     """
     available, missing = [], {}
     for source in sources:
-        weights_lib.check_weights(source)
-        if weights_lib.WEIGHT_SOURCES.get(source) is not None and weights_lib.WEIGHT_SOURCES[source].url:
+        check_weights(source)
+        if WEIGHT_SOURCES.get(source) is not None and WEIGHT_SOURCES[source].url:
             try:
-                weights_lib.fetch(source)
-            except weights_lib.WeightsDownloadError as err:
+                fetch(source)
+            except WeightsDownloadError as err:
                 missing[source] = str(err)
                 continue
         available.append(source)

@@ -24,8 +24,8 @@ import re
 import keras
 
 from streetlib.classes import OUTPUTS, STREET10
-from streetlib.models import weights as weights_lib
 from streetlib.models.backbones import get_backbone
+from streetlib.models.weights import cache_dir, check_weights, download_error, leaf_layers, load_source
 
 # How a feature map becomes one vector: the head's ``pool`` layer, and the baselines' features (baselines.features).
 POOLINGS = ("avg", "max", "flatten", "avgmax")
@@ -81,7 +81,7 @@ def build_backbone(name="vgg16", *, weights="random", input_shape=(224, 224, 3))
         WeightsDownloadError: pretrained weights could not be downloaded (the message says where to put the file).
     """
     info = get_backbone(name)
-    weights = weights_lib.check_weights(weights, backbone=info.name)
+    weights = check_weights(weights, backbone=info.name)
     build = getattr(keras.applications, info.constructor)
     if weights == "imagenet" and info.name != "vgg16":
         try:
@@ -91,10 +91,10 @@ def build_backbone(name="vgg16", *, weights="random", input_shape=(224, 224, 3))
             if failure is None:
                 raise
             url = failure.group(1)
-            target = weights_lib.cache_dir() / "models" / url.rsplit("/", 1)[-1]
-            raise weights_lib.download_error("imagenet", url, target, err) from err
+            target = cache_dir() / "models" / url.rsplit("/", 1)[-1]
+            raise download_error("imagenet", url, target, err) from err
     model = _renamed(build(include_top=False, weights=None, input_shape=tuple(input_shape)))
-    weights_lib.load_source(model, weights, backbone=info.name)
+    load_source(model, weights, backbone=info.name)
     return model
 
 
@@ -285,7 +285,7 @@ def freeze(model, *, through):
     """
     backbone = backbone_of(model)
     # A functional model does not pass its trainable flag on to a nested model, so set each level.
-    for layer in (model, backbone, *weights_lib.leaf_layers(model)):
+    for layer in (model, backbone, *leaf_layers(model)):
         layer.trainable = True
     if through is None:
         return model
@@ -307,7 +307,7 @@ def count_params(model):
 
 def trainable_layers(model):
     """Names of the layers (nested ones included) that have trainable weights, in order. Returns list of str."""
-    return [layer.name for layer in weights_lib.leaf_layers(model) if layer.trainable_weights]
+    return [layer.name for layer in leaf_layers(model) if layer.trainable_weights]
 
 
 def apply_head(model, features):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from streetlib import paths
 from streetlib.attribution import explainer
-from streetlib.attribution import leaderboard as board_lib
+from streetlib.attribution.leaderboard import LeaderboardConfig
 from streetlib.attribution.registry import METHODS, ORIGINAL
 from streetlib.classes import STREET10, SYNTH10
 from streetlib.experiments import runner, study
@@ -427,7 +427,7 @@ def attribution_spec(params):
     """The `LeaderboardConfig` notebook 05 scores each seed's model with, from its parameters (its budgets of images
     divided over the seeds, `per_seed_share`); the tolerance, which costs nothing, is left at its default."""
     seeds = params["split_seeds"]
-    return board_lib.LeaderboardConfig(
+    return LeaderboardConfig(
         outputs=params["leaderboard_outputs"],
         layers=[params["layer"]] if params["layer"] else None,
         params=params["method_params"],
