@@ -11,7 +11,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from streetlib.classes import OUTPUTS
 from streetlib.paths import atomic_path
@@ -225,37 +224,6 @@ def score_figures(scores, *, what, data_label, weights_label, label_colors=None)
         title=title(f"city similarity ({scores.similarity}): {what}", **label),
     )
     return drawn
-
-
-def plot_history(history, *, title=None):
-    """Training curves: loss and accuracy of both outputs, training and validation, per epoch.
-
-    Args:
-        history: pandas DataFrame indexed by epoch with Keras's columns (``city_loss``, ``val_city_accuracy``...).
-        title: str or None.
-
-    Returns:
-        `matplotlib.figure.Figure`.
-    """
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(8, 5.5))
-        axes = fig.subplots(2, 2, sharex=True)
-        for row, metric in enumerate(("loss", "accuracy")):
-            for col, output in enumerate(OUTPUTS):
-                ax = axes[row, col]
-                for prefix, style in (("", "-"), ("val_", "--")):
-                    key = f"{prefix}{output}_{metric}"
-                    if key in history:
-                        ax.plot(history.index, history[key], style, label="validation" if prefix else "training")
-                ax.set_title(f"{output} {metric}")
-                ax.legend(fontsize=7)
-        for ax in axes[1]:
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-    return fig
 
 
 def save(fig, path):
