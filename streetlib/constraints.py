@@ -56,10 +56,11 @@ class Options:
 
 
 class Keys:
-    """A dict whose keys are among ``allowed`` (or exactly ``allowed``, with ``exact``)."""
+    """A dict whose keys are among ``allowed`` (or exactly ``allowed``, with ``exact``). ``allowed`` is read at each
+    check, not copied, so a registry that grows (a method registered after import) is checked as it is then."""
 
     def __init__(self, allowed, *, exact=False):
-        self.allowed, self.exact = tuple(allowed), exact
+        self.allowed, self.exact = allowed, exact
 
     def is_satisfied_by(self, value):
         if not isinstance(value, dict):

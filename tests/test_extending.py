@@ -50,15 +50,23 @@ def street_images(n=4, size=32):
 def test_the_leaderboard_scores_a_registered_method(toy, model):
     masks = np.zeros((4, 32, 32), np.uint8)
     masks[:, 12:20, 12:20] = 1  # the cue at the centre, where the toy points
-    config = leaderboard.LeaderboardConfig(methods=("grad_cam", "centre"), outputs=("city",), curve_steps=2)
+    # The method was registered after the leaderboard was imported: its settings and image budget are accepted too.
+    config = leaderboard.LeaderboardConfig(
+        methods=("grad_cam", "centre"),
+        outputs=("city",),
+        curve_steps=2,
+        params={"centre": {"width": 0.5}},
+        images={"centre": 3},
+    )
     scores = leaderboard.score(street_images(), masks, model, normalization="samplewise", config=config)
     rows = scores[scores["method"] == "centre"]
+    assert sorted(rows.loc[rows["metric"] == "pointing_game", "image"]) == [0, 1, 2]  # its budget of 3 images
     assert set(rows["family"]) == {"model-free"} and set(rows["layer"]) == {""}
     assert {"pointing_game", "relevance_mass_accuracy", "deletion_auc", "randomization"} <= set(rows["metric"])
     np.testing.assert_array_equal(rows.loc[rows["metric"] == "pointing_game", "value"], 1.0)
     # The same map for every model and class: it fails the randomisation check by construction.
     np.testing.assert_allclose(rows.loc[rows["metric"] == "randomization", "value"], 1.0, atol=1e-6)
-    assert json.loads(rows["params"].iloc[0]) == {"width": 0.25}
+    assert json.loads(rows["params"].iloc[0]) == {"width": 0.5}
 
 
 def test_analyze_draws_a_registered_method(toy, model, tmp_path, capsys):
