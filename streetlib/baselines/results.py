@@ -124,6 +124,7 @@ def compare(table, *, column, a, b, margin, overlap, metric="test_acc"):
         raise ValueError(f"{column}={a!r} and {column}={b!r} share no configuration and seed: nothing to pair.")
     comparisons = []
     for labels, seeds in wide.groupby(level=keys):
+        labels = labels if isinstance(labels, tuple) else (labels,)  # pandas 2.2 yields a scalar for one level
         result = stats.compare(seeds[str(b)] - seeds[str(a)], a=str(a), b=str(b), margin=margin, overlap=overlap)
         means = {"mean_a": float(seeds[str(a)].mean()), "mean_b": float(seeds[str(b)].mean())}
         comparisons.append({"column": column, **dict(zip(keys, labels, strict=True)), **means, **result})
