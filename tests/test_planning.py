@@ -147,8 +147,9 @@ def test_transfer_runs_share_one_extraction_per_pretrained_source(tmp_path):
         "data_dir": str(tmp_path / "absent"),
         "split_seeds": seeds,
         "weight_sources": ["hed-bsds500", "random"],
+        "replicates": 1,
     }
-    plan = work.make_plan(["03"], profile="demo", overrides=overrides)
+    plan = work.make_plan(["00", "03"], profile="demo", overrides=overrides)
     pretrained, random = plan.work
     extraction = _block1_share(64) * plan.data.total
     assert pretrained.cache.startswith("shared") and random.cache.startswith("shared")
@@ -170,6 +171,20 @@ def test_transfer_runs_share_one_extraction_per_pretrained_source(tmp_path):
     # The store holds every entry it took, within its memory: the pretrained source's, then one per random seed.
     entry = pretrained.host_bytes
     assert random.host_bytes == min(ExecutionConfig().max_cache_bytes, entry * (1 + len(seeds)))
+
+
+def test_seeds_of_a_replicated_dataset_extract_their_own_replicate(tmp_path):
+    """The demo's 8 replicates: each seed's pool is an eighth of the images, extracted for that seed, pretrained or
+    random, and its splits are sized from one replicate."""
+    overrides = {"data_dir": str(tmp_path / "absent"), "split_seeds": [42, 43], "weight_sources": ["hed-bsds500"]}
+    plan = work.make_plan(["00", "03"], profile="demo", overrides=overrides)
+    assert plan.data.replicates == 8 and plan.data.pool == plan.data.total // 8 == 3000
+    assert plan.data.split_sizes() == {"train": 2290, "val": 410, "test": 300}
+    (pretrained,) = plan.work
+    single = work.make_plan(["00", "03"], profile="demo", overrides={**overrides, "replicates": 1}).work[0]
+    # One replicate of 3,000 images is the whole single-draw dataset: the same extraction, counted per seed.
+    assert pretrained.shared == 0 and single.shared == pytest.approx(_block1_share(64) * 3000)
+    assert pretrained.forward == pytest.approx(single.forward + single.shared)
 
 
 def test_leaderboard_passes_follow_the_formulas():
@@ -205,7 +220,9 @@ def test_attribution_plan_scores_every_seeds_model_and_trains_the_permuted_label
     # The data randomisation check trains the headline's first phase once, on the first seed's split, for
     # permuted_epochs, caching its own split's features: notebook 03's transfer run at those epochs, extraction apart.
     assert (permuted.notebook, permuted.seeds, permuted.epochs) == ("05", (seeds[0],), params["permuted_epochs"])
-    transfer = work.make_plan(["03"], profile="demo", overrides={**absent, "epochs": params["permuted_epochs"]}).work[0]
+    # (Drawn once: with replicates each transfer run's forward passes include its seed's extraction.)
+    once = {**absent, "epochs": params["permuted_epochs"], "replicates": 1}
+    transfer = work.make_plan(["00", "03"], profile="demo", overrides=once).work[0]
     extraction = _block1_share(64) * (split["train"] + split["val"])
     assert permuted.forward == pytest.approx(transfer.forward + extraction) and permuted.shared == 0
     assert permuted.backward == pytest.approx(transfer.backward)

@@ -187,6 +187,15 @@ def test_split_overlap_is_n_test_over_n_train_of_the_saved_splits(tmp_path):
         questions.split_overlap(data, [], directory=tmp_path)
 
 
+def test_split_overlap_is_zero_for_seeds_of_distinct_replicates(tmp_path):
+    data = make_toy_data(per_class=18)
+    data.replicate = np.tile(np.repeat([0, 1, 2], 6), 10)  # three draws of 6 images a city
+    # Seeds 3, 4, 5 use replicates 0, 1, 2: no image in common, independent differences.
+    assert questions.split_overlap(data, [3, 4, 5], directory=tmp_path) == 0.0
+    # Seeds 3 and 6 resample replicate 0: the corrected t's overlap again.
+    assert questions.split_overlap(data, [3, 4, 6], directory=tmp_path) == pytest.approx(10 / 40)
+
+
 def test_split_overlap_refuses_splits_of_different_sizes(tmp_path):
     data = make_toy_data()
     make_split(data, seed=2, directory=tmp_path)

@@ -96,6 +96,23 @@ def test_several_seeds(tmp_path):
     assert len({tuple(s.test) for s in splits}) == 3
 
 
+def test_seeds_of_a_replicated_dataset_split_their_own_replicate(tmp_path):
+    data = _data([24] * 10)
+    data.replicate = np.tile(np.repeat([0, 1, 2], 8), 10)
+    splits = make_splits(data, seeds=[42, 43, 44, 45], directory=tmp_path)
+    assert [s.replicate for s in splits] == [0, 1, 2, 0]
+    for split in splits:
+        used = np.concatenate([split.train, split.val, split.test])
+        np.testing.assert_array_equal(np.sort(used), np.flatnonzero(data.replicate == split.replicate))
+        np.testing.assert_array_equal(split.pool, np.sort(used))
+        assert (len(split.train), len(split.val), len(split.test)) == (50, 20, 10)  # 8 a class: 1 test, 2 val
+    # Three consecutive seeds share no image; the reloaded file gives the same split.
+    assert not set(splits[0].pool) & set(splits[1].pool) and not set(splits[1].pool) & set(splits[2].pool)
+    again = make_split(data, seed=43, directory=tmp_path)
+    np.testing.assert_array_equal(again.test, splits[1].test)
+    assert json.loads(again.path.read_text())["replicate"] == 1
+
+
 def test_changed_data_or_fractions_are_refused(tmp_path):
     data = _data([20] * 10)
     make_split(data, seed=1, directory=tmp_path)

@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from streetlib.classes import SYNTH10
 from streetlib.cli.commands import main
 from streetlib.data import synth
-from streetlib.data.loaders import load_street10
+from streetlib.data.loaders import DataError, load_street10
 
 PER_CLASS = 100
 REGION = SYNTH10.region_of_class
@@ -222,10 +222,10 @@ def test_ensure_generates_then_reuses_the_same_parameters(tmp_path):
     root = tmp_path / "demo"
     out, lines = _ensure(root)
     assert out == root and json.loads((root / "dataset.json").read_text())["per_class"] == 1
-    assert lines == [f"Wrote the synthetic dataset to {root} (per_class=1, size=32, seed=0)"]
+    assert lines == [f"Wrote the synthetic dataset to {root} (per_class=1, size=32, seed=0, replicates=1)"]
     written = (root / "synth-w1.npy").stat().st_mtime_ns
     out, lines = _ensure(root)
-    assert lines == [f"Reusing the synthetic dataset in {root} (per_class=1, size=32, seed=0)"]
+    assert lines == [f"Reusing the synthetic dataset in {root} (per_class=1, size=32, seed=0, replicates=1)"]
     assert (root / "synth-w1.npy").stat().st_mtime_ns == written
 
 
@@ -235,6 +235,7 @@ def test_ensure_generates_then_reuses_the_same_parameters(tmp_path):
         ({"per_class": 2}, "per_class=1, not per_class=2"),
         ({"size": 40}, "size=32, not size=40"),
         ({"seed": 3, "per_class": 2}, "per_class=1, seed=0, not per_class=2, seed=3"),
+        ({"replicates": 2}, "replicates=1, not replicates=2"),
     ],
 )
 def test_ensure_refuses_a_dataset_made_with_other_parameters(tmp_path, kwargs, differs):
@@ -251,7 +252,26 @@ def test_ensure_refuses_a_dataset_made_with_other_parameters(tmp_path, kwargs, d
     _, lines = _ensure(root, overwrite=True, **kwargs)
     assert lines[0].startswith("Wrote")
     meta = json.loads((root / "dataset.json").read_text())
-    assert {k: meta[k] for k in ("per_class", "size", "seed")} == {"per_class": 1, "size": 32, "seed": 0, **kwargs}
+    made = {k: meta[k] for k in ("per_class", "size", "seed", "replicates")}
+    assert made == {"per_class": 1, "size": 32, "seed": 0, "replicates": 1, **kwargs}
+
+
+def test_replicates_are_independent_draws_stored_one_after_the_other(tmp_path):
+    data = load_street10(synth.generate(tmp_path / "r", per_class=2, size=32, seed=1, replicates=3, progress=False))
+    once = load_street10(synth.generate(tmp_path / "o", per_class=2, size=32, seed=1, progress=False))
+    assert data.replicates == 3 and len(data) == 60 and data.meta["per_class"] == 2
+    np.testing.assert_array_equal(data.replicate, np.tile(np.repeat([0, 1, 2], 2), 10))
+    # Replicate 0 is the dataset drawn once; the others are new images (no image appears twice).
+    np.testing.assert_array_equal(data.images[data.replicate == 0], once.images)
+    assert len(set(data.content_hashes())) == 60 and once.replicate is None
+
+
+def test_a_replicate_count_that_does_not_divide_the_classes_is_refused(tmp_path):
+    root = synth.generate(tmp_path / "r", per_class=3, size=32, replicates=1, progress=False)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "replicates": 2}))
+    with pytest.raises(DataError, match=r"says 2 replicates, but class file\(s\) .*do not split into 2 equal parts"):
+        load_street10(root)
 
 
 @pytest.mark.parametrize("size", [7, 0, -32])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import run_script
+from conftest import assert_same_computation, make_toy_data, run_script
 
 from streetlib.evaluation.evaluate import predict
 from streetlib.models import network, weights
@@ -655,20 +655,47 @@ def test_a_run_served_by_the_store_trains_like_one_caching_its_own_split(toy_dat
 def test_the_store_keeps_what_fits_its_budget(toy_data):
     model = network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv")
     frozen, _ = network.split_model(model, through="backbone")
+    every = np.arange(len(toy_data))
     entry = len(toy_data) * cache.feature_bytes(frozen)
     common = {"normalization": "caffe-bvlc", "image_size": 32, "batch_size": 16}
     store = cache.FeatureStore(entry)
-    assert store.fits(frozen, toy_data) and not cache.FeatureStore(entry - 1).fits(frozen, toy_data)
-    first = store.features(frozen, toy_data, **common)
+    assert store.fits(frozen, every) and not cache.FeatureStore(entry - 1).fits(frozen, every)
+    first = store.features(frozen, toy_data, every, **common)
     assert first.shape == (len(toy_data), 16, 16, 64) and not first.flags.writeable
-    assert store.features(frozen, toy_data, **common) is first and store.extractions == 1
+    assert store.features(frozen, toy_data, every, **common) is first and store.extractions == 1
     # Another normalisation is another entry; the budget holds one, so the older one is dropped.
-    other = store.features(frozen, toy_data, **{**common, "normalization": "samplewise"})
+    other = store.features(frozen, toy_data, every, **{**common, "normalization": "samplewise"})
     assert not np.array_equal(first, other) and store.extractions == 2
-    store.features(frozen, toy_data, **common)
+    store.features(frozen, toy_data, every, **common)
     assert store.extractions == 3
     with pytest.raises(ValueError, match=r"Invalid `max_bytes`. Expected an int >= 0. Received: max_bytes=-1"):
         cache.FeatureStore(-1)
+
+
+def test_a_pool_is_an_entry_of_its_own_holding_its_images_features(toy_data):
+    model = network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv")
+    frozen, _ = network.split_model(model, through="backbone")
+    common = {"normalization": "caffe-bvlc", "image_size": 32, "batch_size": 16}
+    store = cache.FeatureStore(2**30)
+    every = store.features(frozen, toy_data, np.arange(len(toy_data)), **common)
+    odd = np.arange(1, len(toy_data), 2)
+    part = store.features(frozen, toy_data, odd, **common)
+    assert store.extractions == 2 and part.shape == (len(odd), *every.shape[1:])
+    # The same images through the same frozen part, batched otherwise.
+    assert_same_computation(part, every[odd])
+
+
+def test_seeds_of_a_replicated_dataset_extract_their_own_replicate_once(out_dirs, monkeypatch):
+    data = make_toy_data(per_class=12)
+    data.replicate = np.tile(np.repeat([0, 1], 6), 10)  # each class's first 6 images, then its last 6
+    calls = _Counted(monkeypatch)
+    store = cache.FeatureStore(2**30)
+    common = {"experiment": "store", "split_kwargs": {"test_size": 0.15, "val_size": 0.2, "save": False}}
+    where = {"layout": RunLayout(**out_dirs), "execution": QUIET, "store": store}
+    runs = train.run_seeds(data, _config(epochs=1, **BLOCK1), seeds=[4, 5, 6], config_name="hed", **common, **where)
+    # Seeds 4 and 6 draw from replicate 0, seed 5 from replicate 1: one pass over each replicate's 60 images.
+    assert calls.sizes == [60, 60] and store.extractions == 2
+    assert {r.manifest["cache_plan"]["bytes"] for r in runs.values()} == {60 * 16 * 16 * 64 * 4}
 
 
 def test_the_frozen_key_follows_the_weights_not_the_names(toy_data):

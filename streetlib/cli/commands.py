@@ -26,7 +26,13 @@ def _positive_number(text):
 def _cmd_synth(args):
     from streetlib.data import synth
 
-    params = {"per_class": args.per_class, "size": args.size, "seed": args.seed, "overwrite": args.overwrite}
+    params = {
+        "per_class": args.per_class,
+        "size": args.size,
+        "seed": args.seed,
+        "replicates": args.replicates,
+        "overwrite": args.overwrite,
+    }
     if args.if_missing:
         synth.ensure(args.out, **params)
         return
@@ -89,6 +95,13 @@ def _add_data_commands(sub):
     p.add_argument("--per-class", type=int, default=100, help="images per class (default: %(default)s)")
     p.add_argument("--size", type=int, default=64, help="image size in pixels, >= 32 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--replicates",
+        type=int,
+        default=1,
+        help="independent datasets of --per-class images per class, drawn one after the other; the split of seed s "
+        "uses replicate s mod REPLICATES only (default: %(default)s)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p.add_argument(
         "--if-missing",

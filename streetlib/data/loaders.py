@@ -58,6 +58,9 @@ class StreetData:
         meta: dict, the contents of ``dataset.json`` if any.
         source_hashes: optional list of str `(n,)`: the content hash of each image as read, before resizing (image
             folders). None when the images are as stored (Street10 files), so their content hashes serve.
+        replicate: optional int64 `(n,)`: the independent draw each image belongs to, 0 to R - 1, for a synthetic
+            dataset drawn as R replicates (``dataset.json``'s ``replicates``, `streetlib.data.synth`). Splits of
+            seed ``s`` use replicate ``s mod R`` only. None: one pool that every split draws from.
     """
 
     images: np.ndarray
@@ -71,6 +74,7 @@ class StreetData:
     skipped: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     source_hashes: list = None
+    replicate: np.ndarray = None
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
@@ -83,6 +87,10 @@ class StreetData:
             raise DataError(f"`city` must have shape ({len(self.images)},). Received {self.city.shape}.")
         if self.masks is not None and self.masks.shape != self.images.shape[:3]:
             raise DataError(f"`masks` must have shape {self.images.shape[:3]}. Received {self.masks.shape}.")
+        if self.replicate is not None:
+            self.replicate = np.asarray(self.replicate, dtype=np.int64)
+            if self.replicate.shape != self.city.shape:
+                raise DataError(f"`replicate` must have shape {self.city.shape}. Received {self.replicate.shape}.")
         self._hashes = None
 
     def __len__(self):
@@ -126,6 +134,11 @@ class StreetData:
         """The hash that keys each image in split files (list of str `(n,)`): its content hash before any resize,
         so one split holds at every image size and resize policy."""
         return self.content_hashes() if self.source_hashes is None else self.source_hashes
+
+    @property
+    def replicates(self):
+        """int, the number of independent draws the images come from (1 unless ``replicate`` is set)."""
+        return 1 if self.replicate is None else int(self.replicate.max()) + 1
 
     def counts(self):
         """Images per class: dict class name -> int, in spec order."""
@@ -313,7 +326,25 @@ def load_street10(root, *, classes=None, name=None):
         masks=_load_masks(root, spec, arrays),
         files=files,
         meta=meta,
+        replicate=_replicates(root, spec, arrays, meta),
     )
+
+
+def _replicates(root, spec, arrays, meta):
+    """Each image's replicate, for a dataset whose ``dataset.json`` says it was drawn as several (each class file
+    holds its replicates one after the other, equally many images each); None for one."""
+    count = meta.get("replicates", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise DataError(f"{root / 'dataset.json'}: `replicates` must be an int >= 1. Received: {count!r}.")
+    if count == 1:
+        return None
+    uneven = {c: len(a) for c, a in zip(spec.classes, arrays, strict=True) if len(a) % count}
+    if uneven:
+        raise DataError(
+            f"{root / 'dataset.json'} says {count} replicates, but class file(s) {uneven} do not split into {count} "
+            "equal parts. Regenerate the dataset (streetlib data synth --overwrite)."
+        )
+    return np.concatenate([np.arange(len(a)) * count // len(a) for a in arrays])
 
 
 def _load_masks(root, spec, arrays):

@@ -9,6 +9,9 @@ folder's photos at their own size. So a split made at one image size (``streetli
 224 px) holds at any other size and resize policy. Split files of image folders written before this keyed the
 pixels at the size they were loaded at; they are still accepted at that size.
 
+A synthetic dataset drawn as R independent replicates (`streetlib.data.synth`) gives the split of seed ``s`` the
+images of replicate ``s mod R`` only (`Split.pool`): R consecutive seeds then use disjoint images, train and test.
+
 Sizes follow scikit-learn's ``train_test_split``, which the original study used per class: the test set takes
 ``ceil(test_size * n)`` of a class, validation ``ceil(val_size * rest)``. On Street10 that gives the original's
 3166 / 564 / 421 images.
@@ -38,6 +41,8 @@ class Split:
         path: Path of the saved split file, or None.
         duplicates: list of lists of int: groups of indices holding identical images (each group in one split).
         cross_class_duplicates: the groups among ``duplicates`` whose images carry different classes.
+        pool: int64 index array, sorted: the images the split was drawn from (every image, or one replicate's).
+        replicate: int or None, the replicate of ``pool`` (None for a dataset drawn once).
     """
 
     train: np.ndarray
@@ -49,6 +54,8 @@ class Split:
     path: Path = None
     duplicates: list = field(default_factory=list)
     cross_class_duplicates: list = field(default_factory=list)
+    pool: np.ndarray = None
+    replicate: int = None
 
     def __getitem__(self, name):
         if name not in SPLIT_NAMES:
@@ -71,12 +78,22 @@ def _check_fraction(value, name):
         raise ValueError(f"Invalid `{name}`. Expected a float in (0, 1). Received: {name}={value!r}")
 
 
-def _groups(hashes):
-    """Groups of indices with identical content, as {hash: [indices]} in first-seen order."""
+def _groups(hashes, pool):
+    """Groups of the images ``pool`` (indices into ``hashes``) with identical content, as {hash: [indices]} in
+    first-seen order."""
     groups = {}
-    for i, h in enumerate(hashes):
-        groups.setdefault(h, []).append(i)
+    for i in pool.tolist():
+        groups.setdefault(hashes[i], []).append(i)
     return groups
+
+
+def pool_of(data, seed):
+    """The images the split of ``seed`` draws from: (sorted int64 indices, replicate or None). Every image, or for
+    a dataset drawn as R replicates (``data.replicate``) those of replicate ``seed mod R``."""
+    if data.replicate is None:
+        return np.arange(len(data), dtype=np.int64), None
+    replicate = int(seed) % data.replicates
+    return np.flatnonzero(data.replicate == replicate).astype(np.int64), replicate
 
 
 def _part_sizes(n, test_size, val_size):
@@ -150,10 +167,11 @@ def make_split(data, *, seed=42, test_size=0.10, val_size=0.15, directory=None, 
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"Invalid `seed`. Expected an int. Received: seed={seed!r}")
     path = split_path(data, seed, directory)
+    pool, replicate = pool_of(data, seed)
     if save and path.is_file():
-        groups, assignment = _read_split(path, data, test_size=test_size, val_size=val_size)
+        groups, assignment = _read_split(path, data, pool, test_size=test_size, val_size=val_size)
     else:
-        groups = _groups(data.split_keys())
+        groups = _groups(data.split_keys(), pool)
         assignment = _assign(data, groups, seed=seed, test_size=test_size, val_size=val_size)
     index = {s: [] for s in SPLIT_NAMES}
     for h, members in groups.items():
@@ -167,6 +185,8 @@ def make_split(data, *, seed=42, test_size=0.10, val_size=0.15, directory=None, 
         path=path if save else None,
         duplicates=duplicates,
         cross_class_duplicates=[m for m in duplicates if len(set(data.city[m].tolist())) > 1],
+        pool=pool,
+        replicate=replicate,
     )
     if save and not path.is_file():
         _write_split(split, data, groups, assignment)
@@ -214,6 +234,7 @@ def _write_split(split, data, groups, assignment):
         "dataset": data.name,
         "classes": list(data.spec.classes),
         "seed": split.seed,
+        "replicate": split.replicate,
         "test_size": split.test_size,
         "val_size": split.val_size,
         "counts": {s: int(len(split[s])) for s in SPLIT_NAMES},
@@ -224,7 +245,7 @@ def _write_split(split, data, groups, assignment):
         tmp.write_text(json.dumps(doc, indent=1))
 
 
-def _read_split(path, data, *, test_size, val_size):
+def _read_split(path, data, pool, *, test_size, val_size):
     """The groups of identical images of ``data`` and the saved split's assignment of their hashes.
 
     Returns:
@@ -237,14 +258,14 @@ def _read_split(path, data, *, test_size, val_size):
             f"test_size={test_size}, val_size={val_size}. Pass the saved fractions, another seed, or another directory."
         )
     assignment = {h: s for s in SPLIT_NAMES for h in doc["hashes"][s]}
-    groups = _groups(data.split_keys())
+    groups = _groups(data.split_keys(), pool)
     unknown = [h for h in groups if h not in assignment]
     if not unknown:
         return groups, assignment
     cause = "the data changed"
     if data.source_hashes is not None:
         # An image folder's split file from before source keys holds the pixels at the size it was made at.
-        resized = _groups(data.content_hashes())
+        resized = _groups(data.content_hashes(), pool)
         if all(h in assignment for h in resized):
             return resized, assignment
         cause += ", or an older streetlib made the file at another image size: load the folder at that size"

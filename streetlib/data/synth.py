@@ -4,6 +4,12 @@ same way).
 
 Image ``i`` of class ``c`` is seeded from ``(seed, c, i)``: the same seed gives byte-identical arrays whatever the
 number of worker processes.
+
+A dataset can be drawn as ``replicates`` independent datasets of ``per_class`` images per class, stored one after
+the other in each class file (replicate ``k`` holds images ``k * per_class`` to ``(k + 1) * per_class - 1``; replicate
+0 is the dataset drawn with ``replicates=1``). The split of seed ``s`` then draws from replicate ``s mod replicates``
+only (`streetlib.data.splits.make_split`), so as many consecutive seeds as replicates train and test on disjoint
+images: their differences are independent, and a comparison over them needs no correction for overlapping splits.
 """
 
 import concurrent.futures
@@ -143,7 +149,7 @@ def make_synthetic(*, per_class=100, size=64, seed=0, spec=SYNTH10, cues=True, p
     return dict(zip(spec.classes, images, strict=True)), dict(zip(spec.classes, masks, strict=True))
 
 
-def _recipe(per_class, size, seed):
+def _recipe(per_class, size, seed, replicates):
     """What ``dataset.json`` records of how a synthetic dataset was made, once each parameter is checked."""
     return {
         "generator": _GENERATOR,
@@ -151,14 +157,18 @@ def _recipe(per_class, size, seed):
         "per_class": check_int(per_class, "per_class", 1),
         "size": check_int(size, "size", MIN_SIZE),
         "seed": check_int(seed, "seed", 0),
+        "replicates": check_int(replicates, "replicates", 1),
     }
 
 
-def _describe(values, keys=("per_class", "size", "seed")):
+_RECIPE_KEYS = ("per_class", "size", "seed", "replicates")
+
+
+def _describe(values, keys=_RECIPE_KEYS):
     return ", ".join(f"{key}={values.get(key)!r}" for key in keys)
 
 
-def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progress=True, workers=None):
+def generate(out_dir, *, per_class=100, size=64, seed=0, replicates=1, overwrite=False, progress=True, workers=None):
     """Generate the synthetic Street10-format dataset (`SYNTH10` classes, with cue masks) and write it.
 
     The files are written into a temporary folder beside ``out_dir`` and moved into place at the end, so a failure
@@ -166,9 +176,11 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progre
 
     Args:
         out_dir: str or Path, the directory to write; its name becomes the dataset name.
-        per_class: int >= 1, images per class. Default 100.
+        per_class: int >= 1, images per class (of each replicate). Default 100.
         size: int >= 32, image height and width in pixels. Default 64.
         seed: int >= 0. Default 0.
+        replicates: int >= 1, independent datasets drawn one after the other (see the module docstring): each class
+            file holds ``per_class * replicates`` images. Default 1.
         overwrite: bool. If False (default), refuse to write over an existing dataset.
         progress: bool, show a progress bar. Default True.
         workers: None or int >= 1, processes drawing images (see `make_synthetic`); the dataset is the same whatever
@@ -183,11 +195,13 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progre
         OSError: writing failed (the message names ``out_dir``); nothing was left there.
     """
     out_dir = Path(out_dir)
-    recipe = _recipe(per_class, size, seed)
+    recipe = _recipe(per_class, size, seed, replicates)
     # Checked before drawing too, so a taken directory fails at once rather than after the whole dataset is made.
     if not overwrite and any(out_dir.glob("*.npy")):
         raise FileExistsError(f"{out_dir} already holds a dataset. Choose another --out or pass overwrite=True.")
-    images, masks = make_synthetic(per_class=per_class, size=size, seed=seed, progress=progress, workers=workers)
+    images, masks = make_synthetic(
+        per_class=recipe["per_class"] * recipe["replicates"], size=size, seed=seed, progress=progress, workers=workers
+    )
     meta = {
         "name": out_dir.name,
         "synthetic": True,
@@ -199,7 +213,9 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progre
     return out_dir
 
 
-def ensure(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progress=True, workers=None, report=print):
+def ensure(
+    out_dir, *, per_class=100, size=64, seed=0, replicates=1, overwrite=False, progress=True, workers=None, report=print
+):
     """The synthetic dataset in ``out_dir`` made with these parameters: reused when it is there, generated when the
     folder holds no dataset.
 
@@ -208,7 +224,7 @@ def ensure(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progress
 
     Args:
         out_dir: str or Path.
-        per_class, size, seed: as in `generate`; checked before anything is read or drawn.
+        per_class, size, seed, replicates: as in `generate`; checked before anything is read or drawn.
         overwrite: bool. If True, a dataset made otherwise (or an incomplete one) is replaced. Default False.
         progress, workers: as in `generate`.
         report: callable taking one line of text, saying whether the dataset was reused or written. Default print.
@@ -217,13 +233,13 @@ def ensure(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progress
         Path of ``out_dir``.
 
     Raises:
-        ValueError: an invalid ``per_class``, ``size`` or ``seed``.
+        ValueError: an invalid ``per_class``, ``size``, ``seed`` or ``replicates``.
         FileExistsError: ``out_dir`` holds a dataset made with other parameters, one this generator did not make,
             or class files without ``dataset.json`` (an incomplete dataset), and ``overwrite`` is False. The message
             says which parameters differ.
     """
     out_dir = Path(out_dir)
-    recipe = _recipe(per_class, size, seed)
+    recipe = _recipe(per_class, size, seed, replicates)
     problem = _how_it_differs(out_dir, recipe)
     if problem is None and (out_dir / "dataset.json").is_file():
         report(f"Reusing the synthetic dataset in {out_dir} ({_describe(recipe)})")
@@ -233,7 +249,7 @@ def ensure(out_dir, *, per_class=100, size=64, seed=0, overwrite=False, progress
             f"{out_dir} {problem}. Choose another data_dir (--out), or pass overwrite=True (--overwrite) to replace it."
         )
     generate(
-        out_dir, per_class=per_class, size=size, seed=seed, overwrite=overwrite, progress=progress, workers=workers
+        out_dir, **{key: recipe[key] for key in _RECIPE_KEYS}, overwrite=overwrite, progress=progress, workers=workers
     )
     report(f"Wrote the synthetic dataset to {out_dir} ({_describe(recipe)})")
     return out_dir
@@ -250,7 +266,9 @@ def _how_it_differs(out_dir, recipe):
         return f"holds a dataset whose dataset.json is not valid JSON ({err})"
     if not isinstance(made, dict) or made.get("generator") != _GENERATOR:
         return f"holds a dataset not made by {_GENERATOR}"
-    differ = [key for key in ("version", "per_class", "size", "seed") if made.get(key) != recipe[key]]
+    # A dataset.json from before replicates existed holds one.
+    made = {"replicates": 1, **made}
+    differ = [key for key in ("version", *_RECIPE_KEYS) if made.get(key) != recipe[key]]
     if differ:
         return f"holds a dataset made with {_describe(made, differ)}, not {_describe(recipe, differ)}"
     return None

@@ -61,6 +61,7 @@ SHARED_PARAMETERS = (
 PARAMETER_RANGES = {
     ("*", "image_size"): [_POSITIVE],
     ("*", "per_class"): [_POSITIVE],
+    ("*", "replicates"): [_POSITIVE],
     ("*", "samples_per_class"): [_POSITIVE],
     ("*", "split_seed"): [_NATURAL],
     ("*", "split_seeds"): [_COUNTS],

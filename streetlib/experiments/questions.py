@@ -54,7 +54,9 @@ def _distinct(split, subset):
 
 def split_overlap(data, seeds, **split_kwargs):
     """The overlap ``n_test / n_train`` of the resampled splits of ``data`` for ``seeds`` (`stats.overlap`), from the
-    saved splits (made if missing, as every notebook makes them).
+    saved splits (made if missing, as every notebook makes them); 0 when the splits share no image (seeds drawing
+    from distinct replicates of a synthetic dataset, `streetlib.data.splits.pool_of`): their differences are then
+    independent, and the corrected t is the ordinary paired t.
 
     The corrected resampled t assumes one design: every split has the same sizes. `make_split` sizes each class
     alike for every seed; identical images are kept together, so a subset's image count can move by a few between
@@ -66,7 +68,7 @@ def split_overlap(data, seeds, **split_kwargs):
         **split_kwargs: `streetlib.data.splits.make_split` arguments (test_size, val_size, directory).
 
     Returns:
-        float > 0.
+        float >= 0.
 
     Raises:
         ValueError: no seed, or splits of different sizes (naming each seed's), which cannot be one design.
@@ -81,6 +83,9 @@ def split_overlap(data, seeds, **split_kwargs):
             f"The splits of {data.name!r} differ in size ({listed}): the corrected t needs resampled splits of one "
             "design. Compare runs whose splits were made from the same data with the same test_size and val_size."
         )
+    pools = [split.pool for split in splits]
+    if len(pools) > 1 and len(np.unique(np.concatenate(pools))) == sum(len(pool) for pool in pools):
+        return 0.0
     return stats.overlap(*next(iter(sizes.values())))
 
 

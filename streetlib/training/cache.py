@@ -153,10 +153,12 @@ def training_datasets(data, split, model, plan, config, *, initial_epoch, direct
         train = pipeline.make_dataset(data, split.train, training=True, augment=augment, seed=seed, **common)
         return plan, (train, val_images, None, model)
     frozen, rest = split_model(model, through=config.frozen_through)
-    if plan["copies"] == 1 and store is not None and store.fits(frozen, data):
-        every = store.features(frozen, data, **common)[None]  # one copy: (1, len(data), ...)
-        plan = store.plan(frozen, data)
-        train_features, val_features, train_rows, val_rows = every, every, split.train, split.val
+    pool = np.arange(len(data)) if split.pool is None else split.pool
+    if plan["copies"] == 1 and store is not None and store.fits(frozen, pool):
+        every = store.features(frozen, data, pool, **common)[None]  # one copy: (1, len(pool), ...)
+        plan = store.plan(frozen, pool)
+        train_features = val_features = every
+        train_rows, val_rows = np.searchsorted(pool, split.train), np.searchsorted(pool, split.val)
     else:
         train_features, val_features = _split_features(data, split, frozen, plan, config, directory)
         train_rows = val_rows = None
@@ -203,21 +205,22 @@ def _split_features(data, split, frozen, plan, config, directory):
 
 
 class FeatureStore:
-    """The frozen part's output for every image of a dataset, computed once and shared by every run whose frozen part
-    computes the same thing: the runs of several split seeds, of several configurations, a run continued later.
+    """The frozen part's output for every image a split draws from, computed once and shared by every run whose frozen
+    part computes the same thing: the runs of several split seeds, of several configurations, a run continued later.
 
-    Without augmentation an image's features do not depend on the split, so one pass over the whole dataset (test
-    images included, a tenth more than one run needs) serves every split. An entry is found by `frozen_key`: the
-    frozen part's layers and weight values (two seeds of pretrained weights share one; random weights drawn per seed
-    do not), the images' normalisation and size, and the dataset's content. Entries are held in memory, at most
-    ``max_bytes`` in all: the least recently used one is dropped to make room. A dataset whose features alone exceed
-    ``max_bytes`` is not stored (`fits`): its runs cache their own split (in memory or on disk, `plan_cache`).
+    Without augmentation an image's features do not depend on the split, so one pass over a split's pool (every image
+    of the dataset, test images included, a tenth more than one run needs; or one replicate's, `Split.pool`) serves
+    every split drawn from it. An entry is found by `frozen_key`: the frozen part's layers and weight values (two seeds
+    of pretrained weights share one; random weights drawn per seed do not), the images' normalisation and size, the
+    dataset's content, and the pool. Entries are held in memory, at most ``max_bytes`` in all: the least recently used
+    one is dropped to make room. A pool whose features alone exceed ``max_bytes`` is not stored (`fits`): its runs
+    cache their own split (in memory or on disk, `plan_cache`).
 
     Args:
         max_bytes: int >= 0, the memory the entries may take, in bytes (`ExecutionConfig.max_cache_bytes`).
 
     Attributes:
-        extractions: int, the passes over a dataset this store has made.
+        extractions: int, the passes over a pool this store has made.
     """
 
     def __init__(self, max_bytes):
@@ -225,42 +228,46 @@ class FeatureStore:
             raise ValueError(f"Invalid `max_bytes`. Expected an int >= 0. Received: max_bytes={max_bytes!r}")
         self.max_bytes = int(max_bytes)
         self.extractions = 0
-        self._entries = {}  # key -> float32 array (len(data), ...), least recently used first
+        self._entries = {}  # key -> float32 array (len(pool), ...), least recently used first
 
-    def fits(self, frozen, data):
-        """Whether the frozen part's features of every image of ``data`` fit the store. Returns bool."""
-        return len(data) * feature_bytes(frozen) <= self.max_bytes
+    def fits(self, frozen, pool):
+        """Whether the frozen part's features of the images ``pool`` (int indices) fit the store. Returns bool."""
+        return len(pool) * feature_bytes(frozen) <= self.max_bytes
 
-    def plan(self, frozen, data):
+    def plan(self, frozen, pool):
         """The manifest's ``cache_plan`` of a run served by this store (as `plan_cache` states its own)."""
-        size = len(data) * feature_bytes(frozen)
+        size = len(pool) * feature_bytes(frozen)
         reason = (
-            f"no augmentation: exact; the frozen part's output on all {len(data)} images, computed once and shared "
-            f"by the runs of one FeatureStore: {size} bytes <= max_cache_bytes={self.max_bytes}"
+            f"no augmentation: exact; the frozen part's output on the {len(pool)} images the split draws from, "
+            f"computed once and shared by the runs of one FeatureStore: {size} bytes <= "
+            f"max_cache_bytes={self.max_bytes}"
         )
         return _plan("memory", 1, size, reason=reason) | {"shared": True}
 
-    def features(self, frozen, data, *, normalization, image_size, batch_size):
-        """The frozen part's output for every image of ``data``, in its order, computed on the first request.
+    def features(self, frozen, data, pool, *, normalization, image_size, batch_size):
+        """The frozen part's output for the images ``pool`` of ``data``, in pool order, computed on the first request.
 
         Args:
             frozen: `keras.Model`, the frozen part (`streetlib.models.network.split_model`).
             data: `StreetData`.
+            pool: sorted int array, the images (`streetlib.data.splits.Split.pool`).
             normalization: str, the images' normalisation (the run's ``input_normalization``).
             image_size: int, the size images are fed at.
             batch_size: int, the images per forward pass of an extraction (does not change the features).
 
         Returns:
-            float32 array `(len(data), *feature_shape)`, shared: do not write to it.
+            float32 array `(len(pool), *feature_shape)`, shared: do not write to it.
         """
+        pool = np.asarray(pool, dtype=np.int64)
         key = frozen_key(frozen, data, normalization=normalization, image_size=image_size)
+        key += hashlib.sha1(pool.tobytes()).hexdigest()
         if key in self._entries:
             self._entries[key] = self._entries.pop(key)  # now the most recently used
             return self._entries[key]
         images = pipeline.make_dataset(
-            data, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
+            data, pool, batch_size=batch_size, training=False, normalization=normalization, image_size=image_size
         )
-        array = extract_features(frozen, [images], size=len(data), batch_size=batch_size)[0]
+        array = extract_features(frozen, [images], size=len(pool), batch_size=batch_size)[0]
         self.extractions += 1
         array.flags.writeable = False
         while self._entries and sum(a.nbytes for a in self._entries.values()) + array.nbytes > self.max_bytes:

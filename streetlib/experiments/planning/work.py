@@ -259,14 +259,15 @@ def _training_work(ctx, notebook, name, config, seeds, store=None):
     unit = ctx.unit(config.image_size)
     shares = {"frozen": (model_flops(frozen) if frozen else 0) / unit, "trainable": model_flops(rest) / unit}
     cached = cache["mode"] == "features"
-    entry = ctx.data.total * feature_bytes(frozen) if frozen is not None else 0
-    # Random weights are drawn per seed: each seed's frozen part is an entry of its own, extracted for that seed.
-    per_seed = config.weights == "random"
+    entry = ctx.data.pool * feature_bytes(frozen) if frozen is not None else 0
+    # Random weights are drawn per seed, and seeds of a replicated dataset draw from pools of their own: each seed's
+    # features are then an entry of its own, extracted for that seed.
+    per_seed = config.weights == "random" or ctx.data.replicates > 1
     shared = store is not None and store.serves(cache, entry, len(seeds) if per_seed else 1)
     forward, backward = training_passes(
         n_train, n_val, epochs=config.epochs, cached_copies=cache["copies"] if cached else 0, shared=shared, **shares
     )
-    extraction = shares["frozen"] * ctx.data.total if shared else 0.0
+    extraction = shares["frozen"] * ctx.data.pool if shared else 0.0
     if shared:
         cache = {**cache, "store": "shared", "bytes": entry}
     params = network.count_params(model)["total"]
@@ -494,6 +495,7 @@ def make_plan(notebooks=None, *, profile="demo", overrides=None, grid=None, devi
         classes=data_params["classes"] or None,
         per_class=data_params["per_class"],
         image_size=data_params["image_size"],
+        replicates=data_params["replicates"],
     )
     ctx.set_data(data)
     work = []
