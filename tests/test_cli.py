@@ -33,6 +33,20 @@ def test_synth_then_split(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (tmp_path / "data" / "splits").iterdir()) == ["demo-seed5.json", "demo-seed6.json"]
 
 
+def test_synth_replicates_then_split_each_seed_on_its_replicate(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STREETLIB_ROOT", str(tmp_path))
+    out = tmp_path / "demo"
+    args = ["data", "synth", "--out", str(out), "--per-class", "10", "--size", "32", "--replicates", "2"]
+    assert main(args) == 0
+    data = load_street10(out)
+    assert len(data) == 200 and data.replicates == 2
+    assert main(["data", "split", str(out), "--seed", "4", "5"]) == 0
+    # 10 images a class per seed: 1 test, 2 validation, 7 training, from that seed's replicate.
+    assert "seed 4: train 70, val 20, test 10" in capsys.readouterr().out
+    assert main([*args, "--replicates", "0"]) == 2
+    assert "replicates" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["data", "split", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()

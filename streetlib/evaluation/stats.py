@@ -9,7 +9,8 @@ p-values; `family` adjusts the p-values of all the comparisons one notebook asks
   differences of two seeds are correlated and the plain paired t interval is too narrow. `compare` uses the
   corrected resampled t of Nadeau & Bengio (2003, "Inference for the generalization error"): the variance of the
   mean difference is ``(1/n + n_test/n_train) * s^2`` rather than ``s^2 / n`` (``overlap = n_test / n_train``, see
-  `overlap`). For units that do not overlap (images), ``overlap=0`` gives the ordinary paired t.
+  `overlap`). For units that do not overlap (images, or seeds that each draw their own replicate of a synthetic
+  dataset), ``overlap=0`` gives the ordinary paired t.
 - **Many questions.** A notebook asks several questions at once; `family` applies Holm's step-down correction to
   the p-values of its questions, so the chance of any false "higher" stays below ``alpha``.
 - **"No difference" has to be shown.** An interval containing 0 does not show that two arms are alike. The
