@@ -1,6 +1,8 @@
 import errno
+import gc
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 import keras
@@ -683,6 +685,23 @@ def test_a_pool_is_an_entry_of_its_own_holding_its_images_features(toy_data):
     assert store.extractions == 2 and part.shape == (len(odd), *every.shape[1:])
     # The same images through the same frozen part, batched otherwise.
     assert_same_computation(part, every[odd])
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_a_feature_dataset_frees_its_cache_with_it(copies):
+    # TensorFlow never drops a numpy_function's Python function: had it held the cache, every run's features would
+    # stay in memory until the process ends.
+    features = np.random.default_rng(0).random((copies, 6, 2, 2, 3), dtype=np.float32)
+    labels = {"city": np.arange(6, dtype=np.int32)}
+    ds = cache._feature_dataset(features, labels, batch_size=4, shuffle=True, seed=0, initial_epoch=0)
+    batches = list(ds.take(2))
+    for x, y in batches[:1]:  # the first epoch reads copy 0; each image's row is its label here
+        np.testing.assert_array_equal(x.numpy(), features[0][y["city"].numpy()])
+    assert sum(len(b[0]) for b in batches) == 6  # one epoch: a batch of 4, then the last 2
+    alive = weakref.ref(features)
+    del features, ds, batches
+    gc.collect()
+    assert alive() is None
 
 
 def test_seeds_of_a_replicated_dataset_extract_their_own_replicate_once(out_dirs, monkeypatch):
