@@ -6,6 +6,7 @@ atomically. Every title says which data and which weights produced the figure (`
 synthetic demo data can never pass for one of Street10.
 """
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,17 @@ STYLE = {
 }
 CMAP = "Blues"  # the original's confusion matrices
 REGION_COLORS = ("#1f4e9c", "#b2182b", "#2ca02c", "#7f3c8d")
+
+
+def styled(plot):
+    """Decorator: ``plot`` draws its figure inside the shared style (`STYLE`)."""
+
+    @functools.wraps(plot)
+    def in_style(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return plot(*args, **kwargs)
+
+    return in_style
 
 
 def title(what, *, data_label, weights_label):
@@ -175,6 +187,32 @@ def plot_dendrogram(distances, *, labels, title=None, label_colors=None, ax=None
         if title:
             ax.set_title(title)
     return ax.figure
+
+
+def draw_seed_bars(ax, groups, *, labels, colors=None):
+    """One horizontal bar per group, top to bottom: the mean of its per-seed values, their standard deviation as the
+    error bar, each seed a dot; accuracies, so the axis spans [0, 1].
+
+    Args:
+        ax: a matplotlib Axes.
+        groups: list of 1-d arrays, the per-seed values of each bar.
+        labels: list of str, one per bar.
+        colors: list of colours, one per bar, or None for one blue.
+    """
+    for i, values in enumerate(groups):
+        values = np.asarray(values, dtype=np.float64)
+        ax.barh(
+            i,
+            values.mean(),
+            xerr=values.std(ddof=1) if len(values) > 1 else 0,
+            color="#4c72b0" if colors is None else colors[i],
+            alpha=0.6,
+            capsize=2,
+        )
+        ax.plot(values, np.full(len(values), i), "k.", markersize=3)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
 
 
 def region_colors(spec):

@@ -223,3 +223,25 @@ def test_side_by_side_puts_every_configuration_in_a_row():
     row = table.loc[("CNN (03-pretrained)", "b")]
     assert row["city mean"] == pytest.approx(np.mean(_test_scores().query("config == 'b' and output == 'city'").value))
     assert row["seeds"] == 8
+
+
+def test_the_side_by_side_figure_draws_each_configuration_s_mean_spread_and_seeds_in_the_shared_style():
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from streetlib import figures
+
+    scores = _test_scores()
+    before = plt.get_fignums()
+    fig = questions.plot_side_by_side(scores, data_label="toy (synthetic demo data)")
+    assert plt.get_fignums() == before  # a Figure of its own: no pyplot state to close
+    region = fig.axes[0]
+    assert [t.get_text() for t in region.get_yticklabels()] == [f"CNN (03-pretrained): {c}" for c in "abc"]
+    bars = [p for p in region.patches if isinstance(p, Rectangle)]
+    for bar, config in zip(bars, "abc", strict=True):
+        values = scores[(scores["config"] == config) & (scores["output"] == "region")]["value"]
+        assert bar.get_width() == pytest.approx(values.mean())
+    dots = [line for line in region.lines if line.get_marker() == "."]
+    assert [len(d.get_xdata()) for d in dots] == [8, 8, 8]
+    assert region.xaxis.label.get_fontsize() == figures.STYLE["axes.labelsize"]
+    assert "toy (synthetic demo data)" in fig._suptitle.get_text()

@@ -6,9 +6,6 @@ The maps of any registered method can be drawn: the original study's figures sho
 ``method=`` (or the method's `Attribution`) for another.
 """
 
-import functools
-
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -19,18 +16,6 @@ from streetlib.attribution.maps import gradient_to_rgb, map_to_original, overlay
 from streetlib.attribution.metrics.registry import METRICS
 from streetlib.attribution.verdicts import row_label, text_columns
 from streetlib.classes import OUTPUTS
-
-
-def _styled(plot):
-    """Draws ``plot``'s figure inside the shared style (`streetlib.figures.STYLE`)."""
-
-    @functools.wraps(plot)
-    def styled(*args, **kwargs):
-        with matplotlib.rc_context(figures.STYLE):
-            return plot(*args, **kwargs)
-
-    return styled
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The original study's figures and every method's maps
@@ -56,7 +41,7 @@ def _show(ax, picture, title):
     ax.axis("off")
 
 
-@_styled
+@figures.styled
 def plot_explanation(image, explanation, i=0, *, classes, normalization, method="grad_cam", title=None):
     """The original study's per-image figure, 2 x 3: input, Grad-CAM region, Guided Grad-CAM region / guided
     backprop (city), Grad-CAM city, Guided Grad-CAM city; or the same with another method in Grad-CAM's place.
@@ -116,7 +101,7 @@ def plot_explanation(image, explanation, i=0, *, classes, normalization, method=
     return fig
 
 
-@_styled
+@figures.styled
 def plot_methods(image, attributions, i=0, *, classes, title=None):
     """Every method's map of one image side by side: one row per output, the image first, then one column per method,
     each titled with the class it explains.
@@ -146,7 +131,7 @@ def plot_methods(image, attributions, i=0, *, classes, title=None):
     return fig
 
 
-@_styled
+@figures.styled
 def plot_cam_only(original, attributions, i=0, *, classes, policy, title=None):
     """The original study's CAM-only figure, 1 x 3 at the original image's resolution: the image, then the maps of
     the region and the city.
@@ -178,7 +163,7 @@ def plot_cam_only(original, attributions, i=0, *, classes, policy, title=None):
     return fig
 
 
-@_styled
+@figures.styled
 def plot_class_grid(images, attribution, labels, *, classes, region, per_class=5, title=None):
     """For each city of one region, a row of its images and below it a row of their maps, each titled with the
     prediction (the original study's appendix figures; call once per region).
@@ -221,7 +206,7 @@ def plot_class_grid(images, attribution, labels, *, classes, region, per_class=5
     return fig
 
 
-@_styled
+@figures.styled
 def plot_mean_cams(mean_cams, counts, *, classes, title=None, cmap="viridis"):
     """One panel per class: its mean map over correctly classified images.
 
@@ -255,7 +240,7 @@ def plot_mean_cams(mean_cams, counts, *, classes, title=None, cmap="viridis"):
     return fig
 
 
-@_styled
+@figures.styled
 def plot_patch_gallery(patches, *, classes, title=None):
     """One row per class: the image patches with the highest attribution.
 
@@ -286,7 +271,7 @@ def plot_patch_gallery(patches, *, classes, title=None):
     return fig
 
 
-@_styled
+@figures.styled
 def plot_quadrants(quadrants, attribution, *, classes, title=None):
     """The four quadrants of an image, each classified and explained on its own: images on top, maps below.
 
@@ -315,7 +300,7 @@ def plot_quadrants(quadrants, attribution, *, classes, title=None):
 # The leaderboard and the randomisation check
 
 
-@_styled
+@figures.styled
 def plot_leaderboard(table, *, output="region", title=None):
     """One panel per metric: the methods ranked best first, each with its 95% interval, the random map's value as
     the floor (dashed) and the chance level (dotted) where there is one.
@@ -358,7 +343,7 @@ def plot_leaderboard(table, *, output="region", title=None):
     return fig
 
 
-@_styled
+@figures.styled
 def plot_randomization(table, *, title=None):
     """Rank correlation with the trained model's maps as layers are randomised from the top down, per method.
 
@@ -389,7 +374,7 @@ def plot_randomization(table, *, title=None):
 # Concepts (`streetlib.attribution.concepts`): galleries of a class's concepts, concepts in photographs
 
 
-@_styled
+@figures.styled
 def plot_concept_gallery(images, concepts, *, title, concepts_shown=None, top=None, shares=None):
     """One row per concept, most important first: an example image with the concept's map over it, then its top
     patches; each row labelled with the concept's score (and its mask share, if given).
@@ -420,7 +405,7 @@ def plot_concept_gallery(images, concepts, *, title, concepts_shown=None, top=No
     return fig
 
 
-@_styled
+@figures.styled
 def plot_class_concepts(images, found, *, names, title, top=None):
     """One row per class: its most important concept, an example image with the concept's map over it, then its top
     patches (the per-city gallery).
@@ -448,7 +433,7 @@ def plot_class_concepts(images, found, *, names, title, top=None):
     return fig
 
 
-@_styled
+@figures.styled
 def plot_photo_concepts(pictures, maps, *, names, title):
     """Where named concepts fire in a few pictures: one row per picture, the picture then one overlay per concept.
 

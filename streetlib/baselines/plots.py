@@ -3,8 +3,8 @@ Both are drawn with the shared style (`streetlib.figures`) and returned as Figur
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from streetlib import figures
 from streetlib.baselines.results import CONFIG
@@ -56,6 +56,7 @@ def confusion_figure(data, split, fit, row, *, weights):
     return run, figures.plot_confusion(cm, class_names=names, title=heading)
 
 
+@figures.styled
 def plot_summary(table, *, metric="test_acc", title=None):
     """Mean and seed spread of a metric per configuration, one panel per output; each seed is a dot.
 
@@ -67,34 +68,21 @@ def plot_summary(table, *, metric="test_acc", title=None):
     Returns:
         `matplotlib.figure.Figure`.
     """
-    import matplotlib
-    from matplotlib.figure import Figure
-
     keys = [c for c in CONFIG if table[c].nunique() > 1]
     outputs = [o for o in OUTPUTS if o in set(table["output"])]
     configs = table[keys].drop_duplicates().reset_index(drop=True) if keys else pd.DataFrame(index=[0])
     labels = [" / ".join(str(v) for v in row) for row in configs.itertuples(index=False)] if keys else ["all"]
-    with matplotlib.rc_context(figures.STYLE):
-        fig = Figure(figsize=(4.5 * len(outputs) + 2, 0.35 * len(labels) + 1.5))
-        axes = fig.subplots(1, len(outputs), sharey=True, squeeze=False)[0]
-        for ax, output in zip(axes, outputs, strict=True):
-            rows = table[table["output"] == output]
-            for i, config in enumerate(configs.to_dict("records")):
-                scores = rows.loc[(rows[list(config)] == pd.Series(config)).all(axis=1), metric].to_numpy()
-                ax.barh(
-                    i,
-                    scores.mean(),
-                    xerr=scores.std(ddof=1) if len(scores) > 1 else 0,
-                    color="#4c72b0",
-                    alpha=0.6,
-                    capsize=2,
-                )
-                ax.plot(scores, np.full(len(scores), i), "k.", markersize=3)
-            ax.set_yticks(range(len(labels)), labels)
-            ax.set_xlim(0, 1)
-            ax.set_xlabel(f"{output} {metric} (mean ± std over seeds; dots: seeds)")
-            ax.invert_yaxis()
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
+    fig = Figure(figsize=(4.5 * len(outputs) + 2, 0.35 * len(labels) + 1.5))
+    axes = fig.subplots(1, len(outputs), sharey=True, squeeze=False)[0]
+    for ax, output in zip(axes, outputs, strict=True):
+        rows = table[table["output"] == output]
+        groups = [
+            rows.loc[(rows[list(config)] == pd.Series(config)).all(axis=1), metric].to_numpy()
+            for config in configs.to_dict("records")
+        ]
+        figures.draw_seed_bars(ax, groups, labels=labels)
+        ax.set_xlabel(f"{output} {metric} (mean ± std over seeds; dots: seeds)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return fig

@@ -1,10 +1,14 @@
 """Data exploration: class counts, sample grids, colour statistics per region, split and duplicate tables.
 
-Every figure title names the dataset (`StreetData.label` says when it is synthetic).
+Every figure title names the dataset (`StreetData.label` says when it is synthetic); figures are drawn in the shared
+style (`streetlib.figures`) on `matplotlib.figure.Figure` and returned.
 """
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+
+from streetlib import figures
 
 
 def class_table(data):
@@ -66,31 +70,32 @@ def duplicate_table(data, split):
     return pd.DataFrame(rows, columns=["group", "split", "files", "classes", "cross_class"])
 
 
+@figures.styled
 def plot_class_counts(data):
     """Bar chart of images per class, coloured by region. Returns the figure."""
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
     df = class_table(data)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.add_subplot()
     sns.barplot(df, x="class", y="images", hue="region", dodge=False, ax=ax)
     ax.set_title(f"Images per class - {data.label}")
     ax.tick_params(axis="x", rotation=45)
     return fig
 
 
+@figures.styled
 def plot_samples(data, *, per_class=6, seed=0, show_masks=False):
     """A grid with one row per class of ``per_class`` random images (cue masks outlined in red if asked).
 
     Returns the figure.
     """
-    import matplotlib.pyplot as plt
-
     if show_masks and data.masks is None:
         raise ValueError(f"`show_masks=True` but dataset {data.name!r} has no cue masks.")
     rng = np.random.default_rng(seed)
     k = data.spec.num_classes
-    fig, axes = plt.subplots(k, per_class, figsize=(per_class * 1.3, k * 1.4), squeeze=False)
+    fig = Figure(figsize=(per_class * 1.3, k * 1.4))
+    axes = fig.subplots(k, per_class, squeeze=False)
     for c, row in enumerate(axes):
         members = np.flatnonzero(data.city == c)
         picks = rng.choice(members, size=min(per_class, len(members)), replace=False)
@@ -106,13 +111,14 @@ def plot_samples(data, *, per_class=6, seed=0, show_masks=False):
     return fig
 
 
+@figures.styled
 def plot_colour_stats(stats, *, label):
     """Distributions of per-image colour statistics by region (from `colour_stats`). Returns the figure."""
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
     columns = ["red", "green", "blue", "brightness", "saturation", "contrast"]
-    fig, axes = plt.subplots(2, 3, figsize=(11, 5.5))
+    fig = Figure(figsize=(11, 5.5))
+    axes = fig.subplots(2, 3)
     for ax, col in zip(axes.flat, columns, strict=True):
         sns.kdeplot(stats, x=col, hue="region", common_norm=False, fill=True, ax=ax, warn_singular=False)
         ax.set_title(col)

@@ -18,6 +18,7 @@ Scores are tidy: columns family, config, seed, output, value (`streetlib.experim
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from streetlib import figures
 from streetlib.classes import OUTPUTS
@@ -233,36 +234,28 @@ def side_by_side(scores):
     return wide[ordered].rename(columns={f"{OUTPUTS[-1]} count": "seeds"})
 
 
+@figures.styled
 def plot_side_by_side(scores, *, data_label, reference=None):
     """Test accuracy per configuration (mean and seed spread, seeds as dots), one panel per output, with the
     original study's numbers (`study.ORIGINAL_RESULTS`) as reference lines when ``reference`` is given. Returns the
     figure."""
-    import matplotlib.pyplot as plt
-
     configs = scores[["family", "config"]].drop_duplicates().reset_index(drop=True)
     labels = [f"{f}: {c}" for f, c in configs.itertuples(index=False)]
-    fig, axes = plt.subplots(1, len(OUTPUTS), figsize=(13, 0.4 * len(labels) + 2), sharey=True)
+    colors = ["#4c72b0" if family.startswith("CNN") else "#dd8452" for family in configs["family"]]
+    fig = Figure(figsize=(13, 0.4 * len(labels) + 2))
+    axes = fig.subplots(1, len(OUTPUTS), sharey=True)
     for ax, output in zip(axes, OUTPUTS, strict=True):
-        for i, (family, config) in enumerate(configs.itertuples(index=False)):
-            values = scores.loc[
-                (scores["family"] == family) & (scores["config"] == config) & (scores["output"] == output), "value"
-            ].to_numpy()
-            ax.barh(
-                i,
-                values.mean(),
-                xerr=values.std(ddof=1) if len(values) > 1 else 0,
-                alpha=0.6,
-                capsize=2,
-                color="#4c72b0" if family.startswith("CNN") else "#dd8452",
-            )
-            ax.plot(values, [i] * len(values), "k.", markersize=3)
+        rows = scores[scores["output"] == output]
+        groups = [
+            rows.loc[(rows["family"] == family) & (rows["config"] == config), "value"].to_numpy()
+            for family, config in configs.itertuples(index=False)
+        ]
+        figures.draw_seed_bars(ax, groups, labels=labels, colors=colors)
         if reference is not None:
             for _, row in reference.iterrows():
                 ax.axvline(row[output], linestyle=":", linewidth=0.8, color="gray")
                 ax.text(row[output], -0.6, row["run"], rotation=90, fontsize=5, va="top", color="gray")
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set_xlim(0, 1)
-        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
         ax.set_xlabel(f"test {output} accuracy (mean ± std over split seeds; dots: seeds)")
     fig.suptitle(
         figures.title(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 import pandas as pd
+from matplotlib.figure import Figure
 
 from streetlib import figures
 from streetlib.classes import OUTPUTS
@@ -333,13 +334,12 @@ def training_table(history, *, last=3, metric="val_city_accuracy"):
     return pd.DataFrame(rows)
 
 
+@figures.styled
 def plot_learning_curves(history, *, output, data_label):
     """Validation accuracy of every run over epochs, for one output, on one figure. Returns the figure."""
-    import matplotlib.pyplot as plt
-
     if output not in OUTPUTS:
         raise ValueError(f"Invalid `output`. Expected one of {OUTPUTS}. Received: output={output!r}")
-    fig, ax = plt.subplots(figsize=(9, 5))
+    ax = Figure(figsize=(9, 5)).add_subplot()
     for (experiment, run), runs in history.groupby(["experiment", "run"], sort=False):
         ax.plot(runs["epoch"] + 1, runs[f"val_{output}_accuracy"], label=f"{experiment}/{run}", linewidth=1)
     ax.set_xlabel("epoch (of each phase)")
@@ -350,8 +350,8 @@ def plot_learning_curves(history, *, output, data_label):
             f"learning curves, {output}", data_label=data_label, weights_label="all runs (weights in the run names)"
         )
     )
-    fig.tight_layout()
-    return fig
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 # -- reading every result (notebook 06) ---------------------------------------------------------------------------
