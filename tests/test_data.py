@@ -39,7 +39,7 @@ def _save_npy(root, arrays):
 def test_street10_uint8_round_trip(tmp_path):
     arrays = _arrays()
     masks = {c: (a[..., 0] > 128).astype(np.uint8) for c, a in arrays.items()}
-    write_street10(tmp_path / "ds", arrays, spec=SPEC, masks_by_class=masks, meta={"synthetic": True})
+    write_street10(tmp_path / "ds", arrays, classes=SPEC, masks_by_class=masks, meta={"synthetic": True})
     data = load_street10(tmp_path / "ds")
     assert data.spec == SPEC and data.synthetic and data.name == "ds"
     np.testing.assert_array_equal(data.images, np.concatenate(list(arrays.values())))
@@ -51,7 +51,7 @@ def test_street10_uint8_round_trip(tmp_path):
 
 
 def test_labels_of_a_subset_give_each_output_from_the_city(tmp_path):
-    write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
+    write_street10(tmp_path / "ds", _arrays(), classes=SPEC)
     labels = load_street10(tmp_path / "ds").labels([14, 0, 9])
     assert tuple(labels) == OUTPUTS
     np.testing.assert_array_equal(labels["city"], [2, 0, 2])
@@ -174,9 +174,9 @@ def test_classes_of_different_sizes(tmp_path):
 
 
 def test_write_refuses_to_overwrite(tmp_path):
-    write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
+    write_street10(tmp_path / "ds", _arrays(), classes=SPEC)
     with pytest.raises(FileExistsError, match="already holds a dataset"):
-        write_street10(tmp_path / "ds", _arrays(seed=1), spec=SPEC)
+        write_street10(tmp_path / "ds", _arrays(seed=1), classes=SPEC)
     np.testing.assert_array_equal(load_street10(tmp_path / "ds").images[:4], _arrays()["aa"])
 
 
@@ -363,7 +363,7 @@ def test_image_folders_record_the_hash_of_each_image_before_resizing(tmp_path):
     assert small.source_hashes == large.source_hashes == small.split_keys()
     assert small.source_hashes == [content_hash(read_image(f)) for f in small.files]
     assert small.content_hashes() != large.content_hashes()
-    write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
+    write_street10(tmp_path / "ds", _arrays(), classes=SPEC)
     stored = load_street10(tmp_path / "ds")
     assert stored.source_hashes is None and stored.split_keys() == stored.content_hashes()
 
@@ -385,7 +385,7 @@ def test_streetdata_validates_shapes():
 
 
 def test_checksums_are_verified_on_load(tmp_path):
-    root = write_street10(tmp_path / "ds", _arrays(), spec=SPEC)
+    root = write_street10(tmp_path / "ds", _arrays(), classes=SPEC)
     write_checksums(root, ["aa.npy", "bb.npy", "cc.npy"])
     assert len(load_street10(root)) == 15
     arr = np.load(root / "bb.npy")

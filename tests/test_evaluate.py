@@ -186,7 +186,7 @@ def test_score_figures_draw_the_scores_and_save_all_names_them(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(toy_data):
-    return network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, seed=0)
+    return network.build_model(input_shape=(32, 32, 3), classes=toy_data.spec, seed=0)
 
 
 def _manifest(hists_dir, run="r"):

@@ -35,7 +35,7 @@ HEAD = ["fc1", "fc1_bn", "fc2", "fc2_bn", "city_logits", "region_logits"]
 
 @pytest.fixture(scope="module")
 def model():
-    return models.build_model(input_shape=(32, 32, 3), spec=STREET10, seed=0)
+    return models.build_model(input_shape=(32, 32, 3), classes=STREET10, seed=0)
 
 
 def test_layout_follows_the_convention(model):
@@ -93,7 +93,7 @@ def test_a_conv_head_on_a_cut_backbone(tmp_path):
 
 
 def test_head_sizes_follow_the_class_spec():
-    small = models.build_model(input_shape=(32, 32, 3), spec=SYNTH10, pooling="max", units=64, dropout=0.25)
+    small = models.build_model(input_shape=(32, 32, 3), classes=SYNTH10, pooling="max", units=64, dropout=0.25)
     assert small.get_layer("pool").__class__.__name__ == "GlobalMaxPooling2D"
     assert small.get_layer("fc1").units == 64 and small.get_layer("fc2_dropout").rate == 0.25
     assert small.output["city"].shape[-1] == SYNTH10.num_classes

@@ -61,7 +61,7 @@ def test_street10_counts_come_from_the_npy_headers(tmp_path, monkeypatch):
     images = {
         c: rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for c, n in zip(STREET10.classes, per_class, strict=True)
     }
-    write_street10(tmp_path / "s10", images, spec=STREET10)
+    write_street10(tmp_path / "s10", images, classes=STREET10)
     split = make_split(load_street10(tmp_path / "s10"), seed=42, directory=tmp_path / "splits")
 
     read = []

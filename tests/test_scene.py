@@ -13,8 +13,8 @@ def test_render_scene_validates_city_and_spec():
     with pytest.raises(ValueError, match=r"Invalid `city_index`. Expected an int in \[0, 9\]. Received: city_index=10"):
         scene.render_scene(rng, size=32, city_index=10)
     uneven = ClassSpec.from_dict({"name": "uneven", "regions": {"a": ["p", "q"], "b": ["r"]}})
-    with pytest.raises(ValueError, match=r"Invalid `spec`.*Received: regions with \[2, 1\] classes"):
-        scene.render_scene(rng, size=32, city_index=0, spec=uneven)
+    with pytest.raises(ValueError, match=r"Invalid `classes`.*Received: regions with \[2, 1\] classes"):
+        scene.render_scene(rng, size=32, city_index=0, classes=uneven)
 
 
 @pytest.mark.parametrize("pair", range(5))

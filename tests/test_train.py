@@ -407,7 +407,7 @@ def test_augmented_cache_cycles_through_copies():
 
 
 def test_cache_plan_states_its_choice(toy_data, tmp_path, monkeypatch):
-    model = network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec)
+    model = network.build_model(input_shape=(32, 32, 3), classes=toy_data.spec)
     common = {"n_train": 40, "n_val": 10, "max_bytes": 10**6, "directory": tmp_path / "r.features"}
     plan = cache.plan_cache("auto", model, through="backbone", augment=True, copies=4, **common)
     size = (4 * 40 + 10) * 2048
@@ -655,7 +655,7 @@ def test_a_run_served_by_the_store_trains_like_one_caching_its_own_split(toy_dat
 
 
 def test_the_store_keeps_what_fits_its_budget(toy_data):
-    model = network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv")
+    model = network.build_model(input_shape=(32, 32, 3), classes=toy_data.spec, cut="block1_pool", head="conv")
     frozen, _ = network.split_model(model, through="backbone")
     every = np.arange(len(toy_data))
     entry = len(toy_data) * cache.feature_bytes(frozen)
@@ -675,7 +675,7 @@ def test_the_store_keeps_what_fits_its_budget(toy_data):
 
 
 def test_a_pool_is_an_entry_of_its_own_holding_its_images_features(toy_data):
-    model = network.build_model(input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv")
+    model = network.build_model(input_shape=(32, 32, 3), classes=toy_data.spec, cut="block1_pool", head="conv")
     frozen, _ = network.split_model(model, through="backbone")
     common = {"normalization": "caffe-bvlc", "image_size": 32, "batch_size": 16}
     store = cache.FeatureStore(2**30)
@@ -720,7 +720,7 @@ def test_seeds_of_a_replicated_dataset_extract_their_own_replicate_once(out_dirs
 def test_the_frozen_key_follows_the_weights_not_the_names(toy_data):
     def frozen(seed, name):
         model = network.build_model(
-            input_shape=(32, 32, 3), spec=toy_data.spec, cut="block1_pool", head="conv", seed=seed, name=name
+            input_shape=(32, 32, 3), classes=toy_data.spec, cut="block1_pool", head="conv", seed=seed, name=name
         )
         return network.split_model(model, through="backbone")[0]
 

@@ -84,11 +84,11 @@ def test_no_shared_layer_name_is_an_error(tmp_path, backbone):
 
 
 def test_keras3_weights_and_keras_archive_load_by_name(tmp_path):
-    source = models.build_model(input_shape=(32, 32, 3), spec=_spec(), seed=1)
+    source = models.build_model(input_shape=(32, 32, 3), classes=_spec(), seed=1)
     source.save_weights(tmp_path / "m.weights.h5")
     source.save(tmp_path / "m.keras")
     for path in (tmp_path / "m.weights.h5", tmp_path / "m.keras"):
-        target = models.build_model(input_shape=(32, 32, 3), spec=_spec(), seed=2)
+        target = models.build_model(input_shape=(32, 32, 3), classes=_spec(), seed=2)
         loaded = weights.load_by_name(target, path)
         assert {"block1_conv1", "block5_conv3", "fc1", "fc1_bn", "city_logits"} <= set(loaded)
         for a, b in zip(

@@ -108,9 +108,9 @@ def bench_predict(*, n=100, size=224, batch_size=32, repeats=3):
 
     data = street_data(n, size)
     root = Path(tempfile.mkdtemp(prefix="streetlib-bench-")) / "ds"
-    write_street10(root, {c: data.images[data.city == i] for i, c in enumerate(data.spec.classes)}, spec=data.spec)
+    write_street10(root, {c: data.images[data.city == i] for i, c in enumerate(data.spec.classes)}, classes=data.spec)
     loaded = load_street10(root)
-    model = build_model(weights="random", input_shape=(size, size, 3), spec=loaded.spec)
+    model = build_model(weights="random", input_shape=(size, size, 3), classes=loaded.spec)
     in_memory = normalize(loaded.images.astype(np.float32), "samplewise").numpy()
 
     def ours():

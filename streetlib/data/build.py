@@ -315,7 +315,7 @@ def build_dataset(
         write_street10(
             tmp,
             {cls: np.stack([r["image"] for r in recs]) for cls, recs in by_class.items()},
-            spec=spec,
+            classes=spec,
             meta={"name": out.name, **_package_meta(raw, (height, width), policy, margin, threshold)},
         )
         _write_tables(tmp, by_class, records, cross, rejected, sources)

@@ -579,14 +579,14 @@ def load_dataset(path, *, classes=None, size=224, policy="crop", on_error="raise
     return load_image_folder(root, classes=classes, size=size, policy=policy, on_error=on_error, name=name)
 
 
-def write_street10(out_dir, images_by_class, *, spec, masks_by_class=None, meta=None, overwrite=False):
+def write_street10(out_dir, images_by_class, *, classes, masks_by_class=None, meta=None, overwrite=False):
     """Write a Street10-format directory: ``<class>.npy`` (uint8), ``classes.yaml``, ``dataset.json`` and,
     if given, ``masks/<class>.npy``. Each file is written atomically.
 
     Args:
         out_dir: str or Path.
-        images_by_class: dict class name -> uint8 `(n, H, W, 3)`, one entry per class of ``spec``.
-        spec: the `ClassSpec`.
+        images_by_class: dict class name -> uint8 `(n, H, W, 3)`, one entry per class of ``classes``.
+        classes: the `ClassSpec`.
         masks_by_class: optional dict class name -> uint8 `(n, H, W)` in {0, 1}.
         meta: optional dict for ``dataset.json`` (for example ``{"name": ..., "synthetic": True}``).
         overwrite: bool. If False (default), refuse to write into a directory that already has class files.
@@ -597,10 +597,10 @@ def write_street10(out_dir, images_by_class, *, spec, masks_by_class=None, meta=
     out_dir = Path(out_dir)
     if not overwrite and any(out_dir.glob("*.npy")):
         raise FileExistsError(f"{out_dir} already holds a dataset. Choose another --out or pass overwrite=True.")
-    missing = [c for c in spec.classes if c not in images_by_class]
+    missing = [c for c in classes.classes if c not in images_by_class]
     if missing:
         raise ValueError(f"`images_by_class` has no images for classes {missing}.")
-    for cls in spec.classes:
+    for cls in classes.classes:
         arr = np.asarray(images_by_class[cls])
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
             raise ValueError(f"Images of class {cls!r} must be uint8 (n, H, W, 3). Received {arr.dtype} {arr.shape}.")
@@ -610,7 +610,7 @@ def write_street10(out_dir, images_by_class, *, spec, masks_by_class=None, meta=
             with atomic_path(out_dir / "masks" / f"{cls}.npy") as tmp:
                 np.save(tmp, np.asarray(masks_by_class[cls], dtype=np.uint8))
     with atomic_path(out_dir / "classes.yaml") as tmp:
-        spec.to_yaml(tmp)
+        classes.to_yaml(tmp)
     with atomic_path(out_dir / "dataset.json") as tmp:
         tmp.write_text(json.dumps({"name": out_dir.name, **(meta or {})}, indent=2))
     return out_dir

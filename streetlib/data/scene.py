@@ -114,18 +114,18 @@ def check_int(value, name, minimum):
     return int(value)
 
 
-def twin_layout(spec):
+def twin_layout(classes):
     """(region index, twin index) of each class; the generator needs 2 regions with equally many classes (at most one
     per street style). Raises ValueError otherwise."""
-    sizes = [len(spec.classes_in(r)) for r in spec.region_names]
+    sizes = [len(classes.classes_in(r)) for r in classes.region_names]
     if len(sizes) != 2 or sizes[0] != sizes[1] or sizes[0] > len(_STREET_STYLES):
         raise ValueError(
-            f"Invalid `spec`. The synthetic generator needs 2 regions with the same number of classes (at most "
+            f"Invalid `classes`. The synthetic generator needs 2 regions with the same number of classes (at most "
             f"{len(_STREET_STYLES)} each). Received: regions with {sizes} classes."
         )
     layout = []
-    for cls, region in zip(spec.classes, spec.regions, strict=True):
-        layout.append((spec.region_names.index(region), spec.classes_in(region).index(cls)))
+    for cls, region in zip(classes.classes, classes.regions, strict=True):
+        layout.append((classes.region_names.index(region), classes.classes_in(region).index(cls)))
     return layout
 
 
@@ -353,7 +353,7 @@ def _finish(rng, image, mask, size):
     return np.rint(out).astype(np.uint8), cue
 
 
-def render_scene(rng, *, size, city_index, spec=SYNTH10, cues=True):
+def render_scene(rng, *, size, city_index, classes=SYNTH10, cues=True):
     """Draw one street scene of class ``city_index``.
 
     The scene (layout, street style of the city's twin pair, cue positions and outlines, lighting, noise) comes
@@ -366,8 +366,8 @@ def render_scene(rng, *, size, city_index, spec=SYNTH10, cues=True):
     Args:
         rng: `np.random.Generator`, consumed (two draws) to seed the scene and the cue appearance.
         size: int >= 32, output height and width in pixels.
-        city_index: int, the class index in ``spec.classes``.
-        spec: `ClassSpec` with 2 regions of equally many classes (at most 5 each). Default `SYNTH10`.
+        city_index: int, the class index in ``classes.classes``.
+        classes: `ClassSpec` with 2 regions of equally many classes (at most 5 each). Default `SYNTH10`.
         cues: bool. If False, each cue object takes the style of a random city of either region, so it carries no
             label: a control where region cannot be learned. Default True.
 
@@ -376,7 +376,7 @@ def render_scene(rng, *, size, city_index, spec=SYNTH10, cues=True):
         cue object.
     """
     size = check_int(size, "size", MIN_SIZE)
-    layout = twin_layout(spec)
+    layout = twin_layout(classes)
     if (
         isinstance(city_index, bool)
         or not isinstance(city_index, numbers.Integral)

@@ -68,7 +68,7 @@ def _check_workers(workers):
     return int(workers)
 
 
-def _render_chunk(start, stop, *, per_class, size, seed, spec, cues):
+def _render_chunk(start, stop, *, per_class, size, seed, classes, cues):
     """Images ``start`` to ``stop - 1`` of the dataset in class-major order (image ``k`` is image
     ``k % per_class`` of class ``k // per_class``), each seeded from ``(seed, class, i)``.
 
@@ -80,7 +80,7 @@ def _render_chunk(start, stop, *, per_class, size, seed, spec, cues):
     for k in range(start, stop):
         idx, i = divmod(k, per_class)
         rng = np.random.default_rng(np.random.SeedSequence([seed, idx, i]))
-        images[k - start], masks[k - start] = render_scene(rng, size=size, city_index=idx, spec=spec, cues=cues)
+        images[k - start], masks[k - start] = render_scene(rng, size=size, city_index=idx, classes=classes, cues=cues)
     return images, masks
 
 
@@ -108,7 +108,7 @@ def _rendered(total, workers, **scene):
         pool.shutdown(cancel_futures=True)
 
 
-def make_synthetic(*, per_class=100, size=64, seed=0, spec=SYNTH10, cues=True, progress=False, workers=None):
+def make_synthetic(*, per_class=100, size=64, seed=0, classes=SYNTH10, cues=True, progress=False, workers=None):
     """Generate the synthetic street dataset in memory.
 
     Image ``i`` of class ``c`` is seeded from ``(seed, c, i)``, so the same seed gives byte-identical arrays and a
@@ -119,7 +119,7 @@ def make_synthetic(*, per_class=100, size=64, seed=0, spec=SYNTH10, cues=True, p
         per_class: int >= 1, images per class. Default 100.
         size: int >= 32, image height and width in pixels. Default 64.
         seed: int >= 0. Default 0.
-        spec: `ClassSpec` with 2 regions of equally many classes (at most 5 each). Default `SYNTH10`.
+        classes: `ClassSpec` with 2 regions of equally many classes (at most 5 each). Default `SYNTH10`.
         cues: bool, False for the control where cue objects carry no label (see `render_scene`). Default True.
         progress: bool, show a progress bar. Default False.
         workers: None or int >= 1, processes drawing images in parallel (spawned, each takes about a second to
@@ -128,25 +128,25 @@ def make_synthetic(*, per_class=100, size=64, seed=0, spec=SYNTH10, cues=True, p
 
     Returns:
         (images_by_class, masks_by_class): dicts class name -> uint8 `(per_class, size, size, 3)` and
-        class name -> uint8 `(per_class, size, size)` in {0, 1}, in ``spec.classes`` order.
+        class name -> uint8 `(per_class, size, size)` in {0, 1}, in ``classes.classes`` order.
     """
     per_class = check_int(per_class, "per_class", 1)
     size = check_int(size, "size", MIN_SIZE)
     seed = check_int(seed, "seed", 0)
     workers = _check_workers(workers)
-    twin_layout(spec)
-    total = per_class * spec.num_classes
+    twin_layout(classes)
+    total = per_class * classes.num_classes
     images = np.empty((total, size, size, 3), np.uint8)
     masks = np.empty((total, size, size), np.uint8)
-    scene = {"per_class": per_class, "size": size, "seed": seed, "spec": spec, "cues": cues}
+    scene = {"per_class": per_class, "size": size, "seed": seed, "classes": classes, "cues": cues}
     with tqdm(total=total, desc="synthetic streets", unit="img", disable=not progress) as bar:
         for start, chunk_images, chunk_masks in _rendered(total, workers, **scene):
             images[start : start + len(chunk_images)] = chunk_images
             masks[start : start + len(chunk_masks)] = chunk_masks
             bar.update(len(chunk_images))
-    shape = (spec.num_classes, per_class)
+    shape = (classes.num_classes, per_class)
     images, masks = images.reshape(*shape, size, size, 3), masks.reshape(*shape, size, size)
-    return dict(zip(spec.classes, images, strict=True)), dict(zip(spec.classes, masks, strict=True))
+    return dict(zip(classes.classes, images, strict=True)), dict(zip(classes.classes, masks, strict=True))
 
 
 def _recipe(per_class, size, seed, replicates):
@@ -209,7 +209,7 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, replicates=1, overwrite
         "mean_cue_fraction": float(cue_fraction(np.concatenate(list(masks.values()))).mean()),
     }
     with atomic_dir(out_dir) as tmp:
-        write_street10(tmp, images, spec=SYNTH10, masks_by_class=masks, meta=meta)
+        write_street10(tmp, images, classes=SYNTH10, masks_by_class=masks, meta=meta)
     return out_dir
 
 

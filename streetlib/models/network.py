@@ -113,7 +113,7 @@ def build_model(
     backbone="vgg16",
     weights="random",
     input_shape=(224, 224, 3),
-    spec=STREET10,
+    classes=STREET10,
     cut=None,
     head="dense",
     pooling="avg",
@@ -130,7 +130,7 @@ def build_model(
         backbone: str, a `streetlib.models.backbones.BACKBONES` name. Default 'vgg16'.
         weights: the backbone's weight source (see `streetlib.models.weights`). Default 'random'.
         input_shape: tuple (H, W, 3). Default (224, 224, 3).
-        spec: `ClassSpec`, giving the number of regions and classes. Default Street10.
+        classes: `ClassSpec`, giving the number of regions and classes. Default Street10.
         cut: str or None, the backbone layer where the backbone ends (e.g. 'block1_pool'; the layers after it are
             left out). Default None: the whole backbone.
         head: 'dense' (default, the original's fc1/fc2 head) or 'conv' (two 3x3 convolutions, then pooling).
@@ -164,7 +164,7 @@ def build_model(
         x = layer(x)
     # float32 outputs keep the softmax and the loss stable under mixed precision.
     outputs = {}
-    for output, size in (("region", spec.num_regions), ("city", spec.num_classes)):
+    for output, size in (("region", classes.num_regions), ("city", classes.num_classes)):
         logits = keras.layers.Dense(size, dtype="float32", name=f"{output}_logits")(x)
         outputs[output] = keras.layers.Activation("softmax", dtype="float32", name=output)(logits)
     return keras.Model(inputs, outputs, name=name or f"{info.name}_{pooling}")

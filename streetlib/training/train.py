@@ -200,7 +200,7 @@ def _build_model(data, config, run, init_path):
         backbone=config.backbone,
         weights="random" if init_path else config.weights,
         input_shape=(config.image_size, config.image_size, 3),
-        spec=data.spec,
+        classes=data.spec,
         cut=config.cut,
         head=config.head,
         pooling=config.pooling,

@@ -167,7 +167,7 @@ class _Context:
         if key not in self._models:
             fields = {f: getattr(config, f) for f in ARCHITECTURE if f not in ("image_size", "normalization")}
             shape = (config.image_size, config.image_size, 3)
-            model = network.build_model(**fields, weights="random", input_shape=shape, spec=self.spec)
+            model = network.build_model(**fields, weights="random", input_shape=shape, classes=self.spec)
             self._models[key] = network.freeze(model, through=config.frozen_through)
         return self._models[key]
 
