@@ -478,12 +478,12 @@ def test_rank_and_top_are_checked(tiny_model, good_image):
 def test_a_model_with_streetlib_s_own_layer_loads_in_a_fresh_process(tmp_path):
     from conftest import run_script
 
-    from streetlib.classes import SYNTH10 as spec
+    from streetlib.classes import SYNTH10
     from streetlib.models.network import build_model
 
     path = tmp_path / "avgmax.keras"
     kwargs = dict(cut="block1_pool", head="conv", pooling="avgmax", filters=4, name="avgmax_head")
-    build_model(input_shape=(32, 32, 3), classes=spec, **kwargs).save(path)
+    build_model(input_shape=(32, 32, 3), classes=SYNTH10, **kwargs).save(path)
     # A fresh process has imported nothing that registers GlobalAvgMaxPooling2D: only the loader can make it known.
     proc = run_script(f"from streetlib.inference import load_model; print(load_model({str(path)!r}).model.name)")
     assert proc.returncode == 0, proc.stderr[-2000:]
