@@ -53,6 +53,7 @@ def normalize_rows(cm):
     return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
 
 
+@styled
 def plot_confusion(cm, *, class_names, title=None, normalize=True, ax=None, cmap=CMAP):
     """Draw a confusion matrix as the original study did: true classes as rows, a blue scale, values in the cells.
 
@@ -72,34 +73,34 @@ def plot_confusion(cm, *, class_names, title=None, normalize=True, ax=None, cmap
         raise ValueError(f"`cm` must be square with one row per class ({len(class_names)}). Received shape {cm.shape}.")
     values = normalize_rows(cm) if normalize else cm
     n = len(class_names)
-    with matplotlib.rc_context(STYLE):
-        if ax is None:
-            size = max(3.5, 0.5 * n + 1.5)
-            ax = Figure(figsize=(size + 0.8, size)).add_subplot()
-        image = ax.imshow(values, interpolation="nearest", cmap=cmap, vmin=0, vmax=1 if normalize else None)
-        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-        ax.set_yticks(range(n), class_names)
-        threshold = values.max() / 2.0
-        for i in range(n):
-            for j in range(n):
-                text = f"{values[i, j]:.2f}" if normalize else f"{values[i, j]:g}"
-                ax.text(
-                    j,
-                    i,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if values[i, j] > threshold else "black",
-                )
-        ax.set_ylabel("True label")
-        ax.set_xlabel("Predicted label")
-        if title:
-            ax.set_title(title)
+    if ax is None:
+        size = max(3.5, 0.5 * n + 1.5)
+        ax = Figure(figsize=(size + 0.8, size)).add_subplot()
+    image = ax.imshow(values, interpolation="nearest", cmap=cmap, vmin=0, vmax=1 if normalize else None)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    threshold = values.max() / 2.0
+    for i in range(n):
+        for j in range(n):
+            text = f"{values[i, j]:.2f}" if normalize else f"{values[i, j]:g}"
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if values[i, j] > threshold else "black",
+            )
+    ax.set_ylabel("True label")
+    ax.set_xlabel("Predicted label")
+    if title:
+        ax.set_title(title)
     return ax.figure
 
 
+@styled
 def plot_reliability(table, *, ece, title=None, ax=None):
     """A reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration.
 
@@ -113,44 +114,44 @@ def plot_reliability(table, *, ece, title=None, ax=None):
     Returns:
         `matplotlib.figure.Figure`.
     """
-    with matplotlib.rc_context(STYLE):
-        if ax is None:
-            ax = Figure(figsize=(4.2, 4.2)).add_subplot()
-        filled = table[table["count"] > 0]
-        width = (table["upper"] - table["lower"]).to_numpy()
-        ax.bar(
-            table["lower"],
-            table["accuracy"].fillna(0),
-            width=width,
-            align="edge",
-            color="#4c72b0",
-            edgecolor="black",
-            linewidth=0.5,
-            label="accuracy",
-        )
-        ax.bar(
-            filled["lower"],
-            filled["confidence"] - filled["accuracy"],
-            bottom=filled["accuracy"],
-            width=(filled["upper"] - filled["lower"]).to_numpy(),
-            align="edge",
-            color="#dd8452",
-            alpha=0.5,
-            edgecolor="#dd8452",
-            label="gap to confidence",
-        )
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("Confidence (top probability)")
-        ax.set_ylabel("Accuracy")
-        ax.text(0.04, 0.92, f"ECE = {ece:.3f}", transform=ax.transAxes)
-        ax.legend(loc="lower right", fontsize=7)
-        if title:
-            ax.set_title(title)
+    if ax is None:
+        ax = Figure(figsize=(4.2, 4.2)).add_subplot()
+    filled = table[table["count"] > 0]
+    width = (table["upper"] - table["lower"]).to_numpy()
+    ax.bar(
+        table["lower"],
+        table["accuracy"].fillna(0),
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
+    ax.bar(
+        filled["lower"],
+        filled["confidence"] - filled["accuracy"],
+        bottom=filled["accuracy"],
+        width=(filled["upper"] - filled["lower"]).to_numpy(),
+        align="edge",
+        color="#dd8452",
+        alpha=0.5,
+        edgecolor="#dd8452",
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("Confidence (top probability)")
+    ax.set_ylabel("Accuracy")
+    ax.text(0.04, 0.92, f"ECE = {ece:.3f}", transform=ax.transAxes)
+    ax.legend(loc="lower right", fontsize=7)
+    if title:
+        ax.set_title(title)
     return ax.figure
 
 
+@styled
 def plot_dendrogram(distances, *, labels, title=None, label_colors=None, ax=None):
     """Average-linkage dendrogram of classes from a distance matrix.
 
@@ -169,23 +170,22 @@ def plot_dendrogram(distances, *, labels, title=None, label_colors=None, ax=None
 
     distances = np.asarray(distances, dtype=np.float64)
     condensed = squareform((distances + distances.T) / 2.0, checks=False)
-    with matplotlib.rc_context(STYLE):
-        if ax is None:
-            ax = Figure(figsize=(5.5, 0.3 * len(labels) + 1.5)).add_subplot()
-        dendrogram(
-            linkage(condensed, method="average"),
-            labels=list(labels),
-            orientation="left",
-            ax=ax,
-            color_threshold=0,
-            above_threshold_color="#4c72b0",
-        )
-        if label_colors:
-            for tick in ax.get_yticklabels():
-                tick.set_color(label_colors.get(tick.get_text(), "black"))
-        ax.set_xlabel("Distance")
-        if title:
-            ax.set_title(title)
+    if ax is None:
+        ax = Figure(figsize=(5.5, 0.3 * len(labels) + 1.5)).add_subplot()
+    dendrogram(
+        linkage(condensed, method="average"),
+        labels=list(labels),
+        orientation="left",
+        ax=ax,
+        color_threshold=0,
+        above_threshold_color="#4c72b0",
+    )
+    if label_colors:
+        for tick in ax.get_yticklabels():
+            tick.set_color(label_colors.get(tick.get_text(), "black"))
+    ax.set_xlabel("Distance")
+    if title:
+        ax.set_title(title)
     return ax.figure
 
 
