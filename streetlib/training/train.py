@@ -33,7 +33,7 @@ from streetlib import paths
 from streetlib.classes import OUTPUTS
 from streetlib.data.splits import make_split
 from streetlib.models import network
-from streetlib.models.weights import leaf_layers, load_by_name
+from streetlib.models.weight_files import leaf_layers, load_by_name
 from streetlib.paths import atomic_path
 from streetlib.runs import RunId, dataset_layout
 from streetlib.training.cache import FeatureStore, plan_cache, scratch_folder, training_datasets
