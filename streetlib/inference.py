@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streetlib.classes import OUTPUTS, ClassSpec, get_class_spec
-from streetlib.data.loaders import fit_image, to_rgb
+from streetlib.data.images import fit_image, to_rgb
 from streetlib.runs import sidecar_path
 
 DEFAULT_NORMALIZATION = "samplewise"

@@ -19,7 +19,8 @@ from streetlib.data.build import (
     find_duplicates,
     read_rejects,
 )
-from streetlib.data.loaders import DataError, fit_image, load_street10, verify_checksums
+from streetlib.data.images import DataError, fit_image
+from streetlib.data.loaders import load_street10, verify_checksums
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "street-samples"
 SPEC = ClassSpec.from_dict({"name": "three", "regions": {"east": ["tokyo"], "west": ["vancouver", "paris"]}})

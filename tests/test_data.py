@@ -5,11 +5,10 @@ import pytest
 from PIL import Image
 
 from streetlib.classes import OUTPUTS, ClassSpec
+from streetlib.data.images import DataError, fit_image
 from streetlib.data.loaders import (
-    DataError,
     StreetData,
     content_hash,
-    fit_image,
     load_dataset,
     load_image_folder,
     load_street10,

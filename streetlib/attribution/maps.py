@@ -111,7 +111,7 @@ def map_to_original(cam, shape, *, policy):
     Args:
         cam: float `(h, w)`, a map over the fitted (model-size) image.
         shape: (H, W) of the original image.
-        policy: how the original was fitted, as `streetlib.data.loaders.fit_image`: 'crop' (centre crop), 'pad' (the
+        policy: how the original was fitted, as `streetlib.data.images.fit_image`: 'crop' (centre crop), 'pad' (the
             padding is cut off) or 'stretch'.
 
     Returns:

@@ -11,7 +11,7 @@ from streetlib.attribution.explainer import model_input_size, model_inputs
 from streetlib.attribution.metrics.localization import check_maps
 from streetlib.attribution.registry import explain
 from streetlib.classes import OUTPUTS
-from streetlib.data.loaders import fit_image
+from streetlib.data.images import fit_image
 
 
 def _best_window(cam, size):
@@ -87,7 +87,7 @@ def quadrant_images(image, *, size, policy="crop"):
     Args:
         image: uint8 `(H, W, 3)` RGB, H and W >= 2.
         size: int or (height, width).
-        policy: resize policy of `streetlib.data.loaders.fit_image`. Default 'crop'.
+        policy: resize policy of `streetlib.data.images.fit_image`. Default 'crop'.
 
     Returns:
         uint8 `(4, height, width, 3)`.

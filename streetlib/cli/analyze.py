@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from streetlib import paths
-from streetlib.data.loaders import RESIZE_POLICIES
+from streetlib.data.images import RESIZE_POLICIES
 from streetlib.inference import (
     MAX_DOWNLOAD_BYTES,
     URL_TIMEOUT,

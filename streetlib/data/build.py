@@ -22,7 +22,7 @@ A file id is ``<class>/<file name>``; the bytes of a name that is not valid UTF-
 Cleaning, in order: ids in rejects.txt are left out; unreadable or truncated files, files whose shorter side is
 below ``min_size`` and non-photos (animations, images of fewer than 32 colours: drawings, logos, placeholders) are
 rejected with their reason; a margin is cropped from every side (5% by default, as the original study did, to drop
-borders and watermarks); the image is resized with the documented aspect policy (`streetlib.data.loaders.fit_image`).
+borders and watermarks); the image is resized with the documented aspect policy (`streetlib.data.images.fit_image`).
 Grayscale photos are kept as RGB with three equal channels; manifest.csv records every file's original mode.
 
 Near-duplicates are found by content, not by colour histogram (the original's method): perceptual hashes
@@ -45,14 +45,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from streetlib.classes import get_class_spec
-from streetlib.data.loaders import (
-    RESIZE_POLICIES,
-    DataError,
-    fit_image,
-    to_rgb,
-    write_checksums,
-    write_street10,
-)
+from streetlib.data.images import RESIZE_POLICIES, DataError, fit_image, to_rgb
+from streetlib.data.loaders import write_checksums, write_street10
 from streetlib.paths import atomic_dir
 
 RAW_MANIFEST = "manifest.csv"
@@ -280,7 +274,7 @@ def build_dataset(
         out_dir: str or Path, where the dataset goes (see the module docstring for the files).
         classes: a `ClassSpec`, built-in name or YAML path. Default: ``raw_dir/classes.yaml``.
         size: int or (height, width), the packaged image size in pixels, each in [16, 4096]. Default 224.
-        policy: 'crop', 'pad' or 'stretch', the aspect policy of `streetlib.data.loaders.fit_image`.
+        policy: 'crop', 'pad' or 'stretch', the aspect policy of `streetlib.data.images.fit_image`.
         margin: float in [0, 0.5), the fraction cut from every side before resizing. Default 0.05.
         min_size: int, the smallest accepted shorter side of a raw photo in pixels. Default: the smaller of
             ``size``, so no photo is enlarged.

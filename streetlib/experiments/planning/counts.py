@@ -9,6 +9,7 @@ import numpy as np
 
 from streetlib.classes import STREET10, STREET10_COUNTS, SYNTH10
 from streetlib.data import loaders
+from streetlib.data.images import IMAGE_EXTENSIONS
 from streetlib.data.splits import _part_sizes, make_split
 
 
@@ -83,7 +84,7 @@ def count_images(path, *, source="street10", classes=None, per_class=100, image_
     if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
         spec = loaders._resolve_spec(path, classes)
         counts = {
-            c: sum(p.suffix.lower() in loaders.IMAGE_EXTENSIONS for p in (path / c).iterdir())
+            c: sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in (path / c).iterdir())
             for c in spec.classes
             if (path / c).is_dir()
         }
