@@ -205,6 +205,9 @@ def crawl_cities(
     Resumable: a city folder that already holds ``per_city`` files is skipped, and the others only get what is
     missing, never a URL already in the manifest.
 
+    Eleven parameters, over the ~10 of the rest of the package: one per option of `streetlib data crawl`, and the two
+    icrawler classes, which the tests replace by local stand-ins (no network).
+
     Args:
         cities: the cities file, see `load_cities`.
         out_dir: str or Path.

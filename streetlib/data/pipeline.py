@@ -175,6 +175,9 @@ def make_dataset(
 ):
     """A `tf.data.Dataset` of ``(images, {"region": r, "city": c})`` batches.
 
+    Eleven parameters, over the ~10 of the rest of the package: the data and the indices, then one keyword per
+    choice of the pipeline, each with its default (as `keras.utils.image_dataset_from_directory` takes its own).
+
     Args:
         data: `StreetData`.
         indices: int array of the images to use (a split), default all.

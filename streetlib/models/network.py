@@ -127,6 +127,9 @@ def build_model(
 ):
     """Build the two-output street classifier.
 
+    Thirteen parameters, over the ~10 of the rest of the package: each is one field of the architecture a
+    `RunConfig` records and passes through, with its default; an object grouping them would be a second RunConfig.
+
     Args:
         backbone: str, a `streetlib.models.backbones.BACKBONES` name. Default 'vgg16'.
         weights: the backbone's weight source (see `streetlib.models.weights`). Default 'random'.
