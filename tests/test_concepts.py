@@ -117,11 +117,11 @@ def test_nmf_recovers_the_planted_concept_and_ranks_it_first(planted, found):
     best = table.iloc[0]
     assert best["concept"] == found.order[0] and best["rank"] == 1
     # The square's concept: most of its mass on the square (chance 6%), and the only one the class logit reads.
-    assert best["mask_share"] > 0.6 and best["mask_share"] > 8 * CHANCE
-    assert best["low"] <= best["mask_share"] <= best["high"]
-    assert (table["mask_share"].iloc[1:] < 2 * CHANCE).all()
+    assert best["pooled_share"] > 0.6 and best["pooled_share"] > 8 * CHANCE
+    assert best["pooled_low"] <= best["pooled_share"] <= best["pooled_high"]
+    assert (table["pooled_share"].iloc[1:] < 2 * CHANCE).all()
     assert best["importance"] > 1.0 and np.allclose(table["importance"].iloc[1:], 0.0, atol=1e-6)
-    assert table["chance"].iloc[0] == pytest.approx(CHANCE)
+    assert table["pooled_chance"].iloc[0] == pytest.approx(CHANCE)
     # Its direction in channel space is the square detector's (channel 0).
     direction = found.bank[found.order[0]]
     assert direction[0] > 0.99 * np.linalg.norm(direction)
@@ -205,7 +205,7 @@ def test_top_patches_show_the_square(planted, found):
 
 def test_gallery_is_a_figure_with_the_callers_title(planted, found):
     images, masks, _, _ = planted
-    shares = score.concept_table(found, masks).set_index("concept")["mask_share"].sort_index().to_numpy()
+    shares = score.concept_table(found, masks).set_index("concept")["pooled_share"].sort_index().to_numpy()
     fig = plots.plot_concept_gallery(images, found, title="planted squares - weights: by hand", shares=shares)
     assert isinstance(fig, Figure) and fig._suptitle.get_text() == "planted squares - weights: by hand"
     assert len(fig.axes) == 3 * (1 + CONFIG.top_patches)
@@ -328,7 +328,7 @@ def test_patch_cluster_baseline_finds_the_square(planted):
     assert clusters.maps.shape == (20, SIZE, SIZE, 3) and (np.diff(clusters.purity) <= 0).all()
     table = score.concept_table(clusters, masks)
     # Its purest cluster is made of patches on the square: far above chance, scored by the same function.
-    assert table["purity"].iloc[0] > 0.9 and table["mask_share"].iloc[0] > 4 * CHANCE
+    assert table["purity"].iloc[0] > 0.9 and table["pooled_share"].iloc[0] > 4 * CHANCE
     with pytest.raises(ValueError, match="needs images of class 1 and of other classes"):
         doersch.doersch_baseline(images[labels == 1], labels[labels == 1], target_class=1, config=settings)
 
@@ -340,7 +340,7 @@ def test_randomised_weights_lose_the_planted_concept(planted, found):
     # link to the decision. Over a few random copies the top-ranked concept is, on average, far less on the square
     # than the trained model's, and at least one copy is near chance.
     images, masks, labels, model = planted
-    trained = score.concept_table(found, masks)["mask_share"].iloc[0]
+    trained = score.concept_table(found, masks)["pooled_share"].iloc[0]
     settings = config.ConceptConfig(n_concepts=3, selection="labelled", resamples=200, nmf_max_iter=1000)
     tops = []
     for seed in range(6):
@@ -349,7 +349,7 @@ def test_randomised_weights_lose_the_planted_concept(planted, found):
             images, randomized, normalization="unit", output="region", target_class=1, labels=labels, config=settings
         )
         assert control.layer == "conv" and not np.allclose(control.bank, found.bank)
-        tops.append(score.concept_table(control, masks)["mask_share"].iloc[0])
+        tops.append(score.concept_table(control, masks)["pooled_share"].iloc[0])
     assert np.mean(tops) < 0.5 * trained
     assert min(tops) < 2 * CHANCE
 
@@ -401,8 +401,8 @@ def test_degenerate_activations_give_empty_concepts_not_nan(planted, kind, init)
     projected = score.concept_maps(images[:6], model, found, normalization="unit")
     assert np.isfinite(projected).all() and not projected[..., rank:].any()
     table = score.concept_table(found, masks)
-    assert np.isfinite(table["mask_share"]).all()
-    assert table.loc[table["concept"] >= rank, "mask_share"].to_numpy() == pytest.approx(CHANCE)
+    assert np.isfinite(table["pooled_share"]).all()
+    assert table.loc[table["concept"] >= rank, "pooled_share"].to_numpy() == pytest.approx(CHANCE)
 
 
 def test_null_directions_of_the_svd_never_reach_nndsvd(planted, monkeypatch):
@@ -513,22 +513,24 @@ def test_pooled_share_weighs_each_image_by_the_concepts_mass_there():
     shares = score.pooled_shares(maps, masks, resamples=200)
     # Per image 0.8 and 0.25, mean 0.525; pooled (12 + 0.4) / (15 + 1.6), the image where it fires counts most.
     assert shares["per_image_share"] == pytest.approx(0.525)
-    assert shares["mask_share"] == pytest.approx(12.4 / 16.6)
-    assert shares["low"] <= shares["mask_share"] <= shares["high"]
-    assert shares["chance"] == pytest.approx(0.25)  # equal cue areas: weighting cannot move chance
+    assert shares["pooled_share"] == pytest.approx(12.4 / 16.6)
+    assert shares["pooled_low"] <= shares["pooled_share"] <= shares["pooled_high"]
+    assert shares["pooled_chance"] == pytest.approx(0.25)  # equal cue areas: weighting cannot move chance
     # Chance is weighted by the mass too: a uniform map over a larger cue scores more, and counts more if it is heavier.
     masks[1, :2, :] = True  # half of image 1 is cue
     maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)])  # uniform maps, mass 16 and 48
     shares = score.pooled_shares(maps, masks, resamples=200)
-    assert shares["chance"] == pytest.approx((0.25 * 16 + 0.5 * 48) / 64) == pytest.approx(shares["mask_share"])
+    assert (
+        shares["pooled_chance"] == pytest.approx((0.25 * 16 + 0.5 * 48) / 64) == pytest.approx(shares["pooled_share"])
+    )
     # A concept that fires nowhere counts as uniform on every image (as an all-zero map does per image).
     shares = score.pooled_shares(np.zeros((2, 4, 4)), masks, resamples=200)
-    assert shares["mask_share"] == shares["per_image_share"] == pytest.approx(0.375) == shares["chance"]
+    assert shares["pooled_share"] == shares["per_image_share"] == pytest.approx(0.375) == shares["pooled_chance"]
     # An image without cue pixels has no share, and its mass (however large) must not pull chance down either.
     masks = np.concatenate([masks[:1], np.zeros((1, 4, 4), bool)])
     maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 100.0)])
     shares = score.pooled_shares(maps, masks, resamples=200)
-    assert shares["images"] == 1 and shares["mask_share"] == pytest.approx(0.25) == shares["chance"]
+    assert shares["images"] == 1 and shares["pooled_share"] == pytest.approx(0.25) == shares["pooled_chance"]
 
 
 def test_share_differences_by_hand():

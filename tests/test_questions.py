@@ -245,3 +245,14 @@ def test_the_side_by_side_figure_draws_each_configuration_s_mean_spread_and_seed
     assert [len(d.get_xdata()) for d in dots] == [8, 8, 8]
     assert region.xaxis.label.get_fontsize() == figures.STYLE["axes.labelsize"]
     assert "toy (synthetic demo data)" in fig._suptitle.get_text()
+
+
+def test_paired_differences_are_compare_s_rows_without_what_the_family_decides():
+    pairs = [("q1", "a", "b"), ("q2", "a", "c")]
+    full = questions.compare(_test_scores(), pairs, overlap=0.1)
+    # Asked alone, a pair's Holm p-value changes with the family; its difference, interval and raw p do not.
+    alone = questions.compare(_test_scores(), pairs[:1], overlap=0.1)
+    assert not np.allclose(alone["p_holm"], full["p_holm"].iloc[:2])
+    part = questions.paired_differences(_test_scores(), pairs, overlap=0.1)
+    assert list(part.columns) == [c for c in questions.COLUMNS if c not in questions.FAMILY_COLUMNS]
+    pd.testing.assert_frame_equal(part, full.drop(columns=questions.FAMILY_COLUMNS))

@@ -386,8 +386,8 @@ def plot_concept_gallery(images, concepts, *, title, concepts_shown=None, top=No
         title: str, the figure's title: say which data, class and weights (e.g. `streetlib.figures.title`).
         concepts_shown: None (all) or int >= 1, rows drawn (the best ones).
         top: None (the configuration's ``top_patches``) or int >= 1, patches per row.
-        shares: None or float `(K,)`, each concept's mask share (`concepts.score.concept_table`'s pooled
-            ``mask_share``), added to its label.
+        shares: None or float `(K,)`, each concept's mask share (`concepts.score.concept_table`'s
+            ``pooled_share``), added to its label.
 
     Returns:
         `matplotlib.figure.Figure`.

@@ -44,6 +44,8 @@ MOST_SEEDS = 200
 
 COLUMNS = ["question", "output", "a", "b", "n", "mean_a", "mean_b", "difference", "std", "low", "high", "p", "p_holm",
            "margin", "p_equivalence", "p_equivalence_holm", "overlap", "verdict"]  # fmt: skip
+# What depends on which questions are asked together (Holm's family): notebook 06 asks every question as one.
+FAMILY_COLUMNS = ["p_holm", "p_equivalence_holm", "verdict"]
 POWER_COLUMNS = ["question", "output", "n", "std", "tests", "detectable", "margin", "seeds_needed"]
 
 
@@ -170,6 +172,20 @@ def compare(scores, pairs, *, overlap, margin=EQUIVALENCE_MARGIN, alpha=0.05):
             means = {"mean_a": float(wide[a].mean()), "mean_b": float(wide[b].mean())}
             rows.append({"question": question, "output": output, **means, **row})
     return stats.family(rows, alpha=alpha).reindex(columns=COLUMNS)
+
+
+def paired_differences(scores, pairs, *, overlap, margin=EQUIVALENCE_MARGIN, alpha=0.05):
+    """`compare`'s table without what depends on the family (`FAMILY_COLUMNS`): each pair's difference, corrected
+    interval and unadjusted p-values. For a notebook that asks part of the study's questions (03, 04): its own Holm
+    family would give a question a second verdict beside notebook 06's, which asks them all as one family.
+
+    Args and raises: as `compare`.
+
+    Returns:
+        pandas DataFrame, `COLUMNS` less `FAMILY_COLUMNS`.
+    """
+    table = compare(scores, pairs, overlap=overlap, margin=margin, alpha=alpha)
+    return table.drop(columns=FAMILY_COLUMNS)
 
 
 def power_table(comparisons, *, alpha=0.05, power=0.8):

@@ -148,11 +148,11 @@ def pooled_shares(maps, masks, *, resamples=1000, seed=0):
         resamples, seed: bootstrap settings (`metrics.intervals.bootstrap_interval`, resampling images).
 
     Returns:
-        dict: ``mask_share``, ``low``, ``high`` (pooled, with its 95% interval), ``per_image_share``,
-        ``per_image_low``, ``per_image_high``, ``chance`` and ``images`` (the images with a cue pixel, the only ones
-        scored). ``chance`` is `mask_chance` of those images weighted by the mass: the pooled share's chance level
-        (the per-image mean's is their plain mean cue area, `mask_chance(masks)`). NaN shares and chance 0 when no
-        image has a cue pixel.
+        dict: ``pooled_share``, ``pooled_low``, ``pooled_high`` (pooled, with its 95% interval),
+        ``per_image_share``, ``per_image_low``, ``per_image_high``, ``pooled_chance`` and ``images`` (the images with
+        a cue pixel, the only ones scored). ``pooled_chance`` is `mask_chance` of those images weighted by the mass:
+        the pooled share's chance level (the per-image mean's is their plain mean cue area, `mask_chance(masks)`).
+        NaN shares and chance 0 when no image has a cue pixel.
     """
     share = concept_mask_share(maps, masks)
     scored = np.isfinite(share)
@@ -162,8 +162,8 @@ def pooled_shares(maps, masks, *, resamples=1000, seed=0):
     weights = mass if mass.sum() > 0 else None
     # Chance over the scored images only: an image without cue pixels has no share, so its area (0) must not count.
     chance = mask_chance(np.asarray(masks)[scored], weights) if scored.any() else 0.0
-    columns = {"chance": chance, "images": int(scored.sum())}
-    names = (("mask_share", "low", "high"), ("per_image_share", "per_image_low", "per_image_high"))
+    columns = {"pooled_chance": chance, "images": int(scored.sum())}
+    names = (("pooled_share", "pooled_low", "pooled_high"), ("per_image_share", "per_image_low", "per_image_high"))
     for keys, w in zip(names, (weights, None), strict=True):
         values = (
             intervals.bootstrap_interval(share[scored], weights=w, resamples=resamples, seed=seed)
@@ -185,8 +185,9 @@ def concept_table(concepts, masks, *, resamples=None, seed=None):
 
     Returns:
         `pandas.DataFrame`, one row per concept, best first: ``rank`` (1 = best), ``concept`` (index in the bank),
-        the ranking score (``importance`` or ``purity``), then `pooled_shares`'s columns (``mask_share``, ``low``,
-        ``high`` pooled over images with its 95% bootstrap interval; the per-image mean; ``chance``) and ``images``.
+        the ranking score (``importance`` or ``purity``), then `pooled_shares`'s columns (``pooled_share``,
+        ``pooled_low``, ``pooled_high`` pooled over images with its 95% bootstrap interval; the per-image mean;
+        ``pooled_chance``) and ``images``.
     """
     masks = np.asarray(masks)[concepts.indices]
     resamples = concepts.config.resamples if resamples is None else resamples

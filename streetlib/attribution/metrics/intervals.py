@@ -1,6 +1,6 @@
 """Intervals over images: the percentile bootstrap interval of a mean of per-image scores (weighted or not), used
-by the concept reports for the pooled and per-image mask shares. Comparisons between methods or models use
-`streetlib.evaluation.stats` instead (paired differences with the one rule of the code base).
+by the concept table for its pooled and per-image shares: a description of one set of images. Comparisons between
+methods or models use `streetlib.evaluation.stats` instead (paired differences with the one rule of the code base).
 """
 
 import numpy as np
