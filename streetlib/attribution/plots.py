@@ -24,7 +24,7 @@ from streetlib.classes import OUTPUTS
 _SHOWN_NAMES = {"grad_cam": "Grad-CAM"}
 
 
-def _shown_name(method):
+def shown_name(method):
     return _SHOWN_NAMES.get(method, method.replace("_", " "))
 
 
@@ -71,7 +71,7 @@ def plot_explanation(image, explanation, i=0, *, classes, normalization, method=
     for output in OUTPUTS:
         if not np.array_equal(shown[output].target, guided[output].target):
             raise ValueError(f"{method!r} and 'guided_backprop' explain different {output} classes in `explanation`.")
-    name = _shown_name(method)
+    name = shown_name(method)
     rgb = {
         output: gradient_to_rgb(
             guided[output].per_channel[i : i + 1] * shown[output].maps[i : i + 1, ..., None],
@@ -155,7 +155,7 @@ def plot_cam_only(original, attributions, i=0, *, classes, policy, title=None):
     for ax, output in zip(axes[1:], OUTPUTS, strict=True):
         a = attributions[output]
         cam = map_to_original(a.maps[i], (H, W), policy=policy)
-        text = f"{_shown_name(a.method)} {output}: {_label(classes.class_names(output), a, i)}"
+        text = f"{shown_name(a.method)} {output}: {_label(classes.class_names(output), a, i)}"
         _show(ax, overlay(original, cam), text)
     if title:
         fig.suptitle(title)
@@ -201,7 +201,7 @@ def plot_class_grid(images, attribution, labels, *, classes, region, per_class=5
             _show(
                 bottom, overlay(images[k], attribution.maps[k]), f"{classes.classes[predicted[k]]} {probs[k]:.2f}{mark}"
             )
-    fig.suptitle(title or f"{_shown_name(attribution.method)} of the predicted city, {region} cities")
+    fig.suptitle(title or f"{shown_name(attribution.method)} of the predicted city, {region} cities")
     fig.tight_layout()
     return fig
 
