@@ -47,6 +47,18 @@ def test_synth_replicates_then_split_each_seed_on_its_replicate(tmp_path, monkey
     assert "replicates" in capsys.readouterr().err
 
 
+def test_synth_task_is_drawn_and_recorded(tmp_path, capsys):
+    out = tmp_path / "layout"
+    args = ["data", "synth", "--out", str(out), "--per-class", "2", "--size", "64", "--task"]
+    assert main([*args, "layout"]) == 0
+    assert load_street10(out).meta["task"] == "layout"
+    assert main([*args, "cues", "--if-missing"]) == 2
+    assert "task='layout', not task='cues'" in capsys.readouterr().err
+    assert main([*args, "shapes", "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Invalid `task`. Expected one of ('cues', 'layout')" in err
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["data", "split", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()

@@ -794,6 +794,14 @@ def test_the_confirmation_scores_images_of_an_unused_generator_seed(street):
     assert table.set_index(["class", "source"]).loc[(0, "model"), "concept"] == discovery.concepts[0].order[0]
 
 
+def test_the_confirmation_draws_the_task_its_dataset_was_made_for(tmp_path):
+    root = synth.generate(tmp_path / "synth-layout", per_class=1, size=64, task="layout", progress=False)
+    fresh = report.synthetic_confirmation(load_dataset(root, size=64), seed=1, per_class=1)
+    drawn, _ = synth.make_synthetic(per_class=1, size=64, seed=1, task="layout", workers=1)
+    np.testing.assert_array_equal(fresh.images, np.concatenate(list(drawn.values())))
+    assert fresh.meta["task"] == "layout"
+
+
 def test_the_confirmation_refuses_the_datasets_own_seed_and_other_data(street, toy_data):
     data, model, discovery = street
     with pytest.raises(ValueError, match="was made with generator seed 0, so those are its own images"):

@@ -43,16 +43,21 @@ def _pool(a, cells):
     return a.mean(axis=(2, 4)).reshape(n, -1)
 
 
-def _features(images):
-    """Coarse pixels, a joint colour histogram and where the horizontal and vertical edges are: enough for a
-    linear model to pick up a palette, a layout or a texture that gives the label away."""
+def _floor_features(images):
+    """Coarse pixels and a joint colour histogram: enough for a linear model to pick up a palette or a layout."""
     x = images.astype(np.float32) / 255.0
     bins = (images // 64).astype(np.int64) @ np.array([16, 4, 1])
     colours = np.stack([np.bincount(b.ravel(), minlength=64) for b in bins]) / bins[0].size
-    grey = x.mean(axis=-1)
+    return np.concatenate([_pool(x, 8), colours], axis=1)
+
+
+def _features(images):
+    """`_floor_features` and where the horizontal and vertical edges are: enough for a linear model to pick up a
+    palette, a layout or a texture that gives the label away."""
+    grey = images.astype(np.float32).mean(axis=-1) / 255.0
     across = np.abs(np.diff(grey, axis=2))[:, :-1]
     down = np.abs(np.diff(grey, axis=1))[:, :, :-1]
-    return np.concatenate([_pool(x, 8), colours, _pool(across, 4), _pool(down, 4)], axis=1)
+    return np.concatenate([_floor_features(images), _pool(across, 4), _pool(down, 4)], axis=1)
 
 
 def _held_out_accuracy(features, labels, train):
@@ -105,6 +110,7 @@ def test_any_size_from_32(size):
         ({"size": 40.0}, r"Invalid `size`.*Received: size=40.0"),
         ({"per_class": 0}, r"Invalid `per_class`. Expected an int >= 1. Received: per_class=0"),
         ({"seed": -1}, r"Invalid `seed`.*Received: seed=-1"),
+        ({"task": "shapes"}, r"Invalid `task`. Expected one of \('cues', 'layout'\). Received: task='shapes'"),
     ],
 )
 def test_invalid_arguments_are_named(kwargs, match):
@@ -167,6 +173,64 @@ def test_unlabelled_cues_make_region_unlearnable(probe):
     assert abs(accuracy - 0.5) <= CHANCE_TOLERANCE
 
 
+LAYOUT_PER_CLASS = 60
+# As CHANCE_TOLERANCE, over the layout task's 300 test images.
+LAYOUT_TOLERANCE = 0.10
+
+
+@pytest.fixture(scope="module")
+def layout_probe():
+    """The layout task, 60 images per class at 64 px (its panels need the room); half of every class trains."""
+    images, masks = synth.make_synthetic(per_class=LAYOUT_PER_CLASS, size=64, seed=7, task="layout")
+    city = np.repeat(np.arange(SYNTH10.num_classes), LAYOUT_PER_CLASS)
+    train = np.tile(np.arange(LAYOUT_PER_CLASS), SYNTH10.num_classes) < LAYOUT_PER_CLASS // 2
+    return _stack(images), _stack(masks), city, train
+
+
+def _local_features(images, filters=24, size=5):
+    """What the first convolutions of a network see, summed over the picture: random 5x5 filters over the three
+    channels, rectified and averaged over all positions (the part of an image a feature sees is 6 pixels at VGG16's
+    block1_pool)."""
+    x = images.astype(np.float32) / 255.0
+    weights = np.random.default_rng(0).normal(size=(size, size, 3, filters)).astype(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(1, 2))  # (n, h, w, 3, 5, 5)
+    responses = np.einsum("nhwcij,ijcf->nhwf", windows, weights, optimize=True)
+    return np.concatenate([np.maximum(responses, 0).mean(axis=(1, 2)), np.maximum(-responses, 0).mean(axis=(1, 2))], 1)
+
+
+def _order_features(images, masks):
+    """For each vertical distance d between the panels of a pair: how much more the cue pixels d rows above other
+    cue pixels are horizontal edges (bands) than vertical ones (bars), minus the same d rows below."""
+    grey = images.astype(np.float32).mean(axis=-1) / 255.0
+    down, across = np.abs(np.diff(grey, axis=1))[:, :, :-1], np.abs(np.diff(grey, axis=2))[:, :-1]
+    cue = masks[:, :-1, :-1].astype(np.float32)
+    bands = (down - across) * cue
+    return np.stack(
+        [(bands[:, :-d] * cue[:, d:]).sum((1, 2)) - (bands[:, d:] * cue[:, :-d]).sum((1, 2)) for d in range(8, 30, 2)],
+        axis=1,
+    )
+
+
+def test_layout_cues_cover_a_minority_of_nearly_every_picture(layout_probe):
+    _, masks, _, _ = layout_probe
+    fraction = synth.cue_fraction(masks)
+    assert 0.05 <= fraction.mean() <= 0.25 and (fraction > 0).mean() > 0.95
+
+
+def test_in_the_layout_task_region_is_in_the_order_of_the_panels_only(layout_probe):
+    images, masks, city, train = layout_probe
+    region = REGION[city]
+    # Neither coarse pixels and colours, nor local features summed over the picture, nor where the cues are tell the
+    # region; the order of bands and bars within the pairs does, and so does a coarse map of where horizontal and
+    # vertical edges are (16-pixel cells see both panels: a feature deeper than the first convolutions).
+    for features in (_floor_features(images), _local_features(images), _pool(masks.astype(np.float32), 16)):
+        assert abs(_held_out_accuracy(features, region, train) - 0.5) <= LAYOUT_TOLERANCE
+    assert _held_out_accuracy(_order_features(images, masks), region, train) >= 0.85
+    assert _held_out_accuracy(_features(images), region, train) >= 0.7
+    # The twin pair's street style and colours still tell the pairs apart.
+    assert _held_out_accuracy(_floor_features(images), city % 5, train) > 0.5
+
+
 class _CountingPool(synth.concurrent.futures.ProcessPoolExecutor):
     """A process pool that records how many workers it was asked for."""
 
@@ -222,10 +286,11 @@ def test_ensure_generates_then_reuses_the_same_parameters(tmp_path):
     root = tmp_path / "demo"
     out, lines = _ensure(root)
     assert out == root and json.loads((root / "dataset.json").read_text())["per_class"] == 1
-    assert lines == [f"Wrote the synthetic dataset to {root} (per_class=1, size=32, seed=0, replicates=1)"]
+    made = "per_class=1, size=32, seed=0, replicates=1, task='cues'"
+    assert lines == [f"Wrote the synthetic dataset to {root} ({made})"]
     written = (root / "synth-w1.npy").stat().st_mtime_ns
     out, lines = _ensure(root)
-    assert lines == [f"Reusing the synthetic dataset in {root} (per_class=1, size=32, seed=0, replicates=1)"]
+    assert lines == [f"Reusing the synthetic dataset in {root} ({made})"]
     assert (root / "synth-w1.npy").stat().st_mtime_ns == written
 
 
@@ -236,6 +301,7 @@ def test_ensure_generates_then_reuses_the_same_parameters(tmp_path):
         ({"size": 40}, "size=32, not size=40"),
         ({"seed": 3, "per_class": 2}, "per_class=1, seed=0, not per_class=2, seed=3"),
         ({"replicates": 2}, "replicates=1, not replicates=2"),
+        ({"task": "layout", "size": 64}, "size=32, task='cues', not size=64, task='layout'"),
     ],
 )
 def test_ensure_refuses_a_dataset_made_with_other_parameters(tmp_path, kwargs, differs):
@@ -252,8 +318,19 @@ def test_ensure_refuses_a_dataset_made_with_other_parameters(tmp_path, kwargs, d
     _, lines = _ensure(root, overwrite=True, **kwargs)
     assert lines[0].startswith("Wrote")
     meta = json.loads((root / "dataset.json").read_text())
-    made = {k: meta[k] for k in ("per_class", "size", "seed", "replicates")}
-    assert made == {"per_class": 1, "size": 32, "seed": 0, "replicates": 1, **kwargs}
+    made = {k: meta[k] for k in ("per_class", "size", "seed", "replicates", "task")}
+    assert made == {"per_class": 1, "size": 32, "seed": 0, "replicates": 1, "task": "cues", **kwargs}
+
+
+def test_a_dataset_json_from_before_tasks_is_the_cues_task(tmp_path):
+    root = tmp_path / "demo"
+    _ensure(root)
+    meta = json.loads((root / "dataset.json").read_text())
+    del meta["task"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert _ensure(root)[1][0].startswith("Reusing")
+    with pytest.raises(FileExistsError, match="task='cues', not task='layout'"):
+        _ensure(root, task="layout")
 
 
 def test_replicates_are_independent_draws_stored_one_after_the_other(tmp_path):

@@ -31,6 +31,7 @@ def _cmd_synth(args):
         "size": args.size,
         "seed": args.seed,
         "replicates": args.replicates,
+        "task": args.task,
         "overwrite": args.overwrite,
     }
     if args.if_missing:
@@ -101,6 +102,12 @@ def _add_data_commands(sub):
         default=1,
         help="independent datasets of --per-class images per class, drawn one after the other; the split of seed s "
         "uses replicate s mod REPLICATES only (default: %(default)s)",
+    )
+    p.add_argument(
+        "--task",
+        default="cues",
+        help="what carries the region: the cue objects' palette and patterns (cues), or which of two panels that "
+        "look alike in both regions is on top (layout, a task for deeper features) (default: %(default)s)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p.add_argument(

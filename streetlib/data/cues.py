@@ -6,6 +6,12 @@ region. Their appearance (`cue_style`, then the pattern `draw_cue` paints) comes
 from its region's family. Western cues carry horizontal stripes and thin letter-like glyphs in blues, greens and
 creams; eastern cues carry vertical columns of dense square glyphs and ribbed lanterns in reds and golds. Some cues
 use neutral colours, so the pattern, not only the palette, matters.
+
+The layout task (`draw_pair`) keeps the places and outlines and changes what a cue object is: a pair of panels, one
+of horizontal bands and one of vertical bars, stacked with a strip of wall between them, in colours that depend on
+the city's twin pair only. Both regions show the same panels in the same colours; which panel is on top is the
+region. The strip is wide enough that no 6-pixel window (what a feature of VGG16's ``block1_pool`` sees) covers both
+panels, so every small patch of an image is as likely in either region and the region is only in the arrangement.
 """
 
 import numpy as np
@@ -77,6 +83,26 @@ def cue_layout(rng, cam, geometry, canvas_size):
     return cues
 
 
+def pair_layout(rng, cam, geometry, canvas_size):
+    """Where the layout task's pairs of panels hang and their outlines: 2 to 4 tall banners over the road and the
+    kerbs, 30% to 60% of the picture high when the frame allows (near enough to show both panels apart), drawn the
+    same way whatever the class."""
+    pairs = []
+    for _ in range(rng.integers(2, 5)):
+        side = 1 if rng.random() < 0.5 else -1
+        width, height = rng.uniform(0.8, 1.4), rng.uniform(2.2, 3.6)
+        x = side * rng.uniform(0.6, geometry["road_half"] + 0.8)
+        room = cam.cx if side < 0 else canvas_size - cam.cx
+        # The depth that gives the drawn height, but never so near that the banner leaves the frame at the side.
+        nearest = 1.05 * cam.focal * (abs(x) + width / 2) / room
+        z = max(cam.focal * height / (canvas_size * rng.uniform(0.3, 0.6)), nearest, 2.0)
+        # A pole lifts the sign 1 to 2 m; lower if its top would leave the frame (the camera sees up to `highest`).
+        highest = cam.height + cam.horizon * z / cam.focal - height / 2
+        y = min(height / 2 + rng.uniform(1.0, 2.0), highest)
+        pairs.append({"kind": "blade", "x": x, "y": y, "z": z, "width": width, "height": height})
+    return pairs
+
+
 def cue_style(rng, region, twin, *, labelled):
     """Colours and pattern of one cue object, from its city's style within the region family (any city's style
     when not ``labelled``)."""
@@ -92,6 +118,20 @@ def cue_style(rng, region, twin, *, labelled):
         bg_name = pick(rng, bgs)
         bg, fg = family[bg_name], family[pick(rng, [name for name in fgs if name != bg_name])]
     return {"pattern": pattern, "bg": jitter(rng, bg, 20), "fg": jitter(rng, fg, 20)}
+
+
+def pair_style(rng, twin, *, top_bands):
+    """Colours of one pair of panels (`draw_pair`): the city's twin pair's colours from either region's family, so
+    they say which twin pair and nothing about the region. ``top_bands`` says which panel goes on top."""
+    family = int(rng.integers(2))
+    bgs, fgs, _ = _CUE_STYLES[family][twin]
+    if rng.random() < _NEUTRAL_CUE_PROB:
+        bg, fg = (_NEUTRAL[i] for i in rng.choice(len(_NEUTRAL), 2, replace=False))
+    else:
+        names = (_WEST, _EAST)[family]
+        bg_name = pick(rng, bgs)
+        bg, fg = names[bg_name], names[pick(rng, [name for name in fgs if name != bg_name])]
+    return {"bg": jitter(rng, bg, 20), "fg": jitter(rng, fg, 20), "top_bands": bool(top_bands)}
 
 
 def _cue_tile(rng, width, height, kind, style):
@@ -139,6 +179,14 @@ def _letters(draw, rng, w, h, fg, bg):
                 fill=fg,
                 width=stroke,
             )
+
+
+def _bars(draw, rng, w, h, fg, bg):
+    """Vertical bands, as `_stripes` draws horizontal ones."""
+    bands = int(rng.integers(3, 8))
+    for i in range(0, bands, 2):
+        x0 = w * i / bands
+        draw.rectangle((x0, 0, max(x0, w * (i + 1) / bands - 1), h), fill=fg)
 
 
 def _roundel(draw, rng, w, h, fg, bg):
@@ -213,3 +261,41 @@ def draw_cue(canvas, cam, rng, cue, style):
         return
     tile, outline = _cue_tile(rng, width, height, cue["kind"], style)
     canvas.paste_cue(tile, outline, corner)
+
+
+# A pair's panels and the strip of wall between them, as fractions of the cue object's height.
+_PANEL = 0.35
+_GAP = 1.0 - 2 * _PANEL
+
+
+def draw_pair(canvas, cam, rng, cue, style, *, min_gap):
+    """Paste one pair of panels (the layout task) in the outline of ``cue``, or nothing when the strip of wall
+    between them would be under ``min_gap`` canvas pixels (too small to keep the panels apart at the output size).
+
+    Args:
+        canvas: `streetlib.data.canvas.Canvas`.
+        cam: `streetlib.data.canvas.Camera`.
+        rng: `np.random.Generator`, draws the bands; the region-dependent stream.
+        cue: dict of `cue_layout` (its outline is used as a rectangle whatever its kind).
+        style: dict of `pair_style`.
+        min_gap: float, the smallest strip drawn, in canvas pixels.
+
+    Returns:
+        bool, whether the pair was drawn. Depends on the geometry only, never on the region.
+    """
+    (x0, y0), (x1, y1) = (
+        cam.project(cue["x"] - cue["width"] / 2, cue["y"] + cue["height"] / 2, cue["z"]),
+        cam.project(cue["x"] + cue["width"] / 2, cue["y"] - cue["height"] / 2, cue["z"]),
+    )
+    left, top = int(round(x0)), int(round(y0))
+    width, height = int(round(x1)) - left, int(round(y1)) - top
+    panel = int(round(height * _PANEL))
+    if width < 2 or height - 2 * panel < min_gap:
+        return False
+    patterns = (_stripes, _bars) if style["top_bands"] else (_bars, _stripes)
+    outline = Image.new("L", (width, panel), 255)
+    for pattern, y in zip(patterns, (top, top + height - panel), strict=True):
+        tile = Image.new("RGB", (width, panel), style["bg"])
+        pattern(ImageDraw.Draw(tile), rng, width, panel, style["fg"], style["bg"])
+        canvas.paste_cue(tile, outline, (left, y))
+    return True

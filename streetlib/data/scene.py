@@ -12,6 +12,10 @@ How the labels are carried, so that explanation methods can be checked against t
 - City = twin pair x region. The k-th city of each region shares a street style (facade palette, windows, heights,
   road markings, trees, wires) with the k-th city of the other region, so pixels outside the masks identify the
   pair but not the region. Inside the masks, each city draws its cue appearance from its region's family.
+- In the layout task (``task="layout"``) the cue objects look alike in both regions: pairs of panels, one of
+  horizontal bands and one of vertical bars, in the twin pair's colours. Which panel is on top decides the region
+  (bands on top in the first region), so region needs features that see both panels and their order, which the
+  first convolutions do not.
 
 Scenes are drawn with Pillow at twice the output size and box-downsampled; a mask pixel is set when any part of it
 came from a cue, so pixels outside the mask hold no cue colour at all.
@@ -23,9 +27,15 @@ import numpy as np
 
 from streetlib.classes import SYNTH10
 from streetlib.data.canvas import Camera, Canvas, jitter, pick, scale
-from streetlib.data.cues import cue_layout, cue_style, draw_cue
+from streetlib.data.cues import cue_layout, cue_style, draw_cue, draw_pair, pair_layout, pair_style
 
 MIN_SIZE = 32
+# What carries the region (`render_scene`): the cue objects' palette and patterns, or the arrangement of panels that
+# look alike in both regions.
+TASKS = ("cues", "layout")
+# The layout task's narrowest strip of wall between two panels, in output pixels: at least the 6 pixels one feature
+# of VGG16's block1_pool sees, so that no such feature sees both panels of a pair.
+_MIN_GAP = 6
 # Drawing at twice the size and averaging gives smooth edges while keeping cue colour inside the (max-pooled) mask.
 _SUPERSAMPLE = 2
 _NEAR_Z = 0.6
@@ -112,6 +122,13 @@ def check_int(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"Invalid `{name}`. Expected an int >= {minimum}. Received: {name}={value!r}")
     return int(value)
+
+
+def check_task(task):
+    """``task`` if it is one of `TASKS`; raises ValueError otherwise."""
+    if task not in TASKS:
+        raise ValueError(f"Invalid `task`. Expected one of {TASKS}. Received: task={task!r}")
+    return task
 
 
 def twin_layout(classes):
@@ -353,7 +370,7 @@ def _finish(rng, image, mask, size):
     return np.rint(out).astype(np.uint8), cue
 
 
-def render_scene(rng, *, size, city_index, classes=SYNTH10, cues=True):
+def render_scene(rng, *, size, city_index, classes=SYNTH10, cues=True, task="cues"):
     """Draw one street scene of class ``city_index``.
 
     The scene (layout, street style of the city's twin pair, cue positions and outlines, lighting, noise) comes
@@ -368,14 +385,18 @@ def render_scene(rng, *, size, city_index, classes=SYNTH10, cues=True):
         size: int >= 32, output height and width in pixels.
         city_index: int, the class index in ``classes.classes``.
         classes: `ClassSpec` with 2 regions of equally many classes (at most 5 each). Default `SYNTH10`.
-        cues: bool. If False, each cue object takes the style of a random city of either region, so it carries no
-            label: a control where region cannot be learned. Default True.
+        cues: bool. If False, each cue object takes the style of a random city of either region (in the layout
+            task, a random order), so it carries no label: a control where region cannot be learned. Default True.
+        task: one of `TASKS`: 'cues' (the region in the cue objects' palette and patterns) or 'layout' (in the
+            order of two panels that look alike in both regions; pairs too small to keep their panels apart at
+            this size are not drawn). Default 'cues'.
 
     Returns:
         (image, mask): uint8 `(size, size, 3)` RGB, and uint8 `(size, size)` in {0, 1}, 1 where a pixel shows a
         cue object.
     """
     size = check_int(size, "size", MIN_SIZE)
+    task = check_task(task)
     layout = twin_layout(classes)
     if (
         isinstance(city_index, bool)
@@ -391,6 +412,7 @@ def render_scene(rng, *, size, city_index, classes=SYNTH10, cues=True):
 
     style = _street_style(scene_rng, twin)
     canvas_size = size * _SUPERSAMPLE
+    min_gap = _MIN_GAP * _SUPERSAMPLE
     cam = Camera(
         focal=canvas_size * scene_rng.uniform(0.45, 0.65),
         cx=canvas_size * (0.5 + scene_rng.uniform(-0.12, 0.12)),
@@ -407,11 +429,15 @@ def render_scene(rng, *, size, city_index, classes=SYNTH10, cues=True):
     canvas = Canvas(_sky(scene_rng, canvas_size, cam.horizon))
     _street(canvas, cam, scene_rng, style, geometry, shade)
 
-    items = [(cue["z"], "cue", cue) for cue in cue_layout(scene_rng, cam, geometry, canvas_size)]
+    places = pair_layout if task == "layout" else cue_layout
+    items = [(cue["z"], "cue", cue) for cue in places(scene_rng, cam, geometry, canvas_size)]
     items += _objects(scene_rng, style, geometry)
     # Far to near, so nearer objects cover farther ones (and clear the cue mask where they do).
     for z, kind, what in sorted(items, key=lambda item: -item[0]):
-        if kind == "cue":
+        if kind == "cue" and task == "layout":
+            top_bands = region == 0 if cues else cue_rng.random() < 0.5
+            draw_pair(canvas, cam, cue_rng, what, pair_style(cue_rng, twin, top_bands=top_bands), min_gap=min_gap)
+        elif kind == "cue":
             draw_cue(canvas, cam, cue_rng, what, cue_style(cue_rng, region, twin, labelled=cues))
         elif kind == "lamp":
             _lamp(canvas, cam, what, z, style["lamp"])

@@ -1,4 +1,4 @@
-"""The synthetic demo dataset: street scenes (`streetlib.data.scene`) of every class, drawn in parallel, their cue
+"""The synthetic datasets: street scenes (`streetlib.data.scene`) of every class, drawn in parallel, their cue
 masks, and the Street10-format folder with its ``dataset.json`` (how it was made, so it is reused only when made the
 same way).
 
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from streetlib.classes import SYNTH10
 from streetlib.data.loaders import write_street10
-from streetlib.data.scene import MIN_SIZE, check_int, render_scene, twin_layout
+from streetlib.data.scene import MIN_SIZE, check_int, check_task, render_scene, twin_layout
 from streetlib.paths import atomic_dir
 
 # Recorded in dataset.json; a dataset is reused only when these and the parameters that made it match. The name is
@@ -68,7 +68,7 @@ def _check_workers(workers):
     return int(workers)
 
 
-def _render_chunk(start, stop, *, per_class, size, seed, classes, cues):
+def _render_chunk(start, stop, *, per_class, size, seed, classes, cues, task):
     """Images ``start`` to ``stop - 1`` of the dataset in class-major order (image ``k`` is image
     ``k % per_class`` of class ``k // per_class``), each seeded from ``(seed, class, i)``.
 
@@ -80,7 +80,9 @@ def _render_chunk(start, stop, *, per_class, size, seed, classes, cues):
     for k in range(start, stop):
         idx, i = divmod(k, per_class)
         rng = np.random.default_rng(np.random.SeedSequence([seed, idx, i]))
-        images[k - start], masks[k - start] = render_scene(rng, size=size, city_index=idx, classes=classes, cues=cues)
+        images[k - start], masks[k - start] = render_scene(
+            rng, size=size, city_index=idx, classes=classes, cues=cues, task=task
+        )
     return images, masks
 
 
@@ -108,7 +110,9 @@ def _rendered(total, workers, **scene):
         pool.shutdown(cancel_futures=True)
 
 
-def make_synthetic(*, per_class=100, size=64, seed=0, classes=SYNTH10, cues=True, progress=False, workers=None):
+def make_synthetic(
+    *, per_class=100, size=64, seed=0, classes=SYNTH10, cues=True, task="cues", progress=False, workers=None
+):
     """Generate the synthetic street dataset in memory.
 
     Image ``i`` of class ``c`` is seeded from ``(seed, c, i)``, so the same seed gives byte-identical arrays and a
@@ -121,6 +125,7 @@ def make_synthetic(*, per_class=100, size=64, seed=0, classes=SYNTH10, cues=True
         seed: int >= 0. Default 0.
         classes: `ClassSpec` with 2 regions of equally many classes (at most 5 each). Default `SYNTH10`.
         cues: bool, False for the control where cue objects carry no label (see `render_scene`). Default True.
+        task: 'cues' or 'layout', what carries the region (`streetlib.data.scene.TASKS`). Default 'cues'.
         progress: bool, show a progress bar. Default False.
         workers: None or int >= 1, processes drawing images in parallel (spawned, each takes about a second to
             start). Small datasets use fewer, one per 150 images, and 1 draws in this process. Default None: the
@@ -134,11 +139,12 @@ def make_synthetic(*, per_class=100, size=64, seed=0, classes=SYNTH10, cues=True
     size = check_int(size, "size", MIN_SIZE)
     seed = check_int(seed, "seed", 0)
     workers = _check_workers(workers)
+    task = check_task(task)
     twin_layout(classes)
     total = per_class * classes.num_classes
     images = np.empty((total, size, size, 3), np.uint8)
     masks = np.empty((total, size, size), np.uint8)
-    scene = {"per_class": per_class, "size": size, "seed": seed, "classes": classes, "cues": cues}
+    scene = {"per_class": per_class, "size": size, "seed": seed, "classes": classes, "cues": cues, "task": task}
     with tqdm(total=total, desc="synthetic streets", unit="img", disable=not progress) as bar:
         for start, chunk_images, chunk_masks in _rendered(total, workers, **scene):
             images[start : start + len(chunk_images)] = chunk_images
@@ -149,7 +155,7 @@ def make_synthetic(*, per_class=100, size=64, seed=0, classes=SYNTH10, cues=True
     return dict(zip(classes.classes, images, strict=True)), dict(zip(classes.classes, masks, strict=True))
 
 
-def _recipe(per_class, size, seed, replicates):
+def _recipe(per_class, size, seed, replicates, task):
     """What ``dataset.json`` records of how a synthetic dataset was made, once each parameter is checked."""
     return {
         "generator": _GENERATOR,
@@ -158,17 +164,20 @@ def _recipe(per_class, size, seed, replicates):
         "size": check_int(size, "size", MIN_SIZE),
         "seed": check_int(seed, "seed", 0),
         "replicates": check_int(replicates, "replicates", 1),
+        "task": check_task(task),
     }
 
 
-_RECIPE_KEYS = ("per_class", "size", "seed", "replicates")
+_RECIPE_KEYS = ("per_class", "size", "seed", "replicates", "task")
 
 
 def _describe(values, keys=_RECIPE_KEYS):
     return ", ".join(f"{key}={values.get(key)!r}" for key in keys)
 
 
-def generate(out_dir, *, per_class=100, size=64, seed=0, replicates=1, overwrite=False, progress=True, workers=None):
+def generate(
+    out_dir, *, per_class=100, size=64, seed=0, replicates=1, task="cues", overwrite=False, progress=True, workers=None
+):
     """Generate the synthetic Street10-format dataset (`SYNTH10` classes, with cue masks) and write it.
 
     The files are written into a temporary folder beside ``out_dir`` and moved into place at the end, so a failure
@@ -181,6 +190,8 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, replicates=1, overwrite
         seed: int >= 0. Default 0.
         replicates: int >= 1, independent datasets drawn one after the other (see the module docstring): each class
             file holds ``per_class * replicates`` images. Default 1.
+        task: 'cues' or 'layout', what carries the region (`streetlib.data.scene.TASKS`; recorded in
+            ``dataset.json``). Default 'cues'.
         overwrite: bool. If False (default), refuse to write over an existing dataset.
         progress: bool, show a progress bar. Default True.
         workers: None or int >= 1, processes drawing images (see `make_synthetic`); the dataset is the same whatever
@@ -195,12 +206,17 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, replicates=1, overwrite
         OSError: writing failed (the message names ``out_dir``); nothing was left there.
     """
     out_dir = Path(out_dir)
-    recipe = _recipe(per_class, size, seed, replicates)
+    recipe = _recipe(per_class, size, seed, replicates, task)
     # Checked before drawing too, so a taken directory fails at once rather than after the whole dataset is made.
     if not overwrite and any(out_dir.glob("*.npy")):
         raise FileExistsError(f"{out_dir} already holds a dataset. Choose another --out or pass overwrite=True.")
     images, masks = make_synthetic(
-        per_class=recipe["per_class"] * recipe["replicates"], size=size, seed=seed, progress=progress, workers=workers
+        per_class=recipe["per_class"] * recipe["replicates"],
+        size=size,
+        seed=seed,
+        task=task,
+        progress=progress,
+        workers=workers,
     )
     meta = {
         "name": out_dir.name,
@@ -214,7 +230,17 @@ def generate(out_dir, *, per_class=100, size=64, seed=0, replicates=1, overwrite
 
 
 def ensure(
-    out_dir, *, per_class=100, size=64, seed=0, replicates=1, overwrite=False, progress=True, workers=None, report=print
+    out_dir,
+    *,
+    per_class=100,
+    size=64,
+    seed=0,
+    replicates=1,
+    task="cues",
+    overwrite=False,
+    progress=True,
+    workers=None,
+    report=print,
 ):
     """The synthetic dataset in ``out_dir`` made with these parameters: reused when it is there, generated when the
     folder holds no dataset.
@@ -224,7 +250,7 @@ def ensure(
 
     Args:
         out_dir: str or Path.
-        per_class, size, seed, replicates: as in `generate`; checked before anything is read or drawn.
+        per_class, size, seed, replicates, task: as in `generate`; checked before anything is read or drawn.
         overwrite: bool. If True, a dataset made otherwise (or an incomplete one) is replaced. Default False.
         progress, workers: as in `generate`.
         report: callable taking one line of text, saying whether the dataset was reused or written. Default print.
@@ -233,13 +259,13 @@ def ensure(
         Path of ``out_dir``.
 
     Raises:
-        ValueError: an invalid ``per_class``, ``size``, ``seed`` or ``replicates``.
+        ValueError: an invalid ``per_class``, ``size``, ``seed``, ``replicates`` or ``task``.
         FileExistsError: ``out_dir`` holds a dataset made with other parameters, one this generator did not make,
             or class files without ``dataset.json`` (an incomplete dataset), and ``overwrite`` is False. The message
             says which parameters differ.
     """
     out_dir = Path(out_dir)
-    recipe = _recipe(per_class, size, seed, replicates)
+    recipe = _recipe(per_class, size, seed, replicates, task)
     problem = _how_it_differs(out_dir, recipe)
     if problem is None and (out_dir / "dataset.json").is_file():
         report(f"Reusing the synthetic dataset in {out_dir} ({_describe(recipe)})")
@@ -266,8 +292,8 @@ def _how_it_differs(out_dir, recipe):
         return f"holds a dataset whose dataset.json is not valid JSON ({err})"
     if not isinstance(made, dict) or made.get("generator") != _GENERATOR:
         return f"holds a dataset not made by {_GENERATOR}"
-    # A dataset.json from before replicates existed holds one.
-    made = {"replicates": 1, **made}
+    # A dataset.json from before replicates and tasks existed holds one replicate of the cues task.
+    made = {"replicates": 1, "task": "cues", **made}
     differ = [key for key in ("version", *_RECIPE_KEYS) if made.get(key) != recipe[key]]
     if differ:
         return f"holds a dataset made with {_describe(made, differ)}, not {_describe(recipe, differ)}"

@@ -322,7 +322,11 @@ def synthetic_confirmation(data, *, seed, per_class):
     if height != width:
         raise ValueError(f"The generator draws square images; {data.name} has {height}x{width} px.")
     # In this process: a few hundred images take seconds, less than spawning workers that import numpy and Pillow.
-    images, masks = synth.make_synthetic(per_class=per_class, size=height, seed=seed, classes=data.spec, workers=1)
+    # A dataset.json from before tasks existed was made by the cues task.
+    task = made.get("task", "cues")
+    images, masks = synth.make_synthetic(
+        per_class=per_class, size=height, seed=seed, classes=data.spec, task=task, workers=1
+    )
     return StreetData(
         images=np.concatenate(list(images.values())),
         city=np.repeat(np.arange(data.spec.num_classes), per_class),
@@ -331,7 +335,7 @@ def synthetic_confirmation(data, *, seed, per_class):
         source=f"{synth.__name__}, in memory",
         synthetic=True,
         masks=np.concatenate(list(masks.values())),
-        meta={"generator": synth.__name__, "per_class": per_class, "size": height, "seed": seed},
+        meta={"generator": synth.__name__, "per_class": per_class, "size": height, "seed": seed, "task": task},
     )
 
 
