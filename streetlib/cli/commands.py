@@ -287,7 +287,34 @@ def _cmd_bench(args):
     print(f"Wrote {out}")
 
 
+def _cmd_probe(args):
+    from streetlib.baselines import depth
+    from streetlib.classes import OUTPUTS
+    from streetlib.data.loaders import load_dataset
+    from streetlib.data.splits import make_splits
+
+    data = load_dataset(args.data)
+    splits = make_splits(data, seeds=args.seed)
+    rows = depth.run_depth_probe(data, splits, weights=args.weights, layers=args.layers or depth.BLOCKS)
+    chance = {output: depth.chance_accuracy(data, splits, output) for output in OUTPUTS}
+    table = depth.depth_table(rows, chance=chance)
+    print(table.round(3).to_string(index=False))
+    print(f"Wrote {depth.write_depth_table(table, data)}")
+
+
 def _add_results_commands(sub):
+    p = sub.add_parser(
+        "probe",
+        help="where a dataset's task becomes readable: a linear probe on each VGG16 block's averaged features per "
+        "weight source, beside the floors (hists/<dataset>/depth-probe/)",
+    )
+    p.add_argument("data", help="a Street10-format directory (e.g. data/synth-layout)")
+    p.add_argument("--seed", type=int, nargs="+", default=[42, 43, 44], help="split seeds (default: %(default)s)")
+    p.add_argument(
+        "--weights", nargs="+", default=["hed-bsds500", "random"], help="weight sources (default: %(default)s)"
+    )
+    p.add_argument("--layers", nargs="+", help="layers read (default: block1_pool ... block5_pool)")
+    p.set_defaults(func=_cmd_probe)
     p = sub.add_parser("report", help="write hists/README.md and figs/README.md from the files there")
     p.set_defaults(func=_cmd_report)
     p = sub.add_parser("bench", help="side-by-side benchmarks against the references; a full run writes BENCHMARKS.md")
