@@ -123,7 +123,6 @@ def depth_table(rows, *, chance, margin=NEAR_CHANCE):
 def write_depth_table(table, data, *, experiment="depth-probe", layout=None):
     """Write `depth_table`'s table to ``hists/<dataset>/<experiment>/depth.csv``, atomically. Returns its `Path`."""
     path = dataset_layout(layout, data.name).hists(experiment) / "depth.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
     with paths.atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return path

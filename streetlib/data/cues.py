@@ -96,7 +96,8 @@ def pair_layout(rng, cam, geometry, canvas_size):
         # The depth that gives the drawn height, but never so near that the banner leaves the frame at the side.
         nearest = 1.05 * cam.focal * (abs(x) + width / 2) / room
         z = max(cam.focal * height / (canvas_size * rng.uniform(0.3, 0.6)), nearest, 2.0)
-        # A pole lifts the sign 1 to 2 m; lower if its top would leave the frame (the camera sees up to `highest`).
+        # Its lower edge 1 to 2 m above the street; lower if its top would leave the frame (the camera sees up to
+        # `highest`).
         highest = cam.height + cam.horizon * z / cam.focal - height / 2
         y = min(height / 2 + rng.uniform(1.0, 2.0), highest)
         pairs.append({"kind": "blade", "x": x, "y": y, "z": z, "width": width, "height": height})
@@ -108,30 +109,31 @@ def cue_style(rng, region, twin, *, labelled):
     when not ``labelled``)."""
     if not labelled:
         region, twin = rng.integers(2), rng.integers(len(_CUE_STYLES[0]))
-    bgs, fgs, weights = _CUE_STYLES[region][twin]
-    family = _WEST if region == 0 else _EAST
+    weights = _CUE_STYLES[region][twin][2]
     patterns = _WEST_PATTERNS if region == 0 else _EAST_PATTERNS
     pattern = patterns[rng.choice(len(patterns), p=weights)]
+    bg, fg = _colours(rng, region, twin)
+    return {"pattern": pattern, "bg": bg, "fg": fg}
+
+
+def _colours(rng, region, twin):
+    """Background and foreground colours of one cue object in the style of city ``twin`` of ``region`` (neutral
+    ones now and then), jittered: two RGB tuples."""
+    bgs, fgs, _ = _CUE_STYLES[region][twin]
+    family = _WEST if region == 0 else _EAST
     if rng.random() < _NEUTRAL_CUE_PROB:
         bg, fg = (_NEUTRAL[i] for i in rng.choice(len(_NEUTRAL), 2, replace=False))
     else:
         bg_name = pick(rng, bgs)
         bg, fg = family[bg_name], family[pick(rng, [name for name in fgs if name != bg_name])]
-    return {"pattern": pattern, "bg": jitter(rng, bg, 20), "fg": jitter(rng, fg, 20)}
+    return jitter(rng, bg, 20), jitter(rng, fg, 20)
 
 
 def pair_style(rng, twin, *, top_bands):
     """Colours of one pair of panels (`draw_pair`): the city's twin pair's colours from either region's family, so
     they say which twin pair and nothing about the region. ``top_bands`` says which panel goes on top."""
-    family = int(rng.integers(2))
-    bgs, fgs, _ = _CUE_STYLES[family][twin]
-    if rng.random() < _NEUTRAL_CUE_PROB:
-        bg, fg = (_NEUTRAL[i] for i in rng.choice(len(_NEUTRAL), 2, replace=False))
-    else:
-        names = (_WEST, _EAST)[family]
-        bg_name = pick(rng, bgs)
-        bg, fg = names[bg_name], names[pick(rng, [name for name in fgs if name != bg_name])]
-    return {"bg": jitter(rng, bg, 20), "fg": jitter(rng, fg, 20), "top_bands": bool(top_bands)}
+    bg, fg = _colours(rng, int(rng.integers(2)), twin)
+    return {"bg": bg, "fg": fg, "top_bands": bool(top_bands)}
 
 
 def _cue_tile(rng, width, height, kind, style):

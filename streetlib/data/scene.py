@@ -412,7 +412,6 @@ def render_scene(rng, *, size, city_index, classes=SYNTH10, cues=True, task="cue
 
     style = _street_style(scene_rng, twin)
     canvas_size = size * _SUPERSAMPLE
-    min_gap = _MIN_GAP * _SUPERSAMPLE
     cam = Camera(
         focal=canvas_size * scene_rng.uniform(0.45, 0.65),
         cx=canvas_size * (0.5 + scene_rng.uniform(-0.12, 0.12)),
@@ -436,7 +435,8 @@ def render_scene(rng, *, size, city_index, classes=SYNTH10, cues=True, task="cue
     for z, kind, what in sorted(items, key=lambda item: -item[0]):
         if kind == "cue" and task == "layout":
             top_bands = region == 0 if cues else cue_rng.random() < 0.5
-            draw_pair(canvas, cam, cue_rng, what, pair_style(cue_rng, twin, top_bands=top_bands), min_gap=min_gap)
+            panels = pair_style(cue_rng, twin, top_bands=top_bands)
+            draw_pair(canvas, cam, cue_rng, what, panels, min_gap=_MIN_GAP * _SUPERSAMPLE)
         elif kind == "cue":
             draw_cue(canvas, cam, cue_rng, what, cue_style(cue_rng, region, twin, labelled=cues))
         elif kind == "lamp":
