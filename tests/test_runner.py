@@ -533,7 +533,7 @@ def test_shared_parameters_have_one_default_in_every_notebook():
     assert defaults["06_results"]["finetune_from"] == defaults["04_fine_tuning"]["finetune_from"]
 
 
-@pytest.mark.parametrize("profile", ["smoke", "demo", "full"])
+@pytest.mark.parametrize("profile", ["smoke", "demo", "layout", "full"])
 def test_every_profile_resolves_and_gives_every_notebook_the_same_shared_values(profile):
     loaded = runner.load_profile(profile)
     resolved = {nb.stem: runner.resolve_parameters(nb, loaded, {}) for nb in runner.list_notebooks()}
