@@ -96,13 +96,16 @@ def _parameter_values():
 def _paragraphs():
     """(where, text) of every paragraph of the README (tables included, each one block) and every markdown cell of
     the numbered notebooks."""
-    blocks = []
-    readme = (ROOT / "README.md").read_text()
-    # Fenced blocks may hold blank lines: split the prose between them only.
-    for i, part in enumerate(
-        re.split(r"\n\s*\n(?=(?:[^`]|`(?!``))*(?:```(?:[^`]|`(?!``))*```(?:[^`]|`(?!``))*)*$)", readme)
-    ):
-        blocks.append((f"README.md paragraph {i}", part))
+    paragraphs, lines, fenced = [], [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        fenced ^= line.lstrip().startswith("```")
+        if line.strip() or fenced:  # a fenced block may hold blank lines: it ends no paragraph
+            lines.append(line)
+        elif lines:
+            paragraphs.append("\n".join(lines))
+            lines = []
+    paragraphs.append("\n".join(lines))
+    blocks = [(f"README.md paragraph {i}", text) for i, text in enumerate(paragraphs)]
     for notebook in runner.list_notebooks(ROOT / "notebooks"):
         for i, cell in enumerate(json.loads(notebook.read_text())["cells"]):
             if cell["cell_type"] == "markdown":
