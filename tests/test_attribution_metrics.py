@@ -473,6 +473,18 @@ def test_randomization_check_randomises_a_copy_only():
         sanity.randomization_check(x, model, methods=("lime",))
 
 
+def test_randomization_check_gives_the_layer_to_the_cam_methods_only():
+    model = convention_model(32)
+    x = random_inputs(2, 32)
+    at_block1 = sanity.randomization_check(x, model, output="city", layer="block1_conv1", seed=0)
+    default = sanity.randomization_check(x, model, output="city", seed=0)
+    # Guided Backprop reads no layer, so its correlations do not depend on it; Grad-CAM's maps do.
+    np.testing.assert_allclose(
+        at_block1["spearman"]["guided_backprop"], default["spearman"]["guided_backprop"], atol=1e-6
+    )
+    assert not np.allclose(at_block1["spearman"]["grad_cam"], default["spearman"]["grad_cam"], atol=1e-3)
+
+
 def small_flat_model():
     keras.utils.set_random_seed(3)
     inp = keras.Input((16, 16, 3), name="image")

@@ -592,3 +592,53 @@ def test_the_configuration_chooses_the_metrics(planted):
     nothing = L.LeaderboardConfig(**kwargs, metrics=("data_randomization",))
     with pytest.raises(ValueError, match="Nothing to score: none of the metrics \\['data_randomization'\\]"):
         L.score(images, masks, model, normalization="unit", config=nothing)
+
+
+def _layer_table(**pointing):
+    return pd.DataFrame(
+        {
+            "layer": [*pointing, "random"],
+            "grid": ["4x4"] * len(pointing) + [""],
+            "pointing_game": [*pointing.values(), 0.9],
+        }
+    )
+
+
+def test_the_grad_cam_layer_is_the_one_that_points_into_the_cues_most_often():
+    # The random map's row never wins, however high; of tied layers the first listed (the compared layers come last
+    # convolution first) is taken; a layer without a score is passed over.
+    assert L.best_layer(_layer_table(head_conv2=0.46, head_conv1=0.75, block3_conv3=0.68)) == "head_conv1"
+    assert L.best_layer(_layer_table(head_conv2=0.5, head_conv1=0.5)) == "head_conv2"
+    assert L.best_layer(_layer_table(head_conv2=np.nan, head_conv1=0.2)) == "head_conv1"
+    with pytest.raises(ValueError, match="scores no layer"):
+        L.best_layer(_layer_table(head_conv2=np.nan))
+    with pytest.raises(ValueError, match="mask_auc"):
+        L.best_layer(_layer_table(head_conv2=0.5), metric="mask_auc")
+
+
+def test_notebook_05_s_layer_parameter_names_a_layer_the_last_convolution_or_the_validation_choice():
+    table = _layer_table(head_conv2=0.46, head_conv1=0.75)
+    assert L.chosen_layer("", table) is None
+    assert L.chosen_layer("block3_conv3", table) == "block3_conv3"
+    assert L.chosen_layer(L.CHOSEN_ON_VALIDATION, table) == "head_conv1"
+    # Street10 and photographs have no cue masks, so no table: the choice cannot be made, and nothing is guessed.
+    with pytest.raises(ValueError, match="no cue masks.*name a layer"):
+        L.chosen_layer(L.CHOSEN_ON_VALIDATION, None)
+
+
+def test_localization_by_layer_scores_grad_cam_at_each_layer_asked_beside_the_random_map():
+    model = convention_model(32)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((4, 32, 32), np.uint8)
+    masks[:, 8:16, 8:24] = 1
+    table = L.localization_by_layer(
+        images, masks, model, normalization="unit", layers=["block5_conv3", "block1_conv1"], pointing_tolerance=0.0
+    )
+    assert table["layer"].tolist() == ["block5_conv3", "block1_conv1", "random"]
+    assert table["grid"].tolist() == ["16x16", "32x32", ""]  # the tiny backbone pools once, after block1
+    assert set(of_family("localization")) <= set(table.columns)
+    assert (table["images"] == 4).all()
+    # The chance level is the masks' share of the image, whatever the layer: 8 x 16 of 32 x 32 pixels.
+    assert np.allclose(table["relevance_mass_accuracy_chance"], 128 / 1024)
+    assert L.best_layer(table) in {"block5_conv3", "block1_conv1"}

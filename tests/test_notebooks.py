@@ -99,6 +99,11 @@ def test_05_scores_the_maps(smoke):
     # head's strided first convolution.
     assert by_layer["layer"].tolist() == ["head_conv2", "head_conv1", "block1_conv2", "random"]
     assert by_layer["grid"].tolist()[:3] == ["8x8", "8x8", "32x32"]
+    # The smoke profile asks for the layer chosen on validation (layer="validation"): every CAM row of the leaderboard
+    # reads the layer whose maps hit the masks most often in that table, and the notebook says which.
+    chosen = by_layer.set_index("layer").drop("random")["pointing_game"].idxmax()
+    assert set(board.loc[board["family"] == "cam", "layer"]) == {chosen}
+    assert f"Grad-CAM layer: {chosen}" in (root / "executed" / "05_attribution.ipynb").read_text()
     randomization = pd.read_csv(root / "hists" / "synth-smoke" / "05-attribution" / "randomization.csv")
     assert randomization["layer"].iloc[0] == "city_logits" and "block1_conv1" in set(randomization["layer"])
     executed = (root / "executed" / "05_attribution.ipynb").read_text()

@@ -37,6 +37,11 @@ the per-image scores of one model or of several split seeds' models:
 - *Margins:* `MARGINS`, one per metric family, stated before any test result was read.
 
 Each method's cost per image is measured as a multiple of one forward pass of the same batch.
+
+*The Grad-CAM layer.* By default the CAM methods read the model's last convolution (Selvaraju et al.). Which layer's
+maps point into the cues can differ (a strided head's first convolution can keep what its second pools away):
+`localization_by_layer` scores Grad-CAM at several layers of one model, and `best_layer` picks one from that table,
+computed on validation images so that no test image takes part in the choice.
 """
 
 import json
@@ -48,9 +53,9 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from streetlib.attribution.explainer import explainer, model_inputs
+from streetlib.attribution.explainer import explainer, find_layer_path, model_inputs
 from streetlib.attribution.metrics.localization import ZHANG_TOLERANCE, random_maps, scaled_tolerance
-from streetlib.attribution.metrics.registry import FAMILIES, METRICS, get_metric
+from streetlib.attribution.metrics.registry import FAMILIES, METRICS, get_metric, of_family
 from streetlib.attribution.metrics.sanity import random_logit_targets, randomized_copy
 from streetlib.attribution.registry import METHODS, attribute
 from streetlib.classes import OUTPUTS
@@ -549,3 +554,70 @@ def comparisons(scores, *, overlap=0.0, margins=None, threshold=THRESHOLD, alpha
     """
     _check_judge(scores, overlap, margins, threshold, alpha)
     return _judge(scores, overlap=overlap, margins=margins, threshold=threshold, alpha=alpha)[1]
+
+
+# -- the Grad-CAM layer -----------------------------------------------------------------------------------------
+
+# Notebook 05's `layer` value that asks for the layer `best_layer` picks from validation images, not a test image.
+CHOSEN_ON_VALIDATION = "validation"
+
+
+def localization_by_layer(images, masks, model, *, normalization, layers, pointing_tolerance=ZHANG_TOLERANCE):
+    """Grad-CAM's localisation of the region output at each of ``layers`` of one model, beside the random map.
+
+    Args:
+        images: uint8 `(n, H, W, 3)` RGB at the model's input size.
+        masks: `(n, H, W)` cue masks in {0, 1}.
+        model: the `keras.Model`.
+        normalization: the model's input normalisation.
+        layers: non-empty list of convolution names, e.g. the model's last three.
+        pointing_tolerance: the pointing game's tolerance as a fraction of the image side.
+
+    Returns:
+        `pandas.DataFrame`, one row per layer in the order given, then 'random': ``layer``, ``grid`` (the map's
+        rows x columns, empty for the random map), the mean of each localisation metric over the images, each
+        metric's mean chance level (``<metric>_chance``) and ``images`` (those with a cue).
+    """
+    config = LeaderboardConfig(
+        methods=["grad_cam"],
+        outputs=["region"],
+        layers=list(layers),
+        metrics=of_family("localization"),
+        pointing_tolerance=pointing_tolerance,
+    )
+    scored = score(images, masks, model, normalization=normalization, config=config)
+    scored = scored[scored["value"].notna()]
+    scored = scored.assign(layer=scored["layer"].mask(scored["method"] == "random", "random"))
+    means = scored.pivot_table(index="layer", columns="metric", values="value", sort=False)
+    chances = scored.pivot_table(index="layer", columns="metric", values="chance", sort=False).add_suffix("_chance")
+    table = means.join(chances).assign(images=scored.groupby("layer")["image"].nunique())
+    table = table.rename_axis(columns=None).reset_index()
+    grids = {name: "x".join(map(str, find_layer_path(model, name)[-1].output.shape[1:3])) for name in layers}
+    table.insert(1, "grid", [grids.get(name, "") for name in table["layer"]])
+    return table
+
+
+def best_layer(table, *, metric="pointing_game"):
+    """The layer of a `localization_by_layer` table whose maps score ``metric`` best (the random map excluded); of
+    tied layers, the one listed first. Returns str."""
+    if metric not in table.columns:
+        raise ValueError(f"Invalid `metric`: {metric!r} is not a column of the table ({list(table.columns)}).")
+    layers = table[table["layer"] != "random"]
+    if layers.empty or layers[metric].isna().all():
+        raise ValueError(f"The table scores no layer on {metric!r}: score layers on images with cues first.")
+    return str(layers.loc[layers[metric].idxmax(), "layer"])
+
+
+def chosen_layer(layer, table):
+    """Notebook 05's ``layer`` parameter as a layer name: a name as given, '' as None (the model's last convolution),
+    `CHOSEN_ON_VALIDATION` as `best_layer` of ``table`` (a `localization_by_layer` table of validation images, or
+    None for data without cue masks, an error)."""
+    if layer != CHOSEN_ON_VALIDATION:
+        return layer or None
+    if table is None:
+        raise ValueError(
+            f"layer={layer!r} chooses the Grad-CAM layer by its maps' hits in the cue masks of validation images, and "
+            "these data have no cue masks (only the synthetic data have them): name a layer, or leave it empty for "
+            "the model's last convolution."
+        )
+    return best_layer(table)

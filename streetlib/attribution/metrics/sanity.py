@@ -196,7 +196,7 @@ def randomization_check(inputs, model, *, methods=ORIGINAL, output="city", layer
         model: the `keras.Model`.
         methods: sequence of `registry.METHODS` names. Default `registry.ORIGINAL` (the original study's three).
         output: str, the output explained. Default 'city'.
-        layer: str or None, the Grad-CAM layer (default: the backbone's last convolution).
+        layer: str or None, the layer of the methods that read one (default: the model's last convolution).
         target: None (the trained model's predicted classes, kept fixed throughout) or int `(n,)`.
         seed: int.
 
@@ -209,8 +209,9 @@ def randomization_check(inputs, model, *, methods=ORIGINAL, output="city", layer
         raise ValueError(f"Invalid `methods`. Expected a sequence of {sorted(METHODS)}. Received: methods={methods!r}")
     if target is None:
         target = np.argmax(explainer(model, layer=layer).logits(inputs, output=output), axis=1)
-    kwargs = dict(output=output, layer=layer, target=target)
-    original = {m: attribute(inputs, model, method=m, **kwargs).maps for m in methods}
+    # The layer is the CAM methods'; the others read none.
+    kwargs = {m: dict(output=output, layer=layer if METHODS[m].uses_layer else None, target=target) for m in methods}
+    original = {m: attribute(inputs, model, method=m, **kwargs[m]).maps for m in methods}
     clone, _ = clone_with_weights(model)
     rng = np.random.default_rng(seed)
     names = randomization_layers(clone, output=output)
@@ -218,7 +219,7 @@ def randomization_check(inputs, model, *, methods=ORIGINAL, output="city", layer
     for i, name in enumerate(names):
         _reinitialize(find_layer_path(clone, name)[-1], rng)
         for m in methods:
-            maps = attribute(inputs, clone, method=m, **kwargs).maps
+            maps = attribute(inputs, clone, method=m, **kwargs[m]).maps
             spearman[m][i] = rank_correlation(original[m], maps)
     return {"layers": names, "spearman": spearman}
 

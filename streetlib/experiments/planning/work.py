@@ -22,7 +22,7 @@ from pathlib import Path
 
 from streetlib import paths
 from streetlib.attribution import explainer
-from streetlib.attribution.leaderboard import LeaderboardConfig
+from streetlib.attribution.leaderboard import CHOSEN_ON_VALIDATION, LeaderboardConfig
 from streetlib.attribution.registry import METHODS, ORIGINAL
 from streetlib.classes import STREET10, SYNTH10
 from streetlib.experiments import runner, study
@@ -381,7 +381,7 @@ def _plan_attribution(ctx, params):
     model = ctx.model(transfer)
     size = transfer.image_size
     share = model_flops(model) / ctx.unit(size)
-    layer = params["layer"] or explainer.default_layer(model)
+    layer = _named_layer(params) or explainer.default_layer(model)
     channels = explainer.find_layer_path(model, layer)[-1].output.shape[-1]
     spec = attribution_spec(params)
     explained = min(params["max_images"], ctx.splits["test"])
@@ -418,6 +418,12 @@ def _plan_attribution(ctx, params):
     ]
 
 
+def _named_layer(params):
+    """Notebook 05's Grad-CAM layer when its parameters name one; None for the last convolution or a layer chosen on
+    validation images (`leaderboard.CHOSEN_ON_VALIDATION`), which is planned as the last convolution."""
+    return None if params["layer"] in ("", CHOSEN_ON_VALIDATION) else params["layer"]
+
+
 def per_seed_share(total, seeds):
     """Each seed's equal share of ``total`` images, as notebook 05 divides its image budgets over the split seeds
     (rounded up, so the seeds together use at least ``total``). Returns int."""
@@ -430,7 +436,7 @@ def attribution_spec(params):
     seeds = params["split_seeds"]
     return LeaderboardConfig(
         outputs=params["leaderboard_outputs"],
-        layers=[params["layer"]] if params["layer"] else None,
+        layers=[_named_layer(params)] if _named_layer(params) else None,
         params=params["method_params"],
         images={method: per_seed_share(n, seeds) for method, n in params["method_images"].items()},
         control_images=per_seed_share(params["control_images"], seeds),
