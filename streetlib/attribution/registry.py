@@ -58,6 +58,11 @@ class Method:
     differentiates: str
     params: dict = field(default_factory=dict)
 
+    def layer_of(self, layer):
+        """``layer`` (a name, or None for the model's last convolution) for a method that reads one, else None: what
+        to pass `attribute` when one layer is asked of several methods."""
+        return layer if self.uses_layer else None
+
 
 def _method(function, family, *, uses_layer, differentiates):
     signature = inspect.signature(function).parameters.values()
@@ -190,7 +195,7 @@ def explain(inputs, model, *, methods=ORIGINAL, outputs=OUTPUTS, layer=None, ran
         classes = target.get(output)
         out_rank = 1 if classes is not None else min(rank, int(logits_tensor(model, output).shape[-1]))
         for name in result:
-            where = layer if METHODS[name].uses_layer else None
+            where = METHODS[name].layer_of(layer)
             a = attribute(inputs, model, method=name, output=output, layer=where, target=classes, rank=out_rank)
             result[name][output] = a
             classes, out_rank = a.target, 1

@@ -149,7 +149,7 @@ def _method_row(model, x, targets, name, layer, params, forward, *, repeats, bud
     from streetlib.attribution.registry import METHODS, attribute
 
     method = METHODS[name]
-    where = layer if method.uses_layer else None
+    where = method.layer_of(layer)
 
     def call(method_name, method_layer, method_params):
         return attribute(

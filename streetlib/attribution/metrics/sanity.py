@@ -209,8 +209,7 @@ def randomization_check(inputs, model, *, methods=ORIGINAL, output="city", layer
         raise ValueError(f"Invalid `methods`. Expected a sequence of {sorted(METHODS)}. Received: methods={methods!r}")
     if target is None:
         target = np.argmax(explainer(model, layer=layer).logits(inputs, output=output), axis=1)
-    # The layer is the CAM methods'; the others read none.
-    kwargs = {m: dict(output=output, layer=layer if METHODS[m].uses_layer else None, target=target) for m in methods}
+    kwargs = {m: dict(output=output, layer=METHODS[m].layer_of(layer), target=target) for m in methods}
     original = {m: attribute(inputs, model, method=m, **kwargs[m]).maps for m in methods}
     clone, _ = clone_with_weights(model)
     rng = np.random.default_rng(seed)

@@ -434,9 +434,10 @@ def attribution_spec(params):
     """The `LeaderboardConfig` notebook 05 scores each seed's model with, from its parameters (its budgets of images
     divided over the seeds, `per_seed_share`); the tolerance, which costs nothing, is left at its default."""
     seeds = params["split_seeds"]
+    layer = _named_layer(params)
     return LeaderboardConfig(
         outputs=params["leaderboard_outputs"],
-        layers=[_named_layer(params)] if _named_layer(params) else None,
+        layers=[layer] if layer else None,
         params=params["method_params"],
         images={method: per_seed_share(n, seeds) for method, n in params["method_images"].items()},
         control_images=per_seed_share(params["control_images"], seeds),
