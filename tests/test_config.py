@@ -98,7 +98,9 @@ def test_the_manifest_record_round_trips_the_committed_runs(path):
     written = config.to_manifest(
         run, init_from=record["init_from"], weights_file=record["weights_file"], xla=record["xla"]
     )
-    assert written == record and list(written) == list(record)  # same keys, values and order
+    # Runs recorded before the learning-rate schedule was a setting trained with the plateau one (its default).
+    assert written == {**record, "lr_schedule": record.get("lr_schedule", "plateau")}
+    assert [k for k in written if k != "lr_schedule"] == [k for k in record if k != "lr_schedule"]  # same order
     assert RunConfig.from_manifest(written) == config
 
 
@@ -132,6 +134,7 @@ def test_a_transfer_record_is_the_one_training_writes():
         "optimizer": {"name": "nadam", "learning_rate": 0.002},
         "loss_weights": {"region": 0.5, "city": 1.0},
         "early_stopping": None,
+        "lr_schedule": "plateau",
         "mixed_precision": False,
         "xla": False,
         "monitor": "val_city_accuracy",
@@ -158,3 +161,12 @@ def test_changes_leave_out_the_resumable_fields_when_resuming():
     assert resumed.changes(started) == {"epochs": (10, 20), "early_stopping": (None, 5), "seed": (0, 1)}
     assert resumed.changes(started, resuming=True) == {"seed": (0, 1)}
     assert RunConfig.resumable == ("epochs", "early_stopping")
+    # Under the cosine schedule the epochs set every epoch's learning rate: a run cannot resume with others.
+    cosine = started.replace(lr_schedule="cosine")
+    assert cosine.replace(epochs=20).changes(cosine, resuming=True) == {"epochs": (10, 20)}
+    assert cosine.changes(started, resuming=True) == {"lr_schedule": ("plateau", "cosine")}
+
+
+def test_an_unknown_learning_rate_schedule_is_named():
+    with pytest.raises(ValueError, match=r"Invalid `lr_schedule`.*'plateau', 'cosine'.*Received: lr_schedule='step'"):
+        RunConfig(lr_schedule="step")

@@ -51,6 +51,7 @@ PHASES = {
     },
 }
 OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop")
+LR_SCHEDULES = ("plateau", "cosine")
 CACHE_MODES = ("auto", "features", "none")
 LOSS_WEIGHTS = {"region": 0.5, "city": 1.0}
 MONITOR = "val_city_accuracy"
@@ -104,6 +105,11 @@ class RunConfig:
             means 0.9; Nesterov), None for the others.
         loss_weights: dict output -> float. Default ``{"region": 0.5, "city": 1.0}``.
         early_stopping: None (default) or int patience on the validation city loss.
+        lr_schedule: how the learning rate moves from ``learning_rate`` over the epochs: 'plateau' (default: halved
+            after 5 epochs without a lower validation city loss, down to 1e-6) or 'cosine' (epoch ``e`` of ``epochs``
+            trains at ``learning_rate * (1 + cos(pi * e / epochs)) / 2``, so the last epochs take small steps and a
+            run ends near a point that float kernels of another CPU reach too; its epochs are then part of what each
+            epoch computes, so they cannot change on resume).
         mixed_precision: bool, 16-bit compute with float32 variables and float32 outputs: Keras's 'mixed_float16'
             policy on a GPU, 'mixed_bfloat16' on a TPU and on a CPU. On a CPU it is for rehearsing the GPU path
             (training warns so): usually slower than float32 there (fast only with AVX512_BF16 or AMX), and its
@@ -135,9 +141,11 @@ class RunConfig:
     momentum: float | None = None
     loss_weights: dict = dataclasses.field(default_factory=lambda: dict(LOSS_WEIGHTS))
     early_stopping: int | None = None
+    lr_schedule: str = "plateau"
     mixed_precision: bool = False
 
-    # Fields an interrupted run may be resumed with changed: how long it trains, not what each epoch computes.
+    # Fields an interrupted run may be resumed with changed: how long it trains, not what each epoch computes (with
+    # the cosine schedule, the epochs set every epoch's learning rate: see `changes`).
     resumable: ClassVar[tuple] = ("epochs", "early_stopping")
 
     _parameter_constraints: ClassVar[dict] = {
@@ -165,6 +173,7 @@ class RunConfig:
         "momentum": [None, Interval(numbers.Real, 0, 1, closed="left")],
         "loss_weights": [Keys(OUTPUTS, exact=True)],
         "early_stopping": [None, Interval(numbers.Integral, 1, None, closed="left")],
+        "lr_schedule": [Options(LR_SCHEDULES)],
         "mixed_precision": [bool],
     }
 
@@ -263,12 +272,15 @@ class RunConfig:
 
         Args:
             other: `RunConfig`.
-            resuming: bool, leave out the `resumable` fields.
+            resuming: bool, leave out the `resumable` fields (``epochs`` stays in when either config has the
+                cosine schedule).
 
         Returns:
             dict field -> (other's value, this config's value).
         """
         skipped = self.resumable if resuming else ()
+        if self.lr_schedule == "cosine" or other.lr_schedule == "cosine":
+            skipped = tuple(f for f in skipped if f != "epochs")
         return {
             f.name: (getattr(other, f.name), getattr(self, f.name))
             for f in dataclasses.fields(self)
@@ -319,6 +331,7 @@ class RunConfig:
             "optimizer": self.optimizer_config,
             "loss_weights": self.loss_weights,
             "early_stopping": self.early_stopping,
+            "lr_schedule": self.lr_schedule,
             "mixed_precision": self.mixed_precision,
             "xla": bool(xla),
             "monitor": MONITOR,

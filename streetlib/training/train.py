@@ -20,6 +20,7 @@ order restarts its sequence.
 """
 
 import json
+import math
 import shutil
 import time
 import warnings
@@ -145,7 +146,7 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
                 restore,
                 saver,
                 progress,
-                early_stopping=config.early_stopping,
+                config=config,
                 extra=callbacks,
                 progress=EpochProgress(str(run), config.epochs),
             ),
@@ -326,21 +327,40 @@ def _compile(model, config, *, xla):
     )
 
 
-def _callbacks(run_files, restore, saver, record, *, early_stopping, extra, progress):
+def _callbacks(run_files, restore, saver, record, *, config, extra, progress):
     """The callbacks of a run, in the order that keeps its records consistent if it is killed between two."""
-    stopping = [keras.callbacks.EarlyStopping(monitor="val_city_loss", mode="min", patience=early_stopping)]
+    stopping = [keras.callbacks.EarlyStopping(monitor="val_city_loss", mode="min", patience=config.early_stopping)]
     return [
         # First, so the epoch's learning rate is in the logs the CSV row is written from.
-        keras.callbacks.ReduceLROnPlateau(monitor="val_city_loss", mode="min", factor=0.5, patience=5, min_lr=1e-6),
+        learning_rate_schedule(config),
         keras.callbacks.CSVLogger(str(run_files["history"]), append=True),
         saver,
-        *(stopping if early_stopping else []),
+        *(stopping if config.early_stopping else []),
         record,
         # Last of ours: an epoch is backed up only after its row, best model and manifest are written.
         RunBackup(run_files["backup"], restore=restore),
         progress,
         *(extra or []),
     ]
+
+
+def learning_rate_schedule(config):
+    """The callback that sets the learning rate of ``config.lr_schedule`` (see `RunConfig`).
+
+    The cosine schedule is a function of the epoch index, which counts from 0 at the run's first epoch and goes on
+    counting on resume (Keras's ``initial_epoch``), so a resumed run trains each epoch at the rate it would have had.
+
+    Returns:
+        `keras.callbacks.Callback`.
+    """
+    if config.lr_schedule == "cosine":
+        start, epochs = config.learning_rate, config.epochs
+
+        def cosine(epoch, _):
+            return start * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+        return keras.callbacks.LearningRateScheduler(cosine)
+    return keras.callbacks.ReduceLROnPlateau(monitor="val_city_loss", mode="min", factor=0.5, patience=5, min_lr=1e-6)
 
 
 def _metrics():
