@@ -107,9 +107,9 @@ class RunConfig:
         early_stopping: None (default) or int patience on the validation city loss.
         lr_schedule: how the learning rate moves from ``learning_rate`` over the epochs: 'plateau' (default: halved
             after 5 epochs without a lower validation city loss, down to 1e-6) or 'cosine' (epoch ``e`` of ``epochs``
-            trains at ``learning_rate * (1 + cos(pi * e / epochs)) / 2``, so the last epochs take small steps and a
-            run ends near a point that float kernels of another CPU reach too; its epochs are then part of what each
-            epoch computes, so they cannot change on resume).
+            trains at ``learning_rate * (1 + cos(pi * e / epochs)) / 2``: the last epochs take small steps, so the
+            checkpoint a run ends on jumps less with the float kernels of the CPU; its epochs are then part of what
+            each epoch computes, so they cannot change on resume).
         mixed_precision: bool, 16-bit compute with float32 variables and float32 outputs: Keras's 'mixed_float16'
             policy on a GPU, 'mixed_bfloat16' on a TPU and on a CPU. On a CPU it is for rehearsing the GPU path
             (training warns so): usually slower than float32 there (fast only with AVX512_BF16 or AMX), and its
