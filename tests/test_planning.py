@@ -174,16 +174,16 @@ def test_transfer_runs_share_one_extraction_per_pretrained_source(tmp_path):
 
 
 def test_seeds_of_a_replicated_dataset_extract_their_own_replicate(tmp_path):
-    """The demo's 8 replicates: each seed's pool is an eighth of the images, extracted for that seed, pretrained or
+    """The demo's 24 replicates: each seed's pool is a 24th of the images, extracted for that seed, pretrained or
     random, and its splits are sized from one replicate."""
     overrides = {"data_dir": str(tmp_path / "absent"), "split_seeds": [42, 43], "weight_sources": ["hed-bsds500"]}
     plan = work.make_plan(["00", "03"], profile="demo", overrides=overrides)
-    assert plan.data.replicates == 8 and plan.data.pool == plan.data.total // 8 == 3000
+    assert plan.data.replicates == 24 and plan.data.pool == plan.data.total // 24 == 3000
     assert plan.data.split_sizes() == {"train": 2290, "val": 410, "test": 300}
     (pretrained,) = plan.work
     single = work.make_plan(["00", "03"], profile="demo", overrides={**overrides, "replicates": 1}).work[0]
     # One replicate of 3,000 images is the whole single-draw dataset: the same extraction, counted per seed.
-    assert pretrained.shared == 0 and single.shared == pytest.approx(_block1_share(64) * 3000)
+    assert pretrained.shared == 0 and single.shared == pytest.approx(_block1_share(32) * 3000)
     assert pretrained.forward == pytest.approx(single.forward + single.shared)
 
 
