@@ -142,7 +142,8 @@ def build_model(
         units: int, width of ``fc1`` ('dense' head). Default 512, or 4096 with 'flatten' (the original's variants).
         filters: int, the channels of both convolutions of the 'conv' head. Default 64.
         head_stride: int, the stride of the 'conv' head's first convolution: 2 (default) halves the map, which makes
-            the head 4x cheaper and still leaves Grad-CAM a 16x16 grid on 64 px images cut at 'block1_pool'.
+            the head 4x cheaper and still leaves Grad-CAM an 8x8 grid on the demo's 32 px images cut at
+            'block1_pool' (16x16 at 64 px).
         dropout: float in [0, 1), the rate of the head's dropout layers. Default 0.5.
         seed: int or None. If given, the global Keras, TF and NumPy seeds are set first, so random initial weights
             and dropout masks repeat.

@@ -379,8 +379,8 @@ def _feature_dataset(features, labels, *, batch_size, shuffle, seed, initial_epo
     rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     # TensorFlow keeps a numpy_function's Python function for the rest of the process (deleting the dataset does not
     # remove it from its registry), so a function holding the cache would keep every run's features alive: 786 MB
-    # a seed at block1_pool on the demo's 3,000 images, 13 GB after notebook 03's sixteen runs. The function holds
-    # the cache weakly and the dataset returned holds it (`_hold`): it is freed with the dataset.
+    # a seed at block1_pool on 3,000 images at 64 px, 13 GB after notebook 03's sixteen runs of the 64-px demo. The
+    # function holds the cache weakly and the dataset returned holds it (`_hold`): it is freed with the dataset.
     cached = weakref.ref(features)
 
     def take(copy, positions):

@@ -50,8 +50,8 @@ class ConceptConfig:
             'predicted'. Default 'correct'.
         max_images: None (all selected) or int >= 1: a seeded random subset of the selected images. Default 200.
         nmf_init: NMF initialisation, one of 'nndsvda', 'nndsvd', 'nndsvdar', 'random'. Default 'nndsvda'.
-        nmf_max_iter: int >= 1, NMF iterations at most. Default 2000: the randomised-weights control of the demo
-            needs about 1000 (at 500 scikit-learn warns that it has not converged).
+        nmf_max_iter: int >= 1, NMF iterations at most. Default 2000: the randomised-weights control of the
+            64-px demo needed about 1000 (at 500 scikit-learn warns that it has not converged).
         nmf_tol: float > 0, NMF stopping tolerance. Default 1e-4.
         top_patches: int >= 1, gallery patches per concept. Default 8.
         patch_size: None (a quarter of the image height) or int >= 1, gallery patch side in pixels.

@@ -139,8 +139,8 @@ def pooled_shares(maps, masks, *, resamples=1000, seed=0):
     ``sum_i inside_i / sum_i mass_i``: the mean of the per-image shares weighted by each image's mass. It is the
     class-level answer (where does this concept fire across the class?). The *per-image* mean weighs every image
     the same, including images where the concept hardly fires and its map is a faint wash over the picture; in the
-    demo's validation images, the west concept's weakest third of images carries 7% of its mass and a share of 0.30,
-    the strongest third 69% and 0.64.
+    64-px demo's validation images, the west concept's weakest third of images carries 7% of its mass and a share of
+    0.30, the strongest third 69% and 0.64.
 
     Args:
         maps: float `(n, H, W)`, non-negative: one concept's maps.
