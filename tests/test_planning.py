@@ -122,7 +122,8 @@ def test_method_passes_follow_their_parameters():
 
 
 def _block1_share(image_size):
-    """block1's share of a VGG16 pass: the frozen part of the demo's recipe (cut after block1_pool)."""
+    """block1's share of a VGG16 pass at the plan's image size: the frozen part of the demo's recipe (cut after
+    block1_pool)."""
     frozen = costs.layer_flops(network.build_backbone("vgg16", input_shape=(image_size, image_size, 3)))
     return sum(f for name, f in frozen if name.startswith("block1")) / sum(f for _, f in frozen)
 
@@ -134,7 +135,7 @@ def test_a_cached_transfer_costs_one_frozen_pass_per_cached_image(tmp_path):
     split = plan.data.split_sizes()
     transfer = plan.work[0]
     assert transfer.cache.startswith("memory") and transfer.shared == 0  # 2 copies fit the default 2 GiB
-    extraction = _block1_share(64) * (2 * split["train"] + split["val"])
+    extraction = _block1_share(transfer.image_size) * (2 * split["train"] + split["val"])
     # The conv head on top is small: an epoch adds a few percent, not another pass of the frozen part.
     assert extraction < transfer.forward < 1.5 * extraction
 
@@ -151,7 +152,7 @@ def test_transfer_runs_share_one_extraction_per_pretrained_source(tmp_path):
     }
     plan = work.make_plan(["00", "03"], profile="demo", overrides=overrides)
     pretrained, random = plan.work
-    extraction = _block1_share(64) * plan.data.total
+    extraction = _block1_share(pretrained.image_size) * plan.data.total
     assert pretrained.cache.startswith("shared") and random.cache.startswith("shared")
     assert pretrained.shared == pytest.approx(extraction) and random.shared == 0
     assert random.forward == pytest.approx(pretrained.forward + extraction)  # each seed extracts its own
@@ -183,7 +184,7 @@ def test_seeds_of_a_replicated_dataset_extract_their_own_replicate(tmp_path):
     (pretrained,) = plan.work
     single = work.make_plan(["00", "03"], profile="demo", overrides={**overrides, "replicates": 1}).work[0]
     # One replicate of 3,000 images is the whole single-draw dataset: the same extraction, counted per seed.
-    assert pretrained.shared == 0 and single.shared == pytest.approx(_block1_share(32) * 3000)
+    assert pretrained.shared == 0 and single.shared == pytest.approx(_block1_share(single.image_size) * 3000)
     assert pretrained.forward == pytest.approx(single.forward + single.shared)
 
 
@@ -223,7 +224,7 @@ def test_attribution_plan_scores_every_seeds_model_and_trains_the_permuted_label
     # (Drawn once: with replicates each transfer run's forward passes include its seed's extraction.)
     once = {**absent, "epochs": params["permuted_epochs"], "replicates": 1}
     transfer = work.make_plan(["00", "03"], profile="demo", overrides=once).work[0]
-    extraction = _block1_share(64) * (split["train"] + split["val"])
+    extraction = _block1_share(transfer.image_size) * (split["train"] + split["val"])
     assert permuted.forward == pytest.approx(transfer.forward + extraction) and permuted.shared == 0
     assert permuted.backward == pytest.approx(transfer.backward)
     assert other.seeds == () and other.runs == 1
