@@ -21,6 +21,7 @@ from streetlib.baselines.plots import plot_summary
 from streetlib.baselines.results import COLUMNS, CONFIG, compare, save_results, seed_table, summarize
 from streetlib.classes import SYNTH10
 from streetlib.data.loaders import StreetData
+from streetlib.data.splits import make_split
 from streetlib.evaluation import stats
 from streetlib.models import weights
 from streetlib.runs import RunLayout
@@ -303,6 +304,27 @@ def test_grid_writes_the_csv_and_the_figures(grid):
     names = sorted(p.name for p in result.figures)
     assert len(names) == 8 and all(p.is_file() for p in result.figures)
     assert "toy-vgg16-random-block5_pool-avg-aug1-svm-rbf-seed1.test.confusion-city.png" in names
+
+
+def test_grid_extracts_only_the_images_its_splits_use(tmp_path, monkeypatch):
+    # A dataset drawn as two replicates, split by two seeds of replicate 1: replicate 0 is never read.
+    data = make_toy_data(per_class=8, size=32)
+    data.replicate = np.tile([0, 1], len(data) // 2)
+    splits = [make_split(data, seed=s, test_size=0.15, val_size=0.2, save=False) for s in (1, 3)]
+    extracted = []
+    extract = features.FeatureExtractor.extract
+
+    def recording(self, data, indices=None, **kwargs):
+        extracted.append(np.arange(len(data)) if indices is None else np.asarray(indices))
+        return extract(self, data, indices, **kwargs)
+
+    monkeypatch.setattr(features.FeatureExtractor, "extract", recording)
+    spec = BaselineGridConfig(weights=["random"], poolings=["avg"], classifiers=["logreg"], outputs=["city"])
+    dirs = {"cache_dir": tmp_path / "f", "layout": RunLayout(hists_dir=tmp_path / "h", figs_dir=tmp_path / "g")}
+    table = run_grid(data, splits, spec, figure_seeds=[], progress=False, **dirs).table
+    np.testing.assert_array_equal(np.concatenate(extracted), np.flatnonzero(data.replicate == 1))
+    assert table["seed"].tolist() == [1, 3] and (table[["n_train", "n_val", "n_test"]].sum(axis=1) == 40).all()
+    assert table[["train_acc", "val_acc", "test_acc"]].notna().all().all()
 
 
 def test_grid_run_again_replaces_its_rows_and_keeps_others(grid, tmp_path):

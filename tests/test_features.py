@@ -124,6 +124,24 @@ def test_a_changed_parameter_means_a_recompute(tmp_path, data, change):
     assert out["avg"].shape[0] == len(data)
 
 
+def test_features_of_some_images_are_their_rows_cached_apart_from_all(tmp_path, data):
+    CountingExtractor.calls = 0
+    fx = CountingExtractor(weights="random")
+    every = fx.features(data, cache_dir=tmp_path, progress=False)["avg"]
+    some = fx.features(data, [9, 2, 15], cache_dir=tmp_path, progress=False)["avg"]
+    assert some.shape == (3, 512) and CountingExtractor.calls == 2
+    # Rows in the order asked, one computation apart from the same rows among all images (another batch).
+    assert_same_computation(some, every[[9, 2, 15]])
+    np.testing.assert_array_equal(fx.features(data, [9, 2, 15], cache_dir=tmp_path, progress=False)["avg"], some)
+    assert CountingExtractor.calls == 2  # read from the cache
+    fx.features(data, [2, 9, 15], cache_dir=tmp_path, progress=False)  # other order, other rows: other array
+    assert CountingExtractor.calls == 3
+    # Every index in order is all the images: the same cached array.
+    all_rows = fx.features(data, np.arange(len(data)), cache_dir=tmp_path, progress=False)["avg"]
+    np.testing.assert_array_equal(all_rows, every)
+    assert CountingExtractor.calls == 3
+
+
 def test_changed_pooling_or_data_means_a_recompute(tmp_path, data):
     CountingExtractor.calls = 0
     fx = CountingExtractor(weights="random")

@@ -257,14 +257,15 @@ class FeatureExtractor:
         bar.close()
         return {p: np.concatenate(chunks[p]) for p in poolings}
 
-    def key(self, data, *, pooling, split=None, copies=0, augment=True, seed=0):
+    def key(self, data, *, pooling, images=None, split=None, copies=0, augment=True, seed=0):
         """The cache key of one feature array. Returns a dict of JSON-able fields; ``key["hash"]`` digests the rest.
 
         Args:
             data: `StreetData`.
             pooling: str, a pooling (`is_pooling`).
-            split: None for plain features of every image; a `streetlib.data.splits.Split` for augmented copies of its
-                training images (then ``copies`` >= 1).
+            images: None for plain features of every image, or the int indices of some images, in their order.
+            split: None for plain features; a `streetlib.data.splits.Split` for augmented copies of its training
+                images (then ``copies`` >= 1).
             copies, augment, seed: the augmented copies (see `augmented`).
         """
         if not is_pooling(pooling):
@@ -283,6 +284,9 @@ class FeatureExtractor:
             "dataset": data.name,
             "data_hash": _sha1_lines(data.content_hashes()),
         }
+        if images is not None:
+            # The data hash fixes every image's content, so the indices name the rows.
+            key["images"] = {"count": len(images), "hash": _sha1_lines(str(i) for i in images)}
         if split is not None:
             hashes = data.content_hashes()
             key["augmentation"] = {
@@ -304,24 +308,33 @@ class FeatureExtractor:
             stem += f"-aug{aug['copies']}-split{aug['split_seed']}-seed{aug['seed']}"
         return Path(cache_dir or paths.features_dir()) / key["dataset"] / f"{stem}-{key['hash'][:16]}.npy"
 
-    def features(self, data, *, poolings=("avg",), cache_dir=None, progress=True):
-        """Features of every image of ``data``, from the cache when its key matches, else extracted and cached.
+    def features(self, data, indices=None, *, poolings=("avg",), cache_dir=None, progress=True):
+        """Features of images of ``data``, from the cache when its key matches, else extracted and cached.
 
-        Poolings missing from the cache are extracted together in one pass. Index the arrays with a split's
-        ``train`` / ``val`` / ``test``.
+        Poolings missing from the cache are extracted together in one pass. With every image (the default), index the
+        arrays with a split's ``train`` / ``val`` / ``test``.
 
         Args:
             data: `StreetData`.
+            indices: int array of the images, in that order; default (or every index in order) all, cached as such.
             poolings: list of poolings (`is_pooling`). Default ('avg',).
             cache_dir: str or Path. Default `streetlib.paths.features_dir()`.
             progress: bool, progress bar while extracting. Default True.
 
         Returns:
-            dict pooling -> float32 `(len(data), d)`.
+            dict pooling -> float32 `(len(indices), d)`.
         """
-        keys = {p: self.key(data, pooling=p) for p in check_poolings(poolings)}
+        if indices is not None:
+            indices = np.asarray(indices, dtype=np.int64)
+            if np.array_equal(indices, np.arange(len(data))):
+                indices = None
+        images = None if indices is None else indices.tolist()
+        keys = {p: self.key(data, pooling=p, images=images) for p in check_poolings(poolings)}
         return self._cached(
-            keys, len(data), cache_dir, lambda missing: self.extract(data, poolings=missing, progress=progress)
+            keys,
+            len(data) if indices is None else len(indices),
+            cache_dir,
+            lambda missing: self.extract(data, indices, poolings=missing, progress=progress),
         )
 
     def augmented(self, data, split, *, copies, augment=True, seed=0, poolings=("avg",), cache_dir=None, progress=True):

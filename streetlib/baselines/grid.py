@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
@@ -254,7 +255,7 @@ def _fit_weight_source(run, source):
     except WeightsDownloadError as err:
         run.unavailable[str(source)] = str(err)
         return
-    plain = fx.features(data, poolings=grid.poolings, cache_dir=run.cache_dir, progress=run.progress)
+    plain = _features_of_used_images(run, fx)
     size = fx.size_for(data)
     setting = {
         "backbone": fx.backbone,
@@ -281,6 +282,21 @@ def _fit_weight_source(run, source):
             )
             plain_split = {p: plain[p] for p in grid.poolings}
             _fit_splits(run, [(split, plain_split, augmented)], {**setting, "augment_copies": copies})
+
+
+def _features_of_used_images(run, fx):
+    """pooling -> float32 `(len(data), d)`: the features of the images the splits use, NaN for every other image.
+
+    A dataset drawn as replicates is split one replicate per seed, so the other replicates are not extracted. A fit
+    that reached an image outside its split would meet NaN, which scikit-learn refuses, rather than a made-up row.
+    """
+    used = np.unique(np.concatenate([np.concatenate([s.train, s.val, s.test]) for s in run.splits]))
+    subset = fx.features(run.data, used, poolings=run.grid.poolings, cache_dir=run.cache_dir, progress=run.progress)
+    out = {}
+    for pooling, rows in subset.items():
+        out[pooling] = np.full((len(run.data), rows.shape[1]), np.nan, dtype=np.float32)
+        out[pooling][used] = rows
+    return out
 
 
 def _fit_floor(run, kind):
