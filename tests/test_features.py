@@ -142,6 +142,21 @@ def test_features_of_some_images_are_their_rows_cached_apart_from_all(tmp_path, 
     assert CountingExtractor.calls == 3
 
 
+@pytest.mark.parametrize(
+    "indices, match",
+    [
+        ([20], r"has 20 images .* out of range: \[20\]"),
+        ([-1, 3], r"out of range: \[-1\]"),
+        ([[1, 2]], "1-D"),
+        ([0.5], "int"),
+    ],
+)
+def test_features_of_invalid_indices_fail_naming_them(tmp_path, data, indices, match):
+    with pytest.raises(ValueError, match=match):
+        FeatureExtractor(weights="random").features(data, indices, cache_dir=tmp_path, progress=False)
+    assert not (tmp_path / data.name).exists()  # nothing cached
+
+
 def test_changed_pooling_or_data_means_a_recompute(tmp_path, data):
     CountingExtractor.calls = 0
     fx = CountingExtractor(weights="random")

@@ -70,6 +70,24 @@ def weights_fingerprint(weights, *, backbone="vgg16"):
     raise ValueError(f"Invalid `weights`. Expected one of {list(WEIGHT_SOURCES)} or a file. Received: {weights!r}")
 
 
+def _check_indices(indices, n):
+    """``indices`` as a 1-D int64 array of image indices of a dataset of ``n`` images; ValueError naming what is
+    wrong otherwise (TensorFlow would fail later, inside the input pipeline, without saying which index)."""
+    array = np.asarray(indices)
+    if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(
+            f"Invalid `indices`. Expected a 1-D array of int image indices. Received shape {array.shape}, "
+            f"dtype {array.dtype}."
+        )
+    outside = array[(array < 0) | (array >= n)]
+    if outside.size:
+        raise ValueError(
+            f"Invalid `indices`. The dataset has {n} images (indices 0 to {n - 1}). Received out of range: "
+            f"{outside[:5].tolist()}."
+        )
+    return array.astype(np.int64)
+
+
 def _sha1_lines(lines):
     return hashlib.sha1("\n".join(lines).encode()).hexdigest()
 
@@ -227,7 +245,7 @@ class FeatureExtractor:
             ``h * w * c`` for 'flatten', ``k * k * c`` for 'grid<k>'.
         """
         poolings = check_poolings(poolings)
-        indices = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
+        indices = np.arange(len(data)) if indices is None else _check_indices(indices, len(data))
         size = self.size_for(data)
         model, layer = self._model(size)
         forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -325,7 +343,7 @@ class FeatureExtractor:
             dict pooling -> float32 `(len(indices), d)`.
         """
         if indices is not None:
-            indices = np.asarray(indices, dtype=np.int64)
+            indices = _check_indices(indices, len(data))
             if np.array_equal(indices, np.arange(len(data))):
                 indices = None
         images = None if indices is None else indices.tolist()
