@@ -11,6 +11,7 @@ and `streetlib.attribution.leaderboard.LeaderboardConfig`.
 """
 
 import numbers
+import os
 
 
 class Interval:
@@ -74,13 +75,13 @@ class Keys:
 def _satisfied(constraint, value):
     if constraint is None:
         return value is None
-    if constraint is bool or constraint is str:
+    if constraint in (bool, str, os.PathLike):
         return isinstance(value, constraint)
     return constraint.is_satisfied_by(value)
 
 
 def _describe(constraint):
-    return {None: "None", bool: "a bool", str: "a str"}.get(constraint) or str(constraint)
+    return {None: "None", bool: "a bool", str: "a str", os.PathLike: "a path"}.get(constraint) or str(constraint)
 
 
 def validate(values, constraints):

@@ -168,6 +168,12 @@ class RunLayout:
         """The experiment's folder of figures: ``figs/<experiment>``."""
         return self.figs_dir / check_name(experiment, "experiment")
 
+    @property
+    def feature_cache(self):
+        """The folder where runs keep their cached features for later runs (`ExecutionConfig.feature_dir`):
+        ``models/feature-cache``."""
+        return self.models_dir / "feature-cache"
+
     # -- one run's files (``run`` is a `RunId`)
 
     def history(self, run):

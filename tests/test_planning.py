@@ -188,6 +188,29 @@ def test_seeds_of_a_replicated_dataset_extract_their_own_replicate(tmp_path):
     assert pretrained.forward == pytest.approx(single.forward + single.shared)
 
 
+def test_a_kept_cache_is_disk_for_notebook_03_and_saves_04s_continued_runs_their_pass(tmp_path):
+    """The layout profile: notebook 03 keeps its augmented copies on disk (``keep_features``) and 04's continued runs
+    read them instead of running the frozen part (blocks 1-3) over 2 copies of the training split and the validation
+    split again."""
+    overrides = {"data_dir": str(tmp_path / "absent"), "split_seeds": [56, 57], "weight_sources": ["hed-bsds500"]}
+    plans = {
+        keep: work.make_plan(["03", "04"], profile="layout", overrides={**overrides, "keep_features": keep}).work
+        for keep in (True, False)
+    }
+    (transfer, _, continued), (own_transfer, _, own_continued) = plans[True], plans[False]
+    assert (transfer.cache.split()[:2], continued.cache.split()[:2]) == (["kept", "(write)"], ["kept", "(read)"])
+    assert own_transfer.cache.startswith("memory") and own_continued.cache.startswith("kept (write)")
+    split = work.make_plan(["03"], profile="layout", overrides=overrides).data.split_sizes()
+    frozen = costs.layer_flops(network.build_backbone("vgg16", input_shape=(64, 64, 3)))
+    share = sum(f for name, f in frozen if name[:6] in ("block1", "block2", "block3")) / sum(f for _, f in frozen)
+    extraction = share * (2 * split["train"] + split["val"])
+    assert own_continued.forward - continued.forward == pytest.approx(extraction)
+    assert transfer.forward == pytest.approx(own_transfer.forward)
+    cache_bytes = (2 * split["train"] + split["val"]) * 8 * 8 * 256 * 4  # float32 block3_pool maps at 64 px
+    assert transfer.disk_bytes - own_transfer.disk_bytes == 2 * cache_bytes
+    assert transfer.host_bytes == 0 and own_transfer.host_bytes == cache_bytes
+
+
 def test_leaderboard_passes_follow_the_formulas():
     spec = LeaderboardConfig(methods=("grad_cam", "saliency"), outputs=("region",), control_images=4, curve_steps=2)
     n, k, curve = 10, 4, 2 * (2 + 1)

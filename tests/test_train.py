@@ -1,3 +1,4 @@
+import dataclasses
 import errno
 import gc
 import hashlib
@@ -491,6 +492,59 @@ def test_a_cache_on_disk_trains_exactly_like_one_in_memory(toy_data, toy_data_sp
     pd.testing.assert_frame_equal(results["disk"].history, results["memory"].history, check_exact=True)
     for a, b in zip(results["disk"].model.weights, results["memory"].model.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_a_kept_cache_serves_a_continued_run_exactly(toy_data, toy_data_split, out_dirs, monkeypatch):
+    # Notebook 03's transfer run keeps its augmented copies; notebook 04's continued run reads them: no second pass,
+    # and the same training as a continued run that computes its own (the same features, to the last bit).
+    config = _config(epochs=2, augment=True, augment_copies=2, cache="features")
+    layout, kept = RunLayout(**out_dirs), RunLayout(**out_dirs).feature_cache
+    calls = _Counted(monkeypatch)
+    keep = ExecutionConfig(verbose=0, feature_dir=kept)
+    first = train.run_phase(toy_data, toy_data_split, config, run=RunId("t", "first"), layout=layout, execution=keep)
+    sizes = [len(toy_data_split.train), len(toy_data_split.val)]
+    assert calls.sizes == sizes and first.manifest["cache_plan"]["kept"] == "written"
+    (folder,) = kept.iterdir()  # one complete cache, no partial folder left
+    assert sorted(p.name for p in folder.iterdir()) == ["train.npy", "val.npy"]
+    assert first.manifest["cache_plan"]["path"].endswith(folder.name)
+    continued = {
+        execution: train.run_phase(
+            toy_data,
+            toy_data_split,
+            config,
+            run=RunId("c", name),
+            layout=layout,
+            execution=execution,
+            init_from=first.paths["best_model"],
+        )
+        for name, execution in (("kept", keep), ("own", QUIET))
+    }
+    assert continued[keep].manifest["cache_plan"]["kept"] == "read"
+    assert calls.sizes == sizes * 2  # the run with its own cache made its pass; the kept one made none
+    pd.testing.assert_frame_equal(continued[keep].history, continued[QUIET].history, check_exact=True)
+    # Without room on the disk nothing is kept: the run caches its split as planned and says why.
+    monkeypatch.setattr(cache, "_free_bytes", lambda directory: 0)
+    other = _config(epochs=1, augment=True, augment_copies=3, cache="features")
+    tight = train.run_phase(toy_data, toy_data_split, other, run=RunId("t", "tight"), layout=layout, execution=keep)
+    assert tight.manifest["cache_plan"]["store"] == "memory" and "not kept" in tight.manifest["cache_plan"]["reason"]
+    assert list(kept.iterdir()) == [folder]
+    with pytest.raises(ValueError, match="Invalid `feature_dir`"):
+        ExecutionConfig(feature_dir=3)
+
+
+def test_the_kept_cache_key_follows_what_the_features_depend_on(toy_data, toy_data_split):
+    model = network.build_model(input_shape=(32, 32, 3), classes=toy_data.spec, cut="block1_pool", head="conv")
+    frozen, _ = network.split_model(model, through="backbone")
+    config = _config(augment=True, augment_copies=2)
+    plan = {"copies": 2}
+
+    def key(config=config, split=toy_data_split, plan=plan):
+        return cache.split_key(toy_data, split, frozen, plan, config)
+
+    other_split = dataclasses.replace(toy_data_split, train=toy_data_split.train[1:])
+    changed = [key(config.replace(seed=1)), key(plan={"copies": 3}), key(split=other_split)]
+    changed.append(key(config.replace(batch_size=8)))
+    assert key() == key() and len({key(), *changed}) == 5
 
 
 def test_invalid_starting_models_are_named(toy_data, toy_data_split, tmp_path):

@@ -8,9 +8,13 @@ output once for every image of the dataset and serves each run's split from it, 
 configurations or a continued run share one pass. A run's own cache is held in memory when it fits
 ``ExecutionConfig.max_cache_bytes``, else written to a folder (`scratch_folder`) and read a batch at a time from a
 memory map, so host memory stays bounded (fine-tuning above ``block4_pool`` at 224 px caches 401,408 bytes per image).
+A run's own cache can also be kept on disk for later runs and processes (``keep``, `ExecutionConfig.feature_dir`):
+a transfer run continued in another notebook (question 2's control) then reads its augmented copies instead of
+computing them again.
 """
 
 import hashlib
+import inspect
 import json
 import math
 import shutil
@@ -32,14 +36,15 @@ from streetlib.training.manifest import data_hash
 def scratch_folder(path):
     """A folder path whose contents last only while the block runs (one left by a killed run is removed first).
     Yields the `Path`; the folder is not created."""
-    _remove_folder(path)
+    remove_folder(path)
     try:
         yield Path(path)
     finally:
-        _remove_folder(path)
+        remove_folder(path)
 
 
-def _remove_folder(path):
+def remove_folder(path):
+    """Delete the folder ``path`` and its contents, if it exists."""
     if Path(path).exists():
         shutil.rmtree(path)
 
@@ -127,7 +132,7 @@ def _free_bytes(directory):
     return shutil.disk_usage(directory).free
 
 
-def training_datasets(data, split, model, plan, config, *, initial_epoch, directory, store=None):
+def training_datasets(data, split, model, plan, config, *, initial_epoch, directory, store=None, keep=None):
     """The datasets a run fits on: its images, or the cached output of its frozen part as ``plan`` says.
 
     Args:
@@ -141,9 +146,12 @@ def training_datasets(data, split, model, plan, config, *, initial_epoch, direct
         directory: str or Path, where a disk cache goes.
         store: a `FeatureStore` or None: when it holds the dataset's features (one copy, no augmentation), the run
             is served from it instead of caching its own split.
+        keep: str, Path or None: a folder where a run caching its own split keeps the cache for later runs
+            (`kept_split_features`); None (default): the cache lasts while the run trains.
 
     Returns:
-        (the cache plan as carried out (the store's when it served the run), (train `tf.data.Dataset`, validation
+        (the cache plan as carried out (the store's when it served the run; with ``keep``, where the kept cache is
+        and whether it was read), (train `tf.data.Dataset`, validation
         `tf.data.Dataset`, steps per epoch or None, the `keras.Model` to fit: the trainable rest on cached features,
         else ``model``)).
     """
@@ -160,6 +168,9 @@ def training_datasets(data, split, model, plan, config, *, initial_epoch, direct
         plan = store.plan(frozen, pool)
         train_features = val_features = every
         train_rows, val_rows = np.searchsorted(pool, split.train), np.searchsorted(pool, split.val)
+    elif keep is not None:
+        plan, (train_features, val_features) = kept_split_features(data, split, frozen, plan, config, keep, directory)
+        train_rows = val_rows = None
     else:
         train_features, val_features = _split_features(data, split, frozen, plan, config, directory)
         train_rows = val_rows = None
@@ -203,6 +214,49 @@ def _split_features(data, split, frozen, plan, config, directory):
     train_features = extract_features(frozen, copies, size=len(split.train), name="train", **where)
     val_features = extract_features(frozen, [val_images], size=len(split.val), name="val", **where)
     return train_features, val_features
+
+
+def kept_split_features(data, split, frozen, plan, config, folder, directory):
+    """A run's own cache (`_split_features`) kept in ``folder`` for later runs: read from there when a run with the
+    same key (`split_key`) wrote it, else computed and written there (to a temporary folder renamed when complete, so
+    a killed run leaves no cache that looks whole). Read memory-mapped, a batch at a time.
+
+    A folder without room for the cache (the plan's bytes) keeps nothing: the run caches its split as ``plan`` says
+    (a disk cache in ``directory``), and the plan's reason says why.
+
+    Returns:
+        (the plan as carried out: ``store`` 'disk', ``path`` the kept cache and ``kept`` 'read' or 'written'; or
+        ``plan`` with the reason it kept nothing), (train `(K, n_train, ...)`, val `(1, n_val, ...)`).
+    """
+    folder = Path(folder)
+    kept = folder / split_key(data, split, frozen, plan, config)
+    done = "read"
+    if not (kept / "val.npy").is_file():
+        free = _free_bytes(folder)
+        if plan["bytes"] > free:
+            reason = f"{plan['reason']}; not kept in {paths.portable(folder)}: only {free} bytes are free there"
+            return plan | {"reason": reason}, _split_features(data, split, frozen, plan, config, directory)
+        with scratch_folder(kept.with_name(f"{kept.name}.partial")) as partial:
+            _split_features(data, split, frozen, plan | {"store": "disk"}, config, partial)
+            partial.rename(kept)
+        done = "written"
+    features = tuple(np.load(kept / f"{name}.npy", mmap_mode="r") for name in ("train", "val"))
+    reason = f"{plan['reason']}; kept on disk instead, for later runs ({done} here)"
+    return plan | {"store": "disk", "path": paths.portable(kept), "kept": done, "reason": reason}, features
+
+
+def split_key(data, split, frozen, plan, config):
+    """What a run's own cache depends on, as one SHA-1 hex str: the frozen part and the dataset (`frozen_key`), the
+    split's training and validation images, the copies, the augmentation and its seeds, the batch size, and the code
+    and versions that compute them (the input pipeline's source, TensorFlow's and Keras's versions)."""
+    key = frozen_key(frozen, data, normalization=config.input_normalization, image_size=config.image_size)
+    h = hashlib.sha1(key.encode())
+    for indices in (split.train, split.val):
+        h.update(np.asarray(indices, dtype=np.int64).tobytes())
+    settings = [plan["copies"], config.augment, config.seed, config.batch_size, tf.__version__, keras.__version__]
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(inspect.getsource(pipeline).encode())
+    return h.hexdigest()
 
 
 class FeatureStore:

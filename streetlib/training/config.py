@@ -373,6 +373,11 @@ class ExecutionConfig:
         max_cache_bytes: int, the largest feature cache held in memory, in bytes; a larger one is written to the
             run's models folder and read from there a batch at a time (the manifest's ``cache_plan`` records what
             was decided and why). Default 2 GiB.
+        feature_dir: str, `os.PathLike` or None: a folder where runs that cache their own split's features (augmented
+            copies) keep them, keyed by everything they depend on (`streetlib.training.cache.split_key`), and where
+            later runs, in this process or another, read them: a transfer run continued in notebook 04 reads its
+            notebook-03 run's. Nothing in it is ever stale (a changed input gives another key); delete it when
+            done. Default None: a run's cache lasts while it trains.
         verbose: Keras's fit verbosity: 'auto' (default, a progress bar), 0, 1 or 2.
     """
 
@@ -382,6 +387,7 @@ class ExecutionConfig:
     strategy: object = None
     xla: bool = False
     max_cache_bytes: int = 2 * 2**30
+    feature_dir: str | os.PathLike | None = None
     verbose: str | int = "auto"
 
     _parameter_constraints: ClassVar[dict] = {
@@ -390,6 +396,7 @@ class ExecutionConfig:
         "reuse": [bool],
         "xla": [bool],
         "max_cache_bytes": [Interval(numbers.Integral, 0, None, closed="left")],
+        "feature_dir": [str, os.PathLike, None],
         "verbose": [Options(["auto"]), Interval(numbers.Integral, 0, 2, closed="both")],
     }
 

@@ -13,6 +13,8 @@ One run writes, for experiment ``<experiment>`` and run ``<run>`` (where: `stree
   optimizer after the last finished epoch, written atomically; a damaged one is set aside, never deleted).
 - ``models/<experiment>/<run>.features/``: a feature cache too large for memory, while the run lasts
   (`streetlib.training.cache`; `run_seeds` shares one `FeatureStore` between its seeds).
+- ``ExecutionConfig.feature_dir`` (notebooks: `RunLayout.feature_cache`), when given: a run's own feature cache,
+  kept there for later runs under a key of everything it depends on.
 
 A resumed run restores the weights, the optimizer state (learning rate included) and the epoch from its backup;
 the patience counters of ReduceLROnPlateau and EarlyStopping start again from zero, and the plain path's shuffle
@@ -124,7 +126,15 @@ def run_phase(data, split, config, *, run, init_from=None, layout=None, executio
             model = _build_model(data, config, run, init_path)
             plan = _plan_run_cache(model, split, config, execution, features_dir)
             plan, (train_ds, val_ds, steps, train_model) = training_datasets(
-                data, split, model, plan, config, initial_epoch=initial_epoch, directory=features_dir, store=store
+                data,
+                split,
+                model,
+                plan,
+                config,
+                initial_epoch=initial_epoch,
+                directory=features_dir,
+                store=store,
+                keep=execution.feature_dir,
             )
             _compile(train_model, config, xla=execution.xla)
         manifest.update(

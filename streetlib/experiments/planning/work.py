@@ -12,7 +12,9 @@ decides for it (in memory, on disk or none), or, without augmentation, a `cache.
 one notebook's call, which runs a frozen part over the whole dataset once (once per seed for random weights, drawn
 per seed). Peak host memory is the notebook process's runtime (`RUNTIME_BYTES`), the uint8 images and the largest
 work's host share: its feature cache held in memory and, on a CPU, whose memory is the device's too, its device
-memory (parameters, optimiser state, one batch's activations).
+memory (parameters, optimiser state, one batch's activations). A cache kept on disk for a later notebook
+(`ExecutionConfig.feature_dir`: 03's ``keep_features``, read by 04's continued runs) counts as disk, and the run that
+reads it makes no pass of its frozen part.
 """
 
 import dataclasses
@@ -236,9 +238,11 @@ class _SharedFeatures:
         return True
 
 
-def _training_work(ctx, notebook, name, config, seeds, store=None):
+def _training_work(ctx, notebook, name, config, seeds, store=None, keep=None):
     """The `Work` of one configuration over its seeds; ``store`` the `_SharedFeatures` of its `study` call, or None
-    for a run that caches its own split (`run_phase` without a store)."""
+    for a run that caches its own split (`run_phase` without a store). ``keep``: None, or how a run that caches its own
+    split uses the kept caches (`ExecutionConfig.feature_dir`): 'write' (kept on disk until notebook 04 removes them)
+    or 'read' (an earlier notebook's: no pass of the frozen part)."""
     model = ctx.model(config)
     n_train, n_val = ctx.splits["train"], ctx.splits["val"]
     cache = plan_cache(
@@ -264,12 +268,20 @@ def _training_work(ctx, notebook, name, config, seeds, store=None):
     # features are then an entry of its own, extracted for that seed.
     per_seed = config.weights == "random" or ctx.data.replicates > 1
     shared = store is not None and store.serves(cache, entry, len(seeds) if per_seed else 1)
+    kept = keep if cached and not shared else None
     forward, backward = training_passes(
-        n_train, n_val, epochs=config.epochs, cached_copies=cache["copies"] if cached else 0, shared=shared, **shares
+        n_train,
+        n_val,
+        epochs=config.epochs,
+        cached_copies=cache["copies"] if cached else 0,
+        shared=shared or kept == "read",
+        **shares,
     )
     extraction = shares["frozen"] * ctx.data.pool if shared else 0.0
     if shared:
         cache = {**cache, "store": "shared", "bytes": entry}
+    if kept:
+        cache = {**cache, "store": f"kept ({kept})"}
     params = network.count_params(model)["total"]
     return Work(
         notebook=notebook,
@@ -287,7 +299,7 @@ def _training_work(ctx, notebook, name, config, seeds, store=None):
         device_bytes=training_device_bytes(
             model, frozen=frozen, rest=rest, cached=cached, optimizer=config.optimizer, batch_size=config.batch_size
         ),
-        disk_bytes=params * 4 * len(CHECKPOINTS) * len(seeds),
+        disk_bytes=(params * 4 * len(CHECKPOINTS) + (cache["bytes"] if kept == "write" else 0)) * len(seeds),
         scratch_bytes=cache["bytes"] if cache["store"] == "disk" else 0,
         batch_size=config.batch_size,
     )
@@ -298,8 +310,9 @@ def _plan_transfer(ctx, params):
     config = transfer_run_config(params)
     sources, seeds, variant = params["weight_sources"], params["split_seeds"], params["variant"]
     store = _SharedFeatures(ExecutionConfig().max_cache_bytes)
+    keep = "write" if params.get("keep_features") else None
     work = [
-        _training_work(ctx, "03", study.transfer_config(s, variant), config.replace(weights=s), seeds, store)
+        _training_work(ctx, "03", study.transfer_config(s, variant), config.replace(weights=s), seeds, store, keep)
         for s in sources
     ]
     if params["scratch_epochs"]:
@@ -331,8 +344,11 @@ def _plan_finetune(ctx, params):
     if params.get("continued_control"):
         continued = transfer.replace(epochs=params["epochs"])
         store = _SharedFeatures(ExecutionConfig().max_cache_bytes)
+        keep = "read" if ctx.params_of("03").get("keep_features") else "write"
         work += [
-            _training_work(ctx, "04", study.continued_config(s, variant), continued.replace(weights=s), seeds, store)
+            _training_work(
+                ctx, "04", study.continued_config(s, variant), continued.replace(weights=s), seeds, store, keep
+            )
             for s in sources
         ]
     return work
